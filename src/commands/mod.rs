@@ -1,0 +1,48 @@
+//! The command line: one module per subcommand, each composing the library's pieces.
+
+pub mod pull;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Pre-pull container images into containerd, verified, so pods start without the network.
+#[derive(Debug, Parser)]
+#[command(name = "prepull", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Log filter (tracing syntax, e.g. `info` or `prepull=debug`); overrides RUST_LOG.
+    #[arg(long, global = true, value_name = "FILTER")]
+    pub log_level: Option<String>,
+
+    /// Log format: `plain` for terminals, `json` for log collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Plain)]
+    pub log_format: LogFormat,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Pull images into containerd now, so CRI and the kubelet find them present.
+    Pull(pull::PullArgs),
+}
+
+/// How results are printed on stdout.
+#[derive(Clone, Copy, Debug, Default, ValueEnum)]
+pub enum Output {
+    /// One line per image.
+    #[default]
+    Text,
+    /// One JSON object per image per line.
+    Json,
+}

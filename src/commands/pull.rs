@@ -1,0 +1,191 @@
+//! `prepull pull`: pull images into containerd now.
+
+use std::collections::HashSet;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Args;
+use futures_util::future::join_all;
+
+use super::Output;
+use crate::platform::Platform;
+use crate::pull::{PullError, PullOptions, PullReport, Puller};
+use crate::reference::Reference;
+use crate::registry::{self, RegistryClient};
+use crate::store::Store;
+
+/// Arguments of `prepull pull`.
+#[derive(Debug, Args)]
+#[command(
+    about = "Pull images into containerd now, so CRI and the kubelet find them present",
+    long_about = "Pull images into containerd now, so CRI and the kubelet find them present.\n\n\
+        Each image is resolved, its blobs are streamed and verified against their digests and \
+        sizes, written into containerd's content store under a lease with the GC labels \
+        containerd's own pull writes, and recorded under the names CRI gives images (tag, \
+        digest reference and image ID). Blobs containerd already has are not downloaded again. \
+        Images are normalized like the kubelet does: `nginx` is `docker.io/library/nginx:latest`.",
+    after_help = "Examples:\n  \
+        prepull pull nginx:1.25 registry.example.com/team/app@sha256:…\n  \
+        prepull pull --plain-http localhost:5000 localhost:5000/app:dev\n  \
+        prepull pull --platform linux/arm64 --namespace k8s.io busybox"
+)]
+pub struct PullArgs {
+    /// Images to pull (`name[:tag]`, `name@sha256:…`, `host:port/path:tag`).
+    #[arg(value_name = "IMAGE", required = true)]
+    pub images: Vec<String>,
+
+    /// containerd's gRPC socket.
+    #[arg(long = "containerd", value_name = "SOCKET", env = "CONTAINERD_ADDRESS", default_value = "/run/containerd/containerd.sock")]
+    pub containerd: PathBuf,
+
+    /// containerd namespace; CRI and the kubelet use `k8s.io`.
+    #[arg(short = 'n', long, value_name = "NAMESPACE", env = "CONTAINERD_NAMESPACE", default_value = "k8s.io")]
+    pub namespace: String,
+
+    /// Platform to pick from multi-platform images [default: this node's, e.g. linux/amd64].
+    /// CRI and the kubelet only use images of the node's own platform.
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<Platform>,
+
+    /// Talk plain HTTP (no TLS) to this registry host, as written in image names
+    /// (e.g. `localhost:5000`). Repeatable.
+    #[arg(long = "plain-http", value_name = "HOST")]
+    pub plain_http: Vec<String>,
+
+    /// Blobs downloaded at once, across all images.
+    #[arg(long, value_name = "N", default_value = "8")]
+    pub max_concurrent_downloads: NonZeroUsize,
+
+    /// Result format on stdout.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+/// Runs `prepull pull`. Exit code 0 when every image was pulled, 1 otherwise.
+pub async fn run(args: PullArgs) -> anyhow::Result<ExitCode> {
+    // Validate everything before touching sockets.
+    let references: Vec<Reference> = args
+        .images
+        .iter()
+        .map(|i| Reference::parse(i))
+        .collect::<Result<_, _>>()?;
+    let options = PullOptions {
+        platform: args.platform.clone().unwrap_or_else(Platform::host),
+        max_concurrent_downloads: args.max_concurrent_downloads,
+        ..PullOptions::default()
+    };
+    let registry = RegistryClient::new(registry::Options {
+        plain_http: args.plain_http.iter().cloned().collect::<HashSet<_>>(),
+        ..Default::default()
+    })?;
+    let store = Store::connect(&args.containerd, &args.namespace)
+        .await
+        .with_context(|| format!("namespace {}", args.namespace))?;
+    let puller = Puller::new(Arc::new(registry), store, options);
+
+    let results = join_all(references.iter().map(|r| puller.pull(r))).await;
+    let mut failed = 0;
+    for result in &results {
+        match result {
+            Ok(report) => print_report(report, args.output),
+            Err(e) => {
+                failed += 1;
+                print_error(e, args.output);
+            }
+        }
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn print_report(r: &PullReport, output: Output) {
+    match output {
+        Output::Text => println!(
+            "pulled {} {} ({}, {} layers, {} fetched in {} blobs, {} already present) in {:.2}s",
+            r.reference,
+            r.digest,
+            r.platform,
+            r.layers,
+            human_bytes(r.bytes_fetched),
+            r.blobs_fetched,
+            r.blobs_present,
+            r.elapsed.as_secs_f64()
+        ),
+        Output::Json => println!(
+            "{}",
+            serde_json::json!({
+                "image": r.reference.to_string(),
+                "status": "pulled",
+                "digest": r.digest,
+                "id": r.config,
+                "platform": r.platform.to_string(),
+                "names": r.names,
+                "layers": r.layers,
+                "blobs_fetched": r.blobs_fetched,
+                "blobs_present": r.blobs_present,
+                "bytes_fetched": r.bytes_fetched,
+                "seconds": r.elapsed.as_secs_f64(),
+            })
+        ),
+    }
+}
+
+fn print_error(e: &PullError, output: Output) {
+    let message = error_chain(e);
+    match output {
+        Output::Text => eprintln!("error: {message}"),
+        Output::Json => println!(
+            "{}",
+            serde_json::json!({ "status": "failed", "kind": e.kind(), "error": message })
+        ),
+    }
+}
+
+/// An error and its sources on one line, without repeating text a source already carries.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_bytes_reads_well() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(32 << 20), "32.0 MiB");
+        assert_eq!(human_bytes(3 << 29), "1.5 GiB");
+    }
+}

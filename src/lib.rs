@@ -1,0 +1,20 @@
+//! prepull: pre-pulls container images into a node's containerd, verified, so pods start without
+//! touching the network.
+//!
+//! Where to start reading:
+//! - [`commands`]: what each CLI subcommand does, composed from the pieces below.
+//! - [`pull`]: the pull of one image, from a reference to image records CRI can see.
+//! - Domain: [`reference`] (image names as the kubelet normalizes them), [`digest`] (verified
+//!   streaming), [`platform`] (choosing a manifest from an index), [`oci`] (manifest documents).
+//! - Adapters at the edge: [`registry`] (the distribution API over HTTP), [`store`] (containerd
+//!   over gRPC), [`cri`] (the kubelet's view of the node's images).
+
+pub mod cri;
+pub mod digest;
+pub mod oci;
+pub mod platform;
+pub mod reference;
+pub mod registry;
+pub mod store;
+pub mod pull;
+pub mod commands;

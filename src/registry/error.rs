@@ -1,0 +1,138 @@
+//! Errors from talking to a registry, each naming the registry and repository involved.
+
+use crate::digest::{Digest, VerifyError};
+use crate::oci::DocumentError;
+
+/// Something went wrong between prepull and a registry.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The connection failed or broke (DNS, refused, reset, TLS, timeout).
+    #[error("registry {registry}: {action} failed")]
+    Network {
+        /// The registry host.
+        registry: String,
+        /// What was being done, e.g. "GET manifest latest".
+        action: String,
+        /// The transport error.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The registry answered with an error status.
+    #[error("registry {registry}: {action} for repository {repository}: HTTP {status}{}{}", code.as_ref().map(|c| format!(" {c}")).unwrap_or_default(), message.as_ref().map(|m| format!(": {m}")).unwrap_or_default())]
+    Status {
+        /// The registry host.
+        registry: String,
+        /// The repository.
+        repository: String,
+        /// What was being done.
+        action: String,
+        /// The HTTP status.
+        status: u16,
+        /// The distribution error code (`MANIFEST_UNKNOWN`, `DENIED`, …), if any.
+        code: Option<String>,
+        /// The registry's message, if any.
+        message: Option<String>,
+    },
+    /// The registry wants credentials prepull does not have, or rejected the ones it sent.
+    #[error("registry {registry}: access to repository {repository} denied ({detail}): check that the image name is right and that a pull secret or node credential for {registry} exists")]
+    Unauthorized {
+        /// The registry host.
+        registry: String,
+        /// The repository.
+        repository: String,
+        /// What was missing or refused.
+        detail: String,
+    },
+    /// The token endpoint failed.
+    #[error("registry {registry}: token request to {realm} failed: {detail}")]
+    Token {
+        /// The registry host.
+        registry: String,
+        /// The token realm URL.
+        realm: String,
+        /// Status or parse problem.
+        detail: String,
+    },
+    /// A manifest or blob did not match its digest or size.
+    #[error("registry {registry}: {what} in repository {repository} is corrupt: {source}")]
+    Corrupt {
+        /// The registry host.
+        registry: String,
+        /// The repository.
+        repository: String,
+        /// e.g. "blob sha256:…" or "manifest latest".
+        what: String,
+        /// The mismatch.
+        #[source]
+        source: VerifyError,
+    },
+    /// The registry's `Docker-Content-Digest` disagrees with the body it served.
+    #[error("registry {registry}: manifest {reference} in repository {repository}: Docker-Content-Digest says {header} but the body hashes to {computed}")]
+    DigestHeader {
+        /// The registry host.
+        registry: String,
+        /// The repository.
+        repository: String,
+        /// The tag or digest requested.
+        reference: String,
+        /// The header's digest.
+        header: String,
+        /// The body's digest.
+        computed: Digest,
+    },
+    /// A manifest bigger than prepull accepts.
+    #[error("registry {registry}: manifest {reference} in repository {repository} is larger than {limit} bytes")]
+    TooLarge {
+        /// The registry host.
+        registry: String,
+        /// The repository.
+        repository: String,
+        /// The tag or digest.
+        reference: String,
+        /// The cap.
+        limit: u64,
+    },
+    /// A manifest that is not a usable document.
+    #[error("registry {registry}: manifest {reference} in repository {repository} {source}")]
+    Document {
+        /// The registry host.
+        registry: String,
+        /// The repository.
+        repository: String,
+        /// The tag or digest.
+        reference: String,
+        /// What is wrong with it.
+        #[source]
+        source: DocumentError,
+    },
+    /// The HTTP client could not be built (bad TLS settings).
+    #[error("cannot set up the HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+}
+
+impl RegistryError {
+    /// A short, bounded label for metrics and summaries.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RegistryError::Network { .. } => "network",
+            RegistryError::Status { status: 404, .. } => "not-found",
+            RegistryError::Status { status: 429, .. } => "rate-limited",
+            RegistryError::Status { status: 401 | 403, .. } => "auth",
+            RegistryError::Status { status, .. } if *status >= 500 => "registry-unavailable",
+            RegistryError::Status { .. } => "registry-error",
+            RegistryError::Unauthorized { .. } | RegistryError::Token { .. } => "auth",
+            RegistryError::Corrupt { .. } | RegistryError::DigestHeader { .. } => "corrupt",
+            RegistryError::TooLarge { .. } | RegistryError::Document { .. } => "bad-manifest",
+            RegistryError::Client(_) => "config",
+        }
+    }
+
+    /// Whether trying again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            RegistryError::Network { .. } | RegistryError::Corrupt { .. } => true,
+            RegistryError::Status { status, .. } => *status == 429 || *status >= 500,
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! Image records: the names CRI and the kubelet look images up by.
+
+use std::collections::HashMap;
+
+use containerd_client::services::v1::images_client::ImagesClient;
+use containerd_client::services::v1::{
+    CreateImageRequest, GetImageRequest, Image, UpdateImageRequest,
+};
+use containerd_client::types::Descriptor as PbDescriptor;
+
+use super::{Store, StoreError};
+use crate::oci::Descriptor;
+
+/// An image record as prepull writes it.
+#[derive(Clone, Debug)]
+pub struct ImageRecord {
+    /// The record's name (`docker.io/library/nginx:1.25`, `…@sha256:…`, `sha256:<config>`).
+    pub name: String,
+    /// The top-level descriptor (the index for a multi-platform image).
+    pub target: Descriptor,
+    /// Labels to set (others the record already has are kept).
+    pub labels: HashMap<String, String>,
+}
+
+impl Store {
+    /// Reads an image record.
+    pub async fn image(&self, name: &str) -> Result<Option<Image>, StoreError> {
+        let mut client = ImagesClient::new(self.channel.clone());
+        match client
+            .get(self.request(GetImageRequest { name: name.to_string() }, None))
+            .await
+        {
+            Ok(r) => Ok(r.into_inner().image),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
+            Err(s) => Err(StoreError::rpc("Images.Get", name, s)),
+        }
+    }
+
+    /// Creates the record, or points an existing one at the new target (a tag that moved),
+    /// keeping labels someone else set.
+    pub async fn put_image(&self, record: &ImageRecord) -> Result<(), StoreError> {
+        let image = Image {
+            name: record.name.clone(),
+            labels: record.labels.clone(),
+            target: Some(PbDescriptor {
+                media_type: record.target.media_type.clone(),
+                digest: record.target.digest.to_string(),
+                size: record.target.size as i64,
+                annotations: HashMap::new(),
+            }),
+            created_at: None,
+            updated_at: None,
+        };
+        let mut client = ImagesClient::new(self.channel.clone());
+        let created = client
+            .create(self.request(
+                CreateImageRequest {
+                    image: Some(image.clone()),
+                    source_date_epoch: None,
+                },
+                None,
+            ))
+            .await;
+        match created {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == tonic::Code::AlreadyExists => {
+                let mut paths = vec!["target".to_string()];
+                paths.extend(record.labels.keys().map(|k| format!("labels.{k}")));
+                client
+                    .update(self.request(
+                        UpdateImageRequest {
+                            image: Some(image),
+                            update_mask: Some(prost_types::FieldMask { paths }),
+                            source_date_epoch: None,
+                        },
+                        None,
+                    ))
+                    .await
+                    .map_err(|s| StoreError::rpc("Images.Update", &record.name, s))?;
+                Ok(())
+            }
+            Err(s) => Err(StoreError::rpc("Images.Create", &record.name, s)),
+        }
+    }
+}

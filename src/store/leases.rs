@@ -1,0 +1,59 @@
+//! Leases: keep everything a pull writes alive until the image record roots it.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use containerd_client::services::v1::leases_client::LeasesClient;
+use containerd_client::services::v1::{CreateRequest, DeleteRequest};
+
+use super::{labels, Store, StoreError};
+
+/// A containerd lease held by a pull.
+#[derive(Clone, Debug)]
+pub struct Lease {
+    id: String,
+}
+
+impl Lease {
+    /// The lease ID sent in the `containerd-lease` header.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Store {
+    /// Creates a lease that containerd drops by itself after `expire`, so a crashed pull never
+    /// pins content forever.
+    pub async fn create_lease(&self, purpose: &str, expire: Duration) -> Result<Lease, StoreError> {
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let id = format!("prepull-{purpose}-{nanos:x}-{:08x}", rand::random::<u32>());
+        let expiry = humantime::format_rfc3339_seconds(SystemTime::now() + expire).to_string();
+        let mut client = LeasesClient::new(self.channel.clone());
+        let request = CreateRequest {
+            id: id.clone(),
+            labels: HashMap::from([(labels::GC_EXPIRE.to_string(), expiry)]),
+        };
+        client
+            .create(self.request(request, None))
+            .await
+            .map_err(|status| StoreError::rpc("Leases.Create", &id, status))?;
+        Ok(Lease { id })
+    }
+
+    /// Deletes a lease; what it protected is then kept only by references from image records.
+    pub async fn delete_lease(&self, lease: Lease) -> Result<(), StoreError> {
+        let mut client = LeasesClient::new(self.channel.clone());
+        let request = DeleteRequest {
+            id: lease.id.clone(),
+            sync: false,
+        };
+        match client.delete(self.request(request, None)).await {
+            Ok(_) => Ok(()),
+            Err(status) if status.code() == tonic::Code::NotFound => Ok(()),
+            Err(status) => Err(StoreError::rpc("Leases.Delete", lease.id, status)),
+        }
+    }
+}

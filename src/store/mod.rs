@@ -1,0 +1,108 @@
+//! The containerd adapter: content, leases and image records over containerd's gRPC API.
+//!
+//! Every call carries the `containerd-namespace` header and, while a pull runs, the
+//! `containerd-lease` header, so nothing written mid-pull can be garbage-collected before the
+//! image record that roots it exists.
+
+mod content;
+mod error;
+mod images;
+mod leases;
+
+use std::path::{Path, PathBuf};
+
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+
+pub use content::{ref_key, ContentWriter, Opened, WRITE_CHUNK};
+pub use error::StoreError;
+pub use images::ImageRecord;
+pub use leases::Lease;
+
+/// Labels containerd's own pull writes, which its GC and CRI read.
+pub mod labels {
+    /// Prefix of the label naming a blob's source repository per registry host.
+    pub const DISTRIBUTION_SOURCE: &str = "containerd.io/distribution.source.";
+    /// Index -> manifest GC reference prefix (`.m.<i>`).
+    pub const GC_REF_MANIFEST: &str = "containerd.io/gc.ref.content.m.";
+    /// Manifest -> config GC reference.
+    pub const GC_REF_CONFIG: &str = "containerd.io/gc.ref.content.config";
+    /// Manifest -> layer GC reference prefix (`.l.<i>`).
+    pub const GC_REF_LAYER: &str = "containerd.io/gc.ref.content.l.";
+    /// Lease expiry.
+    pub const GC_EXPIRE: &str = "containerd.io/gc.expire";
+    /// Marks an image record as CRI-managed.
+    pub const CRI_MANAGED: &str = "io.cri-containerd.image";
+    /// Marks an image record as pinned against kubelet image GC.
+    pub const CRI_PINNED: &str = "io.cri-containerd.pinned";
+}
+
+/// A connection to one containerd namespace.
+#[derive(Clone)]
+pub struct Store {
+    channel: Channel,
+    namespace: String,
+    socket: PathBuf,
+}
+
+impl Store {
+    /// Connects to containerd's socket and checks that it answers.
+    pub async fn connect(socket: &Path, namespace: &str) -> Result<Store, StoreError> {
+        if namespace.is_empty()
+            || !namespace
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return Err(StoreError::InvalidNamespace(namespace.to_string()));
+        }
+        let channel = containerd_client::connect(socket)
+            .await
+            .map_err(|source| StoreError::Connect {
+                socket: socket.to_path_buf(),
+                source,
+            })?;
+        let store = Store {
+            channel,
+            namespace: namespace.to_string(),
+            socket: socket.to_path_buf(),
+        };
+        store.version().await?;
+        Ok(store)
+    }
+
+    /// The namespace this store writes to.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The socket this store talks to.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// containerd's version string.
+    pub async fn version(&self) -> Result<String, StoreError> {
+        let mut client =
+            containerd_client::services::v1::version_client::VersionClient::new(self.channel.clone());
+        let response = client
+            .version(self.request((), None))
+            .await
+            .map_err(|status| StoreError::rpc("Version", self.socket.display().to_string(), status))?;
+        Ok(response.into_inner().version)
+    }
+
+    /// Wraps a message with the namespace and optional lease headers.
+    fn request<T>(&self, message: T, lease: Option<&Lease>) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        let md = request.metadata_mut();
+        if let Ok(ns) = MetadataValue::try_from(self.namespace.as_str()) {
+            md.insert("containerd-namespace", ns);
+        }
+        if let Some(lease) = lease {
+            if let Ok(id) = MetadataValue::try_from(lease.id()) {
+                md.insert("containerd-lease", id);
+            }
+        }
+        request
+    }
+}

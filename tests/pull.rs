@@ -1,0 +1,344 @@
+//! `prepull pull` end to end against a real containerd and a real registry: what lands in
+//! containerd, what CRI (the kubelet's view) reports, and what never lands when bytes are bad.
+
+mod support;
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use prepull::digest::Digest;
+use prepull::store::Store;
+use serde_json::Value;
+use support::{push_image, push_index, Containerd, ImageSpec, MediaFamily, Platform, Proxy, Registry};
+
+const CRI_WAIT: Duration = Duration::from_secs(20);
+const KIB: usize = 1024;
+
+async fn prepull(args: &[&str]) -> Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
+        .args(args)
+        .output()
+        .await
+        .expect("run prepull")
+}
+
+/// Runs `prepull pull --output json` for `images` from `host` and returns one JSON result per image.
+async fn pull_json(containerd: &Containerd, host: &str, extra: &[&str], images: &[&str]) -> (Output, Vec<Value>) {
+    let socket = containerd.socket().to_str().unwrap().to_string();
+    let mut args = vec!["pull", "--containerd", &socket, "--plain-http", host, "--output", "json"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(images);
+    let out = prepull(&args).await;
+    let results = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+        .collect();
+    (out, results)
+}
+
+fn assert_success(out: &Output) {
+    assert!(
+        out.status.success(),
+        "prepull failed ({:?})\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn store(containerd: &Containerd) -> Store {
+    Store::connect(containerd.socket(), "k8s.io").await.expect("connect to containerd")
+}
+
+fn digest(s: &str) -> Digest {
+    s.parse().expect("digest")
+}
+
+async fn has_blob(store: &Store, d: &str) -> bool {
+    store.info(&digest(d)).await.expect("Content.Info").is_some()
+}
+
+fn leases(containerd: &Containerd) -> String {
+    containerd.ctr_ok(&["-n", "k8s.io", "leases", "ls"])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oci_image_by_tag_lands_with_gc_labels_and_cri_sees_every_name() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let host = registry.host();
+    let image = push_image(&host, "team/app", "v1", &ImageSpec::new(&[64 * KIB, 32 * KIB, 16 * KIB])).await;
+    let reference = format!("{host}/team/app:v1");
+
+    let (out, results) = pull_json(&containerd, &host, &[], &[&reference]).await;
+    assert_success(&out);
+    let r = &results[0];
+    assert_eq!(r["status"], "pulled");
+    assert_eq!(r["digest"], image.manifest.digest.as_str());
+    assert_eq!(r["id"], image.config.digest.as_str());
+    assert_eq!(r["layers"], 3);
+    assert_eq!(r["blobs_fetched"], 4, "3 layers + config");
+    let expected_bytes: u64 = image.layers.iter().map(|l| l.size).sum::<u64>() + image.config.size;
+    assert_eq!(r["bytes_fetched"], expected_bytes);
+
+    // Content and the GC references containerd's own pull writes.
+    let store = store(&containerd).await;
+    let manifest = store.info(&digest(&image.manifest.digest)).await.unwrap().expect("manifest committed");
+    assert_eq!(manifest.labels.get("containerd.io/gc.ref.content.config"), Some(&image.config.digest));
+    for (i, layer) in image.layers.iter().enumerate() {
+        assert_eq!(manifest.labels.get(&format!("containerd.io/gc.ref.content.l.{i}")), Some(&layer.digest));
+        let info = store.info(&digest(&layer.digest)).await.unwrap().expect("layer committed");
+        assert_eq!(info.size as u64, layer.size);
+        assert_eq!(
+            info.labels.get(&format!("containerd.io/distribution.source.{host}")).map(String::as_str),
+            Some("team/app")
+        );
+    }
+    assert!(has_blob(&store, &image.config.digest).await);
+
+    // Image records: tag, digest reference and ID, managed, pointing at the manifest.
+    let digest_ref = format!("{host}/team/app@{}", image.manifest.digest);
+    for name in [reference.as_str(), digest_ref.as_str(), image.config.digest.as_str()] {
+        let record = store.image(name).await.unwrap().unwrap_or_else(|| panic!("no image record {name}"));
+        assert_eq!(record.labels.get("io.cri-containerd.image").map(String::as_str), Some("managed"));
+        assert_eq!(record.target.as_ref().unwrap().digest, image.manifest.digest);
+    }
+    assert!(!leases(&containerd).contains("prepull-"), "the pull's lease is released");
+
+    // What the kubelet sees, under every name a pod spec could use.
+    for name in [reference.as_str(), digest_ref.as_str(), image.config.digest.as_str()] {
+        let status = support::cri::wait_for_image(containerd.socket(), name, CRI_WAIT).await;
+        assert_eq!(status.id, image.config.digest, "{name}");
+        assert!(status.repo_tags.contains(&reference), "{name}: {:?}", status.repo_tags);
+        assert!(status.repo_digests.contains(&digest_ref), "{name}: {:?}", status.repo_digests);
+    }
+    // containerd's own tooling finds the image complete.
+    let check = containerd.ctr_ok(&["-n", "k8s.io", "images", "check"]);
+    let line = check.lines().find(|l| l.starts_with(&reference)).unwrap_or_else(|| panic!("{check}"));
+    assert!(line.contains("complete"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_media_types_by_digest_create_no_tag_record() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let host = registry.host();
+    let spec = ImageSpec::new(&[48 * KIB, 8 * KIB]).family(MediaFamily::Docker);
+    let image = push_image(&host, "legacy/app", "old", &spec).await;
+    let by_digest = format!("{host}/legacy/app@{}", image.manifest.digest);
+
+    let (out, results) = pull_json(&containerd, &host, &[], &[&by_digest]).await;
+    assert_success(&out);
+    assert_eq!(results[0]["digest"], image.manifest.digest.as_str());
+    assert_eq!(results[0]["names"], serde_json::json!([by_digest, image.config.digest]));
+
+    let store = store(&containerd).await;
+    let record = store.image(&by_digest).await.unwrap().expect("digest record");
+    assert_eq!(
+        record.target.unwrap().media_type,
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    assert!(store.image(&format!("{host}/legacy/app:old")).await.unwrap().is_none());
+
+    let status = support::cri::wait_for_image(containerd.socket(), &by_digest, CRI_WAIT).await;
+    assert_eq!(status.id, image.config.digest);
+    assert!(status.repo_tags.is_empty(), "{:?}", status.repo_tags);
+    // A tag+digest reference is the digest reference, as the kubelet and containerd read it.
+    let both = format!("{host}/legacy/app:old@{}", image.manifest.digest);
+    let status = support::cri::wait_for_image(containerd.socket(), &both, CRI_WAIT).await;
+    assert_eq!(status.id, image.config.digest);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn multi_arch_index_yields_the_node_platform_only() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let host = registry.host();
+    let specs = [
+        ImageSpec::new(&[20 * KIB, 4 * KIB]).platform(Platform::linux_arm64()),
+        ImageSpec::new(&[24 * KIB, 8 * KIB]).platform(Platform::linux_amd64()),
+    ];
+    let index = push_index(&host, "multi/app", "v2", MediaFamily::Oci, &specs, true).await;
+    let (arm64, amd64) = (&index.images[0], &index.images[1]);
+    let reference = format!("{host}/multi/app:v2");
+
+    // This bench runs on amd64; CRI only ever looks at the node's own platform.
+    let (out, results) = pull_json(&containerd, &host, &["--platform", "linux/x86_64"], &[&reference]).await;
+    assert_success(&out);
+    assert_eq!(results[0]["platform"], "linux/amd64");
+    assert_eq!(results[0]["digest"], index.index.digest.as_str());
+    assert_eq!(results[0]["id"], amd64.config.digest.as_str());
+
+    let store = store(&containerd).await;
+    for layer in &amd64.layers {
+        assert!(has_blob(&store, &layer.digest).await, "amd64 layer {} fetched", layer.digest);
+    }
+    for layer in &arm64.layers {
+        assert!(!has_blob(&store, &layer.digest).await, "arm64 layer {} not fetched", layer.digest);
+    }
+    let attestation = index.attestation.as_ref().expect("attestation pushed");
+    assert!(!has_blob(&store, &attestation.digest).await, "attestation manifest skipped");
+    let idx = store.info(&digest(&index.index.digest)).await.unwrap().expect("index committed");
+    assert_eq!(idx.labels.get("containerd.io/gc.ref.content.m.1"), Some(&amd64.manifest.digest));
+    let record = store.image(&reference).await.unwrap().expect("tag record");
+    assert_eq!(record.target.unwrap().digest, index.index.digest, "records target the index");
+
+    let status = support::cri::wait_for_image(containerd.socket(), &reference, CRI_WAIT).await;
+    assert_eq!(status.id, amd64.config.digest);
+
+    // Another platform on request, from a Docker manifest list (content only: CRI on an amd64
+    // node does not use arm64 images).
+    let list = push_index(&host, "multi/list", "v1", MediaFamily::Docker, &specs, false).await;
+    let list_ref = format!("{host}/multi/list:v1");
+    let (out, results) = pull_json(&containerd, &host, &["--platform", "linux/arm64/v8"], &[&list_ref]).await;
+    assert_success(&out);
+    assert_eq!(results[0]["platform"], "linux/arm64");
+    assert_eq!(results[0]["id"], list.images[0].config.digest.as_str());
+    for layer in &list.images[0].layers {
+        assert!(has_blob(&store, &layer.digest).await, "arm64 layer {} fetched", layer.digest);
+    }
+    for layer in &list.images[1].layers {
+        assert!(!has_blob(&store, &layer.digest).await, "amd64 layer {} not fetched", layer.digest);
+    }
+    let list_info = store.info(&digest(&list.index.digest)).await.unwrap().expect("list committed");
+    assert_eq!(list_info.labels.get("containerd.io/gc.ref.content.m.0"), Some(&list.images[0].manifest.digest));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_platform_names_what_the_index_has() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let host = registry.host();
+    let specs = [
+        ImageSpec::new(&[4 * KIB]).platform(Platform::linux_amd64()),
+        ImageSpec::new(&[4 * KIB]).platform(Platform::linux_arm64()),
+    ];
+    push_index(&host, "multi/app", "v1", MediaFamily::Oci, &specs, true).await;
+    let reference = format!("{host}/multi/app:v1");
+    let (out, results) = pull_json(&containerd, &host, &["--platform", "linux/s390x"], &[&reference]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let error = results[0]["error"].as_str().unwrap();
+    assert!(error.contains(&reference), "{error}");
+    assert!(error.contains("linux/s390x"), "{error}");
+    assert!(error.contains("linux/amd64, linux/arm64"), "{error}");
+    assert!(!error.contains("unknown"), "attestations are not platforms: {error}");
+    assert_eq!(results[0]["kind"], "no-platform");
+    assert!(store(&containerd).await.image(&reference).await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn second_pull_downloads_no_blob_bytes() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let image = push_image(&registry.host(), "cache/app", "v1", &ImageSpec::new(&[256 * KIB, 128 * KIB])).await;
+    let proxy = Proxy::start(&registry.host()).await;
+    let host = proxy.host();
+    let reference = format!("{host}/cache/app:v1");
+
+    let (out, _) = pull_json(&containerd, &host, &[], &[&reference]).await;
+    assert_success(&out);
+    let first = proxy.blob_bytes();
+    let all: u64 = image.layers.iter().map(|l| l.size).sum::<u64>() + image.config.size;
+    assert_eq!(first, all, "first pull fetches every blob once");
+
+    proxy.clear();
+    let (out, results) = pull_json(&containerd, &host, &[], &[&reference]).await;
+    assert_success(&out);
+    assert_eq!(proxy.blob_bytes(), 0, "requests: {:?}", proxy.records());
+    assert!(
+        proxy.records().iter().all(|r| !r.path.contains("/blobs/")),
+        "no blob requests at all: {:?}",
+        proxy.records()
+    );
+    assert_eq!(results[0]["bytes_fetched"], 0);
+    assert_eq!(results[0]["blobs_present"], 3);
+    support::cri::wait_for_image(containerd.socket(), &reference, CRI_WAIT).await;
+}
+
+/// Flips one byte of a layer in the registry's own storage: the registry serves it as is.
+fn flip_byte(path: &Path, at: u64) {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new().read(true).write(true).open(path).expect("open blob");
+    let mut b = [0u8; 1];
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.read_exact(&mut b).unwrap();
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.write_all(&[b[0] ^ 0xff]).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn corrupted_blob_is_never_committed_and_no_image_is_recorded() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let host = registry.host();
+    let image = push_image(&host, "bad/app", "v1", &ImageSpec::new(&[32 * KIB, 200 * KIB])).await;
+    let bad = &image.layers[1];
+    flip_byte(&registry.blob_data_path(&bad.digest), bad.size / 2);
+    let reference = format!("{host}/bad/app:v1");
+
+    let socket = containerd.socket().to_str().unwrap();
+    let out = prepull(&["pull", "--containerd", socket, "--plain-http", &host, &reference]).await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&reference), "names the image: {stderr}");
+    assert!(stderr.contains(&format!("blob {}", bad.digest)), "names the blob: {stderr}");
+    assert!(stderr.contains(&format!("expected {}", bad.digest)) && stderr.contains("got sha256:"), "expected vs got: {stderr}");
+
+    let store = store(&containerd).await;
+    assert!(!has_blob(&store, &bad.digest).await, "corrupt blob not committed");
+    assert!(!has_blob(&store, &image.manifest.digest).await, "manifest not committed before its blobs");
+    assert!(store.image(&reference).await.unwrap().is_none(), "no image record");
+    let active = containerd.ctr_ok(&["-n", "k8s.io", "content", "active"]);
+    assert!(!active.contains(&bad.digest), "the bad ingest is aborted: {active}");
+    assert!(support::cri::image_status(containerd.socket(), &reference).await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn truncated_blob_is_never_committed() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let host = registry.host();
+    let image = push_image(&host, "short/app", "v1", &ImageSpec::new(&[100 * KIB])).await;
+    let layer = &image.layers[0];
+    let file = std::fs::OpenOptions::new().write(true).open(registry.blob_data_path(&layer.digest)).unwrap();
+    file.set_len(layer.size - 1000).unwrap();
+    let reference = format!("{host}/short/app:v1");
+
+    let (out, results) = pull_json(&containerd, &host, &[], &[&reference]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let error = results[0]["error"].as_str().unwrap();
+    assert!(error.contains(&layer.digest) && error.contains(&format!("{} of {} bytes", layer.size - 1000, layer.size)), "{error}");
+    assert_eq!(results[0]["kind"], "corrupt");
+    let store = store(&containerd).await;
+    assert!(!has_blob(&store, &layer.digest).await);
+    assert!(store.image(&reference).await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn several_images_in_one_run_and_one_failure_does_not_stop_the_others() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let host = registry.host();
+    let a = push_image(&host, "many/a", "v1", &ImageSpec::new(&[16 * KIB])).await;
+    let b = push_image(&host, "many/b", "v1", &ImageSpec::new(&[16 * KIB])).await;
+    let (ra, rb, missing) = (format!("{host}/many/a:v1"), format!("{host}/many/b:v1"), format!("{host}/many/none:v1"));
+    let (out, results) = pull_json(&containerd, &host, &[], &[&ra, &missing, &rb]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(results.len(), 3);
+    assert_eq!(results[0]["id"], a.config.digest.as_str());
+    assert_eq!(results[2]["id"], b.config.digest.as_str());
+    assert_eq!(results[1]["kind"], "not-found");
+    let error = results[1]["error"].as_str().unwrap();
+    assert!(error.contains(&missing) && error.contains("404"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_is_reported_before_touching_anything() {
+    let out = prepull(&["pull", "--containerd", "/nonexistent/containerd.sock", "Bad/Repo:tag"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Bad/Repo:tag") && stderr.contains("lowercase"), "{stderr}");
+    assert!(!stderr.contains("containerd.sock"), "reference checked first: {stderr}");
+
+    let out = prepull(&["pull", "--containerd", "/nonexistent/containerd.sock", "busybox"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("/nonexistent/containerd.sock") && stderr.contains("--containerd"), "{stderr}");
+
+    let out = prepull(&["pull", "--platform", "linux", "busybox"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("os/arch"));
+}

@@ -1,0 +1,548 @@
+//! Synthetic images (random gzip'd tar layers, OCI or Docker media types, multi-arch indexes with
+//! an optional buildkit-style attestation) pushed through a registry's HTTP API.
+//!
+//! Layers are built on the blocking pool into anonymous temp files while the previous layer
+//! uploads, so a 256 MiB image neither waits on one core nor sits in memory.
+
+use std::io::{self, Read, Seek, Write};
+
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use rand::rngs::SmallRng;
+use rand::{RngCore, SeedableRng};
+use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
+use reqwest::{StatusCode, Url};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MediaFamily {
+    Oci,
+    Docker,
+}
+
+impl MediaFamily {
+    pub fn manifest(self) -> &'static str {
+        match self {
+            MediaFamily::Oci => "application/vnd.oci.image.manifest.v1+json",
+            MediaFamily::Docker => "application/vnd.docker.distribution.manifest.v2+json",
+        }
+    }
+
+    pub fn config(self) -> &'static str {
+        match self {
+            MediaFamily::Oci => "application/vnd.oci.image.config.v1+json",
+            MediaFamily::Docker => "application/vnd.docker.container.image.v1+json",
+        }
+    }
+
+    pub fn layer(self) -> &'static str {
+        match self {
+            MediaFamily::Oci => "application/vnd.oci.image.layer.v1.tar+gzip",
+            MediaFamily::Docker => "application/vnd.docker.image.rootfs.diff.tar.gzip",
+        }
+    }
+
+    pub fn index(self) -> &'static str {
+        match self {
+            MediaFamily::Oci => "application/vnd.oci.image.index.v1+json",
+            MediaFamily::Docker => "application/vnd.docker.distribution.manifest.list.v2+json",
+        }
+    }
+}
+
+pub const IN_TOTO_MEDIA_TYPE: &str = "application/vnd.in-toto+json";
+
+#[derive(Clone, Debug)]
+pub struct Platform {
+    pub os: String,
+    pub architecture: String,
+    pub variant: Option<String>,
+}
+
+impl Platform {
+    pub fn linux_amd64() -> Self {
+        Platform {
+            os: "linux".into(),
+            architecture: "amd64".into(),
+            variant: None,
+        }
+    }
+
+    pub fn linux_arm64() -> Self {
+        Platform {
+            os: "linux".into(),
+            architecture: "arm64".into(),
+            variant: Some("v8".into()),
+        }
+    }
+
+    /// `os/arch[/variant]`, as `ctr --platform` takes it.
+    pub fn to_ctr_string(&self) -> String {
+        match &self.variant {
+            Some(v) => format!("{}/{}/{v}", self.os, self.architecture),
+            None => format!("{}/{}", self.os, self.architecture),
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        let mut p = json!({ "architecture": self.architecture, "os": self.os });
+        if let Some(v) = &self.variant {
+            p["variant"] = json!(v);
+        }
+        p
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ImageSpec {
+    /// Approximate compressed size of each layer, in bytes.
+    pub layer_sizes: Vec<usize>,
+    pub family: MediaFamily,
+    pub platform: Platform,
+    /// 0..=9; 0 stores without compressing, which is fastest for big images.
+    pub gzip_level: u32,
+}
+
+impl ImageSpec {
+    /// OCI, linux/amd64, gzip level 1.
+    pub fn new(layer_sizes: &[usize]) -> Self {
+        ImageSpec {
+            layer_sizes: layer_sizes.to_vec(),
+            family: MediaFamily::Oci,
+            platform: Platform::linux_amd64(),
+            gzip_level: 1,
+        }
+    }
+
+    pub fn family(mut self, family: MediaFamily) -> Self {
+        self.family = family;
+        self
+    }
+
+    pub fn platform(mut self, platform: Platform) -> Self {
+        self.platform = platform;
+        self
+    }
+
+    pub fn gzip_level(mut self, level: u32) -> Self {
+        self.gzip_level = level;
+        self
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Blob {
+    pub digest: String,
+    pub size: u64,
+    pub media_type: String,
+}
+
+impl Blob {
+    fn of(bytes: &[u8], media_type: &str) -> Blob {
+        Blob {
+            digest: sha256_digest(bytes),
+            size: bytes.len() as u64,
+            media_type: media_type.to_string(),
+        }
+    }
+
+    /// The OCI descriptor JSON for this blob.
+    pub fn descriptor(&self) -> Value {
+        json!({ "mediaType": self.media_type, "digest": self.digest, "size": self.size })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct PushedImage {
+    pub manifest: Blob,
+    pub manifest_bytes: Vec<u8>,
+    pub config: Blob,
+    pub layers: Vec<Blob>,
+    /// sha256 of each uncompressed layer tar, as in the config's `rootfs.diff_ids`.
+    pub diff_ids: Vec<String>,
+    pub platform: Platform,
+}
+
+#[derive(Clone, Debug)]
+pub struct PushedIndex {
+    pub index: Blob,
+    pub index_bytes: Vec<u8>,
+    pub images: Vec<PushedImage>,
+    /// The attestation manifest's descriptor, when one was pushed.
+    pub attestation: Option<Blob>,
+}
+
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// Pushes one image and tags its manifest `tag` in `repo`.
+pub async fn push_image(registry_host: &str, repo: &str, tag: &str, spec: &ImageSpec) -> PushedImage {
+    let pusher = Pusher::new(registry_host, repo);
+    let image = pusher.push_image_blobs(spec).await;
+    pusher
+        .put_manifest(tag, &image.manifest.media_type, &image.manifest_bytes)
+        .await;
+    image
+}
+
+/// Pushes a multi-platform index (an OCI index or a Docker manifest list, per `family`) tagged
+/// `tag`, its platform manifests by digest. Every image uses `family`, whatever its spec says, as
+/// real indexes do. `with_attestation` adds a buildkit-style attestation manifest for the first
+/// image (OCI only: buildkit never puts one into a Docker manifest list).
+pub async fn push_index(
+    registry_host: &str,
+    repo: &str,
+    tag: &str,
+    family: MediaFamily,
+    specs: &[ImageSpec],
+    with_attestation: bool,
+) -> PushedIndex {
+    assert!(!specs.is_empty(), "an index needs at least one image");
+    assert!(
+        !with_attestation || family == MediaFamily::Oci,
+        "attestation manifests only exist in OCI indexes"
+    );
+    let pusher = Pusher::new(registry_host, repo);
+    let mut images = Vec::with_capacity(specs.len());
+    let mut entries = Vec::new();
+    for spec in specs {
+        let spec = spec.clone().family(family);
+        let image = pusher.push_image_blobs(&spec).await;
+        pusher
+            .put_manifest(&image.manifest.digest, &image.manifest.media_type, &image.manifest_bytes)
+            .await;
+        let mut entry = image.manifest.descriptor();
+        entry["platform"] = image.platform.to_json();
+        entries.push(entry);
+        images.push(image);
+    }
+    let attestation = if with_attestation {
+        let (blob, entry) = pusher.push_attestation(repo, tag, &images[0]).await;
+        entries.push(entry);
+        Some(blob)
+    } else {
+        None
+    };
+    let index_bytes = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": family.index(),
+        "manifests": entries,
+    }))
+    .expect("serialize index");
+    let index = Blob::of(&index_bytes, family.index());
+    pusher.put_manifest(tag, &index.media_type, &index_bytes).await;
+    PushedIndex {
+        index,
+        index_bytes,
+        images,
+        attestation,
+    }
+}
+
+/// A gzip'd tar layer in an anonymous temp file.
+struct BuiltLayer {
+    file: std::fs::File,
+    blob: Blob,
+    diff_id: String,
+}
+
+/// Regular files in a layer are at most this big, so large layers hold "a few" files.
+const MAX_FILE: usize = 64 << 20;
+
+/// Builds a layer of random files totalling about `size` bytes. Random data does not compress, so
+/// the blob ends up about `size` bytes too (tar headers and gzip framing add a little).
+fn build_layer(size: usize, level: u32, media_type: &str) -> BuiltLayer {
+    let file = tempfile::tempfile().expect("create a temp file for a layer");
+    let blob_writer = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, file));
+    let gz = GzEncoder::new(blob_writer, Compression::new(level.min(9)));
+    let mut tar = tar::Builder::new(HashingWriter::new(gz));
+    let mut rng = SmallRng::from_rng(&mut rand::rng());
+    let files = size.div_ceil(MAX_FILE).max(1);
+    let mut left = size;
+    for i in 0..files {
+        let len = left.min(MAX_FILE);
+        left -= len;
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_mode(0o644);
+        header.set_size(len as u64);
+        header.set_mtime(0);
+        let mut data = RandomReader {
+            rng: &mut rng,
+            left: len,
+        };
+        tar.append_data(&mut header, format!("data/blob-{i}.bin"), &mut data)
+            .expect("write tar entry");
+    }
+    let tar_writer = tar.into_inner().expect("finish tar");
+    let diff_id = tar_writer.digest();
+    let blob_writer = tar_writer.inner.finish().expect("finish gzip");
+    let digest = blob_writer.digest();
+    let blob_size = blob_writer.count;
+    let mut file = blob_writer
+        .inner
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .expect("flush layer file");
+    file.rewind().expect("rewind layer file");
+    BuiltLayer {
+        file,
+        blob: Blob {
+            digest,
+            size: blob_size,
+            media_type: media_type.to_string(),
+        },
+        diff_id,
+    }
+}
+
+struct RandomReader<'a> {
+    rng: &'a mut SmallRng,
+    left: usize,
+}
+
+impl Read for RandomReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = buf.len().min(self.left);
+        self.rng.fill_bytes(&mut buf[..n]);
+        self.left -= n;
+        Ok(n)
+    }
+}
+
+/// Hashes (sha256) and counts what passes through.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<W> HashingWriter<W> {
+    fn new(inner: W) -> Self {
+        HashingWriter {
+            inner,
+            hasher: Sha256::new(),
+            count: 0,
+        }
+    }
+
+    fn digest(&self) -> String {
+        format!("sha256:{}", hex::encode(self.hasher.clone().finalize()))
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Uploads into one repository of one registry.
+struct Pusher {
+    client: reqwest::Client,
+    base: Url,
+    repo: String,
+}
+
+impl Pusher {
+    fn new(registry_host: &str, repo: &str) -> Self {
+        Pusher {
+            client: reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .expect("build HTTP client"),
+            base: Url::parse(&format!("http://{registry_host}/")).expect("registry host"),
+            repo: repo.to_string(),
+        }
+    }
+
+    /// Layers, then config, then the manifest document (not yet uploaded).
+    async fn push_image_blobs(&self, spec: &ImageSpec) -> PushedImage {
+        let family = spec.family;
+        let mut layers = Vec::with_capacity(spec.layer_sizes.len());
+        let mut diff_ids = Vec::with_capacity(spec.layer_sizes.len());
+        let spawn_build = |size: usize| {
+            let level = spec.gzip_level;
+            tokio::task::spawn_blocking(move || build_layer(size, level, family.layer()))
+        };
+        let mut next = spec.layer_sizes.first().map(|s| spawn_build(*s));
+        for i in 0..spec.layer_sizes.len() {
+            let built = next.take().expect("a layer build").await.expect("layer build panicked");
+            // Build the next layer while this one uploads.
+            next = spec.layer_sizes.get(i + 1).map(|s| spawn_build(*s));
+            let file = tokio::fs::File::from_std(built.file);
+            self.upload_blob(&built.blob, reqwest::Body::from(file)).await;
+            layers.push(built.blob);
+            diff_ids.push(built.diff_id);
+        }
+
+        let mut config = json!({
+            "architecture": spec.platform.architecture,
+            "os": spec.platform.os,
+            "rootfs": { "type": "layers", "diff_ids": diff_ids },
+            // The nonce makes every config, hence every image ID, unique.
+            "config": {
+                "Cmd": ["/bin/sh"],
+                "Labels": { "prepull.test/nonce": hex::encode(rand::random::<[u8; 16]>()) },
+            },
+        });
+        if let Some(v) = &spec.platform.variant {
+            config["variant"] = json!(v);
+        }
+        let config_bytes = serde_json::to_vec(&config).expect("serialize config");
+        let config_blob = Blob::of(&config_bytes, family.config());
+        self.upload_blob(&config_blob, config_bytes.into()).await;
+
+        let manifest_bytes = serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": family.manifest(),
+            "config": config_blob.descriptor(),
+            "layers": layers.iter().map(Blob::descriptor).collect::<Vec<_>>(),
+        }))
+        .expect("serialize manifest");
+        PushedImage {
+            manifest: Blob::of(&manifest_bytes, family.manifest()),
+            manifest_bytes,
+            config: config_blob,
+            layers,
+            diff_ids,
+            platform: spec.platform.clone(),
+        }
+    }
+
+    /// A buildkit-style provenance attestation for `subject`: pushed by digest; returns its blob
+    /// and its index entry.
+    async fn push_attestation(&self, repo: &str, tag: &str, subject: &PushedImage) -> (Blob, Value) {
+        let predicate_type = "https://slsa.dev/provenance/v0.2";
+        let statement = serde_json::to_vec(&json!({
+            "_type": "https://in-toto.io/Statement/v0.1",
+            "predicateType": predicate_type,
+            "subject": [{
+                "name": format!("pkg:docker/{repo}@{tag}?platform={}", subject.platform.to_ctr_string().replace('/', "%2F")),
+                "digest": { "sha256": subject.manifest.digest.trim_start_matches("sha256:") },
+            }],
+            "predicate": { "buildType": "https://mobyproject.org/buildkit@v1" },
+        }))
+        .expect("serialize in-toto statement");
+        let layer = Blob::of(&statement, IN_TOTO_MEDIA_TYPE);
+        self.upload_blob(&layer, statement.into()).await;
+
+        let config_bytes = serde_json::to_vec(&json!({
+            "architecture": "unknown",
+            "os": "unknown",
+            "config": {},
+            "rootfs": { "type": "layers", "diff_ids": [layer.digest] },
+        }))
+        .expect("serialize attestation config");
+        let config = Blob::of(&config_bytes, MediaFamily::Oci.config());
+        self.upload_blob(&config, config_bytes.into()).await;
+
+        let mut layer_desc = layer.descriptor();
+        layer_desc["annotations"] = json!({ "in-toto.io/predicate-type": predicate_type });
+        let manifest_bytes = serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": MediaFamily::Oci.manifest(),
+            "config": config.descriptor(),
+            "layers": [layer_desc],
+        }))
+        .expect("serialize attestation manifest");
+        let manifest = Blob::of(&manifest_bytes, MediaFamily::Oci.manifest());
+        self.put_manifest(&manifest.digest, &manifest.media_type, &manifest_bytes)
+            .await;
+
+        let mut entry = manifest.descriptor();
+        entry["annotations"] = json!({
+            "vnd.docker.reference.digest": subject.manifest.digest,
+            "vnd.docker.reference.type": "attestation-manifest",
+        });
+        entry["platform"] = json!({ "architecture": "unknown", "os": "unknown" });
+        (manifest, entry)
+    }
+
+    /// Monolithic upload: `POST .../blobs/uploads/` for a Location, then `PUT <location>&digest=`.
+    async fn upload_blob(&self, blob: &Blob, body: reqwest::Body) {
+        let start = self
+            .base
+            .join(&format!("v2/{}/blobs/uploads/", self.repo))
+            .expect("upload URL");
+        let resp = self
+            .client
+            .post(start.clone())
+            .header(CONTENT_LENGTH, 0)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {start}: {e}"));
+        let resp = expect_status(resp, StatusCode::ACCEPTED, "start blob upload").await;
+        let location = resp
+            .headers()
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_else(|| panic!("POST {start}: 202 without a Location header"));
+        // Location may be relative and usually carries the upload's state in its query already.
+        let mut put = start
+            .join(location)
+            .unwrap_or_else(|e| panic!("bad upload Location {location:?}: {e}"));
+        put.query_pairs_mut().append_pair("digest", &blob.digest);
+        let resp = self
+            .client
+            .put(put.clone())
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .header(CONTENT_LENGTH, blob.size)
+            .body(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("PUT {put}: {e}"));
+        let resp = expect_status(resp, StatusCode::CREATED, &format!("upload blob {}", blob.digest)).await;
+        check_digest_header(&resp, &blob.digest);
+    }
+
+    /// `PUT /v2/<repo>/manifests/<reference>` (a tag or a digest).
+    async fn put_manifest(&self, reference: &str, media_type: &str, bytes: &[u8]) {
+        let url = self
+            .base
+            .join(&format!("v2/{}/manifests/{reference}", self.repo))
+            .expect("manifest URL");
+        let resp = self
+            .client
+            .put(url.clone())
+            .header(CONTENT_TYPE, media_type)
+            .body(bytes.to_vec())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("PUT {url}: {e}"));
+        let resp = expect_status(resp, StatusCode::CREATED, &format!("put manifest {reference}")).await;
+        check_digest_header(&resp, &sha256_digest(bytes));
+    }
+}
+
+async fn expect_status(resp: reqwest::Response, want: StatusCode, what: &str) -> reqwest::Response {
+    if resp.status() == want {
+        return resp;
+    }
+    let status = resp.status();
+    let url = resp.url().clone();
+    let body = resp.text().await.unwrap_or_default();
+    panic!("{what}: {url} answered {status}, expected {want}: {body}");
+}
+
+fn check_digest_header(resp: &reqwest::Response, want: &str) {
+    let got = resp
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok());
+    assert_eq!(
+        got,
+        Some(want),
+        "{} answered with an unexpected Docker-Content-Digest",
+        resp.url()
+    );
+}

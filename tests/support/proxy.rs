@@ -1,0 +1,331 @@
+//! A recording HTTP/1.1 reverse proxy in front of a real registry: every request is logged with
+//! its status and the response body bytes streamed to the client. Each request first goes through
+//! a hook ([`Proxy::set_hook`]) that decides to forward it or answer it itself, which is where
+//! fault injection plugs in.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, HOST, LOCATION};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::task::{JoinHandle, JoinSet};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type ProxyBody = BoxBody<Bytes, BoxError>;
+
+/// One request as the client saw it.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    pub status: u16,
+    /// Response body bytes handed to the client so far (final once the response completed).
+    pub response_body_bytes: u64,
+    pub authorization: Option<String>,
+}
+
+/// What the hook sees of a request.
+#[derive(Clone, Debug)]
+pub struct RequestInfo {
+    pub method: String,
+    pub path: String,
+    pub headers: HeaderMap,
+}
+
+/// What to do with a request.
+#[derive(Clone, Debug)]
+pub enum Action {
+    /// Pass it to the upstream registry.
+    Forward,
+    /// Answer it here without contacting upstream.
+    Respond { status: u16, body: Vec<u8> },
+}
+
+pub type Hook = Arc<dyn Fn(&RequestInfo) -> Action + Send + Sync>;
+
+/// A record whose byte count grows while its body streams.
+struct Entry {
+    method: String,
+    path: String,
+    status: u16,
+    authorization: Option<String>,
+    bytes: AtomicU64,
+}
+
+struct Shared {
+    upstream: String,
+    /// `host:port` of the proxy itself, for rewriting upstream Locations.
+    host: String,
+    client: reqwest::Client,
+    log: Mutex<Vec<Arc<Entry>>>,
+    hook: RwLock<Option<Hook>>,
+}
+
+pub struct Proxy {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Listens on a free loopback port and forwards to `upstream` (`127.0.0.1:PORT`).
+    pub async fn start(upstream: &str) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy's loopback port");
+        let addr = listener.local_addr().expect("proxy address");
+        let shared = Arc::new(Shared {
+            upstream: upstream.to_string(),
+            host: addr.to_string(),
+            client: reqwest::Client::builder()
+                .no_proxy()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("build upstream HTTP client"),
+            log: Mutex::new(Vec::new()),
+            hook: RwLock::new(None),
+        });
+        let task = tokio::spawn(accept_loop(listener, shared.clone()));
+        Proxy { addr, shared, task }
+    }
+
+    /// `127.0.0.1:PORT`
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn records(&self) -> Vec<Record> {
+        self.shared
+            .log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|e| Record {
+                method: e.method.clone(),
+                path: e.path.clone(),
+                status: e.status,
+                response_body_bytes: e.bytes.load(Ordering::SeqCst),
+                authorization: e.authorization.clone(),
+            })
+            .collect()
+    }
+
+    pub fn clear(&self) {
+        self.shared
+            .log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// Total response body bytes of GETs whose path contains `/blobs/sha256:`.
+    pub fn blob_bytes(&self) -> u64 {
+        self.records()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path.contains("/blobs/sha256:"))
+            .map(|r| r.response_body_bytes)
+            .sum()
+    }
+
+    /// Installs the per-request hook (replacing any previous one).
+    pub fn set_hook(&self, hook: impl Fn(&RequestInfo) -> Action + Send + Sync + 'static) {
+        *self.shared.hook.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(hook));
+    }
+
+    /// Back to forwarding everything.
+    pub fn clear_hook(&self) {
+        *self.shared.hook.write().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        // The accept task owns the connection tasks (a JoinSet), so this ends them too.
+        self.task.abort();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let mut connections = JoinSet::new();
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(_) => continue,
+        };
+        // Reap finished connections so the set does not grow without bound.
+        while connections.try_join_next().is_some() {}
+        let shared = shared.clone();
+        connections.spawn(async move {
+            let service = service_fn(move |req| handle(shared.clone(), req));
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+    let info = RequestInfo {
+        method: req.method().to_string(),
+        path: req
+            .uri()
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "/".into()),
+        headers: req.headers().clone(),
+    };
+    let hook = shared.hook.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let action = hook.map(|h| h(&info)).unwrap_or(Action::Forward);
+    let response = match action {
+        Action::Forward => forward(&shared, req, &info).await,
+        Action::Respond { status, body } => Response::builder()
+            .status(status)
+            .header("content-length", body.len())
+            .body(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed())
+            .expect("build hook response"),
+    };
+    Ok(record(&shared, &info, response))
+}
+
+/// Sends the request upstream and streams the answer back; a failure to reach upstream (e.g. a
+/// stopped registry) becomes a 502.
+async fn forward(shared: &Shared, req: Request<Incoming>, info: &RequestInfo) -> Response<ProxyBody> {
+    let url = format!("http://{}{}", shared.upstream, info.path);
+    let (parts, body) = req.into_parts();
+    let mut upstream_req = shared.client.request(parts.method.clone(), &url);
+    let mut headers = HeaderMap::new();
+    for (name, value) in &parts.headers {
+        if !is_hop_by_hop(name) && name != HOST {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    upstream_req = upstream_req.headers(headers);
+    // Only requests that carry a body get one; a streamed empty body would become a chunked GET.
+    if hyper::body::Body::size_hint(&body).exact() != Some(0) {
+        upstream_req = upstream_req.body(reqwest::Body::wrap_stream(body.into_data_stream()));
+    }
+    let upstream = match upstream_req.send().await {
+        Ok(r) => r,
+        Err(e) => {
+            let msg = format!("proxy: upstream {url}: {e}");
+            return Response::builder()
+                .status(502)
+                .header("content-length", msg.len())
+                .body(Full::new(Bytes::from(msg)).map_err(|e| match e {}).boxed())
+                .expect("build 502");
+        }
+    };
+    let mut builder = Response::builder().status(upstream.status().as_u16());
+    for (name, value) in upstream.headers() {
+        if is_hop_by_hop(name) {
+            continue;
+        }
+        if name == LOCATION {
+            builder = builder.header(name, rewrite_location(value, &shared.upstream, &shared.host));
+        } else {
+            builder = builder.header(name, value);
+        }
+    }
+    let stream = upstream
+        .bytes_stream()
+        .map(|chunk| chunk.map(Frame::data).map_err(|e| Box::new(e) as BoxError));
+    builder
+        .body(BodyExt::boxed(StreamBody::new(stream)))
+        .expect("build proxied response")
+}
+
+/// Logs the request and wraps the body so the log counts bytes as they go to the client.
+fn record(shared: &Shared, info: &RequestInfo, response: Response<ProxyBody>) -> Response<ProxyBody> {
+    let entry = Arc::new(Entry {
+        method: info.method.clone(),
+        path: info.path.clone(),
+        status: response.status().as_u16(),
+        authorization: info
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        bytes: AtomicU64::new(0),
+    });
+    shared
+        .log
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(entry.clone());
+    response.map(|body| {
+        let counted = CountingStream {
+            inner: body.into_data_stream(),
+            entry,
+        };
+        BodyExt::boxed(StreamBody::new(counted.map(|r| r.map(Frame::data))))
+    })
+}
+
+/// Counts each chunk when hyper takes it for writing to the client's socket.
+struct CountingStream<S> {
+    inner: S,
+    entry: Arc<Entry>,
+}
+
+impl<S: Stream<Item = Result<Bytes, BoxError>> + Unpin> Stream for CountingStream<S> {
+    type Item = Result<Bytes, BoxError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let poll = self.inner.poll_next_unpin(cx);
+        if let Poll::Ready(Some(Ok(chunk))) = &poll {
+            self.entry
+                .bytes
+                .fetch_add(chunk.len() as u64, Ordering::SeqCst);
+        }
+        poll
+    }
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+/// Points a Location at the proxy when it points at the upstream, so clients stay behind us.
+fn rewrite_location(value: &HeaderValue, upstream: &str, proxy: &str) -> HeaderValue {
+    let Ok(s) = value.to_str() else {
+        return value.clone();
+    };
+    for scheme in ["http://", "https://"] {
+        if let Some(rest) = s.strip_prefix(&format!("{scheme}{upstream}")) {
+            if rest.is_empty() || rest.starts_with('/') || rest.starts_with('?') {
+                return HeaderValue::from_str(&format!("http://{proxy}{rest}"))
+                    .unwrap_or_else(|_| value.clone());
+            }
+        }
+    }
+    value.clone()
+}
