@@ -38,3 +38,56 @@ pub async fn image_status(
         .await?;
     Ok(response.into_inner().image)
 }
+
+/// The snapshotter CRI unpacks images into, read from its verbose `Status` (the same place
+/// `crictl info` shows it). `None` if CRI does not say.
+pub async fn snapshotter(channel: Channel) -> Result<Option<String>, tonic::Status> {
+    let mut client = RuntimeServiceClient::new(channel);
+    let response = client
+        .status(v1::StatusRequest { verbose: true })
+        .await?
+        .into_inner();
+    let Some(config) = response.info.get("config") else {
+        return Ok(None);
+    };
+    let Ok(config) = serde_json::from_str::<serde_json::Value>(config) else {
+        return Ok(None);
+    };
+    Ok(find_snapshotter(&config))
+}
+
+/// containerd 1.x keeps it at `containerd.snapshotter`; other layouts put a `snapshotter` key
+/// elsewhere, so fall back to the first non-empty one found.
+fn find_snapshotter(config: &serde_json::Value) -> Option<String> {
+    if let Some(s) = config
+        .pointer("/containerd/snapshotter")
+        .and_then(|v| v.as_str())
+        .filter(|s| !s.is_empty())
+    {
+        return Some(s.to_string());
+    }
+    match config {
+        serde_json::Value::Object(map) => {
+            if let Some(s) = map.get("snapshotter").and_then(|v| v.as_str()).filter(|s| !s.is_empty()) {
+                return Some(s.to_string());
+            }
+            map.values().find_map(find_snapshotter)
+        }
+        serde_json::Value::Array(items) => items.iter().find_map(find_snapshotter),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_snapshotter_in_cri_config() {
+        let v1 = serde_json::json!({"containerd": {"snapshotter": "native", "runtimes": {"runc": {"snapshotter": ""}}}});
+        assert_eq!(find_snapshotter(&v1).as_deref(), Some("native"));
+        let other = serde_json::json!({"runtimes": {"runc": {"snapshotter": "overlayfs"}}});
+        assert_eq!(find_snapshotter(&other).as_deref(), Some("overlayfs"));
+        assert_eq!(find_snapshotter(&serde_json::json!({"x": 1})), None);
+    }
+}

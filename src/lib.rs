@@ -17,4 +17,5 @@ pub mod reference;
 pub mod registry;
 pub mod store;
 pub mod pull;
+pub mod unpack;
 pub mod commands;

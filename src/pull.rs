@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{future::try_join_all, StreamExt};
-use tokio::sync::Semaphore;
+use tokio::sync::{oneshot, Semaphore};
 
 use crate::digest::Digest;
 use crate::oci::{self, Descriptor, Document};
@@ -20,6 +20,7 @@ use crate::platform::{self, Platform};
 use crate::reference::{Reference, Target};
 use crate::registry::{FetchedManifest, RegistryClient, RegistryError};
 use crate::store::{labels, ref_key, ImageRecord, Lease, Opened, Store, StoreError};
+use crate::unpack;
 
 /// How pulls behave.
 #[derive(Clone, Debug)]
@@ -30,6 +31,10 @@ pub struct PullOptions {
     pub max_concurrent_downloads: NonZeroUsize,
     /// How long containerd keeps a crashed pull's content before collecting it.
     pub lease_expiry: Duration,
+    /// The snapshotter to unpack into, or `None` to store content only.
+    pub unpack: Option<String>,
+    /// Label image records `io.cri-containerd.pinned=pinned`, so kubelet image GC keeps them.
+    pub pin: bool,
 }
 
 impl Default for PullOptions {
@@ -38,6 +43,8 @@ impl Default for PullOptions {
             platform: Platform::host(),
             max_concurrent_downloads: NonZeroUsize::new(8).expect("non-zero"),
             lease_expiry: Duration::from_secs(24 * 3600),
+            unpack: Some("overlayfs".to_string()),
+            pin: false,
         }
     }
 }
@@ -57,6 +64,8 @@ pub struct PullReport {
     pub names: Vec<String>,
     /// Layers in the image.
     pub layers: usize,
+    /// The snapshotter the layers were unpacked into, if unpacking was asked for.
+    pub snapshotter: Option<String>,
     /// Blobs downloaded.
     pub blobs_fetched: usize,
     /// Blobs already in containerd.
@@ -98,6 +107,15 @@ pub enum PullError {
         /// What the index offers.
         available: String,
     },
+    /// A layer could not be unpacked.
+    #[error("cannot pull {image}")]
+    Unpack {
+        /// The image as requested.
+        image: String,
+        /// What went wrong.
+        #[source]
+        source: crate::unpack::UnpackError,
+    },
     /// The image's own documents contradict each other.
     #[error("cannot pull {image}: {problem}")]
     Malformed {
@@ -115,6 +133,10 @@ impl PullError {
             PullError::Registry { source, .. } => source.kind(),
             PullError::Store { source, .. } => source.kind(),
             PullError::NoPlatform { .. } => "no-platform",
+            PullError::Unpack { source, .. } => match source {
+                crate::unpack::UnpackError::DiffId { .. } => "corrupt",
+                crate::unpack::UnpackError::Store { source, .. } => source.kind(),
+            },
             PullError::Malformed { .. } => "bad-manifest",
         }
     }
@@ -195,13 +217,29 @@ impl Puller {
         let source_label = distribution_source(reference);
 
         // Config and layers, concurrently; each verified before it is committed.
-        let (config_bytes, _) = tokio::try_join!(
-            self.fetch_config(reference, &manifest.config, &lease, &source_label, &counters),
-            try_join_all(manifest.layers.iter().map(|layer| {
+        // Config and layers download concurrently, each verified before it is committed;
+        // layer i unpacks as soon as it and the layers below it are committed, while later
+        // layers are still downloading.
+        let (config_tx, config_rx) = oneshot::channel();
+        let (layer_txs, layer_rxs): (Vec<_>, Vec<_>) =
+            manifest.layers.iter().map(|_| oneshot::channel::<()>()).unzip();
+        let fetch_config = async {
+            let bytes = self
+                .fetch_config(reference, &manifest.config, &lease, &source_label, &counters)
+                .await?;
+            let _ = config_tx.send(bytes);
+            Ok::<_, PullError>(())
+        };
+        let fetch_layers = try_join_all(manifest.layers.iter().zip(layer_txs).map(
+            |(layer, done)| async {
                 self.fetch_blob(reference, layer, &lease, &source_label, &counters)
-            })),
-        )?;
-        check_config(&image, &manifest_fetched.digest, manifest, config_bytes.as_deref())?;
+                    .await?;
+                let _ = done.send(());
+                Ok::<_, PullError>(())
+            },
+        ));
+        let unpack = self.unpack(&image, &manifest_fetched.digest, manifest, &lease, config_rx, layer_rxs);
+        tokio::try_join!(fetch_config, fetch_layers, unpack)?;
 
         // Parents after children, each with GC references to what it needs.
         let mut manifest_labels = source_label.clone();
@@ -228,8 +266,11 @@ impl Puller {
 
         // Image records last: they make the image visible to CRI and root it for GC.
         let names = record_names(reference, &top.digest, &manifest.config.digest);
-        let record_labels =
+        let mut record_labels =
             HashMap::from([(labels::CRI_MANAGED.to_string(), "managed".to_string())]);
+        if self.options.pin {
+            record_labels.insert(labels::CRI_PINNED.to_string(), "pinned".to_string());
+        }
         for name in &names {
             self.store
                 .put_image(&ImageRecord {
@@ -249,6 +290,7 @@ impl Puller {
             platform,
             names,
             layers: manifest.layers.len(),
+            snapshotter: self.options.unpack.clone(),
             blobs_fetched: counters.fetched.load(Ordering::Relaxed),
             blobs_present: counters.present.load(Ordering::Relaxed),
             bytes_fetched: counters.bytes.load(Ordering::Relaxed),
@@ -263,6 +305,89 @@ impl Puller {
             "pulled"
         );
         Ok(report)
+    }
+
+    /// Checks the config against the manifest and, unless content-only, unpacks each layer as
+    /// its blob (and every blob below it) is committed.
+    async fn unpack(
+        &self,
+        image: &str,
+        manifest_digest: &Digest,
+        manifest: &oci::Manifest,
+        lease: &Lease,
+        config: oneshot::Receiver<Option<Bytes>>,
+        layers: Vec<oneshot::Receiver<()>>,
+    ) -> Result<(), PullError> {
+        // A closed channel means that fetch failed; its own error is the one reported.
+        let Ok(config_bytes) = config.await else {
+            return Ok(());
+        };
+        let Some(snapshotter) = self.options.unpack.as_deref() else {
+            return check_config(image, manifest_digest, manifest, config_bytes.as_deref()).map(drop);
+        };
+        let config_bytes = match config_bytes {
+            Some(b) => b.to_vec(),
+            None => self
+                .store
+                .read_blob(&manifest.config.digest, oci::MAX_CONFIG_BYTES)
+                .await
+                .map_err(|source| PullError::Store {
+                    image: image.to_string(),
+                    source,
+                })?,
+        };
+        let diff_ids = check_config(image, manifest_digest, manifest, Some(&config_bytes))?;
+        let chain = unpack::chain_ids(&diff_ids);
+        let unpack_err = |source| PullError::Unpack {
+            image: image.to_string(),
+            source,
+        };
+        if let Some(top) = chain.last() {
+            // A warm node: the whole chain is there, nothing to unpack.
+            let exists = self
+                .store
+                .snapshot_exists(snapshotter, &top.to_string())
+                .await
+                .map_err(|source| PullError::Store {
+                    image: image.to_string(),
+                    source,
+                })?;
+            if exists {
+                return Ok(());
+            }
+        }
+        for (i, done) in layers.into_iter().enumerate() {
+            if done.await.is_err() {
+                return Ok(());
+            }
+            unpack::unpack_layer(
+                &self.store,
+                lease,
+                snapshotter,
+                &manifest.layers[i],
+                &diff_ids[i],
+                i.checked_sub(1).map(|p| &chain[p]),
+                &chain[i],
+            )
+            .await
+            .map_err(unpack_err)?;
+        }
+        if let Some(top) = chain.last() {
+            self.store
+                .set_labels(
+                    &manifest.config.digest,
+                    HashMap::from([(
+                        format!("{}{snapshotter}", unpack::GC_REF_SNAPSHOT),
+                        top.to_string(),
+                    )]),
+                )
+                .await
+                .map_err(|source| PullError::Store {
+                    image: image.to_string(),
+                    source,
+                })?;
+        }
+        Ok(())
     }
 
     fn choose(&self, image: &str, index: &oci::Index) -> Result<(usize, Platform), PullError> {
@@ -445,13 +570,16 @@ fn record_names(reference: &Reference, top: &Digest, config: &Digest) -> Vec<Str
 }
 
 /// The config must list one diff ID per layer, or the image cannot be unpacked or run.
+/// Returns the diff IDs (empty when the config was not at hand).
 fn check_config(
     image: &str,
     manifest_digest: &Digest,
     manifest: &oci::Manifest,
     config: Option<&[u8]>,
-) -> Result<(), PullError> {
-    let Some(bytes) = config else { return Ok(()) };
+) -> Result<Vec<Digest>, PullError> {
+    let Some(bytes) = config else {
+        return Ok(Vec::new());
+    };
     let parsed: oci::Config = serde_json::from_slice(bytes).map_err(|e| PullError::Malformed {
         image: image.to_string(),
         problem: format!("config {} is not a valid image config: {e}", manifest.config.digest),
@@ -468,7 +596,7 @@ fn check_config(
             ),
         });
     }
-    Ok(())
+    Ok(parsed.rootfs.diff_ids)
 }
 
 #[cfg(test)]

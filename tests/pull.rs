@@ -96,6 +96,21 @@ async fn oci_image_by_tag_lands_with_gc_labels_and_cri_sees_every_name() {
     }
     assert!(has_blob(&store, &image.config.digest).await);
 
+    // Unpacked into the snapshotter CRI uses (found by asking CRI), as containerd's unpacker does.
+    assert_eq!(r["snapshotter"], "native");
+    let diff_ids: Vec<Digest> = image.diff_ids.iter().map(|d| digest(d)).collect();
+    let chain = prepull::unpack::chain_ids(&diff_ids);
+    for (i, id) in chain.iter().enumerate() {
+        assert!(store.snapshot_exists("native", &id.to_string()).await.unwrap(), "snapshot {i} {id}");
+        let layer = store.info(&digest(&image.layers[i].digest)).await.unwrap().unwrap();
+        assert_eq!(layer.labels.get("containerd.io/uncompressed"), Some(&image.diff_ids[i]));
+    }
+    let config = store.info(&digest(&image.config.digest)).await.unwrap().unwrap();
+    assert_eq!(
+        config.labels.get("containerd.io/gc.ref.snapshot.native"),
+        Some(&chain.last().unwrap().to_string())
+    );
+
     // Image records: tag, digest reference and ID, managed, pointing at the manifest.
     let digest_ref = format!("{host}/team/app@{}", image.manifest.digest);
     for name in [reference.as_str(), digest_ref.as_str(), image.config.digest.as_str()] {
@@ -126,9 +141,12 @@ async fn docker_media_types_by_digest_create_no_tag_record() {
     let image = push_image(&host, "legacy/app", "old", &spec).await;
     let by_digest = format!("{host}/legacy/app@{}", image.manifest.digest);
 
-    let (out, results) = pull_json(&containerd, &host, &[], &[&by_digest]).await;
+    let (out, results) = pull_json(&containerd, &host, &["--no-unpack"], &[&by_digest]).await;
     assert_success(&out);
     assert_eq!(results[0]["digest"], image.manifest.digest.as_str());
+    assert!(results[0]["snapshotter"].is_null());
+    let snapshots = containerd.ctr_ok(&["-n", "k8s.io", "snapshots", "--snapshotter", "native", "ls"]);
+    assert!(!snapshots.contains(&image.diff_ids[0]), "--no-unpack creates no snapshot: {snapshots}");
     assert_eq!(results[0]["names"], serde_json::json!([by_digest, image.config.digest]));
 
     let store = store(&containerd).await;

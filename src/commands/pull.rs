@@ -55,6 +55,19 @@ pub struct PullArgs {
     #[arg(long = "plain-http", value_name = "HOST")]
     pub plain_http: Vec<String>,
 
+    /// Snapshotter to unpack into [default: the one containerd's CRI plugin uses].
+    #[arg(long, value_name = "NAME", conflicts_with = "no_unpack")]
+    pub snapshotter: Option<String>,
+
+    /// Store content only; CRI unpacks at the first container start instead.
+    #[arg(long)]
+    pub no_unpack: bool,
+
+    /// Pin the images: label them `io.cri-containerd.pinned=pinned`, so the kubelet's image
+    /// garbage collection leaves them alone (containerd 1.6.22+, 1.7.3+, 2.x).
+    #[arg(long)]
+    pub pin: bool,
+
     /// Blobs downloaded at once, across all images.
     #[arg(long, value_name = "N", default_value = "8")]
     pub max_concurrent_downloads: NonZeroUsize,
@@ -72,9 +85,11 @@ pub async fn run(args: PullArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|i| Reference::parse(i))
         .collect::<Result<_, _>>()?;
-    let options = PullOptions {
+    let mut options = PullOptions {
         platform: args.platform.clone().unwrap_or_else(Platform::host),
         max_concurrent_downloads: args.max_concurrent_downloads,
+        pin: args.pin,
+        unpack: None,
         ..PullOptions::default()
     };
     let registry = RegistryClient::new(registry::Options {
@@ -84,6 +99,12 @@ pub async fn run(args: PullArgs) -> anyhow::Result<ExitCode> {
     let store = Store::connect(&args.containerd, &args.namespace)
         .await
         .with_context(|| format!("namespace {}", args.namespace))?;
+    if !args.no_unpack {
+        options.unpack = Some(match &args.snapshotter {
+            Some(s) => s.clone(),
+            None => cri_snapshotter(&args.containerd).await,
+        });
+    }
     let puller = Puller::new(Arc::new(registry), store, options);
 
     let results = join_all(references.iter().map(|r| puller.pull(r))).await;
@@ -104,14 +125,38 @@ pub async fn run(args: PullArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// The snapshotter CRI uses, so unpacked layers are the ones containers start from.
+async fn cri_snapshotter(socket: &std::path::Path) -> String {
+    const FALLBACK: &str = "overlayfs";
+    let found = match crate::cri::connect(socket).await {
+        Ok(channel) => crate::cri::snapshotter(channel).await,
+        Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+    };
+    match found {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            tracing::warn!(fallback = FALLBACK, "CRI does not report its snapshotter");
+            FALLBACK.to_string()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, fallback = FALLBACK, "cannot ask CRI for its snapshotter; use --snapshotter");
+            FALLBACK.to_string()
+        }
+    }
+}
+
 fn print_report(r: &PullReport, output: Output) {
     match output {
         Output::Text => println!(
-            "pulled {} {} ({}, {} layers, {} fetched in {} blobs, {} already present) in {:.2}s",
+            "pulled {} {} ({}, {} layers{}, {} fetched in {} blobs, {} already present) in {:.2}s",
             r.reference,
             r.digest,
             r.platform,
             r.layers,
+            r.snapshotter
+                .as_ref()
+                .map(|s| format!(" unpacked into {s}"))
+                .unwrap_or_default(),
             human_bytes(r.bytes_fetched),
             r.blobs_fetched,
             r.blobs_present,
@@ -127,6 +172,7 @@ fn print_report(r: &PullReport, output: Output) {
                 "platform": r.platform.to_string(),
                 "names": r.names,
                 "layers": r.layers,
+                "snapshotter": r.snapshotter,
                 "blobs_fetched": r.blobs_fetched,
                 "blobs_present": r.blobs_present,
                 "bytes_fetched": r.bytes_fetched,

@@ -4,8 +4,8 @@ use std::collections::HashMap;
 
 use containerd_client::services::v1::content_client::ContentClient;
 use containerd_client::services::v1::{
-    AbortRequest, Info, InfoRequest, UpdateRequest, WriteAction, WriteContentRequest,
-    WriteContentResponse,
+    AbortRequest, Info, InfoRequest, ReadContentRequest, UpdateRequest, WriteAction,
+    WriteContentRequest, WriteContentResponse,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -52,6 +52,38 @@ impl Store {
             Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
             Err(s) => Err(StoreError::rpc("Content.Info", digest.to_string(), s)),
         }
+    }
+
+    /// Reads a whole committed blob into memory, refusing blobs larger than `limit` bytes.
+    pub async fn read_blob(&self, digest: &Digest, limit: u64) -> Result<Vec<u8>, StoreError> {
+        let what = digest.to_string();
+        let mut client = ContentClient::new(self.channel.clone());
+        let request = ReadContentRequest {
+            digest: what.clone(),
+            offset: 0,
+            size: 0,
+        };
+        let mut stream = client
+            .read(self.request(request, None))
+            .await
+            .map_err(|s| StoreError::rpc("Content.Read", &what, s))?
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(chunk) = stream
+            .message()
+            .await
+            .map_err(|s| StoreError::rpc("Content.Read", &what, s))?
+        {
+            out.extend_from_slice(&chunk.data);
+            if out.len() as u64 > limit {
+                return Err(StoreError::rpc(
+                    "Content.Read",
+                    &what,
+                    tonic::Status::out_of_range(format!("blob is larger than {limit} bytes")),
+                ));
+            }
+        }
+        Ok(out)
     }
 
     /// Sets labels on a committed blob, leaving its other labels alone.

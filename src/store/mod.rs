@@ -8,6 +8,7 @@ mod content;
 mod error;
 mod images;
 mod leases;
+mod snapshots;
 
 use std::path::{Path, PathBuf};
 

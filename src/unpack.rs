@@ -1,0 +1,153 @@
+//! Unpacking: turning an image's layer blobs into the snapshot chain a container starts from.
+//!
+//! Per layer, as containerd's own unpacker does: `Snapshots.Prepare` on the parent chain,
+//! `Diff.Apply` of the layer blob, check the resulting diff ID against the config,
+//! `Snapshots.Commit` under the layer's chain ID. Snapshots that exist are skipped, so a warm
+//! node does no work.
+
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest as _, Sha256};
+
+use crate::digest::Digest;
+use crate::oci::Descriptor;
+use crate::store::{Lease, Store, StoreError};
+
+/// Label containerd's unpacker puts on the snapshots it creates.
+const SNAPSHOT_REF: &str = "containerd.io/snapshot.ref";
+/// Label giving a layer blob's uncompressed digest.
+pub const UNCOMPRESSED: &str = "containerd.io/uncompressed";
+/// Prefix of the config label that roots an image's snapshot chain for GC.
+pub const GC_REF_SNAPSHOT: &str = "containerd.io/gc.ref.snapshot.";
+
+/// Why a layer could not be unpacked.
+#[derive(Debug, thiserror::Error)]
+pub enum UnpackError {
+    /// The applied layer is not what the config says it is.
+    #[error("layer {layer} unpacks to {got}, but the image config says {expected}")]
+    DiffId {
+        /// The layer blob.
+        layer: Digest,
+        /// The config's diff ID.
+        expected: Digest,
+        /// What containerd computed.
+        got: Digest,
+    },
+    /// containerd failed.
+    #[error("unpacking layer {layer} into snapshotter {snapshotter} failed")]
+    Store {
+        /// The layer blob.
+        layer: Digest,
+        /// The snapshotter.
+        snapshotter: String,
+        /// What containerd said.
+        #[source]
+        source: StoreError,
+    },
+}
+
+/// The chain IDs of a layer stack: `chain[0] = diff[0]`,
+/// `chain[n] = sha256(chain[n-1] + " " + diff[n])`.
+pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
+    let mut out: Vec<Digest> = Vec::with_capacity(diff_ids.len());
+    for diff in diff_ids {
+        let next = match out.last() {
+            None => diff.clone(),
+            Some(parent) => {
+                let hex = hex::encode(Sha256::digest(format!("{parent} {diff}").as_bytes()));
+                format!("sha256:{hex}")
+                    .parse()
+                    .expect("a sha256 hex string is a valid digest")
+            }
+        };
+        out.push(next);
+    }
+    out
+}
+
+/// Unpacks one layer on top of `parent` (the previous layer's chain ID) as snapshot `chain`.
+pub async fn unpack_layer(
+    store: &Store,
+    lease: &Lease,
+    snapshotter: &str,
+    layer: &Descriptor,
+    diff_id: &Digest,
+    parent: Option<&Digest>,
+    chain: &Digest,
+) -> Result<(), UnpackError> {
+    let fail = |source| UnpackError::Store {
+        layer: layer.digest.clone(),
+        snapshotter: snapshotter.to_string(),
+        source,
+    };
+    if store.snapshot_exists(snapshotter, &chain.to_string()).await.map_err(fail)? {
+        return Ok(());
+    }
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let key = format!("extract-{nanos}-{:08x} {chain}", rand::random::<u32>());
+    let labels = HashMap::from([(SNAPSHOT_REF.to_string(), chain.to_string())]);
+    let parent = parent.map(Digest::to_string).unwrap_or_default();
+    let Some(mounts) = store
+        .prepare_snapshot(lease, snapshotter, &key, &parent, labels.clone())
+        .await
+        .map_err(fail)?
+    else {
+        return Ok(());
+    };
+    let result = async {
+        let got = store.apply_layer(lease, layer, mounts).await.map_err(fail)?;
+        if &got != diff_id {
+            return Err(UnpackError::DiffId {
+                layer: layer.digest.clone(),
+                expected: diff_id.clone(),
+                got,
+            });
+        }
+        let committed = store
+            .commit_snapshot(lease, snapshotter, &chain.to_string(), &key, labels)
+            .await
+            .map_err(fail)?;
+        if !committed {
+            // Someone else committed the same chain meanwhile: theirs is as good as ours.
+            store.remove_snapshot(snapshotter, &key).await.map_err(fail)?;
+        }
+        store
+            .set_labels(
+                &layer.digest,
+                HashMap::from([(UNCOMPRESSED.to_string(), diff_id.to_string())]),
+            )
+            .await
+            .map_err(fail)
+    }
+    .await;
+    if result.is_err() {
+        if let Err(e) = store.remove_snapshot(snapshotter, &key).await {
+            tracing::warn!(error = %e, key, "could not remove the abandoned snapshot");
+        }
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_ids_follow_the_oci_definition() {
+        let a: Digest = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+            .parse()
+            .unwrap();
+        let b: Digest = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+            .parse()
+            .unwrap();
+        let chain = chain_ids(&[a.clone(), b.clone()]);
+        assert_eq!(chain[0], a);
+        let expected = Digest::sha256(format!("{a} {b}").as_bytes());
+        assert_eq!(chain[1], expected);
+        assert!(chain_ids(&[]).is_empty());
+    }
+}
