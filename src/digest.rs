@@ -196,18 +196,35 @@ pub struct Verifier {
     expected: Digest,
     size: u64,
     seen: u64,
-    hasher: Hasher,
+    /// `None` for a resumed stream: the prefix is not at hand, so only the size is checked here
+    /// and the digest over the whole blob is checked where the prefix is (containerd's commit).
+    hasher: Option<Hasher>,
 }
 
 impl Verifier {
     /// Verifies a stream that starts at byte 0 of the blob.
     pub fn new(expected: &Digest, size: u64) -> Verifier {
         Verifier {
-            hasher: Hasher::new(expected.algorithm()),
+            hasher: Some(Hasher::new(expected.algorithm())),
             expected: expected.clone(),
             size,
             seen: 0,
         }
+    }
+
+    /// Verifies the tail of a blob from byte `offset` on: exact size only (see `hasher`).
+    pub fn resumed(expected: &Digest, size: u64, offset: u64) -> Verifier {
+        Verifier {
+            hasher: None,
+            expected: expected.clone(),
+            size,
+            seen: offset,
+        }
+    }
+
+    /// Whether this verifier checks the digest itself (it saw the blob from byte 0).
+    pub fn checks_digest(&self) -> bool {
+        self.hasher.is_some()
     }
 
     /// Bytes accepted so far.
@@ -223,7 +240,9 @@ impl Verifier {
                 expected: self.size,
             });
         }
-        self.hasher.update(chunk);
+        if let Some(h) = self.hasher.as_mut() {
+            h.update(chunk);
+        }
         self.seen = after;
         Ok(())
     }
@@ -236,7 +255,10 @@ impl Verifier {
                 got: self.seen,
             });
         }
-        let got = self.hasher.finish();
+        let Some(hasher) = self.hasher else {
+            return Ok(());
+        };
+        let got = hasher.finish();
         if got != self.expected {
             return Err(VerifyError::Mismatch {
                 expected: self.expected,
@@ -277,6 +299,20 @@ mod tests {
         ));
         let upper = EMPTY.to_uppercase().replace("SHA256", "sha256");
         assert!(upper.parse::<Digest>().is_err());
+    }
+
+    #[test]
+    fn resumed_verifier_checks_the_tail_size() {
+        let d = Digest::sha256(b"0123456789");
+        let mut v = Verifier::resumed(&d, 10, 4);
+        assert!(!v.checks_digest());
+        v.update(b"456789").unwrap();
+        v.finish().unwrap();
+        let mut long = Verifier::resumed(&d, 10, 4);
+        assert!(long.update(b"4567890").is_err());
+        let mut short = Verifier::resumed(&d, 10, 4);
+        short.update(b"45").unwrap();
+        assert_eq!(short.finish(), Err(VerifyError::TooShort { expected: 10, got: 6 }));
     }
 
     #[test]

@@ -463,8 +463,60 @@ impl Puller {
     }
 
     /// Streams one blob from the registry into containerd. With `keep`, the bytes are also
-    /// returned.
+    /// returned. A resumed ingest that containerd refuses at commit (its prefix was bad) is
+    /// aborted and downloaded once more from byte 0.
     async fn write_blob(
+        &self,
+        reference: &Reference,
+        blob: &Descriptor,
+        lease: &Lease,
+        labels: HashMap<String, String>,
+        counters: &Counters,
+        keep: bool,
+    ) -> Result<Option<Bytes>, PullError> {
+        let _permit = self.downloads.acquire().await.map_err(|_| PullError::Malformed {
+            image: reference.to_string(),
+            problem: "download limiter closed".into(),
+        })?;
+        match self
+            .write_blob_once(reference, blob, lease, labels.clone(), counters, keep)
+            .await
+        {
+            Err(PullError::Store {
+                source: StoreError::Mismatch { message, .. },
+                ..
+            }) => {
+                tracing::warn!(blob = %blob.digest, %message, "containerd refused the resumed blob; downloading it again");
+                self.write_blob_once(reference, blob, lease, labels, counters, keep)
+                    .await
+            }
+            other => other,
+        }
+    }
+
+    /// Opens the ingest, waiting while another writer (a concurrent CRI pull of the same blob)
+    /// holds it: when that writer finishes, the blob is simply present.
+    async fn open_ingest(
+        &self,
+        lease: &Lease,
+        key: &str,
+        blob: &Descriptor,
+    ) -> Result<Opened, StoreError> {
+        let mut delay = Duration::from_millis(50);
+        let give_up = Instant::now() + Duration::from_secs(30 * 60);
+        loop {
+            match self.store.open_writer(lease, key, &blob.digest, blob.size).await {
+                Err(StoreError::Busy { .. }) if Instant::now() < give_up => {
+                    tracing::debug!(ingest = key, "ingest locked by another writer; waiting");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn write_blob_once(
         &self,
         reference: &Reference,
         blob: &Descriptor,
@@ -479,33 +531,32 @@ impl Puller {
             source,
         };
         let key = ref_key(&blob.media_type, &blob.digest);
-        let _permit = self.downloads.acquire().await.map_err(|_| PullError::Malformed {
-            image: image.clone(),
-            problem: "download limiter closed".into(),
-        })?;
-        let mut writer = match self
-            .store
-            .open_writer(lease, &key, &blob.digest, blob.size)
-            .await
-            .map_err(store_err)?
-        {
+        let mut writer = match self.open_ingest(lease, &key, blob).await.map_err(store_err)? {
             Opened::Present => {
                 counters.present.fetch_add(1, Ordering::Relaxed);
                 return Ok(None);
             }
             Opened::Writer(w) => w,
         };
-        // Resuming from an ingest's offset arrives with Range support; for now a partial ingest
-        // is rewritten from byte 0 (the next message truncates it).
-        writer.restart();
-        let mut body = self
+        // An ingest left by an interrupted pull resumes where its bytes stop. A kept blob is
+        // wanted whole in memory, so it starts over.
+        if keep {
+            writer.restart();
+        }
+        let (mut body, start) = self
             .registry
-            .blob(reference, blob)
+            .blob(reference, blob, writer.offset())
             .await
             .map_err(|source| PullError::Registry {
                 image: image.clone(),
                 source,
             })?;
+        if start != writer.offset() {
+            writer.restart();
+        }
+        if start > 0 {
+            tracing::info!(blob = %blob.digest, offset = start, "resuming download");
+        }
         let mut kept = keep.then(|| Vec::with_capacity(blob.size as usize));
         while let Some(chunk) = body.next().await {
             let chunk = match chunk {
@@ -538,7 +589,8 @@ impl Puller {
     ) -> Result<(), StoreError> {
         let key = ref_key(doc.media_type(), &doc.digest);
         let size = doc.bytes.len() as u64;
-        match self.store.open_writer(lease, &key, &doc.digest, size).await? {
+        let descriptor = doc.descriptor();
+        match self.open_ingest(lease, &key, &descriptor).await? {
             Opened::Present => self.store.set_labels(&doc.digest, labels).await,
             Opened::Writer(mut w) => {
                 w.restart();

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::Stream;
-use reqwest::header::{HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use reqwest::header::{
+    HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_RANGE, CONTENT_TYPE, RANGE, WWW_AUTHENTICATE,
+};
 use reqwest::{Method, StatusCode};
 
 pub use auth::Realm;
@@ -232,12 +234,16 @@ impl RegistryClient {
         })
     }
 
-    /// Opens a blob for streaming. Chunks are verified against `descriptor` as they pass.
+    /// Opens a blob for streaming from byte `offset` (0 for all of it). Chunks are verified
+    /// against `descriptor` as they pass. Returns the offset the stream really starts at: a
+    /// registry that ignores `Range` answers `200` with the whole blob, and the stream then
+    /// starts at 0 and is verified in full.
     pub async fn blob(
         &self,
         reference: &Reference,
         descriptor: &Descriptor,
-    ) -> Result<BlobStream, RegistryError> {
+        offset: u64,
+    ) -> Result<(BlobStream, u64), RegistryError> {
         let registry = reference.registry().to_string();
         let repository = reference.repository().to_string();
         let url = format!(
@@ -246,17 +252,40 @@ impl RegistryClient {
             descriptor.digest
         );
         let action = format!("GET blob {}", descriptor.digest);
+        let resume = offset > 0 && offset < descriptor.size;
         let response = self
-            .send(reference, &action, Method::GET, &url, |_| {})
+            .send(reference, &action, Method::GET, &url, |h| {
+                if resume {
+                    if let Ok(v) = format!("bytes={offset}-").parse() {
+                        h.insert(RANGE, v);
+                    }
+                }
+            })
             .await?;
-        Ok(Box::pin(VerifiedBody {
+        let ranged = resume
+            && response.status() == StatusCode::PARTIAL_CONTENT
+            && response
+                .headers()
+                .get(CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with(&format!("bytes {offset}-")));
+        let (verifier, start) = if ranged {
+            (
+                Verifier::resumed(&descriptor.digest, descriptor.size, offset),
+                offset,
+            )
+        } else {
+            (Verifier::new(&descriptor.digest, descriptor.size), 0)
+        };
+        let stream = Box::pin(VerifiedBody {
             inner: Box::pin(response.bytes_stream()),
-            verifier: Some(Verifier::new(&descriptor.digest, descriptor.size)),
+            verifier: Some(verifier),
             what: format!("blob {}", descriptor.digest),
             registry,
             repository,
             action,
-        }))
+        });
+        Ok((stream, start))
     }
 
     /// Sends a request with the token for the repository's pull scope, learning the realm from
