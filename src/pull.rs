@@ -588,7 +588,6 @@ impl Puller {
         labels: HashMap<String, String>,
     ) -> Result<(), StoreError> {
         let key = ref_key(doc.media_type(), &doc.digest);
-        let size = doc.bytes.len() as u64;
         let descriptor = doc.descriptor();
         match self.open_ingest(lease, &key, &descriptor).await? {
             Opened::Present => self.store.set_labels(&doc.digest, labels).await,

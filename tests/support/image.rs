@@ -1,19 +1,15 @@
 //! Synthetic images (random gzip'd tar layers, OCI or Docker media types, multi-arch indexes with
 //! an optional buildkit-style attestation) pushed through a registry's HTTP API.
 //!
-//! Layers are built on the blocking pool into anonymous temp files while the previous layer
-//! uploads, so a 256 MiB image neither waits on one core nor sits in memory.
+//! Layers are built (see `layer`) on the blocking pool into anonymous temp files while the
+//! previous layer uploads, so a big image neither waits on one core nor sits in memory.
 
-use std::io::{self, Read, Seek, Write};
-
-use flate2::write::GzEncoder;
-use flate2::Compression;
-use rand::rngs::SmallRng;
-use rand::{RngCore, SeedableRng};
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use reqwest::{StatusCode, Url};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
+
+use super::layer::build_layer;
+pub use super::layer::sha256_digest;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MediaFamily {
@@ -173,10 +169,6 @@ pub struct PushedIndex {
     pub attestation: Option<Blob>,
 }
 
-pub fn sha256_digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
-}
-
 /// Pushes one image and tags its manifest `tag` in `repo`.
 pub async fn push_image(registry_host: &str, repo: &str, tag: &str, spec: &ImageSpec) -> PushedImage {
     let pusher = Pusher::new(registry_host, repo);
@@ -241,111 +233,6 @@ pub async fn push_index(
     }
 }
 
-/// A gzip'd tar layer in an anonymous temp file.
-struct BuiltLayer {
-    file: std::fs::File,
-    blob: Blob,
-    diff_id: String,
-}
-
-/// Regular files in a layer are at most this big, so large layers hold "a few" files.
-const MAX_FILE: usize = 64 << 20;
-
-/// Builds a layer of random files totalling about `size` bytes. Random data does not compress, so
-/// the blob ends up about `size` bytes too (tar headers and gzip framing add a little).
-fn build_layer(size: usize, level: u32, media_type: &str) -> BuiltLayer {
-    let file = tempfile::tempfile().expect("create a temp file for a layer");
-    let blob_writer = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, file));
-    let gz = GzEncoder::new(blob_writer, Compression::new(level.min(9)));
-    let mut tar = tar::Builder::new(HashingWriter::new(gz));
-    let mut rng = SmallRng::from_rng(&mut rand::rng());
-    let files = size.div_ceil(MAX_FILE).max(1);
-    let mut left = size;
-    for i in 0..files {
-        let len = left.min(MAX_FILE);
-        left -= len;
-        let mut header = tar::Header::new_gnu();
-        header.set_entry_type(tar::EntryType::Regular);
-        header.set_mode(0o644);
-        header.set_size(len as u64);
-        header.set_mtime(0);
-        let mut data = RandomReader {
-            rng: &mut rng,
-            left: len,
-        };
-        tar.append_data(&mut header, format!("data/blob-{i}.bin"), &mut data)
-            .expect("write tar entry");
-    }
-    let tar_writer = tar.into_inner().expect("finish tar");
-    let diff_id = tar_writer.digest();
-    let blob_writer = tar_writer.inner.finish().expect("finish gzip");
-    let digest = blob_writer.digest();
-    let blob_size = blob_writer.count;
-    let mut file = blob_writer
-        .inner
-        .into_inner()
-        .map_err(|e| e.into_error())
-        .expect("flush layer file");
-    file.rewind().expect("rewind layer file");
-    BuiltLayer {
-        file,
-        blob: Blob {
-            digest,
-            size: blob_size,
-            media_type: media_type.to_string(),
-        },
-        diff_id,
-    }
-}
-
-struct RandomReader<'a> {
-    rng: &'a mut SmallRng,
-    left: usize,
-}
-
-impl Read for RandomReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = buf.len().min(self.left);
-        self.rng.fill_bytes(&mut buf[..n]);
-        self.left -= n;
-        Ok(n)
-    }
-}
-
-/// Hashes (sha256) and counts what passes through.
-struct HashingWriter<W> {
-    inner: W,
-    hasher: Sha256,
-    count: u64,
-}
-
-impl<W> HashingWriter<W> {
-    fn new(inner: W) -> Self {
-        HashingWriter {
-            inner,
-            hasher: Sha256::new(),
-            count: 0,
-        }
-    }
-
-    fn digest(&self) -> String {
-        format!("sha256:{}", hex::encode(self.hasher.clone().finalize()))
-    }
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 /// Uploads into one repository of one registry.
 struct Pusher {
     client: reqwest::Client,
@@ -372,16 +259,21 @@ impl Pusher {
         let mut diff_ids = Vec::with_capacity(spec.layer_sizes.len());
         let spawn_build = |size: usize| {
             let level = spec.gzip_level;
-            tokio::task::spawn_blocking(move || build_layer(size, level, family.layer()))
+            tokio::task::spawn_blocking(move || build_layer(size, level))
         };
         let mut next = spec.layer_sizes.first().map(|s| spawn_build(*s));
         for i in 0..spec.layer_sizes.len() {
             let built = next.take().expect("a layer build").await.expect("layer build panicked");
             // Build the next layer while this one uploads.
             next = spec.layer_sizes.get(i + 1).map(|s| spawn_build(*s));
+            let blob = Blob {
+                digest: built.digest,
+                size: built.size,
+                media_type: family.layer().to_string(),
+            };
             let file = tokio::fs::File::from_std(built.file);
-            self.upload_blob(&built.blob, reqwest::Body::from(file)).await;
-            layers.push(built.blob);
+            self.upload_blob(&blob, reqwest::Body::from(file)).await;
+            layers.push(blob);
             diff_ids.push(built.diff_id);
         }
 

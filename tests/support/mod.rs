@@ -11,6 +11,7 @@
 pub mod containerd;
 pub mod cri;
 pub mod image;
+pub mod layer;
 pub mod process;
 pub mod proxy;
 pub mod registry;
