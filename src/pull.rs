@@ -126,7 +126,30 @@ pub enum PullError {
     },
 }
 
+/// Attempts per blob before the pull fails.
+const BLOB_ATTEMPTS: u32 = 5;
+const RETRY_FIRST: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Full jitter: a random delay up to `d`, so many nodes retrying at once spread out.
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(rand::random::<f64>().max(0.1))
+}
+
 impl PullError {
+    /// Whether the same pull may succeed if tried again.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            PullError::Registry { source, .. } => source.is_retryable(),
+            PullError::Store { source, .. } => source.is_retryable(),
+            PullError::Unpack { source, .. } => match source {
+                crate::unpack::UnpackError::Store { source, .. } => source.is_retryable(),
+                crate::unpack::UnpackError::DiffId { .. } => false,
+            },
+            PullError::NoPlatform { .. } | PullError::Malformed { .. } => false,
+        }
+    }
+
     /// A short, bounded label for metrics and summaries.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -463,8 +486,10 @@ impl Puller {
     }
 
     /// Streams one blob from the registry into containerd. With `keep`, the bytes are also
-    /// returned. A resumed ingest that containerd refuses at commit (its prefix was bad) is
-    /// aborted and downloaded once more from byte 0.
+    /// returned. Transient failures (a dropped connection, a registry 5xx or 429, containerd
+    /// restarting, a resumed ingest containerd refuses at commit) are retried with backoff; each
+    /// attempt resumes from the ingest's offset, which survives both our and containerd's
+    /// restarts.
     async fn write_blob(
         &self,
         reference: &Reference,
@@ -478,20 +503,26 @@ impl Puller {
             image: reference.to_string(),
             problem: "download limiter closed".into(),
         })?;
-        match self
-            .write_blob_once(reference, blob, lease, labels.clone(), counters, keep)
-            .await
-        {
-            Err(PullError::Store {
-                source: StoreError::Mismatch { message, .. },
-                ..
-            }) => {
-                tracing::warn!(blob = %blob.digest, %message, "containerd refused the resumed blob; downloading it again");
-                self.write_blob_once(reference, blob, lease, labels, counters, keep)
-                    .await
+        let mut delay = RETRY_FIRST;
+        for attempt in 1.. {
+            match self
+                .write_blob_once(reference, blob, lease, labels.clone(), counters, keep)
+                .await
+            {
+                Err(e) if attempt < BLOB_ATTEMPTS && e.is_retryable() => {
+                    tracing::warn!(
+                        blob = %blob.digest,
+                        attempt,
+                        error = %crate::commands::pull::error_chain(&e),
+                        "blob failed; retrying from where containerd's ingest stands"
+                    );
+                    tokio::time::sleep(jitter(delay)).await;
+                    delay = (delay * 2).min(RETRY_MAX);
+                }
+                other => return other,
             }
-            other => other,
         }
+        unreachable!("the loop returns on its last attempt")
     }
 
     /// Opens the ingest, waiting while another writer (a concurrent CRI pull of the same blob)
@@ -562,8 +593,15 @@ impl Puller {
             let chunk = match chunk {
                 Ok(c) => c,
                 Err(source) => {
-                    if let Err(e) = writer.abort().await {
-                        tracing::warn!(error = %e, blob = %blob.digest, "could not abort ingest");
+                    // Bad bytes must never be resumed; a broken connection's good prefix is
+                    // kept in the ingest for the next attempt.
+                    let ended = if matches!(source, RegistryError::Corrupt { .. }) {
+                        writer.abort().await
+                    } else {
+                        writer.suspend().await
+                    };
+                    if let Err(e) = ended {
+                        tracing::warn!(error = %e, blob = %blob.digest, "could not close the ingest");
                     }
                     return Err(PullError::Registry { image, source });
                 }

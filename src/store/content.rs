@@ -289,6 +289,17 @@ impl ContentWriter {
         }
     }
 
+    /// Stops writing but keeps what was sent in the ingest, so a later attempt resumes from
+    /// [`ContentWriter::offset`].
+    pub async fn suspend(mut self) -> Result<(), StoreError> {
+        if !self.buffer.is_empty() {
+            self.flush(WriteAction::Write, HashMap::new()).await?;
+        }
+        let (closed, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.tx, closed));
+        self.finish_responses().await.map(drop)
+    }
+
     /// Gives up on this blob and drops the ingest's bytes.
     pub async fn abort(mut self) -> Result<(), StoreError> {
         let (closed, _) = mpsc::channel(1);
