@@ -6,7 +6,6 @@ use std::process::{Child, Command, Output};
 use std::time::Duration;
 
 use containerd_client::services::v1::version_client::VersionClient;
-use tempfile::TempDir;
 use tonic::transport::Channel;
 
 use super::process::{self, Deadline};
@@ -106,6 +105,12 @@ disabled_plugins = [
   netns_mounts_under_state_dir = true
 {sandbox}  [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = {snapshotter}
+  # Declaring the runc runtime replaces the default entry, so its type must be restated.
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+  # runc keeps container state under /run/containerd/runc by default; two instances must not share it.
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+    Root = {runc_root}
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = {cni_bin}
     conf_dir = {cni_conf}
@@ -117,6 +122,7 @@ disabled_plugins = [
         snapshotter = toml_string(&opts.snapshotter),
         cni_bin = q(&layout.cni_bin_dir),
         cni_conf = q(&layout.cni_conf_dir),
+        runc_root = q(&layout.state.join("runc")),
     )
 }
 
@@ -124,12 +130,17 @@ fn toml_string(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
+enum Probe {
+    NotYet(String),
+    Fatal(String),
+}
+
 pub struct Containerd {
     child: Option<Child>,
     layout: Layout,
     log: PathBuf,
     opts: ContainerdOptions,
-    dir: TempDir,
+    dir: process::BenchDir,
 }
 
 impl Containerd {
@@ -149,7 +160,10 @@ impl Containerd {
         let log = dir.path().join("containerd.log");
 
         let mut cmd = Command::new(&opts.binary);
-        cmd.arg("--config").arg(&config).arg("--log-level").arg("info");
+        cmd.arg("--config")
+            .arg(&config)
+            .arg("--log-level")
+            .arg("info");
         let child = process::spawn_logged(cmd, &log);
         let mut me = Containerd {
             child: Some(child),
@@ -168,13 +182,18 @@ impl Containerd {
         let deadline = Deadline::after(START_TIMEOUT);
         let mut last_error = String::from("socket not created yet");
         loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 self.fail(&format!("containerd exited during startup with {status}"));
             }
             if self.layout.socket.exists() {
                 match self.probe().await {
                     Ok(()) => return,
-                    Err(e) => last_error = e,
+                    Err(Probe::Fatal(e)) => self.fail(&e),
+                    Err(Probe::NotYet(e)) => last_error = e,
                 }
             }
             if deadline.expired() {
@@ -186,27 +205,35 @@ impl Containerd {
         }
     }
 
-    async fn probe(&self) -> Result<(), String> {
+    async fn probe(&self) -> Result<(), Probe> {
         let channel = containerd_client::connect(&self.layout.socket)
             .await
-            .map_err(|e| format!("connect: {e}"))?;
+            .map_err(|e| Probe::NotYet(format!("connect: {e}")))?;
         VersionClient::new(channel.clone())
             .version(())
             .await
-            .map_err(|e| format!("Version: {e}"))?;
-        prepull::cri::ImageServiceClient::new(channel)
+            .map_err(|e| Probe::NotYet(format!("Version: {e}")))?;
+        match prepull::cri::ImageServiceClient::new(channel)
             .list_images(prepull::cri::v1::ListImagesRequest { filter: None })
             .await
-            .map_err(|e| format!("CRI ListImages: {e}"))?;
-        Ok(())
+        {
+            Ok(_) => Ok(()),
+            // Services are registered before the socket serves: CRI's plugin failed to load.
+            Err(e) if e.code() == tonic::Code::Unimplemented => Err(Probe::Fatal(format!(
+                "containerd runs without its CRI plugin: {}",
+                e.message()
+            ))),
+            Err(e) => Err(Probe::NotYet(format!("CRI ListImages: {e}"))),
+        }
     }
 
     fn fail(&mut self, why: &str) -> ! {
-        let tail = process::log_tail(&self.log, 40);
+        let errors = process::log_errors(&self.log, 10);
+        let tail = process::log_tail(&self.log, 25);
         self.teardown();
         panic!(
-            "{why}\n--- tail of {} ---\n{tail}",
-            self.log.display()
+            "{why}\n--- errors in {log} ---\n{errors}\n--- tail of {log} ---\n{tail}",
+            log = self.log.display()
         );
     }
 
@@ -286,11 +313,29 @@ impl Containerd {
         }
         let socket = self.layout.socket.to_string_lossy().to_string();
         let shims = process::pids_with_args("-address", &socket);
+        let shim_sockets: Vec<PathBuf> = shims
+            .iter()
+            .filter_map(|pid| shim_socket(&socket, &process::cmdline(*pid)))
+            .collect();
         if !shims.is_empty() {
             process::kill_pids(&process::with_descendants(&shims));
         }
+        // Killed shims cannot remove their sockets, which live in the global /run/containerd/s.
+        for path in shim_sockets {
+            let _ = std::fs::remove_file(path);
+        }
         process::unmount_under(self.dir.path());
     }
+}
+
+/// Where containerd 1.6-2.x put a shim's socket: `/run/containerd/s/<sha256(address/ns/id)>`
+/// (`runtime/v2/shim/util_unix.go` SocketAddress), from the shim's `-namespace` and `-id` args.
+pub fn shim_socket(containerd_socket: &str, shim_args: &[String]) -> Option<PathBuf> {
+    let ns = process::arg_value(shim_args, "-namespace")?;
+    let id = process::arg_value(shim_args, "-id")?;
+    let key = format!("{containerd_socket}/{ns}/{id}");
+    let hash = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+    Some(PathBuf::from("/run/containerd/s").join(hex::encode(hash)))
 }
 
 impl Drop for Containerd {

@@ -4,9 +4,9 @@
 //! Integration tests include it with `mod support;`; benches and examples with
 //! `#[path = "../tests/support/mod.rs"] mod support;`. Every daemon lives in its own temp dir, on its
 //! own socket or loopback port, so tests may run in parallel threads or processes. Each includer
-//! uses a subset of the items, hence the module-wide `allow`s.
+//! uses a subset of the items, hence the module-wide `allow(dead_code)`.
 
-#![allow(dead_code, unused_imports)]
+#![allow(dead_code)]
 
 pub mod containerd;
 pub mod cri;
@@ -16,7 +16,14 @@ pub mod process;
 pub mod proxy;
 pub mod registry;
 
+// Re-exports for convenience; each includer uses a few, and unused ones must not warn.
+#[allow(unused_imports)]
 pub use containerd::{Containerd, ContainerdOptions};
-pub use image::{push_image, push_index, Blob, ImageSpec, MediaFamily, Platform, PushedImage, PushedIndex};
+#[allow(unused_imports)]
+pub use image::{
+    push_image, push_index, Blob, ImageSpec, MediaFamily, Platform, PushedImage, PushedIndex,
+};
+#[allow(unused_imports)]
 pub use proxy::{Proxy, Record};
+#[allow(unused_imports)]
 pub use registry::Registry;

@@ -12,19 +12,124 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+/// A bench daemon's private temp dir, locked (flock on [`LOCK_FILE`]) for as long as it lives, so
+/// a later test process can tell it from one orphaned by a killed test process: the kernel drops
+/// the lock when its holder dies, however it dies. Removed on Drop.
+pub struct BenchDir {
+    dir: TempDir,
+    _lock: File,
+}
+
+pub const LOCK_FILE: &str = ".bench.lock";
+
+impl BenchDir {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// Creates and locks a bench dir named `<prefix>XXXXXX` in the temp dir, after reclaiming orphans.
+pub fn tempdir(prefix: &str) -> BenchDir {
+    sweep_orphans_once();
+    let base = temp_base();
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(&base)
+        .unwrap_or_else(|e| panic!("cannot create a temp dir in {}: {e}", base.display()));
+    let lock = File::create(dir.path().join(LOCK_FILE)).expect("create the bench dir lock file");
+    assert!(try_lock(&lock), "cannot lock a fresh bench dir");
+    BenchDir { dir, _lock: lock }
+}
+
+/// Non-blocking exclusive flock.
+fn try_lock(file: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain syscall on an open descriptor.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
 /// Unix socket paths are limited to 108 bytes; a long `$TMPDIR` would make containerd's sockets
 /// unusable, so fall back to `/tmp` when the default location is too deep.
-pub fn tempdir(prefix: &str) -> TempDir {
+fn temp_base() -> PathBuf {
     let base = std::env::temp_dir();
-    let base = if base.as_os_str().len() > 40 {
+    if base.as_os_str().len() > 40 {
         PathBuf::from("/tmp")
     } else {
         base
+    }
+}
+
+/// Prefixes of the temp dirs of bench daemons, which [`sweep_orphans_once`] may reclaim.
+pub const DIR_PREFIXES: [&str; 2] = ["bench-containerd-", "bench-registry-"];
+
+/// A bench dir without its lock file is either being created right now or was made by a test
+/// binary built before the lock existed; it is reclaimed only once this old and unused.
+const UNLOCKED_AGE: Duration = Duration::from_secs(600);
+
+/// Once per process, reclaims what killed test processes left behind: their daemons died with
+/// them (PDEATHSIG), but containerd shims run detached and keep their containers, mounts, shim
+/// sockets and temp dirs (content stores can be large).
+pub fn sweep_orphans_once() {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(sweep_orphans);
+}
+
+fn sweep_orphans() {
+    let Ok(entries) = fs::read_dir(temp_base()) else {
+        return;
     };
-    tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir_in(&base)
-        .unwrap_or_else(|e| panic!("cannot create a temp dir in {}: {e}", base.display()))
+    for entry in entries.filter_map(|e| e.ok()) {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if !DIR_PREFIXES.iter().any(|p| name.starts_with(p)) {
+            continue;
+        }
+        let dir = entry.path();
+        // Held while we clean up, so two sweepers never work on the same dir.
+        let lock = match File::open(dir.join(LOCK_FILE)) {
+            Ok(lock) if try_lock(&lock) => Some(lock),
+            Ok(_) => continue, // its owner is alive
+            Err(_) if older_than(&dir, UNLOCKED_AGE) && !named_by_a_daemon(&dir) => None,
+            Err(_) => continue,
+        };
+        reclaim(&dir);
+        drop(lock);
+    }
+}
+
+/// Kills the shims (and containers) of a dead bench containerd in `dir`, then removes the dir.
+fn reclaim(dir: &Path) {
+    let socket = dir.join("containerd.sock").display().to_string();
+    let shims = pids_with_args("-address", &socket);
+    let shim_sockets: Vec<PathBuf> = shims
+        .iter()
+        .filter_map(|pid| super::containerd::shim_socket(&socket, &cmdline(*pid)))
+        .collect();
+    if !shims.is_empty() {
+        kill_pids(&with_descendants(&shims));
+    }
+    for path in shim_sockets {
+        let _ = fs::remove_file(path);
+    }
+    unmount_under(dir);
+    let _ = fs::remove_dir_all(dir);
+}
+
+/// Whether a live process other than a containerd shim has a path inside `dir` in its argv
+/// (containerd's `--config`, the registry's config, a client's `--address`).
+fn named_by_a_daemon(dir: &Path) -> bool {
+    let inside = format!("{}/", dir.display());
+    all_processes().into_iter().any(|(pid, _)| {
+        let args = cmdline(pid);
+        let is_shim = args.first().is_some_and(|a| a.contains("containerd-shim"));
+        !is_shim && args.iter().any(|a| a.starts_with(&inside))
+    })
+}
+
+fn older_than(path: &Path, age: Duration) -> bool {
+    fs::metadata(path)
+        .and_then(|m| m.modified())
+        .map(|t| t.elapsed().map(|a| a > age).unwrap_or(false))
+        .unwrap_or(false)
 }
 
 type SpawnJob = (Command, mpsc::Sender<io::Result<Child>>);
@@ -92,6 +197,25 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
     }
 }
 
+/// The last `lines` lines of a log at level warning or worse (Go daemons log `level=error`), which
+/// a plain tail would bury under startup chatter: containerd reports a plugin that failed to load
+/// as a warning.
+pub fn log_errors(path: &Path, lines: usize) -> String {
+    let Ok(bytes) = fs::read(path) else {
+        return String::new();
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let errors: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            ["warning", "error", "fatal", "panic"]
+                .iter()
+                .any(|lvl| l.contains(&format!("level={lvl}")))
+        })
+        .collect();
+    errors[errors.len().saturating_sub(lines)..].join("\n")
+}
+
 /// A deadline for readiness polling: `poll_interval` paces the loop, the deadline bounds it.
 pub struct Deadline {
     end: Instant,
@@ -142,6 +266,25 @@ pub fn pids_with_args(flag: &str, value: &str) -> Vec<i32> {
     found
 }
 
+/// A process's argv, or nothing if it is gone.
+pub fn cmdline(pid: i32) -> Vec<String> {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| {
+            raw.split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The argument after `flag` in `args`.
+pub fn arg_value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+    args.windows(2)
+        .find(|w| w[0] == flag)
+        .map(|w| w[1].as_str())
+}
+
 /// `roots` and all their descendants (containers run below their shim).
 pub fn with_descendants(roots: &[i32]) -> Vec<i32> {
     let procs = all_processes();
@@ -173,7 +316,8 @@ pub fn kill_pids(pids: &[i32]) {
     }
 }
 
-fn is_alive(pid: i32) -> bool {
+/// Whether `pid` exists and is not a zombie.
+pub fn is_alive(pid: i32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => stat
             .rsplit_once(')')
@@ -231,7 +375,10 @@ fn unescape_mountinfo(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
             out.push(v);
             i += 4;

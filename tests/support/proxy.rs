@@ -182,7 +182,10 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
     let info = RequestInfo {
         method: req.method().to_string(),
         path: req
@@ -192,7 +195,11 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
             .unwrap_or_else(|| "/".into()),
         headers: req.headers().clone(),
     };
-    let hook = shared.hook.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let hook = shared
+        .hook
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     let action = hook.map(|h| h(&info)).unwrap_or(Action::Forward);
     let response = match action {
         Action::Forward => forward(&shared, req, &info).await,
@@ -207,7 +214,11 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
 
 /// Sends the request upstream and streams the answer back; a failure to reach upstream (e.g. a
 /// stopped registry) becomes a 502.
-async fn forward(shared: &Shared, req: Request<Incoming>, info: &RequestInfo) -> Response<ProxyBody> {
+async fn forward(
+    shared: &Shared,
+    req: Request<Incoming>,
+    info: &RequestInfo,
+) -> Response<ProxyBody> {
     let url = format!("http://{}{}", shared.upstream, info.path);
     let (parts, body) = req.into_parts();
     let mut upstream_req = shared.client.request(parts.method.clone(), &url);
@@ -239,7 +250,10 @@ async fn forward(shared: &Shared, req: Request<Incoming>, info: &RequestInfo) ->
             continue;
         }
         if name == LOCATION {
-            builder = builder.header(name, rewrite_location(value, &shared.upstream, &shared.host));
+            builder = builder.header(
+                name,
+                rewrite_location(value, &shared.upstream, &shared.host),
+            );
         } else {
             builder = builder.header(name, value);
         }
@@ -253,7 +267,11 @@ async fn forward(shared: &Shared, req: Request<Incoming>, info: &RequestInfo) ->
 }
 
 /// Logs the request and wraps the body so the log counts bytes as they go to the client.
-fn record(shared: &Shared, info: &RequestInfo, response: Response<ProxyBody>) -> Response<ProxyBody> {
+fn record(
+    shared: &Shared,
+    info: &RequestInfo,
+    response: Response<ProxyBody>,
+) -> Response<ProxyBody> {
     let entry = Arc::new(Entry {
         method: info.method.clone(),
         path: info.path.clone(),

@@ -5,8 +5,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use tempfile::TempDir;
-
 use super::process::{self, Deadline};
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -18,7 +16,7 @@ pub struct Registry {
     port: u16,
     log: PathBuf,
     storage: PathBuf,
-    dir: TempDir,
+    dir: process::BenchDir,
 }
 
 /// docker-registry's YAML config for one instance.
@@ -99,11 +97,17 @@ impl Registry {
         let url = format!("{}/v2/", self.url());
         let deadline = Deadline::after(START_TIMEOUT);
         loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 if process::log_tail(&self.log, 5).contains("address already in use") {
                     return Start::PortTaken;
                 }
-                self.fail(&format!("docker-registry exited during startup with {status}"));
+                self.fail(&format!(
+                    "docker-registry exited during startup with {status}"
+                ));
             }
             let last_error = match client.get(&url).send().await {
                 Ok(r) if r.status() == reqwest::StatusCode::OK => return Start::Ready,
@@ -120,7 +124,7 @@ impl Registry {
     }
 
     fn fail(&mut self, why: &str) -> ! {
-        let tail = process::log_tail(&self.log, 40);
+        let tail = process::log_tail(&self.log, 25);
         self.stop();
         panic!("{why}\n--- tail of {} ---\n{tail}", self.log.display());
     }

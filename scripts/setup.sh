@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Installs what prepull's build, tests and demo need on Debian bookworm, from Debian's packages
+# only. Run as root. Idempotent: does nothing (not even `apt-get update`) when all is present.
+#
+#   containerd (+ runc, ctr)  the tests' real container runtime
+#   docker-registry           the tests' real registry (distribution 2.8)
+#   protobuf-compiler         protoc, for containerd-client's and prepull's generated gRPC code
+#   busybox-static            a static /bin/busybox to put into test images and containers
+#   ca-certificates, time     TLS roots for the agent; /usr/bin/time for the benches
+#   gzip                      the test bench compresses layers with it
+set -euo pipefail
+
+packages=(containerd docker-registry protobuf-compiler busybox-static ca-certificates time gzip)
+
+missing=()
+need() { # need PACKAGE TEST...: PACKAGE is missing unless the test command succeeds
+    local package=$1
+    shift
+    if ! "$@" >/dev/null 2>&1; then
+        missing+=("$package")
+    fi
+}
+need containerd command -v containerd
+need containerd command -v ctr
+need containerd command -v runc
+need docker-registry command -v docker-registry
+need protobuf-compiler command -v protoc
+# A dynamically linked busybox would not run inside an empty container root filesystem.
+need busybox-static sh -c "dpkg-query -W -f='\${Status}' busybox-static | grep -q 'ok installed'"
+need busybox-static test -x /bin/busybox
+need ca-certificates test -s /etc/ssl/certs/ca-certificates.crt
+need time test -x /usr/bin/time
+need gzip command -v gzip
+
+if [ ${#missing[@]} -eq 0 ]; then
+    echo "setup: all present (${packages[*]}), nothing to do"
+    exit 0
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: missing ${missing[*]}; run this script as root to install them" >&2
+    exit 1
+fi
+
+echo "setup: missing $(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' ')-- installing from apt"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update
+apt-get install -y --no-install-recommends "${packages[@]}"
+echo "setup: installed: containerd $(containerd --version | awk '{print $3}'), $(docker-registry --version 2>&1 | head -n1), $(protoc --version)"
