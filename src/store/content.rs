@@ -24,7 +24,7 @@ pub enum Opened {
     /// The blob is already committed: nothing to fetch.
     Present,
     /// An ingest is open; write from [`ContentWriter::offset`].
-    Writer(ContentWriter),
+    Writer(Box<ContentWriter>),
 }
 
 /// An open `Content.Write` stream for one blob.
@@ -161,7 +161,7 @@ impl Store {
             // A stale ingest longer than the blob can only be garbage: start over.
             offset = 0;
         }
-        Ok(Opened::Writer(ContentWriter {
+        Ok(Opened::Writer(Box::new(ContentWriter {
             tx,
             responses: Some(tokio::spawn(drain(responses))),
             reference: reference.to_string(),
@@ -170,7 +170,7 @@ impl Store {
             offset,
             buffer: Vec::with_capacity(WRITE_CHUNK),
             store: self.clone(),
-        }))
+        })))
     }
 
     /// Drops an ingest's partial bytes.
