@@ -360,3 +360,53 @@ async fn bad_input_is_reported_before_touching_anything() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("os/arch"));
 }
+
+/// The registry behind a proxy that demands an anonymous bearer token, as public registries do:
+/// a 401 with a `Bearer` challenge, a token endpoint, and every request checked for the token.
+#[tokio::test(flavor = "multi_thread")]
+async fn anonymous_bearer_token_challenge_is_answered() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let image = push_image(&registry.host(), "public/app", "v1", &ImageSpec::new(&[16 * KIB, 8 * KIB])).await;
+    let proxy = Proxy::start(&registry.host()).await;
+    let host = proxy.host();
+    let realm = format!("{}/token", proxy.url());
+    proxy.set_hook(move |req| {
+        if req.path.starts_with("/token") {
+            return support::Action::RespondWith {
+                status: 200,
+                headers: vec![("content-type".into(), "application/json".into())],
+                body: br#"{"token":"anon-token-1","access_token":"anon-token-1","expires_in":300}"#.to_vec(),
+            };
+        }
+        let authorized = req.headers.get("authorization").and_then(|v| v.to_str().ok()) == Some("Bearer anon-token-1");
+        if authorized {
+            return support::Action::Forward;
+        }
+        support::Action::RespondWith {
+            status: 401,
+            headers: vec![(
+                "www-authenticate".into(),
+                format!(r#"Bearer realm="{realm}",service="bench-registry",scope="repository:public/app:pull""#),
+            )],
+            body: br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#.to_vec(),
+        }
+    });
+    let reference = format!("{host}/public/app:v1");
+    let (out, results) = pull_json(&containerd, &host, &[], &[&reference]).await;
+    assert_success(&out);
+    assert_eq!(results[0]["id"], image.config.digest.as_str());
+
+    let records = proxy.records();
+    let tokens: Vec<_> = records.iter().filter(|r| r.path.starts_with("/token")).collect();
+    assert_eq!(tokens.len(), 1, "one token for the repository, shared by every request: {records:?}");
+    assert!(tokens[0].path.contains("scope=repository%3Apublic%2Fapp%3Apull"), "{}", tokens[0].path);
+    assert!(tokens[0].path.contains("service=bench-registry"), "{}", tokens[0].path);
+    assert!(tokens[0].authorization.is_none(), "anonymous: no credentials sent to the realm");
+    let unauthorized = records.iter().filter(|r| r.status == 401).count();
+    assert_eq!(unauthorized, 1, "the challenge is learned once: {records:?}");
+    for r in records.iter().filter(|r| r.path.contains("/blobs/")) {
+        assert_eq!(r.authorization.as_deref(), Some("Bearer anon-token-1"), "{}", r.path);
+        assert_eq!(r.status, 200);
+    }
+    support::cri::wait_for_image(containerd.socket(), &reference, CRI_WAIT).await;
+}

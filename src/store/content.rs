@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use containerd_client::services::v1::content_client::ContentClient;
 use containerd_client::services::v1::{
-    AbortRequest, Info, InfoRequest, ReadContentRequest, UpdateRequest, WriteAction,
+    AbortRequest, Info, InfoRequest, ReadContentRequest, StatusRequest, UpdateRequest, WriteAction,
     WriteContentRequest, WriteContentResponse,
 };
 use tokio::sync::mpsc;
@@ -171,6 +171,23 @@ impl Store {
             buffer: Vec::with_capacity(WRITE_CHUNK),
             store: self.clone(),
         })))
+    }
+
+    /// How far an ingest (an unfinished write, e.g. of an interrupted pull) has come: bytes
+    /// written so far, or `None` if there is no such ingest.
+    pub async fn ingest_offset(&self, reference: &str) -> Result<Option<u64>, StoreError> {
+        let mut client = ContentClient::new(self.channel.clone());
+        let request = StatusRequest {
+            r#ref: reference.to_string(),
+        };
+        match client.status(self.request(request, None)).await {
+            Ok(r) => Ok(r
+                .into_inner()
+                .status
+                .map(|s| u64::try_from(s.offset).unwrap_or(0))),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
+            Err(s) => Err(StoreError::rpc("Content.Status", reference, s)),
+        }
     }
 
     /// Drops an ingest's partial bytes.

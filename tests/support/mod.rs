@@ -24,6 +24,6 @@ pub use image::{
     push_image, push_index, Blob, ImageSpec, MediaFamily, Platform, PushedImage, PushedIndex,
 };
 #[allow(unused_imports)]
-pub use proxy::{Proxy, Record};
+pub use proxy::{Action, Proxy, Record, Shape};
 #[allow(unused_imports)]
 pub use registry::Registry;

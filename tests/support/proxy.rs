@@ -53,6 +53,23 @@ pub enum Action {
     Forward,
     /// Answer it here without contacting upstream.
     Respond { status: u16, body: Vec<u8> },
+    /// Answer it here with extra headers (e.g. a `WWW-Authenticate` challenge, `Retry-After`).
+    RespondWith {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    },
+    /// Forward it, but deliver the response body slowly and/or break the connection part way.
+    Shape(Shape),
+}
+
+/// How a forwarded response body is delivered.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Shape {
+    /// Delivery rate in bytes per second (`None`: as fast as upstream sends).
+    pub bytes_per_sec: Option<u64>,
+    /// Break the connection after this many body bytes.
+    pub cut_after: Option<u64>,
 }
 
 pub type Hook = Arc<dyn Fn(&RequestInfo) -> Action + Send + Sync>;
@@ -203,13 +220,79 @@ async fn handle(
     let action = hook.map(|h| h(&info)).unwrap_or(Action::Forward);
     let response = match action {
         Action::Forward => forward(&shared, req, &info).await,
-        Action::Respond { status, body } => Response::builder()
-            .status(status)
-            .header("content-length", body.len())
-            .body(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed())
-            .expect("build hook response"),
+        Action::Shape(shape) => forward(&shared, req, &info).await.map(|body| shaped(body, shape)),
+        Action::Respond { status, body } => respond(status, &[], body),
+        Action::RespondWith {
+            status,
+            headers,
+            body,
+        } => respond(status, &headers, body),
     };
     Ok(record(&shared, &info, response))
+}
+
+fn respond(status: u16, headers: &[(String, String)], body: Vec<u8>) -> Response<ProxyBody> {
+    let mut builder = Response::builder()
+        .status(status)
+        .header("content-length", body.len());
+    for (name, value) in headers {
+        builder = builder.header(name.as_str(), value.as_str());
+    }
+    builder
+        .body(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed())
+        .expect("build hook response")
+}
+
+/// Paces a body to `shape.bytes_per_sec` (the sleeps are the point: they emulate a slow link)
+/// and ends it with an error after `shape.cut_after` bytes, which makes hyper drop the
+/// connection mid-body, as a network failure would.
+fn shaped(body: ProxyBody, shape: Shape) -> ProxyBody {
+    struct State {
+        inner: Pin<Box<dyn Stream<Item = Result<Bytes, BoxError>> + Send + Sync>>,
+        pending: Bytes,
+        sent: u64,
+        done: bool,
+        started: tokio::time::Instant,
+        shape: Shape,
+    }
+    let state = State {
+        inner: Box::pin(body.into_data_stream()),
+        pending: Bytes::new(),
+        sent: 0,
+        done: false,
+        started: tokio::time::Instant::now(),
+        shape,
+    };
+    let stream = futures_util::stream::unfold(state, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        if st.shape.cut_after.is_some_and(|cut| st.sent >= cut) {
+            st.done = true;
+            let err: BoxError = "proxy: connection cut on purpose".into();
+            return Some((Err(err), st));
+        }
+        if st.pending.is_empty() {
+            match st.inner.next().await {
+                Some(Ok(chunk)) => st.pending = chunk,
+                Some(Err(e)) => return Some((Err(e), st)),
+                None => return None,
+            }
+        }
+        // Small slices keep the pace smooth.
+        let mut take = st.pending.len().min(64 << 10);
+        if let Some(cut) = st.shape.cut_after {
+            take = take.min((cut - st.sent) as usize);
+        }
+        let piece = st.pending.split_to(take);
+        st.sent += piece.len() as u64;
+        if let Some(rate) = st.shape.bytes_per_sec.filter(|r| *r > 0) {
+            let due = st.started + std::time::Duration::from_secs_f64(st.sent as f64 / rate as f64);
+            tokio::time::sleep_until(due).await;
+        }
+        Some((Ok(piece), st))
+    });
+    BodyExt::boxed(StreamBody::new(stream.map(|r| r.map(Frame::data))))
 }
 
 /// Sends the request upstream and streams the answer back; a failure to reach upstream (e.g. a
