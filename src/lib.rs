@@ -23,3 +23,4 @@ pub mod store;
 pub mod pull;
 pub mod unpack;
 pub mod commands;
+pub mod credentials;

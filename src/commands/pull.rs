@@ -11,6 +11,7 @@ use clap::Args;
 use futures_util::future::join_all;
 
 use super::Output;
+use crate::credentials::{self, Keyring};
 use crate::platform::Platform;
 use crate::pull::{PullError, PullOptions, PullReport, Puller};
 use crate::reference::Reference;
@@ -55,6 +56,13 @@ pub struct PullArgs {
     #[arg(long = "plain-http", value_name = "HOST")]
     pub plain_http: Vec<String>,
 
+    /// Registry credentials: a Docker `config.json`, a `.dockerconfigjson` or legacy `.dockercfg`
+    /// file, or a directory holding a mounted pull secret. Repeatable; earlier files are tried
+    /// first. Credentials match images exactly as the kubelet's keyring matches them, and every
+    /// matching credential is tried in turn until the registry accepts one.
+    #[arg(long = "auth-file", value_name = "FILE")]
+    pub auth_files: Vec<PathBuf>,
+
     /// Snapshotter to unpack into [default: the one containerd's CRI plugin uses].
     #[arg(long, value_name = "NAME", conflicts_with = "no_unpack")]
     pub snapshotter: Option<String>,
@@ -92,10 +100,14 @@ pub async fn run(args: PullArgs) -> anyhow::Result<ExitCode> {
         unpack: None,
         ..PullOptions::default()
     };
-    let registry = RegistryClient::new(registry::Options {
-        plain_http: args.plain_http.iter().cloned().collect::<HashSet<_>>(),
-        ..Default::default()
-    })?;
+    let keyring = load_keyring(&args.auth_files)?;
+    let registry = RegistryClient::new(
+        registry::Options {
+            plain_http: args.plain_http.iter().cloned().collect::<HashSet<_>>(),
+            ..Default::default()
+        },
+        Arc::new(keyring),
+    )?;
     let store = Store::connect(&args.containerd, &args.namespace)
         .await
         .with_context(|| format!("namespace {}", args.namespace))?;
@@ -123,6 +135,20 @@ pub async fn run(args: PullArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// One keyring layer per file, in the order given. A file that cannot be used stops the run
+/// (it was asked for by name); a bad entry inside a file is reported and skipped.
+fn load_keyring(files: &[PathBuf]) -> anyhow::Result<Keyring> {
+    let mut keyring = Keyring::new();
+    for file in files {
+        let (entries, problems) = credentials::load_auth_file(file)?;
+        for problem in problems {
+            eprintln!("warning: skipping credentials {problem}");
+        }
+        keyring.push_layer(entries);
+    }
+    Ok(keyring)
 }
 
 /// The snapshotter CRI uses, so unpacked layers are the ones containers start from.

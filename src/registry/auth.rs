@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use super::challenge::Challenge;
 use super::RegistryError;
+use crate::credentials::{Credential, Secret};
 
 /// A bearer token; its value is never printed.
 #[derive(Clone)]
@@ -61,15 +62,17 @@ impl Realm {
 struct Key {
     realm: Realm,
     scope: String,
+    /// [`Credential::id`], 0 for anonymous: tokens minted from other (or older) credentials
+    /// are never reused.
+    credential: u64,
 }
 
 type Slot = Arc<tokio::sync::Mutex<Option<Token>>>;
 
-/// Tokens per (realm, service, scope), and what each registry's realm is.
+/// Tokens per (realm, service, scope, credential).
 #[derive(Default)]
 pub struct TokenCache {
     slots: Mutex<HashMap<Key, Slot>>,
-    realms: Mutex<HashMap<String, Realm>>,
 }
 
 #[derive(Deserialize)]
@@ -83,16 +86,6 @@ struct TokenResponse {
 }
 
 impl TokenCache {
-    /// The realm learned for `registry`, if any.
-    pub fn realm_of(&self, registry: &str) -> Option<Realm> {
-        lock(&self.realms).get(registry).cloned()
-    }
-
-    /// Remembers `registry`'s realm so later repositories skip the 401 round trip.
-    pub fn remember_realm(&self, registry: &str, realm: Realm) {
-        lock(&self.realms).insert(registry.to_string(), realm);
-    }
-
     /// A fresh token, from the cache or fetched once for all waiters.
     pub async fn token(
         &self,
@@ -100,11 +93,13 @@ impl TokenCache {
         registry: &str,
         realm: &Realm,
         scope: &str,
+        credential: Option<&Credential>,
     ) -> Result<Token, RegistryError> {
         let slot = {
             let key = Key {
                 realm: realm.clone(),
                 scope: scope.to_string(),
+                credential: credential.map_or(0, Credential::id),
             };
             lock(&self.slots).entry(key).or_default().clone()
         };
@@ -112,16 +107,17 @@ impl TokenCache {
         if let Some(t) = guard.as_ref().filter(|t| t.fresh()) {
             return Ok(t.clone());
         }
-        let token = fetch(http, registry, realm, scope).await?;
+        let token = fetch(http, registry, realm, scope, credential).await?;
         *guard = Some(token.clone());
         Ok(token)
     }
 
     /// Drops a token the registry refused, so the next request fetches a new one.
-    pub async fn invalidate(&self, realm: &Realm, scope: &str) {
+    pub async fn invalidate(&self, realm: &Realm, scope: &str, credential: Option<&Credential>) {
         let key = Key {
             realm: realm.clone(),
             scope: scope.to_string(),
+            credential: credential.map_or(0, Credential::id),
         };
         let slot = lock(&self.slots).get(&key).cloned();
         if let Some(slot) = slot {
@@ -130,7 +126,7 @@ impl TokenCache {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding these maps cannot leave them inconsistent (single inserts).
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -140,26 +136,52 @@ async fn fetch(
     registry: &str,
     realm: &Realm,
     scope: &str,
+    credential: Option<&Credential>,
 ) -> Result<Token, RegistryError> {
     let fail = |detail: String| RegistryError::Token {
         registry: registry.to_string(),
         realm: realm.realm.clone(),
         detail,
     };
-    let mut query: Vec<(&str, &str)> = vec![("scope", scope)];
-    if let Some(service) = &realm.service {
-        query.push(("service", service));
-    }
     let started = Instant::now();
-    let response = http
-        .get(&realm.realm)
-        .query(&query)
+    let request = match credential.map(|c| &c.secret) {
+        // An OAuth2 refresh token can only be exchanged with a POST.
+        Some(Secret::IdentityToken { token, .. }) => {
+            let mut form: Vec<(&str, &str)> = vec![
+                ("grant_type", "refresh_token"),
+                ("refresh_token", token),
+                ("client_id", "prepull"),
+                ("scope", scope),
+            ];
+            if let Some(service) = &realm.service {
+                form.push(("service", service));
+            }
+            http.post(&realm.realm).form(&form)
+        }
+        other => {
+            let mut query: Vec<(&str, &str)> = vec![("scope", scope)];
+            if let Some(service) = &realm.service {
+                query.push(("service", service));
+            }
+            let mut request = http.get(&realm.realm).query(&query);
+            if let Some(Secret::Basic { username, password }) = other {
+                request = request
+                    .query(&[("account", username.as_str())])
+                    .basic_auth(username, Some(password));
+            }
+            request
+        }
+    };
+    let response = request
         .send()
         .await
         .map_err(|e| fail(format!("{}", e.without_url())))?;
     let status = response.status();
     if !status.is_success() {
-        return Err(fail(format!("HTTP {}", status.as_u16())));
+        return Err(fail(match status.as_u16() {
+            401 | 403 => format!("HTTP {}: the token server refused the credentials", status.as_u16()),
+            code => format!("HTTP {code}"),
+        }));
     }
     let body = response
         .bytes()

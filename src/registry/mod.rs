@@ -8,20 +8,25 @@ mod auth;
 pub mod challenge;
 mod error;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use base64::Engine as _;
 
 use bytes::Bytes;
 use futures_util::Stream;
 use reqwest::header::{
-    HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_RANGE, CONTENT_TYPE, RANGE, WWW_AUTHENTICATE,
+    HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_RANGE, CONTENT_TYPE, RANGE, RETRY_AFTER,
+    WWW_AUTHENTICATE,
 };
 use reqwest::{Method, StatusCode};
 
 pub use auth::Realm;
 pub use error::RegistryError;
 
+use crate::credentials::{Credential, CredentialSource, Secret};
 use crate::digest::{Digest, Verifier};
 use crate::oci::{self, Descriptor, Document};
 use crate::reference::{Reference, Target, DOCKER_HUB};
@@ -43,6 +48,13 @@ pub struct RegistryClient {
     http: reqwest::Client,
     options: Options,
     tokens: auth::TokenCache,
+    credentials: Arc<dyn CredentialSource>,
+    /// How each registry authorizes, learned from its first `401`.
+    schemes: Mutex<HashMap<String, Scheme>>,
+    /// Which candidate credential worked last, per (registry, repository).
+    working: Mutex<HashMap<(String, String), usize>>,
+    /// Last `ratelimit-remaining` per registry.
+    rate_limits: Mutex<HashMap<String, u64>>,
 }
 
 /// A manifest or index as served, verified against the digest it was asked for (or, for a tag,
@@ -84,8 +96,11 @@ impl FetchedManifest {
 pub type BlobStream = Pin<Box<dyn Stream<Item = Result<Bytes, RegistryError>> + Send>>;
 
 impl RegistryClient {
-    /// A client with its own connection pool and token cache.
-    pub fn new(options: Options) -> Result<RegistryClient, RegistryError> {
+    /// A client with its own connection pool and token cache, authorizing with `credentials`.
+    pub fn new(
+        options: Options,
+        credentials: Arc<dyn CredentialSource>,
+    ) -> Result<RegistryClient, RegistryError> {
         let http = reqwest::Client::builder()
             .user_agent(concat!("prepull/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(30))
@@ -98,6 +113,10 @@ impl RegistryClient {
             http,
             options,
             tokens: auth::TokenCache::default(),
+            credentials,
+            schemes: Mutex::default(),
+            working: Mutex::default(),
+            rate_limits: Mutex::default(),
         })
     }
 
@@ -288,8 +307,12 @@ impl RegistryClient {
         Ok((stream, start))
     }
 
-    /// Sends a request with the token for the repository's pull scope, learning the realm from
-    /// a `401` and retrying once with a fresh token.
+    /// Sends a request authorized for the repository's pull scope.
+    ///
+    /// The registry's scheme (Bearer realm or Basic) is learned from its first `401` and
+    /// remembered. Matching credentials are tried in keyring order (anonymous when none match)
+    /// until one is accepted, and the one that worked is used first from then on. A token that
+    /// stops working mid-pull (expired, or ECR's `403 … expired`) is renewed once.
     async fn send(
         &self,
         reference: &Reference,
@@ -299,67 +322,242 @@ impl RegistryClient {
         headers: impl Fn(&mut HeaderMap),
     ) -> Result<reqwest::Response, RegistryError> {
         let registry = reference.registry();
-        let scope = format!("repository:{}:pull", reference.repository());
-        let mut realm = self.tokens.realm_of(registry);
-        for attempt in 0..2 {
-            let mut h = HeaderMap::new();
-            headers(&mut h);
-            if let Some(realm) = &realm {
-                let token = self.tokens.token(&self.http, registry, realm, &scope).await?;
-                h.insert(
-                    AUTHORIZATION,
-                    token.header().parse().map_err(|_| RegistryError::Token {
-                        registry: registry.to_string(),
-                        realm: realm.realm.clone(),
-                        detail: "token is not a valid header value".into(),
-                    })?,
-                );
-            }
+        let repository = reference.repository();
+        let scope = format!("repository:{repository}:pull");
+        let found = self.credentials.lookup(&reference.name());
+        let candidates: Vec<Option<Arc<Credential>>> = if found.is_empty() {
+            vec![None]
+        } else {
+            found.into_iter().map(Some).collect()
+        };
+        let sticky_key = (registry.to_string(), repository.to_string());
+        let mut i = auth::lock(&self.working)
+            .get(&sticky_key)
+            .copied()
+            .unwrap_or(0)
+            .min(candidates.len() - 1);
+        let mut tried: Vec<String> = Vec::new();
+        let mut renewed = false;
+        let mut learned = false;
+        loop {
+            let candidate = candidates[i].as_deref();
+            let who = candidate.map_or_else(|| "anonymous".to_string(), |c| c.source.clone());
+            let scheme = auth::lock(&self.schemes).get(registry).cloned();
+            let authorization = match self.authorization(registry, &scope, scheme.as_ref(), candidate).await {
+                Ok(a) => a,
+                Err(e @ RegistryError::Token { .. }) => {
+                    tried.push(format!("{who}: {e}"));
+                    if i + 1 < candidates.len() {
+                        i += 1;
+                        renewed = false;
+                        continue;
+                    }
+                    return Err(unauthorized(reference, &tried));
+                }
+                Err(e) => return Err(e),
+            };
+            let sent_auth = authorization.is_some();
             let response = self
-                .http
-                .request(method.clone(), url)
-                .headers(h)
-                .send()
-                .await
-                .map_err(|e| network(registry, action, e))?;
+                .send_with_retries(registry, action, || {
+                    let mut h = HeaderMap::new();
+                    headers(&mut h);
+                    if let Some(a) = &authorization {
+                        h.insert(AUTHORIZATION, a.clone());
+                    }
+                    self.http.request(method.clone(), url).headers(h)
+                })
+                .await?;
             let status = response.status();
             if status.is_success() {
+                auth::lock(&self.working).insert(sticky_key, i);
                 return Ok(response);
             }
-            if status == StatusCode::UNAUTHORIZED && attempt == 0 {
-                let challenges = challenge::parse(
-                    response
-                        .headers()
-                        .get_all(WWW_AUTHENTICATE)
+            match status {
+                StatusCode::UNAUTHORIZED => {
+                    let challenges = challenge::parse(
+                        response
+                            .headers()
+                            .get_all(WWW_AUTHENTICATE)
+                            .iter()
+                            .filter_map(|v| v.to_str().ok()),
+                    );
+                    let offered = challenges.iter().find_map(Realm::from_challenge).map(Scheme::Bearer).or_else(
+                        || challenges.iter().any(|c| c.scheme == "basic").then_some(Scheme::Basic),
+                    );
+                    let insufficient = challenges
                         .iter()
-                        .filter_map(|v| v.to_str().ok()),
-                );
-                if let Some(r) = challenges.iter().find_map(Realm::from_challenge) {
-                    if let Some(old) = &realm {
-                        self.tokens.invalidate(old, &scope).await;
+                        .any(|c| c.param("error") == Some("insufficient_scope"));
+                    if let Some(offered) = &offered {
+                        if scheme.as_ref() != Some(offered) {
+                            auth::lock(&self.schemes).insert(registry.to_string(), offered.clone());
+                        }
                     }
-                    self.tokens.remember_realm(registry, r.clone());
-                    realm = Some(r);
-                    continue;
+                    match (&offered, candidate) {
+                        // First contact: now we know how this registry wants to be asked.
+                        (Some(_), _) if !sent_auth && !learned && (candidate.is_some() || matches!(offered, Some(Scheme::Bearer(_)))) => {
+                            learned = true;
+                            continue;
+                        }
+                        // A token that worked may have expired mid-pull: renew it once.
+                        (Some(Scheme::Bearer(realm)), _) if sent_auth && !renewed && !insufficient => {
+                            self.tokens.invalidate(realm, &scope, candidate).await;
+                            renewed = true;
+                            continue;
+                        }
+                        (None, _) => tried.push(format!("{who}: HTTP 401 without a usable challenge")),
+                        (Some(Scheme::Basic), None) => tried.push(format!(
+                            "{who}: the registry asks for Basic credentials and none matched {}",
+                            reference.name()
+                        )),
+                        _ if insufficient => tried.push(format!(
+                            "{who}: HTTP 401 insufficient_scope (the repository does not exist, or these credentials may not pull it)"
+                        )),
+                        _ => tried.push(format!("{who}: HTTP 401")),
+                    }
                 }
-                let schemes: Vec<&str> = challenges.iter().map(|c| c.scheme.as_str()).collect();
-                return Err(RegistryError::Unauthorized {
-                    registry: registry.to_string(),
-                    repository: reference.repository().to_string(),
-                    detail: if schemes.is_empty() {
-                        "401 without a usable challenge".to_string()
-                    } else {
-                        format!("registry asks for {} credentials", schemes.join("/"))
-                    },
-                });
+                StatusCode::FORBIDDEN => {
+                    let error = status_error(reference, action, response).await;
+                    let expired = error.to_string().to_ascii_lowercase().contains("expired");
+                    if expired && !renewed {
+                        if let Some(Scheme::Bearer(realm)) = &scheme {
+                            self.tokens.invalidate(realm, &scope, candidate).await;
+                        }
+                        renewed = true;
+                        continue;
+                    }
+                    let RegistryError::Unauthorized { detail, .. } = error else {
+                        return Err(error);
+                    };
+                    tried.push(format!("{who}: {detail}"));
+                }
+                _ => return Err(status_error(reference, action, response).await),
             }
-            return Err(status_error(reference, action, response).await);
+            if i + 1 < candidates.len() {
+                i += 1;
+                renewed = false;
+                continue;
+            }
+            return Err(unauthorized(reference, &tried));
         }
-        Err(RegistryError::Unauthorized {
-            registry: registry.to_string(),
-            repository: reference.repository().to_string(),
-            detail: "registry refused a freshly issued token".to_string(),
-        })
+    }
+
+    /// The `Authorization` header for a request, if the scheme and the credential call for one.
+    async fn authorization(
+        &self,
+        registry: &str,
+        scope: &str,
+        scheme: Option<&Scheme>,
+        credential: Option<&Credential>,
+    ) -> Result<Option<HeaderValue>, RegistryError> {
+        let value = match (credential.map(|c| &c.secret), scheme) {
+            (Some(Secret::RegistryToken(t)), _) => Some(format!("Bearer {t}")),
+            (_, None) => None,
+            (Some(Secret::Basic { username, password }), Some(Scheme::Basic)) => {
+                let pair = format!("{username}:{password}");
+                Some(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair)))
+            }
+            (_, Some(Scheme::Basic)) => None,
+            (_, Some(Scheme::Bearer(realm))) => Some(
+                self.tokens
+                    .token(&self.http, registry, realm, scope, credential)
+                    .await?
+                    .header(),
+            ),
+        };
+        value
+            .map(|v| {
+                let mut v = HeaderValue::from_str(&v).map_err(|_| RegistryError::Token {
+                    registry: registry.to_string(),
+                    realm: String::new(),
+                    detail: "the credential is not a valid header value".into(),
+                })?;
+                v.set_sensitive(true);
+                Ok(v)
+            })
+            .transpose()
+    }
+
+    /// Sends, retrying connection failures, `5xx` and `429` with jittered exponential backoff
+    /// (honouring `Retry-After`). The last answer is returned as it is.
+    async fn send_with_retries(
+        &self,
+        registry: &str,
+        action: &str,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let mut delay = Duration::from_millis(500);
+        for attempt in 1..=REQUEST_ATTEMPTS {
+            let last = attempt == REQUEST_ATTEMPTS;
+            match build().send().await {
+                Ok(r) => {
+                    self.note_rate_limit(registry, r.headers());
+                    let status = r.status();
+                    let transient = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
+                    if !transient || last {
+                        return Ok(r);
+                    }
+                    let wait = retry_after(r.headers()).unwrap_or_else(|| jitter(delay));
+                    tracing::warn!(registry, action, status = status.as_u16(), attempt, wait_ms = wait.as_millis() as u64, "registry busy; retrying");
+                    tokio::time::sleep(wait.min(MAX_RETRY_AFTER)).await;
+                }
+                Err(e) if !last && (e.is_connect() || e.is_timeout() || e.is_request()) => {
+                    tracing::warn!(registry, action, attempt, error = %e.without_url(), "request failed; retrying");
+                    tokio::time::sleep(jitter(delay)).await;
+                }
+                Err(e) => return Err(network(registry, action, e)),
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    fn note_rate_limit(&self, registry: &str, headers: &HeaderMap) {
+        let remaining = headers
+            .get("ratelimit-remaining")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if let Some(n) = remaining {
+            auth::lock(&self.rate_limits).insert(registry.to_string(), n);
+            tracing::debug!(registry, remaining = n, "registry rate limit");
+        }
+    }
+
+    /// The last `ratelimit-remaining` a registry reported (Docker Hub's pull quota).
+    pub fn rate_limit_remaining(&self, registry: &str) -> Option<u64> {
+        auth::lock(&self.rate_limits).get(registry).copied()
+    }
+}
+
+/// How a registry wants requests authorized.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Scheme {
+    Bearer(Realm),
+    Basic,
+}
+
+const REQUEST_ATTEMPTS: u32 = 4;
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(rand::random::<f64>().max(0.1))
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate::parse_http_date(v).ok()?;
+    Some(when.duration_since(std::time::SystemTime::now()).unwrap_or_default())
+}
+
+fn unauthorized(reference: &Reference, tried: &[String]) -> RegistryError {
+    RegistryError::Unauthorized {
+        registry: reference.registry().to_string(),
+        repository: reference.repository().to_string(),
+        detail: format!("tried {}", tried.join("; ")),
     }
 }
 

@@ -1,0 +1,289 @@
+//! The kubelet's keyring (`pkg/credentialprovider/keyring.go`), reproduced: how a registry key
+//! from a Docker config matches an image.
+//!
+//! - A key gets `https://` if it has no scheme and is URL-parsed; a leading `/v1/` or `/v2/` of
+//!   its path is dropped (`https://index.docker.io/v1/` is `index.docker.io`).
+//! - Keys are tried in reverse lexical order (more specific first).
+//! - A key matches an image when the ports are equal (no port only matches no port), the hosts
+//!   have as many dot-separated labels, each label glob-matches (`*.example.com`), and the key's
+//!   path is a plain string prefix of the image's path (`reg.io/foo` matches `reg.io/foobar`).
+//! - Every matching credential is returned; Docker Hub images fall back to the
+//!   `index.docker.io` entry.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::Credential;
+
+const DEFAULT_REGISTRY_KEY: &str = "index.docker.io";
+
+/// Credentials by registry key, looked up like the kubelet does. Several keyrings (pod pull
+/// secrets, then the node's) are chained by [`Keyring::extend`], keeping their order.
+#[derive(Clone, Debug, Default)]
+pub struct Keyring {
+    /// Each layer is one source of keys (e.g. one secret or one node file), matched on its own
+    /// and tried in order.
+    layers: Vec<BTreeMap<String, Vec<Arc<Credential>>>>,
+}
+
+impl Keyring {
+    /// An empty keyring: every image is pulled anonymously.
+    pub fn new() -> Keyring {
+        Keyring::default()
+    }
+
+    /// Adds a layer of `(registry key, credential)` entries, tried after the layers before it.
+    pub fn push_layer(&mut self, entries: impl IntoIterator<Item = (String, Credential)>) {
+        let mut layer: BTreeMap<String, Vec<Arc<Credential>>> = BTreeMap::new();
+        for (key, credential) in entries {
+            if let Some(k) = normalize_key(&key) {
+                layer.entry(k).or_default().push(Arc::new(credential));
+            }
+        }
+        self.layers.push(layer);
+    }
+
+    /// Appends another keyring's layers after this one's.
+    pub fn extend(&mut self, other: Keyring) {
+        self.layers.extend(other.layers);
+    }
+
+    /// Whether there are no credentials at all.
+    pub fn is_empty(&self) -> bool {
+        self.layers.iter().all(BTreeMap::is_empty)
+    }
+
+    /// Every credential for `image` (`registry/repository`, normalized), in trial order.
+    pub fn lookup(&self, image: &str) -> Vec<Arc<Credential>> {
+        let mut out = Vec::new();
+        for layer in &self.layers {
+            let mut found: Vec<Arc<Credential>> = layer
+                .iter()
+                .rev()
+                .filter(|(key, _)| urls_match(key, image))
+                .flat_map(|(_, creds)| creds.iter().cloned())
+                .collect();
+            if found.is_empty() && is_default_registry(image) {
+                if let Some(creds) = layer.get(DEFAULT_REGISTRY_KEY) {
+                    found.extend(creds.iter().cloned());
+                }
+            }
+            out.extend(found);
+        }
+        out
+    }
+}
+
+/// `https://index.docker.io/v1/` -> `index.docker.io`; `reg.io:5000/team` -> `reg.io:5000/team`.
+pub(super) fn normalize_key(key: &str) -> Option<String> {
+    let rest = key
+        .strip_prefix("https://")
+        .or_else(|| key.strip_prefix("http://"))
+        .unwrap_or(key);
+    let (host, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    if host.is_empty() {
+        return None;
+    }
+    // Like url.Parse: no query or fragment in the path.
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    let path = if path.starts_with("/v2/") || path.starts_with("/v1/") {
+        &path[3..]
+    } else {
+        path
+    };
+    Some(if path.is_empty() || path == "/" {
+        host.to_string()
+    } else {
+        format!("{host}{path}")
+    })
+}
+
+fn split(url: &str) -> (Vec<&str>, &str, &str) {
+    let (hostport, path) = match url.find('/') {
+        Some(i) => (&url[..i], &url[i..]),
+        None => (url, ""),
+    };
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) => (h, p),
+        None => (hostport, ""),
+    };
+    (host.split('.').collect(), port, path)
+}
+
+fn urls_match(key: &str, image: &str) -> bool {
+    let (glob_parts, glob_port, glob_path) = split(key);
+    let (target_parts, target_port, target_path) = split(image);
+    glob_port == target_port
+        && glob_parts.len() == target_parts.len()
+        && target_path.starts_with(glob_path)
+        && glob_parts
+            .iter()
+            .zip(&target_parts)
+            .all(|(g, t)| glob_match(g, t))
+}
+
+fn is_default_registry(image: &str) -> bool {
+    let mut parts = image.splitn(2, '/');
+    let first = parts.next().unwrap_or("");
+    if first.is_empty() {
+        return false;
+    }
+    match parts.next() {
+        None => true,
+        Some(_) => first == "docker.io" || first == DEFAULT_REGISTRY_KEY || !first.contains(['.', ':']),
+    }
+}
+
+/// Go's `filepath.Match` on one host label: `*` (any run), `?` (one character), `[…]` classes
+/// with ranges and `^` negation, `\` escapes. A malformed pattern matches nothing.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    glob(&p, &t).unwrap_or(false)
+}
+
+fn glob(p: &[char], t: &[char]) -> Option<bool> {
+    match p.first() {
+        None => Some(t.is_empty()),
+        Some('*') => {
+            for skip in 0..=t.len() {
+                if glob(&p[1..], &t[skip..])? {
+                    return Some(true);
+                }
+            }
+            Some(false)
+        }
+        Some('?') => Some(!t.is_empty() && glob(&p[1..], &t[1..])?),
+        Some('[') => {
+            let close = p.iter().skip(2).position(|c| *c == ']')? + 2;
+            let class = &p[1..close];
+            let (negate, class) = match class.first() {
+                Some('^') => (true, &class[1..]),
+                _ => (false, class),
+            };
+            let c = *t.first()?;
+            let mut hit = false;
+            let mut i = 0;
+            while i < class.len() {
+                if i + 2 < class.len() && class[i + 1] == '-' {
+                    hit |= class[i] <= c && c <= class[i + 2];
+                    i += 3;
+                } else {
+                    hit |= class[i] == c;
+                    i += 1;
+                }
+            }
+            if hit == negate {
+                return Some(false);
+            }
+            glob(&p[close + 1..], &t[1..])
+        }
+        Some('\\') => {
+            let lit = *p.get(1)?;
+            Some(t.first() == Some(&lit) && glob(&p[2..], &t[1..])?)
+        }
+        Some(c) => Some(t.first() == Some(c) && glob(&p[1..], &t[1..])?),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credentials::Secret;
+
+    fn cred(name: &str) -> Credential {
+        Credential {
+            source: name.to_string(),
+            secret: Secret::Basic {
+                username: name.to_string(),
+                password: "p".into(),
+            },
+        }
+    }
+
+    fn ring(keys: &[&str]) -> Keyring {
+        let mut k = Keyring::new();
+        k.push_layer(keys.iter().map(|key| (key.to_string(), cred(key))));
+        k
+    }
+
+    fn found(k: &Keyring, image: &str) -> Vec<String> {
+        k.lookup(image).iter().map(|c| c.source.clone()).collect()
+    }
+
+    #[test]
+    fn normalizes_keys_like_the_kubelet() {
+        assert_eq!(normalize_key("https://index.docker.io/v1/").as_deref(), Some("index.docker.io"));
+        assert_eq!(normalize_key("http://reg.io:5000/v2/").as_deref(), Some("reg.io:5000"));
+        assert_eq!(normalize_key("reg.io/team/").as_deref(), Some("reg.io/team/"));
+        assert_eq!(normalize_key("reg.io/v2/team").as_deref(), Some("reg.io/team"));
+        assert_eq!(normalize_key("reg.io/").as_deref(), Some("reg.io"));
+        assert_eq!(normalize_key("https://"), None);
+    }
+
+    // Cases mirror the kubelet's keyring_test.go.
+    #[test]
+    fn matching_table() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("*.kubernetes.io", "prefix.kubernetes.io/foo", true),
+            ("*.kubernetes.io", "kubernetes.io/foo", false),
+            ("*.*.kubernetes.io", "prefix.sub.kubernetes.io/foo", true),
+            ("*.io", "kubernetes.io/foo", true),
+            ("*.io", "k8s.kubernetes.io/foo", false),
+            ("*-good.kubernetes.io", "prefix-good.kubernetes.io/foo", true),
+            ("*-good.kubernetes.io", "prefix-bad.kubernetes.io/foo", false),
+            ("prefix.*.io", "prefix.kubernetes.io/foo", true),
+            ("prefix.*.io", "prefix.k8s.io/foo", true),
+            ("*.kubernetes.io:1111", "prefix.kubernetes.io:1111/foo", true),
+            ("*.kubernetes.io:1111", "prefix.kubernetes.io:2222/foo", false),
+            ("*.kubernetes.io", "prefix.kubernetes.io:1111/foo", false),
+            ("kubernetes.io:1111", "kubernetes.io/foo", false),
+            ("reg.io/foo", "reg.io/foobar/baz", true),
+            ("reg.io/foo", "reg.io/bar", false),
+            ("reg.io/foo/bar", "reg.io/foo", false),
+            ("registry.example.com", "registry.example.com/any/path", true),
+            ("[a-c]reg.io", "breg.io/x", true),
+            ("[^a-c]reg.io", "breg.io/x", false),
+            ("r?g.io", "reg.io/x", true),
+        ];
+        for (key, image, want) in cases {
+            assert_eq!(!found(&ring(&[key]), image).is_empty(), *want, "key {key} image {image}");
+        }
+    }
+
+    #[test]
+    fn more_specific_keys_first_and_all_matches_returned() {
+        let k = ring(&["reg.io", "reg.io/team", "*.io", "other.io"]);
+        assert_eq!(found(&k, "reg.io/team/app"), ["reg.io/team", "reg.io", "*.io"]);
+    }
+
+    #[test]
+    fn docker_hub_falls_back_to_the_index_entry() {
+        let k = ring(&["https://index.docker.io/v1/"]);
+        assert_eq!(found(&k, "docker.io/library/nginx"), ["https://index.docker.io/v1/"]);
+        assert!(found(&k, "quay.io/x/y").is_empty());
+        // A `docker.io` key matches directly.
+        let k = ring(&["docker.io"]);
+        assert_eq!(found(&k, "docker.io/library/nginx"), ["docker.io"]);
+    }
+
+    #[test]
+    fn layers_keep_their_order() {
+        let mut pod = ring(&["reg.io"]);
+        let node = ring(&["reg.io/team"]);
+        pod.extend(node);
+        // Pod secrets first even though the node's key is more specific.
+        assert_eq!(found(&pod, "reg.io/team/app"), ["reg.io", "reg.io/team"]);
+    }
+
+    #[test]
+    fn ports_must_be_equal() {
+        let k = ring(&["localhost:5000"]);
+        assert_eq!(found(&k, "localhost:5000/a").len(), 1);
+        assert!(found(&k, "localhost/a").is_empty());
+        assert!(found(&k, "localhost:5001/a").is_empty());
+    }
+}
