@@ -206,18 +206,19 @@ impl Puller {
             source,
         };
 
-        let top = self.registry.manifest(reference).await.map_err(reg_err)?;
+        // A tag costs one HEAD; documents containerd already holds are read from it, so a warm
+        // node re-checking its images makes no GET at all.
+        let top = match self.registry.resolve(reference).await.map_err(reg_err)? {
+            Some(digest) => self.document(reference, &digest).await?,
+            None => self.registry.manifest(reference).await.map_err(reg_err)?,
+        };
         tracing::debug!(digest = %top.digest, media_type = top.media_type(), "resolved");
         let (manifest_fetched, chosen_index, platform) = match &top.document {
             Document::Manifest(..) => (top.clone(), None, self.options.platform.clone()),
             Document::Index(index, _) => {
                 let (i, platform) = self.choose(&image, index)?;
                 let child = &index.manifests[i];
-                let fetched = self
-                    .registry
-                    .manifest_by_digest(reference, &child.digest)
-                    .await
-                    .map_err(reg_err)?;
+                let fetched = self.document(reference, &child.digest).await?;
                 (fetched, Some(i), platform)
             }
         };
@@ -328,6 +329,29 @@ impl Puller {
             "pulled"
         );
         Ok(report)
+    }
+
+    /// A manifest or index by digest: from containerd when it has it (verified again, since
+    /// local bytes can rot), else from the registry.
+    async fn document(&self, reference: &Reference, digest: &Digest) -> Result<FetchedManifest, PullError> {
+        let image = reference.to_string();
+        let local = match self.store.info(digest).await {
+            Ok(Some(_)) => self.store.read_blob(digest, oci::MAX_MANIFEST_BYTES).await.ok(),
+            _ => None,
+        };
+        if let Some(bytes) = local.filter(|b| &Digest::of(digest.algorithm(), b) == digest) {
+            if let Ok(document) = Document::parse(&bytes, None) {
+                return Ok(FetchedManifest {
+                    digest: digest.clone(),
+                    bytes: Bytes::from(bytes),
+                    document,
+                });
+            }
+        }
+        self.registry
+            .manifest_by_digest(reference, digest)
+            .await
+            .map_err(|source| PullError::Registry { image, source })
     }
 
     /// Checks the config against the manifest and, unless content-only, unpacks each layer as

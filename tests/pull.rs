@@ -266,6 +266,9 @@ async fn second_pull_downloads_no_blob_bytes() {
     );
     assert_eq!(results[0]["bytes_fetched"], 0);
     assert_eq!(results[0]["blobs_present"], 3);
+    // Tag drift is checked with one HEAD (not counted by Docker Hub's quota); nothing is GET.
+    let seen: Vec<(String, String)> = proxy.records().iter().map(|r| (r.method.clone(), r.path.clone())).collect();
+    assert_eq!(seen, vec![("HEAD".to_string(), "/v2/cache/app/manifests/v1".to_string())]);
     support::cri::wait_for_image(containerd.socket(), &reference, CRI_WAIT).await;
 }
 

@@ -144,6 +144,38 @@ impl RegistryClient {
             .await
     }
 
+    /// Resolves a tag to the digest of what it points at with a `HEAD` request, which Docker
+    /// Hub does not count against its pull quota. `None` when the registry cannot say (no
+    /// `Docker-Content-Digest`, or `HEAD` not allowed): the caller then GETs the tag.
+    pub async fn resolve(&self, reference: &Reference) -> Result<Option<Digest>, RegistryError> {
+        let Target::Tag(tag) = reference.target() else {
+            return Ok(match reference.target() {
+                Target::Digest(d) => Some(d.clone()),
+                Target::Tag(_) => None,
+            });
+        };
+        let url = format!(
+            "{}/v2/{}/manifests/{tag}",
+            self.base_url(reference.registry()),
+            reference.repository()
+        );
+        let action = format!("HEAD manifest {tag}");
+        match self
+            .send(reference, &action, Method::HEAD, &url, |h| {
+                h.insert(ACCEPT, HeaderValue::from_static(oci::MANIFEST_ACCEPT));
+            })
+            .await
+        {
+            Ok(response) => Ok(response
+                .headers()
+                .get("docker-content-digest")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())),
+            Err(RegistryError::Status { status: 405 | 400 | 501, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Fetches a child manifest by the digest its index names.
     pub async fn manifest_by_digest(
         &self,
