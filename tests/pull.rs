@@ -413,3 +413,106 @@ async fn anonymous_bearer_token_challenge_is_answered() {
     }
     support::cri::wait_for_image(containerd.socket(), &reference, CRI_WAIT).await;
 }
+
+/// A blob redirected to another host (as ECR does to S3) is fetched there without the
+/// registry's `Authorization` header, which S3 would reject and which must not leak.
+#[tokio::test(flavor = "multi_thread")]
+async fn redirected_blobs_never_carry_the_registry_token_to_another_host() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let image = push_image(&registry.host(), "redirect/app", "v1", &ImageSpec::new(&[64 * KIB])).await;
+    let layer = image.layers[0].digest.clone();
+    let storage = Proxy::start(&registry.host()).await; // the "S3" host
+    let front = Proxy::start(&registry.host()).await;
+    let host = front.host();
+    let realm = format!("{}/token", front.url());
+    let storage_url = storage.url();
+    front.set_hook(move |req| {
+        if req.path.starts_with("/token") {
+            return support::Action::RespondWith {
+                status: 200,
+                headers: vec![],
+                body: br#"{"token":"registry-token"}"#.to_vec(),
+            };
+        }
+        if req.headers.get("authorization").and_then(|v| v.to_str().ok()) != Some("Bearer registry-token") {
+            return support::Action::RespondWith {
+                status: 401,
+                headers: vec![("www-authenticate".into(), format!(r#"Bearer realm="{realm}",service="s""#))],
+                body: vec![],
+            };
+        }
+        if req.path.ends_with(&layer) {
+            return support::Action::RespondWith {
+                status: 307,
+                headers: vec![("location".into(), format!("{storage_url}{}?X-Amz-Signature=presigned", req.path))],
+                body: vec![],
+            };
+        }
+        support::Action::Forward
+    });
+    let reference = format!("{host}/redirect/app:v1");
+    let (out, _) = pull_json(&containerd, &host, &[], &[&reference]).await;
+    assert_success(&out);
+    let at_storage = storage.records();
+    assert_eq!(at_storage.len(), 1, "{at_storage:?}");
+    assert!(at_storage[0].path.contains(&image.layers[0].digest));
+    assert_eq!(at_storage[0].authorization, None, "the token stayed with the registry");
+    assert_eq!(at_storage[0].response_body_bytes, image.layers[0].size);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("X-Amz-Signature"), "presigned URLs stay out of messages: {stderr}");
+}
+
+/// Rate limits and outages: `429` with `Retry-After` and `503`s are waited out, then the pull
+/// completes; a registry that keeps failing ends in an error that says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_limits_and_503_storms_are_retried_then_reported() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let image = push_image(&registry.host(), "busy/app", "v1", &ImageSpec::new(&[32 * KIB])).await;
+    let proxy = Proxy::start(&registry.host()).await;
+    let host = proxy.host();
+    let (manifests, blobs) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (m, b) = (manifests.clone(), blobs.clone());
+    proxy.set_hook(move |req| {
+        if req.path.contains("/manifests/") && m.fetch_add(1, Ordering::SeqCst) < 2 {
+            return support::Action::RespondWith {
+                status: 429,
+                headers: vec![("retry-after".into(), "0".into()), ("ratelimit-remaining".into(), "0;w=21600".into())],
+                body: br#"{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}"#.to_vec(),
+            };
+        }
+        if req.path.contains("/blobs/") && b.fetch_add(1, Ordering::SeqCst) < 2 {
+            return support::Action::Respond { status: 503, body: b"maintenance".to_vec() };
+        }
+        support::Action::Forward
+    });
+    let reference = format!("{host}/busy/app:v1");
+    let (out, results) = pull_json(&containerd, &host, &[], &[&reference]).await;
+    assert_success(&out);
+    assert_eq!(results[0]["id"], image.config.digest.as_str());
+    assert!(manifests.load(Ordering::SeqCst) >= 3, "two 429s then success");
+    assert!(blobs.load(Ordering::SeqCst) >= 4, "two 503s then both blobs");
+
+    // A registry that never recovers: the error names the registry, the status and the code.
+    proxy.set_hook(|req| {
+        if req.path.contains("/manifests/") {
+            support::Action::RespondWith {
+                status: 429,
+                headers: vec![("retry-after".into(), "0".into())],
+                body: br#"{"errors":[{"code":"TOOMANYREQUESTS","message":"pull rate limit exceeded"}]}"#.to_vec(),
+            }
+        } else {
+            support::Action::Forward
+        }
+    });
+    let other = push_image(&registry.host(), "busy/other", "v1", &ImageSpec::new(&[8 * KIB])).await;
+    let reference = format!("{host}/busy/other:v1");
+    let (out, results) = pull_json(&containerd, &host, &[], &[&reference]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let error = results[0]["error"].as_str().unwrap();
+    assert!(error.contains(&host) && error.contains("429") && error.contains("rate limited"), "{error}");
+    assert_eq!(results[0]["kind"], "rate-limited");
+    assert!(store(&containerd).await.image(&reference).await.unwrap().is_none());
+    let _ = other;
+}

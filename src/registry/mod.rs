@@ -107,6 +107,20 @@ impl RegistryClient {
             .read_timeout(Duration::from_secs(120))
             .pool_max_idle_per_host(options.pool_per_host.unwrap_or(32))
             .http2_adaptive_window(true)
+            // Blob redirects (to S3, a CDN) are followed afresh on every request, so presigned
+            // URLs are never reused; reqwest drops `Authorization` when the host changes, and
+            // a downgrade from HTTPS to plain HTTP is refused.
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                let downgrade = attempt.url().scheme() == "http"
+                    && attempt.previous().iter().any(|u| u.scheme() == "https");
+                if downgrade {
+                    attempt.error("refusing a redirect from HTTPS to plain HTTP")
+                } else if attempt.previous().len() > 10 {
+                    attempt.error("more than 10 redirects")
+                } else {
+                    attempt.follow()
+                }
+            }))
             .build()
             .map_err(RegistryError::Client)?;
         Ok(RegistryClient {
@@ -171,7 +185,8 @@ impl RegistryClient {
                 .get("docker-content-digest")
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok())),
-            Err(RegistryError::Status { status: 405 | 400 | 501, .. }) => Ok(None),
+            // HEAD answers carry no error body: let a GET fetch the registry's explanation.
+            Err(RegistryError::Status { status: 404 | 405 | 400 | 501, .. }) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -651,6 +666,15 @@ async fn status_error(
             ),
         };
     }
+    let message = if status == 429 {
+        Some(format!(
+            "{}rate limited even after waiting as asked; authenticate with a pull secret or node \
+             credentials (higher quota), or pull through a mirror",
+            message.map(|m| format!("{m}: ")).unwrap_or_default()
+        ))
+    } else {
+        message
+    };
     RegistryError::Status {
         registry: reference.registry().to_string(),
         repository: reference.repository().to_string(),
@@ -709,5 +733,26 @@ impl Stream for VerifiedBody {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_in_seconds_and_as_http_date() {
+        let mut h = HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
+        h.insert(RETRY_AFTER, HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        let later = std::time::SystemTime::now() + Duration::from_secs(30);
+        h.insert(RETRY_AFTER, HeaderValue::from_str(&httpdate::fmt_http_date(later)).unwrap());
+        let d = retry_after(&h).unwrap();
+        assert!(d > Duration::from_secs(25) && d <= Duration::from_secs(30), "{d:?}");
+        h.insert(RETRY_AFTER, HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"));
+        assert_eq!(retry_after(&h), Some(Duration::ZERO), "a date in the past means now");
+        h.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&h), None);
     }
 }
