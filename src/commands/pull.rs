@@ -63,6 +63,15 @@ pub struct PullArgs {
     #[arg(long = "auth-file", value_name = "FILE")]
     pub auth_files: Vec<PathBuf>,
 
+    /// Do not use the node's own credential files (the ones the kubelet reads: see
+    /// --kubelet-root-dir); use only --auth-file.
+    #[arg(long)]
+    pub no_node_credentials: bool,
+
+    /// The kubelet's root directory, where it looks for `config.json` and `.dockercfg` first.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/kubelet")]
+    pub kubelet_root_dir: PathBuf,
+
     /// Snapshotter to unpack into [default: the one containerd's CRI plugin uses].
     #[arg(long, value_name = "NAME", conflicts_with = "no_unpack")]
     pub snapshotter: Option<String>,
@@ -100,7 +109,10 @@ pub async fn run(args: PullArgs) -> anyhow::Result<ExitCode> {
         unpack: None,
         ..PullOptions::default()
     };
-    let keyring = load_keyring(&args.auth_files)?;
+    let mut keyring = load_keyring(&args.auth_files)?;
+    if !args.no_node_credentials {
+        keyring.extend(node_keyring(&args.kubelet_root_dir));
+    }
     let registry = RegistryClient::new(
         registry::Options {
             plain_http: args.plain_http.iter().cloned().collect::<HashSet<_>>(),
@@ -149,6 +161,30 @@ fn load_keyring(files: &[PathBuf]) -> anyhow::Result<Keyring> {
         keyring.push_layer(entries);
     }
     Ok(keyring)
+}
+
+/// The node's credentials, after the explicit ones (as the kubelet puts pod pull secrets before
+/// the node's). The first file that exists is used; a broken one is reported and skipped, since
+/// nobody named it.
+fn node_keyring(kubelet_root: &std::path::Path) -> Keyring {
+    let mut keyring = Keyring::new();
+    let Some(file) = credentials::node_credential_files(kubelet_root)
+        .into_iter()
+        .find(|p| p.is_file())
+    else {
+        return keyring;
+    };
+    match credentials::load_auth_file(&file) {
+        Ok((entries, problems)) => {
+            for problem in problems {
+                eprintln!("warning: skipping node credentials {problem}");
+            }
+            tracing::debug!(file = %file.display(), entries = entries.len(), "node credentials");
+            keyring.push_layer(entries);
+        }
+        Err(e) => eprintln!("warning: ignoring node credentials: {}", error_chain(&e)),
+    }
+    keyring
 }
 
 /// The snapshotter CRI uses, so unpacked layers are the ones containers start from.
