@@ -1,8 +1,17 @@
 //! A real, private containerd: its own config, root, state, sockets and log in a temp dir, with the
 //! CRI plugin on. Killed (with any shims and their containers) and cleaned up on Drop.
+//!
+//! Three release series can run: the system's own (Debian bookworm's 1.6, from `PATH`), and 1.7
+//! and 2.x unpacked from Debian trixie / forky by `scripts/containerd-versions.sh` into
+//! [`CACHE_ENV`] (default [`DEFAULT_CACHE`]). `PREPULL_TEST_CONTAINERD=1.7` (see [`VERSION_ENV`])
+//! makes [`Containerd::start`] run that series, so the same integration tests run against each.
 
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use containerd_client::services::v1::version_client::VersionClient;
@@ -12,13 +21,74 @@ use super::process::{self, Deadline};
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// What varies between bench containerds. New fields (e.g. a config format for containerd 2.x,
-/// whose config is `version = 3` with CRI split into `io.containerd.cri.v1.*` plugins) belong here,
-/// and only [`render_config`] needs to learn about them.
+/// Chooses the containerd series tests run against: `1.6` (default), `1.7`, `2.1`, ...
+pub const VERSION_ENV: &str = "PREPULL_TEST_CONTAINERD";
+/// Where `scripts/containerd-versions.sh` unpacks the non-system containerds (same variable there).
+pub const CACHE_ENV: &str = "PREPULL_CONTAINERD_CACHE";
+pub const DEFAULT_CACHE: &str = "/var/cache/prepull-test";
+/// The script that installs the series the system lacks.
+pub const INSTALL_SCRIPT: &str = "scripts/containerd-versions.sh";
+
+/// A containerd release series, `major.minor`: what decides the config format and which CRI
+/// behaviours to expect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Series {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl Series {
+    pub const V1_6: Series = Series { major: 1, minor: 6 };
+    pub const V1_7: Series = Series { major: 1, minor: 7 };
+    pub const V2_1: Series = Series { major: 2, minor: 1 };
+
+    /// `"1.7"` (or a full version such as `"1.7.24~ds1"`, `"v2.1.9"`).
+    pub fn parse(s: &str) -> Option<Series> {
+        let mut parts = s.trim().trim_start_matches('v').split('.');
+        let major = parts.next()?.parse().ok()?;
+        let minor = parts
+            .next()?
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()?;
+        Some(Series { major, minor })
+    }
+
+    /// The series named by [`VERSION_ENV`], 1.6 when unset. Panics on an unparsable value.
+    pub fn from_env() -> Series {
+        match std::env::var(VERSION_ENV) {
+            Ok(v) if !v.trim().is_empty() => Series::parse(&v).unwrap_or_else(|| {
+                panic!("{VERSION_ENV}={v:?} is not a containerd series like 1.6, 1.7 or 2.1")
+            }),
+            _ => Series::V1_6,
+        }
+    }
+
+    /// The `version` of containerd's config format: 2 for 1.x, 3 for 2.x.
+    pub fn config_version(self) -> u32 {
+        if self.major >= 2 {
+            3
+        } else {
+            2
+        }
+    }
+}
+
+impl fmt::Display for Series {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+/// What varies between bench containerds; only [`render_config`] and [`locate`] read it.
 #[derive(Clone, Debug)]
 pub struct ContainerdOptions {
-    /// The containerd binary; a bare name is looked up in `PATH`.
-    pub binary: PathBuf,
+    /// The containerd series to run (and render the config for); defaults to [`VERSION_ENV`].
+    pub version: Series,
+    /// An explicit containerd binary (a bare name is looked up in `PATH`); it must belong to
+    /// `version`. `None` finds `version` in the cache dir, then in `PATH`.
+    pub binary: Option<PathBuf>,
     /// The snapshotter CRI uses (and `ctr` should be told to use).
     pub snapshotter: String,
     /// CRI's sandbox ("pause") image; `None` keeps containerd's default, which is never pulled
@@ -29,11 +99,117 @@ pub struct ContainerdOptions {
 impl Default for ContainerdOptions {
     fn default() -> Self {
         ContainerdOptions {
-            binary: PathBuf::from("containerd"),
+            version: Series::from_env(),
+            binary: None,
             snapshotter: "native".to_string(),
             sandbox_image: None,
         }
     }
+}
+
+/// A containerd build found on this machine.
+#[derive(Clone, Debug)]
+pub struct Install {
+    /// The daemon.
+    pub containerd: PathBuf,
+    /// Its directory when it is not the system's: put first in the daemon's `PATH` so that it
+    /// starts its own release's shim, and where its own `ctr` lives.
+    pub bin_dir: Option<PathBuf>,
+    /// As `containerd --version` reports it, e.g. `1.7.24~ds1`.
+    pub version: String,
+    pub series: Series,
+}
+
+impl Install {
+    /// The `ctr` of the same release (the system's for the system's containerd).
+    pub fn ctr(&self) -> PathBuf {
+        match &self.bin_dir {
+            Some(dir) if dir.join("ctr").exists() => dir.join("ctr"),
+            _ => PathBuf::from("ctr"),
+        }
+    }
+}
+
+/// The cache dir `scripts/containerd-versions.sh` fills.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os(CACHE_ENV)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CACHE))
+}
+
+/// Finds a containerd of `opts.version`: `opts.binary` if given, else the cache dir's
+/// `containerd-<series>`, else the system's. Panics naming [`INSTALL_SCRIPT`] when there is none.
+pub fn locate(opts: &ContainerdOptions) -> Install {
+    let want = opts.version;
+    let candidates: Vec<(PathBuf, Option<PathBuf>)> = match &opts.binary {
+        Some(binary) => vec![(
+            binary.clone(),
+            binary
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map(Path::to_path_buf),
+        )],
+        None => {
+            let dir = cache_dir()
+                .join(format!("containerd-{want}"))
+                .join("usr/bin");
+            vec![
+                (dir.join("containerd"), Some(dir)),
+                (PathBuf::from("containerd"), None),
+            ]
+        }
+    };
+    let mut seen = Vec::new();
+    for (containerd, bin_dir) in candidates {
+        match binary_version(&containerd) {
+            Some(version) if Series::parse(&version) == Some(want) => {
+                return Install {
+                    containerd,
+                    bin_dir,
+                    version,
+                    series: want,
+                }
+            }
+            Some(version) => seen.push(format!("{} is {version}", containerd.display())),
+            None if containerd.components().count() > 1 && !containerd.exists() => {
+                seen.push(format!("{} is missing", containerd.display()))
+            }
+            None => seen.push(format!("{} does not run", containerd.display())),
+        }
+    }
+    panic!(
+        "containerd {want} is not installed ({VERSION_ENV}={want}): {}. Run {INSTALL_SCRIPT} \
+         (as root) to unpack containerd 1.7 and 2.x from Debian into {} ({CACHE_ENV} overrides \
+         the dir); containerd 1.6 is the system's, from scripts/setup.sh.",
+        seen.join("; "),
+        cache_dir().display()
+    )
+}
+
+/// `containerd --version`'s version field (`containerd github.com/containerd/containerd 1.6.20~ds1
+/// 1.6.20~ds1-1+deb12u3`), remembered per binary: every test starts a containerd.
+fn binary_version(binary: &Path) -> Option<String> {
+    static SEEN: OnceLock<Mutex<HashMap<PathBuf, Option<String>>>> = OnceLock::new();
+    let seen = SEEN.get_or_init(Default::default);
+    if let Some(v) = seen.lock().unwrap_or_else(|p| p.into_inner()).get(binary) {
+        return v.clone();
+    }
+    let version = Command::new(binary)
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .nth(2)
+                .map(|v| v.trim_start_matches('v').to_string())
+        });
+    seen.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(binary.to_path_buf(), version.clone());
+    version
 }
 
 /// Where one instance keeps its files, all under its temp dir.
@@ -48,7 +224,7 @@ pub struct Layout {
 }
 
 impl Layout {
-    fn new(dir: &Path) -> Self {
+    pub fn new(dir: &Path) -> Self {
         Layout {
             root: dir.join("root"),
             state: dir.join("state"),
@@ -60,19 +236,16 @@ impl Layout {
     }
 }
 
-/// The containerd 1.x config (format `version = 2`) for one bench instance.
+/// The config for one bench instance of `opts.version`: format `version = 2` for containerd 1.x,
+/// `version = 3` (CRI split into `io.containerd.cri.v1.images` / `.runtime`) for 2.x.
 ///
 /// Everything that would otherwise use a global path or port is redirected into the temp dir or
 /// disabled, so instances never see each other or the host's containerd.
 pub fn render_config(opts: &ContainerdOptions, layout: &Layout) -> String {
+    let series = opts.version;
     let q = |p: &Path| toml_string(&p.to_string_lossy());
-    let sandbox = opts
-        .sandbox_image
-        .as_deref()
-        .map(|s| format!("  sandbox_image = {}\n", toml_string(s)))
-        .unwrap_or_default();
-    format!(
-        r#"version = 2
+    let mut config = format!(
+        r#"version = {format}
 root = {root}
 state = {state}
 # opt installs into /opt/containerd; the other snapshotters are unused and only add noise.
@@ -95,7 +268,68 @@ disabled_plugins = [
 
 [metrics]
   address = ""
+"#,
+        format = series.config_version(),
+        root = q(&layout.root),
+        state = q(&layout.state),
+        socket = q(&layout.socket),
+        ttrpc = q(&layout.ttrpc_socket),
+    );
+    let snapshotter = toml_string(&opts.snapshotter);
+    let runc_root = q(&layout.state.join("runc"));
+    let cni_bin = q(&layout.cni_bin_dir);
+    let cni_conf = q(&layout.cni_conf_dir);
+    if series.major >= 2 {
+        let sandbox = opts
+            .sandbox_image
+            .as_deref()
+            .map(|s| {
+                format!(
+                    "  [plugins.\"io.containerd.cri.v1.images\".pinned_images]\n    sandbox = {}\n",
+                    toml_string(s)
+                )
+            })
+            .unwrap_or_default();
+        // containerd 2.1 reads a list of CNI binary dirs; 2.0 only the single `bin_dir`.
+        let cni_bin_key = if series >= Series::V2_1 {
+            format!("bin_dirs = [{cni_bin}]")
+        } else {
+            format!("bin_dir = {cni_bin}")
+        };
+        config.push_str(&format!(
+            r#"
+# CRI's gRPC service (streaming server on a random loopback port).
+[plugins."io.containerd.grpc.v1.cri"]
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
 
+[plugins."io.containerd.cri.v1.images"]
+  snapshotter = {snapshotter}
+{sandbox}
+[plugins."io.containerd.cri.v1.runtime"]
+  # This machine lacks CAP_SYS_RESOURCE: without it runc fails to start containers.
+  restrict_oom_score_adj = true
+  # Pod network namespaces would otherwise be mounted under the global /var/run/netns.
+  netns_mounts_under_state_dir = true
+  # Declaring the runc runtime replaces the default entry, so its type must be restated.
+  [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+  # runc keeps container state under /run/containerd/runc by default; two instances must not share it.
+  [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
+    Root = {runc_root}
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    {cni_bin_key}
+    conf_dir = {cni_conf}
+"#
+        ));
+    } else {
+        let sandbox = opts
+            .sandbox_image
+            .as_deref()
+            .map(|s| format!("  sandbox_image = {}\n", toml_string(s)))
+            .unwrap_or_default();
+        config.push_str(&format!(
+            r#"
 [plugins."io.containerd.grpc.v1.cri"]
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
@@ -114,16 +348,19 @@ disabled_plugins = [
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = {cni_bin}
     conf_dir = {cni_conf}
+"#
+        ));
+    }
+    if series >= Series::V1_7 {
+        config.push_str(
+            r#"
+# NRI (1.7+) listens on the global /var/run/nri/nri.sock; 2.x enables it by default.
+[plugins."io.containerd.nri.v1.nri"]
+  disable = true
 "#,
-        root = q(&layout.root),
-        state = q(&layout.state),
-        socket = q(&layout.socket),
-        ttrpc = q(&layout.ttrpc_socket),
-        snapshotter = toml_string(&opts.snapshotter),
-        cni_bin = q(&layout.cni_bin_dir),
-        cni_conf = q(&layout.cni_conf_dir),
-        runc_root = q(&layout.state.join("runc")),
-    )
+        );
+    }
+    config
 }
 
 fn toml_string(s: &str) -> String {
@@ -140,16 +377,18 @@ pub struct Containerd {
     layout: Layout,
     log: PathBuf,
     opts: ContainerdOptions,
+    install: Install,
     dir: process::BenchDir,
 }
 
 impl Containerd {
-    /// containerd from `PATH`, CRI on, snapshotter `native`.
+    /// The series [`VERSION_ENV`] names (default: the system's 1.6), CRI on, snapshotter `native`.
     pub async fn start() -> Containerd {
         Self::start_with(ContainerdOptions::default()).await
     }
 
     pub async fn start_with(opts: ContainerdOptions) -> Containerd {
+        let install = locate(&opts);
         let dir = process::tempdir("bench-containerd-");
         let layout = Layout::new(dir.path());
         for d in [&layout.cni_conf_dir, &layout.cni_bin_dir] {
@@ -159,17 +398,28 @@ impl Containerd {
         std::fs::write(&config, render_config(&opts, &layout)).expect("write containerd config");
         let log = dir.path().join("containerd.log");
 
-        let mut cmd = Command::new(&opts.binary);
+        let mut cmd = Command::new(&install.containerd);
         cmd.arg("--config")
             .arg(&config)
             .arg("--log-level")
             .arg("info");
+        if let Some(bin_dir) = &install.bin_dir {
+            // containerd looks its shim up in PATH: it must start its own release's shim, not
+            // the system's.
+            let mut path = OsString::from(bin_dir.as_os_str());
+            if let Some(rest) = std::env::var_os("PATH") {
+                path.push(":");
+                path.push(rest);
+            }
+            cmd.env("PATH", path);
+        }
         let child = process::spawn_logged(cmd, &log);
         let mut me = Containerd {
             child: Some(child),
             layout,
             log,
             opts,
+            install,
             dir,
         };
         me.wait_ready().await;
@@ -232,7 +482,9 @@ impl Containerd {
         let tail = process::log_tail(&self.log, 25);
         self.teardown();
         panic!(
-            "{why}\n--- errors in {log} ---\n{errors}\n--- tail of {log} ---\n{tail}",
+            "containerd {version} ({binary}): {why}\n--- errors in {log} ---\n{errors}\n--- tail of {log} ---\n{tail}",
+            version = self.install.version,
+            binary = self.install.containerd.display(),
             log = self.log.display()
         );
     }
@@ -271,9 +523,19 @@ impl Containerd {
         &self.opts.snapshotter
     }
 
-    /// Runs `ctr --address <socket> <args>` (callers add `-n k8s.io` etc.).
+    /// The build that runs, with its exact version (e.g. `2.1.9+unknown`).
+    pub fn install(&self) -> &Install {
+        &self.install
+    }
+
+    /// The running release series.
+    pub fn series(&self) -> Series {
+        self.install.series
+    }
+
+    /// Runs the same release's `ctr --address <socket> <args>` (callers add `-n k8s.io` etc.).
     pub fn ctr(&self, args: &[&str]) -> Output {
-        Command::new("ctr")
+        Command::new(self.install.ctr())
             .arg("--address")
             .arg(&self.layout.socket)
             .args(args)

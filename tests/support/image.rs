@@ -9,8 +9,58 @@ use reqwest::{StatusCode, Url};
 use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
 
+use super::auth::TokenMinter;
 use super::layer::build_layer;
 pub use super::layer::sha256_digest;
+
+/// Where the bench pushes: a registry's address, scheme, CA and credentials. `Registry::push_target`
+/// makes one for a bench registry; [`PushTarget::plain`] is the unauthenticated HTTP default.
+#[derive(Clone, Debug)]
+pub struct PushTarget {
+    /// `127.0.0.1:PORT`
+    pub host: String,
+    /// `http` or `https`
+    pub scheme: String,
+    /// Trust this CA (PEM) instead of the system roots.
+    pub ca_pem: Option<String>,
+    pub auth: PushAuth,
+}
+
+/// How the pusher authenticates. Credentials are sent preemptively on every request: blob bodies
+/// stream from files and cannot be replayed after a 401.
+#[derive(Clone)]
+pub enum PushAuth {
+    None,
+    Basic {
+        user: String,
+        password: String,
+    },
+    /// A fresh pull+push token minted for every request, so short token lifetimes configured for
+    /// the client under test never break a push.
+    Bearer(TokenMinter),
+}
+
+impl std::fmt::Debug for PushAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PushAuth::None => f.write_str("None"),
+            PushAuth::Basic { user, .. } => write!(f, "Basic({user}:***)"),
+            PushAuth::Bearer(_) => f.write_str("Bearer(minted)"),
+        }
+    }
+}
+
+impl PushTarget {
+    /// Plain HTTP, no auth: what `push_image(host, …)` uses.
+    pub fn plain(host: &str) -> PushTarget {
+        PushTarget {
+            host: host.to_string(),
+            scheme: "http".into(),
+            ca_pem: None,
+            auth: PushAuth::None,
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MediaFamily {
@@ -170,14 +220,24 @@ pub struct PushedIndex {
     pub attestation: Option<Blob>,
 }
 
-/// Pushes one image and tags its manifest `tag` in `repo`.
+/// Pushes one image over plain HTTP without auth and tags its manifest `tag` in `repo`.
 pub async fn push_image(
     registry_host: &str,
     repo: &str,
     tag: &str,
     spec: &ImageSpec,
 ) -> PushedImage {
-    let pusher = Pusher::new(registry_host, repo);
+    push_image_with(&PushTarget::plain(registry_host), repo, tag, spec).await
+}
+
+/// [`push_image`] to any registry: TLS, Basic or Bearer auth.
+pub async fn push_image_with(
+    target: &PushTarget,
+    repo: &str,
+    tag: &str,
+    spec: &ImageSpec,
+) -> PushedImage {
+    let pusher = Pusher::new(target, repo);
     let image = pusher.push_image_blobs(spec).await;
     pusher
         .put_manifest(tag, &image.manifest.media_type, &image.manifest_bytes)
@@ -197,12 +257,32 @@ pub async fn push_index(
     specs: &[ImageSpec],
     with_attestation: bool,
 ) -> PushedIndex {
+    push_index_with(
+        &PushTarget::plain(registry_host),
+        repo,
+        tag,
+        family,
+        specs,
+        with_attestation,
+    )
+    .await
+}
+
+/// [`push_index`] to any registry: TLS, Basic or Bearer auth.
+pub async fn push_index_with(
+    target: &PushTarget,
+    repo: &str,
+    tag: &str,
+    family: MediaFamily,
+    specs: &[ImageSpec],
+    with_attestation: bool,
+) -> PushedIndex {
     assert!(!specs.is_empty(), "an index needs at least one image");
     assert!(
         !with_attestation || family == MediaFamily::Oci,
         "attestation manifests only exist in OCI indexes"
     );
-    let pusher = Pusher::new(registry_host, repo);
+    let pusher = Pusher::new(target, repo);
     let mut images = Vec::with_capacity(specs.len());
     let mut entries = Vec::new();
     for spec in specs {
@@ -250,17 +330,32 @@ struct Pusher {
     client: reqwest::Client,
     base: Url,
     repo: String,
+    auth: PushAuth,
 }
 
 impl Pusher {
-    fn new(registry_host: &str, repo: &str) -> Self {
+    fn new(target: &PushTarget, repo: &str) -> Self {
+        let mut builder = reqwest::Client::builder().no_proxy();
+        if let Some(pem) = &target.ca_pem {
+            builder = builder.tls_built_in_root_certs(false).add_root_certificate(
+                reqwest::Certificate::from_pem(pem.as_bytes()).expect("parse the push CA PEM"),
+            );
+        }
         Pusher {
-            client: reqwest::Client::builder()
-                .no_proxy()
-                .build()
-                .expect("build HTTP client"),
-            base: Url::parse(&format!("http://{registry_host}/")).expect("registry host"),
+            client: builder.build().expect("build HTTP client"),
+            base: Url::parse(&format!("{}://{}/", target.scheme, target.host))
+                .expect("registry host"),
             repo: repo.to_string(),
+            auth: target.auth.clone(),
+        }
+    }
+
+    /// Adds the target's credentials to a request.
+    fn authorize(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.auth {
+            PushAuth::None => request,
+            PushAuth::Basic { user, password } => request.basic_auth(user, Some(password)),
+            PushAuth::Bearer(minter) => request.bearer_auth(minter.push_token(&self.repo)),
         }
     }
 
@@ -387,8 +482,7 @@ impl Pusher {
             .join(&format!("v2/{}/blobs/uploads/", self.repo))
             .expect("upload URL");
         let resp = self
-            .client
-            .post(start.clone())
+            .authorize(self.client.post(start.clone()))
             .header(CONTENT_LENGTH, 0)
             .send()
             .await
@@ -405,8 +499,7 @@ impl Pusher {
             .unwrap_or_else(|e| panic!("bad upload Location {location:?}: {e}"));
         put.query_pairs_mut().append_pair("digest", &blob.digest);
         let resp = self
-            .client
-            .put(put.clone())
+            .authorize(self.client.put(put.clone()))
             .header(CONTENT_TYPE, "application/octet-stream")
             .header(CONTENT_LENGTH, blob.size)
             .body(body)
@@ -429,8 +522,7 @@ impl Pusher {
             .join(&format!("v2/{}/manifests/{reference}", self.repo))
             .expect("manifest URL");
         let resp = self
-            .client
-            .put(url.clone())
+            .authorize(self.client.put(url.clone()))
             .header(CONTENT_TYPE, media_type)
             .body(bytes.to_vec())
             .send()

@@ -8,6 +8,8 @@
 
 #![allow(dead_code)]
 
+pub mod auth;
+pub mod busybox;
 pub mod containerd;
 pub mod cri;
 pub mod image;
@@ -15,8 +17,11 @@ pub mod layer;
 pub mod process;
 pub mod proxy;
 pub mod registry;
+pub mod tls;
 
 // Re-exports for convenience; each includer uses a few, and unused ones must not warn.
+#[allow(unused_imports)]
+pub use auth::{PostSupport, RequestKind, TokenServer, TokenServerOptions};
 #[allow(unused_imports)]
 pub use containerd::{Containerd, ContainerdOptions};
 #[allow(unused_imports)]
@@ -24,6 +29,10 @@ pub use image::{
     push_image, push_index, Blob, ImageSpec, MediaFamily, Platform, PushedImage, PushedIndex,
 };
 #[allow(unused_imports)]
+pub use image::{push_image_with, push_index_with, PushAuth, PushTarget};
+#[allow(unused_imports)]
 pub use proxy::{Action, Proxy, Record, Shape};
 #[allow(unused_imports)]
-pub use registry::Registry;
+pub use registry::{Registry, RegistryOptions};
+#[allow(unused_imports)]
+pub use tls::TestCa;

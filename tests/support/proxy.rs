@@ -220,7 +220,9 @@ async fn handle(
     let action = hook.map(|h| h(&info)).unwrap_or(Action::Forward);
     let response = match action {
         Action::Forward => forward(&shared, req, &info).await,
-        Action::Shape(shape) => forward(&shared, req, &info).await.map(|body| shaped(body, shape)),
+        Action::Shape(shape) => forward(&shared, req, &info)
+            .await
+            .map(|body| shaped(body, shape)),
         Action::Respond { status, body } => respond(status, &[], body),
         Action::RespondWith {
             status,
