@@ -1,8 +1,39 @@
 #!/usr/bin/env bash
-# Sets up this machine (containerd, docker-registry, protoc from Debian) and runs the whole test
-# suite: unit tests, and integration tests against real containerd and registry processes that
-# the tests start themselves. Run as root.
+# Sets up this machine (containerd, docker-registry, protoc from Debian; containerd 1.7 and 2.x
+# unpacked beside the system's) and runs the whole test suite: unit tests, and integration tests
+# against real containerd and registry processes that the tests start themselves. Run as root.
+#
+# The full suite runs against the system's containerd (Debian bookworm's 1.6); then the
+# containerd-facing suites (pull, store, offline_pod) run again against each newer series
+# scripts/containerd-versions.sh installed (PREPULL_TEST_CONTAINERD=<series>). Arguments go to the
+# first, full run only. PREPULL_TEST_VERSIONS="1.7" picks the extra series ("" skips them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+scripts/containerd-versions.sh
+
+cache=${PREPULL_CONTAINERD_CACHE:-/var/cache/prepull-test}
+started=$SECONDS
+
+echo "=== containerd 1.6 (system: $(containerd --version | awk '{print $3}')): full suite"
 cargo test --locked "$@"
+
+if [ -z "${PREPULL_TEST_VERSIONS+set}" ]; then
+    PREPULL_TEST_VERSIONS=$(awk '{print $1}' "$cache/installed" | tr '\n' ' ')
+fi
+failed=()
+for series in $PREPULL_TEST_VERSIONS; do
+    what=$(awk -v s="$series" '$1 == s {print $2 ", Debian " $3}' "$cache/installed")
+    echo "=== containerd $series (${what:-not installed}): pull, store, offline_pod"
+    # --no-fail-fast: report every suite of this series, then go on to the next series.
+    if ! PREPULL_TEST_CONTAINERD=$series cargo test --locked --no-fail-fast \
+        --test pull --test store --test offline_pod; then
+        failed+=("$series")
+    fi
+done
+
+echo "=== tests took $((SECONDS - started)) s"
+if [ ${#failed[@]} -ne 0 ]; then
+    echo "=== FAILED against containerd ${failed[*]}" >&2
+    exit 1
+fi

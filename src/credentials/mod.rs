@@ -95,6 +95,27 @@ impl CredentialSource for Keyring {
     }
 }
 
+/// The node's own credential files, in the kubelet's search order: `config.json` in the
+/// kubelet's root dir, the working directory, `$HOME/.docker` and `/.docker`, then `.dockercfg`
+/// in the kubelet's root dir, the working directory, `$HOME` and `/`. Like the kubelet, only
+/// the first file that exists is used.
+pub fn node_credential_files(kubelet_root: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+    let mut out = vec![kubelet_root.join("config.json"), cwd.join("config.json")];
+    if let Some(h) = &home {
+        out.push(h.join(".docker").join("config.json"));
+    }
+    out.push(std::path::PathBuf::from("/.docker/config.json"));
+    out.push(kubelet_root.join(".dockercfg"));
+    out.push(cwd.join(".dockercfg"));
+    if let Some(h) = &home {
+        out.push(h.join(".dockercfg"));
+    }
+    out.push(std::path::PathBuf::from("/.dockercfg"));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,25 +150,4 @@ mod tests {
         }
         assert_ne!(creds[0].id(), creds[1].id());
     }
-}
-
-/// The node's own credential files, in the kubelet's search order: `config.json` in the
-/// kubelet's root dir, the working directory, `$HOME/.docker` and `/.docker`, then `.dockercfg`
-/// in the kubelet's root dir, the working directory, `$HOME` and `/`. Like the kubelet, only
-/// the first file that exists is used.
-pub fn node_credential_files(kubelet_root: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let cwd = std::env::current_dir().unwrap_or_default();
-    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
-    let mut out = vec![kubelet_root.join("config.json"), cwd.join("config.json")];
-    if let Some(h) = &home {
-        out.push(h.join(".docker").join("config.json"));
-    }
-    out.push(std::path::PathBuf::from("/.docker/config.json"));
-    out.push(kubelet_root.join(".dockercfg"));
-    out.push(cwd.join(".dockercfg"));
-    if let Some(h) = &home {
-        out.push(h.join(".dockercfg"));
-    }
-    out.push(std::path::PathBuf::from("/.dockercfg"));
-    out
 }
