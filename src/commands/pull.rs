@@ -85,6 +85,13 @@ pub struct PullArgs {
     #[arg(long)]
     pub pin: bool,
 
+    /// containerd's per-registry host configuration (`certs.d` layout: `<host>/hosts.toml` with
+    /// mirrors, CAs and client certificates, or Docker-style `*.crt`/`*.cert`/`*.key` files),
+    /// so prepull uses the same mirrors and certificates as the node's containerd. A missing
+    /// directory is fine.
+    #[arg(long, value_name = "DIR", default_value = "/etc/containerd/certs.d")]
+    pub hosts_dir: PathBuf,
+
     /// Blobs downloaded at once, across all images.
     #[arg(long, value_name = "N", default_value = "8")]
     pub max_concurrent_downloads: NonZeroUsize,
@@ -115,7 +122,11 @@ pub async fn run(args: PullArgs) -> anyhow::Result<ExitCode> {
     }
     let registry = RegistryClient::new(
         registry::Options {
-            plain_http: args.plain_http.iter().cloned().collect::<HashSet<_>>(),
+            hosts: registry::Hosts {
+                // containerd's own per-host settings; a node without them is fine.
+                dir: Some(args.hosts_dir.clone()).filter(|d| d.is_dir()),
+                plain_http: args.plain_http.iter().cloned().collect::<HashSet<_>>(),
+            },
             ..Default::default()
         },
         Arc::new(keyring),

@@ -105,6 +105,23 @@ pub enum RegistryError {
         #[source]
         source: DocumentError,
     },
+    /// The registry's host configuration (`hosts.toml`) is unusable.
+    #[error("registry {registry}: host configuration")]
+    Hosts {
+        /// The registry host.
+        registry: String,
+        /// What is wrong.
+        #[source]
+        source: crate::registry::HostsError,
+    },
+    /// A CA or client certificate file named in the host configuration is unusable.
+    #[error("TLS file {}: {detail}", path.display())]
+    TlsConfig {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
     /// The HTTP client could not be built (bad TLS settings).
     #[error("cannot set up the HTTP client: {0}")]
     Client(#[source] reqwest::Error),
@@ -123,7 +140,7 @@ impl RegistryError {
             RegistryError::Unauthorized { .. } | RegistryError::Token { .. } => "auth",
             RegistryError::Corrupt { .. } | RegistryError::DigestHeader { .. } => "corrupt",
             RegistryError::TooLarge { .. } | RegistryError::Document { .. } => "bad-manifest",
-            RegistryError::Client(_) => "config",
+            RegistryError::Client(_) | RegistryError::Hosts { .. } | RegistryError::TlsConfig { .. } => "config",
         }
     }
 

@@ -7,8 +7,9 @@
 mod auth;
 pub mod challenge;
 mod error;
+mod hosts;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,21 +25,20 @@ use reqwest::header::{
 use reqwest::{Method, StatusCode};
 
 pub use auth::Realm;
+pub use hosts::{Endpoint, Hosts, HostsError, Tls};
 pub use error::RegistryError;
 
 use crate::credentials::{Credential, CredentialSource, Secret};
 use crate::digest::{Digest, Verifier};
 use crate::oci::{self, Descriptor, Document};
-use crate::reference::{Reference, Target, DOCKER_HUB};
+use crate::reference::{Reference, Target};
 
-/// The API host behind `docker.io`.
-const DOCKER_HUB_API: &str = "registry-1.docker.io";
 
 /// How to reach registries.
 #[derive(Clone, Debug, Default)]
 pub struct Options {
-    /// Hosts (`host:port` as in image names) spoken to over plain HTTP instead of HTTPS.
-    pub plain_http: HashSet<String>,
+    /// Where each registry is reached: mirrors, plain HTTP, TLS settings.
+    pub hosts: Hosts,
     /// Idle connections kept per host.
     pub pool_per_host: Option<usize>,
 }
@@ -46,6 +46,8 @@ pub struct Options {
 /// A client for every registry of a run.
 pub struct RegistryClient {
     http: reqwest::Client,
+    /// Clients for endpoints with their own TLS settings, built on first use.
+    tls_clients: Mutex<HashMap<Tls, reqwest::Client>>,
     options: Options,
     tokens: auth::TokenCache,
     credentials: Arc<dyn CredentialSource>,
@@ -101,30 +103,12 @@ impl RegistryClient {
         options: Options,
         credentials: Arc<dyn CredentialSource>,
     ) -> Result<RegistryClient, RegistryError> {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("prepull/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(30))
-            .read_timeout(Duration::from_secs(120))
-            .pool_max_idle_per_host(options.pool_per_host.unwrap_or(32))
-            .http2_adaptive_window(true)
-            // Blob redirects (to S3, a CDN) are followed afresh on every request, so presigned
-            // URLs are never reused; reqwest drops `Authorization` when the host changes, and
-            // a downgrade from HTTPS to plain HTTP is refused.
-            .redirect(reqwest::redirect::Policy::custom(|attempt| {
-                let downgrade = attempt.url().scheme() == "http"
-                    && attempt.previous().iter().any(|u| u.scheme() == "https");
-                if downgrade {
-                    attempt.error("refusing a redirect from HTTPS to plain HTTP")
-                } else if attempt.previous().len() > 10 {
-                    attempt.error("more than 10 redirects")
-                } else {
-                    attempt.follow()
-                }
-            }))
+        let http = client_builder(&options)
             .build()
             .map_err(RegistryError::Client)?;
         Ok(RegistryClient {
             http,
+            tls_clients: Mutex::default(),
             options,
             tokens: auth::TokenCache::default(),
             credentials,
@@ -134,18 +118,69 @@ impl RegistryClient {
         })
     }
 
-    fn base_url(&self, registry: &str) -> String {
-        let host = if registry == DOCKER_HUB {
-            DOCKER_HUB_API
-        } else {
-            registry
+    /// The endpoints that may serve `need` for the reference's registry, mirrors first.
+    fn endpoints(&self, reference: &Reference, need: Need) -> Result<Vec<Endpoint>, RegistryError> {
+        let all = self
+            .options
+            .hosts
+            .endpoints(reference.registry())
+            .map_err(|source| RegistryError::Hosts {
+                registry: reference.registry().to_string(),
+                source,
+            })?;
+        let usable: Vec<Endpoint> = all
+            .into_iter()
+            .filter(|e| match need {
+                Need::Resolve => e.resolve,
+                Need::Pull => e.pull,
+            })
+            .collect();
+        if usable.is_empty() {
+            return Err(RegistryError::Hosts {
+                registry: reference.registry().to_string(),
+                source: HostsError::Invalid {
+                    path: self.options.hosts.dir.clone().unwrap_or_default(),
+                    message: format!("no host has the {need:?} capability"),
+                },
+            });
+        }
+        Ok(usable)
+    }
+
+    /// The HTTP client for an endpoint's TLS settings.
+    fn client_for(&self, tls: &Tls) -> Result<reqwest::Client, RegistryError> {
+        if tls == &Tls::default() {
+            return Ok(self.http.clone());
+        }
+        if let Some(c) = auth::lock(&self.tls_clients).get(tls) {
+            return Ok(c.clone());
+        }
+        let fail = |path: &std::path::Path, detail: String| RegistryError::TlsConfig {
+            path: path.to_path_buf(),
+            detail,
         };
-        let scheme = if self.options.plain_http.contains(registry) {
-            "http"
-        } else {
-            "https"
-        };
-        format!("{scheme}://{host}")
+        let mut builder = client_builder(&self.options);
+        for ca in &tls.ca_files {
+            let pem = std::fs::read(ca).map_err(|e| fail(ca, e.to_string()))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| fail(ca, e.to_string()))? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        if let Some((cert, key)) = &tls.client {
+            let mut pem = std::fs::read(cert).map_err(|e| fail(cert, e.to_string()))?;
+            if let Some(key) = key {
+                pem.push(b'\n');
+                pem.extend(std::fs::read(key).map_err(|e| fail(key, e.to_string()))?);
+            }
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| fail(cert, e.to_string()))?;
+            builder = builder.identity(identity);
+        }
+        if tls.skip_verify {
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+        let client = builder.build().map_err(RegistryError::Client)?;
+        auth::lock(&self.tls_clients).insert(tls.clone(), client.clone());
+        Ok(client)
     }
 
     /// Fetches the manifest or index `reference` points at, verified.
@@ -168,14 +203,10 @@ impl RegistryClient {
                 Target::Tag(_) => None,
             });
         };
-        let url = format!(
-            "{}/v2/{}/manifests/{tag}",
-            self.base_url(reference.registry()),
-            reference.repository()
-        );
         let action = format!("HEAD manifest {tag}");
+        let suffix = format!("manifests/{tag}");
         match self
-            .send(reference, &action, Method::HEAD, &url, |h| {
+            .send(reference, Need::Resolve, &action, Method::HEAD, &suffix, |h| {
                 h.insert(ACCEPT, HeaderValue::from_static(oci::MANIFEST_ACCEPT));
             })
             .await
@@ -209,13 +240,14 @@ impl RegistryClient {
     ) -> Result<FetchedManifest, RegistryError> {
         let registry = reference.registry();
         let repository = reference.repository();
-        let url = format!(
-            "{}/v2/{repository}/manifests/{tag_or_digest}",
-            self.base_url(registry)
-        );
         let action = format!("GET manifest {tag_or_digest}");
+        let suffix = format!("manifests/{tag_or_digest}");
+        let need = match target {
+            Target::Tag(_) => Need::Resolve,
+            Target::Digest(_) => Need::Pull,
+        };
         let mut response = self
-            .send(reference, &action, Method::GET, &url, |h| {
+            .send(reference, need, &action, Method::GET, &suffix, |h| {
                 h.insert(ACCEPT, oci::MANIFEST_ACCEPT.parse().expect("static header"));
             })
             .await?;
@@ -312,15 +344,11 @@ impl RegistryClient {
     ) -> Result<(BlobStream, u64), RegistryError> {
         let registry = reference.registry().to_string();
         let repository = reference.repository().to_string();
-        let url = format!(
-            "{}/v2/{repository}/blobs/{}",
-            self.base_url(&registry),
-            descriptor.digest
-        );
         let action = format!("GET blob {}", descriptor.digest);
+        let suffix = format!("blobs/{}", descriptor.digest);
         let resume = offset > 0 && offset < descriptor.size;
         let response = self
-            .send(reference, &action, Method::GET, &url, |h| {
+            .send(reference, Need::Pull, &action, Method::GET, &suffix, |h| {
                 if resume {
                     if let Ok(v) = format!("bytes={offset}-").parse() {
                         h.insert(RANGE, v);
@@ -363,15 +391,60 @@ impl RegistryClient {
     async fn send(
         &self,
         reference: &Reference,
+        need: Need,
+        action: &str,
+        method: Method,
+        suffix: &str,
+        headers: impl Fn(&mut HeaderMap),
+    ) -> Result<reqwest::Response, RegistryError> {
+        let endpoints = self.endpoints(reference, need)?;
+        let last = endpoints.len() - 1;
+        for (k, endpoint) in endpoints.iter().enumerate() {
+            let url = endpoint.url(reference.registry(), reference.repository(), suffix);
+            let action = if endpoint.mirror {
+                format!("{action} via mirror {}", endpoint.host)
+            } else {
+                action.to_string()
+            };
+            match self
+                .send_to(endpoint, reference, &action, method.clone(), &url, &headers)
+                .await
+            {
+                Err(e) if k < last => {
+                    tracing::warn!(
+                        mirror = %endpoint.host,
+                        error = %crate::commands::pull::error_chain(&e),
+                        "mirror failed; trying the next host"
+                    );
+                }
+                other => return other,
+            }
+        }
+        unreachable!("the last endpoint returns")
+    }
+
+    /// [`RegistryClient::send`] to one endpoint.
+    async fn send_to(
+        &self,
+        endpoint: &Endpoint,
+        reference: &Reference,
         action: &str,
         method: Method,
         url: &str,
-        headers: impl Fn(&mut HeaderMap),
+        headers: &impl Fn(&mut HeaderMap),
     ) -> Result<reqwest::Response, RegistryError> {
-        let registry = reference.registry();
+        // Schemes, tokens and the credential that worked belong to the host actually spoken to;
+        // a mirror gets only credentials configured for the mirror itself.
+        let registry = endpoint.host.as_str();
         let repository = reference.repository();
         let scope = format!("repository:{repository}:pull");
-        let found = self.credentials.lookup(&reference.name());
+        let lookup = if endpoint.mirror {
+            format!("{}/{repository}", endpoint.host)
+        } else {
+            reference.name()
+        };
+        let http = self.client_for(&endpoint.tls)?;
+        let found = self.credentials.lookup(&lookup);
         let candidates: Vec<Option<Arc<Credential>>> = if found.is_empty() {
             vec![None]
         } else {
@@ -390,7 +463,7 @@ impl RegistryClient {
             let candidate = candidates[i].as_deref();
             let who = candidate.map_or_else(|| "anonymous".to_string(), |c| c.source.clone());
             let scheme = auth::lock(&self.schemes).get(registry).cloned();
-            let authorization = match self.authorization(registry, &scope, scheme.as_ref(), candidate).await {
+            let authorization = match self.authorization(&http, registry, &scope, scheme.as_ref(), candidate).await {
                 Ok(a) => a,
                 Err(e @ RegistryError::Token { .. }) => {
                     tried.push(format!("{who}: {e}"));
@@ -408,10 +481,18 @@ impl RegistryClient {
                 .send_with_retries(registry, action, || {
                     let mut h = HeaderMap::new();
                     headers(&mut h);
+                    for (name, value) in &endpoint.headers {
+                        if let (Ok(n), Ok(v)) = (
+                            reqwest::header::HeaderName::from_bytes(name.as_bytes()),
+                            HeaderValue::from_str(value),
+                        ) {
+                            h.append(n, v);
+                        }
+                    }
                     if let Some(a) = &authorization {
                         h.insert(AUTHORIZATION, a.clone());
                     }
-                    self.http.request(method.clone(), url).headers(h)
+                    http.request(method.clone(), url).headers(h)
                 })
                 .await?;
             let status = response.status();
@@ -491,6 +572,7 @@ impl RegistryClient {
     /// The `Authorization` header for a request, if the scheme and the credential call for one.
     async fn authorization(
         &self,
+        http: &reqwest::Client,
         registry: &str,
         scope: &str,
         scheme: Option<&Scheme>,
@@ -506,7 +588,7 @@ impl RegistryClient {
             (_, Some(Scheme::Basic)) => None,
             (_, Some(Scheme::Bearer(realm))) => Some(
                 self.tokens
-                    .token(&self.http, registry, realm, scope, credential)
+                    .token(http, registry, realm, scope, credential)
                     .await?
                     .header(),
             ),
@@ -574,6 +656,15 @@ impl RegistryClient {
     pub fn rate_limit_remaining(&self, registry: &str) -> Option<u64> {
         auth::lock(&self.rate_limits).get(registry).copied()
     }
+}
+
+/// What a request needs an endpoint to be allowed to do.
+#[derive(Clone, Copy, Debug)]
+enum Need {
+    /// Turn a tag into a digest.
+    Resolve,
+    /// Serve content by digest.
+    Pull,
 }
 
 /// How a registry wants requests authorized.
@@ -755,4 +846,28 @@ mod tests {
         h.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
         assert_eq!(retry_after(&h), None);
     }
+}
+
+/// The settings every registry connection shares.
+fn client_builder(options: &Options) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+            .user_agent(concat!("prepull/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(30))
+            .read_timeout(Duration::from_secs(120))
+            .pool_max_idle_per_host(options.pool_per_host.unwrap_or(32))
+            .http2_adaptive_window(true)
+            // Blob redirects (to S3, a CDN) are followed afresh on every request, so presigned
+            // URLs are never reused; reqwest drops `Authorization` when the host changes, and
+            // a downgrade from HTTPS to plain HTTP is refused.
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                let downgrade = attempt.url().scheme() == "http"
+                    && attempt.previous().iter().any(|u| u.scheme() == "https");
+                if downgrade {
+                    attempt.error("refusing a redirect from HTTPS to plain HTTP")
+                } else if attempt.previous().len() > 10 {
+                    attempt.error("more than 10 redirects")
+                } else {
+                    attempt.follow()
+                }
+            }))
 }
