@@ -39,9 +39,22 @@ pub async fn image_status(
     Ok(response.into_inner().image)
 }
 
-/// The snapshotter CRI unpacks images into, read from its verbose `Status` (the same place
-/// `crictl info` shows it). `None` if CRI does not say.
+/// The snapshotter CRI unpacks images into. containerd names its image filesystem after it
+/// (`ImageFsInfo` reports `<root>/io.containerd.snapshotter.v1.<name>` on 1.6 to 2.x); 1.x also
+/// shows it in its verbose `Status` config. `None` if CRI says neither.
 pub async fn snapshotter(channel: Channel) -> Result<Option<String>, tonic::Status> {
+    let mut images = ImageServiceClient::new(channel.clone());
+    if let Ok(info) = images.image_fs_info(v1::ImageFsInfoRequest {}).await {
+        let from_mount = info
+            .into_inner()
+            .image_filesystems
+            .iter()
+            .filter_map(|fs| fs.fs_id.as_ref())
+            .find_map(|id| snapshotter_of_mountpoint(&id.mountpoint));
+        if from_mount.is_some() {
+            return Ok(from_mount);
+        }
+    }
     let mut client = RuntimeServiceClient::new(channel);
     let response = client
         .status(v1::StatusRequest { verbose: true })
@@ -54,6 +67,13 @@ pub async fn snapshotter(channel: Channel) -> Result<Option<String>, tonic::Stat
         return Ok(None);
     };
     Ok(find_snapshotter(&config))
+}
+
+fn snapshotter_of_mountpoint(mountpoint: &str) -> Option<String> {
+    let last = mountpoint.trim_end_matches('/').rsplit('/').next()?;
+    last.strip_prefix("io.containerd.snapshotter.v1.")
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
 }
 
 /// containerd 1.x keeps it at `containerd.snapshotter`; other layouts put a `snapshotter` key
@@ -81,6 +101,16 @@ fn find_snapshotter(config: &serde_json::Value) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn snapshotter_from_the_image_filesystem() {
+        assert_eq!(
+            snapshotter_of_mountpoint("/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs").as_deref(),
+            Some("overlayfs")
+        );
+        assert_eq!(snapshotter_of_mountpoint("/x/io.containerd.snapshotter.v1.native/").as_deref(), Some("native"));
+        assert_eq!(snapshotter_of_mountpoint("/var/lib/containerd"), None);
+    }
 
     #[test]
     fn finds_the_snapshotter_in_cri_config() {

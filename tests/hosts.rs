@@ -1,0 +1,146 @@
+//! Reaching registries the way the node's containerd does: TLS with a private CA from
+//! `hosts.toml` or a Docker-style `certs.d` dir, and mirrors tried in order with fallback to the
+//! upstream. Real registries behind recording proxies.
+
+mod support;
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use base64::Engine as _;
+use support::{push_image, push_image_with, Containerd, ImageSpec, Proxy, Registry, RegistryOptions, TestCa};
+
+const KIB: usize = 1024;
+
+async fn prepull(containerd: &Containerd, args: &[&str]) -> Output {
+    let socket = containerd.socket().to_str().unwrap().to_string();
+    let mut all = vec!["pull", "--containerd", &socket, "--no-node-credentials"];
+    all.extend_from_slice(args);
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
+        .args(&all)
+        .output()
+        .await
+        .expect("run prepull")
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn write(dir: &Path, host: &str, file: &str, content: &str) {
+    let d = dir.join(host);
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join(file), content).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_registry_with_a_private_ca_from_hosts_toml_or_a_certs_dir() {
+    let ca = TestCa::new();
+    let (containerd, registry) =
+        tokio::join!(Containerd::start(), Registry::start_with(RegistryOptions::default().tls(&ca)));
+    let host = registry.host();
+    push_image_with(&registry.push_target(), "secure/app", "v1", &ImageSpec::new(&[16 * KIB])).await;
+    let reference = format!("{host}/secure/app:v1");
+    let certs = tempfile::tempdir().unwrap();
+    let certs_dir = certs.path().to_str().unwrap();
+
+    // Untrusted: an x509-style error that names the registry.
+    let out = prepull(&containerd, &["--hosts-dir", certs_dir, &reference]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let t = text(&out);
+    assert!(t.contains(&host) && (t.contains("UnknownIssuer") || t.contains("certificate")), "{t}");
+
+    // A Docker-style dir: <host>/ca.crt.
+    write(certs.path(), &host, "ca.crt", ca.cert_pem());
+    let out = prepull(&containerd, &["--hosts-dir", certs_dir, &reference]).await;
+    assert!(out.status.success(), "{}", text(&out));
+
+    // hosts.toml with the CA given by path, in containerd's `host_port_` directory form.
+    std::fs::remove_dir_all(certs.path().join(&host)).unwrap();
+    let dir_name = host.replace(':', "_") + "_";
+    write(
+        certs.path(),
+        &dir_name,
+        "hosts.toml",
+        &format!("server = \"https://{host}\"\nca = \"{}\"\n", ca.pem_path().display()),
+    );
+    let out = prepull(&containerd, &["--hosts-dir", certs_dir, &reference]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    support::cri::wait_for_image(containerd.socket(), &reference, Duration::from_secs(20)).await;
+
+    // A broken hosts.toml is named, with the problem.
+    write(certs.path(), &dir_name, "hosts.toml", "server = \"https://x\"\nsipk_verify = true\n");
+    let out = prepull(&containerd, &["--hosts-dir", certs_dir, &reference]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let t = text(&out);
+    assert!(t.contains("hosts.toml") && t.contains("sipk_verify"), "{t}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mirrors_serve_first_and_the_upstream_takes_over_when_they_cannot() {
+    let (containerd, upstream, mirror) = tokio::join!(
+        Containerd::start(),
+        Registry::start_with(RegistryOptions::default().htpasswd_user("alice", "alice-pw")),
+        Registry::start()
+    );
+    let up = upstream.host();
+    // The upstream has both images; the mirror (a pull-through cache) only the first.
+    let spec = ImageSpec::new(&[32 * KIB]);
+    let cached = push_image_with(&upstream.push_target(), "team/cached", "v1", &spec).await;
+    push_image_with(&upstream.push_target(), "team/uncached", "v1", &ImageSpec::new(&[16 * KIB])).await;
+    // Same content on the mirror: push the identical blobs and manifest.
+    let mirrored = push_image(&mirror.host(), "team/cached", "v1", &spec).await;
+    let _ = mirrored;
+    let mirror_proxy = Proxy::start(&mirror.host()).await;
+    let up_proxy = Proxy::start(&up).await;
+
+    let certs = tempfile::tempdir().unwrap();
+    write(
+        certs.path(),
+        &up,
+        "hosts.toml",
+        &format!(
+            "server = \"http://{}\"\n\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            up_proxy.host(),
+            mirror_proxy.host()
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let auth = dir.path().join("config.json");
+    let token = base64::engine::general_purpose::STANDARD.encode("alice:alice-pw");
+    std::fs::write(&auth, format!(r#"{{"auths":{{"{up}":{{"auth":"{token}"}}}}}}"#)).unwrap();
+    let certs_dir = certs.path().to_str().unwrap();
+    let auth_file = auth.to_str().unwrap();
+
+    // Served by the mirror, which is asked with ?ns= and never gets the upstream's credentials.
+    let image = format!("{up}/team/cached:v1");
+    let out = prepull(&containerd, &["--hosts-dir", certs_dir, "--auth-file", auth_file, "--output", "json", &image]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let at_mirror = mirror_proxy.records();
+    assert!(at_mirror.iter().all(|r| r.path.contains(&format!("ns={up}"))), "{at_mirror:?}");
+    assert!(at_mirror.iter().all(|r| r.authorization.is_none()), "no upstream credentials to the mirror");
+    assert!(mirror_proxy.blob_bytes() > 0);
+    assert_eq!(up_proxy.blob_bytes(), 0, "nothing fetched upstream: {:?}", up_proxy.records());
+    // The image is recorded under the name pods use, whichever host served it.
+    assert_eq!(result["image"], image);
+    support::cri::wait_for_image(containerd.socket(), &image, Duration::from_secs(20)).await;
+    let _ = cached;
+
+    // The mirror lacks the image: the upstream (with credentials) serves it.
+    let image = format!("{up}/team/uncached:v1");
+    let out = prepull(&containerd, &["--hosts-dir", certs_dir, "--auth-file", auth_file, &image]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(up_proxy.blob_bytes() > 0);
+    assert!(up_proxy.records().iter().any(|r| r.authorization.as_deref().is_some_and(|a| a.starts_with("Basic "))));
+
+    // The mirror is down: the upstream serves again.
+    drop(mirror_proxy);
+    up_proxy.clear();
+    let other = push_image_with(&upstream.push_target(), "team/later", "v1", &ImageSpec::new(&[8 * KIB])).await;
+    let image = format!("{up}/team/later:v1");
+    let out = prepull(&containerd, &["--hosts-dir", certs_dir, "--auth-file", auth_file, &image]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains(&other.manifest.digest) || up_proxy.blob_bytes() > 0);
+}
