@@ -151,3 +151,57 @@ async fn a_connection_cut_mid_layer_resumes_in_the_same_run() {
     let line = check.lines().find(|l| l.starts_with(&reference)).unwrap_or_else(|| panic!("{check}"));
     assert!(line.contains("complete"), "{line}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_containerd_restart_mid_layer_does_not_restart_the_download() {
+    let (mut containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let image = push_image(&registry.host(), "crash/app", "v1", &ImageSpec::new(&[32 * MIB]).gzip_level(0)).await;
+    let layer = image.layers[0].clone();
+    let proxy = Proxy::start(&registry.host()).await;
+    let host = proxy.host();
+    let reference = format!("{host}/crash/app:v1");
+    let slow = layer.digest.clone();
+    proxy.set_hook(move |req| {
+        if req.path.ends_with(&slow) {
+            Action::Shape(Shape { bytes_per_sec: Some(8 * MIB as u64), cut_after: None })
+        } else {
+            Action::Forward
+        }
+    });
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
+        .args(prepull_args(&containerd, &host, &reference))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start prepull");
+    let deadline = Deadline::after(Duration::from_secs(30));
+    loop {
+        if ingest_offset(&containerd, &layer.digest).await.is_some_and(|o| o >= 16 * MIB as u64) {
+            break;
+        }
+        assert!(!deadline.expired(), "the layer's ingest never reached 16 MiB");
+        deadline.tick().await;
+    }
+    containerd.restart().await;
+
+    let out = child.wait_with_output().await.expect("prepull finishes");
+    assert!(
+        out.status.success(),
+        "prepull survives the restart ({:?}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fetched = layer_bytes(&proxy, &layer.digest);
+    // What prepull had queued but containerd had not written (at most a few 1 MiB messages)
+    // is fetched again; starting over would cost at least 16 MiB more.
+    assert!(
+        fetched < layer.size + 8 * MIB as u64,
+        "resumed from containerd's ingest after its restart: {fetched} bytes for a {}-byte layer",
+        layer.size
+    );
+    let check = containerd.ctr_ok(&["-n", "k8s.io", "images", "check"]);
+    let line = check.lines().find(|l| l.starts_with(&reference)).unwrap_or_else(|| panic!("{check}"));
+    assert!(line.contains("complete"), "{line}");
+    support::cri::wait_for_image(containerd.socket(), &reference, Duration::from_secs(20)).await;
+}

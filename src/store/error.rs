@@ -45,6 +45,16 @@ pub enum StoreError {
         /// containerd's message.
         message: String,
     },
+    /// The connection to containerd broke (containerd restarting, crashed, or upgraded).
+    #[error("containerd {op} {what}: connection lost ({message})")]
+    Disconnected {
+        /// The RPC.
+        op: &'static str,
+        /// The object.
+        what: String,
+        /// What the transport said.
+        message: String,
+    },
     /// Any other gRPC failure.
     #[error("containerd {op} {what}: {} ({:?})", status.message(), status.code())]
     Rpc {
@@ -73,6 +83,15 @@ impl StoreError {
                 what,
                 message: status.message().to_string(),
             },
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+                if is_transport_failure(status.message()) || status.code() == tonic::Code::Unavailable =>
+            {
+                StoreError::Disconnected {
+                    op,
+                    what,
+                    message: status.message().to_string(),
+                }
+            }
             _ => StoreError::Rpc { op, what, status },
         }
     }
@@ -85,6 +104,7 @@ impl StoreError {
             StoreError::NotFound { .. } => "not-found",
             StoreError::Mismatch { .. } => "corrupt",
             StoreError::Busy { .. } => "busy",
+            StoreError::Disconnected { .. } => "containerd-unreachable",
             StoreError::Rpc { .. } => "containerd",
         }
     }
@@ -92,14 +112,39 @@ impl StoreError {
     /// Whether trying again later may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            StoreError::Connect { .. } | StoreError::Busy { .. } | StoreError::Mismatch { .. } => {
-                true
-            }
+            StoreError::Connect { .. }
+            | StoreError::Busy { .. }
+            | StoreError::Mismatch { .. }
+            | StoreError::Disconnected { .. } => true,
             StoreError::Rpc { status, .. } => matches!(
                 status.code(),
                 tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Aborted
             ),
             _ => false,
         }
+    }
+}
+
+/// tonic reports a connection that broke mid-call as `Unknown`/`Cancelled` with the transport's
+/// words; those are worth a retry, unlike a real `Unknown` from containerd.
+fn is_transport_failure(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    ["h2 protocol error", "transport error", "connection", "broken pipe", "stream closed"]
+        .iter()
+        .any(|needle| m.contains(needle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broken_connections_are_retryable_real_errors_are_not() {
+        let e = StoreError::rpc("Content.Write", "x", tonic::Status::unknown("h2 protocol error: error reading a body from connection"));
+        assert!(matches!(e, StoreError::Disconnected { .. }) && e.is_retryable());
+        let e = StoreError::rpc("Diff.Apply", "x", tonic::Status::unknown("failed to extract layer: invalid tar header"));
+        assert!(matches!(e, StoreError::Rpc { .. }) && !e.is_retryable());
+        let e = StoreError::rpc("Content.Write", "x", tonic::Status::unavailable("ref layer-x locked for 1s"));
+        assert!(matches!(e, StoreError::Busy { .. }));
     }
 }

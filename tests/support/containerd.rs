@@ -397,23 +397,7 @@ impl Containerd {
         let config = dir.path().join("config.toml");
         std::fs::write(&config, render_config(&opts, &layout)).expect("write containerd config");
         let log = dir.path().join("containerd.log");
-
-        let mut cmd = Command::new(&install.containerd);
-        cmd.arg("--config")
-            .arg(&config)
-            .arg("--log-level")
-            .arg("info");
-        if let Some(bin_dir) = &install.bin_dir {
-            // containerd looks its shim up in PATH: it must start its own release's shim, not
-            // the system's.
-            let mut path = OsString::from(bin_dir.as_os_str());
-            if let Some(rest) = std::env::var_os("PATH") {
-                path.push(":");
-                path.push(rest);
-            }
-            cmd.env("PATH", path);
-        }
-        let child = process::spawn_logged(cmd, &log);
+        let child = process::spawn_logged(daemon_command(&install, &config), &log);
         let mut me = Containerd {
             child: Some(child),
             layout,
@@ -424,6 +408,24 @@ impl Containerd {
         };
         me.wait_ready().await;
         me
+    }
+
+    /// Kills the daemon with SIGKILL (a crash), keeping its root, state and socket path.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            process::kill_child(&mut child);
+        }
+    }
+
+    /// Starts the daemon again on the same root, state and socket, as after a crash or an
+    /// upgrade, and waits until it is ready. Its log goes on in `containerd.restart.log`.
+    pub async fn restart(&mut self) {
+        self.kill();
+        let config = self.dir.path().join("config.toml");
+        let log = self.dir.path().join("containerd.restart.log");
+        self.child = Some(process::spawn_logged(daemon_command(&self.install, &config), &log));
+        self.log = log;
+        self.wait_ready().await;
     }
 
     /// Ready means: the gRPC socket answers Version, and the CRI plugin has finished initializing
@@ -588,6 +590,23 @@ impl Containerd {
         }
         process::unmount_under(self.dir.path());
     }
+}
+
+/// The daemon's command line for `config`, with the release's own shim first in `PATH`.
+fn daemon_command(install: &Install, config: &Path) -> Command {
+    let mut cmd = Command::new(&install.containerd);
+    cmd.arg("--config").arg(config).arg("--log-level").arg("info");
+    if let Some(bin_dir) = &install.bin_dir {
+        // containerd looks its shim up in PATH: it must start its own release's shim, not the
+        // system's.
+        let mut path = OsString::from(bin_dir.as_os_str());
+        if let Some(rest) = std::env::var_os("PATH") {
+            path.push(":");
+            path.push(rest);
+        }
+        cmd.env("PATH", path);
+    }
+    cmd
 }
 
 /// Where containerd 1.6-2.x put a shim's socket: `/run/containerd/s/<sha256(address/ns/id)>`
