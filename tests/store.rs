@@ -138,6 +138,38 @@ async fn pinned_images_carry_the_cri_pin_label_and_cri_lists_every_name() {
     let listed = support::cri::list_images(containerd.socket()).await;
     let app = listed.iter().find(|i| i.id == image.config.digest).expect("ListImages has the image");
     assert_eq!(app.repo_tags, vec![reference.clone()]);
-    assert_eq!(app.repo_digests, vec![digest_ref]);
+    assert_eq!(app.repo_digests, vec![digest_ref.clone()]);
     assert!(listed.iter().any(|i| i.id == plain.config.digest));
+    // containerd reports the pin through CRI from 1.6.22 / 1.7.3 (Debian's 1.6.20 predates it).
+    if containerd.series() >= support::containerd::Series::V1_7 {
+        assert!(app.pinned, "CRI reports the image pinned");
+    }
+
+    // Unpinning removes the label from every record; the image stays.
+    let socket = containerd.socket().to_str().unwrap().to_string();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
+        .args(["unpin", "--containerd", &socket, &reference])
+        .output()
+        .await
+        .expect("run prepull unpin");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("3 records"), "{}", String::from_utf8_lossy(&out.stdout));
+    for name in [reference.as_str(), digest_ref.as_str(), image.config.digest.as_str()] {
+        let record = store.image(name).await.unwrap().expect("record stays");
+        assert!(!record.labels.contains_key("io.cri-containerd.pinned"), "{name}");
+    }
+    if containerd.series() >= support::containerd::Series::V1_7 {
+        let deadline = std::time::Instant::now() + CRI_WAIT;
+        while support::cri::image_status(containerd.socket(), &reference).await.expect("present").pinned {
+            assert!(std::time::Instant::now() < deadline, "CRI still reports {reference} pinned");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
+        .args(["unpin", "--containerd", &socket, &format!("{host}/pin/never:v1")])
+        .output()
+        .await
+        .expect("run prepull unpin");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such image"));
 }

@@ -1,6 +1,7 @@
 //! The command line: one module per subcommand, each composing the library's pieces.
 
 pub mod pull;
+pub mod unpin;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -35,6 +36,8 @@ pub enum LogFormat {
 pub enum Command {
     /// Pull images into containerd now, so CRI and the kubelet find them present.
     Pull(pull::PullArgs),
+    /// Remove the pin from images, so kubelet image GC may reclaim them again.
+    Unpin(unpin::UnpinArgs),
 }
 
 /// How results are printed on stdout.

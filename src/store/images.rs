@@ -36,6 +36,30 @@ impl Store {
         }
     }
 
+    /// Removes a label from an image record (e.g. the CRI pin). `false` if there is no such
+    /// record.
+    pub async fn remove_image_label(&self, name: &str, label: &str) -> Result<bool, StoreError> {
+        let Some(mut image) = self.image(name).await? else {
+            return Ok(false);
+        };
+        image.labels.remove(label);
+        let mut client = ImagesClient::new(self.channel.clone());
+        client
+            .update(self.request(
+                UpdateImageRequest {
+                    image: Some(image),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec![format!("labels.{label}")],
+                    }),
+                    source_date_epoch: None,
+                },
+                None,
+            ))
+            .await
+            .map_err(|s| StoreError::rpc("Images.Update", name, s))?;
+        Ok(true)
+    }
+
     /// Creates the record, or points an existing one at the new target (a tag that moved),
     /// keeping labels someone else set.
     pub async fn put_image(&self, record: &ImageRecord) -> Result<(), StoreError> {

@@ -1,0 +1,95 @@
+//! `prepull unpin`: let the kubelet's image garbage collection reclaim images again.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+
+use crate::reference::Reference;
+use crate::store::{labels, Store};
+
+/// Arguments of `prepull unpin`.
+#[derive(Debug, Args)]
+#[command(
+    about = "Remove the pin from images, so kubelet image GC may reclaim them again",
+    long_about = "Remove the pin (`io.cri-containerd.pinned`) that `prepull pull --pin` put on \
+        images, from every record of each image: its tag, its digest reference and its ID. The \
+        images stay on the node until the kubelet's image garbage collection decides otherwise."
+)]
+pub struct UnpinArgs {
+    /// Images to unpin, as they were pulled (`name[:tag]` or `name@sha256:…`).
+    #[arg(value_name = "IMAGE", required = true)]
+    pub images: Vec<String>,
+
+    /// containerd's gRPC socket.
+    #[arg(long = "containerd", value_name = "SOCKET", env = "CONTAINERD_ADDRESS", default_value = "/run/containerd/containerd.sock")]
+    pub containerd: PathBuf,
+
+    /// containerd namespace.
+    #[arg(short = 'n', long, value_name = "NAMESPACE", env = "CONTAINERD_NAMESPACE", default_value = "k8s.io")]
+    pub namespace: String,
+}
+
+/// Runs `prepull unpin`. Exit code 1 if an image has no record on this node.
+pub async fn run(args: UnpinArgs) -> anyhow::Result<ExitCode> {
+    let references: Vec<Reference> = args
+        .images
+        .iter()
+        .map(|i| Reference::parse(i))
+        .collect::<Result<_, _>>()?;
+    let store = Store::connect(&args.containerd, &args.namespace).await?;
+    let mut missing = 0;
+    for reference in &references {
+        let Some(record) = store.image(&reference.to_string()).await? else {
+            eprintln!("error: {reference}: no such image on this node (namespace {})", args.namespace);
+            missing += 1;
+            continue;
+        };
+        // Every name CRI knows the image by: the digest reference and the ID share its pin.
+        let mut names = vec![reference.to_string()];
+        if let Some(target) = record.target.as_ref().and_then(|t| t.digest.parse().ok()) {
+            names.push(reference.with_digest(target).to_string());
+        }
+        let mut unpinned = 0;
+        for name in &names {
+            if store.remove_image_label(name, labels::CRI_PINNED).await? {
+                unpinned += 1;
+            }
+        }
+        for name in config_names(&store, &record).await {
+            if store.remove_image_label(&name, labels::CRI_PINNED).await? {
+                unpinned += 1;
+            }
+        }
+        println!("unpinned {reference} ({unpinned} records)");
+    }
+    Ok(if missing == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// The image-ID record (`sha256:<config>`) of an image, found through its manifest.
+async fn config_names(store: &Store, record: &containerd_client::services::v1::Image) -> Vec<String> {
+    let Some(target) = record.target.as_ref() else {
+        return Vec::new();
+    };
+    let Ok(top) = target.digest.parse::<crate::digest::Digest>() else {
+        return Vec::new();
+    };
+    let Ok(bytes) = store.read_blob(&top, crate::oci::MAX_MANIFEST_BYTES).await else {
+        return Vec::new();
+    };
+    let manifests: Vec<crate::digest::Digest> = match crate::oci::Document::parse(&bytes, Some(&target.media_type)) {
+        Ok(crate::oci::Document::Manifest(m, _)) => return vec![m.config.digest.to_string()],
+        Ok(crate::oci::Document::Index(i, _)) => i.manifests.into_iter().map(|d| d.digest).collect(),
+        Err(_) => return Vec::new(),
+    };
+    let mut out = Vec::new();
+    for digest in manifests {
+        let Ok(bytes) = store.read_blob(&digest, crate::oci::MAX_MANIFEST_BYTES).await else {
+            continue;
+        };
+        if let Ok(crate::oci::Document::Manifest(m, _)) = crate::oci::Document::parse(&bytes, None) {
+            out.push(m.config.digest.to_string());
+        }
+    }
+    out
+}
