@@ -36,7 +36,7 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Pull(args) => commands::pull::run(args).await,
+        Command::Pull(args) => commands::pull::run(*args).await,
         Command::Unpin(args) => commands::unpin::run(args).await,
     }
 }

@@ -35,7 +35,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Pull images into containerd now, so CRI and the kubelet find them present.
-    Pull(pull::PullArgs),
+    Pull(Box<pull::PullArgs>),
     /// Remove the pin from images, so kubelet image GC may reclaim them again.
     Unpin(unpin::UnpinArgs),
 }
