@@ -256,3 +256,101 @@ async fn no_secret_appears_in_any_output_even_at_trace_level() {
         assert!(!all.contains(&secret), "{secret:?} leaked into the output");
     }
 }
+
+/// Writes an executable credential-provider plugin speaking the exec API: it records each
+/// request it gets and answers with `response` (a real process, as the kubelet would run).
+fn plugin(bin_dir: &Path, name: &str, response: &serde_json::Value) -> PathBuf {
+    let log = bin_dir.join(format!("{name}.requests"));
+    let script = format!(
+        "#!/bin/sh\ncat >> '{log}'\necho >> '{log}'\ncat <<'JSON'\n{response}\nJSON\n",
+        log = log.display()
+    );
+    let path = bin_dir.join(name);
+    std::fs::write(&path, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    log
+}
+
+fn requests(log: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("the plugin got JSON"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubelet_credential_provider_plugins_supply_credentials_with_their_cache() {
+    let (containerd, registry) = tokio::join!(
+        Containerd::start(),
+        Registry::start_with(RegistryOptions::default().htpasswd_user("robot", "robot-pw"))
+    );
+    let host = registry.host();
+    for repo in ["team/a", "team/b"] {
+        push_image_with(&registry.push_target(), repo, "v1", &ImageSpec::new(&[8 * KIB])).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let answer = |duration: &str| {
+        serde_json::json!({
+            "apiVersion": "credentialprovider.kubelet.k8s.io/v1",
+            "kind": "CredentialProviderResponse",
+            "cacheKeyType": "Registry",
+            "cacheDuration": duration,
+            "auth": { host.clone(): { "username": "robot", "password": "robot-pw" } }
+        })
+    };
+    let cached_log = plugin(&bin, "cached-provider", &answer("1h"));
+    let uncached_log = plugin(&bin, "uncached-provider", &answer("0s"));
+    let never_log = plugin(&bin, "other-provider", &answer("1h"));
+    let config = dir.path().join("credential-provider.yaml");
+    let write_config = |provider: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "apiVersion: kubelet.config.k8s.io/v1\nkind: CredentialProviderConfig\nproviders:\n\
+                 - name: {provider}\n  matchImages: [\"{host}\"]\n  defaultCacheDuration: 10m\n  apiVersion: credentialprovider.kubelet.k8s.io/v1\n\
+                 - name: other-provider\n  matchImages: [\"*.dkr.ecr.*.amazonaws.com\"]\n  apiVersion: credentialprovider.kubelet.k8s.io/v1\n"
+            ),
+        )
+        .unwrap();
+    };
+    let images = [format!("{host}/team/a:v1"), format!("{host}/team/b:v1")];
+    let run = |provider: &'static str| {
+        write_config(provider);
+        let socket = containerd.socket().to_str().unwrap().to_string();
+        let (config, bin, host, images) = (config.clone(), bin.clone(), host.clone(), images.clone());
+        async move {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
+                .args(["pull", "--containerd", &socket, "--plain-http", &host, "--no-node-credentials"])
+                .arg("--image-credential-provider-config")
+                .arg(&config)
+                .arg("--image-credential-provider-bin-dir")
+                .arg(&bin)
+                .args(&images)
+                .output()
+                .await
+                .expect("run prepull")
+        }
+    };
+
+    // Cached per registry: one run of the plugin serves both images and every request.
+    let out = run("cached-provider").await;
+    assert_ok(&out);
+    let got = requests(&cached_log);
+    assert_eq!(got.len(), 1, "one plugin run for the registry: {got:?}");
+    assert_eq!(got[0]["kind"], "CredentialProviderRequest");
+    assert_eq!(got[0]["apiVersion"], "credentialprovider.kubelet.k8s.io/v1");
+    assert!(got[0]["image"].as_str().unwrap().starts_with(&format!("{host}/team/")), "{}", got[0]);
+    assert!(requests(&never_log).is_empty(), "a provider whose matchImages exclude the image never runs");
+
+    // cacheDuration 0s: asked again for every lookup.
+    let out = run("uncached-provider").await;
+    assert_ok(&out);
+    assert!(requests(&uncached_log).len() >= 2, "no caching with 0s: {:?}", requests(&uncached_log));
+    assert!(requests(&never_log).is_empty());
+    assert!(!text(&out).contains("robot-pw"));
+}

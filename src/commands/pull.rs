@@ -63,6 +63,15 @@ pub struct PullArgs {
     #[arg(long = "auth-file", value_name = "FILE")]
     pub auth_files: Vec<PathBuf>,
 
+    /// The kubelet's credential-provider configuration (its own flag and file): plugins that
+    /// match an image are run, with the kubelet's caching, for ECR, GCR/Artifact Registry, ACR…
+    #[arg(long, value_name = "FILE")]
+    pub image_credential_provider_config: Option<PathBuf>,
+
+    /// Where the credential-provider plugins' binaries are (the kubelet's own flag).
+    #[arg(long, value_name = "DIR")]
+    pub image_credential_provider_bin_dir: Option<PathBuf>,
+
     /// Do not use the node's own credential files (the ones the kubelet reads: see
     /// --kubelet-root-dir); use only --auth-file.
     #[arg(long)]
@@ -116,10 +125,21 @@ pub async fn run(args: PullArgs) -> anyhow::Result<ExitCode> {
         unpack: None,
         ..PullOptions::default()
     };
-    let mut keyring = load_keyring(&args.auth_files)?;
-    if !args.no_node_credentials {
-        keyring.extend(node_keyring(&args.kubelet_root_dir));
-    }
+    let sources = credentials::Sources {
+        files: load_keyring(&args.auth_files)?,
+        plugins: match (&args.image_credential_provider_config, &args.image_credential_provider_bin_dir) {
+            (Some(config), Some(bin_dir)) => Some(credentials::Plugins::load(config, bin_dir)?),
+            (None, None) => None,
+            _ => anyhow::bail!(
+                "--image-credential-provider-config and --image-credential-provider-bin-dir go together"
+            ),
+        },
+        node: if args.no_node_credentials {
+            Keyring::new()
+        } else {
+            node_keyring(&args.kubelet_root_dir)
+        },
+    };
     let registry = RegistryClient::new(
         registry::Options {
             hosts: registry::Hosts {
@@ -129,7 +149,7 @@ pub async fn run(args: PullArgs) -> anyhow::Result<ExitCode> {
             },
             ..Default::default()
         },
-        Arc::new(keyring),
+        Arc::new(sources),
     )?;
     let store = Store::connect(&args.containerd, &args.namespace)
         .await

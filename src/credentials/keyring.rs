@@ -113,7 +113,7 @@ fn split(url: &str) -> (Vec<&str>, &str, &str) {
     (host.split('.').collect(), port, path)
 }
 
-fn urls_match(key: &str, image: &str) -> bool {
+pub(super) fn urls_match(key: &str, image: &str) -> bool {
     let (glob_parts, glob_port, glob_path) = split(key);
     let (target_parts, target_port, target_path) = split(image);
     glob_port == target_port

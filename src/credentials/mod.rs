@@ -3,6 +3,7 @@
 
 mod dockerconfig;
 mod keyring;
+mod plugin;
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -10,6 +11,7 @@ use std::sync::Arc;
 
 pub use dockerconfig::{load_auth_file, AuthFileError, Entries, Problem};
 pub use keyring::{glob_match, Keyring};
+pub use plugin::{PluginConfigError, Plugins};
 
 /// A secret a registry accepts.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -87,6 +89,33 @@ pub trait CredentialSource: Send + Sync {
     /// Every credential matching `image` (`registry/repository`, normalized), in the order the
     /// kubelet would try them. Empty: pull anonymously.
     fn lookup(&self, image: &str) -> Vec<Arc<Credential>>;
+}
+
+/// All credential sources of a run, in the order they are tried: explicit files (like pod pull
+/// secrets), then credential-provider plugins, then the node's own file.
+#[derive(Default)]
+pub struct Sources {
+    /// `--auth-file`s, in order.
+    pub files: Keyring,
+    /// The kubelet's credential-provider plugins.
+    pub plugins: Option<Plugins>,
+    /// The node's credential file.
+    pub node: Keyring,
+}
+
+impl CredentialSource for Sources {
+    fn lookup(&self, image: &str) -> Vec<Arc<Credential>> {
+        let mut out = self.files.lookup(image);
+        if let Some(plugins) = &self.plugins {
+            // Plugins are processes that may take a while: keep the async workers free.
+            let run = || plugins.lookup(image);
+            let multi_thread = tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+            out.extend(if multi_thread { tokio::task::block_in_place(run) } else { run() });
+        }
+        out.extend(self.node.lookup(image));
+        out
+    }
 }
 
 impl CredentialSource for Keyring {
