@@ -516,3 +516,62 @@ async fn rate_limits_and_503_storms_are_retried_then_reported() {
     assert!(store(&containerd).await.image(&reference).await.unwrap().is_none());
     let _ = other;
 }
+
+/// ECR answers `403 … token has expired` instead of 401: the token is renewed once and the pull
+/// goes on. A registry that refuses `HEAD` (405) is asked with `GET` instead.
+#[tokio::test(flavor = "multi_thread")]
+async fn expired_token_403_is_renewed_and_head_405_falls_back_to_get() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let image = push_image(&registry.host(), "ecr/app", "v1", &ImageSpec::new(&[16 * KIB, 16 * KIB])).await;
+    let proxy = Proxy::start(&registry.host()).await;
+    let host = proxy.host();
+    let realm = format!("{}/token", proxy.url());
+    let issued = Arc::new(AtomicUsize::new(0));
+    let expired_once = Arc::new(AtomicUsize::new(0));
+    let (issued_in_hook, expired_in_hook) = (issued.clone(), expired_once.clone());
+    proxy.set_hook(move |req| {
+        if req.path.starts_with("/token") {
+            let n = issued_in_hook.fetch_add(1, Ordering::SeqCst) + 1;
+            return support::Action::RespondWith {
+                status: 200,
+                headers: vec![],
+                body: format!(r#"{{"token":"t{n}","expires_in":3600}}"#).into_bytes(),
+            };
+        }
+        if req.method == "HEAD" {
+            return support::Action::Respond { status: 405, body: vec![] };
+        }
+        let auth = req.headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        if !auth.starts_with("Bearer t") {
+            return support::Action::RespondWith {
+                status: 401,
+                headers: vec![("www-authenticate".into(), format!(r#"Bearer realm="{realm}",service="ecr""#))],
+                body: vec![],
+            };
+        }
+        // The first token "expires" when the first blob is asked for, the ECR way.
+        if auth == "Bearer t1" && req.path.contains("/blobs/") && expired_in_hook.fetch_add(1, Ordering::SeqCst) == 0 {
+            return support::Action::RespondWith {
+                status: 403,
+                headers: vec![],
+                body: br#"{"errors":[{"code":"DENIED","message":"Your authorization token has expired. Reauthenticate and try again."}]}"#.to_vec(),
+            };
+        }
+        support::Action::Forward
+    });
+    let reference = format!("{host}/ecr/app:v1");
+    let (out, results) = pull_json(&containerd, &host, &[], &[&reference]).await;
+    assert_success(&out);
+    assert_eq!(results[0]["id"], image.config.digest.as_str());
+    assert!(expired_once.load(Ordering::SeqCst) >= 1, "the 403 was served");
+    assert!(issued.load(Ordering::SeqCst) >= 2, "a second token was fetched after the 403");
+    let records = proxy.records();
+    assert!(records.iter().any(|r| r.method == "HEAD" && r.status == 405), "HEAD was tried");
+    assert!(
+        records.iter().any(|r| r.method == "GET" && r.path == "/v2/ecr/app/manifests/v1" && r.status == 200),
+        "then GET by tag: {records:?}"
+    );
+    assert!(records.iter().any(|r| r.status == 403));
+}
