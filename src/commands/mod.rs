@@ -40,6 +40,18 @@ pub enum Command {
     Unpin(unpin::UnpinArgs),
 }
 
+/// Which containerd to talk to; shared by every subcommand that touches the node's images.
+#[derive(Debug, clap::Args)]
+pub struct ContainerdArgs {
+    /// containerd's gRPC socket.
+    #[arg(long = "containerd", value_name = "SOCKET", env = "CONTAINERD_ADDRESS", default_value = "/run/containerd/containerd.sock")]
+    pub socket: std::path::PathBuf,
+
+    /// containerd namespace; CRI and the kubelet use `k8s.io`.
+    #[arg(short = 'n', long, value_name = "NAMESPACE", env = "CONTAINERD_NAMESPACE", default_value = "k8s.io")]
+    pub namespace: String,
+}
+
 /// How results are printed on stdout.
 #[derive(Clone, Copy, Debug, Default, ValueEnum)]
 pub enum Output {

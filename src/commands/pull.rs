@@ -23,11 +23,17 @@ use crate::store::Store;
 #[command(
     about = "Pull images into containerd now, so CRI and the kubelet find them present",
     long_about = "Pull images into containerd now, so CRI and the kubelet find them present.\n\n\
-        Each image is resolved, its blobs are streamed and verified against their digests and \
-        sizes, written into containerd's content store under a lease with the GC labels \
-        containerd's own pull writes, and recorded under the names CRI gives images (tag, \
-        digest reference and image ID). Blobs containerd already has are not downloaded again. \
-        Images are normalized like the kubelet does: `nginx` is `docker.io/library/nginx:latest`.",
+        Each image is resolved (a tag with one HEAD request), its blobs are streamed concurrently \
+        and verified against their digests and sizes into containerd's content store under a \
+        lease, with the GC labels containerd's own pull writes; layers are unpacked into CRI's \
+        snapshotter while later ones download; and the image is recorded under the names CRI \
+        gives images (tag, digest reference and image ID). Content containerd already has is \
+        not downloaded again, and an interrupted pull resumes where containerd's bytes stop. \
+        Images are normalized like the kubelet does: `nginx` is `docker.io/library/nginx:latest`.\n\n\
+        Credentials are tried in this order: each --auth-file, the kubelet's credential-provider \
+        plugins, then the node's own file where the kubelet looks for it; they match images \
+        exactly as the kubelet's keyring does. Mirrors and certificates come from containerd's \
+        hosts directory (--hosts-dir).",
     after_help = "Examples:\n  \
         prepull pull nginx:1.25 registry.example.com/team/app@sha256:…\n  \
         prepull pull --plain-http localhost:5000 localhost:5000/app:dev\n  \
@@ -38,13 +44,8 @@ pub struct PullArgs {
     #[arg(value_name = "IMAGE", required = true)]
     pub images: Vec<String>,
 
-    /// containerd's gRPC socket.
-    #[arg(long = "containerd", value_name = "SOCKET", env = "CONTAINERD_ADDRESS", default_value = "/run/containerd/containerd.sock")]
-    pub containerd: PathBuf,
-
-    /// containerd namespace; CRI and the kubelet use `k8s.io`.
-    #[arg(short = 'n', long, value_name = "NAMESPACE", env = "CONTAINERD_NAMESPACE", default_value = "k8s.io")]
-    pub namespace: String,
+    #[command(flatten)]
+    pub containerd: super::ContainerdArgs,
 
     /// Platform to pick from multi-platform images [default: this node's, e.g. linux/amd64].
     /// CRI and the kubelet only use images of the node's own platform.
@@ -151,13 +152,13 @@ pub async fn run(args: PullArgs) -> anyhow::Result<ExitCode> {
         },
         Arc::new(sources),
     )?;
-    let store = Store::connect(&args.containerd, &args.namespace)
+    let store = Store::connect(&args.containerd.socket, &args.containerd.namespace)
         .await
-        .with_context(|| format!("namespace {}", args.namespace))?;
+        .with_context(|| format!("namespace {}", args.containerd.namespace))?;
     if !args.no_unpack {
         options.unpack = Some(match &args.snapshotter {
             Some(s) => s.clone(),
-            None => cri_snapshotter(&args.containerd).await,
+            None => cri_snapshotter(&args.containerd.socket).await,
         });
     }
     let puller = Puller::new(Arc::new(registry), store, options);

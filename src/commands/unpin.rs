@@ -1,6 +1,5 @@
 //! `prepull unpin`: let the kubelet's image garbage collection reclaim images again.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
@@ -21,13 +20,8 @@ pub struct UnpinArgs {
     #[arg(value_name = "IMAGE", required = true)]
     pub images: Vec<String>,
 
-    /// containerd's gRPC socket.
-    #[arg(long = "containerd", value_name = "SOCKET", env = "CONTAINERD_ADDRESS", default_value = "/run/containerd/containerd.sock")]
-    pub containerd: PathBuf,
-
-    /// containerd namespace.
-    #[arg(short = 'n', long, value_name = "NAMESPACE", env = "CONTAINERD_NAMESPACE", default_value = "k8s.io")]
-    pub namespace: String,
+    #[command(flatten)]
+    pub containerd: super::ContainerdArgs,
 }
 
 /// Runs `prepull unpin`. Exit code 1 if an image has no record on this node.
@@ -37,11 +31,11 @@ pub async fn run(args: UnpinArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|i| Reference::parse(i))
         .collect::<Result<_, _>>()?;
-    let store = Store::connect(&args.containerd, &args.namespace).await?;
+    let store = Store::connect(&args.containerd.socket, &args.containerd.namespace).await?;
     let mut missing = 0;
     for reference in &references {
         let Some(record) = store.image(&reference.to_string()).await? else {
-            eprintln!("error: {reference}: no such image on this node (namespace {})", args.namespace);
+            eprintln!("error: {reference}: no such image on this node (namespace {})", args.containerd.namespace);
             missing += 1;
             continue;
         };

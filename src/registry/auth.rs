@@ -67,6 +67,16 @@ struct Key {
     credential: u64,
 }
 
+impl Key {
+    fn new(realm: &Realm, scope: &str, credential: Option<&Credential>) -> Key {
+        Key {
+            realm: realm.clone(),
+            scope: scope.to_string(),
+            credential: credential.map_or(0, Credential::id),
+        }
+    }
+}
+
 type Slot = Arc<tokio::sync::Mutex<Option<Token>>>;
 
 /// Tokens per (realm, service, scope, credential).
@@ -95,14 +105,10 @@ impl TokenCache {
         scope: &str,
         credential: Option<&Credential>,
     ) -> Result<Token, RegistryError> {
-        let slot = {
-            let key = Key {
-                realm: realm.clone(),
-                scope: scope.to_string(),
-                credential: credential.map_or(0, Credential::id),
-            };
-            lock(&self.slots).entry(key).or_default().clone()
-        };
+        let slot = lock(&self.slots)
+            .entry(Key::new(realm, scope, credential))
+            .or_default()
+            .clone();
         let mut guard = slot.lock().await;
         if let Some(t) = guard.as_ref().filter(|t| t.fresh()) {
             return Ok(t.clone());
@@ -114,12 +120,9 @@ impl TokenCache {
 
     /// Drops a token the registry refused, so the next request fetches a new one.
     pub async fn invalidate(&self, realm: &Realm, scope: &str, credential: Option<&Credential>) {
-        let key = Key {
-            realm: realm.clone(),
-            scope: scope.to_string(),
-            credential: credential.map_or(0, Credential::id),
-        };
-        let slot = lock(&self.slots).get(&key).cloned();
+        let slot = lock(&self.slots)
+            .get(&Key::new(realm, scope, credential))
+            .cloned();
         if let Some(slot) = slot {
             *slot.lock().await = None;
         }

@@ -205,10 +205,6 @@ impl Hosts {
             message,
         };
         let parsed: HostsFile = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
-        let resolve_path = |p: String| -> PathBuf {
-            let p = PathBuf::from(p);
-            if p.is_absolute() { p } else { dir.join(p) }
-        };
 
         let mut out = Vec::new();
         for (url, value) in parsed.host {
@@ -219,11 +215,7 @@ impl Hosts {
             let caps = entry.capabilities.unwrap_or_else(|| vec!["pull".into(), "resolve".into()]);
             endpoint.pull = caps.iter().any(|c| c == "pull");
             endpoint.resolve = caps.iter().any(|c| c == "resolve");
-            endpoint.tls = Tls {
-                ca_files: entry.ca.map(OneOrMany::into_vec).unwrap_or_default().into_iter().map(resolve_path).collect(),
-                client: entry.client.and_then(ClientCerts::first).map(|(c, k)| (resolve_path(c.to_string_lossy().into()), k.map(|k| resolve_path(k.to_string_lossy().into())))),
-                skip_verify: entry.skip_verify.unwrap_or(false),
-            };
+            endpoint.tls = tls_of(&dir, entry.ca, entry.client, entry.skip_verify);
             endpoint.headers = headers(entry.header);
             if entry.override_path == Some(true) {
                 endpoint.api_path = api_path_of(&url);
@@ -244,11 +236,7 @@ impl Hosts {
         let caps = parsed.capabilities.unwrap_or_else(|| vec!["pull".into(), "resolve".into()]);
         upstream.pull = caps.iter().any(|c| c == "pull");
         upstream.resolve = caps.iter().any(|c| c == "resolve");
-        upstream.tls = Tls {
-            ca_files: parsed.ca.map(OneOrMany::into_vec).unwrap_or_default().into_iter().map(resolve_path).collect(),
-            client: parsed.client.and_then(ClientCerts::first).map(|(c, k)| (resolve_path(c.to_string_lossy().into()), k.map(|k| resolve_path(k.to_string_lossy().into())))),
-            skip_verify: parsed.skip_verify.unwrap_or(false),
-        };
+        upstream.tls = tls_of(&dir, parsed.ca, parsed.client, parsed.skip_verify);
         upstream.headers = headers(parsed.header);
         if !out.iter().any(|e| e.origin == upstream.origin) {
             out.push(upstream);
@@ -265,6 +253,23 @@ impl Hosts {
         candidates.push(registry.to_string());
         candidates.push("_default".to_string());
         candidates.into_iter().map(|c| root.join(c)).find(|p| p.is_dir())
+    }
+}
+
+/// TLS settings from a `hosts.toml` table; relative paths are relative to its directory.
+fn tls_of(dir: &Path, ca: Option<OneOrMany>, client: Option<ClientCerts>, skip_verify: Option<bool>) -> Tls {
+    let resolve = |p: PathBuf| if p.is_absolute() { p } else { dir.join(p) };
+    Tls {
+        ca_files: ca
+            .map(OneOrMany::into_vec)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| resolve(PathBuf::from(p)))
+            .collect(),
+        client: client
+            .and_then(ClientCerts::first)
+            .map(|(cert, key)| (resolve(cert), key.map(resolve))),
+        skip_verify: skip_verify.unwrap_or(false),
     }
 }
 
