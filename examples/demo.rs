@@ -37,7 +37,14 @@ async fn main() {
 
     let pull = |label: &str| {
         step(label);
-        let args = ["pull", "--containerd", &socket, "--plain-http", &host, &image];
+        let args = [
+            "pull",
+            "--containerd",
+            &socket,
+            "--plain-http",
+            &host,
+            &image,
+        ];
         println!("  $ prepull {}", args.join(" "));
         let status = Command::new(&prepull)
             .args(args)

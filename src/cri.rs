@@ -88,7 +88,11 @@ fn find_snapshotter(config: &serde_json::Value) -> Option<String> {
     }
     match config {
         serde_json::Value::Object(map) => {
-            if let Some(s) = map.get("snapshotter").and_then(|v| v.as_str()).filter(|s| !s.is_empty()) {
+            if let Some(s) = map
+                .get("snapshotter")
+                .and_then(|v| v.as_str())
+                .filter(|s| !s.is_empty())
+            {
                 return Some(s.to_string());
             }
             map.values().find_map(find_snapshotter)
@@ -105,10 +109,14 @@ mod tests {
     #[test]
     fn snapshotter_from_the_image_filesystem() {
         assert_eq!(
-            snapshotter_of_mountpoint("/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs").as_deref(),
+            snapshotter_of_mountpoint("/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs")
+                .as_deref(),
             Some("overlayfs")
         );
-        assert_eq!(snapshotter_of_mountpoint("/x/io.containerd.snapshotter.v1.native/").as_deref(), Some("native"));
+        assert_eq!(
+            snapshotter_of_mountpoint("/x/io.containerd.snapshotter.v1.native/").as_deref(),
+            Some("native")
+        );
         assert_eq!(snapshotter_of_mountpoint("/var/lib/containerd"), None);
     }
 

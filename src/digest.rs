@@ -312,7 +312,13 @@ mod tests {
         assert!(long.update(b"4567890").is_err());
         let mut short = Verifier::resumed(&d, 10, 4);
         short.update(b"45").unwrap();
-        assert_eq!(short.finish(), Err(VerifyError::TooShort { expected: 10, got: 6 }));
+        assert_eq!(
+            short.finish(),
+            Err(VerifyError::TooShort {
+                expected: 10,
+                got: 6
+            })
+        );
     }
 
     #[test]
@@ -337,10 +343,7 @@ mod tests {
         let body = b"hello, world";
         let d = Digest::sha256(body);
         let mut long = Verifier::new(&d, 5);
-        assert_eq!(
-            long.update(body),
-            Err(VerifyError::TooLong { expected: 5 })
-        );
+        assert_eq!(long.update(body), Err(VerifyError::TooLong { expected: 5 }));
 
         let mut short = Verifier::new(&d, body.len() as u64);
         short.update(&body[..4]).unwrap();
@@ -354,6 +357,9 @@ mod tests {
 
         let mut corrupt = Verifier::new(&d, body.len() as u64);
         corrupt.update(b"hello, World").unwrap();
-        assert!(matches!(corrupt.finish(), Err(VerifyError::Mismatch { .. })));
+        assert!(matches!(
+            corrupt.finish(),
+            Err(VerifyError::Mismatch { .. })
+        ));
     }
 }

@@ -13,14 +13,14 @@
 // large; they travel only on the failure path, where their size costs nothing measurable.
 #![allow(clippy::result_large_err)]
 
+pub mod commands;
+pub mod credentials;
 pub mod cri;
 pub mod digest;
 pub mod oci;
 pub mod platform;
+pub mod pull;
 pub mod reference;
 pub mod registry;
 pub mod store;
-pub mod pull;
 pub mod unpack;
-pub mod commands;
-pub mod credentials;

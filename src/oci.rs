@@ -165,7 +165,10 @@ impl Document {
             })?;
         let claimed = probe.media_type.clone().or(header);
         if probe.schema_version == Some(1)
-            || matches!(claimed.as_deref(), Some(DOCKER_SCHEMA1 | DOCKER_SCHEMA1_SIGNED))
+            || matches!(
+                claimed.as_deref(),
+                Some(DOCKER_SCHEMA1 | DOCKER_SCHEMA1_SIGNED)
+            )
         {
             return Err(DocumentError::Schema1);
         }
@@ -176,9 +179,8 @@ impl Document {
             _ if probe.config.is_some() => false,
             other => return Err(DocumentError::Unsupported(other.unwrap_or("").to_string())),
         };
-        let media_type = claimed.unwrap_or_else(|| {
-            if is_index { OCI_INDEX } else { OCI_MANIFEST }.to_string()
-        });
+        let media_type =
+            claimed.unwrap_or_else(|| if is_index { OCI_INDEX } else { OCI_MANIFEST }.to_string());
         let invalid = |source| DocumentError::Invalid {
             media_type: media_type.clone(),
             source,
@@ -222,7 +224,12 @@ mod tests {
             r#"{{"schemaVersion":2,"config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{D}","size":2}},
             "layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{D}","size":3}}]}}"#
         );
-        match Document::parse(body.as_bytes(), Some(&format!("{OCI_MANIFEST}; charset=utf-8"))).unwrap() {
+        match Document::parse(
+            body.as_bytes(),
+            Some(&format!("{OCI_MANIFEST}; charset=utf-8")),
+        )
+        .unwrap()
+        {
             Document::Manifest(m, mt) => {
                 assert_eq!(mt, OCI_MANIFEST);
                 assert_eq!(m.layers.len(), 1);

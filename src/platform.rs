@@ -85,7 +85,11 @@ impl Platform {
                     .and_then(|s| s.strip_prefix('v'))
                     .and_then(|s| s.parse::<u32>().ok())
                     .unwrap_or(if self.architecture == "arm64" { 8 } else { 7 });
-                let from = if self.architecture == "arm64" { top } else { top - 1 };
+                let from = if self.architecture == "arm64" {
+                    top
+                } else {
+                    top - 1
+                };
                 for l in (5..=from).rev() {
                     v.push(with("arm", Some(format!("v{l}"))));
                 }
@@ -128,8 +132,7 @@ impl FromStr for Platform {
         let parts: Vec<&str> = s.split('/').collect();
         let valid = |p: &str| {
             !p.is_empty()
-                && p
-                    .chars()
+                && p.chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
         };
         match parts.as_slice() {

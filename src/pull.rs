@@ -245,11 +245,20 @@ impl Puller {
         // layer i unpacks as soon as it and the layers below it are committed, while later
         // layers are still downloading.
         let (config_tx, config_rx) = oneshot::channel();
-        let (layer_txs, layer_rxs): (Vec<_>, Vec<_>) =
-            manifest.layers.iter().map(|_| oneshot::channel::<()>()).unzip();
+        let (layer_txs, layer_rxs): (Vec<_>, Vec<_>) = manifest
+            .layers
+            .iter()
+            .map(|_| oneshot::channel::<()>())
+            .unzip();
         let fetch_config = async {
             let bytes = self
-                .fetch_config(reference, &manifest.config, &lease, &source_label, &counters)
+                .fetch_config(
+                    reference,
+                    &manifest.config,
+                    &lease,
+                    &source_label,
+                    &counters,
+                )
                 .await?;
             let _ = config_tx.send(bytes);
             Ok::<_, PullError>(())
@@ -262,7 +271,14 @@ impl Puller {
                 Ok::<_, PullError>(())
             },
         ));
-        let unpack = self.unpack(&image, &manifest_fetched.digest, manifest, &lease, config_rx, layer_rxs);
+        let unpack = self.unpack(
+            &image,
+            &manifest_fetched.digest,
+            manifest,
+            &lease,
+            config_rx,
+            layer_rxs,
+        );
         tokio::try_join!(fetch_config, fetch_layers, unpack)?;
 
         // Parents after children, each with GC references to what it needs.
@@ -272,7 +288,10 @@ impl Puller {
             manifest.config.digest.to_string(),
         );
         for (i, layer) in manifest.layers.iter().enumerate() {
-            manifest_labels.insert(format!("{}{i}", labels::GC_REF_LAYER), layer.digest.to_string());
+            manifest_labels.insert(
+                format!("{}{i}", labels::GC_REF_LAYER),
+                layer.digest.to_string(),
+            );
         }
         self.put_document(&lease, &manifest_fetched, manifest_labels)
             .await
@@ -333,10 +352,18 @@ impl Puller {
 
     /// A manifest or index by digest: from containerd when it has it (verified again, since
     /// local bytes can rot), else from the registry.
-    async fn document(&self, reference: &Reference, digest: &Digest) -> Result<FetchedManifest, PullError> {
+    async fn document(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+    ) -> Result<FetchedManifest, PullError> {
         let image = reference.to_string();
         let local = match self.store.info(digest).await {
-            Ok(Some(_)) => self.store.read_blob(digest, oci::MAX_MANIFEST_BYTES).await.ok(),
+            Ok(Some(_)) => self
+                .store
+                .read_blob(digest, oci::MAX_MANIFEST_BYTES)
+                .await
+                .ok(),
             _ => None,
         };
         if let Some(bytes) = local.filter(|b| &Digest::of(digest.algorithm(), b) == digest) {
@@ -370,7 +397,8 @@ impl Puller {
             return Ok(());
         };
         let Some(snapshotter) = self.options.unpack.as_deref() else {
-            return check_config(image, manifest_digest, manifest, config_bytes.as_deref()).map(drop);
+            return check_config(image, manifest_digest, manifest, config_bytes.as_deref())
+                .map(drop);
         };
         let config_bytes = match config_bytes {
             Some(b) => b.to_vec(),
@@ -444,7 +472,10 @@ impl Puller {
             .enumerate()
             .filter(|(_, d)| {
                 d.media_type.is_empty()
-                    || matches!(d.media_type.as_str(), oci::OCI_MANIFEST | oci::DOCKER_MANIFEST)
+                    || matches!(
+                        d.media_type.as_str(),
+                        oci::OCI_MANIFEST | oci::DOCKER_MANIFEST
+                    )
             })
             .collect();
         let candidates: Vec<Option<Platform>> = manifests
@@ -454,7 +485,9 @@ impl Puller {
         match platform::choose(&self.options.platform, &candidates) {
             Some(k) => Ok((
                 manifests[k].0,
-                candidates[k].clone().unwrap_or_else(|| self.options.platform.clone()),
+                candidates[k]
+                    .clone()
+                    .unwrap_or_else(|| self.options.platform.clone()),
             )),
             None => Err(PullError::NoPlatform {
                 image: image.to_string(),
@@ -523,10 +556,14 @@ impl Puller {
         counters: &Counters,
         keep: bool,
     ) -> Result<Option<Bytes>, PullError> {
-        let _permit = self.downloads.acquire().await.map_err(|_| PullError::Malformed {
-            image: reference.to_string(),
-            problem: "download limiter closed".into(),
-        })?;
+        let _permit = self
+            .downloads
+            .acquire()
+            .await
+            .map_err(|_| PullError::Malformed {
+                image: reference.to_string(),
+                problem: "download limiter closed".into(),
+            })?;
         let mut delay = RETRY_FIRST;
         for attempt in 1.. {
             match self
@@ -560,7 +597,11 @@ impl Puller {
         let mut delay = Duration::from_millis(50);
         let give_up = Instant::now() + Duration::from_secs(30 * 60);
         loop {
-            match self.store.open_writer(lease, key, &blob.digest, blob.size).await {
+            match self
+                .store
+                .open_writer(lease, key, &blob.digest, blob.size)
+                .await
+            {
                 Err(StoreError::Busy { .. }) if Instant::now() < give_up => {
                     tracing::debug!(ingest = key, "ingest locked by another writer; waiting");
                     tokio::time::sleep(delay).await;
@@ -586,7 +627,11 @@ impl Puller {
             source,
         };
         let key = ref_key(&blob.media_type, &blob.digest);
-        let mut writer = match self.open_ingest(lease, &key, blob).await.map_err(store_err)? {
+        let mut writer = match self
+            .open_ingest(lease, &key, blob)
+            .await
+            .map_err(store_err)?
+        {
             Opened::Present => {
                 counters.present.fetch_add(1, Ordering::Relaxed);
                 return Ok(None);
@@ -630,7 +675,9 @@ impl Puller {
                     return Err(PullError::Registry { image, source });
                 }
             };
-            counters.bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            counters
+                .bytes
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
             if let Some(k) = kept.as_mut() {
                 k.extend_from_slice(&chunk);
             }
@@ -695,7 +742,10 @@ fn check_config(
     };
     let parsed: oci::Config = serde_json::from_slice(bytes).map_err(|e| PullError::Malformed {
         image: image.to_string(),
-        problem: format!("config {} is not a valid image config: {e}", manifest.config.digest),
+        problem: format!(
+            "config {} is not a valid image config: {e}",
+            manifest.config.digest
+        ),
     })?;
     if parsed.rootfs.diff_ids.len() != manifest.layers.len() {
         return Err(PullError::Malformed {
@@ -741,7 +791,8 @@ mod tests {
         let r = Reference::parse("nginx").unwrap();
         let l = distribution_source(&r);
         assert_eq!(
-            l.get("containerd.io/distribution.source.docker.io").map(String::as_str),
+            l.get("containerd.io/distribution.source.docker.io")
+                .map(String::as_str),
             Some("library/nginx")
         );
     }

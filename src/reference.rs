@@ -93,12 +93,12 @@ impl Reference {
         // Digest first: everything after '@'.
         let (rest, digest) = match s.split_once('@') {
             Some((rest, d)) => {
-                let digest = d
-                    .parse::<Digest>()
-                    .map_err(|source| ParseReferenceError::InvalidDigest {
-                        reference: err_ref(),
-                        source,
-                    })?;
+                let digest =
+                    d.parse::<Digest>()
+                        .map_err(|source| ParseReferenceError::InvalidDigest {
+                            reference: err_ref(),
+                            source,
+                        })?;
                 (rest, Some(digest))
             }
             None => (s, None),

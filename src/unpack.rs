@@ -81,7 +81,11 @@ pub async fn unpack_layer(
         snapshotter: snapshotter.to_string(),
         source,
     };
-    if store.snapshot_exists(snapshotter, &chain.to_string()).await.map_err(fail)? {
+    if store
+        .snapshot_exists(snapshotter, &chain.to_string())
+        .await
+        .map_err(fail)?
+    {
         return Ok(());
     }
     let nanos = SystemTime::now()
@@ -99,7 +103,10 @@ pub async fn unpack_layer(
         return Ok(());
     };
     let result = async {
-        let got = store.apply_layer(lease, layer, mounts).await.map_err(fail)?;
+        let got = store
+            .apply_layer(lease, layer, mounts)
+            .await
+            .map_err(fail)?;
         if &got != diff_id {
             return Err(UnpackError::DiffId {
                 layer: layer.digest.clone(),
@@ -113,7 +120,10 @@ pub async fn unpack_layer(
             .map_err(fail)?;
         if !committed {
             // Someone else committed the same chain meanwhile: theirs is as good as ours.
-            store.remove_snapshot(snapshotter, &key).await.map_err(fail)?;
+            store
+                .remove_snapshot(snapshotter, &key)
+                .await
+                .map_err(fail)?;
         }
         store
             .set_labels(

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use support::{
-    push_image_with, Action, Containerd, ImageSpec, Proxy, Registry, RegistryOptions, RequestKind, Shape,
-    TokenServer, TokenServerOptions,
+    push_image_with, Action, Containerd, ImageSpec, Proxy, Registry, RegistryOptions, RequestKind,
+    Shape, TokenServer, TokenServerOptions,
 };
 
 const KIB: usize = 1024;
@@ -24,8 +24,10 @@ fn b64(s: &str) -> String {
 
 /// Writes a Docker config.json with `auths` entries `(key, entry JSON)`.
 fn auth_file(dir: &Path, name: &str, entries: &[(&str, serde_json::Value)]) -> PathBuf {
-    let auths: serde_json::Map<String, serde_json::Value> =
-        entries.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    let auths: serde_json::Map<String, serde_json::Value> = entries
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
     let path = dir.join(name);
     std::fs::write(&path, serde_json::json!({ "auths": auths }).to_string()).unwrap();
     path
@@ -37,7 +39,14 @@ fn basic(user: &str, password: &str) -> serde_json::Value {
 
 async fn prepull(containerd: &Containerd, host: &str, extra: &[&str], image: &str) -> Output {
     let socket = containerd.socket().to_str().unwrap().to_string();
-    let mut args = vec!["pull", "--containerd", &socket, "--plain-http", host, "--no-node-credentials"];
+    let mut args = vec![
+        "pull",
+        "--containerd",
+        &socket,
+        "--plain-http",
+        host,
+        "--no-node-credentials",
+    ];
     args.extend_from_slice(extra);
     args.push(image);
     tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
@@ -48,7 +57,11 @@ async fn prepull(containerd: &Containerd, host: &str, extra: &[&str], image: &st
 }
 
 fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 fn assert_ok(out: &Output) {
@@ -62,7 +75,13 @@ async fn basic_auth_registry_with_auth_file_and_clear_errors_without() {
         Registry::start_with(RegistryOptions::default().htpasswd_user("alice", "alice-pw"))
     );
     let host = registry.host();
-    let image = push_image_with(&registry.push_target(), "team/app", "v1", &ImageSpec::new(&[16 * KIB])).await;
+    let image = push_image_with(
+        &registry.push_target(),
+        "team/app",
+        "v1",
+        &ImageSpec::new(&[16 * KIB]),
+    )
+    .await;
     let reference = format!("{host}/team/app:v1");
     let dir = tempfile::tempdir().unwrap();
 
@@ -70,14 +89,26 @@ async fn basic_auth_registry_with_auth_file_and_clear_errors_without() {
     let out = prepull(&containerd, &host, &[], &reference).await;
     assert_eq!(out.status.code(), Some(1));
     let t = text(&out);
-    assert!(t.contains("Basic credentials and none matched") && t.contains(&format!("{host}/team/app")), "{t}");
+    assert!(
+        t.contains("Basic credentials and none matched") && t.contains(&format!("{host}/team/app")),
+        "{t}"
+    );
 
     // A wrong password: the error names the registry and the file and key it came from.
     let wrong = auth_file(dir.path(), "wrong.json", &[(&host, basic("alice", "nope"))]);
-    let out = prepull(&containerd, &host, &["--auth-file", wrong.to_str().unwrap()], &reference).await;
+    let out = prepull(
+        &containerd,
+        &host,
+        &["--auth-file", wrong.to_str().unwrap()],
+        &reference,
+    )
+    .await;
     assert_eq!(out.status.code(), Some(1));
     let t = text(&out);
-    assert!(t.contains(&host) && t.contains("wrong.json") && t.contains(&format!("auths[\"{host}\"]")), "{t}");
+    assert!(
+        t.contains(&host) && t.contains("wrong.json") && t.contains(&format!("auths[\"{host}\"]")),
+        "{t}"
+    );
     assert!(!t.contains("nope"), "no secret in errors: {t}");
 
     // The right one, from a mounted secret directory (kubernetes.io/dockerconfigjson).
@@ -85,7 +116,13 @@ async fn basic_auth_registry_with_auth_file_and_clear_errors_without() {
     std::fs::create_dir(&secret).unwrap();
     let json = serde_json::json!({"auths": {host.clone(): basic("alice", "alice-pw")}}).to_string();
     std::fs::write(secret.join(".dockerconfigjson"), json).unwrap();
-    let out = prepull(&containerd, &host, &["--auth-file", secret.to_str().unwrap()], &reference).await;
+    let out = prepull(
+        &containerd,
+        &host,
+        &["--auth-file", secret.to_str().unwrap()],
+        &reference,
+    )
+    .await;
     assert_ok(&out);
     support::cri::wait_for_image(containerd.socket(), &reference, Duration::from_secs(20)).await;
     assert!(text(&out).contains(&image.manifest.digest));
@@ -106,7 +143,13 @@ async fn the_second_of_two_matching_credentials_is_used_when_the_first_fails() {
         Registry::start_with(RegistryOptions::default().token(server.registry_auth()))
     );
     let host = registry.host();
-    push_image_with(&registry.push_target(), "team/app", "v1", &ImageSpec::new(&[16 * KIB, 8 * KIB])).await;
+    push_image_with(
+        &registry.push_target(),
+        "team/app",
+        "v1",
+        &ImageSpec::new(&[16 * KIB, 8 * KIB]),
+    )
+    .await;
     let reference = format!("{host}/team/app:v1");
     let dir = tempfile::tempdir().unwrap();
     // Both keys match the image; the more specific (longer) key is tried first, as the kubelet
@@ -114,42 +157,75 @@ async fn the_second_of_two_matching_credentials_is_used_when_the_first_fails() {
     let first = auth_file(
         dir.path(),
         "pod-secret.json",
-        &[(&format!("{host}/team"), basic("alice", "bad-pw")), (&host, basic("alice", "alice-pw"))],
+        &[
+            (&format!("{host}/team"), basic("alice", "bad-pw")),
+            (&host, basic("alice", "alice-pw")),
+        ],
     );
     let second = auth_file(dir.path(), "node.json", &[(&host, basic("bob", "bob-pw"))]);
     let out = prepull(
         &containerd,
         &host,
-        &["--auth-file", first.to_str().unwrap(), "--auth-file", second.to_str().unwrap(), "--log-level", "warn"],
+        &[
+            "--auth-file",
+            first.to_str().unwrap(),
+            "--auth-file",
+            second.to_str().unwrap(),
+            "--log-level",
+            "warn",
+        ],
         &reference,
     )
     .await;
     assert_ok(&out);
     let requests = server.requests();
     let users: Vec<Option<String>> = requests.iter().map(|r| r.user.clone()).collect();
-    assert!(users.contains(&Some("bob".into())), "bob's credential was used: {}", server.describe_requests());
+    assert!(
+        users.contains(&Some("bob".into())),
+        "bob's credential was used: {}",
+        server.describe_requests()
+    );
     assert!(
         server.count(RequestKind::GetBasic) >= 3,
         "three credentials were tried: {}",
         server.describe_requests()
     );
     // Once bob worked, every later request went straight to bob's token.
-    let after_bob = requests.iter().skip_while(|r| r.user.as_deref() != Some("bob")).skip(1);
-    assert!(after_bob.clone().all(|r| r.user.as_deref() == Some("bob")), "{}", server.describe_requests());
+    let after_bob = requests
+        .iter()
+        .skip_while(|r| r.user.as_deref() != Some("bob"))
+        .skip(1);
+    assert!(
+        after_bob.clone().all(|r| r.user.as_deref() == Some("bob")),
+        "{}",
+        server.describe_requests()
+    );
 
     // Everyone fails: one error lists what each source got, by file and key.
     let only_bad = auth_file(dir.path(), "bad.json", &[(&host, basic("alice", "bad-pw"))]);
-    let out = prepull(&containerd, &host, &["--auth-file", only_bad.to_str().unwrap()], &reference).await;
+    let out = prepull(
+        &containerd,
+        &host,
+        &["--auth-file", only_bad.to_str().unwrap()],
+        &reference,
+    )
+    .await;
     assert_eq!(out.status.code(), Some(1));
     let t = text(&out);
-    assert!(t.contains("bad.json") && t.contains("refused the credentials"), "{t}");
+    assert!(
+        t.contains("bad.json") && t.contains("refused the credentials"),
+        "{t}"
+    );
     assert!(!t.contains("bad-pw"), "{t}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn identity_tokens_are_exchanged_with_a_post_and_registry_tokens_sent_as_is() {
     let server = TokenServer::start(
-        TokenServerOptions::default().user("carol", "carol-pw").allow_pull("carol", "team/*").anonymous(false),
+        TokenServerOptions::default()
+            .user("carol", "carol-pw")
+            .allow_pull("carol", "team/*")
+            .anonymous(false),
     )
     .await;
     let (containerd, registry) = tokio::join!(
@@ -157,40 +233,81 @@ async fn identity_tokens_are_exchanged_with_a_post_and_registry_tokens_sent_as_i
         Registry::start_with(RegistryOptions::default().token(server.registry_auth()))
     );
     let host = registry.host();
-    push_image_with(&registry.push_target(), "team/app", "v1", &ImageSpec::new(&[8 * KIB])).await;
+    push_image_with(
+        &registry.push_target(),
+        "team/app",
+        "v1",
+        &ImageSpec::new(&[8 * KIB]),
+    )
+    .await;
     let refresh = server.issue_refresh_token("carol");
     let dir = tempfile::tempdir().unwrap();
     let file = auth_file(
         dir.path(),
         "config.json",
-        &[(&host, serde_json::json!({"username": "<token>", "identitytoken": refresh}))],
+        &[(
+            &host,
+            serde_json::json!({"username": "<token>", "identitytoken": refresh}),
+        )],
     );
-    let out = prepull(&containerd, &host, &["--auth-file", file.to_str().unwrap()], &format!("{host}/team/app:v1")).await;
+    let out = prepull(
+        &containerd,
+        &host,
+        &["--auth-file", file.to_str().unwrap()],
+        &format!("{host}/team/app:v1"),
+    )
+    .await;
     assert_ok(&out);
-    assert!(server.count(RequestKind::PostRefresh) >= 1, "{}", server.describe_requests());
+    assert!(
+        server.count(RequestKind::PostRefresh) >= 1,
+        "{}",
+        server.describe_requests()
+    );
     assert_eq!(server.count(RequestKind::GetBasic), 0);
 
     // A registry token goes to the registry itself, no token server involved.
     server.clear_requests();
     let token = server.minter().push_token("team/app");
-    let file = auth_file(dir.path(), "rt.json", &[(&host, serde_json::json!({"registrytoken": token}))]);
-    let out = prepull(&containerd, &host, &["--auth-file", file.to_str().unwrap()], &format!("{host}/team/app:v1")).await;
+    let file = auth_file(
+        dir.path(),
+        "rt.json",
+        &[(&host, serde_json::json!({"registrytoken": token}))],
+    );
+    let out = prepull(
+        &containerd,
+        &host,
+        &["--auth-file", file.to_str().unwrap()],
+        &format!("{host}/team/app:v1"),
+    )
+    .await;
     assert_ok(&out);
-    assert!(server.requests().is_empty(), "{}", server.describe_requests());
+    assert!(
+        server.requests().is_empty(),
+        "{}",
+        server.describe_requests()
+    );
     assert!(!text(&out).contains(&token));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_token_that_expires_mid_pull_is_renewed_and_the_layer_resumes() {
     let server = TokenServer::start(
-        TokenServerOptions::default().allow_anonymous_pull("slow/*").lifetime(Duration::from_secs(1)),
+        TokenServerOptions::default()
+            .allow_anonymous_pull("slow/*")
+            .lifetime(Duration::from_secs(1)),
     )
     .await;
     let (containerd, registry) = tokio::join!(
         Containerd::start(),
         Registry::start_with(RegistryOptions::default().token(server.registry_auth()))
     );
-    let image = push_image_with(&registry.push_target(), "slow/app", "v1", &ImageSpec::new(&[3 * MIB]).gzip_level(0)).await;
+    let image = push_image_with(
+        &registry.push_target(),
+        "slow/app",
+        "v1",
+        &ImageSpec::new(&[3 * MIB]).gzip_level(0),
+    )
+    .await;
     let layer = image.layers[0].clone();
     let proxy = Proxy::start(&registry.host()).await;
     let host = proxy.host();
@@ -200,27 +317,58 @@ async fn a_token_that_expires_mid_pull_is_renewed_and_the_layer_resumes() {
     let (digest, flag) = (layer.digest.clone(), once.clone());
     proxy.set_hook(move |req| {
         if req.path.ends_with(&digest) && !flag.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            Action::Shape(Shape { bytes_per_sec: Some(MIB as u64), cut_after: Some(2_200_000) })
+            Action::Shape(Shape {
+                bytes_per_sec: Some(MIB as u64),
+                cut_after: Some(2_200_000),
+            })
         } else {
             Action::Forward
         }
     });
-    let out = prepull(&containerd, &host, &["--output", "json"], &format!("{host}/slow/app:v1")).await;
+    let out = prepull(
+        &containerd,
+        &host,
+        &["--output", "json"],
+        &format!("{host}/slow/app:v1"),
+    )
+    .await;
     assert_ok(&out);
     let recs = proxy.records();
-    let layer_gets: Vec<_> = recs.iter().filter(|r| r.path.ends_with(&layer.digest)).collect();
-    assert!(layer_gets.iter().any(|r| r.status == 401), "the expired token was refused: {recs:?}");
-    assert!(server.count(RequestKind::GetAnonymous) >= 2, "a new token was fetched: {}", server.describe_requests());
+    let layer_gets: Vec<_> = recs
+        .iter()
+        .filter(|r| r.path.ends_with(&layer.digest))
+        .collect();
+    assert!(
+        layer_gets.iter().any(|r| r.status == 401),
+        "the expired token was refused: {recs:?}"
+    );
+    assert!(
+        server.count(RequestKind::GetAnonymous) >= 2,
+        "a new token was fetched: {}",
+        server.describe_requests()
+    );
     let fetched: u64 = layer_gets.iter().map(|r| r.response_body_bytes).sum();
-    assert!(fetched <= layer.size + MIB as u64, "resumed, not restarted: {fetched} for {}", layer.size);
+    assert!(
+        fetched <= layer.size + MIB as u64,
+        "resumed, not restarted: {fetched} for {}",
+        layer.size
+    );
     let check = containerd.ctr_ok(&["-n", "k8s.io", "images", "check"]);
-    assert!(check.lines().any(|l| l.contains("slow/app:v1") && l.contains("complete")), "{check}");
+    assert!(
+        check
+            .lines()
+            .any(|l| l.contains("slow/app:v1") && l.contains("complete")),
+        "{check}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn no_secret_appears_in_any_output_even_at_trace_level() {
     let server = TokenServer::start(
-        TokenServerOptions::default().user("dave", "dave-s3cret-pw").allow_pull("dave", "team/*").anonymous(false),
+        TokenServerOptions::default()
+            .user("dave", "dave-s3cret-pw")
+            .allow_pull("dave", "team/*")
+            .anonymous(false),
     )
     .await;
     let (containerd, token_registry, basic_registry) = tokio::join!(
@@ -229,23 +377,57 @@ async fn no_secret_appears_in_any_output_even_at_trace_level() {
         Registry::start_with(RegistryOptions::default().htpasswd_user("erin", "erin-s3cret-pw")),
     );
     let (th, bh) = (token_registry.host(), basic_registry.host());
-    push_image_with(&token_registry.push_target(), "team/app", "v1", &ImageSpec::new(&[8 * KIB])).await;
-    push_image_with(&basic_registry.push_target(), "team/other", "v1", &ImageSpec::new(&[8 * KIB])).await;
+    push_image_with(
+        &token_registry.push_target(),
+        "team/app",
+        "v1",
+        &ImageSpec::new(&[8 * KIB]),
+    )
+    .await;
+    push_image_with(
+        &basic_registry.push_target(),
+        "team/other",
+        "v1",
+        &ImageSpec::new(&[8 * KIB]),
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
-    let file = auth_file(dir.path(), "config.json", &[(&th, basic("dave", "dave-s3cret-pw")), (&bh, basic("erin", "erin-s3cret-pw"))]);
+    let file = auth_file(
+        dir.path(),
+        "config.json",
+        &[
+            (&th, basic("dave", "dave-s3cret-pw")),
+            (&bh, basic("erin", "erin-s3cret-pw")),
+        ],
+    );
     let socket = containerd.socket().to_str().unwrap().to_string();
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
         .args([
-            "pull", "--containerd", &socket, "--plain-http", &th, "--plain-http", &bh, "--no-node-credentials",
-            "--auth-file", file.to_str().unwrap(), "--log-level", "trace",
-            &format!("{th}/team/app:v1"), &format!("{bh}/team/other:v1"),
+            "pull",
+            "--containerd",
+            &socket,
+            "--plain-http",
+            &th,
+            "--plain-http",
+            &bh,
+            "--no-node-credentials",
+            "--auth-file",
+            file.to_str().unwrap(),
+            "--log-level",
+            "trace",
+            &format!("{th}/team/app:v1"),
+            &format!("{bh}/team/other:v1"),
         ])
         .output()
         .await
         .expect("run prepull");
     assert_ok(&out);
     let all = text(&out);
-    assert!(all.len() > 10_000, "trace logging is really on ({} bytes)", all.len());
+    assert!(
+        all.len() > 10_000,
+        "trace logging is really on ({} bytes)",
+        all.len()
+    );
     for secret in [
         "dave-s3cret-pw".to_string(),
         "erin-s3cret-pw".to_string(),
@@ -289,7 +471,13 @@ async fn kubelet_credential_provider_plugins_supply_credentials_with_their_cache
     );
     let host = registry.host();
     for repo in ["team/a", "team/b"] {
-        push_image_with(&registry.push_target(), repo, "v1", &ImageSpec::new(&[8 * KIB])).await;
+        push_image_with(
+            &registry.push_target(),
+            repo,
+            "v1",
+            &ImageSpec::new(&[8 * KIB]),
+        )
+        .await;
     }
     let dir = tempfile::tempdir().unwrap();
     let bin = dir.path().join("bin");
@@ -322,10 +510,18 @@ async fn kubelet_credential_provider_plugins_supply_credentials_with_their_cache
     let run = |provider: &'static str| {
         write_config(provider);
         let socket = containerd.socket().to_str().unwrap().to_string();
-        let (config, bin, host, images) = (config.clone(), bin.clone(), host.clone(), images.clone());
+        let (config, bin, host, images) =
+            (config.clone(), bin.clone(), host.clone(), images.clone());
         async move {
             tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
-                .args(["pull", "--containerd", &socket, "--plain-http", &host, "--no-node-credentials"])
+                .args([
+                    "pull",
+                    "--containerd",
+                    &socket,
+                    "--plain-http",
+                    &host,
+                    "--no-node-credentials",
+                ])
                 .arg("--image-credential-provider-config")
                 .arg(&config)
                 .arg("--image-credential-provider-bin-dir")
@@ -344,13 +540,27 @@ async fn kubelet_credential_provider_plugins_supply_credentials_with_their_cache
     assert_eq!(got.len(), 1, "one plugin run for the registry: {got:?}");
     assert_eq!(got[0]["kind"], "CredentialProviderRequest");
     assert_eq!(got[0]["apiVersion"], "credentialprovider.kubelet.k8s.io/v1");
-    assert!(got[0]["image"].as_str().unwrap().starts_with(&format!("{host}/team/")), "{}", got[0]);
-    assert!(requests(&never_log).is_empty(), "a provider whose matchImages exclude the image never runs");
+    assert!(
+        got[0]["image"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{host}/team/")),
+        "{}",
+        got[0]
+    );
+    assert!(
+        requests(&never_log).is_empty(),
+        "a provider whose matchImages exclude the image never runs"
+    );
 
     // cacheDuration 0s: asked again for every lookup.
     let out = run("uncached-provider").await;
     assert_ok(&out);
-    assert!(requests(&uncached_log).len() >= 2, "no caching with 0s: {:?}", requests(&uncached_log));
+    assert!(
+        requests(&uncached_log).len() >= 2,
+        "no caching with 0s: {:?}",
+        requests(&uncached_log)
+    );
     assert!(requests(&never_log).is_empty());
     assert!(!text(&out).contains("robot-pw"));
 }

@@ -9,7 +9,9 @@ use std::process::Output;
 use std::time::Duration;
 
 use base64::Engine as _;
-use support::{push_image, push_image_with, Containerd, ImageSpec, Proxy, Registry, RegistryOptions, TestCa};
+use support::{
+    push_image, push_image_with, Containerd, ImageSpec, Proxy, Registry, RegistryOptions, TestCa,
+};
 
 const KIB: usize = 1024;
 
@@ -25,7 +27,11 @@ async fn prepull(containerd: &Containerd, args: &[&str]) -> Output {
 }
 
 fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 fn write(dir: &Path, host: &str, file: &str, content: &str) {
@@ -37,10 +43,18 @@ fn write(dir: &Path, host: &str, file: &str, content: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn tls_registry_with_a_private_ca_from_hosts_toml_or_a_certs_dir() {
     let ca = TestCa::new();
-    let (containerd, registry) =
-        tokio::join!(Containerd::start(), Registry::start_with(RegistryOptions::default().tls(&ca)));
+    let (containerd, registry) = tokio::join!(
+        Containerd::start(),
+        Registry::start_with(RegistryOptions::default().tls(&ca))
+    );
     let host = registry.host();
-    push_image_with(&registry.push_target(), "secure/app", "v1", &ImageSpec::new(&[16 * KIB])).await;
+    push_image_with(
+        &registry.push_target(),
+        "secure/app",
+        "v1",
+        &ImageSpec::new(&[16 * KIB]),
+    )
+    .await;
     let reference = format!("{host}/secure/app:v1");
     let certs = tempfile::tempdir().unwrap();
     let certs_dir = certs.path().to_str().unwrap();
@@ -49,7 +63,10 @@ async fn tls_registry_with_a_private_ca_from_hosts_toml_or_a_certs_dir() {
     let out = prepull(&containerd, &["--hosts-dir", certs_dir, &reference]).await;
     assert_eq!(out.status.code(), Some(1));
     let t = text(&out);
-    assert!(t.contains(&host) && (t.contains("UnknownIssuer") || t.contains("certificate")), "{t}");
+    assert!(
+        t.contains(&host) && (t.contains("UnknownIssuer") || t.contains("certificate")),
+        "{t}"
+    );
 
     // A Docker-style dir: <host>/ca.crt.
     write(certs.path(), &host, "ca.crt", ca.cert_pem());
@@ -63,14 +80,22 @@ async fn tls_registry_with_a_private_ca_from_hosts_toml_or_a_certs_dir() {
         certs.path(),
         &dir_name,
         "hosts.toml",
-        &format!("server = \"https://{host}\"\nca = \"{}\"\n", ca.pem_path().display()),
+        &format!(
+            "server = \"https://{host}\"\nca = \"{}\"\n",
+            ca.pem_path().display()
+        ),
     );
     let out = prepull(&containerd, &["--hosts-dir", certs_dir, &reference]).await;
     assert!(out.status.success(), "{}", text(&out));
     support::cri::wait_for_image(containerd.socket(), &reference, Duration::from_secs(20)).await;
 
     // A broken hosts.toml is named, with the problem.
-    write(certs.path(), &dir_name, "hosts.toml", "server = \"https://x\"\nsipk_verify = true\n");
+    write(
+        certs.path(),
+        &dir_name,
+        "hosts.toml",
+        "server = \"https://x\"\nsipk_verify = true\n",
+    );
     let out = prepull(&containerd, &["--hosts-dir", certs_dir, &reference]).await;
     assert_eq!(out.status.code(), Some(1));
     let t = text(&out);
@@ -88,7 +113,13 @@ async fn mirrors_serve_first_and_the_upstream_takes_over_when_they_cannot() {
     // The upstream has both images; the mirror (a pull-through cache) only the first.
     let spec = ImageSpec::new(&[32 * KIB]);
     let cached = push_image_with(&upstream.push_target(), "team/cached", "v1", &spec).await;
-    push_image_with(&upstream.push_target(), "team/uncached", "v1", &ImageSpec::new(&[16 * KIB])).await;
+    push_image_with(
+        &upstream.push_target(),
+        "team/uncached",
+        "v1",
+        &ImageSpec::new(&[16 * KIB]),
+    )
+    .await;
     // Same content on the mirror: push the identical blobs and manifest.
     let mirrored = push_image(&mirror.host(), "team/cached", "v1", &spec).await;
     let _ = mirrored;
@@ -109,20 +140,49 @@ async fn mirrors_serve_first_and_the_upstream_takes_over_when_they_cannot() {
     let dir = tempfile::tempdir().unwrap();
     let auth = dir.path().join("config.json");
     let token = base64::engine::general_purpose::STANDARD.encode("alice:alice-pw");
-    std::fs::write(&auth, format!(r#"{{"auths":{{"{up}":{{"auth":"{token}"}}}}}}"#)).unwrap();
+    std::fs::write(
+        &auth,
+        format!(r#"{{"auths":{{"{up}":{{"auth":"{token}"}}}}}}"#),
+    )
+    .unwrap();
     let certs_dir = certs.path().to_str().unwrap();
     let auth_file = auth.to_str().unwrap();
 
     // Served by the mirror, which is asked with ?ns= and never gets the upstream's credentials.
     let image = format!("{up}/team/cached:v1");
-    let out = prepull(&containerd, &["--hosts-dir", certs_dir, "--auth-file", auth_file, "--output", "json", &image]).await;
+    let out = prepull(
+        &containerd,
+        &[
+            "--hosts-dir",
+            certs_dir,
+            "--auth-file",
+            auth_file,
+            "--output",
+            "json",
+            &image,
+        ],
+    )
+    .await;
     assert!(out.status.success(), "{}", text(&out));
     let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let at_mirror = mirror_proxy.records();
-    assert!(at_mirror.iter().all(|r| r.path.contains(&format!("ns={up}"))), "{at_mirror:?}");
-    assert!(at_mirror.iter().all(|r| r.authorization.is_none()), "no upstream credentials to the mirror");
+    assert!(
+        at_mirror
+            .iter()
+            .all(|r| r.path.contains(&format!("ns={up}"))),
+        "{at_mirror:?}"
+    );
+    assert!(
+        at_mirror.iter().all(|r| r.authorization.is_none()),
+        "no upstream credentials to the mirror"
+    );
     assert!(mirror_proxy.blob_bytes() > 0);
-    assert_eq!(up_proxy.blob_bytes(), 0, "nothing fetched upstream: {:?}", up_proxy.records());
+    assert_eq!(
+        up_proxy.blob_bytes(),
+        0,
+        "nothing fetched upstream: {:?}",
+        up_proxy.records()
+    );
     // The image is recorded under the name pods use, whichever host served it.
     assert_eq!(result["image"], image);
     support::cri::wait_for_image(containerd.socket(), &image, Duration::from_secs(20)).await;
@@ -130,17 +190,34 @@ async fn mirrors_serve_first_and_the_upstream_takes_over_when_they_cannot() {
 
     // The mirror lacks the image: the upstream (with credentials) serves it.
     let image = format!("{up}/team/uncached:v1");
-    let out = prepull(&containerd, &["--hosts-dir", certs_dir, "--auth-file", auth_file, &image]).await;
+    let out = prepull(
+        &containerd,
+        &["--hosts-dir", certs_dir, "--auth-file", auth_file, &image],
+    )
+    .await;
     assert!(out.status.success(), "{}", text(&out));
     assert!(up_proxy.blob_bytes() > 0);
-    assert!(up_proxy.records().iter().any(|r| r.authorization.as_deref().is_some_and(|a| a.starts_with("Basic "))));
+    assert!(up_proxy.records().iter().any(|r| r
+        .authorization
+        .as_deref()
+        .is_some_and(|a| a.starts_with("Basic "))));
 
     // The mirror is down: the upstream serves again.
     drop(mirror_proxy);
     up_proxy.clear();
-    let other = push_image_with(&upstream.push_target(), "team/later", "v1", &ImageSpec::new(&[8 * KIB])).await;
+    let other = push_image_with(
+        &upstream.push_target(),
+        "team/later",
+        "v1",
+        &ImageSpec::new(&[8 * KIB]),
+    )
+    .await;
     let image = format!("{up}/team/later:v1");
-    let out = prepull(&containerd, &["--hosts-dir", certs_dir, "--auth-file", auth_file, &image]).await;
+    let out = prepull(
+        &containerd,
+        &["--hosts-dir", certs_dir, "--auth-file", auth_file, &image],
+    )
+    .await;
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains(&other.manifest.digest) || up_proxy.blob_bytes() > 0);
 }

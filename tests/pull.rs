@@ -10,7 +10,9 @@ use std::time::Duration;
 use prepull::digest::Digest;
 use prepull::store::Store;
 use serde_json::Value;
-use support::{push_image, push_index, Containerd, ImageSpec, MediaFamily, Platform, Proxy, Registry};
+use support::{
+    push_image, push_index, Containerd, ImageSpec, MediaFamily, Platform, Proxy, Registry,
+};
 
 const CRI_WAIT: Duration = Duration::from_secs(20);
 const KIB: usize = 1024;
@@ -24,9 +26,22 @@ async fn prepull(args: &[&str]) -> Output {
 }
 
 /// Runs `prepull pull --output json` for `images` from `host` and returns one JSON result per image.
-async fn pull_json(containerd: &Containerd, host: &str, extra: &[&str], images: &[&str]) -> (Output, Vec<Value>) {
+async fn pull_json(
+    containerd: &Containerd,
+    host: &str,
+    extra: &[&str],
+    images: &[&str],
+) -> (Output, Vec<Value>) {
     let socket = containerd.socket().to_str().unwrap().to_string();
-    let mut args = vec!["pull", "--containerd", &socket, "--plain-http", host, "--output", "json"];
+    let mut args = vec![
+        "pull",
+        "--containerd",
+        &socket,
+        "--plain-http",
+        host,
+        "--output",
+        "json",
+    ];
     args.extend_from_slice(extra);
     args.extend_from_slice(images);
     let out = prepull(&args).await;
@@ -48,7 +63,9 @@ fn assert_success(out: &Output) {
 }
 
 async fn store(containerd: &Containerd) -> Store {
-    Store::connect(containerd.socket(), "k8s.io").await.expect("connect to containerd")
+    Store::connect(containerd.socket(), "k8s.io")
+        .await
+        .expect("connect to containerd")
 }
 
 fn digest(s: &str) -> Digest {
@@ -56,7 +73,11 @@ fn digest(s: &str) -> Digest {
 }
 
 async fn has_blob(store: &Store, d: &str) -> bool {
-    store.info(&digest(d)).await.expect("Content.Info").is_some()
+    store
+        .info(&digest(d))
+        .await
+        .expect("Content.Info")
+        .is_some()
 }
 
 fn leases(containerd: &Containerd) -> String {
@@ -67,7 +88,13 @@ fn leases(containerd: &Containerd) -> String {
 async fn oci_image_by_tag_lands_with_gc_labels_and_cri_sees_every_name() {
     let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
     let host = registry.host();
-    let image = push_image(&host, "team/app", "v1", &ImageSpec::new(&[64 * KIB, 32 * KIB, 16 * KIB])).await;
+    let image = push_image(
+        &host,
+        "team/app",
+        "v1",
+        &ImageSpec::new(&[64 * KIB, 32 * KIB, 16 * KIB]),
+    )
+    .await;
     let reference = format!("{host}/team/app:v1");
 
     let (out, results) = pull_json(&containerd, &host, &[], &[&reference]).await;
@@ -83,14 +110,32 @@ async fn oci_image_by_tag_lands_with_gc_labels_and_cri_sees_every_name() {
 
     // Content and the GC references containerd's own pull writes.
     let store = store(&containerd).await;
-    let manifest = store.info(&digest(&image.manifest.digest)).await.unwrap().expect("manifest committed");
-    assert_eq!(manifest.labels.get("containerd.io/gc.ref.content.config"), Some(&image.config.digest));
+    let manifest = store
+        .info(&digest(&image.manifest.digest))
+        .await
+        .unwrap()
+        .expect("manifest committed");
+    assert_eq!(
+        manifest.labels.get("containerd.io/gc.ref.content.config"),
+        Some(&image.config.digest)
+    );
     for (i, layer) in image.layers.iter().enumerate() {
-        assert_eq!(manifest.labels.get(&format!("containerd.io/gc.ref.content.l.{i}")), Some(&layer.digest));
-        let info = store.info(&digest(&layer.digest)).await.unwrap().expect("layer committed");
+        assert_eq!(
+            manifest
+                .labels
+                .get(&format!("containerd.io/gc.ref.content.l.{i}")),
+            Some(&layer.digest)
+        );
+        let info = store
+            .info(&digest(&layer.digest))
+            .await
+            .unwrap()
+            .expect("layer committed");
         assert_eq!(info.size as u64, layer.size);
         assert_eq!(
-            info.labels.get(&format!("containerd.io/distribution.source.{host}")).map(String::as_str),
+            info.labels
+                .get(&format!("containerd.io/distribution.source.{host}"))
+                .map(String::as_str),
             Some("team/app")
         );
     }
@@ -101,11 +146,28 @@ async fn oci_image_by_tag_lands_with_gc_labels_and_cri_sees_every_name() {
     let diff_ids: Vec<Digest> = image.diff_ids.iter().map(|d| digest(d)).collect();
     let chain = prepull::unpack::chain_ids(&diff_ids);
     for (i, id) in chain.iter().enumerate() {
-        assert!(store.snapshot_exists("native", &id.to_string()).await.unwrap(), "snapshot {i} {id}");
-        let layer = store.info(&digest(&image.layers[i].digest)).await.unwrap().unwrap();
-        assert_eq!(layer.labels.get("containerd.io/uncompressed"), Some(&image.diff_ids[i]));
+        assert!(
+            store
+                .snapshot_exists("native", &id.to_string())
+                .await
+                .unwrap(),
+            "snapshot {i} {id}"
+        );
+        let layer = store
+            .info(&digest(&image.layers[i].digest))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            layer.labels.get("containerd.io/uncompressed"),
+            Some(&image.diff_ids[i])
+        );
     }
-    let config = store.info(&digest(&image.config.digest)).await.unwrap().unwrap();
+    let config = store
+        .info(&digest(&image.config.digest))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         config.labels.get("containerd.io/gc.ref.snapshot.native"),
         Some(&chain.last().unwrap().to_string())
@@ -113,23 +175,58 @@ async fn oci_image_by_tag_lands_with_gc_labels_and_cri_sees_every_name() {
 
     // Image records: tag, digest reference and ID, managed, pointing at the manifest.
     let digest_ref = format!("{host}/team/app@{}", image.manifest.digest);
-    for name in [reference.as_str(), digest_ref.as_str(), image.config.digest.as_str()] {
-        let record = store.image(name).await.unwrap().unwrap_or_else(|| panic!("no image record {name}"));
-        assert_eq!(record.labels.get("io.cri-containerd.image").map(String::as_str), Some("managed"));
-        assert_eq!(record.target.as_ref().unwrap().digest, image.manifest.digest);
+    for name in [
+        reference.as_str(),
+        digest_ref.as_str(),
+        image.config.digest.as_str(),
+    ] {
+        let record = store
+            .image(name)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("no image record {name}"));
+        assert_eq!(
+            record
+                .labels
+                .get("io.cri-containerd.image")
+                .map(String::as_str),
+            Some("managed")
+        );
+        assert_eq!(
+            record.target.as_ref().unwrap().digest,
+            image.manifest.digest
+        );
     }
-    assert!(!leases(&containerd).contains("prepull-"), "the pull's lease is released");
+    assert!(
+        !leases(&containerd).contains("prepull-"),
+        "the pull's lease is released"
+    );
 
     // What the kubelet sees, under every name a pod spec could use.
-    for name in [reference.as_str(), digest_ref.as_str(), image.config.digest.as_str()] {
+    for name in [
+        reference.as_str(),
+        digest_ref.as_str(),
+        image.config.digest.as_str(),
+    ] {
         let status = support::cri::wait_for_image(containerd.socket(), name, CRI_WAIT).await;
         assert_eq!(status.id, image.config.digest, "{name}");
-        assert!(status.repo_tags.contains(&reference), "{name}: {:?}", status.repo_tags);
-        assert!(status.repo_digests.contains(&digest_ref), "{name}: {:?}", status.repo_digests);
+        assert!(
+            status.repo_tags.contains(&reference),
+            "{name}: {:?}",
+            status.repo_tags
+        );
+        assert!(
+            status.repo_digests.contains(&digest_ref),
+            "{name}: {:?}",
+            status.repo_digests
+        );
     }
     // containerd's own tooling finds the image complete.
     let check = containerd.ctr_ok(&["-n", "k8s.io", "images", "check"]);
-    let line = check.lines().find(|l| l.starts_with(&reference)).unwrap_or_else(|| panic!("{check}"));
+    let line = check
+        .lines()
+        .find(|l| l.starts_with(&reference))
+        .unwrap_or_else(|| panic!("{check}"));
     assert!(line.contains("complete"), "{line}");
 }
 
@@ -145,17 +242,32 @@ async fn docker_media_types_by_digest_create_no_tag_record() {
     assert_success(&out);
     assert_eq!(results[0]["digest"], image.manifest.digest.as_str());
     assert!(results[0]["snapshotter"].is_null());
-    let snapshots = containerd.ctr_ok(&["-n", "k8s.io", "snapshots", "--snapshotter", "native", "ls"]);
-    assert!(!snapshots.contains(&image.diff_ids[0]), "--no-unpack creates no snapshot: {snapshots}");
-    assert_eq!(results[0]["names"], serde_json::json!([by_digest, image.config.digest]));
+    let snapshots =
+        containerd.ctr_ok(&["-n", "k8s.io", "snapshots", "--snapshotter", "native", "ls"]);
+    assert!(
+        !snapshots.contains(&image.diff_ids[0]),
+        "--no-unpack creates no snapshot: {snapshots}"
+    );
+    assert_eq!(
+        results[0]["names"],
+        serde_json::json!([by_digest, image.config.digest])
+    );
 
     let store = store(&containerd).await;
-    let record = store.image(&by_digest).await.unwrap().expect("digest record");
+    let record = store
+        .image(&by_digest)
+        .await
+        .unwrap()
+        .expect("digest record");
     assert_eq!(
         record.target.unwrap().media_type,
         "application/vnd.docker.distribution.manifest.v2+json"
     );
-    assert!(store.image(&format!("{host}/legacy/app:old")).await.unwrap().is_none());
+    assert!(store
+        .image(&format!("{host}/legacy/app:old"))
+        .await
+        .unwrap()
+        .is_none());
 
     let status = support::cri::wait_for_image(containerd.socket(), &by_digest, CRI_WAIT).await;
     assert_eq!(status.id, image.config.digest);
@@ -179,7 +291,13 @@ async fn multi_arch_index_yields_the_node_platform_only() {
     let reference = format!("{host}/multi/app:v2");
 
     // This bench runs on amd64; CRI only ever looks at the node's own platform.
-    let (out, results) = pull_json(&containerd, &host, &["--platform", "linux/x86_64"], &[&reference]).await;
+    let (out, results) = pull_json(
+        &containerd,
+        &host,
+        &["--platform", "linux/x86_64"],
+        &[&reference],
+    )
+    .await;
     assert_success(&out);
     assert_eq!(results[0]["platform"], "linux/amd64");
     assert_eq!(results[0]["digest"], index.index.digest.as_str());
@@ -187,37 +305,88 @@ async fn multi_arch_index_yields_the_node_platform_only() {
 
     let store = store(&containerd).await;
     for layer in &amd64.layers {
-        assert!(has_blob(&store, &layer.digest).await, "amd64 layer {} fetched", layer.digest);
+        assert!(
+            has_blob(&store, &layer.digest).await,
+            "amd64 layer {} fetched",
+            layer.digest
+        );
     }
     for layer in &arm64.layers {
-        assert!(!has_blob(&store, &layer.digest).await, "arm64 layer {} not fetched", layer.digest);
+        assert!(
+            !has_blob(&store, &layer.digest).await,
+            "arm64 layer {} not fetched",
+            layer.digest
+        );
     }
     let attestation = index.attestation.as_ref().expect("attestation pushed");
-    assert!(!has_blob(&store, &attestation.digest).await, "attestation manifest skipped");
-    let idx = store.info(&digest(&index.index.digest)).await.unwrap().expect("index committed");
-    assert_eq!(idx.labels.get("containerd.io/gc.ref.content.m.1"), Some(&amd64.manifest.digest));
+    assert!(
+        !has_blob(&store, &attestation.digest).await,
+        "attestation manifest skipped"
+    );
+    let idx = store
+        .info(&digest(&index.index.digest))
+        .await
+        .unwrap()
+        .expect("index committed");
+    assert_eq!(
+        idx.labels.get("containerd.io/gc.ref.content.m.1"),
+        Some(&amd64.manifest.digest)
+    );
     let record = store.image(&reference).await.unwrap().expect("tag record");
-    assert_eq!(record.target.unwrap().digest, index.index.digest, "records target the index");
+    assert_eq!(
+        record.target.unwrap().digest,
+        index.index.digest,
+        "records target the index"
+    );
 
     let status = support::cri::wait_for_image(containerd.socket(), &reference, CRI_WAIT).await;
     assert_eq!(status.id, amd64.config.digest);
 
     // Another platform on request, from a Docker manifest list (content only: CRI on an amd64
     // node does not use arm64 images).
-    let list = push_index(&host, "multi/list", "v1", MediaFamily::Docker, &specs, false).await;
+    let list = push_index(
+        &host,
+        "multi/list",
+        "v1",
+        MediaFamily::Docker,
+        &specs,
+        false,
+    )
+    .await;
     let list_ref = format!("{host}/multi/list:v1");
-    let (out, results) = pull_json(&containerd, &host, &["--platform", "linux/arm64/v8"], &[&list_ref]).await;
+    let (out, results) = pull_json(
+        &containerd,
+        &host,
+        &["--platform", "linux/arm64/v8"],
+        &[&list_ref],
+    )
+    .await;
     assert_success(&out);
     assert_eq!(results[0]["platform"], "linux/arm64");
     assert_eq!(results[0]["id"], list.images[0].config.digest.as_str());
     for layer in &list.images[0].layers {
-        assert!(has_blob(&store, &layer.digest).await, "arm64 layer {} fetched", layer.digest);
+        assert!(
+            has_blob(&store, &layer.digest).await,
+            "arm64 layer {} fetched",
+            layer.digest
+        );
     }
     for layer in &list.images[1].layers {
-        assert!(!has_blob(&store, &layer.digest).await, "amd64 layer {} not fetched", layer.digest);
+        assert!(
+            !has_blob(&store, &layer.digest).await,
+            "amd64 layer {} not fetched",
+            layer.digest
+        );
     }
-    let list_info = store.info(&digest(&list.index.digest)).await.unwrap().expect("list committed");
-    assert_eq!(list_info.labels.get("containerd.io/gc.ref.content.m.0"), Some(&list.images[0].manifest.digest));
+    let list_info = store
+        .info(&digest(&list.index.digest))
+        .await
+        .unwrap()
+        .expect("list committed");
+    assert_eq!(
+        list_info.labels.get("containerd.io/gc.ref.content.m.0"),
+        Some(&list.images[0].manifest.digest)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -230,21 +399,41 @@ async fn missing_platform_names_what_the_index_has() {
     ];
     push_index(&host, "multi/app", "v1", MediaFamily::Oci, &specs, true).await;
     let reference = format!("{host}/multi/app:v1");
-    let (out, results) = pull_json(&containerd, &host, &["--platform", "linux/s390x"], &[&reference]).await;
+    let (out, results) = pull_json(
+        &containerd,
+        &host,
+        &["--platform", "linux/s390x"],
+        &[&reference],
+    )
+    .await;
     assert_eq!(out.status.code(), Some(1));
     let error = results[0]["error"].as_str().unwrap();
     assert!(error.contains(&reference), "{error}");
     assert!(error.contains("linux/s390x"), "{error}");
     assert!(error.contains("linux/amd64, linux/arm64"), "{error}");
-    assert!(!error.contains("unknown"), "attestations are not platforms: {error}");
+    assert!(
+        !error.contains("unknown"),
+        "attestations are not platforms: {error}"
+    );
     assert_eq!(results[0]["kind"], "no-platform");
-    assert!(store(&containerd).await.image(&reference).await.unwrap().is_none());
+    assert!(store(&containerd)
+        .await
+        .image(&reference)
+        .await
+        .unwrap()
+        .is_none());
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn second_pull_downloads_no_blob_bytes() {
     let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
-    let image = push_image(&registry.host(), "cache/app", "v1", &ImageSpec::new(&[256 * KIB, 128 * KIB])).await;
+    let image = push_image(
+        &registry.host(),
+        "cache/app",
+        "v1",
+        &ImageSpec::new(&[256 * KIB, 128 * KIB]),
+    )
+    .await;
     let proxy = Proxy::start(&registry.host()).await;
     let host = proxy.host();
     let reference = format!("{host}/cache/app:v1");
@@ -267,15 +456,26 @@ async fn second_pull_downloads_no_blob_bytes() {
     assert_eq!(results[0]["bytes_fetched"], 0);
     assert_eq!(results[0]["blobs_present"], 3);
     // Tag drift is checked with one HEAD (not counted by Docker Hub's quota); nothing is GET.
-    let seen: Vec<(String, String)> = proxy.records().iter().map(|r| (r.method.clone(), r.path.clone())).collect();
-    assert_eq!(seen, vec![("HEAD".to_string(), "/v2/cache/app/manifests/v1".to_string())]);
+    let seen: Vec<(String, String)> = proxy
+        .records()
+        .iter()
+        .map(|r| (r.method.clone(), r.path.clone()))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![("HEAD".to_string(), "/v2/cache/app/manifests/v1".to_string())]
+    );
     support::cri::wait_for_image(containerd.socket(), &reference, CRI_WAIT).await;
 }
 
 /// Flips one byte of a layer in the registry's own storage: the registry serves it as is.
 fn flip_byte(path: &Path, at: u64) {
     use std::io::{Read, Seek, SeekFrom, Write};
-    let mut f = std::fs::OpenOptions::new().read(true).write(true).open(path).expect("open blob");
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open blob");
     let mut b = [0u8; 1];
     f.seek(SeekFrom::Start(at)).unwrap();
     f.read_exact(&mut b).unwrap();
@@ -287,26 +487,60 @@ fn flip_byte(path: &Path, at: u64) {
 async fn corrupted_blob_is_never_committed_and_no_image_is_recorded() {
     let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
     let host = registry.host();
-    let image = push_image(&host, "bad/app", "v1", &ImageSpec::new(&[32 * KIB, 200 * KIB])).await;
+    let image = push_image(
+        &host,
+        "bad/app",
+        "v1",
+        &ImageSpec::new(&[32 * KIB, 200 * KIB]),
+    )
+    .await;
     let bad = &image.layers[1];
     flip_byte(&registry.blob_data_path(&bad.digest), bad.size / 2);
     let reference = format!("{host}/bad/app:v1");
 
     let socket = containerd.socket().to_str().unwrap();
-    let out = prepull(&["pull", "--containerd", socket, "--plain-http", &host, &reference]).await;
+    let out = prepull(&[
+        "pull",
+        "--containerd",
+        socket,
+        "--plain-http",
+        &host,
+        &reference,
+    ])
+    .await;
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&reference), "names the image: {stderr}");
-    assert!(stderr.contains(&format!("blob {}", bad.digest)), "names the blob: {stderr}");
-    assert!(stderr.contains(&format!("expected {}", bad.digest)) && stderr.contains("got sha256:"), "expected vs got: {stderr}");
+    assert!(
+        stderr.contains(&format!("blob {}", bad.digest)),
+        "names the blob: {stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("expected {}", bad.digest)) && stderr.contains("got sha256:"),
+        "expected vs got: {stderr}"
+    );
 
     let store = store(&containerd).await;
-    assert!(!has_blob(&store, &bad.digest).await, "corrupt blob not committed");
-    assert!(!has_blob(&store, &image.manifest.digest).await, "manifest not committed before its blobs");
-    assert!(store.image(&reference).await.unwrap().is_none(), "no image record");
+    assert!(
+        !has_blob(&store, &bad.digest).await,
+        "corrupt blob not committed"
+    );
+    assert!(
+        !has_blob(&store, &image.manifest.digest).await,
+        "manifest not committed before its blobs"
+    );
+    assert!(
+        store.image(&reference).await.unwrap().is_none(),
+        "no image record"
+    );
     let active = containerd.ctr_ok(&["-n", "k8s.io", "content", "active"]);
-    assert!(!active.contains(&bad.digest), "the bad ingest is aborted: {active}");
-    assert!(support::cri::image_status(containerd.socket(), &reference).await.is_none());
+    assert!(
+        !active.contains(&bad.digest),
+        "the bad ingest is aborted: {active}"
+    );
+    assert!(support::cri::image_status(containerd.socket(), &reference)
+        .await
+        .is_none());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -315,14 +549,21 @@ async fn truncated_blob_is_never_committed() {
     let host = registry.host();
     let image = push_image(&host, "short/app", "v1", &ImageSpec::new(&[100 * KIB])).await;
     let layer = &image.layers[0];
-    let file = std::fs::OpenOptions::new().write(true).open(registry.blob_data_path(&layer.digest)).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(registry.blob_data_path(&layer.digest))
+        .unwrap();
     file.set_len(layer.size - 1000).unwrap();
     let reference = format!("{host}/short/app:v1");
 
     let (out, results) = pull_json(&containerd, &host, &[], &[&reference]).await;
     assert_eq!(out.status.code(), Some(1));
     let error = results[0]["error"].as_str().unwrap();
-    assert!(error.contains(&layer.digest) && error.contains(&format!("{} of {} bytes", layer.size - 1000, layer.size)), "{error}");
+    assert!(
+        error.contains(&layer.digest)
+            && error.contains(&format!("{} of {} bytes", layer.size - 1000, layer.size)),
+        "{error}"
+    );
     assert_eq!(results[0]["kind"], "corrupt");
     let store = store(&containerd).await;
     assert!(!has_blob(&store, &layer.digest).await);
@@ -335,7 +576,11 @@ async fn several_images_in_one_run_and_one_failure_does_not_stop_the_others() {
     let host = registry.host();
     let a = push_image(&host, "many/a", "v1", &ImageSpec::new(&[16 * KIB])).await;
     let b = push_image(&host, "many/b", "v1", &ImageSpec::new(&[16 * KIB])).await;
-    let (ra, rb, missing) = (format!("{host}/many/a:v1"), format!("{host}/many/b:v1"), format!("{host}/many/none:v1"));
+    let (ra, rb, missing) = (
+        format!("{host}/many/a:v1"),
+        format!("{host}/many/b:v1"),
+        format!("{host}/many/none:v1"),
+    );
     let (out, results) = pull_json(&containerd, &host, &[], &[&ra, &missing, &rb]).await;
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(results.len(), 3);
@@ -348,16 +593,37 @@ async fn several_images_in_one_run_and_one_failure_does_not_stop_the_others() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_is_reported_before_touching_anything() {
-    let out = prepull(&["pull", "--containerd", "/nonexistent/containerd.sock", "Bad/Repo:tag"]).await;
+    let out = prepull(&[
+        "pull",
+        "--containerd",
+        "/nonexistent/containerd.sock",
+        "Bad/Repo:tag",
+    ])
+    .await;
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("Bad/Repo:tag") && stderr.contains("lowercase"), "{stderr}");
-    assert!(!stderr.contains("containerd.sock"), "reference checked first: {stderr}");
+    assert!(
+        stderr.contains("Bad/Repo:tag") && stderr.contains("lowercase"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("containerd.sock"),
+        "reference checked first: {stderr}"
+    );
 
-    let out = prepull(&["pull", "--containerd", "/nonexistent/containerd.sock", "busybox"]).await;
+    let out = prepull(&[
+        "pull",
+        "--containerd",
+        "/nonexistent/containerd.sock",
+        "busybox",
+    ])
+    .await;
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("/nonexistent/containerd.sock") && stderr.contains("--containerd"), "{stderr}");
+    assert!(
+        stderr.contains("/nonexistent/containerd.sock") && stderr.contains("--containerd"),
+        "{stderr}"
+    );
 
     let out = prepull(&["pull", "--platform", "linux", "busybox"]).await;
     assert_eq!(out.status.code(), Some(2));
@@ -369,7 +635,13 @@ async fn bad_input_is_reported_before_touching_anything() {
 #[tokio::test(flavor = "multi_thread")]
 async fn anonymous_bearer_token_challenge_is_answered() {
     let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
-    let image = push_image(&registry.host(), "public/app", "v1", &ImageSpec::new(&[16 * KIB, 8 * KIB])).await;
+    let image = push_image(
+        &registry.host(),
+        "public/app",
+        "v1",
+        &ImageSpec::new(&[16 * KIB, 8 * KIB]),
+    )
+    .await;
     let proxy = Proxy::start(&registry.host()).await;
     let host = proxy.host();
     let realm = format!("{}/token", proxy.url());
@@ -400,15 +672,43 @@ async fn anonymous_bearer_token_challenge_is_answered() {
     assert_eq!(results[0]["id"], image.config.digest.as_str());
 
     let records = proxy.records();
-    let tokens: Vec<_> = records.iter().filter(|r| r.path.starts_with("/token")).collect();
-    assert_eq!(tokens.len(), 1, "one token for the repository, shared by every request: {records:?}");
-    assert!(tokens[0].path.contains("scope=repository%3Apublic%2Fapp%3Apull"), "{}", tokens[0].path);
-    assert!(tokens[0].path.contains("service=bench-registry"), "{}", tokens[0].path);
-    assert!(tokens[0].authorization.is_none(), "anonymous: no credentials sent to the realm");
+    let tokens: Vec<_> = records
+        .iter()
+        .filter(|r| r.path.starts_with("/token"))
+        .collect();
+    assert_eq!(
+        tokens.len(),
+        1,
+        "one token for the repository, shared by every request: {records:?}"
+    );
+    assert!(
+        tokens[0]
+            .path
+            .contains("scope=repository%3Apublic%2Fapp%3Apull"),
+        "{}",
+        tokens[0].path
+    );
+    assert!(
+        tokens[0].path.contains("service=bench-registry"),
+        "{}",
+        tokens[0].path
+    );
+    assert!(
+        tokens[0].authorization.is_none(),
+        "anonymous: no credentials sent to the realm"
+    );
     let unauthorized = records.iter().filter(|r| r.status == 401).count();
-    assert_eq!(unauthorized, 1, "the challenge is learned once: {records:?}");
+    assert_eq!(
+        unauthorized, 1,
+        "the challenge is learned once: {records:?}"
+    );
     for r in records.iter().filter(|r| r.path.contains("/blobs/")) {
-        assert_eq!(r.authorization.as_deref(), Some("Bearer anon-token-1"), "{}", r.path);
+        assert_eq!(
+            r.authorization.as_deref(),
+            Some("Bearer anon-token-1"),
+            "{}",
+            r.path
+        );
         assert_eq!(r.status, 200);
     }
     support::cri::wait_for_image(containerd.socket(), &reference, CRI_WAIT).await;
@@ -419,7 +719,13 @@ async fn anonymous_bearer_token_challenge_is_answered() {
 #[tokio::test(flavor = "multi_thread")]
 async fn redirected_blobs_never_carry_the_registry_token_to_another_host() {
     let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
-    let image = push_image(&registry.host(), "redirect/app", "v1", &ImageSpec::new(&[64 * KIB])).await;
+    let image = push_image(
+        &registry.host(),
+        "redirect/app",
+        "v1",
+        &ImageSpec::new(&[64 * KIB]),
+    )
+    .await;
     let layer = image.layers[0].digest.clone();
     let storage = Proxy::start(&registry.host()).await; // the "S3" host
     let front = Proxy::start(&registry.host()).await;
@@ -434,17 +740,28 @@ async fn redirected_blobs_never_carry_the_registry_token_to_another_host() {
                 body: br#"{"token":"registry-token"}"#.to_vec(),
             };
         }
-        if req.headers.get("authorization").and_then(|v| v.to_str().ok()) != Some("Bearer registry-token") {
+        if req
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            != Some("Bearer registry-token")
+        {
             return support::Action::RespondWith {
                 status: 401,
-                headers: vec![("www-authenticate".into(), format!(r#"Bearer realm="{realm}",service="s""#))],
+                headers: vec![(
+                    "www-authenticate".into(),
+                    format!(r#"Bearer realm="{realm}",service="s""#),
+                )],
                 body: vec![],
             };
         }
         if req.path.ends_with(&layer) {
             return support::Action::RespondWith {
                 status: 307,
-                headers: vec![("location".into(), format!("{storage_url}{}?X-Amz-Signature=presigned", req.path))],
+                headers: vec![(
+                    "location".into(),
+                    format!("{storage_url}{}?X-Amz-Signature=presigned", req.path),
+                )],
                 body: vec![],
             };
         }
@@ -456,10 +773,16 @@ async fn redirected_blobs_never_carry_the_registry_token_to_another_host() {
     let at_storage = storage.records();
     assert_eq!(at_storage.len(), 1, "{at_storage:?}");
     assert!(at_storage[0].path.contains(&image.layers[0].digest));
-    assert_eq!(at_storage[0].authorization, None, "the token stayed with the registry");
+    assert_eq!(
+        at_storage[0].authorization, None,
+        "the token stayed with the registry"
+    );
     assert_eq!(at_storage[0].response_body_bytes, image.layers[0].size);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stderr.contains("X-Amz-Signature"), "presigned URLs stay out of messages: {stderr}");
+    assert!(
+        !stderr.contains("X-Amz-Signature"),
+        "presigned URLs stay out of messages: {stderr}"
+    );
 }
 
 /// Rate limits and outages: `429` with `Retry-After` and `503`s are waited out, then the pull
@@ -469,7 +792,13 @@ async fn rate_limits_and_503_storms_are_retried_then_reported() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
     let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
-    let image = push_image(&registry.host(), "busy/app", "v1", &ImageSpec::new(&[32 * KIB])).await;
+    let image = push_image(
+        &registry.host(),
+        "busy/app",
+        "v1",
+        &ImageSpec::new(&[32 * KIB]),
+    )
+    .await;
     let proxy = Proxy::start(&registry.host()).await;
     let host = proxy.host();
     let (manifests, blobs) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -478,12 +807,18 @@ async fn rate_limits_and_503_storms_are_retried_then_reported() {
         if req.path.contains("/manifests/") && m.fetch_add(1, Ordering::SeqCst) < 2 {
             return support::Action::RespondWith {
                 status: 429,
-                headers: vec![("retry-after".into(), "0".into()), ("ratelimit-remaining".into(), "0;w=21600".into())],
+                headers: vec![
+                    ("retry-after".into(), "0".into()),
+                    ("ratelimit-remaining".into(), "0;w=21600".into()),
+                ],
                 body: br#"{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}"#.to_vec(),
             };
         }
         if req.path.contains("/blobs/") && b.fetch_add(1, Ordering::SeqCst) < 2 {
-            return support::Action::Respond { status: 503, body: b"maintenance".to_vec() };
+            return support::Action::Respond {
+                status: 503,
+                body: b"maintenance".to_vec(),
+            };
         }
         support::Action::Forward
     });
@@ -491,8 +826,14 @@ async fn rate_limits_and_503_storms_are_retried_then_reported() {
     let (out, results) = pull_json(&containerd, &host, &[], &[&reference]).await;
     assert_success(&out);
     assert_eq!(results[0]["id"], image.config.digest.as_str());
-    assert!(manifests.load(Ordering::SeqCst) >= 3, "two 429s then success");
-    assert!(blobs.load(Ordering::SeqCst) >= 4, "two 503s then both blobs");
+    assert!(
+        manifests.load(Ordering::SeqCst) >= 3,
+        "two 429s then success"
+    );
+    assert!(
+        blobs.load(Ordering::SeqCst) >= 4,
+        "two 503s then both blobs"
+    );
 
     // A registry that never recovers: the error names the registry, the status and the code.
     proxy.set_hook(|req| {
@@ -506,14 +847,28 @@ async fn rate_limits_and_503_storms_are_retried_then_reported() {
             support::Action::Forward
         }
     });
-    let other = push_image(&registry.host(), "busy/other", "v1", &ImageSpec::new(&[8 * KIB])).await;
+    let other = push_image(
+        &registry.host(),
+        "busy/other",
+        "v1",
+        &ImageSpec::new(&[8 * KIB]),
+    )
+    .await;
     let reference = format!("{host}/busy/other:v1");
     let (out, results) = pull_json(&containerd, &host, &[], &[&reference]).await;
     assert_eq!(out.status.code(), Some(1));
     let error = results[0]["error"].as_str().unwrap();
-    assert!(error.contains(&host) && error.contains("429") && error.contains("rate limited"), "{error}");
+    assert!(
+        error.contains(&host) && error.contains("429") && error.contains("rate limited"),
+        "{error}"
+    );
     assert_eq!(results[0]["kind"], "rate-limited");
-    assert!(store(&containerd).await.image(&reference).await.unwrap().is_none());
+    assert!(store(&containerd)
+        .await
+        .image(&reference)
+        .await
+        .unwrap()
+        .is_none());
     let _ = other;
 }
 
@@ -524,7 +879,13 @@ async fn expired_token_403_is_renewed_and_head_405_falls_back_to_get() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
     let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
-    let image = push_image(&registry.host(), "ecr/app", "v1", &ImageSpec::new(&[16 * KIB, 16 * KIB])).await;
+    let image = push_image(
+        &registry.host(),
+        "ecr/app",
+        "v1",
+        &ImageSpec::new(&[16 * KIB, 16 * KIB]),
+    )
+    .await;
     let proxy = Proxy::start(&registry.host()).await;
     let host = proxy.host();
     let realm = format!("{}/token", proxy.url());
@@ -565,12 +926,25 @@ async fn expired_token_403_is_renewed_and_head_405_falls_back_to_get() {
     let (out, results) = pull_json(&containerd, &host, &[], &[&reference]).await;
     assert_success(&out);
     assert_eq!(results[0]["id"], image.config.digest.as_str());
-    assert!(expired_once.load(Ordering::SeqCst) >= 1, "the 403 was served");
-    assert!(issued.load(Ordering::SeqCst) >= 2, "a second token was fetched after the 403");
-    let records = proxy.records();
-    assert!(records.iter().any(|r| r.method == "HEAD" && r.status == 405), "HEAD was tried");
     assert!(
-        records.iter().any(|r| r.method == "GET" && r.path == "/v2/ecr/app/manifests/v1" && r.status == 200),
+        expired_once.load(Ordering::SeqCst) >= 1,
+        "the 403 was served"
+    );
+    assert!(
+        issued.load(Ordering::SeqCst) >= 2,
+        "a second token was fetched after the 403"
+    );
+    let records = proxy.records();
+    assert!(
+        records
+            .iter()
+            .any(|r| r.method == "HEAD" && r.status == 405),
+        "HEAD was tried"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r.method == "GET" && r.path == "/v2/ecr/app/manifests/v1" && r.status == 200),
         "then GET by tag: {records:?}"
     );
     assert!(records.iter().any(|r| r.status == 403));

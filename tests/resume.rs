@@ -18,8 +18,13 @@ const MIB: usize = 1 << 20;
 /// How far the layer's ingest (containerd's ref `layer-<digest>`, as containerd's own pull names
 /// it) has come.
 async fn ingest_offset(containerd: &Containerd, digest: &str) -> Option<u64> {
-    let store = Store::connect(containerd.socket(), "k8s.io").await.expect("connect");
-    store.ingest_offset(&format!("layer-{digest}")).await.expect("Content.Status")
+    let store = Store::connect(containerd.socket(), "k8s.io")
+        .await
+        .expect("connect");
+    store
+        .ingest_offset(&format!("layer-{digest}"))
+        .await
+        .expect("Content.Status")
 }
 
 fn layer_bytes(proxy: &Proxy, digest: &str) -> u64 {
@@ -49,7 +54,13 @@ fn prepull_args(containerd: &Containerd, host: &str, image: &str) -> Vec<String>
 #[tokio::test(flavor = "multi_thread")]
 async fn after_kill_9_the_next_run_fetches_only_the_missing_bytes() {
     let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
-    let image = push_image(&registry.host(), "resume/app", "v1", &ImageSpec::new(&[12 * MIB]).gzip_level(0)).await;
+    let image = push_image(
+        &registry.host(),
+        "resume/app",
+        "v1",
+        &ImageSpec::new(&[12 * MIB]).gzip_level(0),
+    )
+    .await;
     let layer = image.layers[0].clone();
     let proxy = Proxy::start(&registry.host()).await;
     let host = proxy.host();
@@ -59,7 +70,10 @@ async fn after_kill_9_the_next_run_fetches_only_the_missing_bytes() {
     let slow = layer.digest.clone();
     proxy.set_hook(move |req| {
         if req.path.ends_with(&slow) {
-            Action::Shape(Shape { bytes_per_sec: Some(4 * MIB as u64), cut_after: None })
+            Action::Shape(Shape {
+                bytes_per_sec: Some(4 * MIB as u64),
+                cut_after: None,
+            })
         } else {
             Action::Forward
         }
@@ -72,17 +86,29 @@ async fn after_kill_9_the_next_run_fetches_only_the_missing_bytes() {
         .expect("start prepull");
     let deadline = Deadline::after(Duration::from_secs(20));
     loop {
-        if ingest_offset(&containerd, &layer.digest).await.is_some_and(|o| o >= 3 * MIB as u64) {
+        if ingest_offset(&containerd, &layer.digest)
+            .await
+            .is_some_and(|o| o >= 3 * MIB as u64)
+        {
             break;
         }
-        assert!(!deadline.expired(), "the layer's ingest never reached 3 MiB");
+        assert!(
+            !deadline.expired(),
+            "the layer's ingest never reached 3 MiB"
+        );
         deadline.tick().await;
     }
     child.start_kill().expect("kill -9 prepull");
     child.wait().await.expect("reap prepull");
 
-    let left = ingest_offset(&containerd, &layer.digest).await.expect("the ingest survives the kill");
-    assert!(left > 0 && left < layer.size, "offset {left} of {}", layer.size);
+    let left = ingest_offset(&containerd, &layer.digest)
+        .await
+        .expect("the ingest survives the kill");
+    assert!(
+        left > 0 && left < layer.size,
+        "offset {left} of {}",
+        layer.size
+    );
     proxy.clear_hook();
     proxy.clear();
 
@@ -91,27 +117,47 @@ async fn after_kill_9_the_next_run_fetches_only_the_missing_bytes() {
         .output()
         .await
         .expect("run prepull");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
         layer_bytes(&proxy, &layer.digest),
         layer.size - left,
         "only the bytes after the ingest's offset are fetched again"
     );
     let result: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON result");
-    assert_eq!(result["bytes_fetched"], proxy.blob_bytes(), "prepull counts what crossed the wire");
+    assert_eq!(
+        result["bytes_fetched"],
+        proxy.blob_bytes(),
+        "prepull counts what crossed the wire"
+    );
 
     // containerd verified the whole blob at commit: it is there, complete, and CRI sees it.
     let check = containerd.ctr_ok(&["-n", "k8s.io", "images", "check"]);
-    let line = check.lines().find(|l| l.starts_with(&reference)).unwrap_or_else(|| panic!("{check}"));
+    let line = check
+        .lines()
+        .find(|l| l.starts_with(&reference))
+        .unwrap_or_else(|| panic!("{check}"));
     assert!(line.contains("complete"), "{line}");
-    assert!(ingest_offset(&containerd, &layer.digest).await.is_none(), "no ingest left");
+    assert!(
+        ingest_offset(&containerd, &layer.digest).await.is_none(),
+        "no ingest left"
+    );
     support::cri::wait_for_image(containerd.socket(), &reference, Duration::from_secs(20)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_connection_cut_mid_layer_resumes_in_the_same_run() {
     let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
-    let image = push_image(&registry.host(), "cut/app", "v1", &ImageSpec::new(&[6 * MIB, MIB]).gzip_level(0)).await;
+    let image = push_image(
+        &registry.host(),
+        "cut/app",
+        "v1",
+        &ImageSpec::new(&[6 * MIB, MIB]).gzip_level(0),
+    )
+    .await;
     let layer = image.layers[0].clone();
     let proxy = Proxy::start(&registry.host()).await;
     let host = proxy.host();
@@ -121,7 +167,10 @@ async fn a_connection_cut_mid_layer_resumes_in_the_same_run() {
     let (target, flag) = (layer.digest.clone(), cut_once.clone());
     proxy.set_hook(move |req| {
         if req.path.ends_with(&target) && !flag.swap(true, Ordering::SeqCst) {
-            Action::Shape(Shape { bytes_per_sec: None, cut_after: Some(2_500_000) })
+            Action::Shape(Shape {
+                bytes_per_sec: None,
+                cut_after: Some(2_500_000),
+            })
         } else {
             Action::Forward
         }
@@ -131,7 +180,11 @@ async fn a_connection_cut_mid_layer_resumes_in_the_same_run() {
         .output()
         .await
         .expect("run prepull");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(cut_once.load(Ordering::SeqCst), "the cut happened");
     let gets = proxy
         .records()
@@ -148,14 +201,23 @@ async fn a_connection_cut_mid_layer_resumes_in_the_same_run() {
         layer.size
     );
     let check = containerd.ctr_ok(&["-n", "k8s.io", "images", "check"]);
-    let line = check.lines().find(|l| l.starts_with(&reference)).unwrap_or_else(|| panic!("{check}"));
+    let line = check
+        .lines()
+        .find(|l| l.starts_with(&reference))
+        .unwrap_or_else(|| panic!("{check}"));
     assert!(line.contains("complete"), "{line}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_containerd_restart_mid_layer_does_not_restart_the_download() {
     let (mut containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
-    let image = push_image(&registry.host(), "crash/app", "v1", &ImageSpec::new(&[32 * MIB]).gzip_level(0)).await;
+    let image = push_image(
+        &registry.host(),
+        "crash/app",
+        "v1",
+        &ImageSpec::new(&[32 * MIB]).gzip_level(0),
+    )
+    .await;
     let layer = image.layers[0].clone();
     let proxy = Proxy::start(&registry.host()).await;
     let host = proxy.host();
@@ -163,7 +225,10 @@ async fn a_containerd_restart_mid_layer_does_not_restart_the_download() {
     let slow = layer.digest.clone();
     proxy.set_hook(move |req| {
         if req.path.ends_with(&slow) {
-            Action::Shape(Shape { bytes_per_sec: Some(8 * MIB as u64), cut_after: None })
+            Action::Shape(Shape {
+                bytes_per_sec: Some(8 * MIB as u64),
+                cut_after: None,
+            })
         } else {
             Action::Forward
         }
@@ -176,10 +241,16 @@ async fn a_containerd_restart_mid_layer_does_not_restart_the_download() {
         .expect("start prepull");
     let deadline = Deadline::after(Duration::from_secs(30));
     loop {
-        if ingest_offset(&containerd, &layer.digest).await.is_some_and(|o| o >= 16 * MIB as u64) {
+        if ingest_offset(&containerd, &layer.digest)
+            .await
+            .is_some_and(|o| o >= 16 * MIB as u64)
+        {
             break;
         }
-        assert!(!deadline.expired(), "the layer's ingest never reached 16 MiB");
+        assert!(
+            !deadline.expired(),
+            "the layer's ingest never reached 16 MiB"
+        );
         deadline.tick().await;
     }
     containerd.restart().await;
@@ -201,7 +272,10 @@ async fn a_containerd_restart_mid_layer_does_not_restart_the_download() {
         layer.size
     );
     let check = containerd.ctr_ok(&["-n", "k8s.io", "images", "check"]);
-    let line = check.lines().find(|l| l.starts_with(&reference)).unwrap_or_else(|| panic!("{check}"));
+    let line = check
+        .lines()
+        .find(|l| l.starts_with(&reference))
+        .unwrap_or_else(|| panic!("{check}"));
     assert!(line.contains("complete"), "{line}");
     support::cri::wait_for_image(containerd.socket(), &reference, Duration::from_secs(20)).await;
 }

@@ -46,7 +46,13 @@ fn collect_garbage(containerd: &Containerd) {
 async fn garbage_collection_keeps_every_blob_and_snapshot_of_a_pulled_image() {
     let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
     let host = registry.host();
-    let kept = push_image(&host, "gc/kept", "v1", &ImageSpec::new(&[40 * KIB, 20 * KIB])).await;
+    let kept = push_image(
+        &host,
+        "gc/kept",
+        "v1",
+        &ImageSpec::new(&[40 * KIB, 20 * KIB]),
+    )
+    .await;
     let dropped = push_image(&host, "gc/dropped", "v1", &ImageSpec::new(&[30 * KIB])).await;
     pull(&containerd, &host, &[], &format!("{host}/gc/kept:v1")).await;
     pull(&containerd, &host, &[], &format!("{host}/gc/dropped:v1")).await;
@@ -63,19 +69,36 @@ async fn garbage_collection_keeps_every_blob_and_snapshot_of_a_pulled_image() {
 
     let store = Store::connect(containerd.socket(), "k8s.io").await.unwrap();
     assert!(
-        store.info(&digest(&dropped.layers[0].digest)).await.unwrap().is_none(),
+        store
+            .info(&digest(&dropped.layers[0].digest))
+            .await
+            .unwrap()
+            .is_none(),
         "control: an unreferenced layer is collected"
     );
     let blobs = kept.layers.iter().chain([&kept.config, &kept.manifest]);
     for blob in blobs {
-        assert!(store.info(&digest(&blob.digest)).await.unwrap().is_some(), "blob {} survives GC", blob.digest);
+        assert!(
+            store.info(&digest(&blob.digest)).await.unwrap().is_some(),
+            "blob {} survives GC",
+            blob.digest
+        );
     }
     let diff_ids: Vec<Digest> = kept.diff_ids.iter().map(|d| digest(d)).collect();
     for chain in prepull::unpack::chain_ids(&diff_ids) {
-        assert!(store.snapshot_exists("native", &chain.to_string()).await.unwrap(), "snapshot {chain} survives GC");
+        assert!(
+            store
+                .snapshot_exists("native", &chain.to_string())
+                .await
+                .unwrap(),
+            "snapshot {chain} survives GC"
+        );
     }
     let check = containerd.ctr_ok(&["-n", "k8s.io", "images", "check"]);
-    let line = check.lines().find(|l| l.contains("gc/kept:v1")).unwrap_or_else(|| panic!("{check}"));
+    let line = check
+        .lines()
+        .find(|l| l.contains("gc/kept:v1"))
+        .unwrap_or_else(|| panic!("{check}"));
     assert!(line.contains("complete"), "{line}");
 }
 
@@ -94,24 +117,40 @@ async fn a_tag_that_moves_is_followed_and_the_old_digest_stays_addressable() {
 
     let store = Store::connect(containerd.socket(), "k8s.io").await.unwrap();
     let record = store.image(&reference).await.unwrap().expect("tag record");
-    assert_eq!(record.target.unwrap().digest, new.manifest.digest, "tag record updated in place");
+    assert_eq!(
+        record.target.unwrap().digest,
+        new.manifest.digest,
+        "tag record updated in place"
+    );
     let old_ref = format!("{host}/drift/app@{}", old.manifest.digest);
-    assert!(store.image(&old_ref).await.unwrap().is_some(), "old digest reference kept, like CRI");
+    assert!(
+        store.image(&old_ref).await.unwrap().is_some(),
+        "old digest reference kept, like CRI"
+    );
 
     // CRI follows the tag to the new image.
     let deadline = std::time::Instant::now() + CRI_WAIT;
     loop {
-        let status = support::cri::image_status(containerd.socket(), &reference).await.expect("present");
+        let status = support::cri::image_status(containerd.socket(), &reference)
+            .await
+            .expect("present");
         if status.id == new.config.digest {
             assert!(status.repo_tags.contains(&reference));
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "CRI still reports {} for {reference}", status.id);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "CRI still reports {} for {reference}",
+            status.id
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let old_status = support::cri::wait_for_image(containerd.socket(), &old_ref, CRI_WAIT).await;
     assert_eq!(old_status.id, old.config.digest);
-    assert!(!old_status.repo_tags.contains(&reference), "the tag left the old image");
+    assert!(
+        !old_status.repo_tags.contains(&reference),
+        "the tag left the old image"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -126,17 +165,40 @@ async fn pinned_images_carry_the_cri_pin_label_and_cri_lists_every_name() {
 
     let store = Store::connect(containerd.socket(), "k8s.io").await.unwrap();
     let digest_ref = format!("{host}/pin/app@{}", image.manifest.digest);
-    for name in [reference.as_str(), digest_ref.as_str(), image.config.digest.as_str()] {
+    for name in [
+        reference.as_str(),
+        digest_ref.as_str(),
+        image.config.digest.as_str(),
+    ] {
         let record = store.image(name).await.unwrap().expect("record");
-        assert_eq!(record.labels.get("io.cri-containerd.pinned").map(String::as_str), Some("pinned"), "{name}");
+        assert_eq!(
+            record
+                .labels
+                .get("io.cri-containerd.pinned")
+                .map(String::as_str),
+            Some("pinned"),
+            "{name}"
+        );
     }
-    let other = store.image(&format!("{host}/pin/other:v1")).await.unwrap().expect("record");
+    let other = store
+        .image(&format!("{host}/pin/other:v1"))
+        .await
+        .unwrap()
+        .expect("record");
     assert!(!other.labels.contains_key("io.cri-containerd.pinned"));
 
     support::cri::wait_for_image(containerd.socket(), &reference, CRI_WAIT).await;
-    support::cri::wait_for_image(containerd.socket(), &format!("{host}/pin/other:v1"), CRI_WAIT).await;
+    support::cri::wait_for_image(
+        containerd.socket(),
+        &format!("{host}/pin/other:v1"),
+        CRI_WAIT,
+    )
+    .await;
     let listed = support::cri::list_images(containerd.socket()).await;
-    let app = listed.iter().find(|i| i.id == image.config.digest).expect("ListImages has the image");
+    let app = listed
+        .iter()
+        .find(|i| i.id == image.config.digest)
+        .expect("ListImages has the image");
     assert_eq!(app.repo_tags, vec![reference.clone()]);
     assert_eq!(app.repo_digests, vec![digest_ref.clone()]);
     assert!(listed.iter().any(|i| i.id == plain.config.digest));
@@ -152,21 +214,48 @@ async fn pinned_images_carry_the_cri_pin_label_and_cri_lists_every_name() {
         .output()
         .await
         .expect("run prepull unpin");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("3 records"), "{}", String::from_utf8_lossy(&out.stdout));
-    for name in [reference.as_str(), digest_ref.as_str(), image.config.digest.as_str()] {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("3 records"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for name in [
+        reference.as_str(),
+        digest_ref.as_str(),
+        image.config.digest.as_str(),
+    ] {
         let record = store.image(name).await.unwrap().expect("record stays");
-        assert!(!record.labels.contains_key("io.cri-containerd.pinned"), "{name}");
+        assert!(
+            !record.labels.contains_key("io.cri-containerd.pinned"),
+            "{name}"
+        );
     }
     if containerd.series() >= support::containerd::Series::V1_7 {
         let deadline = std::time::Instant::now() + CRI_WAIT;
-        while support::cri::image_status(containerd.socket(), &reference).await.expect("present").pinned {
-            assert!(std::time::Instant::now() < deadline, "CRI still reports {reference} pinned");
+        while support::cri::image_status(containerd.socket(), &reference)
+            .await
+            .expect("present")
+            .pinned
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "CRI still reports {reference} pinned"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
-        .args(["unpin", "--containerd", &socket, &format!("{host}/pin/never:v1")])
+        .args([
+            "unpin",
+            "--containerd",
+            &socket,
+            &format!("{host}/pin/never:v1"),
+        ])
         .output()
         .await
         .expect("run prepull unpin");

@@ -44,11 +44,22 @@ pub enum Command {
 #[derive(Debug, clap::Args)]
 pub struct ContainerdArgs {
     /// containerd's gRPC socket.
-    #[arg(long = "containerd", value_name = "SOCKET", env = "CONTAINERD_ADDRESS", default_value = "/run/containerd/containerd.sock")]
+    #[arg(
+        long = "containerd",
+        value_name = "SOCKET",
+        env = "CONTAINERD_ADDRESS",
+        default_value = "/run/containerd/containerd.sock"
+    )]
     pub socket: std::path::PathBuf,
 
     /// containerd namespace; CRI and the kubelet use `k8s.io`.
-    #[arg(short = 'n', long, value_name = "NAMESPACE", env = "CONTAINERD_NAMESPACE", default_value = "k8s.io")]
+    #[arg(
+        short = 'n',
+        long,
+        value_name = "NAMESPACE",
+        env = "CONTAINERD_NAMESPACE",
+        default_value = "k8s.io"
+    )]
     pub namespace: String,
 }
 

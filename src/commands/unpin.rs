@@ -35,7 +35,10 @@ pub async fn run(args: UnpinArgs) -> anyhow::Result<ExitCode> {
     let mut missing = 0;
     for reference in &references {
         let Some(record) = store.image(&reference.to_string()).await? else {
-            eprintln!("error: {reference}: no such image on this node (namespace {})", args.containerd.namespace);
+            eprintln!(
+                "error: {reference}: no such image on this node (namespace {})",
+                args.containerd.namespace
+            );
             missing += 1;
             continue;
         };
@@ -57,11 +60,18 @@ pub async fn run(args: UnpinArgs) -> anyhow::Result<ExitCode> {
         }
         println!("unpinned {reference} ({unpinned} records)");
     }
-    Ok(if missing == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if missing == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// The image-ID record (`sha256:<config>`) of an image, found through its manifest.
-async fn config_names(store: &Store, record: &containerd_client::services::v1::Image) -> Vec<String> {
+async fn config_names(
+    store: &Store,
+    record: &containerd_client::services::v1::Image,
+) -> Vec<String> {
     let Some(target) = record.target.as_ref() else {
         return Vec::new();
     };
@@ -71,17 +81,24 @@ async fn config_names(store: &Store, record: &containerd_client::services::v1::I
     let Ok(bytes) = store.read_blob(&top, crate::oci::MAX_MANIFEST_BYTES).await else {
         return Vec::new();
     };
-    let manifests: Vec<crate::digest::Digest> = match crate::oci::Document::parse(&bytes, Some(&target.media_type)) {
-        Ok(crate::oci::Document::Manifest(m, _)) => return vec![m.config.digest.to_string()],
-        Ok(crate::oci::Document::Index(i, _)) => i.manifests.into_iter().map(|d| d.digest).collect(),
-        Err(_) => return Vec::new(),
-    };
+    let manifests: Vec<crate::digest::Digest> =
+        match crate::oci::Document::parse(&bytes, Some(&target.media_type)) {
+            Ok(crate::oci::Document::Manifest(m, _)) => return vec![m.config.digest.to_string()],
+            Ok(crate::oci::Document::Index(i, _)) => {
+                i.manifests.into_iter().map(|d| d.digest).collect()
+            }
+            Err(_) => return Vec::new(),
+        };
     let mut out = Vec::new();
     for digest in manifests {
-        let Ok(bytes) = store.read_blob(&digest, crate::oci::MAX_MANIFEST_BYTES).await else {
+        let Ok(bytes) = store
+            .read_blob(&digest, crate::oci::MAX_MANIFEST_BYTES)
+            .await
+        else {
             continue;
         };
-        if let Ok(crate::oci::Document::Manifest(m, _)) = crate::oci::Document::parse(&bytes, None) {
+        if let Ok(crate::oci::Document::Manifest(m, _)) = crate::oci::Document::parse(&bytes, None)
+        {
             out.push(m.config.digest.to_string());
         }
     }

@@ -49,7 +49,13 @@ pub struct Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: auths[{:?}]: {}", self.path.display(), self.key, self.message)
+        write!(
+            f,
+            "{}: auths[{:?}]: {}",
+            self.path.display(),
+            self.key,
+            self.message
+        )
     }
 }
 
@@ -73,7 +79,11 @@ pub type Entries = Vec<(String, Credential)>;
 /// Reads one credentials file or mounted-secret directory into entries, plus the entries it
 /// had to skip.
 pub fn load_auth_file(path: &Path) -> Result<(Entries, Vec<Problem>), AuthFileError> {
-    let file = if path.is_dir() { secret_file(path)? } else { path.to_path_buf() };
+    let file = if path.is_dir() {
+        secret_file(path)?
+    } else {
+        path.to_path_buf()
+    };
     let bytes = std::fs::read(&file).map_err(|source| AuthFileError::Io {
         path: file.clone(),
         source,
@@ -87,10 +97,15 @@ pub fn load_auth_file(path: &Path) -> Result<(Entries, Vec<Problem>), AuthFileEr
             "is empty: the secret was created without data; recreate it with `kubectl create secret docker-registry`".into(),
         ));
     }
-    let value: serde_json::Value = serde_json::from_slice(&bytes)
-        .map_err(|e| invalid(format!("is not valid JSON ({e}); expected a Docker config with an \"auths\" map")))?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+        invalid(format!(
+            "is not valid JSON ({e}); expected a Docker config with an \"auths\" map"
+        ))
+    })?;
     let serde_json::Value::Object(mut top) = value else {
-        return Err(invalid("is not a JSON object; expected a Docker config with an \"auths\" map".into()));
+        return Err(invalid(
+            "is not a JSON object; expected a Docker config with an \"auths\" map".into(),
+        ));
     };
     let auths = match top.remove("auths") {
         Some(serde_json::Value::Object(m)) => m,
@@ -150,19 +165,29 @@ fn secret_of(e: Entry) -> Result<Secret, String> {
     if let Some(auth) = e.auth.filter(|a| !a.is_empty()) {
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(auth.trim())
-            .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(auth.trim().trim_end_matches('=')))
-            .map_err(|_| "\"auth\" is not valid base64; it must be base64(\"username:password\")".to_string())?;
-        let decoded = String::from_utf8(decoded)
-            .map_err(|_| "\"auth\" does not decode to text; it must be base64(\"username:password\")".to_string())?;
-        let (username, password) = decoded
-            .split_once(':')
-            .ok_or_else(|| "\"auth\" decodes to a value without ':'; it must be base64(\"username:password\")".to_string())?;
+            .or_else(|_| {
+                base64::engine::general_purpose::STANDARD_NO_PAD
+                    .decode(auth.trim().trim_end_matches('='))
+            })
+            .map_err(|_| {
+                "\"auth\" is not valid base64; it must be base64(\"username:password\")".to_string()
+            })?;
+        let decoded = String::from_utf8(decoded).map_err(|_| {
+            "\"auth\" does not decode to text; it must be base64(\"username:password\")".to_string()
+        })?;
+        let (username, password) = decoded.split_once(':').ok_or_else(|| {
+            "\"auth\" decodes to a value without ':'; it must be base64(\"username:password\")"
+                .to_string()
+        })?;
         return Ok(Secret::Basic {
             username: username.to_string(),
             password: password.to_string(),
         });
     }
-    match (e.username.filter(|u| !u.is_empty()), e.password.filter(|p| !p.is_empty())) {
+    match (
+        e.username.filter(|u| !u.is_empty()),
+        e.password.filter(|p| !p.is_empty()),
+    ) {
         (Some(username), Some(password)) => Ok(Secret::Basic { username, password }),
         (Some(_), None) => Err("has a username but no password".into()),
         _ => Err("has no credentials (set \"auth\", or \"username\" and \"password\")".into()),
@@ -235,21 +260,55 @@ mod tests {
         );
         let path = write(dir.path(), "config.json", &text);
         let (entries, problems) = load_auth_file(&path).unwrap();
-        let by_key: BTreeMap<_, _> = entries.iter().map(|(k, c)| (k.as_str(), &c.secret)).collect();
+        let by_key: BTreeMap<_, _> = entries
+            .iter()
+            .map(|(k, c)| (k.as_str(), &c.secret))
+            .collect();
         assert_eq!(
             by_key["a.io"],
-            &Secret::Basic { username: "alice".into(), password: "pw-a:with:colons".into() }
+            &Secret::Basic {
+                username: "alice".into(),
+                password: "pw-a:with:colons".into()
+            }
         );
-        assert_eq!(by_key["b.io"], &Secret::Basic { username: "bob".into(), password: "pw-b".into() });
-        assert_eq!(by_key["c.io"], &Secret::Basic { username: "u".into(), password: "pw-c".into() });
+        assert_eq!(
+            by_key["b.io"],
+            &Secret::Basic {
+                username: "bob".into(),
+                password: "pw-b".into()
+            }
+        );
+        assert_eq!(
+            by_key["c.io"],
+            &Secret::Basic {
+                username: "u".into(),
+                password: "pw-c".into()
+            }
+        );
         assert!(matches!(by_key["d.io"], Secret::IdentityToken { .. }));
         assert_eq!(by_key["e.io"], &Secret::RegistryToken("reg-tok".into()));
-        assert_eq!(by_key["i.io"], &Secret::Basic { username: "x".into(), password: "".into() });
+        assert_eq!(
+            by_key["i.io"],
+            &Secret::Basic {
+                username: "x".into(),
+                password: "".into()
+            }
+        );
         let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(keys, ["f.io", "g.io", "h.io"]);
-        let all = problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n");
-        assert!(all.contains("config.json") && all.contains("base64") && all.contains("without ':'"), "{all}");
-        assert!(!all.contains("nocolon-secret") && !all.contains(&b64("nocolon-secret")), "{all}");
+        let all = problems
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            all.contains("config.json") && all.contains("base64") && all.contains("without ':'"),
+            "{all}"
+        );
+        assert!(
+            !all.contains("nocolon-secret") && !all.contains(&b64("nocolon-secret")),
+            "{all}"
+        );
     }
 
     #[test]
@@ -257,10 +316,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let secret = dir.path().join("mounted");
         std::fs::create_dir(&secret).unwrap();
-        write(&secret, ".dockercfg", &format!(r#"{{"reg.io:5000": {{"auth": "{}"}}}}"#, b64("u:p")));
+        write(
+            &secret,
+            ".dockercfg",
+            &format!(r#"{{"reg.io:5000": {{"auth": "{}"}}}}"#, b64("u:p")),
+        );
         let (entries, problems) = load_auth_file(&secret).unwrap();
         assert_eq!(entries[0].0, "reg.io:5000");
-        assert!(entries[0].1.source.ends_with(r#".dockercfg: auths["reg.io:5000"]"#), "{}", entries[0].1.source);
+        assert!(
+            entries[0]
+                .1
+                .source
+                .ends_with(r#".dockercfg: auths["reg.io:5000"]"#),
+            "{}",
+            entries[0].1.source
+        );
         assert!(problems.is_empty());
     }
 
@@ -272,15 +342,26 @@ mod tests {
         write(&opaque, "username", "u");
         write(&opaque, "password", "p");
         let err = load_auth_file(&opaque).unwrap_err().to_string();
-        assert!(err.contains("Opaque") && err.contains("kubernetes.io/dockerconfigjson") && err.contains("password, username"), "{err}");
+        assert!(
+            err.contains("Opaque")
+                && err.contains("kubernetes.io/dockerconfigjson")
+                && err.contains("password, username"),
+            "{err}"
+        );
 
         let empty = write(dir.path(), "empty.json", "\n");
         let err = load_auth_file(&empty).unwrap_err().to_string();
         assert!(err.contains("empty") && err.contains("empty.json"), "{err}");
 
         let garbage = write(dir.path(), "g.json", "{not json");
-        assert!(load_auth_file(&garbage).unwrap_err().to_string().contains("not valid JSON"));
+        assert!(load_auth_file(&garbage)
+            .unwrap_err()
+            .to_string()
+            .contains("not valid JSON"));
         let other = write(dir.path(), "o.json", r#"{"credsStore": "desktop"}"#);
-        assert!(load_auth_file(&other).unwrap_err().to_string().contains("no \"auths\""));
+        assert!(load_auth_file(&other)
+            .unwrap_err()
+            .to_string()
+            .contains("no \"auths\""));
     }
 }

@@ -133,7 +133,9 @@ fn is_default_registry(image: &str) -> bool {
     }
     match parts.next() {
         None => true,
-        Some(_) => first == "docker.io" || first == DEFAULT_REGISTRY_KEY || !first.contains(['.', ':']),
+        Some(_) => {
+            first == "docker.io" || first == DEFAULT_REGISTRY_KEY || !first.contains(['.', ':'])
+        }
     }
 }
 
@@ -216,10 +218,22 @@ mod tests {
 
     #[test]
     fn normalizes_keys_like_the_kubelet() {
-        assert_eq!(normalize_key("https://index.docker.io/v1/").as_deref(), Some("index.docker.io"));
-        assert_eq!(normalize_key("http://reg.io:5000/v2/").as_deref(), Some("reg.io:5000"));
-        assert_eq!(normalize_key("reg.io/team/").as_deref(), Some("reg.io/team/"));
-        assert_eq!(normalize_key("reg.io/v2/team").as_deref(), Some("reg.io/team"));
+        assert_eq!(
+            normalize_key("https://index.docker.io/v1/").as_deref(),
+            Some("index.docker.io")
+        );
+        assert_eq!(
+            normalize_key("http://reg.io:5000/v2/").as_deref(),
+            Some("reg.io:5000")
+        );
+        assert_eq!(
+            normalize_key("reg.io/team/").as_deref(),
+            Some("reg.io/team/")
+        );
+        assert_eq!(
+            normalize_key("reg.io/v2/team").as_deref(),
+            Some("reg.io/team")
+        );
         assert_eq!(normalize_key("reg.io/").as_deref(), Some("reg.io"));
         assert_eq!(normalize_key("https://"), None);
     }
@@ -233,37 +247,67 @@ mod tests {
             ("*.*.kubernetes.io", "prefix.sub.kubernetes.io/foo", true),
             ("*.io", "kubernetes.io/foo", true),
             ("*.io", "k8s.kubernetes.io/foo", false),
-            ("*-good.kubernetes.io", "prefix-good.kubernetes.io/foo", true),
-            ("*-good.kubernetes.io", "prefix-bad.kubernetes.io/foo", false),
+            (
+                "*-good.kubernetes.io",
+                "prefix-good.kubernetes.io/foo",
+                true,
+            ),
+            (
+                "*-good.kubernetes.io",
+                "prefix-bad.kubernetes.io/foo",
+                false,
+            ),
             ("prefix.*.io", "prefix.kubernetes.io/foo", true),
             ("prefix.*.io", "prefix.k8s.io/foo", true),
-            ("*.kubernetes.io:1111", "prefix.kubernetes.io:1111/foo", true),
-            ("*.kubernetes.io:1111", "prefix.kubernetes.io:2222/foo", false),
+            (
+                "*.kubernetes.io:1111",
+                "prefix.kubernetes.io:1111/foo",
+                true,
+            ),
+            (
+                "*.kubernetes.io:1111",
+                "prefix.kubernetes.io:2222/foo",
+                false,
+            ),
             ("*.kubernetes.io", "prefix.kubernetes.io:1111/foo", false),
             ("kubernetes.io:1111", "kubernetes.io/foo", false),
             ("reg.io/foo", "reg.io/foobar/baz", true),
             ("reg.io/foo", "reg.io/bar", false),
             ("reg.io/foo/bar", "reg.io/foo", false),
-            ("registry.example.com", "registry.example.com/any/path", true),
+            (
+                "registry.example.com",
+                "registry.example.com/any/path",
+                true,
+            ),
             ("[a-c]reg.io", "breg.io/x", true),
             ("[^a-c]reg.io", "breg.io/x", false),
             ("r?g.io", "reg.io/x", true),
         ];
         for (key, image, want) in cases {
-            assert_eq!(!found(&ring(&[key]), image).is_empty(), *want, "key {key} image {image}");
+            assert_eq!(
+                !found(&ring(&[key]), image).is_empty(),
+                *want,
+                "key {key} image {image}"
+            );
         }
     }
 
     #[test]
     fn more_specific_keys_first_and_all_matches_returned() {
         let k = ring(&["reg.io", "reg.io/team", "*.io", "other.io"]);
-        assert_eq!(found(&k, "reg.io/team/app"), ["reg.io/team", "reg.io", "*.io"]);
+        assert_eq!(
+            found(&k, "reg.io/team/app"),
+            ["reg.io/team", "reg.io", "*.io"]
+        );
     }
 
     #[test]
     fn docker_hub_falls_back_to_the_index_entry() {
         let k = ring(&["https://index.docker.io/v1/"]);
-        assert_eq!(found(&k, "docker.io/library/nginx"), ["https://index.docker.io/v1/"]);
+        assert_eq!(
+            found(&k, "docker.io/library/nginx"),
+            ["https://index.docker.io/v1/"]
+        );
         assert!(found(&k, "quay.io/x/y").is_empty());
         // A `docker.io` key matches directly.
         let k = ring(&["docker.io"]);

@@ -111,7 +111,11 @@ impl CredentialSource for Sources {
             let run = || plugins.lookup(image);
             let multi_thread = tokio::runtime::Handle::try_current()
                 .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-            out.extend(if multi_thread { tokio::task::block_in_place(run) } else { run() });
+            out.extend(if multi_thread {
+                tokio::task::block_in_place(run)
+            } else {
+                run()
+            });
         }
         out.extend(self.node.lookup(image));
         out

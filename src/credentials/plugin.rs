@@ -159,11 +159,18 @@ impl Plugins {
             }
             let default_cache = match p.default_cache_duration.as_deref() {
                 None => Duration::ZERO,
-                Some(d) => go_duration(d).ok_or_else(|| at(&format!("defaultCacheDuration {d:?} is not a duration like 12h or 90m")))?,
+                Some(d) => go_duration(d).ok_or_else(|| {
+                    at(&format!(
+                        "defaultCacheDuration {d:?} is not a duration like 12h or 90m"
+                    ))
+                })?,
             };
             let binary = bin_dir.join(&p.name);
             if !binary.is_file() {
-                return Err(at(&format!("plugin binary {} does not exist", binary.display())));
+                return Err(at(&format!(
+                    "plugin binary {} does not exist",
+                    binary.display()
+                )));
             }
             providers.push(Provider {
                 name: p.name.clone(),
@@ -185,14 +192,23 @@ impl Plugins {
     pub fn lookup(&self, image: &str) -> Vec<Arc<Credential>> {
         let mut out = Vec::new();
         for (i, provider) in self.providers.iter().enumerate() {
-            if !provider.match_images.iter().any(|m| urls_match(&super::keyring::normalize_key(m).unwrap_or_default(), image)) {
+            if !provider
+                .match_images
+                .iter()
+                .any(|m| urls_match(&super::keyring::normalize_key(m).unwrap_or_default(), image))
+            {
                 continue;
             }
             let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
             let registry = image.split('/').next().unwrap_or("").to_string();
             let hit = [image.to_string(), registry.clone(), String::new()]
                 .into_iter()
-                .find_map(|k| cache.get(&(i, k)).filter(|c| c.until > Instant::now()).map(|c| c.keyring.lookup(image)));
+                .find_map(|k| {
+                    cache
+                        .get(&(i, k))
+                        .filter(|c| c.until > Instant::now())
+                        .map(|c| c.keyring.lookup(image))
+                });
             if let Some(found) = hit {
                 out.extend(found);
                 continue;
@@ -213,7 +229,10 @@ impl Plugins {
                         (
                             k.clone(),
                             Credential {
-                                source: format!("credential provider {}: auth[{k:?}]", provider.name),
+                                source: format!(
+                                    "credential provider {}: auth[{k:?}]",
+                                    provider.name
+                                ),
                                 secret: Secret::Basic {
                                     username: a.username,
                                     password: a.password,
@@ -223,10 +242,18 @@ impl Plugins {
                     }));
                     out.extend(keyring.lookup(image));
                     if !ttl.is_zero() {
-                        cache.insert((i, key), Cached { keyring, until: Instant::now() + ttl });
+                        cache.insert(
+                            (i, key),
+                            Cached {
+                                keyring,
+                                until: Instant::now() + ttl,
+                            },
+                        );
                     }
                 }
-                Err(e) => tracing::warn!(provider = %provider.name, image, error = %e, "credential provider failed"),
+                Err(e) => {
+                    tracing::warn!(provider = %provider.name, image, error = %e, "credential provider failed")
+                }
             }
         }
         out
@@ -278,8 +305,14 @@ impl Provider {
                 response.api_version, response.kind
             ));
         }
-        if !matches!(response.cache_key_type.as_str(), "Image" | "Registry" | "Global") {
-            return Err(format!("invalid cacheKeyType {:?}", response.cache_key_type));
+        if !matches!(
+            response.cache_key_type.as_str(),
+            "Image" | "Registry" | "Global"
+        ) {
+            return Err(format!(
+                "invalid cacheKeyType {:?}",
+                response.cache_key_type
+            ));
         }
         Ok(response)
     }
@@ -299,7 +332,9 @@ fn go_duration(s: &str) -> Option<Duration> {
         let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
         let value: f64 = rest[..num_len].parse().ok()?;
         rest = &rest[num_len..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let secs = match &rest[..unit_len] {
             "h" => 3600.0,
             "m" => 60.0,

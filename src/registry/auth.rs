@@ -182,7 +182,10 @@ async fn fetch(
     let status = response.status();
     if !status.is_success() {
         return Err(fail(match status.as_u16() {
-            401 | 403 => format!("HTTP {}: the token server refused the credentials", status.as_u16()),
+            401 | 403 => format!(
+                "HTTP {}: the token server refused the credentials",
+                status.as_u16()
+            ),
             code => format!("HTTP {code}"),
         }));
     }

@@ -134,13 +134,17 @@ impl RegistryError {
             RegistryError::Network { .. } => "network",
             RegistryError::Status { status: 404, .. } => "not-found",
             RegistryError::Status { status: 429, .. } => "rate-limited",
-            RegistryError::Status { status: 401 | 403, .. } => "auth",
+            RegistryError::Status {
+                status: 401 | 403, ..
+            } => "auth",
             RegistryError::Status { status, .. } if *status >= 500 => "registry-unavailable",
             RegistryError::Status { .. } => "registry-error",
             RegistryError::Unauthorized { .. } | RegistryError::Token { .. } => "auth",
             RegistryError::Corrupt { .. } | RegistryError::DigestHeader { .. } => "corrupt",
             RegistryError::TooLarge { .. } | RegistryError::Document { .. } => "bad-manifest",
-            RegistryError::Client(_) | RegistryError::Hosts { .. } | RegistryError::TlsConfig { .. } => "config",
+            RegistryError::Client(_)
+            | RegistryError::Hosts { .. }
+            | RegistryError::TlsConfig { .. } => "config",
         }
     }
 

@@ -176,8 +176,16 @@ impl Hosts {
     /// The endpoints to try for `registry` (as written in image names), mirrors first and the
     /// registry itself last.
     pub fn endpoints(&self, registry: &str) -> Result<Vec<Endpoint>, HostsError> {
-        let api_host = if registry == DOCKER_HUB { DOCKER_HUB_API } else { registry };
-        let scheme = if self.plain_http.contains(registry) { "http" } else { "https" };
+        let api_host = if registry == DOCKER_HUB {
+            DOCKER_HUB_API
+        } else {
+            registry
+        };
+        let scheme = if self.plain_http.contains(registry) {
+            "http"
+        } else {
+            "https"
+        };
         let mut upstream = Endpoint {
             origin: format!("{scheme}://{api_host}"),
             api_path: "/v2".into(),
@@ -211,8 +219,11 @@ impl Hosts {
             let entry: HostEntry = value
                 .try_into()
                 .map_err(|e: toml::de::Error| invalid(format!("[host.{url:?}]: {e}")))?;
-            let mut endpoint = endpoint_from(&url, true).map_err(|m| invalid(format!("[host.{url:?}]: {m}")))?;
-            let caps = entry.capabilities.unwrap_or_else(|| vec!["pull".into(), "resolve".into()]);
+            let mut endpoint =
+                endpoint_from(&url, true).map_err(|m| invalid(format!("[host.{url:?}]: {m}")))?;
+            let caps = entry
+                .capabilities
+                .unwrap_or_else(|| vec!["pull".into(), "resolve".into()]);
             endpoint.pull = caps.iter().any(|c| c == "pull");
             endpoint.resolve = caps.iter().any(|c| c == "resolve");
             endpoint.tls = tls_of(&dir, entry.ca, entry.client, entry.skip_verify);
@@ -227,13 +238,16 @@ impl Hosts {
             out.push(endpoint);
         }
         if let Some(server) = parsed.server {
-            let mut e = endpoint_from(&server, false).map_err(|m| invalid(format!("server: {m}")))?;
+            let mut e =
+                endpoint_from(&server, false).map_err(|m| invalid(format!("server: {m}")))?;
             if parsed.override_path == Some(true) {
                 e.api_path = api_path_of(&server);
             }
             upstream = e;
         }
-        let caps = parsed.capabilities.unwrap_or_else(|| vec!["pull".into(), "resolve".into()]);
+        let caps = parsed
+            .capabilities
+            .unwrap_or_else(|| vec!["pull".into(), "resolve".into()]);
         upstream.pull = caps.iter().any(|c| c == "pull");
         upstream.resolve = caps.iter().any(|c| c == "resolve");
         upstream.tls = tls_of(&dir, parsed.ca, parsed.client, parsed.skip_verify);
@@ -252,12 +266,20 @@ impl Hosts {
         }
         candidates.push(registry.to_string());
         candidates.push("_default".to_string());
-        candidates.into_iter().map(|c| root.join(c)).find(|p| p.is_dir())
+        candidates
+            .into_iter()
+            .map(|c| root.join(c))
+            .find(|p| p.is_dir())
     }
 }
 
 /// TLS settings from a `hosts.toml` table; relative paths are relative to its directory.
-fn tls_of(dir: &Path, ca: Option<OneOrMany>, client: Option<ClientCerts>, skip_verify: Option<bool>) -> Tls {
+fn tls_of(
+    dir: &Path,
+    ca: Option<OneOrMany>,
+    client: Option<ClientCerts>,
+    skip_verify: Option<bool>,
+) -> Tls {
     let resolve = |p: PathBuf| if p.is_absolute() { p } else { dir.join(p) };
     Tls {
         ca_files: ca
@@ -358,9 +380,18 @@ mod tests {
         let e = hosts.endpoints("docker.io").unwrap();
         assert_eq!(e.len(), 1);
         assert_eq!(e[0].origin, "https://registry-1.docker.io");
-        assert_eq!(e[0].url("docker.io", "library/x", "manifests/1"), "https://registry-1.docker.io/v2/library/x/manifests/1");
-        let plain = Hosts { dir: None, plain_http: ["reg:5000".to_string()].into() };
-        assert_eq!(plain.endpoints("reg:5000").unwrap()[0].origin, "http://reg:5000");
+        assert_eq!(
+            e[0].url("docker.io", "library/x", "manifests/1"),
+            "https://registry-1.docker.io/v2/library/x/manifests/1"
+        );
+        let plain = Hosts {
+            dir: None,
+            plain_http: ["reg:5000".to_string()].into(),
+        };
+        assert_eq!(
+            plain.endpoints("reg:5000").unwrap()[0].origin,
+            "http://reg:5000"
+        );
     }
 
     #[test]
@@ -383,18 +414,34 @@ server = "https://registry-1.docker.io"
         );
         let e = hosts.endpoints("docker.io").unwrap();
         let origins: Vec<&str> = e.iter().map(|e| e.origin.as_str()).collect();
-        assert_eq!(origins, ["https://zz-mirror.local:5000", "http://aa-mirror.local", "https://registry-1.docker.io"]);
+        assert_eq!(
+            origins,
+            [
+                "https://zz-mirror.local:5000",
+                "http://aa-mirror.local",
+                "https://registry-1.docker.io"
+            ]
+        );
         assert!(e[0].mirror && e[0].resolve && e[0].pull);
         assert!(e[0].tls.ca_files[0].ends_with("docker.io/ca.pem"));
         assert!(!e[1].resolve && e[1].pull);
-        assert_eq!(e[1].url("docker.io", "library/x", "blobs/sha256:1"), "http://aa-mirror.local/base/v2/library/x/blobs/sha256:1?ns=docker.io");
-        assert_eq!(e[1].headers, vec![("x-team".into(), "a".into()), ("x-team".into(), "b".into())]);
+        assert_eq!(
+            e[1].url("docker.io", "library/x", "blobs/sha256:1"),
+            "http://aa-mirror.local/base/v2/library/x/blobs/sha256:1?ns=docker.io"
+        );
+        assert_eq!(
+            e[1].headers,
+            vec![("x-team".into(), "a".into()), ("x-team".into(), "b".into())]
+        );
         assert!(!e[2].mirror);
     }
 
     #[test]
     fn port_directories_and_default_fallback() {
-        let (_root, hosts) = hosts_with("reg_5000_", Some("server = \"https://reg:5000\"\nskip_verify = true\n"));
+        let (_root, hosts) = hosts_with(
+            "reg_5000_",
+            Some("server = \"https://reg:5000\"\nskip_verify = true\n"),
+        );
         let e = hosts.endpoints("reg:5000").unwrap();
         assert_eq!(e.len(), 1);
         assert!(e[0].tls.skip_verify);
@@ -413,14 +460,20 @@ server = "https://registry-1.docker.io"
         }
         let e = hosts.endpoints("reg.local").unwrap();
         assert_eq!(e[0].tls.ca_files, vec![d.join("ca.crt")]);
-        assert_eq!(e[0].tls.client, Some((d.join("client.cert"), Some(d.join("client.key")))));
+        assert_eq!(
+            e[0].tls.client,
+            Some((d.join("client.cert"), Some(d.join("client.key"))))
+        );
     }
 
     #[test]
     fn bad_files_name_the_file_and_the_problem() {
         let (_root, hosts) = hosts_with("reg.local", Some("[host.\"mirror.local\"]\n"));
         let err = hosts.endpoints("reg.local").unwrap_err().to_string();
-        assert!(err.contains("hosts.toml") && err.contains("scheme"), "{err}");
+        assert!(
+            err.contains("hosts.toml") && err.contains("scheme"),
+            "{err}"
+        );
         let (_root, hosts) = hosts_with("reg.local", Some("sever = \"https://x\"\n"));
         let err = hosts.endpoints("reg.local").unwrap_err().to_string();
         assert!(err.contains("hosts.toml") && err.contains("sever"), "{err}");

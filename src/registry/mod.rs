@@ -25,14 +25,13 @@ use reqwest::header::{
 use reqwest::{Method, StatusCode};
 
 pub use auth::Realm;
-pub use hosts::{Endpoint, Hosts, HostsError, Tls};
 pub use error::RegistryError;
+pub use hosts::{Endpoint, Hosts, HostsError, Tls};
 
 use crate::credentials::{Credential, CredentialSource, Secret};
 use crate::digest::{Digest, Verifier};
 use crate::oci::{self, Descriptor, Document};
 use crate::reference::{Reference, Target};
-
 
 /// How to reach registries.
 #[derive(Clone, Debug, Default)]
@@ -162,7 +161,9 @@ impl RegistryClient {
         let mut builder = client_builder(&self.options);
         for ca in &tls.ca_files {
             let pem = std::fs::read(ca).map_err(|e| fail(ca, e.to_string()))?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| fail(ca, e.to_string()))? {
+            for cert in
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| fail(ca, e.to_string()))?
+            {
                 builder = builder.add_root_certificate(cert);
             }
         }
@@ -172,7 +173,8 @@ impl RegistryClient {
                 pem.push(b'\n');
                 pem.extend(std::fs::read(key).map_err(|e| fail(key, e.to_string()))?);
             }
-            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| fail(cert, e.to_string()))?;
+            let identity =
+                reqwest::Identity::from_pem(&pem).map_err(|e| fail(cert, e.to_string()))?;
             builder = builder.identity(identity);
         }
         if tls.skip_verify {
@@ -206,9 +208,16 @@ impl RegistryClient {
         let action = format!("HEAD manifest {tag}");
         let suffix = format!("manifests/{tag}");
         match self
-            .send(reference, Need::Resolve, &action, Method::HEAD, &suffix, |h| {
-                h.insert(ACCEPT, HeaderValue::from_static(oci::MANIFEST_ACCEPT));
-            })
+            .send(
+                reference,
+                Need::Resolve,
+                &action,
+                Method::HEAD,
+                &suffix,
+                |h| {
+                    h.insert(ACCEPT, HeaderValue::from_static(oci::MANIFEST_ACCEPT));
+                },
+            )
             .await
         {
             Ok(response) => Ok(response
@@ -217,7 +226,10 @@ impl RegistryClient {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok())),
             // HEAD answers carry no error body: let a GET fetch the registry's explanation.
-            Err(RegistryError::Status { status: 404 | 405 | 400 | 501, .. }) => Ok(None),
+            Err(RegistryError::Status {
+                status: 404 | 405 | 400 | 501,
+                ..
+            }) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -228,8 +240,12 @@ impl RegistryClient {
         reference: &Reference,
         digest: &Digest,
     ) -> Result<FetchedManifest, RegistryError> {
-        self.manifest_at(reference, &digest.to_string(), &Target::Digest(digest.clone()))
-            .await
+        self.manifest_at(
+            reference,
+            &digest.to_string(),
+            &Target::Digest(digest.clone()),
+        )
+        .await
     }
 
     async fn manifest_at(
@@ -276,7 +292,11 @@ impl RegistryClient {
             return Err(too_large());
         }
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| network(registry, &action, e))? {
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| network(registry, &action, e))?
+        {
             body.extend_from_slice(&chunk);
             if body.len() as u64 > oci::MAX_MANIFEST_BYTES {
                 return Err(too_large());
@@ -463,7 +483,10 @@ impl RegistryClient {
             let candidate = candidates[i].as_deref();
             let who = candidate.map_or_else(|| "anonymous".to_string(), |c| c.source.clone());
             let scheme = auth::lock(&self.schemes).get(registry).cloned();
-            let authorization = match self.authorization(&http, registry, &scope, scheme.as_ref(), candidate).await {
+            let authorization = match self
+                .authorization(&http, registry, &scope, scheme.as_ref(), candidate)
+                .await
+            {
                 Ok(a) => a,
                 Err(e @ RegistryError::Token { .. }) => {
                     tried.push(format!("{who}: {e}"));
@@ -509,9 +532,16 @@ impl RegistryClient {
                             .iter()
                             .filter_map(|v| v.to_str().ok()),
                     );
-                    let offered = challenges.iter().find_map(Realm::from_challenge).map(Scheme::Bearer).or_else(
-                        || challenges.iter().any(|c| c.scheme == "basic").then_some(Scheme::Basic),
-                    );
+                    let offered = challenges
+                        .iter()
+                        .find_map(Realm::from_challenge)
+                        .map(Scheme::Bearer)
+                        .or_else(|| {
+                            challenges
+                                .iter()
+                                .any(|c| c.scheme == "basic")
+                                .then_some(Scheme::Basic)
+                        });
                     let insufficient = challenges
                         .iter()
                         .any(|c| c.param("error") == Some("insufficient_scope"));
@@ -583,7 +613,10 @@ impl RegistryClient {
             (_, None) => None,
             (Some(Secret::Basic { username, password }), Some(Scheme::Basic)) => {
                 let pair = format!("{username}:{password}");
-                Some(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair)))
+                Some(format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(pair)
+                ))
             }
             (_, Some(Scheme::Basic)) => None,
             (_, Some(Scheme::Bearer(realm))) => Some(
@@ -621,12 +654,20 @@ impl RegistryClient {
                 Ok(r) => {
                     self.note_rate_limit(registry, r.headers());
                     let status = r.status();
-                    let transient = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
+                    let transient =
+                        status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
                     if !transient || last {
                         return Ok(r);
                     }
                     let wait = retry_after(r.headers()).unwrap_or_else(|| jitter(delay));
-                    tracing::warn!(registry, action, status = status.as_u16(), attempt, wait_ms = wait.as_millis() as u64, "registry busy; retrying");
+                    tracing::warn!(
+                        registry,
+                        action,
+                        status = status.as_u16(),
+                        attempt,
+                        wait_ms = wait.as_millis() as u64,
+                        "registry busy; retrying"
+                    );
                     tokio::time::sleep(wait.min(MAX_RETRY_AFTER)).await;
                 }
                 Err(e) if !last && (e.is_connect() || e.is_timeout() || e.is_request()) => {
@@ -688,7 +729,10 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         return Some(Duration::from_secs(secs));
     }
     let when = httpdate::parse_http_date(v).ok()?;
-    Some(when.duration_since(std::time::SystemTime::now()).unwrap_or_default())
+    Some(
+        when.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
 }
 
 fn unauthorized(reference: &Reference, tried: &[String]) -> RegistryError {
@@ -753,7 +797,10 @@ async fn status_error(
             detail: format!(
                 "HTTP {status}{}{}",
                 code.as_ref().map(|c| format!(" {c}")).unwrap_or_default(),
-                message.as_ref().map(|m| format!(": {m}")).unwrap_or_default()
+                message
+                    .as_ref()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default()
             ),
         };
     }
@@ -830,25 +877,25 @@ impl Stream for VerifiedBody {
 /// The settings every registry connection shares.
 fn client_builder(options: &Options) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
-            .user_agent(concat!("prepull/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(30))
-            .read_timeout(Duration::from_secs(120))
-            .pool_max_idle_per_host(options.pool_per_host.unwrap_or(32))
-            .http2_adaptive_window(true)
-            // Blob redirects (to S3, a CDN) are followed afresh on every request, so presigned
-            // URLs are never reused; reqwest drops `Authorization` when the host changes, and
-            // a downgrade from HTTPS to plain HTTP is refused.
-            .redirect(reqwest::redirect::Policy::custom(|attempt| {
-                let downgrade = attempt.url().scheme() == "http"
-                    && attempt.previous().iter().any(|u| u.scheme() == "https");
-                if downgrade {
-                    attempt.error("refusing a redirect from HTTPS to plain HTTP")
-                } else if attempt.previous().len() > 10 {
-                    attempt.error("more than 10 redirects")
-                } else {
-                    attempt.follow()
-                }
-            }))
+        .user_agent(concat!("prepull/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(30))
+        .read_timeout(Duration::from_secs(120))
+        .pool_max_idle_per_host(options.pool_per_host.unwrap_or(32))
+        .http2_adaptive_window(true)
+        // Blob redirects (to S3, a CDN) are followed afresh on every request, so presigned
+        // URLs are never reused; reqwest drops `Authorization` when the host changes, and
+        // a downgrade from HTTPS to plain HTTP is refused.
+        .redirect(reqwest::redirect::Policy::custom(|attempt| {
+            let downgrade = attempt.url().scheme() == "http"
+                && attempt.previous().iter().any(|u| u.scheme() == "https");
+            if downgrade {
+                attempt.error("refusing a redirect from HTTPS to plain HTTP")
+            } else if attempt.previous().len() > 10 {
+                attempt.error("more than 10 redirects")
+            } else {
+                attempt.follow()
+            }
+        }))
 }
 
 #[cfg(test)]
@@ -862,11 +909,24 @@ mod tests {
         h.insert(RETRY_AFTER, HeaderValue::from_static("7"));
         assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
         let later = std::time::SystemTime::now() + Duration::from_secs(30);
-        h.insert(RETRY_AFTER, HeaderValue::from_str(&httpdate::fmt_http_date(later)).unwrap());
+        h.insert(
+            RETRY_AFTER,
+            HeaderValue::from_str(&httpdate::fmt_http_date(later)).unwrap(),
+        );
         let d = retry_after(&h).unwrap();
-        assert!(d > Duration::from_secs(25) && d <= Duration::from_secs(30), "{d:?}");
-        h.insert(RETRY_AFTER, HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"));
-        assert_eq!(retry_after(&h), Some(Duration::ZERO), "a date in the past means now");
+        assert!(
+            d > Duration::from_secs(25) && d <= Duration::from_secs(30),
+            "{d:?}"
+        );
+        h.insert(
+            RETRY_AFTER,
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(
+            retry_after(&h),
+            Some(Duration::ZERO),
+            "a date in the past means now"
+        );
         h.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
         assert_eq!(retry_after(&h), None);
     }

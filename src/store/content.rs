@@ -45,7 +45,12 @@ impl Store {
     pub async fn info(&self, digest: &Digest) -> Result<Option<Info>, StoreError> {
         let mut client = ContentClient::new(self.channel.clone());
         match client
-            .info(self.request(InfoRequest { digest: digest.to_string() }, None))
+            .info(self.request(
+                InfoRequest {
+                    digest: digest.to_string(),
+                },
+                None,
+            ))
             .await
         {
             Ok(r) => Ok(r.into_inner().info),
@@ -133,7 +138,11 @@ impl Store {
         };
         let op = "Content.Write";
         if tx.send(stat).await.is_err() {
-            return Err(StoreError::rpc(op, reference, tonic::Status::internal("stream closed")));
+            return Err(StoreError::rpc(
+                op,
+                reference,
+                tonic::Status::internal("stream closed"),
+            ));
         }
         let mut client = ContentClient::new(self.channel.clone());
         let mut responses = match client
@@ -194,7 +203,12 @@ impl Store {
     pub async fn abort(&self, reference: &str) -> Result<(), StoreError> {
         let mut client = ContentClient::new(self.channel.clone());
         match client
-            .abort(self.request(AbortRequest { r#ref: reference.to_string() }, None))
+            .abort(self.request(
+                AbortRequest {
+                    r#ref: reference.to_string(),
+                },
+                None,
+            ))
             .await
         {
             Ok(_) => Ok(()),

@@ -69,7 +69,11 @@ pub enum StoreError {
 
 impl StoreError {
     /// Maps a gRPC status from `op` on `what`.
-    pub(crate) fn rpc(op: &'static str, what: impl Into<String>, status: tonic::Status) -> StoreError {
+    pub(crate) fn rpc(
+        op: &'static str,
+        what: impl Into<String>,
+        status: tonic::Status,
+    ) -> StoreError {
         let what = what.into();
         match status.code() {
             tonic::Code::NotFound => StoreError::NotFound { op, what },
@@ -84,7 +88,8 @@ impl StoreError {
                 message: status.message().to_string(),
             },
             tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
-                if is_transport_failure(status.message()) || status.code() == tonic::Code::Unavailable =>
+                if is_transport_failure(status.message())
+                    || status.code() == tonic::Code::Unavailable =>
             {
                 StoreError::Disconnected {
                     op,
@@ -129,9 +134,15 @@ impl StoreError {
 /// words; those are worth a retry, unlike a real `Unknown` from containerd.
 fn is_transport_failure(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
-    ["h2 protocol error", "transport error", "connection", "broken pipe", "stream closed"]
-        .iter()
-        .any(|needle| m.contains(needle))
+    [
+        "h2 protocol error",
+        "transport error",
+        "connection",
+        "broken pipe",
+        "stream closed",
+    ]
+    .iter()
+    .any(|needle| m.contains(needle))
 }
 
 #[cfg(test)]
@@ -140,11 +151,23 @@ mod tests {
 
     #[test]
     fn broken_connections_are_retryable_real_errors_are_not() {
-        let e = StoreError::rpc("Content.Write", "x", tonic::Status::unknown("h2 protocol error: error reading a body from connection"));
+        let e = StoreError::rpc(
+            "Content.Write",
+            "x",
+            tonic::Status::unknown("h2 protocol error: error reading a body from connection"),
+        );
         assert!(matches!(e, StoreError::Disconnected { .. }) && e.is_retryable());
-        let e = StoreError::rpc("Diff.Apply", "x", tonic::Status::unknown("failed to extract layer: invalid tar header"));
+        let e = StoreError::rpc(
+            "Diff.Apply",
+            "x",
+            tonic::Status::unknown("failed to extract layer: invalid tar header"),
+        );
         assert!(matches!(e, StoreError::Rpc { .. }) && !e.is_retryable());
-        let e = StoreError::rpc("Content.Write", "x", tonic::Status::unavailable("ref layer-x locked for 1s"));
+        let e = StoreError::rpc(
+            "Content.Write",
+            "x",
+            tonic::Status::unavailable("ref layer-x locked for 1s"),
+        );
         assert!(matches!(e, StoreError::Busy { .. }));
     }
 }

@@ -27,7 +27,12 @@ impl Store {
     pub async fn image(&self, name: &str) -> Result<Option<Image>, StoreError> {
         let mut client = ImagesClient::new(self.channel.clone());
         match client
-            .get(self.request(GetImageRequest { name: name.to_string() }, None))
+            .get(self.request(
+                GetImageRequest {
+                    name: name.to_string(),
+                },
+                None,
+            ))
             .await
         {
             Ok(r) => Ok(r.into_inner().image),

@@ -56,12 +56,13 @@ impl Store {
         {
             return Err(StoreError::InvalidNamespace(namespace.to_string()));
         }
-        let channel = containerd_client::connect(socket)
-            .await
-            .map_err(|source| StoreError::Connect {
-                socket: socket.to_path_buf(),
-                source,
-            })?;
+        let channel =
+            containerd_client::connect(socket)
+                .await
+                .map_err(|source| StoreError::Connect {
+                    socket: socket.to_path_buf(),
+                    source,
+                })?;
         let store = Store {
             channel,
             namespace: namespace.to_string(),
@@ -83,12 +84,15 @@ impl Store {
 
     /// containerd's version string.
     pub async fn version(&self) -> Result<String, StoreError> {
-        let mut client =
-            containerd_client::services::v1::version_client::VersionClient::new(self.channel.clone());
+        let mut client = containerd_client::services::v1::version_client::VersionClient::new(
+            self.channel.clone(),
+        );
         let response = client
             .version(self.request((), None))
             .await
-            .map_err(|status| StoreError::rpc("Version", self.socket.display().to_string(), status))?;
+            .map_err(|status| {
+                StoreError::rpc("Version", self.socket.display().to_string(), status)
+            })?;
         Ok(response.into_inner().version)
     }
 

@@ -25,7 +25,11 @@ impl Store {
         match client.stat(self.request(request, None)).await {
             Ok(_) => Ok(true),
             Err(s) if s.code() == tonic::Code::NotFound => Ok(false),
-            Err(s) => Err(StoreError::rpc("Snapshots.Stat", snapshot_what(snapshotter, key), s)),
+            Err(s) => Err(StoreError::rpc(
+                "Snapshots.Stat",
+                snapshot_what(snapshotter, key),
+                s,
+            )),
         }
     }
 
@@ -49,7 +53,11 @@ impl Store {
         match client.prepare(self.request(request, Some(lease))).await {
             Ok(r) => Ok(Some(r.into_inner().mounts)),
             Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(None),
-            Err(s) => Err(StoreError::rpc("Snapshots.Prepare", snapshot_what(snapshotter, key), s)),
+            Err(s) => Err(StoreError::rpc(
+                "Snapshots.Prepare",
+                snapshot_what(snapshotter, key),
+                s,
+            )),
         }
     }
 
@@ -73,7 +81,11 @@ impl Store {
         match client.commit(self.request(request, Some(lease))).await {
             Ok(_) => Ok(true),
             Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(false),
-            Err(s) => Err(StoreError::rpc("Snapshots.Commit", snapshot_what(snapshotter, name), s)),
+            Err(s) => Err(StoreError::rpc(
+                "Snapshots.Commit",
+                snapshot_what(snapshotter, name),
+                s,
+            )),
         }
     }
 
@@ -87,7 +99,11 @@ impl Store {
         match client.remove(self.request(request, None)).await {
             Ok(_) => Ok(()),
             Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
-            Err(s) => Err(StoreError::rpc("Snapshots.Remove", snapshot_what(snapshotter, key), s)),
+            Err(s) => Err(StoreError::rpc(
+                "Snapshots.Remove",
+                snapshot_what(snapshotter, key),
+                s,
+            )),
         }
     }
 
@@ -121,7 +137,11 @@ impl Store {
             .into_inner()
             .applied
             .ok_or_else(|| {
-                StoreError::rpc("Diff.Apply", &what, tonic::Status::internal("no applied descriptor"))
+                StoreError::rpc(
+                    "Diff.Apply",
+                    &what,
+                    tonic::Status::internal("no applied descriptor"),
+                )
             })?;
         applied.digest.parse().map_err(|e| {
             StoreError::rpc(

@@ -423,7 +423,10 @@ impl Containerd {
         self.kill();
         let config = self.dir.path().join("config.toml");
         let log = self.dir.path().join("containerd.restart.log");
-        self.child = Some(process::spawn_logged(daemon_command(&self.install, &config), &log));
+        self.child = Some(process::spawn_logged(
+            daemon_command(&self.install, &config),
+            &log,
+        ));
         self.log = log;
         self.wait_ready().await;
     }
@@ -595,7 +598,10 @@ impl Containerd {
 /// The daemon's command line for `config`, with the release's own shim first in `PATH`.
 fn daemon_command(install: &Install, config: &Path) -> Command {
     let mut cmd = Command::new(&install.containerd);
-    cmd.arg("--config").arg(config).arg("--log-level").arg("info");
+    cmd.arg("--config")
+        .arg(config)
+        .arg("--log-level")
+        .arg("info");
     if let Some(bin_dir) = &install.bin_dir {
         // containerd looks its shim up in PATH: it must start its own release's shim, not the
         // system's.
