@@ -94,6 +94,26 @@ async fn basic_auth_registry_with_auth_file_and_clear_errors_without() {
         "{t}"
     );
 
+    // A key without the port can never match: the error says so.
+    let no_port = auth_file(
+        dir.path(),
+        "no-port.json",
+        &[("127.0.0.1", basic("alice", "alice-pw"))],
+    );
+    let out = prepull(
+        &containerd,
+        &host,
+        &["--auth-file", no_port.to_str().unwrap()],
+        &reference,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let t = text(&out);
+    assert!(
+        t.contains("\"127.0.0.1\" has no port") && t.contains("ports must match exactly"),
+        "{t}"
+    );
+
     // A wrong password: the error names the registry and the file and key it came from.
     let wrong = auth_file(dir.path(), "wrong.json", &[(&host, basic("alice", "nope"))]);
     let out = prepull(

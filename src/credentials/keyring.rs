@@ -74,6 +74,45 @@ impl Keyring {
     }
 }
 
+impl Keyring {
+    /// Keys that look meant for `image` but cannot match it, each with the reason: the same
+    /// host with another port (or none), or the same host with a path that is not a prefix.
+    pub fn near_misses(&self, image: &str) -> Vec<String> {
+        let (target_host, target_port, target_path) = split(image);
+        let mut out = Vec::new();
+        for key in self.layers.iter().flat_map(BTreeMap::keys) {
+            if urls_match(key, image) {
+                continue;
+            }
+            let (host, port, path) = split(key);
+            if host != target_host {
+                continue;
+            }
+            let shown = |p: &str| {
+                if p.is_empty() {
+                    "no port".to_string()
+                } else {
+                    format!("port {p}")
+                }
+            };
+            if port != target_port {
+                out.push(format!(
+                    "key {key:?} has {} but the image has {}: ports must match exactly",
+                    shown(port),
+                    shown(target_port)
+                ));
+            } else if !target_path.starts_with(path) {
+                out.push(format!(
+                    "key {key:?} is for path {path:?}, which {image} is not under"
+                ));
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
 /// `https://index.docker.io/v1/` -> `index.docker.io`; `reg.io:5000/team` -> `reg.io:5000/team`.
 pub(super) fn normalize_key(key: &str) -> Option<String> {
     let rest = key
@@ -321,6 +360,22 @@ mod tests {
         pod.extend(node);
         // Pod secrets first even though the node's key is more specific.
         assert_eq!(found(&pod, "reg.io/team/app"), ["reg.io", "reg.io/team"]);
+    }
+
+    #[test]
+    fn near_misses_explain_why_a_key_does_not_apply() {
+        let k = ring(&["localhost", "reg.io:443", "reg.io/other", "elsewhere.io"]);
+        let m = k.near_misses("localhost:5000/app");
+        assert_eq!(m.len(), 1);
+        assert!(
+            m[0].contains("\"localhost\"") && m[0].contains("port 5000"),
+            "{m:?}"
+        );
+        let m = k.near_misses("reg.io/team/app");
+        assert_eq!(m.len(), 2, "{m:?}");
+        assert!(m.iter().any(|x| x.contains("port 443")));
+        assert!(m.iter().any(|x| x.contains("/other")));
+        assert!(k.near_misses("elsewhere.io/x").is_empty());
     }
 
     #[test]

@@ -89,6 +89,11 @@ pub trait CredentialSource: Send + Sync {
     /// Every credential matching `image` (`registry/repository`, normalized), in the order the
     /// kubelet would try them. Empty: pull anonymously.
     fn lookup(&self, image: &str) -> Vec<Arc<Credential>>;
+
+    /// Why configured credentials do not apply to `image`, when some look meant for it.
+    fn near_misses(&self, _image: &str) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// All credential sources of a run, in the order they are tried: explicit files (like pod pull
@@ -120,11 +125,21 @@ impl CredentialSource for Sources {
         out.extend(self.node.lookup(image));
         out
     }
+
+    fn near_misses(&self, image: &str) -> Vec<String> {
+        let mut out = self.files.near_misses(image);
+        out.extend(self.node.near_misses(image));
+        out
+    }
 }
 
 impl CredentialSource for Keyring {
     fn lookup(&self, image: &str) -> Vec<Arc<Credential>> {
         Keyring::lookup(self, image)
+    }
+
+    fn near_misses(&self, image: &str) -> Vec<String> {
+        Keyring::near_misses(self, image)
     }
 }
 

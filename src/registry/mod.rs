@@ -563,10 +563,22 @@ impl RegistryClient {
                             continue;
                         }
                         (None, _) => tried.push(format!("{who}: HTTP 401 without a usable challenge")),
-                        (Some(Scheme::Basic), None) => tried.push(format!(
-                            "{who}: the registry asks for Basic credentials and none matched {}",
-                            reference.name()
-                        )),
+                        (Some(Scheme::Basic), None) => {
+                            let misses = self.credentials.near_misses(&lookup);
+                            tried.push(format!(
+                                "{who}: the registry asks for Basic credentials and none matched {}{}",
+                                reference.name(),
+                                if misses.is_empty() { String::new() } else { format!(" ({})", misses.join("; ")) }
+                            ))
+                        }
+                        _ if insufficient && candidate.is_none() => {
+                            let misses = self.credentials.near_misses(&lookup);
+                            tried.push(format!(
+                                "{who}: HTTP 401 insufficient_scope (the repository does not exist, or it needs credentials and none matched {}{})",
+                                reference.name(),
+                                if misses.is_empty() { String::new() } else { format!(": {}", misses.join("; ")) }
+                            ))
+                        }
                         _ if insufficient => tried.push(format!(
                             "{who}: HTTP 401 insufficient_scope (the repository does not exist, or these credentials may not pull it)"
                         )),
