@@ -41,7 +41,7 @@ impl Default for PullOptions {
     fn default() -> Self {
         PullOptions {
             platform: Platform::host(),
-            max_concurrent_downloads: NonZeroUsize::new(8).expect("non-zero"),
+            max_concurrent_downloads: NonZeroUsize::MIN.saturating_add(7),
             lease_expiry: Duration::from_secs(24 * 3600),
             unpack: Some("overlayfs".to_string()),
             pin: false,

@@ -8,8 +8,6 @@
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use sha2::{Digest as _, Sha256};
-
 use crate::digest::Digest;
 use crate::oci::Descriptor;
 use crate::store::{Lease, Store, StoreError};
@@ -54,12 +52,7 @@ pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
     for diff in diff_ids {
         let next = match out.last() {
             None => diff.clone(),
-            Some(parent) => {
-                let hex = hex::encode(Sha256::digest(format!("{parent} {diff}").as_bytes()));
-                format!("sha256:{hex}")
-                    .parse()
-                    .expect("a sha256 hex string is a valid digest")
-            }
+            Some(parent) => Digest::sha256(format!("{parent} {diff}").as_bytes()),
         };
         out.push(next);
     }

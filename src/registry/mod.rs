@@ -264,7 +264,7 @@ impl RegistryClient {
         };
         let mut response = self
             .send(reference, need, &action, Method::GET, &suffix, |h| {
-                h.insert(ACCEPT, oci::MANIFEST_ACCEPT.parse().expect("static header"));
+                h.insert(ACCEPT, HeaderValue::from_static(oci::MANIFEST_ACCEPT));
             })
             .await?;
 
@@ -875,13 +875,10 @@ impl Stream for VerifiedBody {
                 this.verifier = None;
                 Poll::Ready(Some(Err(network(&this.registry, &this.action, e))))
             }
-            Poll::Ready(None) => {
-                let verifier = this.verifier.take().expect("checked above");
-                match verifier.finish() {
-                    Ok(()) => Poll::Ready(None),
-                    Err(e) => Poll::Ready(Some(Err(this.fail(e)))),
-                }
-            }
+            Poll::Ready(None) => match this.verifier.take().map(Verifier::finish) {
+                Some(Err(e)) => Poll::Ready(Some(Err(this.fail(e)))),
+                _ => Poll::Ready(None),
+            },
         }
     }
 }
