@@ -373,13 +373,7 @@ async fn a_token_that_expires_mid_pull_is_renewed_and_the_layer_resumes() {
         "resumed, not restarted: {fetched} for {}",
         layer.size
     );
-    let check = containerd.ctr_ok(&["-n", "k8s.io", "images", "check"]);
-    assert!(
-        check
-            .lines()
-            .any(|l| l.contains("slow/app:v1") && l.contains("complete")),
-        "{check}"
-    );
+    containerd.assert_image_complete(&format!("{host}/slow/app:v1"));
 }
 
 #[tokio::test(flavor = "multi_thread")]

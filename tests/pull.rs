@@ -222,12 +222,7 @@ async fn oci_image_by_tag_lands_with_gc_labels_and_cri_sees_every_name() {
         );
     }
     // containerd's own tooling finds the image complete.
-    let check = containerd.ctr_ok(&["-n", "k8s.io", "images", "check"]);
-    let line = check
-        .lines()
-        .find(|l| l.starts_with(&reference))
-        .unwrap_or_else(|| panic!("{check}"));
-    assert!(line.contains("complete"), "{line}");
+    containerd.assert_image_complete(&reference);
 }
 
 #[tokio::test(flavor = "multi_thread")]

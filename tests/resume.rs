@@ -135,12 +135,7 @@ async fn after_kill_9_the_next_run_fetches_only_the_missing_bytes() {
     );
 
     // containerd verified the whole blob at commit: it is there, complete, and CRI sees it.
-    let check = containerd.ctr_ok(&["-n", "k8s.io", "images", "check"]);
-    let line = check
-        .lines()
-        .find(|l| l.starts_with(&reference))
-        .unwrap_or_else(|| panic!("{check}"));
-    assert!(line.contains("complete"), "{line}");
+    containerd.assert_image_complete(&reference);
     assert!(
         ingest_offset(&containerd, &layer.digest).await.is_none(),
         "no ingest left"
@@ -200,12 +195,7 @@ async fn a_connection_cut_mid_layer_resumes_in_the_same_run() {
         "the bytes before the cut are kept, none fetched twice: {fetched} for a {}-byte layer",
         layer.size
     );
-    let check = containerd.ctr_ok(&["-n", "k8s.io", "images", "check"]);
-    let line = check
-        .lines()
-        .find(|l| l.starts_with(&reference))
-        .unwrap_or_else(|| panic!("{check}"));
-    assert!(line.contains("complete"), "{line}");
+    containerd.assert_image_complete(&reference);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -271,11 +261,6 @@ async fn a_containerd_restart_mid_layer_does_not_restart_the_download() {
         "resumed from containerd's ingest after its restart: {fetched} bytes for a {}-byte layer",
         layer.size
     );
-    let check = containerd.ctr_ok(&["-n", "k8s.io", "images", "check"]);
-    let line = check
-        .lines()
-        .find(|l| l.starts_with(&reference))
-        .unwrap_or_else(|| panic!("{check}"));
-    assert!(line.contains("complete"), "{line}");
+    containerd.assert_image_complete(&reference);
     support::cri::wait_for_image(containerd.socket(), &reference, Duration::from_secs(20)).await;
 }

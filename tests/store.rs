@@ -94,12 +94,7 @@ async fn garbage_collection_keeps_every_blob_and_snapshot_of_a_pulled_image() {
             "snapshot {chain} survives GC"
         );
     }
-    let check = containerd.ctr_ok(&["-n", "k8s.io", "images", "check"]);
-    let line = check
-        .lines()
-        .find(|l| l.contains("gc/kept:v1"))
-        .unwrap_or_else(|| panic!("{check}"));
-    assert!(line.contains("complete"), "{line}");
+    containerd.assert_image_complete(&format!("{host}/gc/kept:v1"));
 }
 
 #[tokio::test(flavor = "multi_thread")]

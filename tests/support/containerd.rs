@@ -538,6 +538,17 @@ impl Containerd {
         self.install.series
     }
 
+    /// Asserts that containerd's own `ctr images check` finds every blob of the image named
+    /// `name` (a record name in `k8s.io` starting with it) present: "complete".
+    pub fn assert_image_complete(&self, name: &str) {
+        let check = self.ctr_ok(&["-n", "k8s.io", "images", "check"]);
+        let line = check
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("ctr images check does not list {name}:\n{check}"));
+        assert!(line.contains("complete"), "ctr images check: {line}");
+    }
+
     /// Runs the same release's `ctr --address <socket> <args>` (callers add `-n k8s.io` etc.).
     pub fn ctr(&self, args: &[&str]) -> Output {
         Command::new(self.install.ctr())
