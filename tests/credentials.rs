@@ -578,3 +578,79 @@ async fn kubelet_credential_provider_plugins_supply_credentials_with_their_cache
     assert!(requests(&never_log).is_empty());
     assert!(!text(&out).contains("robot-pw"));
 }
+
+/// Without flags, prepull finds credentials where the kubelet does: the kubelet's root dir
+/// first, then `$HOME/.docker/config.json`; `--no-node-credentials` turns that off.
+#[tokio::test(flavor = "multi_thread")]
+async fn node_credential_files_are_found_where_the_kubelet_looks() {
+    let (containerd, registry) = tokio::join!(
+        Containerd::start(),
+        Registry::start_with(RegistryOptions::default().htpasswd_user("node", "node-pw"))
+    );
+    let host = registry.host();
+    push_image_with(
+        &registry.push_target(),
+        "team/app",
+        "v1",
+        &ImageSpec::new(&[8 * KIB]),
+    )
+    .await;
+    let reference = format!("{host}/team/app:v1");
+    let home = tempfile::tempdir().unwrap();
+    let kubelet_root = tempfile::tempdir().unwrap();
+    std::fs::create_dir(home.path().join(".docker")).unwrap();
+    auth_file(
+        &home.path().join(".docker"),
+        "config.json",
+        &[(&host, basic("node", "node-pw"))],
+    );
+    let socket = containerd.socket().to_str().unwrap().to_string();
+    let run = |extra: Vec<String>| {
+        let (socket, host, reference) = (socket.clone(), host.clone(), reference.clone());
+        let (home, root) = (home.path().to_path_buf(), kubelet_root.path().to_path_buf());
+        async move {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
+                .env("HOME", &home)
+                .current_dir(&root)
+                .args([
+                    "pull",
+                    "--containerd",
+                    &socket,
+                    "--plain-http",
+                    &host,
+                    "--kubelet-root-dir",
+                ])
+                .arg(&root)
+                .args(extra)
+                .arg(&reference)
+                .output()
+                .await
+                .expect("run prepull")
+        }
+    };
+    assert_ok(&run(vec![]).await);
+    let out = run(vec!["--no-node-credentials".into()]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+
+    // The kubelet's root dir comes first: a wrong password there wins over $HOME's file (the
+    // kubelet uses the first file it finds, not a merge).
+    auth_file(
+        kubelet_root.path(),
+        "config.json",
+        &[(&host, basic("node", "stale-pw"))],
+    );
+    let out = run(vec![]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let t = text(&out);
+    assert!(
+        t.contains(
+            &kubelet_root
+                .path()
+                .join("config.json")
+                .display()
+                .to_string()
+        ),
+        "{t}"
+    );
+    assert!(!t.contains("stale-pw"), "{t}");
+}
