@@ -842,7 +842,7 @@ async fn rate_limits_and_503_storms_are_retried_then_reported() {
             support::Action::Forward
         }
     });
-    let other = push_image(
+    push_image(
         &registry.host(),
         "busy/other",
         "v1",
@@ -864,7 +864,6 @@ async fn rate_limits_and_503_storms_are_retried_then_reported() {
         .await
         .unwrap()
         .is_none());
-    let _ = other;
 }
 
 /// ECR answers `403 … token has expired` instead of 401: the token is renewed once and the pull
