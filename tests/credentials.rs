@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use support::{
-    push_image_with, Action, Containerd, ImageSpec, Proxy, Registry, RegistryOptions, RequestKind,
-    Shape, TokenServer, TokenServerOptions,
+    push_image_with, Action, Containerd, ImageSpec, PostSupport, Proxy, Registry, RegistryOptions,
+    RequestKind, Shape, TokenServer, TokenServerOptions,
 };
 
 const KIB: usize = 1024;
@@ -284,6 +284,25 @@ async fn identity_tokens_are_exchanged_with_a_post_and_registry_tokens_sent_as_i
         server.describe_requests()
     );
     assert_eq!(server.count(RequestKind::GetBasic), 0);
+
+    // A token endpoint without OAuth2 POST (GCR answers 404): the identity token goes in a GET
+    // as the Basic password instead.
+    server.configure(|o| o.post = PostSupport::NotFound);
+    server.clear_requests();
+    let out = prepull(
+        &containerd,
+        &host,
+        &["--auth-file", file.to_str().unwrap()],
+        &format!("{host}/team/app:v1"),
+    )
+    .await;
+    assert_ok(&out);
+    assert!(
+        server.count(RequestKind::Other) >= 1 && server.count_ok(RequestKind::GetRefresh) >= 1,
+        "a refused POST, then a GET with the identity token: {}",
+        server.describe_requests()
+    );
+    assert!(!text(&out).contains(&refresh));
 
     // A registry token goes to the registry itself, no token server involved.
     server.clear_requests();
@@ -577,6 +596,60 @@ async fn kubelet_credential_provider_plugins_supply_credentials_with_their_cache
     );
     assert!(requests(&never_log).is_empty());
     assert!(!text(&out).contains("robot-pw"));
+
+    // A plugin that hangs is killed at the timeout, and the error says which plugin and why.
+    let pid_file = dir.path().join("stuck.pid");
+    let stuck = bin.join("stuck-provider");
+    std::fs::write(
+        &stuck,
+        format!(
+            "#!/bin/sh\ncat > /dev/null\necho $$ > '{}'\nexec sleep 600\n",
+            pid_file.display()
+        ),
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&stuck, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    write_config("stuck-provider");
+    let started = std::time::Instant::now();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
+        .args([
+            "pull",
+            "--containerd",
+            containerd.socket().to_str().unwrap(),
+            "--plain-http",
+            &host,
+            "--no-node-credentials",
+            "--image-credential-provider-timeout",
+            "1s",
+        ])
+        .arg("--image-credential-provider-config")
+        .arg(&config)
+        .arg("--image-credential-provider-bin-dir")
+        .arg(&bin)
+        .arg(&images[0])
+        .output()
+        .await
+        .expect("run prepull");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains("credential provider stuck-provider failed: timed out after 1s"),
+        "{t}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the one-minute default was overridden: {:?}",
+        started.elapsed()
+    );
+    let pid = std::fs::read_to_string(&pid_file).expect("the plugin ran");
+    assert!(
+        !Path::new(&format!("/proc/{}", pid.trim())).exists(),
+        "the stuck plugin (pid {}) was killed",
+        pid.trim()
+    );
 }
 
 /// Without flags, prepull finds credentials where the kubelet does: the kubelet's root dir
@@ -653,4 +726,128 @@ async fn node_credential_files_are_found_where_the_kubelet_looks() {
         "{t}"
     );
     assert!(!t.contains("stale-pw"), "{t}");
+}
+
+/// Lays out a secret volume the way the kubelet does: `..<version>/.dockerconfigjson`, the
+/// `..data` symlink swapped atomically to it, and the key as a symlink through `..data`.
+fn mount_secret(dir: &Path, version: &str, config: &serde_json::Value) {
+    let data = dir.join(format!("..{version}"));
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join(".dockerconfigjson"), config.to_string()).unwrap();
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(format!("..{version}"), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    let key = dir.join(".dockerconfigjson");
+    if std::fs::symlink_metadata(&key).is_err() {
+        std::os::unix::fs::symlink("..data/.dockerconfigjson", &key).unwrap();
+    }
+}
+
+/// A long-running puller (the agent's situation): when Kubernetes swaps the mounted secret's
+/// `..data` symlink, the next pull uses the new credentials, and the token minted from the old
+/// ones (still valid at the registry) is not reused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotated_pull_secret_is_used_by_the_next_pull_and_old_tokens_are_dropped() {
+    use prepull::credentials::{CredentialConfig, Reloading};
+    use prepull::pull::{PullOptions, Puller};
+    use prepull::reference::Reference;
+    use prepull::registry::{Hosts, Options, RegistryClient};
+    use std::sync::Arc;
+
+    let server = TokenServer::start(
+        TokenServerOptions::default()
+            .user("alice", "alice-pw")
+            .user("bob", "bob-pw")
+            .allow_pull("alice", "team/*")
+            .allow_pull("bob", "team/*")
+            .anonymous(false),
+    )
+    .await;
+    let (containerd, registry) = tokio::join!(
+        Containerd::start(),
+        Registry::start_with(RegistryOptions::default().token(server.registry_auth()))
+    );
+    let host = registry.host();
+    for tag in ["v1", "v2"] {
+        push_image_with(
+            &registry.push_target(),
+            "team/app",
+            tag,
+            &ImageSpec::new(&[8 * KIB]),
+        )
+        .await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("regcred");
+    std::fs::create_dir(&secret).unwrap();
+    let config_for = |user: &str, password: &str| serde_json::json!({ "auths": { host.clone(): basic(user, password) } });
+    mount_secret(
+        &secret,
+        "2026_11_22_10_00_00.1",
+        &config_for("alice", "alice-pw"),
+    );
+
+    let (sources, loaded) = Reloading::new(
+        CredentialConfig {
+            auth_files: vec![secret.clone()],
+            ..Default::default()
+        },
+        Duration::ZERO,
+    )
+    .expect("load the mounted secret");
+    assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
+    let client = RegistryClient::new(
+        Options {
+            hosts: Hosts {
+                dir: None,
+                plain_http: [host.clone()].into_iter().collect(),
+            },
+            ..Default::default()
+        },
+        Arc::new(sources),
+    )
+    .unwrap();
+    let store = prepull::store::Store::connect(containerd.socket(), "k8s.io")
+        .await
+        .unwrap();
+    let puller = Puller::new(
+        Arc::new(client),
+        store,
+        PullOptions {
+            unpack: None,
+            ..Default::default()
+        },
+    );
+    let v1 = Reference::parse(&format!("{host}/team/app:v1")).unwrap();
+    puller.pull(&v1).await.expect("pull with alice's secret");
+    let users = |server: &TokenServer| -> Vec<String> {
+        server
+            .requests()
+            .into_iter()
+            .filter_map(|r| r.user)
+            .collect()
+    };
+    assert!(
+        users(&server).iter().all(|u| u == "alice") && !users(&server).is_empty(),
+        "{}",
+        server.describe_requests()
+    );
+
+    // The secret is rotated to bob; alice's token would still open the registry.
+    server.clear_requests();
+    mount_secret(
+        &secret,
+        "2026_11_22_11_00_00.2",
+        &config_for("bob", "bob-pw"),
+    );
+    let v2 = Reference::parse(&format!("{host}/team/app:v2")).unwrap();
+    puller.pull(&v2).await.expect("pull with bob's secret");
+    let after = users(&server);
+    assert!(
+        !after.is_empty() && after.iter().all(|u| u == "bob"),
+        "a fresh token from bob's credentials, none from alice's: {}",
+        server.describe_requests()
+    );
+    containerd.assert_image_complete(&v2.to_string());
 }

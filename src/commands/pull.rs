@@ -11,7 +11,7 @@ use clap::Args;
 use futures_util::future::join_all;
 
 use super::Output;
-use crate::credentials::{self, Keyring};
+use crate::credentials;
 use crate::platform::Platform;
 use crate::pull::{PullError, PullOptions, PullReport, Puller};
 use crate::reference::Reference;
@@ -73,6 +73,11 @@ pub struct PullArgs {
     #[arg(long, value_name = "DIR")]
     pub image_credential_provider_bin_dir: Option<PathBuf>,
 
+    /// How long a credential-provider plugin may run before it is killed and its image tried
+    /// with the other credentials.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub image_credential_provider_timeout: std::time::Duration,
+
     /// Do not use the node's own credential files (the ones the kubelet reads: see
     /// --kubelet-root-dir); use only --auth-file.
     #[arg(long)]
@@ -126,21 +131,24 @@ pub async fn run(args: PullArgs) -> anyhow::Result<ExitCode> {
         unpack: None,
         ..PullOptions::default()
     };
-    let sources = credentials::Sources {
-        files: load_keyring(&args.auth_files)?,
-        plugins: match (&args.image_credential_provider_config, &args.image_credential_provider_bin_dir) {
-            (Some(config), Some(bin_dir)) => Some(credentials::Plugins::load(config, bin_dir)?),
-            (None, None) => None,
-            _ => anyhow::bail!(
-                "--image-credential-provider-config and --image-credential-provider-bin-dir go together"
-            ),
-        },
-        node: if args.no_node_credentials {
-            Keyring::new()
-        } else {
-            node_keyring(&args.kubelet_root_dir)
-        },
+    let plugins = match (
+        &args.image_credential_provider_config,
+        &args.image_credential_provider_bin_dir,
+    ) {
+        (Some(config), Some(bin_dir)) => Some((config.clone(), bin_dir.clone())),
+        (None, None) => None,
+        _ => anyhow::bail!(
+            "--image-credential-provider-config and --image-credential-provider-bin-dir go together"
+        ),
     };
+    let config = credentials::CredentialConfig {
+        auth_files: args.auth_files.clone(),
+        plugins,
+        plugin_timeout: Some(args.image_credential_provider_timeout),
+        kubelet_root: (!args.no_node_credentials).then(|| args.kubelet_root_dir.clone()),
+    };
+    let (sources, loaded) = credentials::Reloading::new(config, CREDENTIALS_CHECK)?;
+    report_loaded(&loaded);
     let registry = RegistryClient::new(
         registry::Options {
             hosts: registry::Hosts {
@@ -181,42 +189,20 @@ pub async fn run(args: PullArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// One keyring layer per file, in the order given. A file that cannot be used stops the run
-/// (it was asked for by name); a bad entry inside a file is reported and skipped.
-fn load_keyring(files: &[PathBuf]) -> anyhow::Result<Keyring> {
-    let mut keyring = Keyring::new();
-    for file in files {
-        let (entries, problems) = credentials::load_auth_file(file)?;
-        for problem in problems {
-            eprintln!("warning: skipping credentials {problem}");
-        }
-        keyring.push_layer(entries);
-    }
-    Ok(keyring)
-}
+/// How often credential files are checked for changes while pulling.
+const CREDENTIALS_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// The node's credentials, after the explicit ones (as the kubelet puts pod pull secrets before
-/// the node's). The first file that exists is used; a broken one is reported and skipped, since
-/// nobody named it.
-fn node_keyring(kubelet_root: &std::path::Path) -> Keyring {
-    let mut keyring = Keyring::new();
-    let Some(file) = credentials::node_credential_files(kubelet_root)
-        .into_iter()
-        .find(|p| p.is_file())
-    else {
-        return keyring;
-    };
-    match credentials::load_auth_file(&file) {
-        Ok((entries, problems)) => {
-            for problem in problems {
-                eprintln!("warning: skipping node credentials {problem}");
-            }
-            tracing::debug!(file = %file.display(), entries = entries.len(), "node credentials");
-            keyring.push_layer(entries);
-        }
-        Err(e) => eprintln!("warning: ignoring node credentials: {}", error_chain(&e)),
+/// Tells the operator about credential entries that were skipped or look wrong.
+fn report_loaded(loaded: &credentials::Loaded) {
+    for problem in &loaded.problems {
+        eprintln!("warning: credentials {problem}");
     }
-    keyring
+    if let Some(e) = &loaded.node_error {
+        eprintln!("warning: ignoring node credentials: {e}");
+    }
+    if let Some(file) = &loaded.node_file {
+        tracing::debug!(file = %file.display(), "node credentials");
+    }
 }
 
 /// The snapshotter CRI uses, so unpacked layers are the ones containers start from.

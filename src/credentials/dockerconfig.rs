@@ -45,16 +45,19 @@ pub struct Problem {
     pub key: String,
     /// What is wrong and how to fix it.
     pub message: String,
+    /// Whether the entry is still used (a key that looks mistaken but is valid) or skipped.
+    pub kept: bool,
 }
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{}: auths[{:?}]: {}",
+            "{}: auths[{:?}]: {}{}",
             self.path.display(),
             self.key,
-            self.message
+            self.message,
+            if self.kept { "" } else { " (entry skipped)" }
         )
     }
 }
@@ -126,6 +129,7 @@ pub fn load_auth_file(path: &Path) -> Result<(Entries, Vec<Problem>), AuthFileEr
             path: file.clone(),
             key: key.clone(),
             message,
+            kept: false,
         };
         let entry: Entry = match serde_json::from_value(raw) {
             Ok(e) => e,
@@ -134,9 +138,15 @@ pub fn load_auth_file(path: &Path) -> Result<(Entries, Vec<Problem>), AuthFileEr
                 continue;
             }
         };
-        if super::keyring::normalize_key(&key).is_none() {
+        let Some(normalized) = super::keyring::normalize_key(&key) else {
             problems.push(problem("the registry key is empty or has no host".into()));
             continue;
+        };
+        if let Some(advice) = docker_hub_habit(&normalized) {
+            problems.push(Problem {
+                kept: true,
+                ..problem(advice)
+            });
         }
         match secret_of(entry) {
             Ok(secret) => entries.push((
@@ -150,6 +160,31 @@ pub fn load_auth_file(path: &Path) -> Result<(Entries, Vec<Problem>), AuthFileEr
         }
     }
     Ok((entries, problems))
+}
+
+/// Docker Hub keys that can never match an image: the kubelet names Hub images `docker.io/…`
+/// and falls back to the `index.docker.io` key alone, so Hub's API and web hosts, or a path
+/// under `index.docker.io`, are never used for them.
+fn docker_hub_habit(normalized: &str) -> Option<String> {
+    const FIX: &str =
+        "use \"https://index.docker.io/v1/\" (what `docker login` writes) or \"docker.io\"";
+    let (host, path) = normalized
+        .split_once('/')
+        .map_or((normalized, ""), |(h, p)| (h, p));
+    match host {
+        "registry-1.docker.io"
+        | "registry.hub.docker.com"
+        | "hub.docker.com"
+        | "auth.docker.io" => Some(format!(
+            "{host} is one of Docker Hub's service hosts, which image names never use, so this \
+             key never matches a Docker Hub image: {FIX}"
+        )),
+        "index.docker.io" if !path.is_empty() => Some(format!(
+            "a path under index.docker.io never matches a Docker Hub image (only the bare host \
+             is consulted for Hub): {FIX}, or \"docker.io/{path}\" to limit it to that path"
+        )),
+        _ => None,
+    }
 }
 
 fn secret_of(e: Entry) -> Result<Secret, String> {
@@ -363,5 +398,37 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("no \"auths\""));
+    }
+
+    #[test]
+    fn docker_hub_keys_that_never_match_are_kept_with_a_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = b64("u:p");
+        let file = write(
+            dir.path(),
+            "hub.json",
+            &format!(
+                r#"{{"auths": {{
+                    "https://index.docker.io/v1/": {{"auth": "{auth}"}},
+                    "docker.io": {{"auth": "{auth}"}},
+                    "registry-1.docker.io": {{"auth": "{auth}"}},
+                    "index.docker.io/team": {{"auth": "{auth}"}}
+                }}}}"#
+            ),
+        );
+        let (entries, problems) = load_auth_file(&file).unwrap();
+        assert_eq!(entries.len(), 4, "every entry is still usable");
+        let flagged: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(flagged, ["index.docker.io/team", "registry-1.docker.io"]);
+        assert!(problems.iter().all(|p| p.kept));
+        let shown = problems[1].to_string();
+        assert!(
+            shown.contains("hub.json")
+                && shown.contains("registry-1.docker.io")
+                && shown.contains("https://index.docker.io/v1/")
+                && !shown.contains("skipped"),
+            "{shown}"
+        );
+        assert!(problems[0].to_string().contains("docker.io/team"));
     }
 }

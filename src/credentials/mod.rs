@@ -4,6 +4,7 @@
 mod dockerconfig;
 mod keyring;
 mod plugin;
+mod reload;
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -11,7 +12,8 @@ use std::sync::Arc;
 
 pub use dockerconfig::{load_auth_file, AuthFileError, Entries, Problem};
 pub use keyring::{glob_match, Keyring};
-pub use plugin::{PluginConfigError, Plugins};
+pub use plugin::{PluginConfigError, Plugins, DEFAULT_TIMEOUT as DEFAULT_PLUGIN_TIMEOUT};
+pub use reload::{CredentialConfig, LoadError, Loaded, Reloading};
 
 /// A secret a registry accepts.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -94,6 +96,12 @@ pub trait CredentialSource: Send + Sync {
     fn near_misses(&self, _image: &str) -> Vec<String> {
         Vec::new()
     }
+
+    /// Changes whenever the credentials were reloaded, so tokens minted from older ones are
+    /// dropped.
+    fn generation(&self) -> u64 {
+        0
+    }
 }
 
 /// All credential sources of a run, in the order they are tried: explicit files (like pod pull
@@ -128,6 +136,9 @@ impl CredentialSource for Sources {
 
     fn near_misses(&self, image: &str) -> Vec<String> {
         let mut out = self.files.near_misses(image);
+        if let Some(plugins) = &self.plugins {
+            out.extend(plugins.near_misses(image));
+        }
         out.extend(self.node.near_misses(image));
         out
     }

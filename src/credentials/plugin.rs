@@ -21,7 +21,8 @@ use super::{Credential, Keyring, Secret};
 
 const CONFIG_API: &str = "kubelet.config.k8s.io/v1";
 const PLUGIN_API: &str = "credentialprovider.kubelet.k8s.io/v1";
-const TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a plugin may run, as the kubelet allows.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The kubelet's credential-provider configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +120,9 @@ pub struct Plugins {
     /// Per provider: cache key -> credentials. Held while a plugin runs, so concurrent pulls of
     /// one image run it once.
     cache: Mutex<HashMap<(usize, String), Cached>>,
+    /// Per provider: why its last run for an image failed, for error messages.
+    failures: Mutex<HashMap<(usize, String), String>>,
+    timeout: Duration,
 }
 
 impl Plugins {
@@ -184,7 +188,29 @@ impl Plugins {
         Ok(Plugins {
             providers,
             cache: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+            timeout: DEFAULT_TIMEOUT,
         })
+    }
+
+    /// Sets how long a plugin may run before it is killed (the kubelet allows a minute).
+    pub fn with_timeout(mut self, timeout: Duration) -> Plugins {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Why plugins that match `image` gave nothing for it, one line per failed plugin.
+    pub fn near_misses(&self, image: &str) -> Vec<String> {
+        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        self.providers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| {
+                failures
+                    .get(&(i, image.to_string()))
+                    .map(|why| format!("credential provider {} failed: {why}", p.name))
+            })
+            .collect()
     }
 
     /// Credentials every matching plugin gives for `image` (`registry/repository`). A plugin
@@ -213,7 +239,15 @@ impl Plugins {
                 out.extend(found);
                 continue;
             }
-            match provider.run(image) {
+            let result = provider.run(image, self.timeout);
+            {
+                let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+                match &result {
+                    Ok(_) => failures.remove(&(i, image.to_string())),
+                    Err(e) => failures.insert((i, image.to_string()), e.clone()),
+                };
+            }
+            match result {
                 Ok(response) => {
                     let key = match response.cache_key_type.as_str() {
                         "Image" => image.to_string(),
@@ -261,7 +295,7 @@ impl Plugins {
 }
 
 impl Provider {
-    fn run(&self, image: &str) -> Result<Response, String> {
+    fn run(&self, image: &str, timeout: Duration) -> Result<Response, String> {
         let request = serde_json::json!({
             "apiVersion": PLUGIN_API,
             "kind": "CredentialProviderRequest",
@@ -282,10 +316,13 @@ impl Provider {
         loop {
             match child.try_wait() {
                 Ok(Some(_)) => break,
-                Ok(None) if started.elapsed() > TIMEOUT => {
+                Ok(None) if started.elapsed() > timeout => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    return Err(format!("timed out after {TIMEOUT:?}"));
+                    return Err(format!(
+                        "timed out after {} and was killed",
+                        humantime::format_duration(timeout)
+                    ));
                 }
                 Ok(None) => std::thread::sleep(Duration::from_millis(10)),
                 Err(e) => return Err(e.to_string()),

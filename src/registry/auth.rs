@@ -3,7 +3,7 @@
 //! Concurrent requests that need the same token wait for one fetch (single flight); tokens are
 //! refreshed once 90% of their lifetime has passed. Token values never appear in Debug output.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -83,6 +83,9 @@ type Slot = Arc<tokio::sync::Mutex<Option<Token>>>;
 #[derive(Default)]
 pub struct TokenCache {
     slots: Mutex<HashMap<Key, Slot>>,
+    /// Token endpoints that answered an OAuth2 POST with 400, 401, 404 or 405 and then
+    /// accepted a GET: they are asked with a GET from then on.
+    get_only: Mutex<HashSet<String>>,
 }
 
 #[derive(Deserialize)]
@@ -113,9 +116,14 @@ impl TokenCache {
         if let Some(t) = guard.as_ref().filter(|t| t.fresh()) {
             return Ok(t.clone());
         }
-        let token = fetch(http, registry, realm, scope, credential).await?;
+        let token = self.fetch(http, registry, realm, scope, credential).await?;
         *guard = Some(token.clone());
         Ok(token)
+    }
+
+    /// Drops every token.
+    pub fn clear(&self) {
+        lock(&self.slots).clear();
     }
 
     /// Drops a token the registry refused, so the next request fetches a new one.
@@ -134,78 +142,173 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-async fn fetch(
+impl TokenCache {
+    /// Asks the realm for a token. An identity (OAuth2 refresh) token is exchanged with a POST,
+    /// and when the endpoint does not take POSTs (GCR answers 404, Artifactory 401, ACR 400,
+    /// others 405), with a GET carrying it as a Basic password, as containerd does. Passwords
+    /// use a GET with Basic credentials, as the Docker CLI does; anonymous requests a plain GET.
+    async fn fetch(
+        &self,
+        http: &reqwest::Client,
+        registry: &str,
+        realm: &Realm,
+        scope: &str,
+        credential: Option<&Credential>,
+    ) -> Result<Token, RegistryError> {
+        let started = Instant::now();
+        let secret = credential.map(|c| &c.secret);
+        let post_first = matches!(secret, Some(Secret::IdentityToken { .. }))
+            && !lock(&self.get_only).contains(&realm.realm);
+        let answer = if post_first {
+            let answer = post(http, registry, realm, scope, secret).await?;
+            match answer.status.as_u16() {
+                400 | 401 | 404 | 405 => {
+                    tracing::debug!(
+                        realm = %realm.realm,
+                        status = answer.status.as_u16(),
+                        "token endpoint refused the OAuth2 POST; asking with a GET"
+                    );
+                    let retry = get(http, registry, realm, scope, secret).await?;
+                    if retry.status.is_success() {
+                        lock(&self.get_only).insert(realm.realm.clone());
+                    }
+                    retry
+                }
+                _ => answer,
+            }
+        } else {
+            get(http, registry, realm, scope, secret).await?
+        };
+        answer.token(registry, realm, started)
+    }
+}
+
+/// A token endpoint's answer, read whole (token responses are small).
+struct Answer {
+    status: reqwest::StatusCode,
+    body: bytes::Bytes,
+}
+
+/// The most of a token response read; anything longer is not a token response.
+const MAX_TOKEN_RESPONSE: usize = 1 << 20;
+
+fn token_error(registry: &str, realm: &Realm, detail: String) -> RegistryError {
+    RegistryError::Token {
+        registry: registry.to_string(),
+        realm: realm.realm.clone(),
+        detail,
+    }
+}
+
+async fn post(
     http: &reqwest::Client,
     registry: &str,
     realm: &Realm,
     scope: &str,
-    credential: Option<&Credential>,
-) -> Result<Token, RegistryError> {
-    let fail = |detail: String| RegistryError::Token {
-        registry: registry.to_string(),
-        realm: realm.realm.clone(),
-        detail,
+    secret: Option<&Secret>,
+) -> Result<Answer, RegistryError> {
+    let token = match secret {
+        Some(Secret::IdentityToken { token, .. }) => token.as_str(),
+        _ => "",
     };
-    let started = Instant::now();
-    let request = match credential.map(|c| &c.secret) {
-        // An OAuth2 refresh token can only be exchanged with a POST.
-        Some(Secret::IdentityToken { token, .. }) => {
-            let mut form: Vec<(&str, &str)> = vec![
-                ("grant_type", "refresh_token"),
-                ("refresh_token", token),
-                ("client_id", "prepull"),
-                ("scope", scope),
-            ];
-            if let Some(service) = &realm.service {
-                form.push(("service", service));
-            }
-            http.post(&realm.realm).form(&form)
+    let mut form: Vec<(&str, &str)> = vec![
+        ("grant_type", "refresh_token"),
+        ("refresh_token", token),
+        ("client_id", "prepull"),
+        ("scope", scope),
+    ];
+    if let Some(service) = &realm.service {
+        form.push(("service", service));
+    }
+    send(registry, realm, http.post(&realm.realm).form(&form)).await
+}
+
+async fn get(
+    http: &reqwest::Client,
+    registry: &str,
+    realm: &Realm,
+    scope: &str,
+    secret: Option<&Secret>,
+) -> Result<Answer, RegistryError> {
+    let mut query: Vec<(&str, &str)> = vec![("scope", scope)];
+    if let Some(service) = &realm.service {
+        query.push(("service", service));
+    }
+    let mut request = http.get(&realm.realm).query(&query);
+    match secret {
+        Some(Secret::Basic { username, password }) => {
+            request = request
+                .query(&[("account", username.as_str())])
+                .basic_auth(username, Some(password));
         }
-        other => {
-            let mut query: Vec<(&str, &str)> = vec![("scope", scope)];
-            if let Some(service) = &realm.service {
-                query.push(("service", service));
-            }
-            let mut request = http.get(&realm.realm).query(&query);
-            if let Some(Secret::Basic { username, password }) = other {
-                request = request
-                    .query(&[("account", username.as_str())])
-                    .basic_auth(username, Some(password));
-            }
-            request
+        // The refresh token as the password; `<token>` is Docker's placeholder, not a user.
+        Some(Secret::IdentityToken { username, token }) => {
+            let user = if username == "<token>" { "" } else { username };
+            request = request.basic_auth(user, Some(token));
         }
-    };
+        Some(Secret::RegistryToken(_)) | None => {}
+    }
+    send(registry, realm, request).await
+}
+
+async fn send(
+    registry: &str,
+    realm: &Realm,
+    request: reqwest::RequestBuilder,
+) -> Result<Answer, RegistryError> {
     let response = request
         .send()
         .await
-        .map_err(|e| fail(format!("{}", e.without_url())))?;
+        .map_err(|e| token_error(registry, realm, format!("{}", e.without_url())))?;
     let status = response.status();
-    if !status.is_success() {
-        return Err(fail(match status.as_u16() {
-            401 | 403 => format!(
-                "HTTP {}: the token server refused the credentials",
-                status.as_u16()
-            ),
-            code => format!("HTTP {code}"),
-        }));
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_TOKEN_RESPONSE as u64)
+    {
+        return Err(token_error(
+            registry,
+            realm,
+            format!("HTTP {}: response too large for a token", status.as_u16()),
+        ));
     }
     let body = response
         .bytes()
         .await
-        .map_err(|e| fail(format!("{}", e.without_url())))?;
-    let parsed: TokenResponse =
-        serde_json::from_slice(&body).map_err(|e| fail(format!("invalid token response: {e}")))?;
-    let value = parsed
-        .access_token
-        .or(parsed.token)
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| fail("token response has neither token nor access_token".into()))?;
-    // The spec's default lifetime is 60 s, and shorter values are treated as 60 s.
-    let lifetime = Duration::from_secs(parsed.expires_in.unwrap_or(60).max(60));
-    Ok(Token {
-        value,
-        refresh_at: started + lifetime.mul_f64(0.9),
-    })
+        .map_err(|e| token_error(registry, realm, format!("{}", e.without_url())))?;
+    Ok(Answer { status, body })
+}
+
+impl Answer {
+    fn token(
+        self,
+        registry: &str,
+        realm: &Realm,
+        started: Instant,
+    ) -> Result<Token, RegistryError> {
+        let fail = |detail: String| token_error(registry, realm, detail);
+        if !self.status.is_success() {
+            return Err(fail(match self.status.as_u16() {
+                401 | 403 => format!(
+                    "HTTP {}: the token server refused the credentials",
+                    self.status.as_u16()
+                ),
+                code => format!("HTTP {code}"),
+            }));
+        }
+        let parsed: TokenResponse = serde_json::from_slice(&self.body)
+            .map_err(|e| fail(format!("invalid token response: {e}")))?;
+        let value = parsed
+            .access_token
+            .or(parsed.token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| fail("token response has neither token nor access_token".into()))?;
+        // The spec's default lifetime is 60 s, and shorter values are treated as 60 s.
+        let lifetime = Duration::from_secs(parsed.expires_in.unwrap_or(60).max(60));
+        Ok(Token {
+            value,
+            refresh_at: started + lifetime.mul_f64(0.9),
+        })
+    }
 }
 
 #[cfg(test)]

@@ -3,8 +3,8 @@
 //! [`TokenServer::registry_auth`] accepts.
 //!
 //! - `GET /token?service=S&scope=repository:NAME:pull[,push]&scope=…` with an optional
-//!   `Authorization: Basic` (anonymous allowed or not), optional `offline_token=true&client_id=…`
-//!   for a refresh token, as Docker does.
+//!   `Authorization: Basic` (anonymous allowed or not; the password may be a refresh token, as
+//!   ACR allows), optional `offline_token=true&client_id=…` for a refresh token, as Docker does.
 //! - `POST /token` (form): `grant_type=password&username&password` or
 //!   `grant_type=refresh_token&refresh_token=…`, plus `service`, `client_id`, `scope` (space
 //!   joined) and optional `access_type=offline`, as containerd does. It can be switched off
@@ -415,6 +415,8 @@ fn unix_now() -> i64 {
 pub enum RequestKind {
     GetAnonymous,
     GetBasic,
+    /// A GET with Basic credentials whose password is a refresh token.
+    GetRefresh,
     PostPassword,
     PostRefresh,
     /// Anything else: another method or path, a POST with an unknown grant, a GET with another
@@ -749,14 +751,33 @@ fn answer(state: &State, opts: &TokenServerOptions, req: &Asked, rec: &mut Token
                     Principal::Anonymous
                 }
                 Some(value) => match parse_basic(value) {
-                    Some((user, password)) => {
+                    Some((user, password)) if password_ok(opts, &user, &password) => {
                         rec.kind = RequestKind::GetBasic;
                         rec.user = Some(user.clone());
-                        if !password_ok(opts, &user, &password) {
-                            collect_params(&params, rec);
-                            return unauthorized("incorrect username or password");
-                        }
                         Principal::User(user)
+                    }
+                    Some((user, password)) => {
+                        // A refresh token as the password, as ACR takes it and containerd
+                        // sends it when POST is not offered.
+                        let owner = state
+                            .refresh
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get(&password)
+                            .cloned();
+                        match owner {
+                            Some(owner) => {
+                                rec.kind = RequestKind::GetRefresh;
+                                rec.user = Some(owner.clone());
+                                Principal::User(owner)
+                            }
+                            None => {
+                                rec.kind = RequestKind::GetBasic;
+                                rec.user = Some(user);
+                                collect_params(&params, rec);
+                                return unauthorized("incorrect username or password");
+                            }
+                        }
                     }
                     None => {
                         collect_params(&params, rec);

@@ -1,0 +1,363 @@
+//! Credentials that follow their files: mounted pull secrets, the node's config and the
+//! credential-provider config are re-read when they change on disk.
+//!
+//! Kubernetes updates a mounted secret by writing a new `..<timestamp>` directory and swapping
+//! the `..data` symlink to it, so a change shows as a new resolved path, size, inode or
+//! modification time of the files and directories prepull reads. Those are checked at most once
+//! per interval on lookup; when they differ, every source is loaded again and replaces the old
+//! one at once. A reload that fails (a half-edited file) keeps the previous credentials and says
+//! why. Each reload bumps [`CredentialSource::generation`], which tells the registry client to
+//! drop tokens minted from the old credentials.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use super::{
+    load_auth_file, node_credential_files, AuthFileError, Credential, CredentialSource, Keyring,
+    PluginConfigError, Plugins, Problem, Sources,
+};
+
+/// Where a run's credentials come from.
+#[derive(Clone, Debug, Default)]
+pub struct CredentialConfig {
+    /// Docker config files or mounted pull-secret directories, tried first, in order.
+    pub auth_files: Vec<PathBuf>,
+    /// The kubelet's `CredentialProviderConfig` and the plugins' directory.
+    pub plugins: Option<(PathBuf, PathBuf)>,
+    /// How long a plugin may run.
+    pub plugin_timeout: Option<Duration>,
+    /// The kubelet's root directory, to find the node's own credential file; `None` ignores
+    /// the node's files.
+    pub kubelet_root: Option<PathBuf>,
+}
+
+/// A source that cannot be loaded at all.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// A named credentials file or secret directory.
+    #[error(transparent)]
+    AuthFile(#[from] AuthFileError),
+    /// The credential-provider config.
+    #[error(transparent)]
+    Plugins(#[from] PluginConfigError),
+}
+
+/// What loading found besides the credentials: entries skipped or kept with a warning.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Problems with entries, each naming the file, the key and the fix.
+    pub problems: Vec<Problem>,
+    /// The node file in use, if any.
+    pub node_file: Option<PathBuf>,
+    /// Why the node's file was ignored (it is not named by the operator, so it cannot stop a
+    /// run).
+    pub node_error: Option<String>,
+}
+
+impl CredentialConfig {
+    /// Reads every source once. A file named in `auth_files` or the plugin config that cannot
+    /// be used is an error; a bad entry inside a file is reported in [`Loaded::problems`] and
+    /// skipped; a broken node file is reported and ignored.
+    pub fn load(&self) -> Result<(Sources, Loaded), LoadError> {
+        let mut loaded = Loaded::default();
+        let mut files = Keyring::new();
+        for file in &self.auth_files {
+            let (entries, problems) = load_auth_file(file)?;
+            loaded.problems.extend(problems);
+            files.push_layer(entries);
+        }
+        let plugins = match &self.plugins {
+            Some((config, bin_dir)) => {
+                let p = Plugins::load(config, bin_dir)?;
+                Some(match self.plugin_timeout {
+                    Some(t) => p.with_timeout(t),
+                    None => p,
+                })
+            }
+            None => None,
+        };
+        let mut node = Keyring::new();
+        // Like the kubelet, only the first node file that exists is used.
+        if let Some(file) = self.node_candidates().into_iter().find(|p| p.is_file()) {
+            match load_auth_file(&file) {
+                Ok((entries, problems)) => {
+                    loaded.problems.extend(problems);
+                    node.push_layer(entries);
+                }
+                Err(e) => {
+                    loaded.node_error = Some(crate::commands::pull::error_chain(&e));
+                }
+            }
+            loaded.node_file = Some(file);
+        }
+        Ok((
+            Sources {
+                files,
+                plugins,
+                node,
+            },
+            loaded,
+        ))
+    }
+
+    fn node_candidates(&self) -> Vec<PathBuf> {
+        self.kubelet_root
+            .as_deref()
+            .map(node_credential_files)
+            .unwrap_or_default()
+    }
+
+    /// What identifies the current contents of every input.
+    fn fingerprint(&self) -> Vec<Stamp> {
+        let mut out = Vec::new();
+        for file in &self.auth_files {
+            stamp_tree(file, &mut out);
+        }
+        if let Some((config, _)) = &self.plugins {
+            stamp_tree(config, &mut out);
+        }
+        for file in self.node_candidates() {
+            out.push(stamp(&file));
+        }
+        out
+    }
+}
+
+/// A file's identity and version, following symlinks; `None` fields when it does not exist.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Stamp {
+    path: PathBuf,
+    resolved: Option<PathBuf>,
+    len: u64,
+    modified: Option<SystemTime>,
+    inode: u64,
+}
+
+fn stamp(path: &Path) -> Stamp {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path).ok();
+    Stamp {
+        path: path.to_path_buf(),
+        resolved: std::fs::canonicalize(path).ok(),
+        len: meta.as_ref().map_or(0, |m| m.len()),
+        modified: meta.as_ref().and_then(|m| m.modified().ok()),
+        inode: meta.as_ref().map_or(0, |m| m.ino()),
+    }
+}
+
+/// A file's stamp, or for a directory (a mounted secret) its own and each entry's.
+fn stamp_tree(path: &Path, out: &mut Vec<Stamp>) {
+    out.push(stamp(path));
+    if let Ok(entries) = std::fs::read_dir(path) {
+        let mut names: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
+        names.sort();
+        out.extend(names.iter().map(|p| stamp(p)));
+    }
+}
+
+struct Current {
+    sources: Arc<Sources>,
+    fingerprint: Vec<Stamp>,
+}
+
+/// [`Sources`] that reload when their files change.
+pub struct Reloading {
+    config: CredentialConfig,
+    check_every: Duration,
+    current: RwLock<Current>,
+    /// When the files were last looked at; held while one lookup checks them.
+    checked: Mutex<Instant>,
+    generation: AtomicU64,
+}
+
+impl Reloading {
+    /// Loads `config` now (errors stop the caller) and checks its files again at most every
+    /// `check_every` on lookup.
+    pub fn new(
+        config: CredentialConfig,
+        check_every: Duration,
+    ) -> Result<(Reloading, Loaded), LoadError> {
+        let fingerprint = config.fingerprint();
+        let (sources, loaded) = config.load()?;
+        Ok((
+            Reloading {
+                config,
+                check_every,
+                current: RwLock::new(Current {
+                    sources: Arc::new(sources),
+                    fingerprint,
+                }),
+                checked: Mutex::new(Instant::now()),
+                generation: AtomicU64::new(0),
+            },
+            loaded,
+        ))
+    }
+
+    /// The sources in use, reloaded first if their files changed.
+    fn sources(&self) -> Arc<Sources> {
+        self.maybe_reload();
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .sources
+            .clone()
+    }
+
+    fn maybe_reload(&self) {
+        // One lookup checks; the others use what is loaded meanwhile.
+        let Ok(mut checked) = self.checked.try_lock() else {
+            return;
+        };
+        if checked.elapsed() < self.check_every {
+            return;
+        }
+        *checked = Instant::now();
+        let fingerprint = self.config.fingerprint();
+        let unchanged = self
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .fingerprint
+            == fingerprint;
+        if unchanged {
+            return;
+        }
+        match self.config.load() {
+            Ok((sources, loaded)) => {
+                for problem in &loaded.problems {
+                    tracing::warn!(problem = %problem, "credentials entry");
+                }
+                if let Some(e) = &loaded.node_error {
+                    tracing::warn!(error = %e, "ignoring node credentials");
+                }
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) = Current {
+                    sources: Arc::new(sources),
+                    fingerprint,
+                };
+                let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+                tracing::info!(generation, "credentials changed on disk; reloaded");
+            }
+            Err(e) => {
+                // Keep what works; the next check tries again, since the stamp is not taken.
+                tracing::warn!(
+                    error = %crate::commands::pull::error_chain(&e),
+                    "credentials changed on disk but cannot be loaded; keeping the previous ones"
+                );
+            }
+        }
+    }
+}
+
+impl CredentialSource for Reloading {
+    fn lookup(&self, image: &str) -> Vec<Arc<Credential>> {
+        self.sources().lookup(image)
+    }
+
+    fn near_misses(&self, image: &str) -> Vec<String> {
+        self.sources().near_misses(image)
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+
+    fn secret_json(user: &str, password: &str) -> String {
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        format!(r#"{{"auths":{{"reg.example":{{"auth":"{auth}"}}}}}}"#)
+    }
+
+    /// Lays out a secret volume the way the kubelet does: a timestamped directory, `..data`
+    /// pointing at it, and the key as a symlink through `..data`.
+    fn mount_secret(dir: &Path, version: &str, text: &str) {
+        let data = dir.join(format!("..{version}"));
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join(".dockerconfigjson"), text).unwrap();
+        let tmp = dir.join("..data_tmp");
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(format!("..{version}"), &tmp).unwrap();
+        std::fs::rename(&tmp, dir.join("..data")).unwrap();
+        let key = dir.join(".dockerconfigjson");
+        if std::fs::symlink_metadata(&key).is_err() {
+            std::os::unix::fs::symlink("..data/.dockerconfigjson", &key).unwrap();
+        }
+    }
+
+    fn user_of(source: &Reloading) -> String {
+        let found = source.lookup("reg.example/app");
+        assert_eq!(found.len(), 1, "{found:?}");
+        match &found[0].secret {
+            super::super::Secret::Basic { username, .. } => username.clone(),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_swapped_data_symlink_is_picked_up_and_a_broken_update_keeps_the_old_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("pull-secret");
+        std::fs::create_dir(&secret).unwrap();
+        mount_secret(
+            &secret,
+            "2026_11_22_10_00_00.1",
+            &secret_json("alice", "pw-a"),
+        );
+        let config = CredentialConfig {
+            auth_files: vec![secret.clone()],
+            ..Default::default()
+        };
+        let (source, loaded) = Reloading::new(config, Duration::ZERO).unwrap();
+        assert!(loaded.problems.is_empty());
+        assert_eq!(user_of(&source), "alice");
+        assert_eq!(source.generation(), 0);
+        // Nothing changed: no reload.
+        assert_eq!(user_of(&source), "alice");
+        assert_eq!(source.generation(), 0);
+
+        mount_secret(
+            &secret,
+            "2026_11_22_10_05_00.2",
+            &secret_json("bob", "pw-b"),
+        );
+        assert_eq!(user_of(&source), "bob");
+        assert_eq!(source.generation(), 1);
+
+        // A broken update keeps bob, and is retried until it is fixed.
+        mount_secret(&secret, "2026_11_22_10_10_00.3", "{not json");
+        assert_eq!(user_of(&source), "bob");
+        assert_eq!(source.generation(), 1);
+        mount_secret(
+            &secret,
+            "2026_11_22_10_15_00.4",
+            &secret_json("carol", "pw-c"),
+        );
+        assert_eq!(user_of(&source), "carol");
+        assert_eq!(source.generation(), 2);
+    }
+
+    #[test]
+    fn files_are_checked_at_most_once_per_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.json");
+        std::fs::write(&file, secret_json("alice", "pw-a")).unwrap();
+        let config = CredentialConfig {
+            auth_files: vec![file.clone()],
+            ..Default::default()
+        };
+        let (source, _) = Reloading::new(config, Duration::from_secs(3600)).unwrap();
+        std::fs::write(&file, secret_json("bob", "pw-bob-longer")).unwrap();
+        assert_eq!(
+            user_of(&source),
+            "alice",
+            "not checked again within the hour"
+        );
+    }
+}
