@@ -13,6 +13,7 @@
 // large; they travel only on the failure path, where their size costs nothing measurable.
 #![allow(clippy::result_large_err)]
 
+pub mod agent;
 pub mod commands;
 pub mod credentials;
 pub mod cri;
@@ -24,3 +25,4 @@ pub mod reference;
 pub mod registry;
 pub mod store;
 pub mod unpack;
+pub mod watch;

@@ -41,6 +41,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Pull(args) => commands::pull::run(*args).await,
         Command::Unpin(args) => commands::unpin::run(args).await,
+        Command::Agent(args) => commands::agent::run(*args).await,
     }
 }
 

@@ -1,5 +1,6 @@
 //! The command line: one module per subcommand, each composing the library's pieces.
 
+pub mod agent;
 pub mod pull;
 pub mod unpin;
 
@@ -38,6 +39,8 @@ pub enum Command {
     Pull(Box<pull::PullArgs>),
     /// Remove the pin from images, so kubelet image GC may reclaim them again.
     Unpin(unpin::UnpinArgs),
+    /// Keep the images of a prepull list warm on this node (the DaemonSet's mode).
+    Agent(Box<agent::AgentArgs>),
 }
 
 /// Which containerd to talk to; shared by every subcommand that touches the node's images.
@@ -61,6 +64,16 @@ pub struct ContainerdArgs {
         default_value = "k8s.io"
     )]
     pub namespace: String,
+}
+
+impl ContainerdArgs {
+    /// Connects to containerd in the chosen namespace.
+    pub async fn connect(&self) -> anyhow::Result<crate::store::Store> {
+        use anyhow::Context as _;
+        crate::store::Store::connect(&self.socket, &self.namespace)
+            .await
+            .with_context(|| format!("namespace {}", self.namespace))
+    }
 }
 
 /// How results are printed on stdout.

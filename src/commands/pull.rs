@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use clap::Args;
 use futures_util::future::join_all;
 
@@ -16,7 +15,6 @@ use crate::platform::Platform;
 use crate::pull::{PullError, PullOptions, PullReport, Puller};
 use crate::reference::Reference;
 use crate::registry::{self, RegistryClient};
-use crate::store::Store;
 
 /// Arguments of `prepull pull`.
 #[derive(Debug, Args)]
@@ -44,6 +42,23 @@ pub struct PullArgs {
     #[arg(value_name = "IMAGE", required = true)]
     pub images: Vec<String>,
 
+    /// Pin the images: label them `io.cri-containerd.pinned=pinned`, so the kubelet's image
+    /// garbage collection leaves them alone (containerd 1.6.22+, 1.7.3+, 2.x).
+    #[arg(long)]
+    pub pin: bool,
+
+    #[command(flatten)]
+    pub puller: PullerArgs,
+
+    /// Result format on stdout.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+/// How images are pulled: which containerd, registries, credentials and platform. Shared by
+/// `prepull pull` and `prepull agent`.
+#[derive(Debug, Args)]
+pub struct PullerArgs {
     #[command(flatten)]
     pub containerd: super::ContainerdArgs,
 
@@ -95,11 +110,6 @@ pub struct PullArgs {
     #[arg(long)]
     pub no_unpack: bool,
 
-    /// Pin the images: label them `io.cri-containerd.pinned=pinned`, so the kubelet's image
-    /// garbage collection leaves them alone (containerd 1.6.22+, 1.7.3+, 2.x).
-    #[arg(long)]
-    pub pin: bool,
-
     /// containerd's per-registry host configuration (`certs.d` layout: `<host>/hosts.toml` with
     /// mirrors, CAs and client certificates, or Docker-style `*.crt`/`*.cert`/`*.key` files),
     /// so prepull uses the same mirrors and certificates as the node's containerd. A missing
@@ -110,10 +120,62 @@ pub struct PullArgs {
     /// Blobs downloaded at once, across all images.
     #[arg(long, value_name = "N", default_value = "8")]
     pub max_concurrent_downloads: NonZeroUsize,
+}
 
-    /// Result format on stdout.
-    #[arg(long, value_enum, default_value_t = Output::Text)]
-    pub output: Output,
+impl PullerArgs {
+    /// Loads the credentials and host settings, connects to containerd, and returns a puller.
+    /// Unusable input (a named credentials file that cannot be read, a bad flag combination) is
+    /// an error before anything is fetched.
+    pub async fn build(&self, pin: bool) -> anyhow::Result<Puller> {
+        let mut options = PullOptions {
+            platform: self.platform.clone().unwrap_or_else(Platform::host),
+            max_concurrent_downloads: self.max_concurrent_downloads,
+            pin,
+            unpack: None,
+            ..PullOptions::default()
+        };
+        let (sources, loaded) =
+            credentials::Reloading::new(self.credential_config()?, CREDENTIALS_CHECK)?;
+        report_loaded(&loaded);
+        let registry = RegistryClient::new(
+            registry::Options {
+                hosts: registry::Hosts {
+                    // containerd's own per-host settings; a node without them is fine.
+                    dir: Some(self.hosts_dir.clone()).filter(|d| d.is_dir()),
+                    plain_http: self.plain_http.iter().cloned().collect::<HashSet<_>>(),
+                },
+                ..Default::default()
+            },
+            Arc::new(sources),
+        )?;
+        let store = self.containerd.connect().await?;
+        if !self.no_unpack {
+            options.unpack = Some(match &self.snapshotter {
+                Some(s) => s.clone(),
+                None => cri_snapshotter(&self.containerd.socket).await,
+            });
+        }
+        Ok(Puller::new(Arc::new(registry), store, options))
+    }
+
+    fn credential_config(&self) -> anyhow::Result<credentials::CredentialConfig> {
+        let plugins = match (
+            &self.image_credential_provider_config,
+            &self.image_credential_provider_bin_dir,
+        ) {
+            (Some(config), Some(bin_dir)) => Some((config.clone(), bin_dir.clone())),
+            (None, None) => None,
+            _ => anyhow::bail!(
+                "--image-credential-provider-config and --image-credential-provider-bin-dir go together"
+            ),
+        };
+        Ok(credentials::CredentialConfig {
+            auth_files: self.auth_files.clone(),
+            plugins,
+            plugin_timeout: Some(self.image_credential_provider_timeout),
+            kubelet_root: (!self.no_node_credentials).then(|| self.kubelet_root_dir.clone()),
+        })
+    }
 }
 
 /// Runs `prepull pull`. Exit code 0 when every image was pulled, 1 otherwise.
@@ -124,52 +186,7 @@ pub async fn run(args: PullArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|i| Reference::parse(i))
         .collect::<Result<_, _>>()?;
-    let mut options = PullOptions {
-        platform: args.platform.clone().unwrap_or_else(Platform::host),
-        max_concurrent_downloads: args.max_concurrent_downloads,
-        pin: args.pin,
-        unpack: None,
-        ..PullOptions::default()
-    };
-    let plugins = match (
-        &args.image_credential_provider_config,
-        &args.image_credential_provider_bin_dir,
-    ) {
-        (Some(config), Some(bin_dir)) => Some((config.clone(), bin_dir.clone())),
-        (None, None) => None,
-        _ => anyhow::bail!(
-            "--image-credential-provider-config and --image-credential-provider-bin-dir go together"
-        ),
-    };
-    let config = credentials::CredentialConfig {
-        auth_files: args.auth_files.clone(),
-        plugins,
-        plugin_timeout: Some(args.image_credential_provider_timeout),
-        kubelet_root: (!args.no_node_credentials).then(|| args.kubelet_root_dir.clone()),
-    };
-    let (sources, loaded) = credentials::Reloading::new(config, CREDENTIALS_CHECK)?;
-    report_loaded(&loaded);
-    let registry = RegistryClient::new(
-        registry::Options {
-            hosts: registry::Hosts {
-                // containerd's own per-host settings; a node without them is fine.
-                dir: Some(args.hosts_dir.clone()).filter(|d| d.is_dir()),
-                plain_http: args.plain_http.iter().cloned().collect::<HashSet<_>>(),
-            },
-            ..Default::default()
-        },
-        Arc::new(sources),
-    )?;
-    let store = Store::connect(&args.containerd.socket, &args.containerd.namespace)
-        .await
-        .with_context(|| format!("namespace {}", args.containerd.namespace))?;
-    if !args.no_unpack {
-        options.unpack = Some(match &args.snapshotter {
-            Some(s) => s.clone(),
-            None => cri_snapshotter(&args.containerd.socket).await,
-        });
-    }
-    let puller = Puller::new(Arc::new(registry), store, options);
+    let puller = args.puller.build(args.pin).await?;
 
     let results = join_all(references.iter().map(|r| puller.pull(r))).await;
     let mut failed = 0;

@@ -1,23 +1,22 @@
 //! Credentials that follow their files: mounted pull secrets, the node's config and the
 //! credential-provider config are re-read when they change on disk.
 //!
-//! Kubernetes updates a mounted secret by writing a new `..<timestamp>` directory and swapping
-//! the `..data` symlink to it, so a change shows as a new resolved path, size, inode or
-//! modification time of the files and directories prepull reads. Those are checked at most once
-//! per interval on lookup; when they differ, every source is loaded again and replaces the old
+//! A change shows in the files' [`Fingerprint`] (Kubernetes swaps a mounted secret's `..data`
+//! symlink), which is checked at most once per interval on lookup; when they differ, every source is loaded again and replaces the old
 //! one at once. A reload that fails (a half-edited file) keeps the previous credentials and says
 //! why. Each reload bumps [`CredentialSource::generation`], which tells the registry client to
 //! drop tokens minted from the old credentials.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use super::{
     load_auth_file, node_credential_files, AuthFileError, Credential, CredentialSource, Keyring,
     PluginConfigError, Plugins, Problem, Sources,
 };
+use crate::watch::Fingerprint;
 
 /// Where a run's credentials come from.
 #[derive(Clone, Debug, Default)]
@@ -110,56 +109,19 @@ impl CredentialConfig {
     }
 
     /// What identifies the current contents of every input.
-    fn fingerprint(&self) -> Vec<Stamp> {
-        let mut out = Vec::new();
-        for file in &self.auth_files {
-            stamp_tree(file, &mut out);
-        }
+    fn fingerprint(&self) -> Fingerprint {
+        let mut paths: Vec<PathBuf> = self.auth_files.clone();
         if let Some((config, _)) = &self.plugins {
-            stamp_tree(config, &mut out);
+            paths.push(config.clone());
         }
-        for file in self.node_candidates() {
-            out.push(stamp(&file));
-        }
-        out
-    }
-}
-
-/// A file's identity and version, following symlinks; `None` fields when it does not exist.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Stamp {
-    path: PathBuf,
-    resolved: Option<PathBuf>,
-    len: u64,
-    modified: Option<SystemTime>,
-    inode: u64,
-}
-
-fn stamp(path: &Path) -> Stamp {
-    use std::os::unix::fs::MetadataExt as _;
-    let meta = std::fs::metadata(path).ok();
-    Stamp {
-        path: path.to_path_buf(),
-        resolved: std::fs::canonicalize(path).ok(),
-        len: meta.as_ref().map_or(0, |m| m.len()),
-        modified: meta.as_ref().and_then(|m| m.modified().ok()),
-        inode: meta.as_ref().map_or(0, |m| m.ino()),
-    }
-}
-
-/// A file's stamp, or for a directory (a mounted secret) its own and each entry's.
-fn stamp_tree(path: &Path, out: &mut Vec<Stamp>) {
-    out.push(stamp(path));
-    if let Ok(entries) = std::fs::read_dir(path) {
-        let mut names: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
-        names.sort();
-        out.extend(names.iter().map(|p| stamp(p)));
+        paths.extend(self.node_candidates());
+        Fingerprint::of(&paths)
     }
 }
 
 struct Current {
     sources: Arc<Sources>,
-    fingerprint: Vec<Stamp>,
+    fingerprint: Fingerprint,
 }
 
 /// [`Sources`] that reload when their files change.
@@ -269,6 +231,7 @@ impl CredentialSource for Reloading {
 mod tests {
     use super::*;
     use base64::Engine as _;
+    use std::path::Path;
 
     fn secret_json(user: &str, password: &str) -> String {
         let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use containerd_client::services::v1::images_client::ImagesClient;
 use containerd_client::services::v1::{
-    CreateImageRequest, GetImageRequest, Image, UpdateImageRequest,
+    CreateImageRequest, GetImageRequest, Image, ListImagesRequest, UpdateImageRequest,
 };
 use containerd_client::types::Descriptor as PbDescriptor;
 
@@ -41,20 +41,53 @@ impl Store {
         }
     }
 
+    /// Image records that have `label`, whatever its value.
+    pub async fn images_with_label(&self, label: &str) -> Result<Vec<Image>, StoreError> {
+        let mut client = ImagesClient::new(self.channel.clone());
+        let listed = client
+            .list(self.request(
+                ListImagesRequest {
+                    filters: vec![format!("labels.\"{label}\"")],
+                },
+                None,
+            ))
+            .await
+            .map_err(|s| StoreError::rpc("Images.List", label, s))?;
+        Ok(listed.into_inner().images)
+    }
+
     /// Removes a label from an image record (e.g. the CRI pin). `false` if there is no such
     /// record.
     pub async fn remove_image_label(&self, name: &str, label: &str) -> Result<bool, StoreError> {
+        self.update_image_labels(name, &[(label, None)]).await
+    }
+
+    /// Sets (`Some`) or removes (`None`) labels of an image record, leaving its other labels
+    /// alone. `false` if there is no such record.
+    pub async fn update_image_labels(
+        &self,
+        name: &str,
+        changes: &[(&str, Option<&str>)],
+    ) -> Result<bool, StoreError> {
         let Some(mut image) = self.image(name).await? else {
             return Ok(false);
         };
-        image.labels.remove(label);
+        for (label, value) in changes {
+            match value {
+                Some(v) => image.labels.insert(label.to_string(), v.to_string()),
+                None => image.labels.remove(*label),
+            };
+        }
         let mut client = ImagesClient::new(self.channel.clone());
         client
             .update(self.request(
                 UpdateImageRequest {
                     image: Some(image),
                     update_mask: Some(prost_types::FieldMask {
-                        paths: vec![format!("labels.{label}")],
+                        paths: changes
+                            .iter()
+                            .map(|(label, _)| format!("labels.{label}"))
+                            .collect(),
                     }),
                     source_date_epoch: None,
                 },

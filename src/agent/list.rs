@@ -1,0 +1,247 @@
+//! The prepull list: the images every node keeps warm, as YAML (a ConfigMap key, mounted).
+//!
+//! ```yaml
+//! # Pinned unless said otherwise: the kubelet's image GC leaves them alone.
+//! pin: true
+//! images:
+//!   - registry.example.com/team/app:1.4
+//!   - image: registry.example.com/team/batch:2.0
+//!     pin: false
+//! ```
+//!
+//! Every problem is reported with the file and the entry (`images[2]`), and a list with any
+//! problem is refused whole, so a typo never unpins or drops what the last good list held.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use serde_yaml_ng::Value;
+
+use crate::reference::Reference;
+
+/// One image of the list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// The image, normalized as the kubelet normalizes it.
+    pub reference: Reference,
+    /// Whether its records carry the CRI pin.
+    pub pin: bool,
+}
+
+/// A parsed list.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct List {
+    /// The images, in file order, each once.
+    pub entries: Vec<Entry>,
+}
+
+/// Why a list cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ListError {
+    /// Unreadable.
+    #[error("cannot read the prepull list {}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Wrong content: every problem found, one per line.
+    #[error("prepull list {}: {}", path.display(), problems.join("; "))]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Each problem, naming the entry and the fix.
+        problems: Vec<String>,
+    },
+}
+
+impl List {
+    /// Reads and checks a list file.
+    pub fn load(path: &Path) -> Result<List, ListError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ListError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        List::parse(&text).map_err(|problems| ListError::Invalid {
+            path: path.to_path_buf(),
+            problems,
+        })
+    }
+
+    /// Parses list text; on failure, every problem found.
+    pub fn parse(text: &str) -> Result<List, Vec<String>> {
+        let top: Value = if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_yaml_ng::from_str(text).map_err(|e| vec![format!("not valid YAML: {e}")])?
+        };
+        let map = match top {
+            Value::Null => return Ok(List::default()),
+            Value::Mapping(m) => m,
+            Value::Sequence(_) => {
+                return Err(vec![
+                    "the top level is a list; put it under `images:`".to_string()
+                ])
+            }
+            _ => return Err(vec!["expected a mapping with an `images:` list".to_string()]),
+        };
+        let mut problems = Vec::new();
+        let mut default_pin = true;
+        let mut images: Vec<Value> = Vec::new();
+        for (key, value) in map {
+            match key.as_str() {
+                Some("pin") => match value {
+                    Value::Bool(b) => default_pin = b,
+                    other => {
+                        problems.push(format!("`pin` must be true or false, not {}", show(&other)))
+                    }
+                },
+                Some("images") => match value {
+                    Value::Sequence(s) => images = s,
+                    Value::Null => {}
+                    other => problems.push(format!(
+                        "`images` must be a list of image names, not {}",
+                        show(&other)
+                    )),
+                },
+                _ => problems.push(format!(
+                    "unknown key {}: the list has `images` and `pin`",
+                    show(&key)
+                )),
+            }
+        }
+        let mut entries = Vec::new();
+        let mut seen = HashSet::new();
+        for (i, item) in images.into_iter().enumerate() {
+            let at = format!("images[{i}]");
+            let (name, pin) = match item {
+                Value::String(s) => (s, default_pin),
+                Value::Mapping(m) => {
+                    let mut name = None;
+                    let mut pin = default_pin;
+                    for (key, value) in m {
+                        match (key.as_str(), value) {
+                            (Some("image"), Value::String(s)) => name = Some(s),
+                            (Some("pin"), Value::Bool(b)) => pin = b,
+                            (Some("pin"), other) => problems.push(format!(
+                                "{at}: `pin` must be true or false, not {}",
+                                show(&other)
+                            )),
+                            (Some("image"), other) => problems.push(format!(
+                                "{at}: `image` must be an image name, not {}",
+                                show(&other)
+                            )),
+                            (_, _) => problems.push(format!(
+                                "{at}: unknown key {}: an entry has `image` and `pin`",
+                                show(&key)
+                            )),
+                        }
+                    }
+                    match name {
+                        Some(n) => (n, pin),
+                        None => {
+                            problems.push(format!("{at}: has no `image`"));
+                            continue;
+                        }
+                    }
+                }
+                other => {
+                    problems.push(format!(
+                        "{at}: expected an image name or a mapping with `image`, not {}",
+                        show(&other)
+                    ));
+                    continue;
+                }
+            };
+            match Reference::parse(&name) {
+                Ok(reference) => {
+                    if seen.insert(reference.to_string()) {
+                        entries.push(Entry { reference, pin });
+                    } else {
+                        problems.push(format!(
+                            "{at}: {name:?} is listed twice (as {reference}); keep one"
+                        ));
+                    }
+                }
+                Err(e) => problems.push(format!("{at}: {e}")),
+            }
+        }
+        if problems.is_empty() {
+            Ok(List { entries })
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+/// A YAML value in a message: short, on one line.
+fn show(v: &Value) -> String {
+    let text = match v {
+        Value::String(s) => format!("{s:?}"),
+        other => serde_yaml_ng::to_string(other)
+            .unwrap_or_default()
+            .trim()
+            .replace('\n', " "),
+    };
+    if text.chars().count() > 60 {
+        format!("{}…", text.chars().take(60).collect::<String>())
+    } else {
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_mappings_with_a_default_pin() {
+        let list = List::parse(
+            "pin: true\nimages:\n  - nginx:1.25\n  - image: registry.example.com/team/batch:2.0\n    pin: false\n",
+        )
+        .unwrap();
+        assert_eq!(list.entries.len(), 2);
+        assert_eq!(
+            list.entries[0].reference.to_string(),
+            "docker.io/library/nginx:1.25"
+        );
+        assert!(list.entries[0].pin);
+        assert!(!list.entries[1].pin);
+
+        let unpinned = List::parse("pin: false\nimages: [busybox]").unwrap();
+        assert!(!unpinned.entries[0].pin);
+    }
+
+    #[test]
+    fn empty_files_and_empty_lists_hold_nothing() {
+        assert_eq!(List::parse("").unwrap(), List::default());
+        assert_eq!(List::parse("# nothing yet\n").unwrap(), List::default());
+        assert_eq!(List::parse("images:\n").unwrap(), List::default());
+        assert_eq!(List::parse("images: []").unwrap(), List::default());
+    }
+
+    #[test]
+    fn every_problem_is_named_with_its_entry() {
+        let problems = List::parse(
+            "imgs: []\npin: yes-please\nimages:\n  - nginx\n  - \"Bad Name\"\n  - image: 5\n  - tag: x\n  - nginx:latest\n  - image: busybox\n    pinned: true\n",
+        )
+        .unwrap_err();
+        let all = problems.join("\n");
+        for expected in [
+            "unknown key \"imgs\"",
+            "`pin` must be true or false",
+            "images[1]:",
+            "images[2]: `image` must be an image name",
+            "images[3]: unknown key \"tag\"",
+            "images[3]: has no `image`",
+            "images[4]: \"nginx:latest\" is listed twice",
+            "images[5]: unknown key \"pinned\"",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+        }
+        assert!(List::parse("- nginx").unwrap_err()[0].contains("under `images:`"));
+        assert!(List::parse("images: [unclosed").unwrap_err()[0].contains("not valid YAML"));
+    }
+}
