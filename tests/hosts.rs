@@ -9,6 +9,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use base64::Engine as _;
+use support::process::Deadline;
 use support::{
     push_image, push_image_with, Containerd, ImageSpec, Proxy, Registry, RegistryOptions, TestCa,
 };
@@ -228,4 +229,222 @@ async fn mirrors_serve_first_and_the_upstream_takes_over_when_they_cannot() {
         "the upstream served it: {:?}",
         up_proxy.records()
     );
+}
+
+/// A registry that requires client certificates, with its own CA for clients, and one image
+/// pushed per `tags` entry (through the bench's plain-HTTP push side).
+async fn mutual_tls_registry(tags: &[&str]) -> (Containerd, Registry, TestCa, TestCa) {
+    let (server_ca, client_ca) = (TestCa::new(), TestCa::new());
+    let (containerd, registry) = tokio::join!(
+        Containerd::start(),
+        Registry::start_with(
+            RegistryOptions::default()
+                .tls(&server_ca)
+                .require_client_cert(&client_ca)
+        )
+    );
+    for tag in tags {
+        push_image_with(
+            &registry.push_target(),
+            "mtls/app",
+            tag,
+            &ImageSpec::new(&[64 * KIB, 16 * KIB]),
+        )
+        .await;
+    }
+    (containerd, registry, server_ca, client_ca)
+}
+
+/// The image is complete in containerd (every blob, per `ctr images check`) and CRI sees it.
+async fn assert_pulled(containerd: &Containerd, reference: &str) {
+    containerd.assert_image_complete(reference);
+    support::cri::wait_for_image(containerd.socket(), reference, Duration::from_secs(20)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mutual_tls_with_the_client_certificate_from_hosts_toml() {
+    let (containerd, registry, server_ca, client_ca) =
+        mutual_tls_registry(&["pair", "combined", "list"]).await;
+    let host = registry.host();
+    let certs = tempfile::tempdir().unwrap();
+    let certs_dir = certs.path().to_str().unwrap();
+    let dir = certs.path().join(host.replace(':', "_") + "_");
+    let client = client_ca.issue_client("node-1", &dir, "client.cert", "client.key");
+    std::fs::write(dir.join("client.pem"), client.combined_pem()).unwrap();
+    let hosts_toml = |client: &str| {
+        format!(
+            "server = \"https://{host}\"\nca = \"{}\"\nclient = {client}\n",
+            server_ca.pem_path().display()
+        )
+    };
+
+    // A [certificate, key] pair, relative to the hosts.toml's directory.
+    std::fs::write(
+        dir.join("hosts.toml"),
+        hosts_toml(r#"[["client.cert", "client.key"]]"#),
+    )
+    .unwrap();
+    let reference = format!("{host}/mtls/app:pair");
+    let out = prepull(&containerd, &["--hosts-dir", certs_dir, &reference]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_pulled(&containerd, &reference).await;
+
+    // One file with the certificate and its key, by absolute path.
+    std::fs::write(
+        dir.join("hosts.toml"),
+        hosts_toml(&format!("\"{}\"", dir.join("client.pem").display())),
+    )
+    .unwrap();
+    let reference = format!("{host}/mtls/app:combined");
+    let out = prepull(&containerd, &["--hosts-dir", certs_dir, &reference]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_pulled(&containerd, &reference).await;
+
+    // A list of such files (containerd presents the one that suits the server; prepull the
+    // first), given in a [host] entry for the registry itself.
+    std::fs::write(
+        dir.join("hosts.toml"),
+        format!(
+            "[host.\"https://{host}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  ca = \"{}\"\n  client = [\"client.pem\"]\n",
+            server_ca.pem_path().display()
+        ),
+    )
+    .unwrap();
+    let reference = format!("{host}/mtls/app:list");
+    let out = prepull(&containerd, &["--hosts-dir", certs_dir, &reference]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_pulled(&containerd, &reference).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mutual_tls_with_a_docker_style_client_cert_and_key() {
+    let (containerd, registry, server_ca, client_ca) = mutual_tls_registry(&["v1"]).await;
+    let host = registry.host();
+    let certs = tempfile::tempdir().unwrap();
+    // <host:port>/ca.crt + client.cert + client.key, as Docker lays them out.
+    write(certs.path(), &host, "ca.crt", server_ca.cert_pem());
+    client_ca.issue_client(
+        "node-1",
+        &certs.path().join(&host),
+        "client.cert",
+        "client.key",
+    );
+    let reference = format!("{host}/mtls/app:v1");
+    let out = prepull(
+        &containerd,
+        &["--hosts-dir", certs.path().to_str().unwrap(), &reference],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_pulled(&containerd, &reference).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mutual_tls_without_an_accepted_client_certificate_fails_and_says_what_to_configure() {
+    let (containerd, registry, server_ca, client_ca) = mutual_tls_registry(&["v1"]).await;
+    let host = registry.host();
+    let reference = format!("{host}/mtls/app:v1");
+    let certs = tempfile::tempdir().unwrap();
+    let certs_dir = certs.path().to_str().unwrap();
+    let dir = certs.path().join(&host);
+    write(certs.path(), &host, "ca.crt", server_ca.cert_pem());
+    let no_key_material = |t: &str, keys: &[&support::tls::ClientCert]| {
+        for k in keys {
+            let body: Vec<&str> = k
+                .key_pem
+                .lines()
+                .filter(|l| !l.starts_with("-----"))
+                .collect();
+            assert!(
+                body.iter().all(|line| !t.contains(line)),
+                "key material in the output: {t}"
+            );
+        }
+    };
+
+    // No client certificate: the registry and the fix are named: the files to write, where.
+    let out = prepull(&containerd, &["--hosts-dir", certs_dir, &reference]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    let hosts_toml = dir.join("hosts.toml").display().to_string();
+    assert!(
+        t.contains(&format!("registry {host}"))
+            && t.contains("requires a TLS client certificate and none is configured for it")
+            && t.contains(&format!(
+                r#"configure one as client = [["client.cert", "client.key"]] in {hosts_toml}"#
+            ))
+            && t.contains(&format!(
+                "or put a client.cert + client.key pair (any *.cert with its *.key) in {}",
+                dir.display()
+            )),
+        "{t}"
+    );
+    // The registry logs the refused handshake on its own time (after sending the alert).
+    let deadline = Deadline::after(Duration::from_secs(10));
+    while !std::fs::read_to_string(registry.log_path())
+        .unwrap()
+        .contains("client didn't provide a certificate")
+    {
+        assert!(
+            !deadline.expired(),
+            "the registry saw no certificate:\n{}",
+            registry.log_tail(20)
+        );
+        deadline.tick().await;
+    }
+
+    // A certificate from a CA the registry does not trust is refused, and said so.
+    let stranger = TestCa::new().issue_client("node-1", &dir, "client.cert", "client.key");
+    let out = prepull(&containerd, &["--hosts-dir", certs_dir, &reference]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains(&format!("registry {host}"))
+            && t.contains(&format!(
+                "refused the TLS client certificate {}",
+                stranger.cert_path.display()
+            ))
+            && t.contains("not issued by a CA the registry trusts")
+            && t.contains(&hosts_toml),
+        "{t}"
+    );
+    no_key_material(&t, &[&stranger]);
+
+    // containerd reads each path of a list as a certificate with its key, so a certificate and
+    // a key given as two paths is a mistake: the file and the fix are named.
+    std::fs::remove_dir_all(&dir).unwrap();
+    let good = client_ca.issue_client("node-1", &dir, "client.cert", "client.key");
+    write(
+        certs.path(),
+        &host,
+        "hosts.toml",
+        &format!(
+            "server = \"https://{host}\"\nca = \"{}\"\nclient = [\"client.cert\", \"client.key\"]\n",
+            server_ca.pem_path().display()
+        ),
+    );
+    let out = prepull(&containerd, &["--hosts-dir", certs_dir, &reference]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains(&good.cert_path.display().to_string())
+            && t.contains("no PEM private key")
+            && t.contains(r#"client = [[""#),
+        "{t}"
+    );
+    no_key_material(&t, &[&good]);
+
+    // The same files as a pair work.
+    write(
+        certs.path(),
+        &host,
+        "hosts.toml",
+        &format!(
+            "server = \"https://{host}\"\nca = \"{}\"\nclient = [[\"client.cert\", \"client.key\"]]\n",
+            server_ca.pem_path().display()
+        ),
+    );
+    let out = prepull(&containerd, &["--hosts-dir", certs_dir, &reference]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_pulled(&containerd, &reference).await;
 }

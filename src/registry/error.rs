@@ -1,5 +1,9 @@
 //! Errors from talking to a registry, each naming the registry and repository involved.
 
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::{Endpoint, Hosts};
 use crate::digest::{Digest, VerifyError};
 use crate::oci::DocumentError;
 
@@ -14,6 +18,24 @@ pub enum RegistryError {
         /// What was being done, e.g. "GET manifest latest".
         action: String,
         /// The transport error.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The registry ended the TLS connection over the client certificate (mutual TLS): it
+    /// requires one and none is configured, or it refused the one presented.
+    #[error("registry {registry}: {action} failed: {}; {fix}", client_certificate_problem(alert, certificate.as_deref()))]
+    ClientCertificate {
+        /// The host spoken to.
+        registry: String,
+        /// What was being done.
+        action: String,
+        /// The TLS alert the registry sent, e.g. `BadCertificate`, `CertificateRequired`.
+        alert: String,
+        /// The client certificate presented, if one is configured.
+        certificate: Option<PathBuf>,
+        /// Where to configure one.
+        fix: String,
+        /// The transport error that carried the alert.
         #[source]
         source: reqwest::Error,
     },
@@ -118,7 +140,7 @@ pub enum RegistryError {
     #[error("TLS file {}: {detail}", path.display())]
     TlsConfig {
         /// The file.
-        path: std::path::PathBuf,
+        path: PathBuf,
         /// What is wrong.
         detail: String,
     },
@@ -139,7 +161,9 @@ impl RegistryError {
             } => "auth",
             RegistryError::Status { status, .. } if *status >= 500 => "registry-unavailable",
             RegistryError::Status { .. } => "registry-error",
-            RegistryError::Unauthorized { .. } | RegistryError::Token { .. } => "auth",
+            RegistryError::Unauthorized { .. }
+            | RegistryError::Token { .. }
+            | RegistryError::ClientCertificate { .. } => "auth",
             RegistryError::Corrupt { .. } | RegistryError::DigestHeader { .. } => "corrupt",
             RegistryError::TooLarge { .. } | RegistryError::Document { .. } => "bad-manifest",
             RegistryError::Client(_)
@@ -155,5 +179,187 @@ impl RegistryError {
             RegistryError::Status { status, .. } => *status == 429 || *status >= 500,
             _ => false,
         }
+    }
+}
+
+/// TLS alerts a server sends about the client's certificate. A client receives alerts only from
+/// the server, so these always concern the certificate prepull presented (or did not).
+const CLIENT_CERTIFICATE_ALERTS: &[&str] = &[
+    "CertificateRequired",
+    "BadCertificate",
+    "UnsupportedCertificate",
+    "CertificateRevoked",
+    "CertificateExpired",
+    "CertificateUnknown",
+    "UnknownCA",
+    "AccessDenied",
+];
+
+/// The TLS alert in an error's chain, if the server sent one about the client certificate.
+///
+/// The TLS library reports a received alert as `received fatal alert: <Alert>` (rustls names
+/// them as in its `AlertDescription`), deep in the transport error's sources.
+pub(crate) fn client_certificate_alert(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        let text = err.to_string();
+        if let Some((_, rest)) = text.split_once("received fatal alert: ") {
+            let alert: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric())
+                .collect();
+            return CLIENT_CERTIFICATE_ALERTS
+                .contains(&alert.as_str())
+                .then_some(alert);
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// What the registry did about the client certificate.
+fn client_certificate_problem(alert: &str, certificate: Option<&Path>) -> String {
+    match certificate {
+        None => format!(
+            "the registry requires a TLS client certificate and none is configured for it \
+             (TLS alert {alert})"
+        ),
+        Some(cert) => format!(
+            "the registry refused the TLS client certificate {} (TLS alert {alert}): it may be \
+             expired, or not issued by a CA the registry trusts",
+            cert.display()
+        ),
+    }
+}
+
+/// How long one probe request in [`explain_transport_error`] may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Probe requests before giving up on finding the cause.
+const PROBE_ATTEMPTS: usize = 3;
+
+/// Turns a transport error from `endpoint` (of the image's `registry`) into
+/// [`RegistryError::ClientCertificate`] when the registry refused the TLS client certificate.
+///
+/// Over TLS 1.3 a server checks the client's certificate after the client considers the
+/// handshake done, so its alert races with the first request; over HTTP/2 a request still queued
+/// when the connection dies is cancelled without the cause. When an HTTPS request failed without a
+/// visible cause, an HTTP/1.1 request to the API root asks again (up to three times): HTTP/1.1
+/// hands the connection's error to the request in flight, alert included. Any other error is
+/// returned as it is.
+pub(crate) async fn explain_transport_error(
+    hosts: &Hosts,
+    registry: &str,
+    endpoint: &Endpoint,
+    error: RegistryError,
+) -> RegistryError {
+    let RegistryError::Network {
+        registry: host,
+        action,
+        source,
+    } = error
+    else {
+        return error;
+    };
+    let refused = |alert: String, source: reqwest::Error| RegistryError::ClientCertificate {
+        registry: host.clone(),
+        action: action.clone(),
+        alert,
+        certificate: endpoint.tls.client.as_ref().map(|(cert, _)| cert.clone()),
+        fix: hosts.client_certificate_advice(registry, endpoint),
+        source,
+    };
+    if let Some(alert) = client_certificate_alert(&source) {
+        return refused(alert, source);
+    }
+    let https = endpoint.origin.starts_with("https://");
+    if !https || source.is_connect() || source.is_timeout() || !source.is_request() {
+        return RegistryError::Network {
+            registry: host,
+            action,
+            source,
+        };
+    }
+    let probe = async {
+        let client = endpoint
+            .tls
+            .configure(
+                reqwest::Client::builder()
+                    .http1_only()
+                    .timeout(PROBE_TIMEOUT),
+            )
+            .ok()?
+            .build()
+            .ok()?;
+        let url = format!("{}{}/", endpoint.origin, endpoint.api_path);
+        // Rarely, HTTP/1.1 too sees the connection die before the request is queued on it.
+        for _ in 0..PROBE_ATTEMPTS {
+            let e = client.get(&url).send().await.err()?;
+            if let Some(alert) = client_certificate_alert(&e) {
+                return Some((alert, e.without_url()));
+            }
+            if e.is_connect() || e.is_timeout() {
+                return None;
+            }
+        }
+        None
+    };
+    match probe.await {
+        Some((alert, probe_error)) => refused(alert, probe_error),
+        None => RegistryError::Network {
+            registry: host,
+            action,
+            source,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error whose cause is `source`, like the transport errors that wrap the TLS library's.
+    #[derive(Debug)]
+    struct Wrapped(std::io::Error);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("connection error")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn client_certificate_alerts_are_found_in_the_chain() {
+        let alert = |text: &str| {
+            client_certificate_alert(&Wrapped(std::io::Error::other(text.to_string())))
+        };
+        assert_eq!(
+            alert("received fatal alert: BadCertificate").as_deref(),
+            Some("BadCertificate")
+        );
+        assert_eq!(
+            alert("received fatal alert: CertificateRequired").as_deref(),
+            Some("CertificateRequired")
+        );
+        // Alerts about other things, and errors without an alert, are not about the certificate.
+        assert_eq!(alert("received fatal alert: HandshakeFailure"), None);
+        assert_eq!(alert("connection closed"), None);
+    }
+
+    #[test]
+    fn the_problem_says_whether_a_certificate_was_presented() {
+        let none = client_certificate_problem("BadCertificate", None);
+        assert!(none.contains("none is configured"), "{none}");
+        let refused = client_certificate_problem("UnknownCA", Some(Path::new("/etc/c.cert")));
+        assert!(
+            refused.contains("refused the TLS client certificate /etc/c.cert")
+                && refused.contains("UnknownCA"),
+            "{refused}"
+        );
     }
 }

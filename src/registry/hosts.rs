@@ -6,13 +6,21 @@
 //! that exists is used. In it, `hosts.toml` lists mirrors (`[host."https://…"]`, tried in file
 //! order, each with `capabilities`, `ca`, `client`, `skip_verify`, `header`, `override_path`)
 //! and the upstream `server`, tried last. Without `hosts.toml`, Docker-style files apply to the
-//! upstream: `*.crt` are CAs, `*.cert` + `*.key` a client certificate.
+//! upstream: `*.crt` are CAs, `*.cert` + `*.key` a client certificate (a `*.cert` without its
+//! `*.key` holds the key itself).
+//!
+//! `client` is read as containerd reads it: a path, or a list whose items are paths or
+//! `[cert, key]` pairs. A path alone names one PEM file holding the certificate and its key (so
+//! `client = ["a.pem", "b.pem"]` is two such files, not a certificate and a key); a pair with an
+//! empty key does too. containerd offers the server whichever configured certificate suits it;
+//! prepull presents the first one.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::RegistryError;
 use crate::reference::DOCKER_HUB;
 
 /// The API host behind `docker.io`.
@@ -147,28 +155,52 @@ impl OneOrMany {
     }
 }
 
-/// `client = "both.pem"`, `client = ["cert.pem", "key.pem"]` or `[["cert", "key"], …]`.
+/// `client = "both.pem"`, `client = ["both-1.pem", "both-2.pem"]` or
+/// `client = [["client.cert", "client.key"], ["both.pem", ""]]` (see the module docs).
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum ClientCerts {
     One(String),
+    Many(Vec<ClientEntry>),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ClientEntry {
+    /// A PEM file with the certificate and its key.
+    Combined(String),
+    /// `[cert, key]`; an empty key means the key is in the certificate's file.
     Pair(Vec<String>),
-    Pairs(Vec<Vec<String>>),
 }
 
 impl ClientCerts {
-    fn first(self) -> Option<(PathBuf, Option<PathBuf>)> {
-        match self {
-            ClientCerts::One(c) => Some((c.into(), None)),
-            ClientCerts::Pair(v) => {
-                let mut it = v.into_iter();
-                Some((it.next()?.into(), it.next().map(PathBuf::from)))
+    /// The certificate (and key file, if separate) prepull presents: the first configured.
+    fn first(self) -> Result<Option<(PathBuf, Option<PathBuf>)>, String> {
+        let entries = match self {
+            ClientCerts::One(c) => vec![ClientEntry::Combined(c)],
+            ClientCerts::Many(v) => v,
+        };
+        let mut first = None;
+        // Every entry is checked, as containerd does, though only the first is used.
+        for entry in entries {
+            let (cert, key) = match entry {
+                ClientEntry::Combined(c) => (c, None),
+                ClientEntry::Pair(p) => match <[String; 2]>::try_from(p) {
+                    Ok([c, k]) => (c, Some(k).filter(|k| !k.is_empty())),
+                    Err(p) => {
+                        return Err(format!(
+                            "client: {p:?} is not a [certificate, key] pair (two paths; an empty \
+                             key means the key is in the certificate's file)"
+                        ))
+                    }
+                },
+            };
+            if cert.is_empty() {
+                return Err("client: a certificate path is empty".into());
             }
-            ClientCerts::Pairs(v) => {
-                let mut it = v.into_iter().next()?.into_iter();
-                Some((it.next()?.into(), it.next().map(PathBuf::from)))
-            }
+            first.get_or_insert((PathBuf::from(cert), key.map(PathBuf::from)));
         }
+        Ok(first)
     }
 }
 
@@ -226,7 +258,8 @@ impl Hosts {
                 .unwrap_or_else(|| vec!["pull".into(), "resolve".into()]);
             endpoint.pull = caps.iter().any(|c| c == "pull");
             endpoint.resolve = caps.iter().any(|c| c == "resolve");
-            endpoint.tls = tls_of(&dir, entry.ca, entry.client, entry.skip_verify);
+            endpoint.tls = tls_of(&dir, entry.ca, entry.client, entry.skip_verify)
+                .map_err(|m| invalid(format!("[host.{url:?}] {m}")))?;
             endpoint.headers = headers(entry.header);
             if entry.override_path == Some(true) {
                 endpoint.api_path = api_path_of(&url);
@@ -250,12 +283,50 @@ impl Hosts {
             .unwrap_or_else(|| vec!["pull".into(), "resolve".into()]);
         upstream.pull = caps.iter().any(|c| c == "pull");
         upstream.resolve = caps.iter().any(|c| c == "resolve");
-        upstream.tls = tls_of(&dir, parsed.ca, parsed.client, parsed.skip_verify);
+        upstream.tls =
+            tls_of(&dir, parsed.ca, parsed.client, parsed.skip_verify).map_err(invalid)?;
         upstream.headers = headers(parsed.header);
         if !out.iter().any(|e| e.origin == upstream.origin) {
             out.push(upstream);
         }
         Ok(out)
+    }
+
+    /// Where an operator configures the client certificate for `endpoint` of `registry`, as
+    /// advice to end an error message with.
+    pub fn client_certificate_advice(&self, registry: &str, endpoint: &Endpoint) -> String {
+        const PAIR: &str = r#"client = [["client.cert", "client.key"]]"#;
+        let Some(root) = &self.dir else {
+            return format!(
+                "configure one in containerd's hosts directory for {registry} and pass it with \
+                 --hosts-dir"
+            );
+        };
+        // The directory in use, or the one containerd would look in first.
+        let dir = self.host_dir(registry).unwrap_or_else(|| {
+            let name = match registry.rfind(':').filter(|i| *i > 0) {
+                Some(i) => format!("{}_{}_", &registry[..i], &registry[i + 1..]),
+                None => registry.to_string(),
+            };
+            root.join(name)
+        });
+        let hosts_toml = dir.join("hosts.toml");
+        if endpoint.mirror {
+            format!(
+                "configure one as {PAIR} in the [host.\"{}\"] table of {}",
+                endpoint.origin,
+                hosts_toml.display()
+            )
+        } else if hosts_toml.is_file() {
+            format!("configure one as {PAIR} in {}", hosts_toml.display())
+        } else {
+            format!(
+                "configure one as {PAIR} in {}, or put a client.cert + client.key pair (any \
+                 *.cert with its *.key) in {}",
+                hosts_toml.display(),
+                dir.display()
+            )
+        }
     }
 
     fn host_dir(&self, registry: &str) -> Option<PathBuf> {
@@ -279,20 +350,147 @@ fn tls_of(
     ca: Option<OneOrMany>,
     client: Option<ClientCerts>,
     skip_verify: Option<bool>,
-) -> Tls {
+) -> Result<Tls, String> {
     let resolve = |p: PathBuf| if p.is_absolute() { p } else { dir.join(p) };
-    Tls {
+    let client = match client {
+        Some(c) => c.first()?,
+        None => None,
+    };
+    Ok(Tls {
         ca_files: ca
             .map(OneOrMany::into_vec)
             .unwrap_or_default()
             .into_iter()
             .map(|p| resolve(PathBuf::from(p)))
             .collect(),
-        client: client
-            .and_then(ClientCerts::first)
-            .map(|(cert, key)| (resolve(cert), key.map(resolve))),
+        client: client.map(|(cert, key)| (resolve(cert), key.map(resolve))),
         skip_verify: skip_verify.unwrap_or(false),
+    })
+}
+
+impl Tls {
+    /// Adds these settings to a client: the CAs (besides the node's roots), the client
+    /// certificate, `skip_verify`. A file that cannot be used is named with what is wrong with it.
+    pub fn configure(
+        &self,
+        mut builder: reqwest::ClientBuilder,
+    ) -> Result<reqwest::ClientBuilder, RegistryError> {
+        for ca in &self.ca_files {
+            let fail = |detail: String| RegistryError::TlsConfig {
+                path: ca.clone(),
+                detail,
+            };
+            let pem = std::fs::read(ca).map_err(|e| fail(e.to_string()))?;
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| fail(innermost(&e)))?;
+            if certs.is_empty() {
+                return Err(fail("no PEM certificate (BEGIN CERTIFICATE) in it".into()));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        if let Some(identity) = self.client_identity()? {
+            builder = builder.identity(identity);
+        }
+        if self.skip_verify {
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+        Ok(builder)
     }
+
+    /// The client certificate and key, read from their files and checked against each other;
+    /// `None` when none is configured. Problems name the file and what is wrong with it, never
+    /// the key's content.
+    pub fn client_identity(&self) -> Result<Option<reqwest::Identity>, RegistryError> {
+        let Some((cert, key)) = &self.client else {
+            return Ok(None);
+        };
+        let fail = |path: &Path, detail: String| RegistryError::TlsConfig {
+            path: path.to_path_buf(),
+            detail,
+        };
+        let read = |path: &Path| std::fs::read(path).map_err(|e| fail(path, e.to_string()));
+        let mut pem = read(cert)?;
+        if !pem_labels(&pem).iter().any(|l| l == "CERTIFICATE") {
+            return Err(fail(
+                cert,
+                "no PEM certificate (BEGIN CERTIFICATE) in it".into(),
+            ));
+        }
+        match key {
+            Some(key) => {
+                let key_pem = read(key)?;
+                key_problem(&key_pem).map_or(Ok(()), |p| Err(fail(key, p)))?;
+                pem.push(b'\n');
+                pem.extend(key_pem);
+            }
+            None => {
+                if let Some(problem) = key_problem(&pem) {
+                    return Err(fail(
+                        cert,
+                        format!(
+                            "{problem}: a client certificate named alone must hold its key too; \
+                             with the key in its own file write client = [[\"{}\", \"<key \
+                             file>\"]] in hosts.toml, or name the pair <name>.cert + <name>.key \
+                             in a Docker-style certs.d directory",
+                            cert.display()
+                        ),
+                    ));
+                }
+            }
+        }
+        let identity = reqwest::Identity::from_pem(&pem).map_err(|e| fail(cert, innermost(&e)))?;
+        // The TLS library checks that the key belongs to the certificate when a client is built:
+        // do it here, so a mismatch names the files instead of failing the whole client.
+        reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .identity(identity.clone())
+            .build()
+            .map_err(|e| {
+                let files = match key {
+                    Some(key) => format!(" with key {}", key.display()),
+                    None => String::new(),
+                };
+                fail(cert, format!("unusable{files}: {}", innermost(&e)))
+            })?;
+        Ok(Some(identity))
+    }
+}
+
+/// The labels of a PEM file's sections (`CERTIFICATE`, `PRIVATE KEY`, …).
+fn pem_labels(pem: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(pem)
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("-----BEGIN ")?.strip_suffix("-----"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Why `pem` holds no private key prepull can use, if it does not.
+fn key_problem(pem: &[u8]) -> Option<String> {
+    let labels = pem_labels(pem);
+    if labels.iter().any(|l| {
+        matches!(
+            l.as_str(),
+            "PRIVATE KEY" | "RSA PRIVATE KEY" | "EC PRIVATE KEY"
+        )
+    }) {
+        None
+    } else if labels.iter().any(|l| l == "ENCRYPTED PRIVATE KEY") {
+        Some("the private key is encrypted; it must be stored unencrypted".into())
+    } else {
+        Some("no PEM private key in it".into())
+    }
+}
+
+/// The most specific message of an error chain (reqwest's own is only "builder error").
+fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
 }
 
 fn headers(h: BTreeMap<String, OneOrMany>) -> Vec<(String, String)> {
@@ -345,10 +543,9 @@ fn docker_certs(dir: &Path) -> Result<Tls, HostsError> {
         match path.extension().and_then(|e| e.to_str()) {
             Some("crt") => tls.ca_files.push(path),
             Some("cert") if tls.client.is_none() => {
+                // Without its `.key`, a `.cert` holds the key itself (as containerd reads it).
                 let key = path.with_extension("key");
-                if key.is_file() {
-                    tls.client = Some((path, Some(key)));
-                }
+                tls.client = Some((path, key.is_file().then_some(key)));
             }
             _ => {}
         }
@@ -463,6 +660,149 @@ server = "https://registry-1.docker.io"
         assert_eq!(
             e[0].tls.client,
             Some((d.join("client.cert"), Some(d.join("client.key"))))
+        );
+    }
+
+    #[test]
+    fn client_paths_and_pairs_as_containerd_reads_them() {
+        let client_of = |toml: &str| {
+            let (root, hosts) = hosts_with("reg.local", Some(toml));
+            let d = root.path().join("reg.local");
+            let e = hosts.endpoints("reg.local").unwrap();
+            let (cert, key) = e[0].tls.client.clone().unwrap();
+            (
+                cert.strip_prefix(&d).unwrap().to_path_buf(),
+                key.map(|k| k.strip_prefix(&d).unwrap().to_path_buf()),
+            )
+        };
+        let both = (PathBuf::from("both.pem"), None);
+        assert_eq!(client_of("client = \"both.pem\"\n"), both);
+        // A list of paths is a list of files that each hold a certificate and its key.
+        assert_eq!(client_of("client = [\"both.pem\", \"other.pem\"]\n"), both);
+        assert_eq!(client_of("client = [[\"both.pem\", \"\"]]\n"), both);
+        assert_eq!(
+            client_of("client = [\"both.pem\", [\"c.cert\", \"c.key\"]]\n"),
+            both
+        );
+        assert_eq!(
+            client_of("client = [[\"c.cert\", \"c.key\"], [\"both.pem\", \"\"]]\n"),
+            (PathBuf::from("c.cert"), Some(PathBuf::from("c.key")))
+        );
+        let (_root, hosts) = hosts_with(
+            "reg.local",
+            Some("[host.\"https://m.local\"]\n  client = [[\"c.cert\"]]\n"),
+        );
+        let err = hosts.endpoints("reg.local").unwrap_err().to_string();
+        assert!(
+            err.contains("hosts.toml") && err.contains("m.local") && err.contains("pair"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_docker_style_cert_without_its_key_holds_the_key() {
+        let (root, hosts) = hosts_with("reg.local", None);
+        let d = root.path().join("reg.local");
+        std::fs::write(d.join("client.cert"), "x").unwrap();
+        let e = hosts.endpoints("reg.local").unwrap();
+        assert_eq!(e[0].tls.client, Some((d.join("client.cert"), None)));
+    }
+
+    /// A certificate and its key, PEM, from a throwaway self-signed certificate.
+    fn cert_and_key() -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["node".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn unusable_client_certificates_name_the_file_and_the_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = cert_and_key();
+        let (_, other_key) = cert_and_key();
+        let path = |name: &str| dir.path().join(name);
+        let file = |name: &str, content: &str| {
+            std::fs::write(path(name), content).unwrap();
+            path(name)
+        };
+        let problem = |cert_file: PathBuf, key_file: Option<PathBuf>| {
+            let tls = Tls {
+                client: Some((cert_file, key_file)),
+                ..Tls::default()
+            };
+            let err = tls.client_identity().err().unwrap().to_string();
+            // Whatever went wrong, the key's content never shows.
+            for k in [&key, &other_key] {
+                for line in k.lines().filter(|l| !l.starts_with("-----")) {
+                    assert!(!err.contains(line), "key material in {err}");
+                }
+            }
+            err
+        };
+
+        let combined = file("both.pem", &format!("{cert}{key}"));
+        let pair = (file("c.cert", &cert), file("c.key", &key));
+        for (c, k) in [(combined, None), (pair.0.clone(), Some(pair.1))] {
+            let tls = Tls {
+                client: Some((c, k)),
+                ..Tls::default()
+            };
+            assert!(tls.client_identity().unwrap().is_some());
+        }
+        assert!(Tls::default().client_identity().unwrap().is_none());
+
+        // A certificate named alone, without its key: the pair form is suggested.
+        let err = problem(pair.0.clone(), None);
+        assert!(
+            err.contains(&pair.0.display().to_string())
+                && err.contains("no PEM private key")
+                && err.contains("client = [["),
+            "{err}"
+        );
+        // The "key" is another certificate.
+        let err = problem(pair.0.clone(), Some(file("cert-as-key.pem", &cert)));
+        assert!(
+            err.contains("cert-as-key.pem") && err.contains("no PEM private key"),
+            "{err}"
+        );
+        // An encrypted key.
+        let encrypted = key.replace("PRIVATE KEY", "ENCRYPTED PRIVATE KEY");
+        let err = problem(pair.0.clone(), Some(file("enc.key", &encrypted)));
+        assert!(
+            err.contains("enc.key") && err.contains("encrypted"),
+            "{err}"
+        );
+        // The key of another certificate.
+        let err = problem(pair.0.clone(), Some(file("other.key", &other_key)));
+        assert!(
+            err.contains("c.cert") && err.contains("other.key") && err.contains("unusable"),
+            "{err}"
+        );
+        // No certificate at all, and a missing file.
+        let err = problem(file("junk.cert", "junk"), None);
+        assert!(
+            err.contains("junk.cert") && err.contains("no PEM certificate"),
+            "{err}"
+        );
+        let err = problem(path("missing.cert"), None);
+        assert!(err.contains("missing.cert"), "{err}");
+
+        // A CA file without a certificate is named too.
+        let tls = Tls {
+            ca_files: vec![file("empty-ca.crt", "")],
+            ..Tls::default()
+        };
+        let err = tls
+            .configure(reqwest::Client::builder())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("empty-ca.crt") && err.contains("no PEM certificate"),
+            "{err}"
         );
     }
 

@@ -154,32 +154,7 @@ impl RegistryClient {
         if let Some(c) = auth::lock(&self.tls_clients).get(tls) {
             return Ok(c.clone());
         }
-        let fail = |path: &std::path::Path, detail: String| RegistryError::TlsConfig {
-            path: path.to_path_buf(),
-            detail,
-        };
-        let mut builder = client_builder(&self.options);
-        for ca in &tls.ca_files {
-            let pem = std::fs::read(ca).map_err(|e| fail(ca, e.to_string()))?;
-            for cert in
-                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| fail(ca, e.to_string()))?
-            {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
-        if let Some((cert, key)) = &tls.client {
-            let mut pem = std::fs::read(cert).map_err(|e| fail(cert, e.to_string()))?;
-            if let Some(key) = key {
-                pem.push(b'\n');
-                pem.extend(std::fs::read(key).map_err(|e| fail(key, e.to_string()))?);
-            }
-            let identity =
-                reqwest::Identity::from_pem(&pem).map_err(|e| fail(cert, e.to_string()))?;
-            builder = builder.identity(identity);
-        }
-        if tls.skip_verify {
-            builder = builder.danger_accept_invalid_certs(true);
-        }
+        let builder = tls.configure(client_builder(&self.options))?;
         let client = builder.build().map_err(RegistryError::Client)?;
         auth::lock(&self.tls_clients).insert(tls.clone(), client.clone());
         Ok(client)
@@ -500,7 +475,7 @@ impl RegistryClient {
                 Err(e) => return Err(e),
             };
             let sent_auth = authorization.is_some();
-            let response = self
+            let sent = self
                 .send_with_retries(registry, action, || {
                     let mut h = HeaderMap::new();
                     headers(&mut h);
@@ -517,7 +492,17 @@ impl RegistryClient {
                     }
                     http.request(method.clone(), url).headers(h)
                 })
-                .await?;
+                .await;
+            let response = match sent {
+                Ok(r) => r,
+                Err(e) => {
+                    let hosts = &self.options.hosts;
+                    return Err(
+                        error::explain_transport_error(hosts, reference.registry(), endpoint, e)
+                            .await,
+                    );
+                }
+            };
             let status = response.status();
             if status.is_success() {
                 auth::lock(&self.working).insert(sticky_key, i);
@@ -682,7 +667,12 @@ impl RegistryClient {
                     );
                     tokio::time::sleep(wait.min(MAX_RETRY_AFTER)).await;
                 }
-                Err(e) if !last && (e.is_connect() || e.is_timeout() || e.is_request()) => {
+                // A refused client certificate is refused again: no retry.
+                Err(e)
+                    if !last
+                        && (e.is_connect() || e.is_timeout() || e.is_request())
+                        && error::client_certificate_alert(&e).is_none() =>
+                {
                     tracing::warn!(registry, action, attempt, error = %e.without_url(), "request failed; retrying");
                     tokio::time::sleep(jitter(delay)).await;
                 }

@@ -1,7 +1,13 @@
 //! A real docker-registry (distribution 2.8) on a free loopback port, with filesystem storage in a
 //! temp dir and deletes enabled. [`Registry::start`] is plain HTTP without auth;
 //! [`Registry::start_with`] adds htpasswd (Basic) or token (Bearer) auth and/or TLS with a
-//! certificate from a test CA. Stopped and cleaned up on Drop.
+//! certificate from a test CA, optionally requiring client certificates from a test CA (mutual
+//! TLS). Stopped and cleaned up on Drop.
+//!
+//! A registry that requires client certificates refuses the bench's pusher, which presents none,
+//! so it gets a sibling: a second docker-registry on the same storage, plain HTTP on its own port,
+//! which [`Registry::push_target`] points at. What is pushed there is served by the mutual-TLS
+//! registry (no cache is configured, so both read the same files).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -10,7 +16,7 @@ use std::time::Duration;
 use super::auth::TokenAuth;
 use super::image::{PushAuth, PushTarget};
 use super::process::{self, Deadline};
-use super::tls::TestCa;
+use super::tls::{ClientCert, TestCa};
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Another process may take the port between our probe and the registry's bind.
@@ -29,6 +35,9 @@ pub struct RegistryOptions {
     pub token: Option<TokenAuth>,
     /// Serve HTTPS with a certificate for `127.0.0.1` and `localhost` signed by this CA.
     pub tls: Option<TestCa>,
+    /// Require a TLS client certificate signed by this CA (`http.tls.clientcas`); needs `tls`.
+    /// docker-registry then refuses handshakes without a certificate it can verify.
+    pub client_ca: Option<TestCa>,
 }
 
 impl RegistryOptions {
@@ -46,6 +55,12 @@ impl RegistryOptions {
         self.tls = Some(ca.clone());
         self
     }
+
+    /// Mutual TLS: clients must present a certificate issued by `ca` (see `TestCa::issue_client`).
+    pub fn require_client_cert(mut self, ca: &TestCa) -> Self {
+        self.client_ca = Some(ca.clone());
+        self
+    }
 }
 
 pub struct Registry {
@@ -54,6 +69,11 @@ pub struct Registry {
     log: PathBuf,
     storage: PathBuf,
     opts: RegistryOptions,
+    /// The certificate the bench itself presents when the registry requires one.
+    bench_identity: Option<ClientCert>,
+    /// The plain-HTTP sibling on the same storage that the bench pushes to when the registry
+    /// requires client certificates.
+    push_side: Option<Sibling>,
     /// Rendered `auth` and `http.tls` sections (their files live in `dir`).
     extra_config: String,
     dir: process::BenchDir,
@@ -101,14 +121,27 @@ fn render_security(opts: &RegistryOptions, dir: &Path) -> (String, String) {
         opts.htpasswd.is_empty() || opts.token.is_none(),
         "docker-registry takes one access controller: htpasswd or token, not both"
     );
+    assert!(
+        opts.client_ca.is_none() || opts.tls.is_some(),
+        "client certificates need TLS: add RegistryOptions::tls"
+    );
     let tls = match &opts.tls {
         Some(ca) => {
             let cert = ca.issue_server(&["127.0.0.1", "localhost"], dir, "registry");
-            format!(
+            let mut tls = format!(
                 "  tls:\n    certificate: {}\n    key: {}\n",
                 yaml_str(&cert.cert_path.display().to_string()),
                 yaml_str(&cert.key_path.display().to_string())
-            )
+            );
+            // distribution 2.8: any `clientcas` makes the server require and verify a client
+            // certificate (Go's tls.RequireAndVerifyClientCert) against these CAs.
+            if let Some(client_ca) = &opts.client_ca {
+                tls.push_str(&format!(
+                    "    clientcas:\n      - {}\n",
+                    yaml_str(&client_ca.pem_path().display().to_string())
+                ));
+            }
+            tls
         }
         None => String::new(),
     };
@@ -142,9 +175,73 @@ fn render_security(opts: &RegistryOptions, dir: &Path) -> (String, String) {
     (tls, auth)
 }
 
+/// `docker-registry serve <config>`, without the caller's `REGISTRY_*` variables (they override
+/// the config file; a developer's shell must not leak in).
+fn registry_command(config: &Path) -> Command {
+    let mut cmd = Command::new("docker-registry");
+    cmd.arg("serve").arg(config);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("REGISTRY_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
 enum Start {
     Ready,
     PortTaken,
+}
+
+struct Sibling {
+    child: Option<Child>,
+    port: u16,
+    log: PathBuf,
+}
+
+/// Polls `GET <url>/v2/` until it answers `ready_status`. `Err` carries why the registry is not
+/// up (it exited, or the deadline passed).
+async fn wait_until_ready(
+    child: &mut Child,
+    log: &Path,
+    client: &reqwest::Client,
+    url: &str,
+    ready_status: reqwest::StatusCode,
+) -> Result<Start, String> {
+    let url = format!("{url}/v2/");
+    let deadline = Deadline::after(START_TIMEOUT);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            if process::log_tail(log, 5).contains("address already in use") {
+                return Ok(Start::PortTaken);
+            }
+            return Err(format!(
+                "docker-registry exited during startup with {status}"
+            ));
+        }
+        let last_error = match client.get(&url).send().await {
+            Ok(r) if r.status() == ready_status => return Ok(Start::Ready),
+            Ok(r) => format!("GET /v2/ answered {}", r.status()),
+            Err(e) => format!("GET /v2/: {}", error_chain(&e)),
+        };
+        if deadline.expired() {
+            return Err(format!(
+                "docker-registry not ready after {START_TIMEOUT:?}: {last_error}"
+            ));
+        }
+        deadline.tick().await;
+    }
+}
+
+/// An error and its sources on one line (TLS problems hide in the sources).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(&format!(": {s}"));
+        cur = s.source();
+    }
+    out
 }
 
 impl Registry {
@@ -160,12 +257,22 @@ impl Registry {
         let config = dir.path().join("config.yml");
         let log = dir.path().join("registry.log");
         let extra = render_security(&opts, dir.path());
+        let bench_identity = opts.client_ca.as_ref().map(|ca| {
+            ca.issue_client(
+                "prepull bench",
+                dir.path(),
+                "bench-client.cert",
+                "bench-client.key",
+            )
+        });
         let mut me = Registry {
             child: None,
             port: 0,
             log,
             storage,
             opts,
+            bench_identity,
+            push_side: None,
             extra_config: format!("{}{}", extra.0, extra.1),
             dir,
         };
@@ -173,17 +280,15 @@ impl Registry {
             me.port = process::free_port();
             std::fs::write(&config, render_config(&me.storage, me.port, &extra))
                 .expect("write registry config");
-            let mut cmd = Command::new("docker-registry");
-            cmd.arg("serve").arg(&config);
-            // REGISTRY_* variables override the config file; a developer's shell must not leak in.
-            for (k, _) in std::env::vars_os() {
-                if k.to_string_lossy().starts_with("REGISTRY_") {
-                    cmd.env_remove(k);
-                }
-            }
+            let cmd = registry_command(&config);
             me.child = Some(process::spawn_logged(cmd, &me.log));
             match me.wait_ready().await {
-                Start::Ready => return me,
+                Start::Ready => {
+                    if me.opts.client_ca.is_some() {
+                        me.start_push_side(&config).await;
+                    }
+                    return me;
+                }
                 Start::PortTaken => me.stop(),
             }
         }
@@ -198,39 +303,63 @@ impl Registry {
             .timeout(Duration::from_secs(5))
             .build()
             .expect("build HTTP client");
-        let url = format!("{}/v2/", self.url());
         // With auth, `/v2/` answers 401 with the configured challenge once the registry is up.
         let ready_status = if self.has_auth() {
             reqwest::StatusCode::UNAUTHORIZED
         } else {
             reqwest::StatusCode::OK
         };
-        let deadline = Deadline::after(START_TIMEOUT);
-        loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                if process::log_tail(&self.log, 5).contains("address already in use") {
-                    return Start::PortTaken;
-                }
-                self.fail(&format!(
-                    "docker-registry exited during startup with {status}"
-                ));
-            }
-            let last_error = match client.get(&url).send().await {
-                Ok(r) if r.status() == ready_status => return Start::Ready,
-                Ok(r) => format!("GET /v2/ answered {}", r.status()),
-                Err(e) => format!("GET /v2/: {e}"),
-            };
-            if deadline.expired() {
-                self.fail(&format!(
-                    "docker-registry not ready after {START_TIMEOUT:?}: {last_error}"
-                ));
-            }
-            deadline.tick().await;
+        let url = self.url();
+        let child = self.child.as_mut().expect("the registry was spawned");
+        match wait_until_ready(child, &self.log, &client, &url, ready_status).await {
+            Ok(start) => start,
+            Err(why) => self.fail(&why),
         }
+    }
+
+    /// Starts the plain-HTTP sibling on the same storage (see the module docs). `config` is the
+    /// main instance's config file; the sibling's sits next to it.
+    async fn start_push_side(&mut self, config: &Path) {
+        let config = config.with_file_name("push-side.yml");
+        let log = self.dir.path().join("push-side.log");
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("build HTTP client");
+        let no_security = (String::new(), String::new());
+        for _ in 0..PORT_ATTEMPTS {
+            let port = process::free_port();
+            std::fs::write(&config, render_config(&self.storage, port, &no_security))
+                .expect("write the push side's config");
+            let mut child = process::spawn_logged(registry_command(&config), &log);
+            let url = format!("http://127.0.0.1:{port}");
+            let started =
+                wait_until_ready(&mut child, &log, &client, &url, reqwest::StatusCode::OK).await;
+            let mut sibling = Sibling {
+                child: Some(child),
+                port,
+                log: log.clone(),
+            };
+            match started {
+                Ok(Start::Ready) => {
+                    self.push_side = Some(sibling);
+                    return;
+                }
+                Ok(Start::PortTaken) => sibling.stop(),
+                Err(why) => {
+                    sibling.stop();
+                    let tail = process::log_tail(&log, 25);
+                    self.fail(&format!(
+                        "push side: {why}\n--- tail of {} ---\n{tail}",
+                        log.display()
+                    ));
+                }
+            }
+        }
+        self.fail(&format!(
+            "the push side could not bind a free port in {PORT_ATTEMPTS} attempts"
+        ))
     }
 
     fn fail(&mut self, why: &str) -> ! {
@@ -267,20 +396,29 @@ impl Registry {
         self.opts.tls.as_ref()
     }
 
+    /// The CA whose client certificates the registry accepts, when it requires them.
+    pub fn client_ca(&self) -> Option<&TestCa> {
+        self.opts.client_ca.as_ref()
+    }
+
     pub fn has_auth(&self) -> bool {
         !self.opts.htpasswd.is_empty() || self.opts.token.is_some()
     }
 
-    /// A reqwest builder that reaches this registry: no proxy, and the test CA (only) as root
-    /// when it serves TLS. Carries no credentials.
+    /// A reqwest builder that reaches this registry: no proxy, the test CA (only) as root when it
+    /// serves TLS, and the bench's client certificate when it requires one. Carries no
+    /// credentials.
     pub fn client_builder(&self) -> reqwest::ClientBuilder {
-        let builder = reqwest::Client::builder().no_proxy();
-        match &self.opts.tls {
-            Some(ca) => builder
+        let mut builder = reqwest::Client::builder().no_proxy();
+        if let Some(ca) = &self.opts.tls {
+            builder = builder
                 .tls_built_in_root_certs(false)
-                .add_root_certificate(ca.reqwest_certificate()),
-            None => builder,
+                .add_root_certificate(ca.reqwest_certificate());
         }
+        if let Some(identity) = &self.bench_identity {
+            builder = builder.identity(identity.reqwest_identity());
+        }
+        builder
     }
 
     pub fn client(&self) -> reqwest::Client {
@@ -288,8 +426,12 @@ impl Registry {
     }
 
     /// Where and how the bench pushes to this registry: the first htpasswd user, or push tokens
-    /// minted directly with the token server's key (the token server sees no requests).
+    /// minted directly with the token server's key (the token server sees no requests). A
+    /// registry that requires client certificates is pushed to through its plain-HTTP sibling.
     pub fn push_target(&self) -> PushTarget {
+        if let Some(side) = &self.push_side {
+            return PushTarget::plain(&format!("127.0.0.1:{}", side.port));
+        }
         let auth = if let Some((user, password)) = self.opts.htpasswd.first() {
             PushAuth::Basic {
                 user: user.clone(),
@@ -372,15 +514,27 @@ impl Registry {
         process::log_tail(&self.log, lines)
     }
 
-    /// Kills the registry now (for offline tests). Its storage stays until Drop.
+    /// Kills the registry (and its push side) now, for offline tests. Its storage stays until
+    /// Drop.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             process::kill_child(&mut child);
+        }
+        if let Some(side) = self.push_side.as_mut() {
+            side.stop();
         }
     }
 
     pub fn is_running(&self) -> bool {
         self.child.is_some()
+    }
+}
+
+impl Sibling {
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            process::kill_child(&mut child);
+        }
     }
 }
 

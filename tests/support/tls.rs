@@ -1,7 +1,9 @@
-//! A throwaway certificate authority for TLS tests: a P-256 CA made fresh per test, server
-//! certificates it signs, and its PEM on disk so clients (`reqwest`, `ctr --tlscacert`, prepull's
-//! CA options) can be pointed at it. Nothing here touches the system trust store, so a client that
-//! is *not* given the CA must fail with an unknown-issuer error.
+//! A throwaway certificate authority for TLS tests: a P-256 CA made fresh per test, the server and
+//! client certificates it signs, and its PEM on disk so clients (`reqwest`, `ctr --tlscacert`,
+//! prepull's CA options) and servers (docker-registry's `http.tls.clientcas`) can be pointed at it.
+//! Nothing here touches the system trust store, so a client that is *not* given the CA must fail
+//! with an unknown-issuer error, and a registry that trusts it for clients refuses certificates
+//! from any other CA.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,6 +32,39 @@ pub struct ServerCert {
     pub cert_pem: String,
     pub cert_path: PathBuf,
     pub key_path: PathBuf,
+}
+
+/// A client certificate (leaf only) and its PKCS#8 key, both PEM, written into a directory of the
+/// caller's choosing (e.g. a `certs.d/<host>` dir as `client.cert` + `client.key`).
+#[derive(Clone)]
+pub struct ClientCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+}
+
+impl ClientCert {
+    /// Certificate then key in one PEM (containerd's single-file `client = "both.pem"` form).
+    pub fn combined_pem(&self) -> String {
+        format!("{}{}", self.cert_pem, self.key_pem)
+    }
+
+    /// The identity for `reqwest::ClientBuilder::identity`.
+    pub fn reqwest_identity(&self) -> reqwest::Identity {
+        reqwest::Identity::from_pem(self.combined_pem().as_bytes())
+            .expect("parse the client certificate and key")
+    }
+}
+
+// The key is a secret in spirit: keep it out of test output.
+impl std::fmt::Debug for ClientCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCert")
+            .field("cert_path", &self.cert_path)
+            .field("key_path", &self.key_path)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TestCa {
@@ -121,6 +156,42 @@ impl TestCa {
         std::fs::write(&key_path, key.serialize_pem()).expect("write the server key");
         ServerCert {
             cert_pem: cert.pem(),
+            cert_path,
+            key_path,
+        }
+    }
+
+    /// Issues a client certificate (CN `common_name`, extended key usage `clientAuth`, which Go's
+    /// TLS server checks) and writes it to `<dir>/<cert_file>` and its key to `<dir>/<key_file>`.
+    pub fn issue_client(
+        &self,
+        common_name: &str,
+        dir: &Path,
+        cert_file: &str,
+        key_file: &str,
+    ) -> ClientCert {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("generate a client key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("client cert params");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name.to_string());
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        params.serial_number = Some(random_serial());
+        let issuer = Issuer::from_params(&self.0.params, &self.0.key);
+        let cert = params
+            .signed_by(&key, &issuer)
+            .expect("sign the client certificate");
+        std::fs::create_dir_all(dir).expect("create the client certificate's dir");
+        let cert_path = dir.join(cert_file);
+        let key_path = dir.join(key_file);
+        std::fs::write(&cert_path, cert.pem()).expect("write the client certificate");
+        std::fs::write(&key_path, key.serialize_pem()).expect("write the client key");
+        ClientCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
             cert_path,
             key_path,
         }
