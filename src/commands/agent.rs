@@ -71,7 +71,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     if args.once {
         List::load(&args.list)?;
     }
-    let puller = args.puller.build(false).await?;
+    // A named credentials source that cannot be used (an optional secret not created yet) is
+    // reported and picked up once it appears, instead of stopping the agent.
+    let puller = args.puller.build_with(false, !args.once).await?;
     let store = args.puller.containerd.connect().await?;
     let mut agent = Agent::new(
         puller,

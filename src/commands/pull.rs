@@ -127,6 +127,12 @@ impl PullerArgs {
     /// Unusable input (a named credentials file that cannot be read, a bad flag combination) is
     /// an error before anything is fetched.
     pub async fn build(&self, pin: bool) -> anyhow::Result<Puller> {
+        self.build_with(pin, false).await
+    }
+
+    /// [`PullerArgs::build`]; `lenient` keeps going when a named credentials source cannot be
+    /// used yet (the agent's case: it is reported, and reloaded once it changes).
+    pub async fn build_with(&self, pin: bool, lenient: bool) -> anyhow::Result<Puller> {
         let mut options = PullOptions {
             platform: self.platform.clone().unwrap_or_else(Platform::host),
             max_concurrent_downloads: self.max_concurrent_downloads,
@@ -134,9 +140,12 @@ impl PullerArgs {
             unpack: None,
             ..PullOptions::default()
         };
-        let (sources, loaded) =
-            credentials::Reloading::new(self.credential_config()?, CREDENTIALS_CHECK)?;
-        report_loaded(&loaded);
+        let config = credentials::CredentialConfig {
+            lenient,
+            ..self.credential_config()?
+        };
+        let (sources, loaded) = credentials::Reloading::new(config, CREDENTIALS_CHECK)?;
+        report_loaded(&loaded, lenient);
         let registry = RegistryClient::new(
             registry::Options {
                 hosts: registry::Hosts {
@@ -174,6 +183,7 @@ impl PullerArgs {
             plugins,
             plugin_timeout: Some(self.image_credential_provider_timeout),
             kubelet_root: (!self.no_node_credentials).then(|| self.kubelet_root_dir.clone()),
+            lenient: false,
         })
     }
 }
@@ -210,12 +220,23 @@ pub async fn run(args: PullArgs) -> anyhow::Result<ExitCode> {
 const CREDENTIALS_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Tells the operator about credential entries that were skipped or look wrong.
-fn report_loaded(loaded: &credentials::Loaded) {
+fn report_loaded(loaded: &credentials::Loaded, to_log: bool) {
+    // A terminal user reads plain warnings; the agent's log collector reads its log format.
+    let warn = |message: String| {
+        if to_log {
+            tracing::warn!("{message}");
+        } else {
+            eprintln!("warning: {message}");
+        }
+    };
     for problem in &loaded.problems {
-        eprintln!("warning: credentials {problem}");
+        warn(format!("credentials {problem}"));
     }
     if let Some(e) = &loaded.node_error {
-        eprintln!("warning: ignoring node credentials: {e}");
+        warn(format!("ignoring node credentials: {e}"));
+    }
+    for e in &loaded.unusable {
+        warn(format!("skipping until it changes: {e}"));
     }
     if let Some(file) = &loaded.node_file {
         tracing::debug!(file = %file.display(), "node credentials");

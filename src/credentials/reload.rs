@@ -30,6 +30,10 @@ pub struct CredentialConfig {
     /// The kubelet's root directory, to find the node's own credential file; `None` ignores
     /// the node's files.
     pub kubelet_root: Option<PathBuf>,
+    /// A long-running agent keeps going when a named file cannot be used (an optional secret
+    /// not created yet, a broken edit): the file is reported in [`Loaded::unusable`] and
+    /// skipped until it changes. Otherwise such a file is an error.
+    pub lenient: bool,
 }
 
 /// A source that cannot be loaded at all.
@@ -53,6 +57,8 @@ pub struct Loaded {
     /// Why the node's file was ignored (it is not named by the operator, so it cannot stop a
     /// run).
     pub node_error: Option<String>,
+    /// Named sources skipped in lenient mode, each with why.
+    pub unusable: Vec<String>,
 }
 
 impl CredentialConfig {
@@ -63,18 +69,29 @@ impl CredentialConfig {
         let mut loaded = Loaded::default();
         let mut files = Keyring::new();
         for file in &self.auth_files {
-            let (entries, problems) = load_auth_file(file)?;
-            loaded.problems.extend(problems);
-            files.push_layer(entries);
+            match load_auth_file(file) {
+                Ok((entries, problems)) => {
+                    loaded.problems.extend(problems);
+                    files.push_layer(entries);
+                }
+                Err(e) if self.lenient => {
+                    loaded.unusable.push(crate::commands::pull::error_chain(&e))
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         let plugins = match &self.plugins {
-            Some((config, bin_dir)) => {
-                let p = Plugins::load(config, bin_dir)?;
-                Some(match self.plugin_timeout {
+            Some((config, bin_dir)) => match Plugins::load(config, bin_dir) {
+                Ok(p) => Some(match self.plugin_timeout {
                     Some(t) => p.with_timeout(t),
                     None => p,
-                })
-            }
+                }),
+                Err(e) if self.lenient => {
+                    loaded.unusable.push(crate::commands::pull::error_chain(&e));
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            },
             None => None,
         };
         let mut node = Keyring::new();
@@ -195,6 +212,9 @@ impl Reloading {
                 if let Some(e) = &loaded.node_error {
                     tracing::warn!(error = %e, "ignoring node credentials");
                 }
+                for e in &loaded.unusable {
+                    tracing::warn!(error = %e, "skipping a credentials source until it changes");
+                }
                 *self.current.write().unwrap_or_else(|p| p.into_inner()) = Current {
                     sources: Arc::new(sources),
                     fingerprint,
@@ -304,6 +324,35 @@ mod tests {
         );
         assert_eq!(user_of(&source), "carol");
         assert_eq!(source.generation(), 2);
+    }
+
+    #[test]
+    fn lenient_mode_skips_an_unusable_named_file_until_it_is_fixed() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("optional-secret");
+        std::fs::create_dir(&secret).unwrap();
+        let config = CredentialConfig {
+            auth_files: vec![secret.clone()],
+            ..Default::default()
+        };
+        assert!(Reloading::new(config.clone(), Duration::ZERO).is_err());
+        let (source, loaded) = Reloading::new(
+            CredentialConfig {
+                lenient: true,
+                ..config
+            },
+            Duration::ZERO,
+        )
+        .unwrap();
+        assert_eq!(loaded.unusable.len(), 1, "{loaded:?}");
+        assert!(loaded.unusable[0].contains("optional-secret"), "{loaded:?}");
+        assert!(source.lookup("reg.example/app").is_empty());
+        mount_secret(
+            &secret,
+            "2026_11_22_10_00_00.1",
+            &secret_json("alice", "pw-a"),
+        );
+        assert_eq!(user_of(&source), "alice");
     }
 
     #[test]
