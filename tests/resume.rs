@@ -1,15 +1,19 @@
 //! Interrupted pulls continue where containerd's ingest stands: after `kill -9` of prepull, and
-//! after the registry connection breaks mid-layer. Faults come from a proxy in front of the real
-//! registry (pacing and cutting the body) and from killing the real process.
+//! after the registry connection breaks mid-layer (at a fixed offset, and at random offsets in
+//! every layer). Faults come from a proxy in front of the real registry (pacing and cutting the
+//! body, exactly at the byte asked for) and from killing the real process.
 
 mod support;
 
+use std::collections::HashMap;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prepull::store::Store;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 use support::process::Deadline;
 use support::{push_image, Action, Containerd, ImageSpec, Proxy, Registry, Shape};
 
@@ -187,13 +191,19 @@ async fn a_connection_cut_mid_layer_resumes_in_the_same_run() {
         .filter(|r| r.method == "GET" && r.path.ends_with(&layer.digest))
         .count();
     assert_eq!(gets, 2, "one cut request, one resumed request");
-    // What was in flight when the connection broke (socket buffers, at most about one write
-    // chunk) is fetched again; everything prepull had received is kept.
-    let fetched = layer_bytes(&proxy, &layer.digest);
-    assert!(
-        fetched >= layer.size && fetched <= layer.size + MIB as u64,
-        "the bytes before the cut are kept, none fetched twice: {fetched} for a {}-byte layer",
-        layer.size
+    // Everything prepull received before the cut is in containerd's ingest before it retries:
+    // the resumed request starts exactly at the cut, and no byte is fetched twice.
+    let resumed_at: Vec<u64> = proxy
+        .records()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.ends_with(&layer.digest))
+        .map(|r| r.range_start())
+        .collect();
+    assert_eq!(resumed_at, [0, 2_500_000]);
+    assert_eq!(
+        layer_bytes(&proxy, &layer.digest),
+        layer.size,
+        "the bytes before the cut are kept, none fetched twice"
     );
     containerd.assert_image_complete(&reference);
 }
@@ -263,4 +273,162 @@ async fn a_containerd_restart_mid_layer_does_not_restart_the_download() {
     );
     containerd.assert_image_complete(&reference);
     support::cri::wait_for_image(containerd.socket(), &reference, Duration::from_secs(20)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_cut_at_random_offsets_resume_exactly_where_they_broke() {
+    // PREPULL_TEST_SEED=<seed> replays a run: layer sizes and cut offsets come from it.
+    let seed: u64 = std::env::var("PREPULL_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let sizes: Vec<usize> = (0..4).map(|_| rng.random_range(MIB..=8 * MIB)).collect();
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let image = push_image(
+        &registry.host(),
+        "cuts/app",
+        "v1",
+        &ImageSpec::new(&sizes).gzip_level(0),
+    )
+    .await;
+    let proxy = Proxy::start(&registry.host()).await;
+    let host = proxy.host();
+    let reference = format!("{host}/cuts/app:v1");
+
+    // Every layer is cut one to three times, at increasing offsets strictly inside the blob;
+    // each GET (from the start, or resumed with a Range) is cut at the next offset past where it
+    // starts. The config is left alone: prepull keeps it in memory and fetches it whole.
+    let plan: HashMap<String, Vec<u64>> = image
+        .layers
+        .iter()
+        .map(|layer| {
+            let mut cuts: Vec<u64> = (0..rng.random_range(1..=3))
+                .map(|_| rng.random_range(1..layer.size))
+                .collect();
+            cuts.sort_unstable();
+            cuts.dedup();
+            (layer.digest.clone(), cuts)
+        })
+        .collect();
+    let pending = Arc::new(Mutex::new(plan.clone()));
+    let hook_pending = pending.clone();
+    proxy.set_hook(move |req| {
+        let Some(digest) = req
+            .path
+            .rsplit('/')
+            .next()
+            .filter(|d| d.starts_with("sha256:"))
+        else {
+            return Action::Forward;
+        };
+        let start = req
+            .headers
+            .get("range")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|r| r.strip_prefix("bytes="))
+            .and_then(|r| r.split('-').next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+        let mut pending = hook_pending.lock().unwrap();
+        let Some(cuts) = pending.get_mut(digest) else {
+            return Action::Forward;
+        };
+        cuts.retain(|c| *c > start);
+        if cuts.is_empty() {
+            return Action::Forward;
+        }
+        let cut = cuts.remove(0);
+        Action::Shape(Shape {
+            bytes_per_sec: None,
+            cut_after: Some(cut - start),
+        })
+    });
+
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
+        .args(prepull_args(&containerd, &host, &reference))
+        .output()
+        .await
+        .expect("run prepull");
+    let replay = format!(
+        "seed {seed} (PREPULL_TEST_SEED={seed} replays it), layers {sizes:?}, cuts {plan:?}"
+    );
+    assert!(
+        out.status.success(),
+        "{replay}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        pending.lock().unwrap().values().all(Vec::is_empty),
+        "every planned cut happened; left: {:?}; {replay}",
+        pending.lock().unwrap()
+    );
+
+    // Each layer: one GET per cut plus the one that finished. prepull writes every byte it
+    // received into containerd's ingest before it retries, and the retry asks for the bytes
+    // after the ingest's offset: each resumed GET starts exactly where the previous one broke.
+    let records = proxy.records();
+    for layer in &image.layers {
+        let gets: Vec<_> = records
+            .iter()
+            .filter(|r| r.method == "GET" && r.path.ends_with(&layer.digest))
+            .collect();
+        let cuts = &plan[&layer.digest];
+        let starts: Vec<u64> = gets.iter().map(|g| g.range_start()).collect();
+        let expected: Vec<u64> = std::iter::once(0).chain(cuts.iter().copied()).collect();
+        assert_eq!(
+            starts, expected,
+            "GETs of {} start at 0, then at each cut; {replay}",
+            layer.digest
+        );
+        let ends: Vec<u64> = gets
+            .iter()
+            .map(|g| g.range_start() + g.response_body_bytes)
+            .collect();
+        let expected: Vec<u64> = cuts
+            .iter()
+            .copied()
+            .chain(std::iter::once(layer.size))
+            .collect();
+        assert_eq!(
+            ends, expected,
+            "GETs of {} end at each cut, then at the end; {replay}",
+            layer.digest
+        );
+    }
+    // So not one byte crosses the wire twice: the re-download is zero, and prepull counts it so.
+    let blob_bytes: u64 = image.layers.iter().map(|l| l.size).sum::<u64>() + image.config.size;
+    assert_eq!(
+        proxy.blob_bytes(),
+        blob_bytes,
+        "blob bytes sent by the proxy vs the image's blob bytes; {replay}"
+    );
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON result");
+    assert_eq!(result["bytes_fetched"], blob_bytes, "{replay}");
+
+    // containerd holds the image complete, and every blob hashes to its descriptor.
+    containerd.assert_image_complete(&reference);
+    let store = Store::connect(containerd.socket(), "k8s.io")
+        .await
+        .expect("connect");
+    for blob in image.layers.iter().chain([&image.config, &image.manifest]) {
+        let digest: prepull::digest::Digest = blob.digest.parse().expect("a digest");
+        let bytes = store
+            .read_blob(&digest, blob.size)
+            .await
+            .unwrap_or_else(|e| panic!("read {} from containerd: {e}; {replay}", blob.digest));
+        assert_eq!(bytes.len() as u64, blob.size, "{}; {replay}", blob.digest);
+        assert_eq!(
+            support::image::sha256_digest(&bytes),
+            blob.digest,
+            "content in containerd; {replay}"
+        );
+    }
+    for layer in &image.layers {
+        assert!(
+            ingest_offset(&containerd, &layer.digest).await.is_none(),
+            "no ingest left for {}; {replay}",
+            layer.digest
+        );
+    }
 }

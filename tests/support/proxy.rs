@@ -2,6 +2,10 @@
 //! its status and the response body bytes streamed to the client. Each request first goes through
 //! a hook ([`Proxy::set_hook`]) that decides to forward it or answer it itself, which is where
 //! fault injection plugs in.
+//!
+//! A cut ([`Shape::cut_after`]) is exact: the client receives exactly that many body bytes, then
+//! the connection closes. hyper drops whatever it still buffers when a body fails, so the cut
+//! waits until the connection has written everything before it (see [`Flushes`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -11,6 +15,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use futures_util::{Stream, StreamExt};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -20,7 +25,8 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -36,6 +42,20 @@ pub struct Record {
     /// Response body bytes handed to the client so far (final once the response completed).
     pub response_body_bytes: u64,
     pub authorization: Option<String>,
+    /// The request's `Range` header, e.g. `bytes=1234-`.
+    pub range: Option<String>,
+}
+
+impl Record {
+    /// The first byte a `Range: bytes=N-` request asks for; 0 without a range.
+    pub fn range_start(&self) -> u64 {
+        self.range
+            .as_deref()
+            .and_then(|r| r.strip_prefix("bytes="))
+            .and_then(|r| r.split('-').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
 }
 
 /// What the hook sees of a request.
@@ -68,7 +88,7 @@ pub enum Action {
 pub struct Shape {
     /// Delivery rate in bytes per second (`None`: as fast as upstream sends).
     pub bytes_per_sec: Option<u64>,
-    /// Break the connection after this many body bytes.
+    /// Break the connection after exactly this many body bytes have been written to it.
     pub cut_after: Option<u64>,
 }
 
@@ -80,6 +100,7 @@ struct Entry {
     path: String,
     status: u16,
     authorization: Option<String>,
+    range: Option<String>,
     bytes: AtomicU64,
 }
 
@@ -141,6 +162,7 @@ impl Proxy {
                 status: e.status,
                 response_body_bytes: e.bytes.load(Ordering::SeqCst),
                 authorization: e.authorization.clone(),
+                range: e.range.clone(),
             })
             .collect()
     }
@@ -190,17 +212,96 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         // Reap finished connections so the set does not grow without bound.
         while connections.try_join_next().is_some() {}
         let shared = shared.clone();
-        connections.spawn(async move {
-            let service = service_fn(move |req| handle(shared.clone(), req));
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+        let flushes = Arc::new(Flushes::default());
+        let io = TokioIo::new(Tracked {
+            inner: stream,
+            flushes: flushes.clone(),
         });
+        connections.spawn(async move {
+            let service = service_fn(move |req| handle(shared.clone(), flushes.clone(), req));
+            let _ = http1::Builder::new().serve_connection(io, service).await;
+        });
+    }
+}
+
+/// Counts the flushes of one connection's socket. hyper flushes the socket only once its own write
+/// buffer is empty, so a flush counted after a body chunk was handed over means the chunk is in
+/// the socket (and reaches the client even if the connection closes next).
+#[derive(Default)]
+struct Flushes {
+    count: AtomicU64,
+    waker: AtomicWaker,
+}
+
+impl Flushes {
+    /// Waits for a flush after the count was `seen`.
+    async fn after(&self, seen: u64) {
+        std::future::poll_fn(|cx| {
+            self.waker.register(cx.waker());
+            if self.count.load(Ordering::SeqCst) > seen {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// A connection's socket that counts its flushes.
+struct Tracked {
+    inner: TcpStream,
+    flushes: Arc<Flushes>,
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let poll = Pin::new(&mut self.inner).poll_flush(cx);
+        if matches!(poll, Poll::Ready(Ok(()))) {
+            self.flushes.count.fetch_add(1, Ordering::SeqCst);
+            self.flushes.waker.wake();
+        }
+        poll
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
 async fn handle(
     shared: Arc<Shared>,
+    flushes: Arc<Flushes>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let info = RequestInfo {
@@ -222,7 +323,7 @@ async fn handle(
         Action::Forward => forward(&shared, req, &info).await,
         Action::Shape(shape) => forward(&shared, req, &info)
             .await
-            .map(|body| shaped(body, shape)),
+            .map(|body| shaped(body, shape, flushes)),
         Action::Respond { status, body } => respond(status, &[], body),
         Action::RespondWith {
             status,
@@ -247,8 +348,9 @@ fn respond(status: u16, headers: &[(String, String)], body: Vec<u8>) -> Response
 
 /// Paces a body to `shape.bytes_per_sec` (the sleeps are the point: they emulate a slow link)
 /// and ends it with an error after `shape.cut_after` bytes, which makes hyper drop the
-/// connection mid-body, as a network failure would.
-fn shaped(body: ProxyBody, shape: Shape) -> ProxyBody {
+/// connection mid-body, as a network failure would. The error waits for a flush of the
+/// connection (`flushes`), so every byte before the cut has reached the socket.
+fn shaped(body: ProxyBody, shape: Shape, flushes: Arc<Flushes>) -> ProxyBody {
     struct State {
         inner: Pin<Box<dyn Stream<Item = Result<Bytes, BoxError>> + Send + Sync>>,
         pending: Bytes,
@@ -256,6 +358,7 @@ fn shaped(body: ProxyBody, shape: Shape) -> ProxyBody {
         done: bool,
         started: tokio::time::Instant,
         shape: Shape,
+        flushes: Arc<Flushes>,
     }
     let state = State {
         inner: Box::pin(body.into_data_stream()),
@@ -264,6 +367,7 @@ fn shaped(body: ProxyBody, shape: Shape) -> ProxyBody {
         done: false,
         started: tokio::time::Instant::now(),
         shape,
+        flushes,
     };
     let stream = futures_util::stream::unfold(state, |mut st| async move {
         if st.done {
@@ -271,6 +375,10 @@ fn shaped(body: ProxyBody, shape: Shape) -> ProxyBody {
         }
         if st.shape.cut_after.is_some_and(|cut| st.sent >= cut) {
             st.done = true;
+            // hyper holds the last pieces in its write buffer until the socket is flushed; an
+            // error now would drop them.
+            let seen = st.flushes.count.load(Ordering::SeqCst);
+            st.flushes.after(seen).await;
             let err: BoxError = "proxy: connection cut on purpose".into();
             return Some((Err(err), st));
         }
@@ -364,6 +472,11 @@ fn record(
         authorization: info
             .headers
             .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        range: info
+            .headers
+            .get("range")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string),
         bytes: AtomicU64::new(0),
