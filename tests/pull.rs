@@ -584,6 +584,20 @@ async fn several_images_in_one_run_and_one_failure_does_not_stop_the_others() {
     assert_eq!(results[1]["kind"], "not-found");
     let error = results[1]["error"].as_str().unwrap();
     assert!(error.contains(&missing) && error.contains("404"), "{error}");
+    assert!(
+        error.contains("does not exist"),
+        "says what is wrong: {error}"
+    );
+
+    // A tag missing from a repository that exists.
+    let missing_tag = format!("{host}/many/a:v9");
+    let (_, results) = pull_json(&containerd, &host, &[], &[&missing_tag]).await;
+    let error = results[0]["error"].as_str().unwrap();
+    assert_eq!(results[0]["kind"], "not-found");
+    assert!(
+        error.contains(&missing_tag) && error.contains("tag"),
+        "names the tag: {error}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -942,4 +956,121 @@ async fn expired_token_403_is_renewed_and_head_405_falls_back_to_get() {
         "then GET by tag: {records:?}"
     );
     assert!(records.iter().any(|r| r.status == 403));
+}
+
+/// Foreign (non-distributable) layers: a layer whose descriptor lists `urls` is fetched from
+/// them first, without the registry's credentials, and from the registry only when no URL
+/// serves it.
+#[tokio::test(flavor = "multi_thread")]
+async fn foreign_layers_come_from_their_urls_without_credentials() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let image = push_image(
+        &registry.host(),
+        "foreign/app",
+        "plain",
+        &ImageSpec::new(&[96 * KIB, 48 * KIB]).family(MediaFamily::Docker),
+    )
+    .await;
+    let (served, fallback) = (image.layers[0].clone(), image.layers[1].clone());
+    // The "CDN" the foreign URL points at: it asks for no credentials.
+    let cdn = Proxy::start(&registry.host()).await;
+    let served_url = format!(
+        "{}/v2/foreign/app/blobs/{}?sig=abc",
+        cdn.url(),
+        served.digest
+    );
+    // Nothing listens on port 1: the registry has to serve this one.
+    let dead_url = format!("http://127.0.0.1:1/layers/{}", fallback.digest);
+    let mut manifest: Value = serde_json::from_slice(&image.manifest_bytes).unwrap();
+    let foreign = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
+    manifest["layers"][0]["mediaType"] = foreign.into();
+    manifest["layers"][0]["urls"] = serde_json::json!([served_url]);
+    manifest["layers"][1]["mediaType"] = foreign.into();
+    manifest["layers"][1]["urls"] = serde_json::json!([dead_url]);
+    let manifest_bytes = serde_json::to_vec(&manifest).unwrap();
+    let put = registry
+        .client()
+        .put(format!("{}/v2/foreign/app/manifests/v1", registry.url()))
+        .header("content-type", image.manifest.media_type.as_str())
+        .body(manifest_bytes)
+        .send()
+        .await
+        .expect("PUT the manifest with foreign layers");
+    assert!(
+        put.status().is_success(),
+        "the registry refused the manifest: {} {}",
+        put.status(),
+        put.text().await.unwrap_or_default()
+    );
+
+    // The registry itself answers only with a token, like any private registry.
+    let front = Proxy::start(&registry.host()).await;
+    let realm = format!("{}/token", front.url());
+    front.set_hook(move |req| {
+        if req.path.starts_with("/token") {
+            return support::Action::RespondWith {
+                status: 200,
+                headers: vec![],
+                body: br#"{"token":"registry-token"}"#.to_vec(),
+            };
+        }
+        let authorized = req
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            == Some("Bearer registry-token");
+        if authorized {
+            support::Action::Forward
+        } else {
+            support::Action::RespondWith {
+                status: 401,
+                headers: vec![(
+                    "www-authenticate".into(),
+                    format!(r#"Bearer realm="{realm}",service="s""#),
+                )],
+                body: vec![],
+            }
+        }
+    });
+    let reference = format!("{}/foreign/app:v1", front.host());
+    let (out, _) = pull_json(&containerd, &front.host(), &[], &[&reference]).await;
+    assert_success(&out);
+    containerd.assert_image_complete(&reference);
+
+    let at_cdn = cdn.records();
+    assert_eq!(at_cdn.len(), 1, "one GET at the foreign URL: {at_cdn:?}");
+    assert!(at_cdn[0].path.contains(&served.digest));
+    assert_eq!(
+        at_cdn[0].authorization, None,
+        "no credentials to a foreign URL"
+    );
+    assert_eq!(at_cdn[0].response_body_bytes, served.size);
+    let blob_gets: Vec<String> = front
+        .records()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.path.contains("/blobs/") && r.status == 200)
+        .map(|r| r.path)
+        .collect();
+    assert!(
+        blob_gets.iter().all(|p| !p.contains(&served.digest)),
+        "the layer a foreign URL served was not fetched from the registry: {blob_gets:?}"
+    );
+    assert!(
+        blob_gets.iter().any(|p| p.contains(&fallback.digest)),
+        "the layer whose URL was dead came from the registry: {blob_gets:?}"
+    );
+    let store = store(&containerd).await;
+    for layer in [&served, &fallback] {
+        let info = store
+            .info(&digest(&layer.digest))
+            .await
+            .expect("Content.Info")
+            .unwrap_or_else(|| panic!("layer {} is in containerd", layer.digest));
+        assert_eq!(info.size as u64, layer.size);
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("sig=abc"),
+        "URL queries stay out of logs: {stderr}"
+    );
 }

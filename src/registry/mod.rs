@@ -52,8 +52,10 @@ pub struct RegistryClient {
     credentials: Arc<dyn CredentialSource>,
     /// How each registry authorizes, learned from its first `401`.
     schemes: Mutex<HashMap<String, Scheme>>,
-    /// Which candidate credential worked last, per (registry, repository).
-    working: Mutex<HashMap<(String, String), usize>>,
+    /// The [`Credential::id`] that worked last, per (registry, repository).
+    working: Mutex<HashMap<(String, String), u64>>,
+    /// The credentials' [`CredentialSource::generation`] the caches were filled under.
+    generation: std::sync::atomic::AtomicU64,
     /// Last `ratelimit-remaining` per registry.
     rate_limits: Mutex<HashMap<String, u64>>,
 }
@@ -113,6 +115,7 @@ impl RegistryClient {
             credentials,
             schemes: Mutex::default(),
             working: Mutex::default(),
+            generation: std::sync::atomic::AtomicU64::new(0),
             rate_limits: Mutex::default(),
         })
     }
@@ -331,50 +334,94 @@ impl RegistryClient {
     /// against `descriptor` as they pass. Returns the offset the stream really starts at: a
     /// registry that ignores `Range` answers `200` with the whole blob, and the stream then
     /// starts at 0 and is verified in full.
+    ///
+    /// A descriptor with `urls` (a foreign or non-distributable layer) is fetched from those
+    /// URLs first, in order and without credentials, as containerd does; the registry is asked
+    /// only when none of them serves it.
     pub async fn blob(
         &self,
         reference: &Reference,
         descriptor: &Descriptor,
         offset: u64,
     ) -> Result<(BlobStream, u64), RegistryError> {
-        let registry = reference.registry().to_string();
-        let repository = reference.repository().to_string();
+        let resume = offset > 0 && offset < descriptor.size;
+        let range = |h: &mut HeaderMap| {
+            if resume {
+                if let Ok(v) = format!("bytes={offset}-").parse() {
+                    h.insert(RANGE, v);
+                }
+            }
+        };
+        for url in &descriptor.urls {
+            match self.foreign_blob(url, descriptor, &range).await {
+                Ok(response) => {
+                    let host = response.url().host_str().unwrap_or_default().to_string();
+                    return Ok(verified_stream(
+                        response,
+                        descriptor,
+                        offset,
+                        host,
+                        reference.repository().to_string(),
+                        format!("GET foreign blob {}", descriptor.digest),
+                    ));
+                }
+                Err(why) => tracing::warn!(
+                    blob = %descriptor.digest,
+                    url = %redacted(url),
+                    why,
+                    "foreign layer URL did not serve the blob; trying the next source"
+                ),
+            }
+        }
         let action = format!("GET blob {}", descriptor.digest);
         let suffix = format!("blobs/{}", descriptor.digest);
-        let resume = offset > 0 && offset < descriptor.size;
         let response = self
-            .send(reference, Need::Pull, &action, Method::GET, &suffix, |h| {
-                if resume {
-                    if let Ok(v) = format!("bytes={offset}-").parse() {
-                        h.insert(RANGE, v);
-                    }
-                }
-            })
+            .send(reference, Need::Pull, &action, Method::GET, &suffix, range)
             .await?;
-        let ranged = resume
-            && response.status() == StatusCode::PARTIAL_CONTENT
-            && response
-                .headers()
-                .get(CONTENT_RANGE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.starts_with(&format!("bytes {offset}-")));
-        let (verifier, start) = if ranged {
-            (
-                Verifier::resumed(&descriptor.digest, descriptor.size, offset),
-                offset,
-            )
-        } else {
-            (Verifier::new(&descriptor.digest, descriptor.size), 0)
-        };
-        let stream = Box::pin(VerifiedBody {
-            inner: Box::pin(response.bytes_stream()),
-            verifier: Some(verifier),
-            what: format!("blob {}", descriptor.digest),
-            registry,
-            repository,
+        Ok(verified_stream(
+            response,
+            descriptor,
+            offset,
+            reference.registry().to_string(),
+            reference.repository().to_string(),
             action,
-        });
-        Ok((stream, start))
+        ))
+    }
+
+    /// One attempt at a foreign layer URL: plain GET, no `Authorization`, the node's default
+    /// TLS roots. Only `http` and `https` URLs are tried.
+    async fn foreign_blob(
+        &self,
+        url: &str,
+        descriptor: &Descriptor,
+        range: &impl Fn(&mut HeaderMap),
+    ) -> Result<reqwest::Response, String> {
+        let parsed = reqwest::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(format!("scheme {} is not http or https", parsed.scheme()));
+        }
+        let mut headers = HeaderMap::new();
+        range(&mut headers);
+        let response = self
+            .http
+            .get(parsed)
+            .headers(headers)
+            .send()
+            .await
+            .map_err(|e| format!("{}", e.without_url()))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(format!("HTTP {}", status.as_u16()));
+        }
+        if let Some(length) = response.content_length() {
+            if status == StatusCode::OK && length != descriptor.size {
+                return Err(format!(
+                    "serves {length} bytes, the descriptor says {}",
+                    descriptor.size
+                ));
+            }
+        }
+        Ok(response)
     }
 
     /// Sends a request authorized for the repository's pull scope.
@@ -440,17 +487,18 @@ impl RegistryClient {
         };
         let http = self.client_for(&endpoint.tls)?;
         let found = self.credentials.lookup(&lookup);
+        self.forget_old_credentials();
         let candidates: Vec<Option<Arc<Credential>>> = if found.is_empty() {
             vec![None]
         } else {
             found.into_iter().map(Some).collect()
         };
         let sticky_key = (registry.to_string(), repository.to_string());
-        let mut i = auth::lock(&self.working)
-            .get(&sticky_key)
-            .copied()
-            .unwrap_or(0)
-            .min(candidates.len() - 1);
+        let worked = auth::lock(&self.working).get(&sticky_key).copied();
+        let mut i = candidates
+            .iter()
+            .position(|c| c.as_deref().map(Credential::id) == worked)
+            .unwrap_or(0);
         let mut tried: Vec<String> = Vec::new();
         let mut renewed = false;
         let mut learned = false;
@@ -497,15 +545,20 @@ impl RegistryClient {
                 Ok(r) => r,
                 Err(e) => {
                     let hosts = &self.options.hosts;
-                    return Err(
-                        error::explain_transport_error(hosts, reference.registry(), endpoint, e)
-                            .await,
-                    );
+                    return Err(error::explain_transport_error(
+                        hosts,
+                        reference.registry(),
+                        endpoint,
+                        e,
+                    )
+                    .await);
                 }
             };
             let status = response.status();
             if status.is_success() {
-                auth::lock(&self.working).insert(sticky_key, i);
+                if let Some(c) = candidate {
+                    auth::lock(&self.working).insert(sticky_key, c.id());
+                }
                 return Ok(response);
             }
             match status {
@@ -593,6 +646,21 @@ impl RegistryClient {
                 continue;
             }
             return Err(unauthorized(reference, &tried));
+        }
+    }
+
+    /// After the credentials were reloaded, tokens minted from the old ones and the memory of
+    /// which one worked are dropped.
+    fn forget_old_credentials(&self) {
+        use std::sync::atomic::Ordering;
+        let now = self.credentials.generation();
+        if self.generation.swap(now, Ordering::AcqRel) != now {
+            self.tokens.clear();
+            auth::lock(&self.working).clear();
+            tracing::debug!(
+                generation = now,
+                "credentials reloaded; cached tokens dropped"
+            );
         }
     }
 
@@ -737,6 +805,58 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     )
 }
 
+/// The stream of a blob response, verified against `descriptor`, and where it starts: at
+/// `offset` when the server honoured the `Range` asked for, else at 0.
+fn verified_stream(
+    response: reqwest::Response,
+    descriptor: &Descriptor,
+    offset: u64,
+    registry: String,
+    repository: String,
+    action: String,
+) -> (BlobStream, u64) {
+    let ranged = offset > 0
+        && offset < descriptor.size
+        && response.status() == StatusCode::PARTIAL_CONTENT
+        && response
+            .headers()
+            .get(CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with(&format!("bytes {offset}-")));
+    let (verifier, start) = if ranged {
+        (
+            Verifier::resumed(&descriptor.digest, descriptor.size, offset),
+            offset,
+        )
+    } else {
+        (Verifier::new(&descriptor.digest, descriptor.size), 0)
+    };
+    let stream = Box::pin(VerifiedBody {
+        inner: Box::pin(response.bytes_stream()),
+        verifier: Some(verifier),
+        what: format!("blob {}", descriptor.digest),
+        registry,
+        repository,
+        action,
+    });
+    (stream, start)
+}
+
+/// A URL fit for a log line: scheme, host and path, without the query string, which may carry
+/// a signature or a token.
+fn redacted(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            u.set_query(None);
+            u.set_fragment(None);
+            let _ = u.set_password(None);
+            let _ = u.set_username("");
+            u.to_string()
+        }
+        Err(_) => "(unparsable URL)".to_string(),
+    }
+}
+
 fn unauthorized(reference: &Reference, tried: &[String]) -> RegistryError {
     RegistryError::Unauthorized {
         registry: reference.registry().to_string(),
@@ -806,14 +926,25 @@ async fn status_error(
             ),
         };
     }
-    let message = if status == 429 {
-        Some(format!(
-            "{}rate limited even after waiting as asked; authenticate with a pull secret or node \
+    let advice = match (status, code.as_deref()) {
+        (429, _) => Some(
+            "rate limited even after waiting as asked; authenticate with a pull secret or node \
              credentials (higher quota), or pull through a mirror",
-            message.map(|m| format!("{m}: ")).unwrap_or_default()
-        ))
-    } else {
-        message
+        ),
+        (404, Some("MANIFEST_UNKNOWN")) => {
+            Some("the tag or digest does not exist in this repository; check the image's tag")
+        }
+        (404, Some("NAME_UNKNOWN")) => Some(
+            "the repository does not exist on this registry; check the image name and registry",
+        ),
+        (404, Some("BLOB_UNKNOWN")) => Some(
+            "the registry lacks a blob its manifest references; the image must be pushed again",
+        ),
+        _ => None,
+    };
+    let message = match (message, advice) {
+        (Some(m), Some(a)) => Some(format!("{m}: {a}")),
+        (m, a) => m.or(a.map(str::to_string)),
     };
     RegistryError::Status {
         registry: reference.registry().to_string(),

@@ -99,6 +99,12 @@ storage:
   maintenance:
     uploadpurging:
       enabled: false
+# Foreign (non-distributable) layers carry URLs; the registry refuses them unless allowed.
+validation:
+  manifests:
+    urls:
+      allow:
+        - '^https?://'
 http:
   addr: "127.0.0.1:{port}"
   secret: "{secret}"
