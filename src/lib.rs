@@ -23,6 +23,7 @@ pub mod platform;
 pub mod pull;
 pub mod reference;
 pub mod registry;
+pub mod space;
 pub mod store;
 pub mod unpack;
 pub mod watch;

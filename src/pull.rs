@@ -35,6 +35,8 @@ pub struct PullOptions {
     pub unpack: Option<String>,
     /// Label image records `io.cri-containerd.pinned=pinned`, so kubelet image GC keeps them.
     pub pin: bool,
+    /// Refuse images that would leave less free space than this on containerd's filesystem.
+    pub space: Option<crate::space::SpaceCheck>,
 }
 
 impl Default for PullOptions {
@@ -45,6 +47,7 @@ impl Default for PullOptions {
             lease_expiry: Duration::from_secs(24 * 3600),
             unpack: Some("overlayfs".to_string()),
             pin: false,
+            space: None,
         }
     }
 }
@@ -116,6 +119,15 @@ pub enum PullError {
         #[source]
         source: crate::unpack::UnpackError,
     },
+    /// Pulling would leave containerd's filesystem with less free space than the reserve.
+    #[error("cannot pull {image}: {source}")]
+    DiskSpace {
+        /// The image as requested.
+        image: String,
+        /// How much was needed and free.
+        #[source]
+        source: crate::space::SpaceError,
+    },
     /// The image's own documents contradict each other.
     #[error("cannot pull {image}: {problem}")]
     Malformed {
@@ -146,7 +158,9 @@ impl PullError {
                 crate::unpack::UnpackError::Store { source, .. } => source.is_retryable(),
                 crate::unpack::UnpackError::DiffId { .. } => false,
             },
-            PullError::NoPlatform { .. } | PullError::Malformed { .. } => false,
+            PullError::NoPlatform { .. }
+            | PullError::Malformed { .. }
+            | PullError::DiskSpace { .. } => false,
         }
     }
 
@@ -161,6 +175,7 @@ impl PullError {
                 crate::unpack::UnpackError::Store { source, .. } => source.kind(),
             },
             PullError::Malformed { .. } => "bad-manifest",
+            PullError::DiskSpace { .. } => "disk-space",
         }
     }
 }
@@ -231,6 +246,10 @@ impl Puller {
                 ),
             });
         };
+
+        if let Some(check) = &self.options.space {
+            self.check_space(check, reference, manifest).await?;
+        }
 
         let lease = self
             .store
@@ -348,6 +367,45 @@ impl Puller {
             "pulled"
         );
         Ok(report)
+    }
+
+    /// Refuses an image that would leave less than the reserve free. The estimate is cheap when
+    /// space is plentiful (one `statvfs`); only when it is tight are the blobs containerd
+    /// already holds looked up and left out.
+    async fn check_space(
+        &self,
+        check: &crate::space::SpaceCheck,
+        reference: &Reference,
+        manifest: &oci::Manifest,
+    ) -> Result<(), PullError> {
+        let unpack = self.options.unpack.is_some();
+        let blobs: Vec<&Descriptor> = std::iter::once(&manifest.config)
+            .chain(&manifest.layers)
+            .collect();
+        let worst: Vec<u64> = blobs.iter().map(|b| b.size).collect();
+        let fail = |source| PullError::DiskSpace {
+            image: reference.to_string(),
+            source,
+        };
+        if check.allows(&worst, unpack) {
+            return Ok(());
+        }
+        let mut missing = Vec::new();
+        for blob in blobs {
+            let present = self
+                .store
+                .info(&blob.digest)
+                .await
+                .map_err(|source| PullError::Store {
+                    image: reference.to_string(),
+                    source,
+                })?
+                .is_some();
+            if !present {
+                missing.push(blob.size);
+            }
+        }
+        check.require(&missing, unpack).map_err(fail)
     }
 
     /// A manifest or index by digest: from containerd when it has it (verified again, since

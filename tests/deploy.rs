@@ -84,7 +84,7 @@ async fn the_daemonset_arguments_run_the_agent() {
         format!("images:\n  - {host}/team/app:v1\n"),
     )
     .unwrap();
-    for volume in ["pull-secret", "status", "certs-d"] {
+    for volume in ["pull-secret", "status", "certs-d", "containerd-root"] {
         std::fs::create_dir_all(remap(root.path(), &mount_of(volume))).unwrap();
     }
     let socket_mount = mount_of("containerd-socket");

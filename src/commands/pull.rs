@@ -117,6 +117,16 @@ pub struct PullerArgs {
     #[arg(long, value_name = "DIR", default_value = "/etc/containerd/certs.d")]
     pub hosts_dir: PathBuf,
 
+    /// containerd's root directory, whose filesystem is checked for space before pulling.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/containerd")]
+    pub containerd_root: PathBuf,
+
+    /// Refuse an image that would leave less free space than this on containerd's filesystem:
+    /// a percentage of its size or an amount (`10GiB`); `0` turns the check off. The default
+    /// keeps the node out of the kubelet's disk-pressure eviction (below 15% free).
+    #[arg(long, value_name = "PERCENT|BYTES", default_value = "15%")]
+    pub min_free_space: crate::space::Reserve,
+
     /// Blobs downloaded at once, across all images.
     #[arg(long, value_name = "N", default_value = "8")]
     pub max_concurrent_downloads: NonZeroUsize,
@@ -138,6 +148,9 @@ impl PullerArgs {
             max_concurrent_downloads: self.max_concurrent_downloads,
             pin,
             unpack: None,
+            space: (self.min_free_space != crate::space::Reserve::Bytes(0)).then(|| {
+                crate::space::SpaceCheck::new(self.containerd_root.clone(), self.min_free_space)
+            }),
             ..PullOptions::default()
         };
         let config = credentials::CredentialConfig {
@@ -275,7 +288,7 @@ fn print_report(r: &PullReport, output: Output) {
                 .as_ref()
                 .map(|s| format!(" unpacked into {s}"))
                 .unwrap_or_default(),
-            human_bytes(r.bytes_fetched),
+            crate::space::human_bytes(r.bytes_fetched),
             r.blobs_fetched,
             r.blobs_present,
             r.elapsed.as_secs_f64()
@@ -324,32 +337,4 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = s.source();
     }
     out
-}
-
-fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn human_bytes_reads_well() {
-        assert_eq!(human_bytes(0), "0 B");
-        assert_eq!(human_bytes(1023), "1023 B");
-        assert_eq!(human_bytes(32 << 20), "32.0 MiB");
-        assert_eq!(human_bytes(3 << 29), "1.5 GiB");
-    }
 }

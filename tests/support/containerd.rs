@@ -94,6 +94,9 @@ pub struct ContainerdOptions {
     /// CRI's sandbox ("pause") image; `None` keeps containerd's default, which is never pulled
     /// unless a test runs a pod.
     pub sandbox_image: Option<String>,
+    /// Put containerd's root (content store, snapshots, metadata) on a tmpfs of this many bytes,
+    /// to run it out of space.
+    pub root_tmpfs_bytes: Option<u64>,
 }
 
 impl Default for ContainerdOptions {
@@ -103,6 +106,7 @@ impl Default for ContainerdOptions {
             binary: None,
             snapshotter: "native".to_string(),
             sandbox_image: None,
+            root_tmpfs_bytes: None,
         }
     }
 }
@@ -393,6 +397,18 @@ impl Containerd {
         let layout = Layout::new(dir.path());
         for d in [&layout.cni_conf_dir, &layout.cni_bin_dir] {
             std::fs::create_dir_all(d).expect("create CNI dirs");
+        }
+        if let Some(bytes) = opts.root_tmpfs_bytes {
+            std::fs::create_dir_all(&layout.root).expect("create containerd's root");
+            let status = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+                .arg(&layout.root)
+                .status()
+                .expect("run mount");
+            assert!(
+                status.success(),
+                "mount a tmpfs on containerd's root: {status}"
+            );
         }
         let config = dir.path().join("config.toml");
         std::fs::write(&config, render_config(&opts, &layout)).expect("write containerd config");

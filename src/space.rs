@@ -1,0 +1,264 @@
+//! Disk space: an image is refused before any byte is fetched when it would leave containerd's
+//! filesystem with less free space than a reserve.
+//!
+//! The kubelet garbage-collects unpinned images once the image filesystem is 85% full and evicts
+//! pods below 15% free, so the default reserve is 15%: pre-pulling must never be what pushes a
+//! node into disk pressure. What an image needs is estimated from its manifest: the compressed
+//! blobs containerd does not hold yet, plus, when unpacking, their unpacked size (estimated at
+//! twice the compressed size, as layer sizes are only known after unpacking).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+/// Unpacked bytes per compressed byte, estimated.
+pub const UNPACK_ESTIMATE: u64 = 2;
+
+/// How much space must stay free.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Reserve {
+    /// A number of bytes.
+    Bytes(u64),
+    /// A percentage of the filesystem's size.
+    Percent(f64),
+}
+
+impl Reserve {
+    fn bytes(self, total: u64) -> u64 {
+        match self {
+            Reserve::Bytes(b) => b,
+            Reserve::Percent(p) => (total as f64 * p / 100.0) as u64,
+        }
+    }
+}
+
+impl fmt::Display for Reserve {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reserve::Bytes(b) => f.write_str(&human_bytes(*b)),
+            Reserve::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+impl FromStr for Reserve {
+    type Err = String;
+
+    /// `15%`, `0`, `512MiB`, `10GiB`, `2GB`, or plain bytes.
+    fn from_str(s: &str) -> Result<Reserve, String> {
+        let s = s.trim();
+        if let Some(p) = s.strip_suffix('%') {
+            return match p.trim().parse::<f64>() {
+                Ok(v) if (0.0..100.0).contains(&v) => Ok(Reserve::Percent(v)),
+                _ => Err(format!(
+                    "{s:?}: a percentage must be at least 0% and below 100%"
+                )),
+            };
+        }
+        let split = s
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(s.len());
+        let (number, unit) = s.split_at(split);
+        let scale: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "K" | "KB" => 1_000,
+            "KiB" => 1 << 10,
+            "M" | "MB" => 1_000_000,
+            "MiB" => 1 << 20,
+            "G" | "GB" => 1_000_000_000,
+            "GiB" => 1 << 30,
+            "T" | "TB" => 1_000_000_000_000,
+            "TiB" => 1 << 40,
+            other => {
+                return Err(format!(
+                    "{s:?}: unknown unit {other:?}; use a percentage (15%) or bytes with B, KiB, MiB, GiB, TiB, KB, MB, GB or TB"
+                ))
+            }
+        };
+        let value: f64 = number
+            .parse()
+            .map_err(|_| format!("{s:?}: expected a number, like 15% or 10GiB"))?;
+        Ok(Reserve::Bytes((value * scale as f64) as u64))
+    }
+}
+
+/// Where containerd keeps its data, and what must stay free there.
+#[derive(Clone, Debug)]
+pub struct SpaceCheck {
+    /// containerd's root directory (its content store and snapshots live below it).
+    pub path: PathBuf,
+    /// What must stay free.
+    pub reserve: Reserve,
+    /// Set once the operator was told that the filesystem cannot be inspected.
+    pub warned: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SpaceCheck {
+    /// Keeps `reserve` free on the filesystem holding `path`.
+    pub fn new(path: PathBuf, reserve: Reserve) -> SpaceCheck {
+        SpaceCheck {
+            path,
+            reserve,
+            warned: Default::default(),
+        }
+    }
+}
+
+/// Not enough space for an image.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "containerd's filesystem ({}) has {} free and must keep {} free (--min-free-space {}); this \
+     image needs about {} more ({} of blobs{}): free space on the node, or lower --min-free-space",
+    path.display(), human_bytes(*free), human_bytes(*reserve), reserve_flag,
+    human_bytes(*needed), human_bytes(*blobs),
+    if *unpacked { format!(", unpacked estimated at {UNPACK_ESTIMATE}x") } else { String::new() }
+)]
+pub struct SpaceError {
+    /// The filesystem checked.
+    pub path: PathBuf,
+    /// Free bytes (for unprivileged users, as `df` shows).
+    pub free: u64,
+    /// Bytes that must stay free.
+    pub reserve: u64,
+    /// The reserve as configured.
+    pub reserve_flag: Reserve,
+    /// Bytes the image needs, estimated.
+    pub needed: u64,
+    /// Compressed bytes to download.
+    pub blobs: u64,
+    /// Whether the estimate includes unpacking.
+    pub unpacked: bool,
+}
+
+impl SpaceCheck {
+    /// Whether blobs of `sizes` fit, counting them all as missing; `Ok(false)` means "look
+    /// closer". A filesystem that cannot be inspected never blocks a pull.
+    pub fn allows(&self, sizes: &[u64], unpack: bool) -> bool {
+        self.shortfall(sizes, unpack).is_none()
+    }
+
+    /// Fails when blobs of `sizes` (the ones still missing) do not fit.
+    pub fn require(&self, sizes: &[u64], unpack: bool) -> Result<(), SpaceError> {
+        match self.shortfall(sizes, unpack) {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+
+    fn shortfall(&self, sizes: &[u64], unpack: bool) -> Option<SpaceError> {
+        let (free, total) = match filesystem(&self.path) {
+            Ok(v) => v,
+            Err(e) => {
+                if !self.warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(
+                        path = %self.path.display(),
+                        error = %e,
+                        "cannot check free space on containerd's filesystem; pulling without the \
+                         check (point --containerd-root at containerd's root directory)"
+                    );
+                }
+                return None;
+            }
+        };
+        let blobs: u64 = sizes.iter().sum();
+        let needed = blobs.saturating_mul(if unpack { 1 + UNPACK_ESTIMATE } else { 1 });
+        let reserve = self.reserve.bytes(total);
+        (free < needed.saturating_add(reserve)).then(|| SpaceError {
+            path: self.path.clone(),
+            free,
+            reserve,
+            reserve_flag: self.reserve,
+            needed,
+            blobs,
+            unpacked: unpack,
+        })
+    }
+}
+
+/// Free bytes (available to unprivileged users, as `df` reports) and the size of the
+/// filesystem holding `path`.
+fn filesystem(path: &Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a valid NUL-terminated path and `stats` points to writable memory of the
+    // right type; statvfs fills it completely when it returns 0.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), stats.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: statvfs returned 0, so the struct is initialized.
+    let stats = unsafe { stats.assume_init() };
+    #[allow(clippy::useless_conversion)] // c_ulong is 32 bits on some targets
+    let block = u64::from(stats.f_frsize);
+    Ok((
+        #[allow(clippy::useless_conversion)]
+        u64::from(stats.f_bavail).saturating_mul(block),
+        #[allow(clippy::useless_conversion)]
+        u64::from(stats.f_blocks).saturating_mul(block),
+    ))
+}
+
+/// `12.3 MiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserves_parse_as_operators_write_them() {
+        assert_eq!("15%".parse(), Ok(Reserve::Percent(15.0)));
+        assert_eq!("0".parse(), Ok(Reserve::Bytes(0)));
+        assert_eq!("10GiB".parse(), Ok(Reserve::Bytes(10 << 30)));
+        assert_eq!("1.5 GB".parse(), Ok(Reserve::Bytes(1_500_000_000)));
+        assert_eq!("512MiB".parse(), Ok(Reserve::Bytes(512 << 20)));
+        assert!("100%".parse::<Reserve>().is_err());
+        assert!("ten".parse::<Reserve>().unwrap_err().contains("15%"));
+        assert!("3 parsecs"
+            .parse::<Reserve>()
+            .unwrap_err()
+            .contains("unknown unit"));
+    }
+
+    #[test]
+    fn the_estimate_counts_unpacking_and_the_reserve() {
+        let dir = tempfile::tempdir().unwrap();
+        let (free, total) = filesystem(dir.path()).unwrap();
+        assert!(free > 0 && total >= free);
+        let check = SpaceCheck::new(dir.path().to_path_buf(), Reserve::Bytes(0));
+        assert!(check.allows(&[1 << 20], true));
+        let too_big = free / 2 + 1;
+        assert!(check.allows(&[too_big], false));
+        let e = check.require(&[too_big], true).unwrap_err();
+        assert_eq!(e.needed, too_big * 3);
+        assert!(e.to_string().contains("--min-free-space"), "{e}");
+        let strict = SpaceCheck {
+            reserve: Reserve::Percent(99.9),
+            ..check
+        };
+        assert!(strict.require(&[1], false).is_err() || free as f64 > total as f64 * 0.999);
+    }
+
+    #[test]
+    fn human_bytes_reads_well() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(32 << 20), "32.0 MiB");
+        assert_eq!(human_bytes(3 << 29), "1.5 GiB");
+    }
+}

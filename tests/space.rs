@@ -1,0 +1,164 @@
+//! Disk space: containerd's root on a small tmpfs. An image that would leave less than the
+//! reserve free is refused before any blob byte is fetched, with a message that says how much
+//! was needed and free; blobs containerd already holds are not counted against the image.
+
+mod support;
+
+use std::process::Output;
+
+use serde_json::Value;
+use support::{push_image, Containerd, ContainerdOptions, ImageSpec, Proxy, Registry};
+
+const MIB: usize = 1 << 20;
+
+async fn pull(
+    containerd: &Containerd,
+    proxy: &Proxy,
+    extra: &[&str],
+    image: &str,
+) -> (Output, Value) {
+    let socket = containerd.socket().to_str().unwrap().to_string();
+    let root = containerd.root().to_str().unwrap().to_string();
+    let host = proxy.host();
+    let mut args = vec![
+        "pull",
+        "--containerd",
+        &socket,
+        "--containerd-root",
+        &root,
+        "--plain-http",
+        &host,
+        "--no-node-credentials",
+        "--output",
+        "json",
+    ];
+    args.extend_from_slice(extra);
+    args.push(image);
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
+        .args(&args)
+        .output()
+        .await
+        .expect("run prepull");
+    let line = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or("null")
+        .to_string();
+    let json = serde_json::from_str(&line).unwrap_or(Value::Null);
+    (out, json)
+}
+
+fn free_bytes(path: &std::path::Path) -> u64 {
+    let out = std::process::Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(path)
+        .output()
+        .expect("run df");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .expect("df prints the available bytes")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn images_that_would_fill_the_disk_are_refused_before_downloading() {
+    let (containerd, registry) = tokio::join!(
+        Containerd::start_with(ContainerdOptions {
+            root_tmpfs_bytes: Some(64 * MIB as u64),
+            ..Default::default()
+        }),
+        Registry::start()
+    );
+    let proxy = Proxy::start(&registry.host()).await;
+    let host = proxy.host();
+    push_image(
+        &registry.host(),
+        "big/app",
+        "v1",
+        &ImageSpec::new(&[10 * MIB, 10 * MIB]),
+    )
+    .await;
+    push_image(
+        &registry.host(),
+        "big/other",
+        "v1",
+        &ImageSpec::new(&[10 * MIB, 10 * MIB]),
+    )
+    .await;
+    let app = format!("{host}/big/app:v1");
+    let other = format!("{host}/big/other:v1");
+
+    // 20 MiB compressed, about 60 MiB with unpacking, and 15% of 64 MiB must stay free.
+    let (out, json) = pull(&containerd, &proxy, &[], &app).await;
+    assert_eq!(out.status.code(), Some(1), "{json}");
+    assert_eq!(json["kind"], "disk-space", "{json}");
+    let error = json["error"].as_str().unwrap();
+    assert!(
+        error.contains(&app)
+            && error.contains(containerd.root().to_str().unwrap())
+            && error.contains("--min-free-space 15%")
+            && error.contains("unpacked estimated"),
+        "{error}"
+    );
+    assert_eq!(proxy.blob_bytes(), 0, "nothing was downloaded");
+    let store = prepull::store::Store::connect(containerd.socket(), "k8s.io")
+        .await
+        .unwrap();
+    assert!(store.image(&app).await.unwrap().is_none());
+
+    // Content only: 20 MiB fits.
+    let (out, json) = pull(&containerd, &proxy, &["--no-unpack"], &app).await;
+    assert!(
+        out.status.success(),
+        "{json} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    containerd.assert_image_complete(&app);
+
+    // Fill the disk to 8 MiB above the reserve: another 20 MiB image no longer fits…
+    let free = free_bytes(containerd.root());
+    let reserve = (64 * MIB) as u64 * 15 / 100;
+    let filler = free - reserve - 8 * MIB as u64;
+    let file = std::fs::File::create(containerd.root().join("filler")).unwrap();
+    file.set_len(0).unwrap();
+    {
+        use std::io::Write;
+        let mut w = std::io::BufWriter::new(file);
+        let chunk = vec![0xa5u8; MIB];
+        let mut left = filler;
+        while left > 0 {
+            let n = left.min(MIB as u64) as usize;
+            w.write_all(&chunk[..n]).unwrap();
+            left -= n as u64;
+        }
+        w.flush().unwrap();
+    }
+    proxy.clear();
+    let (out, json) = pull(&containerd, &proxy, &["--no-unpack"], &other).await;
+    assert_eq!(out.status.code(), Some(1), "{json}");
+    assert_eq!(json["kind"], "disk-space", "{json}");
+    assert_eq!(proxy.blob_bytes(), 0);
+
+    // …but the image already there is checked again without counting what containerd holds.
+    let (out, json) = pull(&containerd, &proxy, &["--no-unpack"], &app).await;
+    assert!(
+        out.status.success(),
+        "{json} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(json["blobs_fetched"], 0, "{json}");
+
+    // The check can be turned off; containerd then runs out of space itself, and the pull
+    // fails cleanly with no image record.
+    let (out, json) = pull(
+        &containerd,
+        &proxy,
+        &["--no-unpack", "--min-free-space", "0"],
+        &other,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{json}");
+    assert_ne!(json["kind"], "disk-space", "{json}");
+    assert!(store.image(&other).await.unwrap().is_none());
+}
