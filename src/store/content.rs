@@ -21,6 +21,10 @@ use crate::digest::Digest;
 /// messages peaked at 98 MiB RSS on W1, this at 48 MiB).
 pub const WRITE_CHUNK: usize = 512 << 10;
 
+/// The most data [`ContentWriter::set_message_size`] puts in one message: containerd's gRPC server
+/// refuses messages over 16 MiB, and a message carries a little more than its data.
+const MAX_WRITE_CHUNK: usize = 15 << 20;
+
 /// What opening a write found.
 pub enum Opened {
     /// The blob is already committed: nothing to fetch.
@@ -38,6 +42,8 @@ pub struct ContentWriter {
     size: u64,
     offset: u64,
     buffer: Vec<u8>,
+    /// Data bytes per message, [`WRITE_CHUNK`] unless set otherwise.
+    chunk: usize,
     store: Store,
 }
 
@@ -181,6 +187,7 @@ impl Store {
             size,
             offset,
             buffer: Vec::with_capacity(WRITE_CHUNK),
+            chunk: WRITE_CHUNK,
             store: self.clone(),
         })))
     }
@@ -239,6 +246,17 @@ impl ContentWriter {
         self.offset + self.buffer.len() as u64
     }
 
+    /// Sets the data bytes per `Content.Write` message (clamped to 1 byte ..= 15 MiB, under
+    /// containerd's 16 MiB message limit); bytes already queued go out with the next message. The default is [`WRITE_CHUNK`].
+    pub fn set_message_size(&mut self, bytes: usize) {
+        self.chunk = bytes.clamp(1, MAX_WRITE_CHUNK);
+    }
+
+    /// The data bytes per `Content.Write` message.
+    pub fn message_size(&self) -> usize {
+        self.chunk
+    }
+
     /// Starts the ingest over from byte 0 (the next message truncates it).
     pub fn restart(&mut self) {
         self.offset = 0;
@@ -248,11 +266,11 @@ impl ContentWriter {
     /// Queues bytes; full chunks go to containerd as they fill.
     pub async fn write(&mut self, mut data: &[u8]) -> Result<(), StoreError> {
         while !data.is_empty() {
-            let room = WRITE_CHUNK - self.buffer.len();
+            let room = self.chunk.saturating_sub(self.buffer.len());
             let take = room.min(data.len());
             self.buffer.extend_from_slice(&data[..take]);
             data = &data[take..];
-            if self.buffer.len() == WRITE_CHUNK {
+            if self.buffer.len() >= self.chunk {
                 self.flush(WriteAction::Write, HashMap::new()).await?;
             }
         }
@@ -264,7 +282,7 @@ impl ContentWriter {
         action: WriteAction,
         labels: HashMap<String, String>,
     ) -> Result<(), StoreError> {
-        let data = std::mem::replace(&mut self.buffer, Vec::with_capacity(WRITE_CHUNK));
+        let data = std::mem::replace(&mut self.buffer, Vec::with_capacity(self.chunk));
         let len = data.len() as u64;
         let message = WriteContentRequest {
             action: action as i32,
