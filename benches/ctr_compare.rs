@@ -2,14 +2,18 @@
 //! each pulling the same images from a loopback docker-registry into a fresh containerd, plus the
 //! machine's `dd … conv=fsync` floor for writing the same number of bytes.
 //!
-//! Run with `cargo bench --bench ctr_compare [-- --runs N --workloads w1,w3,w4 --modes fetch,pull]`.
+//! Run with `cargo bench --bench ctr_compare [-- --runs N --workloads w1,w5,w6 --modes fetch,pull]`.
 //! Prints a markdown report to stdout and writes it to `benches/results/ctr_compare.md`; progress
 //! goes to stderr.
 //!
 //! Workloads (pushed once into one registry kept for the whole run):
 //! - W1: one image, 8 layers x 32 MiB;
 //! - W3: one image, a single 512 MiB layer;
-//! - W4: 100 images x 3 layers x 1 MiB.
+//! - W4: 100 images x 3 layers x 1 MiB;
+//! - W5: W1 through an emulated WAN: the registry (serving the same storage) in its own network
+//!   namespace behind a veth pair with `tc netem` delay and rate on both ends (see [`Wan`]);
+//! - W6: steady state: 200 small images already pulled by the same tool into the same containerd,
+//!   then one more pass over all 200 tags, through a recording proxy that counts every request.
 //!
 //! Two modes compare like with like:
 //! - `fetch`: `prepull pull --no-unpack` against `ctr content fetch` (content store + image record);
@@ -22,7 +26,7 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -32,8 +36,9 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _};
 use futures_util::stream::{self, StreamExt as _};
 use rand::RngCore as _;
-use support::{push_image, Containerd, ImageSpec, PushedImage, Registry};
+use support::{push_image, Containerd, ImageSpec, Proxy, PushedImage, Registry};
 
+const KIB: usize = 1 << 10;
 const MIB: usize = 1 << 20;
 /// GNU time; `-f %M` prints the child's peak RSS in KiB.
 const GNU_TIME: &str = "/usr/bin/time";
@@ -48,17 +53,27 @@ enum WorkloadId {
     W1,
     W3,
     W4,
+    W5,
+    W6,
 }
 
 impl WorkloadId {
-    const ALL: [WorkloadId; 3] = [WorkloadId::W1, WorkloadId::W3, WorkloadId::W4];
+    const ALL: [WorkloadId; 5] = [
+        WorkloadId::W1,
+        WorkloadId::W3,
+        WorkloadId::W4,
+        WorkloadId::W5,
+        WorkloadId::W6,
+    ];
 
     fn parse(s: &str) -> anyhow::Result<WorkloadId> {
         match s.trim().to_ascii_lowercase().as_str() {
             "w1" => Ok(WorkloadId::W1),
             "w3" => Ok(WorkloadId::W3),
             "w4" => Ok(WorkloadId::W4),
-            other => bail!("unknown workload {other:?} (known: w1, w3, w4)"),
+            "w5" => Ok(WorkloadId::W5),
+            "w6" => Ok(WorkloadId::W6),
+            other => bail!("unknown workload {other:?} (known: w1, w3, w4, w5, w6)"),
         }
     }
 
@@ -67,6 +82,8 @@ impl WorkloadId {
             WorkloadId::W1 => "W1",
             WorkloadId::W3 => "W3",
             WorkloadId::W4 => "W4",
+            WorkloadId::W5 => "W5",
+            WorkloadId::W6 => "W6",
         }
     }
 
@@ -75,24 +92,33 @@ impl WorkloadId {
             WorkloadId::W1 => "1 image, 8 layers x 32 MiB",
             WorkloadId::W3 => "1 image, 1 layer x 512 MiB",
             WorkloadId::W4 => "100 images x 3 layers x 1 MiB",
+            WorkloadId::W5 => "W1 over an emulated WAN",
+            WorkloadId::W6 => "200 images already present, pulled again",
         }
     }
 
     /// Big single-image workloads take long enough per run that 3 runs already say a lot on 2 cores.
     fn default_runs(self) -> usize {
         match self {
-            WorkloadId::W1 => 5,
-            WorkloadId::W3 | WorkloadId::W4 => 3,
+            WorkloadId::W1 | WorkloadId::W5 => 5,
+            WorkloadId::W3 | WorkloadId::W4 | WorkloadId::W6 => 3,
         }
     }
 
     /// (number of images, layer sizes of each)
     fn shape(self) -> (usize, Vec<usize>) {
         match self {
-            WorkloadId::W1 => (1, vec![32 * MIB; 8]),
+            WorkloadId::W1 | WorkloadId::W5 => (1, vec![32 * MIB; 8]),
             WorkloadId::W3 => (1, vec![512 * MIB]),
             WorkloadId::W4 => (100, vec![MIB; 3]),
+            // Small layers: W6 is about requests and bookkeeping, not bytes.
+            WorkloadId::W6 => (200, vec![256 * KIB]),
         }
+    }
+
+    /// Whether each run first pulls everything once (untimed) and then times a second pass.
+    fn warm(self) -> bool {
+        self == WorkloadId::W6
     }
 }
 
@@ -101,21 +127,26 @@ struct Args {
     workloads: Vec<WorkloadId>,
     /// Longest wait for a quiet machine before each timed run; zero skips the check.
     quiet_wait: Duration,
+    /// Record `perf` profiles of every timed run into this dir (see [`Profiler`]).
+    profile: Option<PathBuf>,
     /// `None`: every mode this prepull supports.
     modes: Option<Vec<Mode>>,
 }
 
-const USAGE: &str = "usage: cargo bench --bench ctr_compare -- [--runs N] [--workloads w1,w3,w4] [--modes fetch,pull] [--quiet-wait SECS]\n\
-    --runs N          runs per tool, mode and workload (default: W1 5, W3 3, W4 3)\n\
-    --workloads LIST  which workloads to run (default: w1,w3,w4)\n\
+const USAGE: &str = "usage: cargo bench --bench ctr_compare -- [--runs N] [--workloads w1,w3,w4,w5,w6] [--modes fetch,pull] [--quiet-wait SECS]\n\
+    --runs N          runs per tool, mode and workload (default: W1 5, W3 3, W4 3, W5 5, W6 3)\n\
+    --workloads LIST  which workloads to run (default: w1,w3,w4,w5,w6; w5 needs ip and tc)\n\
     --modes LIST      fetch: prepull --no-unpack vs ctr content fetch; pull: prepull vs ctr images pull (default: both, when prepull unpacks)\n\
-    --quiet-wait SECS before each run, wait up to SECS for other work on the machine to stop (default 120; 0: do not wait)";
+    --quiet-wait SECS before each run, wait up to SECS for other work on the machine to stop (default 120; 0: do not wait)\n\
+    --profile DIR     record perf profiles of the client, containerd and the registry during every timed run into DIR\n\
+                      (the report then goes to DIR/ctr_compare.md, not benches/results; benches/profile.sh uses this)";
 
 fn parse_args() -> anyhow::Result<Args> {
     let mut args = Args {
         runs: None,
         workloads: WorkloadId::ALL.to_vec(),
         quiet_wait: Duration::from_secs(120),
+        profile: None,
         modes: None,
     };
     let mut it = std::env::args().skip(1);
@@ -174,6 +205,7 @@ fn parse_args() -> anyhow::Result<Args> {
                 }
                 args.modes = Some(modes);
             }
+            "--profile" => args.profile = Some(PathBuf::from(value("--profile")?)),
             "--quiet-wait" => {
                 let v = value("--quiet-wait")?;
                 let secs: u64 = v
@@ -195,6 +227,12 @@ fn parse_args() -> anyhow::Result<Args> {
 struct Workload {
     id: WorkloadId,
     runs: usize,
+    /// The registry host the images are pulled from (`--plain-http` for prepull).
+    host: String,
+    /// How the clients reach the registry.
+    via: Via,
+    /// The emulated link (W5), kept for the report after the link is gone.
+    link: Option<LinkInfo>,
     images: Vec<String>,
     /// Manifests, configs and layers of all images.
     digests: Vec<String>,
@@ -233,6 +271,9 @@ impl Workload {
         Workload {
             id,
             runs,
+            host: host.to_string(),
+            via: Via::Loopback,
+            link: None,
             images,
             digests,
             bytes,
@@ -243,6 +284,670 @@ impl Workload {
 
     fn mib(&self) -> f64 {
         self.bytes as f64 / MIB as f64
+    }
+
+    /// Pulls the same images from `via`'s host from now on (it serves the same registry storage).
+    fn serve_via(&mut self, via: Via) {
+        let host = match &via {
+            Via::Loopback => return,
+            Via::Wan(wan) => {
+                self.link = Some(wan.info());
+                wan.host()
+            }
+            Via::Proxy(proxy) => proxy.host(),
+        };
+        for image in &mut self.images {
+            if let Some(rest) = image.strip_prefix(&format!("{}/", self.host)) {
+                *image = format!("{host}/{rest}");
+            }
+        }
+        self.host = host;
+        self.via = via;
+    }
+
+    /// The registry process serving this workload, when it is not the bench's loopback one.
+    fn own_registry_pid(&self) -> Option<u32> {
+        match &self.via {
+            Via::Wan(wan) => wan.registry_pid,
+            Via::Loopback | Via::Proxy(_) => None,
+        }
+    }
+}
+
+/// How the clients reach the registry.
+enum Via {
+    /// The bench's registry on loopback, directly.
+    Loopback,
+    /// A second registry process on the same storage, in its own network namespace (W5).
+    Wan(Wan),
+    /// The bench's registry behind a recording proxy that counts every request (W6).
+    Proxy(Proxy),
+}
+
+/// The emulated link between the node and the registry.
+#[derive(Clone, Copy, Debug)]
+struct LinkSpec {
+    /// Round trip: half of it is added in each direction.
+    rtt_ms: u32,
+    /// Rate in each direction, in Mbit/s (10^6 bits per second).
+    rate_mbit: u64,
+    /// MTU of the TUN wire (the netem veth keeps its default and its offloads).
+    tun_mtu: u32,
+}
+
+impl LinkSpec {
+    /// What W5 emulates: a registry in the same region, over a fast link (jumbo frames on the TUN
+    /// wire keep the forwarder's per-packet CPU small on 2 cores).
+    const W5: LinkSpec = LinkSpec {
+        rtt_ms: 20,
+        rate_mbit: 1000,
+        tun_mtu: 9000,
+    };
+
+    /// The link's rate in 10^6 bytes per second.
+    fn mbytes_per_sec(self) -> f64 {
+        self.rate_mbit as f64 / 8.0
+    }
+
+    fn describe(self) -> String {
+        format!(
+            "{} ms RTT, {} Mbit/s ({:.0} MB/s)",
+            self.rtt_ms,
+            self.rate_mbit,
+            self.mbytes_per_sec()
+        )
+    }
+}
+
+/// What the report says about W5's link once it is gone.
+#[derive(Clone, Debug)]
+struct LinkInfo {
+    spec: LinkSpec,
+    /// Median of a few HTTP round trips over the link before the runs.
+    measured_rtt: Option<Duration>,
+    /// How the link was emulated.
+    emulation: String,
+}
+
+/// Network namespace and interface names start with these, followed by the bench's pid, so a
+/// later run can tell (and remove) what a killed run left behind.
+const NETNS_PREFIX: &str = "prepull-bench-";
+const VETH_PREFIX: &str = "ppb";
+
+/// How [`Wan`] delays and paces packets.
+enum Emulation {
+    /// A veth pair with `tc netem delay RTT/2 rate R` on both ends (kernel `sch_netem`).
+    Netem,
+    /// Kernels without `sch_netem` (e.g. small VM kernels): a TUN device in each namespace, `tc
+    /// tbf rate R` on both, and a forwarder in this process that moves every IP packet from one
+    /// TUN to the other after RTT/2.
+    // Held for its Drop, which stops the forwarder and removes the devices.
+    TunWire(#[allow(dead_code)] TunWire),
+}
+
+/// An emulated WAN: docker-registry serving the bench registry's storage inside its own network
+/// namespace, joined to the root namespace by a link with delay and rate in both directions
+/// (see [`Emulation`]). Both clients reach it at the namespace end's address. Drop kills the
+/// registry, stops the forwarder and deletes the namespace and the interfaces (with their
+/// qdiscs), whatever state setup reached.
+struct Wan {
+    netns: String,
+    /// The root namespace's interface; its peer lives in `netns`.
+    if_root: String,
+    if_peer: String,
+    /// `10.231.N.1` (root end) and `.2` (the registry's end).
+    addr_root: String,
+    addr_registry: String,
+    port: u16,
+    link: LinkSpec,
+    emulation: Option<Emulation>,
+    registry: Option<std::process::Child>,
+    registry_pid: Option<u32>,
+    measured_rtt: Option<Duration>,
+    dir: tempfile::TempDir,
+}
+
+/// Runs `program args` and fails with its stderr unless it succeeds.
+fn run_checked(program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {program}"))?;
+    if !out.status.success() {
+        bail!(
+            "`{program} {}` failed with {}: {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs a cleanup command, ignoring failure (the thing may already be gone).
+fn run_quiet(program: &str, args: &[&str]) {
+    let _ = std::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+impl Wan {
+    /// Removes namespaces and links that an earlier, killed bench run left behind (their pid no
+    /// longer runs).
+    fn remove_stale() {
+        let dead = |name: &str, prefix: &str| {
+            name.strip_prefix(prefix)
+                .and_then(|rest| {
+                    rest.trim_end_matches(|c: char| !c.is_ascii_digit())
+                        .parse::<u32>()
+                        .ok()
+                })
+                .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+        };
+        if let Ok(list) = run_checked("ip", &["netns", "list"]) {
+            for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
+                if dead(name, NETNS_PREFIX) {
+                    eprintln!("removing network namespace {name} left by an earlier run");
+                    run_quiet("ip", &["netns", "delete", name]);
+                }
+            }
+        }
+        if let Ok(list) = run_checked("ip", &["-o", "link", "show"]) {
+            for line in list.lines() {
+                // `7: ppb1234r@if6: <...>`
+                let Some(name) = line
+                    .split(':')
+                    .nth(1)
+                    .map(|n| n.trim().split('@').next().unwrap_or(""))
+                else {
+                    continue;
+                };
+                if dead(name, VETH_PREFIX) {
+                    eprintln!("removing link {name} left by an earlier run");
+                    run_quiet("ip", &["link", "delete", name]);
+                }
+            }
+        }
+    }
+
+    /// A /24 in 10.231.0.0/16 that no interface or route of this machine uses yet.
+    fn free_subnet() -> anyhow::Result<String> {
+        let addrs = run_checked("ip", &["-o", "addr", "show"])?;
+        let routes = run_checked("ip", &["route", "show", "table", "all"])?;
+        for third in 0..=255u32 {
+            let prefix = format!("10.231.{third}.");
+            if !addrs.contains(&prefix) && !routes.contains(&prefix) {
+                return Ok(format!("10.231.{third}"));
+            }
+        }
+        bail!("no free /24 in 10.231.0.0/16 for the emulated WAN")
+    }
+
+    /// Whether this kernel has `sch_netem` (tried on a throwaway dummy-free target: a qdisc on
+    /// the namespace's loopback).
+    fn has_netem(netns: &str) -> bool {
+        let ok = run_checked(
+            "ip",
+            &[
+                "netns", "exec", netns, "tc", "qdisc", "add", "dev", "lo", "root", "netem",
+                "delay", "1ms",
+            ],
+        )
+        .is_ok();
+        run_quiet(
+            "ip",
+            &[
+                "netns", "exec", netns, "tc", "qdisc", "del", "dev", "lo", "root",
+            ],
+        );
+        ok
+    }
+
+    /// Sets up the namespace and the link, and starts a registry on `storage`.
+    async fn start(storage: &Path, link: LinkSpec) -> anyhow::Result<Wan> {
+        for tool in ["ip", "tc"] {
+            if find_in_path(tool).is_none() {
+                bail!("W5 needs `{tool}` (package iproute2; scripts/setup.sh installs it)");
+            }
+        }
+        Wan::remove_stale();
+        let pid = std::process::id();
+        let subnet = Wan::free_subnet()?;
+        let dir = tempfile::Builder::new()
+            .prefix("bench-wan-")
+            .tempdir()
+            .context("create the WAN registry's dir")?;
+        let mut wan = Wan {
+            netns: format!("{NETNS_PREFIX}{pid}"),
+            if_root: format!("{VETH_PREFIX}{pid}r"),
+            if_peer: format!("{VETH_PREFIX}{pid}n"),
+            addr_root: format!("{subnet}.1"),
+            addr_registry: format!("{subnet}.2"),
+            port: 5000,
+            link,
+            emulation: None,
+            registry: None,
+            registry_pid: None,
+            measured_rtt: None,
+            dir,
+        };
+        // From here on, Drop removes whatever was set up.
+        run_checked("ip", &["netns", "add", &wan.netns])?;
+        wan.in_ns(&["ip", "link", "set", "lo", "up"])?;
+        wan.emulation = Some(if Wan::has_netem(&wan.netns) {
+            wan.setup_netem()?;
+            Emulation::Netem
+        } else {
+            Emulation::TunWire(wan.setup_tun_wire()?)
+        });
+        wan.start_registry(storage).await?;
+        wan.measured_rtt = Some(wan.measure_rtt().await?);
+        Ok(wan)
+    }
+
+    fn in_ns(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut all = vec!["netns", "exec", self.netns.as_str()];
+        all.extend_from_slice(args);
+        run_checked("ip", &all)
+    }
+
+    /// Addresses, MTU and up on both ends, then `qdisc` (e.g. `netem …`) on both.
+    fn configure_ends(&self, mtu: Option<u32>, qdisc: &[&str]) -> anyhow::Result<()> {
+        let (root, peer) = (self.if_root.as_str(), self.if_peer.as_str());
+        let root_cidr = format!("{}/24", self.addr_root);
+        let peer_cidr = format!("{}/24", self.addr_registry);
+        run_checked("ip", &["addr", "add", &root_cidr, "dev", root])?;
+        self.in_ns(&["ip", "addr", "add", &peer_cidr, "dev", peer])?;
+        if let Some(mtu) = mtu {
+            let mtu = mtu.to_string();
+            run_checked("ip", &["link", "set", root, "mtu", &mtu])?;
+            self.in_ns(&["ip", "link", "set", peer, "mtu", &mtu])?;
+        }
+        run_checked("ip", &["link", "set", root, "up"])?;
+        self.in_ns(&["ip", "link", "set", peer, "up"])?;
+        let mut on_root = vec!["qdisc", "add", "dev", root, "root"];
+        on_root.extend_from_slice(qdisc);
+        run_checked("tc", &on_root)?;
+        let mut on_peer = vec!["tc", "qdisc", "add", "dev", peer, "root"];
+        on_peer.extend_from_slice(qdisc);
+        self.in_ns(&on_peer)?;
+        Ok(())
+    }
+
+    fn setup_netem(&self) -> anyhow::Result<()> {
+        run_checked(
+            "ip",
+            &[
+                "link",
+                "add",
+                &self.if_root,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &self.if_peer,
+            ],
+        )?;
+        run_checked("ip", &["link", "set", &self.if_peer, "netns", &self.netns])?;
+        let half_delay = format!("{}ms", f64::from(self.link.rtt_ms) / 2.0);
+        let rate = format!("{}mbit", self.link.rate_mbit);
+        // netem holds every packet in flight for half the RTT: its queue must take a
+        // bandwidth-delay product (1 Gbit/s x 10 ms = 1.25 MB) with room to spare.
+        self.configure_ends(
+            None,
+            &[
+                "netem",
+                "delay",
+                &half_delay,
+                "rate",
+                &rate,
+                "limit",
+                "100000",
+            ],
+        )
+    }
+
+    fn setup_tun_wire(&self) -> anyhow::Result<TunWire> {
+        let root = open_tun(&self.if_root)?;
+        let peer = open_tun_in(&self.netns, &self.if_peer)?;
+        let rate = format!("{}mbit", self.link.rate_mbit);
+        // tbf paces what leaves each end at the link's rate; its queue holds up to 10 ms at
+        // that rate (half a bandwidth-delay product), beyond which TCP sees drops.
+        self.configure_ends(
+            Some(self.link.tun_mtu),
+            &["tbf", "rate", &rate, "burst", "256kb", "latency", "10ms"],
+        )?;
+        Ok(TunWire::start(
+            root,
+            peer,
+            Duration::from_micros(u64::from(self.link.rtt_ms) * 500),
+        ))
+    }
+
+    fn emulation_note(&self) -> String {
+        let half = f64::from(self.link.rtt_ms) / 2.0;
+        match &self.emulation {
+            Some(Emulation::Netem) => format!(
+                "veth pair, `tc qdisc … netem delay {half}ms rate {}mbit limit 100000` on both ends",
+                self.link.rate_mbit
+            ),
+            Some(Emulation::TunWire(_)) => format!(
+                "this kernel has no `sch_netem`, so: a TUN device in each namespace (MTU {}), \
+                 `tc qdisc … tbf rate {}mbit burst 256kb latency 10ms` on both, and a forwarder \
+                 in the bench process that hands every IP packet to the other end {half} ms after \
+                 it left",
+                self.link.tun_mtu, self.link.rate_mbit
+            ),
+            None => "not set up".into(),
+        }
+    }
+
+    async fn start_registry(&mut self, storage: &Path) -> anyhow::Result<()> {
+        let config = self.dir.path().join("config.yml");
+        let secret = hex::encode(rand::random::<[u8; 16]>());
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: \"{}\"\n  maintenance:\n    uploadpurging:\n      enabled: false\nhttp:\n  addr: \"{}:{}\"\n  secret: \"{secret}\"\n",
+                storage.display(),
+                self.addr_registry,
+                self.port
+            ),
+        )
+        .context("write the WAN registry's config")?;
+        let log = std::fs::File::create(self.dir.path().join("registry.log"))
+            .context("create the WAN registry's log")?;
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", &self.netns, "docker-registry", "serve"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().context("clone a log handle")?)
+            .stderr(log);
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("REGISTRY_") {
+                cmd.env_remove(k);
+            }
+        }
+        self.registry = Some(
+            cmd.spawn()
+                .context("start docker-registry in the namespace")?,
+        );
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(5))
+            .build()?;
+        let url = format!("http://{}/v2/", self.host());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self
+                .registry
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!(
+                    "docker-registry in {} exited with {status}: {}",
+                    self.netns,
+                    tail(
+                        &std::fs::read_to_string(self.dir.path().join("registry.log"))
+                            .unwrap_or_default(),
+                        10
+                    )
+                );
+            }
+            match client.get(&url).send().await {
+                Ok(r) if r.status().is_success() => break,
+                Ok(_) | Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Ok(r) => bail!("WAN registry answers GET /v2/ with {}", r.status()),
+                Err(e) => bail!("WAN registry not reachable at {url}: {e}"),
+            }
+        }
+        self.registry_pid = find_pid("docker-registry", self.dir.path());
+        Ok(())
+    }
+
+    /// Median time of small HTTP requests on one kept-alive connection: the RTT the clients see.
+    async fn measure_rtt(&self) -> anyhow::Result<Duration> {
+        let client = reqwest::Client::builder().no_proxy().build()?;
+        let url = format!("http://{}/v2/", self.host());
+        client.get(&url).send().await?.bytes().await?;
+        let mut samples = Vec::new();
+        for _ in 0..5 {
+            let started = Instant::now();
+            client.get(&url).send().await?.bytes().await?;
+            samples.push(started.elapsed().as_secs_f64());
+        }
+        Ok(Duration::from_secs_f64(median(&samples).unwrap_or(0.0)))
+    }
+
+    /// `ADDR:PORT` of the registry inside the namespace.
+    fn host(&self) -> String {
+        format!("{}:{}", self.addr_registry, self.port)
+    }
+
+    fn info(&self) -> LinkInfo {
+        LinkInfo {
+            spec: self.link,
+            measured_rtt: self.measured_rtt,
+            emulation: self.emulation_note(),
+        }
+    }
+}
+
+impl Drop for Wan {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.registry.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Stopping the forwarder closes the TUN devices, which removes them and their qdiscs.
+        drop(self.emulation.take());
+        // Deleting the namespace deletes the veth peer, which takes the root end (and both
+        // qdiscs) with it; the explicit delete covers a peer never moved into the namespace.
+        run_quiet("ip", &["netns", "delete", &self.netns]);
+        run_quiet("ip", &["link", "delete", &self.if_root]);
+    }
+}
+
+/// `TUNSETIFF`, `_IOW('T', 202, int)`.
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+
+/// Creates the TUN device `name` (IP packets, no packet-info header) in the calling thread's
+/// network namespace. It lives as long as the returned file.
+fn open_tun(name: &str) -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsRawFd as _;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .context("open /dev/net/tun")?;
+    // struct ifreq: the name (16 bytes, NUL-terminated), then the flags (a short).
+    let mut ifr = [0u8; 40];
+    if name.len() >= 16 {
+        bail!("interface name {name:?} is too long");
+    }
+    ifr[..name.len()].copy_from_slice(name.as_bytes());
+    let flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
+    ifr[16..18].copy_from_slice(&flags.to_ne_bytes());
+    // SAFETY: TUNSETIFF reads and writes a struct ifreq, which `ifr` is large enough to hold.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF as _, ifr.as_mut_ptr()) };
+    if rc < 0 {
+        bail!(
+            "create TUN device {name}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(file)
+}
+
+/// [`open_tun`] inside the network namespace `netns` (from a short-lived thread that joins it).
+fn open_tun_in(netns: &str, name: &str) -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsRawFd as _;
+    let path = format!("/run/netns/{netns}");
+    let thread_name = name.to_string();
+    std::thread::spawn(move || -> anyhow::Result<std::fs::File> {
+        let ns = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
+        // SAFETY: setns on an open namespace file; it only moves this thread, which ends here.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!("join {path}: {}", std::io::Error::last_os_error());
+        }
+        open_tun(&thread_name)
+    })
+    .join()
+    .map_err(|_| anyhow!("the thread opening TUN {netns}/{name} panicked"))?
+}
+
+/// The forwarder between two TUN devices: per direction, a reader stamps each packet with
+/// "now + delay" and a writer hands it to the other device at that moment (constant delay, so
+/// order is kept). Stops and closes both devices on Drop.
+struct TunWire {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// How often the forwarder's threads look at the stop flag when the link is idle.
+const TUN_POLL: Duration = Duration::from_millis(100);
+
+impl TunWire {
+    fn start(a: std::fs::File, b: std::fs::File, delay: Duration) -> TunWire {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::Arc;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, b) = (Arc::new(a), Arc::new(b));
+        let mut threads = Vec::new();
+        for (from, to) in [(a.clone(), b.clone()), (b, a)] {
+            let (tx, rx) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
+            let stop_r = stop.clone();
+            threads.push(std::thread::spawn(move || {
+                tun_reader(&from, &tx, delay, &stop_r)
+            }));
+            let stop_w = stop.clone();
+            threads.push(std::thread::spawn(move || tun_writer(&to, &rx, &stop_w)));
+        }
+        TunWire { stop, threads }
+    }
+}
+
+fn tun_reader(
+    from: &std::fs::File,
+    tx: &std::sync::mpsc::Sender<(Instant, Vec<u8>)>,
+    delay: Duration,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    use std::io::Read as _;
+    use std::os::fd::AsRawFd as _;
+    let mut buf = vec![0u8; 65536];
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let mut pfd = libc::pollfd {
+            fd: from.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let ready = unsafe { libc::poll(&mut pfd, 1, TUN_POLL.as_millis() as libc::c_int) };
+        if ready <= 0 {
+            continue;
+        }
+        match (&*from).read(&mut buf) {
+            Ok(n) if n > 0 => {
+                if tx
+                    .send((Instant::now() + delay, buf[..n].to_vec()))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
+fn tun_writer(
+    to: &std::fs::File,
+    rx: &std::sync::mpsc::Receiver<(Instant, Vec<u8>)>,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    use std::io::Write as _;
+    loop {
+        match rx.recv_timeout(TUN_POLL) {
+            Ok((due, packet)) => {
+                let now = Instant::now();
+                if due > now {
+                    std::thread::sleep(due - now);
+                }
+                // A packet the other end refuses is lost on the wire, as on a real link.
+                let _ = (&*to).write(&packet);
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+impl Drop for TunWire {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Requests one run made to the registry, by kind (`HEAD manifest`, `GET blob`, …).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Requests(BTreeMap<String, usize>);
+
+impl Requests {
+    fn of(records: &[support::Record]) -> Requests {
+        let mut by_kind = BTreeMap::new();
+        for r in records {
+            let path = r.path.split('?').next().unwrap_or("");
+            let what = if path.contains("/manifests/") {
+                "manifest"
+            } else if path.contains("/blobs/") {
+                "blob"
+            } else if path == "/v2/" || path == "/v2" {
+                "/v2/"
+            } else {
+                "other"
+            };
+            *by_kind.entry(format!("{} {what}", r.method)).or_insert(0) += 1;
+        }
+        Requests(by_kind)
+    }
+
+    fn count(&self, method: &str) -> usize {
+        self.0
+            .iter()
+            .filter(|(k, _)| k.split(' ').next() == Some(method))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    fn total(&self) -> usize {
+        self.0.values().sum()
+    }
+
+    fn describe(&self) -> String {
+        if self.0.is_empty() {
+            return "none".into();
+        }
+        self.0
+            .iter()
+            .map(|(k, n)| format!("{n} {k}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -357,6 +1062,8 @@ struct Sample {
     busy_share: Option<f64>,
     /// See [`top_others`].
     top_others: String,
+    /// What the timed part asked of the registry (W6, behind the recording proxy).
+    requests: Option<Requests>,
     /// CPU seconds (user + system) during the timed part: the client (sum over W4's ctr loop),
     /// containerd and the registry. On 2 cores these say where the wall time goes.
     cpu: Cpu,
@@ -366,6 +1073,8 @@ struct Sample {
 struct Cpu {
     client: Option<f64>,
     containerd: Option<f64>,
+    /// The registry serving the run; in W5 and W6 also the link emulator or the recording proxy
+    /// in front of it, which run in the bench's own process.
     registry: Option<f64>,
     /// Busy CPU of the whole machine minus the three above: kernel threads (writeback) and
     /// anything else running meanwhile, e.g. other people's builds and tests on a shared box.
@@ -521,13 +1230,181 @@ struct Bench {
     prepull: PathBuf,
     /// Whether this prepull build unpacks by default (it has `--no-unpack`).
     prepull_unpacks: bool,
-    host: String,
     gnu_time: bool,
     registry_pid: Option<u32>,
     quiet_wait: Duration,
+    profiler: Option<Profiler>,
+}
+
+/// Records `perf` profiles during timed runs (`--profile DIR`): the client under
+/// `perf record … -- CLIENT` (DWARF call graphs for prepull, whose release build has no frame
+/// pointers; frame pointers for the Go programs), containerd and the registry with
+/// `perf record -p PID` each, stopped with SIGINT after the run. Files are named
+/// `<workload>-<mode>-<tool>-run<N>.<client|containerd|registry>[.<i>].data`.
+struct Profiler {
+    dir: PathBuf,
+    /// `cycles` where the machine has hardware counters, else `cpu-clock`.
+    event: String,
+    /// The current timed run's file stem, set by [`Bench::sample`]; `None` between timed runs
+    /// (W6's untimed first pass is not profiled).
+    stem: std::sync::Mutex<Option<String>>,
+    /// Numbers the client files of a run with several invocations (ctr loops).
+    invocation: std::sync::atomic::AtomicUsize,
+}
+
+/// Sampling frequency of the profiles, in Hz: odd, so it does not beat with periodic work.
+const PERF_FREQ: &str = "999";
+
+impl Profiler {
+    fn new(dir: PathBuf) -> anyhow::Result<Profiler> {
+        if find_in_path("perf").is_none() {
+            bail!("--profile needs `perf` (package linux-perf; scripts/setup.sh installs it)");
+        }
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        // Virtual machines often lack hardware counters: perf then says "<not supported>".
+        let probe = std::process::Command::new("perf")
+            .args(["stat", "-e", "cycles", "true"])
+            .output()
+            .context("run perf stat")?;
+        let text = String::from_utf8_lossy(&probe.stderr);
+        let event = if probe.status.success() && !text.contains("not supported") {
+            "cycles"
+        } else {
+            "cpu-clock"
+        };
+        Ok(Profiler {
+            dir,
+            event: event.to_string(),
+            stem: Default::default(),
+            invocation: Default::default(),
+        })
+    }
+
+    fn start_run(&self, stem: String) {
+        *self.stem.lock().unwrap_or_else(|p| p.into_inner()) = Some(stem);
+        self.invocation
+            .store(0, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn end_run(&self) {
+        *self.stem.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// `DIR/<stem>.<what>.data`, or `None` outside a timed run.
+    fn path(&self, what: &str) -> Option<PathBuf> {
+        let stem = self
+            .stem
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()?;
+        Some(self.dir.join(format!("{stem}.{what}.data")))
+    }
+
+    /// `perf record … -o FILE -- program args…` as (program, args), or `None` outside a timed
+    /// run.
+    fn wrap(&self, program: &Path, args: &[String], dwarf: bool) -> Option<(PathBuf, Vec<String>)> {
+        let i = self
+            .invocation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let file = if i == 0 {
+            self.path("client")?
+        } else {
+            self.path(&format!("client.{i}"))?
+        };
+        let mut wrapped: Vec<String> = vec![
+            "record".into(),
+            "-q".into(),
+            "-e".into(),
+            self.event.clone(),
+            "-F".into(),
+            PERF_FREQ.into(),
+            "--call-graph".into(),
+            if dwarf { "dwarf" } else { "fp" }.into(),
+            "-o".into(),
+            file.display().to_string(),
+            "--".into(),
+            program.display().to_string(),
+        ];
+        wrapped.extend(args.iter().cloned());
+        Some((PathBuf::from("perf"), wrapped))
+    }
+
+    /// Starts `perf record -p PID` for a running daemon; [`Attached::stop`] ends it.
+    async fn attach(&self, pid: u32, what: &str) -> anyhow::Result<Attached> {
+        let file = self
+            .path(what)
+            .context("perf attached outside a timed run")?;
+        let child = tokio::process::Command::new("perf")
+            .args([
+                "record",
+                "-q",
+                "-e",
+                &self.event,
+                "-F",
+                PERF_FREQ,
+                "--call-graph",
+                "fp",
+                "-p",
+            ])
+            .arg(pid.to_string())
+            .arg("-o")
+            .arg(&file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("start perf record")?;
+        // perf opens its events within milliseconds; this only keeps the client's first moments
+        // from being missed (profiles are for shares, not for totals).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Ok(Attached { child, file })
+    }
+}
+
+/// A `perf record -p` in progress.
+struct Attached {
+    child: tokio::process::Child,
+    file: PathBuf,
+}
+
+impl Attached {
+    async fn stop(self) -> anyhow::Result<PathBuf> {
+        if let Some(pid) = self.child.id() {
+            // SAFETY: kill has no memory-safety preconditions; pid is our own child's.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGINT) };
+        }
+        let out = self
+            .child
+            .wait_with_output()
+            .await
+            .context("wait for perf record")?;
+        if !self.file.is_file() {
+            bail!(
+                "perf record wrote no {} ({}): {}",
+                self.file.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(self.file)
+    }
 }
 
 impl Bench {
+    /// Runs a client, under `perf record` when profiling.
+    async fn timed_client(&self, program: &Path, args: Vec<String>) -> anyhow::Result<ChildRun> {
+        let is_prepull = program == self.prepull;
+        match self
+            .profiler
+            .as_ref()
+            .and_then(|p| p.wrap(program, &args, is_prepull))
+        {
+            Some((perf, wrapped)) => timed(&perf, &wrapped, self.gnu_time).await,
+            None => timed(program, &args, self.gnu_time).await,
+        }
+    }
+
     async fn run_prepull(
         &self,
         c: &Containerd,
@@ -539,7 +1416,7 @@ impl Bench {
             "--containerd".into(),
             c.socket().display().to_string(),
             "--plain-http".into(),
-            self.host.clone(),
+            w.host.clone(),
             "--output".into(),
             "json".into(),
         ];
@@ -550,7 +1427,7 @@ impl Bench {
             Mode::Pull => args.extend(["--snapshotter".into(), c.snapshotter().to_string()]),
         }
         args.extend(w.images.iter().cloned());
-        let run = timed(&self.prepull, &args, self.gnu_time).await?;
+        let run = self.timed_client(&self.prepull, args).await?;
         // Exit 0 already means every image was pulled; the JSON lines double-check that and say
         // how many bytes prepull moved.
         let mut fetched = 0;
@@ -611,7 +1488,7 @@ impl Bench {
                 ]),
             }
             args.extend(["--plain-http".into(), image.clone()]);
-            let run = timed(&ctr, &args, self.gnu_time).await?;
+            let run = self.timed_client(&ctr, args).await?;
             total.rss_kib = match (total.rss_kib, run.rss_kib) {
                 (Some(a), Some(b)) => Some(a.max(b)),
                 (a, b) => a.or(b),
@@ -636,16 +1513,55 @@ impl Bench {
     ) -> anyhow::Result<Sample> {
         let c = Containerd::start().await;
         let containerd_pid = find_pid("containerd", c.dir());
+        let failed = |e: anyhow::Error| {
+            anyhow!(
+                "[{}] run {run} {} {} failed: {e:#}\n--- tail of containerd log ---\n{}",
+                w.id.name(),
+                mode.name(),
+                tool.name(),
+                c.log_tail(30)
+            )
+        };
+        if w.id.warm() {
+            // The steady state: everything pulled once by the same tool, untimed.
+            match tool {
+                Tool::Prepull => self.run_prepull(&c, w, mode).await.map(drop),
+                Tool::Ctr => self.run_ctr(&c, w, mode).await.map(drop),
+            }
+            .map_err(|e| failed(e.context("first (untimed) pass")))?;
+        }
+        let registry_pid = w.own_registry_pid().or(self.registry_pid);
+        // The recording proxy (W6) and W5's TUN forwarder run in this process: their CPU is
+        // counted on the registry's side.
+        let proxy_pid = matches!(w.via, Via::Proxy(_) | Via::Wan(_)).then(std::process::id);
         let (waited, busy_share) = if self.quiet_wait.is_zero() {
             (Duration::ZERO, None)
         } else {
             wait_for_quiet(self.quiet_wait).await
         };
+        if let Via::Proxy(proxy) = &w.via {
+            proxy.clear();
+        }
         let cpu_before = (
             containerd_pid.and_then(cpu_secs),
-            self.registry_pid.and_then(cpu_secs),
+            registry_pid.and_then(cpu_secs),
             machine_busy_secs(),
+            proxy_pid.and_then(cpu_secs),
         );
+        let mut attached = Vec::new();
+        if let Some(p) = &self.profiler {
+            p.start_run(format!(
+                "{}-{}-{}-run{run}",
+                w.id.name().to_lowercase(),
+                mode.name(),
+                tool.name()
+            ));
+            for (pid, what) in [(containerd_pid, "containerd"), (registry_pid, "registry")] {
+                if let Some(pid) = pid {
+                    attached.push(p.attach(pid, what).await?);
+                }
+            }
+        }
         let procs_before = all_proc_cpu();
         let result = match tool {
             Tool::Prepull => self
@@ -654,15 +1570,18 @@ impl Bench {
                 .map(|(r, b)| (r, Some(b))),
             Tool::Ctr => self.run_ctr(&c, w, mode).await.map(|r| (r, None)),
         };
-        let (child, reported_bytes) = result.map_err(|e| {
-            anyhow!(
-                "[{}] run {run} {} {} failed: {e:#}\n--- tail of containerd log ---\n{}",
-                w.id.name(),
-                mode.name(),
-                tool.name(),
-                c.log_tail(30)
-            )
-        })?;
+        for a in attached {
+            let file = a.stop().await?;
+            eprintln!("  profile: {}", file.display());
+        }
+        if let Some(p) = &self.profiler {
+            p.end_run();
+        }
+        let (child, reported_bytes) = result.map_err(failed)?;
+        let requests = match &w.via {
+            Via::Proxy(proxy) => Some(Requests::of(&proxy.records())),
+            Via::Loopback | Via::Wan(_) => None,
+        };
         let delta = |before: Option<f64>, pid: Option<u32>| Some(pid.and_then(cpu_secs)? - before?);
         let busy = machine_busy_secs()
             .zip(cpu_before.2)
@@ -670,13 +1589,19 @@ impl Bench {
         let top_others = top_others(
             &procs_before,
             &all_proc_cpu(),
-            &[containerd_pid, self.registry_pid, Some(std::process::id())],
+            &[containerd_pid, registry_pid, Some(std::process::id())],
             3,
         );
+        let registry = match proxy_pid {
+            Some(pid) => delta(cpu_before.1, registry_pid)
+                .zip(delta(cpu_before.3, Some(pid)))
+                .map(|(r, p)| r + p),
+            None => delta(cpu_before.1, registry_pid),
+        };
         let mut cpu = Cpu {
             client: child.cpu_secs,
             containerd: delta(cpu_before.0, containerd_pid),
-            registry: delta(cpu_before.1, self.registry_pid),
+            registry,
             other: None,
         };
         cpu.other = (|| Some((busy? - cpu.client? - cpu.containerd? - cpu.registry?).max(0.0)))();
@@ -707,6 +1632,7 @@ impl Bench {
             waited,
             busy_share,
             top_others,
+            requests,
             cpu,
         })
     }
@@ -1216,6 +2142,23 @@ fn report(results: &[WorkloadResult], bench: &Bench, cx: &Context) -> String {
         "- floor: `dd if=SRC of=DST bs=1M count=MiB conv=fsync`, SRC a random file in tmpfs, DST inside a containerd root (same filesystem). \
          It writes the blob bytes once, with one fsync; the tools fsync each blob, and in pull mode also write every layer's files into a snapshot."
     );
+    if results.iter().any(|r| r.workload.id == WorkloadId::W5) {
+        let _ = writeln!(
+            md,
+            "- W5: the W1 image from a second docker-registry process serving the same storage inside its own network namespace, \
+             joined to the root namespace by an emulated link with delay and rate in both directions; \
+             both clients pull from the namespace end's address (`--plain-http`). How the link was emulated is under *W5* below; \
+             the registry's CPU includes this bench process's (a userspace link forwarder, when there is one)."
+        );
+    }
+    if results.iter().any(|r| r.workload.id == WorkloadId::W6) {
+        let _ = writeln!(
+            md,
+            "- W6: each run first pulls all images once with the same tool and mode into its fresh containerd (untimed), then times a second pass \
+             (prepull: one invocation with all tags; ctr: one invocation per tag). The registry sits behind a recording HTTP proxy (in the bench process) \
+             that counts every request of the timed pass; its CPU is counted as the registry's."
+        );
+    }
     let _ = writeln!(md);
     let _ = writeln!(
         md,
@@ -1261,7 +2204,7 @@ fn report(results: &[WorkloadResult], bench: &Bench, cx: &Context) -> String {
                 let Some(s) = s else { continue };
                 let _ = writeln!(
                     md,
-                    "| {} ({}) | {:.1} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.0} | {} | {} | {} | {} | {} / {} / {} / {} | {} |",
+                    "| {} ({}) | {:.1} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} / {} / {} / {} | {} |",
                     w.id.name(),
                     w.id.description(),
                     w.mib(),
@@ -1271,7 +2214,7 @@ fn report(results: &[WorkloadResult], bench: &Bench, cx: &Context) -> String {
                     s.median,
                     s.min,
                     s.max,
-                    mbps(w.bytes, s.median),
+                    if w.id.warm() { "-".to_string() } else { format!("{:.0}", mbps(w.bytes, s.median)) },
                     if tool == Tool::Prepull { ratio.clone() } else { String::new() },
                     floor.map(|f| format!("{:.1}", s.median / f)).unwrap_or_else(|| "n/a".into()),
                     opt_mib(r.rss_median_mib(mode, tool, false)),
@@ -1286,6 +2229,9 @@ fn report(results: &[WorkloadResult], bench: &Bench, cx: &Context) -> String {
         }
     }
     let _ = writeln!(md);
+    report_wan(&mut md, results, cx);
+    report_steady(&mut md, results, cx);
+    report_targets(&mut md, results, cx);
     let _ = writeln!(
         md,
         "## fsync floor (`dd … conv=fsync` of the workload's bytes)"
@@ -1329,15 +2275,15 @@ fn report(results: &[WorkloadResult], bench: &Bench, cx: &Context) -> String {
             w.manifest_bytes
         );
         let _ = writeln!(md);
-        let _ = writeln!(md, "| Run | Mode | Tool | Wall s | Peak RSS KiB | containerd peak RSS KiB | CPU s client | CPU s containerd | CPU s registry | CPU s other | Top other CPU s | Busy before % | Waited s | prepull bytes_fetched (configs + layers) |");
+        let _ = writeln!(md, "| Run | Mode | Tool | Wall s | Peak RSS KiB | containerd peak RSS KiB | CPU s client | CPU s containerd | CPU s registry | CPU s other | Top other CPU s | Busy before % | Waited s | prepull bytes_fetched (configs + layers) | Registry requests |");
         let _ = writeln!(
             md,
-            "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"
+            "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|"
         );
         for s in &r.samples {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {:.3} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {} |",
+                "| {} | {} | {} | {:.3} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {} | {} |",
                 s.run,
                 s.mode.name(),
                 s.tool.name(),
@@ -1354,6 +2300,10 @@ fn report(results: &[WorkloadResult], bench: &Bench, cx: &Context) -> String {
                     .unwrap_or_else(|| "n/a".into()),
                 s.waited.as_secs_f64(),
                 opt_kib(s.reported_bytes),
+                s.requests
+                    .as_ref()
+                    .map(Requests::describe)
+                    .unwrap_or_else(|| "-".into()),
             );
         }
         let floor: Vec<String> = r
@@ -1370,6 +2320,267 @@ fn report(results: &[WorkloadResult], bench: &Bench, cx: &Context) -> String {
         );
     }
     md
+}
+
+/// W5: prepull's throughput, as a share of the emulated link's rate, at least this.
+const W5_LINK_SHARE_TARGET: f64 = 0.90;
+/// W5: prepull at least this much faster than ctr.
+const W5_SPEEDUP_TARGET: f64 = 1.5;
+/// W6: one pass over all present images takes less than this.
+const W6_TIME_TARGET: Duration = Duration::from_secs(1);
+
+impl WorkloadResult {
+    fn median_wall(&self, mode: Mode, tool: Tool) -> Option<f64> {
+        median(&self.walls(mode, tool))
+    }
+
+    /// Median throughput over W5's link as a share of the link's rate.
+    fn link_share(&self, mode: Mode, tool: Tool) -> Option<f64> {
+        let link = self.workload.link.as_ref()?.spec;
+        let secs = self.median_wall(mode, tool)?;
+        Some(mbps(self.workload.bytes, secs) / link.mbytes_per_sec())
+    }
+
+    /// The distinct request mixes of a tool's timed passes, e.g. `200 HEAD manifest (3 runs)`.
+    fn request_mixes(&self, mode: Mode, tool: Tool) -> String {
+        let mut mixes: Vec<(Requests, usize)> = Vec::new();
+        for s in self.of(mode, tool) {
+            let Some(r) = &s.requests else { continue };
+            match mixes.iter_mut().find(|(m, _)| m == r) {
+                Some((_, n)) => *n += 1,
+                None => mixes.push((r.clone(), 1)),
+            }
+        }
+        if mixes.is_empty() {
+            return "n/a".into();
+        }
+        mixes
+            .iter()
+            .map(|(m, n)| {
+                format!(
+                    "{} ({n} run{})",
+                    m.describe(),
+                    if *n == 1 { "" } else { "s" }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok {
+        "**met**"
+    } else {
+        "**not met**"
+    }
+}
+
+fn report_wan(md: &mut String, results: &[WorkloadResult], cx: &Context) {
+    let Some(r) = results.iter().find(|r| r.workload.id == WorkloadId::W5) else {
+        return;
+    };
+    let Some(info) = &r.workload.link else {
+        return;
+    };
+    let (link, rtt) = (info.spec, info.measured_rtt);
+    let _ = writeln!(md, "## W5: W1 over an emulated WAN");
+    let _ = writeln!(md);
+    let _ = writeln!(
+        md,
+        "Link: {}; {}. Measured HTTP round trip before the runs: {}. \
+         Link floor for the workload's {:.1} MB: {:.2} s. Share of link = the workload's bytes / median time / the link's rate.",
+        link.describe(),
+        info.emulation,
+        rtt.map(|d| format!("{:.1} ms", d.as_secs_f64() * 1e3))
+            .unwrap_or_else(|| "n/a".into()),
+        r.workload.bytes as f64 / 1e6,
+        r.workload.bytes as f64 / 1e6 / link.mbytes_per_sec(),
+    );
+    let _ = writeln!(md);
+    let _ = writeln!(
+        md,
+        "| Mode | Tool | Median s | Min s | Max s | MB/s | Share of link | ctr/prepull | CPU s client / containerd / registry / other |"
+    );
+    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    for mode in &cx.modes {
+        let ratio = r
+            .median_wall(*mode, Tool::Ctr)
+            .zip(r.median_wall(*mode, Tool::Prepull))
+            .map(|(c, p)| format!("**{:.2}**", c / p))
+            .unwrap_or_else(|| "n/a".into());
+        for tool in [Tool::Prepull, Tool::Ctr] {
+            let Some(st) = stats(&r.walls(*mode, tool)) else {
+                continue;
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.2} | {:.2} | {:.2} | {:.0} | {} | {} | {} / {} / {} / {} |",
+                mode.name(),
+                tool.name(),
+                st.median,
+                st.min,
+                st.max,
+                mbps(r.workload.bytes, st.median),
+                r.link_share(*mode, tool)
+                    .map(|x| format!("{:.0}%", x * 100.0))
+                    .unwrap_or_else(|| "n/a".into()),
+                if tool == Tool::Prepull {
+                    ratio.as_str()
+                } else {
+                    ""
+                },
+                opt_secs(r.cpu_median(*mode, tool, |c| c.client)),
+                opt_secs(r.cpu_median(*mode, tool, |c| c.containerd)),
+                opt_secs(r.cpu_median(*mode, tool, |c| c.registry)),
+                opt_secs(r.cpu_median(*mode, tool, |c| c.other)),
+            );
+        }
+    }
+    let _ = writeln!(md);
+}
+
+fn report_steady(md: &mut String, results: &[WorkloadResult], cx: &Context) {
+    let Some(r) = results.iter().find(|r| r.workload.id == WorkloadId::W6) else {
+        return;
+    };
+    let _ = writeln!(
+        md,
+        "## W6: steady state ({} images already present)",
+        r.workload.images.len()
+    );
+    let _ = writeln!(md);
+    let _ = writeln!(
+        md,
+        "Requests are counted by the proxy for the timed pass only; a row lists each distinct mix of requests and how many runs made it."
+    );
+    let _ = writeln!(md);
+    let _ = writeln!(
+        md,
+        "| Mode | Tool | Median s | Min s | Max s | ctr/prepull | Requests per pass | CPU s client / containerd / registry+proxy / other |"
+    );
+    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---|---:|");
+    for mode in &cx.modes {
+        let ratio = r
+            .median_wall(*mode, Tool::Ctr)
+            .zip(r.median_wall(*mode, Tool::Prepull))
+            .map(|(c, p)| format!("**{:.1}**", c / p))
+            .unwrap_or_else(|| "n/a".into());
+        for tool in [Tool::Prepull, Tool::Ctr] {
+            let Some(st) = stats(&r.walls(*mode, tool)) else {
+                continue;
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.2} | {:.2} | {:.2} | {} | {} | {} / {} / {} / {} |",
+                mode.name(),
+                tool.name(),
+                st.median,
+                st.min,
+                st.max,
+                if tool == Tool::Prepull {
+                    ratio.as_str()
+                } else {
+                    ""
+                },
+                r.request_mixes(*mode, tool),
+                opt_secs(r.cpu_median(*mode, tool, |c| c.client)),
+                opt_secs(r.cpu_median(*mode, tool, |c| c.containerd)),
+                opt_secs(r.cpu_median(*mode, tool, |c| c.registry)),
+                opt_secs(r.cpu_median(*mode, tool, |c| c.other)),
+            );
+        }
+    }
+    let _ = writeln!(md);
+}
+
+/// The performance targets this run can judge, each with its measured figure.
+fn report_targets(md: &mut String, results: &[WorkloadResult], cx: &Context) {
+    let mut rows = Vec::new();
+    if let Some(r) = results.iter().find(|r| r.workload.id == WorkloadId::W5) {
+        for mode in &cx.modes {
+            if let Some(share) = r.link_share(*mode, Tool::Prepull) {
+                rows.push((
+                    format!(
+                        "W5 {}: prepull reaches >= {:.0}% of the link's bandwidth",
+                        mode.name(),
+                        W5_LINK_SHARE_TARGET * 100.0
+                    ),
+                    format!(
+                        "{:.0}% ({:.0} of {:.0} MB/s)",
+                        share * 100.0,
+                        share
+                            * r.workload
+                                .link
+                                .as_ref()
+                                .map_or(0.0, |l| l.spec.mbytes_per_sec()),
+                        r.workload
+                            .link
+                            .as_ref()
+                            .map_or(0.0, |l| l.spec.mbytes_per_sec())
+                    ),
+                    share >= W5_LINK_SHARE_TARGET,
+                ));
+            }
+            if let (Some(c), Some(p)) = (
+                r.median_wall(*mode, Tool::Ctr),
+                r.median_wall(*mode, Tool::Prepull),
+            ) {
+                rows.push((
+                    format!(
+                        "W5 {}: prepull >= {W5_SPEEDUP_TARGET}x faster than ctr",
+                        mode.name()
+                    ),
+                    format!("{:.2}x ({p:.2} s vs {c:.2} s)", c / p),
+                    c / p >= W5_SPEEDUP_TARGET,
+                ));
+            }
+        }
+    }
+    if let Some(r) = results.iter().find(|r| r.workload.id == WorkloadId::W6) {
+        let tags = r.workload.images.len();
+        for mode in &cx.modes {
+            let passes: Vec<&Requests> = r
+                .of(*mode, Tool::Prepull)
+                .filter_map(|s| s.requests.as_ref())
+                .collect();
+            if !passes.is_empty() {
+                let exact = passes
+                    .iter()
+                    .all(|q| q.count("HEAD") == tags && q.total() == tags);
+                rows.push((
+                    format!(
+                        "W6 {}: exactly one HEAD per tag ({tags}), no GET",
+                        mode.name()
+                    ),
+                    r.request_mixes(*mode, Tool::Prepull),
+                    exact,
+                ));
+            }
+            if let Some(p) = r.median_wall(*mode, Tool::Prepull) {
+                rows.push((
+                    format!(
+                        "W6 {}: one pass over {tags} present images < {:.0} s",
+                        mode.name(),
+                        W6_TIME_TARGET.as_secs_f64()
+                    ),
+                    format!("{p:.2} s (median)"),
+                    p < W6_TIME_TARGET.as_secs_f64(),
+                ));
+            }
+        }
+    }
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "## Targets");
+    let _ = writeln!(md);
+    let _ = writeln!(md, "| Target | Measured | |");
+    let _ = writeln!(md, "|---|---|---|");
+    for (target, measured, ok) in rows {
+        let _ = writeln!(md, "| {target} | {measured} | {} |", met(ok));
+    }
+    let _ = writeln!(md);
 }
 
 /// Whether this prepull unpacks by default: it then has `--no-unpack` to opt out.
@@ -1494,10 +2705,10 @@ async fn main() -> anyhow::Result<()> {
     let bench = Bench {
         prepull,
         prepull_unpacks: unpacks,
-        host: registry.host(),
         gnu_time,
         registry_pid: find_pid("docker-registry", &registry_dir),
         quiet_wait: args.quiet_wait,
+        profiler: args.profile.clone().map(Profiler::new).transpose()?,
     };
     if bench.registry_pid.is_none() {
         eprintln!("warning: cannot find the registry's pid; its CPU time will not be reported");
@@ -1513,7 +2724,12 @@ async fn main() -> anyhow::Result<()> {
 
     // One containerd root hosts the floor's destination file: the same filesystem the runs write
     // to. It also tells the report which containerd and ctr the runs use.
-    let max_mib = workloads.iter().map(floor_mib).max().unwrap_or(0);
+    let max_mib = workloads
+        .iter()
+        .filter(|w| !w.id.warm())
+        .map(floor_mib)
+        .max()
+        .unwrap_or(0);
     eprintln!("generating {max_mib} MiB of random bytes for the fsync floor's source");
     let floor_src = floor_source(max_mib)?;
     let floor_host = Containerd::start().await;
@@ -1527,8 +2743,32 @@ async fn main() -> anyhow::Result<()> {
     };
 
     let mut results = Vec::new();
-    for w in workloads {
-        let floor_runs = w.runs.max(MIN_FLOOR_RUNS);
+    for mut w in workloads {
+        match w.id {
+            WorkloadId::W5 => {
+                let wan = Wan::start(registry.storage_dir(), LinkSpec::W5).await?;
+                eprintln!(
+                    "[W5] registry at {} in network namespace {}: {}; measured HTTP round trip {:.1} ms",
+                    wan.host(),
+                    wan.netns,
+                    wan.link.describe(),
+                    wan.measured_rtt.unwrap_or_default().as_secs_f64() * 1e3
+                );
+                w.serve_via(Via::Wan(wan));
+            }
+            WorkloadId::W6 => {
+                let proxy = Proxy::start(&registry.host()).await;
+                eprintln!("[W6] counting proxy at {}", proxy.host());
+                w.serve_via(Via::Proxy(proxy));
+            }
+            WorkloadId::W1 | WorkloadId::W3 | WorkloadId::W4 => {}
+        }
+        // W6 writes nothing in its timed pass: no floor to compare with.
+        let floor_runs = if w.id.warm() {
+            0
+        } else {
+            w.runs.max(MIN_FLOOR_RUNS)
+        };
         let floor = fsync_floor(
             floor_src.path(),
             floor_host.root(),
@@ -1551,7 +2791,7 @@ async fn main() -> anyhow::Result<()> {
                 for tool in [Tool::Prepull, Tool::Ctr] {
                     let s = bench.sample(&w, *mode, tool, run).await?;
                     eprintln!(
-                        "[{}] run {run}/{} {:<5} {:<7} {:>7.2} s  {:>6.0} MB/s  RSS {} KiB  containerd {} KiB  CPU s client/containerd/registry/other {}/{}/{}/{} (top other: {})",
+                        "[{}] run {run}/{} {:<5} {:<7} {:>7.2} s  {:>6.0} MB/s  RSS {} KiB  containerd {} KiB  CPU s client/containerd/registry/other {}/{}/{}/{} (top other: {}){}",
                         w.id.name(),
                         w.runs,
                         mode.name(),
@@ -1565,13 +2805,21 @@ async fn main() -> anyhow::Result<()> {
                         opt_secs(s.cpu.registry),
                         opt_secs(s.cpu.other),
                         s.top_others,
+                        s.requests
+                            .as_ref()
+                            .map(|r| format!("  requests: {}", r.describe()))
+                            .unwrap_or_default(),
                     );
                     if let Some(b) = s.reported_bytes {
-                        if b != w.bytes - w.manifest_bytes {
+                        let expected = if w.id.warm() {
+                            0
+                        } else {
+                            w.bytes - w.manifest_bytes
+                        };
+                        if b != expected {
                             eprintln!(
-                                "[{}] note: prepull reported {b} bytes fetched; configs + layers are {} bytes",
+                                "[{}] note: prepull reported {b} bytes fetched; expected {expected}",
                                 w.id.name(),
-                                w.bytes - w.manifest_bytes
                             );
                         }
                     }
@@ -1579,6 +2827,8 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         }
+        // Tear the WAN (or the proxy) down before the next workload.
+        w.via = Via::Loopback;
         results.push(WorkloadResult {
             workload: w,
             samples,
@@ -1590,9 +2840,13 @@ async fn main() -> anyhow::Result<()> {
 
     let md = report(&results, &bench, &cx);
     println!("{md}");
-    let out_dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("benches")
-        .join("results");
+    // Profiled runs carry perf's overhead: their figures stay beside the profiles.
+    let out_dir = match &args.profile {
+        Some(dir) => dir.clone(),
+        None => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("benches")
+            .join("results"),
+    };
     std::fs::create_dir_all(&out_dir).with_context(|| format!("create {}", out_dir.display()))?;
     let out = out_dir.join("ctr_compare.md");
     std::fs::write(&out, &md).with_context(|| format!("write {}", out.display()))?;

@@ -8,9 +8,11 @@
 #   busybox-static            a static /bin/busybox to put into test images and containers
 #   ca-certificates, time     TLS roots for the agent; /usr/bin/time for the benches
 #   gzip                      the test bench compresses layers with it
+#   iproute2, linux-perf      the benches: `ip netns`/veth/`tc netem` for the emulated WAN (W5),
+#                             `perf` for benches/profile.sh
 set -euo pipefail
 
-packages=(containerd docker-registry protobuf-compiler busybox-static ca-certificates time gzip)
+packages=(containerd docker-registry protobuf-compiler busybox-static ca-certificates time gzip iproute2 linux-perf)
 
 missing=()
 need() { # need PACKAGE TEST...: PACKAGE is missing unless the test command succeeds
@@ -31,6 +33,9 @@ need busybox-static test -x /bin/busybox
 need ca-certificates test -s /etc/ssl/certs/ca-certificates.crt
 need time test -x /usr/bin/time
 need gzip command -v gzip
+need iproute2 command -v ip
+need iproute2 command -v tc
+need linux-perf command -v perf
 
 if [ ${#missing[@]} -eq 0 ]; then
     echo "setup: all present (${packages[*]}), nothing to do"

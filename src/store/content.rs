@@ -247,7 +247,8 @@ impl ContentWriter {
     }
 
     /// Sets the data bytes per `Content.Write` message (clamped to 1 byte ..= 15 MiB, under
-    /// containerd's 16 MiB message limit); bytes already queued go out with the next message. The default is [`WRITE_CHUNK`].
+    /// containerd's 16 MiB message limit); bytes already queued go out with the next message.
+    /// The default is [`WRITE_CHUNK`].
     pub fn set_message_size(&mut self, bytes: usize) {
         self.chunk = bytes.clamp(1, MAX_WRITE_CHUNK);
     }
