@@ -4,7 +4,7 @@
 # against real containerd and registry processes that the tests start themselves. Run as root.
 #
 # The full suite runs against the system's containerd (Debian bookworm's 1.6); then the
-# containerd-facing suites (pull, store, resume, offline_pod, agent) run again against each newer series
+# containerd-facing suites (pull, store, resume, offline_pod, agent, verify) run again against each newer series
 # scripts/containerd-versions.sh installed (PREPULL_TEST_CONTAINERD=<series>). Arguments go to the
 # first, full run only. PREPULL_TEST_VERSIONS="1.7" picks the extra series ("" skips them).
 set -euo pipefail
@@ -24,10 +24,10 @@ fi
 failed=()
 for series in $PREPULL_TEST_VERSIONS; do
     what=$(awk -v s="$series" '$1 == s {print $2 ", Debian " $3}' "$cache/installed")
-    echo "=== containerd $series (${what:-not installed}): pull, store, resume, offline_pod, agent"
+    echo "=== containerd $series (${what:-not installed}): pull, store, resume, offline_pod, agent, verify"
     # --no-fail-fast: report every suite of this series, then go on to the next series.
     if ! PREPULL_TEST_CONTAINERD=$series cargo test --locked --no-fail-fast \
-        --test pull --test store --test resume --test offline_pod --test agent; then
+        --test pull --test store --test resume --test offline_pod --test agent --test verify; then
         failed+=("$series")
     fi
 done

@@ -26,4 +26,5 @@ pub mod registry;
 pub mod space;
 pub mod store;
 pub mod unpack;
+pub mod verify;
 pub mod watch;

@@ -42,6 +42,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Pull(args) => commands::pull::run(*args).await,
         Command::Unpin(args) => commands::unpin::run(args).await,
         Command::Agent(args) => commands::agent::run(*args).await,
+        Command::Verify(args) => commands::verify::run_verify(args).await,
+        Command::Repair(args) => commands::verify::run_repair(*args).await,
     }
 }
 

@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod pull;
 pub mod unpin;
+pub mod verify;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -41,6 +42,10 @@ pub enum Command {
     Unpin(unpin::UnpinArgs),
     /// Keep the images of a prepull list warm on this node (the DaemonSet's mode).
     Agent(Box<agent::AgentArgs>),
+    /// Check the node's images: every blob read back and hashed, every layer's snapshot present.
+    Verify(verify::VerifyArgs),
+    /// Mend the node's images: remove what is corrupt and pull it again.
+    Repair(Box<verify::RepairArgs>),
 }
 
 /// Which containerd to talk to; shared by every subcommand that touches the node's images.

@@ -257,7 +257,7 @@ fn report_loaded(loaded: &credentials::Loaded, to_log: bool) {
 }
 
 /// The snapshotter CRI uses, so unpacked layers are the ones containers start from.
-async fn cri_snapshotter(socket: &std::path::Path) -> String {
+pub(crate) async fn cri_snapshotter(socket: &std::path::Path) -> String {
     const FALLBACK: &str = "overlayfs";
     let found = match crate::cri::connect(socket).await {
         Ok(channel) => crate::cri::snapshotter(channel).await,

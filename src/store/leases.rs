@@ -45,10 +45,24 @@ impl Store {
 
     /// Deletes a lease; what it protected is then kept only by references from image records.
     pub async fn delete_lease(&self, lease: Lease) -> Result<(), StoreError> {
+        self.delete_lease_with(lease, false).await
+    }
+
+    /// Runs containerd's garbage collection to completion (by deleting a fresh lease with
+    /// `sync`), so files of deleted blobs are really gone before the same digest is written
+    /// again: containerd reuses a blob file that is still on disk.
+    pub async fn collect_garbage(&self) -> Result<(), StoreError> {
+        let lease = self
+            .create_lease("collect-garbage", std::time::Duration::from_secs(60))
+            .await?;
+        self.delete_lease_with(lease, true).await
+    }
+
+    async fn delete_lease_with(&self, lease: Lease, sync: bool) -> Result<(), StoreError> {
         let mut client = LeasesClient::new(self.channel.clone());
         let request = DeleteRequest {
             id: lease.id.clone(),
-            sync: false,
+            sync,
         };
         match client.delete(self.request(request, None)).await {
             Ok(_) => Ok(()),

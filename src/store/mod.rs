@@ -7,6 +7,7 @@
 mod content;
 mod error;
 mod images;
+mod inspect;
 mod leases;
 mod snapshots;
 
@@ -18,6 +19,7 @@ use tonic::transport::Channel;
 pub use content::{ref_key, ContentWriter, Opened, WRITE_CHUNK};
 pub use error::StoreError;
 pub use images::ImageRecord;
+pub use inspect::{Ingest, Stored};
 pub use leases::Lease;
 
 /// Labels containerd's own pull writes, which its GC and CRI read.

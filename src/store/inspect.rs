@@ -1,0 +1,156 @@
+//! Reading containerd's state back to check it: blobs hashed as stored, ingests in progress,
+//! every image record, and removals for what cannot be trusted.
+
+use containerd_client::services::v1::content_client::ContentClient;
+use containerd_client::services::v1::images_client::ImagesClient;
+use containerd_client::services::v1::{
+    DeleteContentRequest, DeleteImageRequest, Image, ListImagesRequest, ListStatusesRequest,
+    ReadContentRequest,
+};
+
+use super::{Store, StoreError};
+use crate::digest::{Digest, Hasher};
+
+/// What reading a blob back found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stored {
+    /// containerd has no record of it.
+    Absent,
+    /// Recorded, but its bytes cannot be read (the file is gone from disk).
+    Unreadable(String),
+    /// Read in full: what the bytes hash to, and how many there were.
+    Read {
+        /// The digest of the bytes read, in the algorithm of the digest asked for.
+        digest: Digest,
+        /// Bytes read.
+        size: u64,
+    },
+}
+
+/// An ingest (an unfinished write) in the content store.
+#[derive(Clone, Debug)]
+pub struct Ingest {
+    /// Its ref, e.g. `layer-sha256:…`.
+    pub reference: String,
+    /// Bytes written so far.
+    pub offset: u64,
+    /// The expected size, if known.
+    pub total: u64,
+    /// Seconds since it was last written to, if containerd says.
+    pub idle: Option<std::time::Duration>,
+}
+
+impl Store {
+    /// Reads a blob back in full and hashes it, without holding it in memory.
+    pub async fn hash_blob(&self, digest: &Digest) -> Result<Stored, StoreError> {
+        if self.info(digest).await?.is_none() {
+            return Ok(Stored::Absent);
+        }
+        let what = digest.to_string();
+        let mut client = ContentClient::new(self.channel.clone());
+        let request = ReadContentRequest {
+            digest: what.clone(),
+            offset: 0,
+            size: 0,
+        };
+        let mut stream = match client.read(self.request(request, None)).await {
+            Ok(r) => r.into_inner(),
+            Err(s) if s.code() == tonic::Code::NotFound => {
+                return Ok(Stored::Unreadable(s.message().to_string()))
+            }
+            Err(s) => return Err(StoreError::rpc("Content.Read", &what, s)),
+        };
+        let mut hasher = Hasher::new(digest.algorithm());
+        let mut size = 0u64;
+        loop {
+            match stream.message().await {
+                Ok(Some(chunk)) => {
+                    size += chunk.data.len() as u64;
+                    hasher.update(&chunk.data);
+                }
+                Ok(None) => break,
+                Err(s) if s.code() == tonic::Code::NotFound => {
+                    return Ok(Stored::Unreadable(s.message().to_string()))
+                }
+                Err(s) => return Err(StoreError::rpc("Content.Read", &what, s)),
+            }
+        }
+        Ok(Stored::Read {
+            digest: hasher.finish(),
+            size,
+        })
+    }
+
+    /// Removes a blob's record and bytes (containerd checks nothing: callers decide).
+    pub async fn delete_blob(&self, digest: &Digest) -> Result<(), StoreError> {
+        let mut client = ContentClient::new(self.channel.clone());
+        match client
+            .delete(self.request(
+                DeleteContentRequest {
+                    digest: digest.to_string(),
+                },
+                None,
+            ))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+            Err(s) => Err(StoreError::rpc("Content.Delete", digest.to_string(), s)),
+        }
+    }
+
+    /// Every ingest in the namespace.
+    pub async fn ingests(&self) -> Result<Vec<Ingest>, StoreError> {
+        let mut client = ContentClient::new(self.channel.clone());
+        let listed = client
+            .list_statuses(self.request(ListStatusesRequest { filters: vec![] }, None))
+            .await
+            .map_err(|s| StoreError::rpc("Content.ListStatuses", "ingests", s))?;
+        let now = std::time::SystemTime::now();
+        Ok(listed
+            .into_inner()
+            .statuses
+            .into_iter()
+            .map(|s| Ingest {
+                idle: s.updated_at.and_then(|t| {
+                    let at = std::time::UNIX_EPOCH
+                        + std::time::Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32);
+                    now.duration_since(at).ok()
+                }),
+                reference: s.r#ref,
+                offset: s.offset.max(0) as u64,
+                total: s.total.max(0) as u64,
+            })
+            .collect())
+    }
+
+    /// Every image record in the namespace.
+    pub async fn images(&self) -> Result<Vec<Image>, StoreError> {
+        let mut client = ImagesClient::new(self.channel.clone());
+        let listed = client
+            .list(self.request(ListImagesRequest { filters: vec![] }, None))
+            .await
+            .map_err(|s| StoreError::rpc("Images.List", "images", s))?;
+        Ok(listed.into_inner().images)
+    }
+
+    /// Removes an image record (its content stays until containerd's GC finds it unreferenced).
+    pub async fn delete_image(&self, name: &str) -> Result<(), StoreError> {
+        let mut client = ImagesClient::new(self.channel.clone());
+        match client
+            .delete(self.request(
+                DeleteImageRequest {
+                    name: name.to_string(),
+                    sync: false,
+                    target: None,
+                },
+                None,
+            ))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+            Err(s) => Err(StoreError::rpc("Images.Delete", name, s)),
+        }
+    }
+}

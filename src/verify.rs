@@ -1,0 +1,540 @@
+//! Checking the node's image store: every image record's documents, config and layers read back
+//! and hashed, every layer's snapshot present, and unfinished writes that nobody will finish.
+//!
+//! What a disk, a crash or a hand-run `rm` can do to containerd, and how each shows:
+//! - a blob whose bytes changed: it no longer hashes to its digest;
+//! - a blob whose file is gone while containerd still lists it: it cannot be read back;
+//! - a blob nobody stored: the document that names it points at nothing;
+//! - a layer snapshot removed: its chain ID is missing from the snapshotter;
+//! - an ingest left by an interrupted pull and never resumed: idle for longer than a threshold.
+//!
+//! Records that name the same image (its tag, digest reference and ID) are checked once.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use containerd_client::services::v1::Image;
+
+use crate::digest::Digest;
+use crate::oci::{self, Descriptor, Document};
+use crate::store::{labels, Ingest, Store, StoreError, Stored};
+use crate::unpack;
+
+/// One thing wrong with an image or the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Problem {
+    /// A blob's bytes do not hash to its digest, or its size is wrong.
+    Corrupt {
+        /// Which part of the image (`manifest`, `config`, `layer 2`…).
+        what: String,
+        /// The blob.
+        digest: Digest,
+        /// What was read instead.
+        found: String,
+    },
+    /// containerd lists the blob but cannot read it.
+    Unreadable {
+        /// Which part of the image.
+        what: String,
+        /// The blob.
+        digest: Digest,
+        /// containerd's error.
+        why: String,
+    },
+    /// A blob the image needs is not in the store.
+    Missing {
+        /// Which part of the image.
+        what: String,
+        /// The blob.
+        digest: Digest,
+    },
+    /// A manifest, index or config is not a valid document.
+    Malformed {
+        /// Which part of the image.
+        what: String,
+        /// The blob.
+        digest: Digest,
+        /// Why.
+        why: String,
+    },
+    /// A name CRI gives every image it manages (the digest reference, the image ID) has no
+    /// record: the kubelet may not find the image by it.
+    MissingRecord {
+        /// The record's name.
+        name: String,
+    },
+    /// A layer's snapshot is missing from the snapshotter.
+    MissingSnapshot {
+        /// The layer's position, base first.
+        layer: usize,
+        /// The snapshot's name.
+        chain_id: Digest,
+        /// The snapshotter checked.
+        snapshotter: String,
+    },
+}
+
+impl Problem {
+    /// The blob that must be removed before it can be stored again, if any.
+    pub fn bad_blob(&self) -> Option<&Digest> {
+        match self {
+            Problem::Corrupt { digest, .. }
+            | Problem::Unreadable { digest, .. }
+            | Problem::Malformed { digest, .. } => Some(digest),
+            Problem::Missing { .. }
+            | Problem::MissingSnapshot { .. }
+            | Problem::MissingRecord { .. } => None,
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::Corrupt {
+                what,
+                digest,
+                found,
+            } => write!(f, "{what} {digest} is corrupt: {found}"),
+            Problem::Unreadable { what, digest, why } => write!(
+                f,
+                "{what} {digest} is listed by containerd but cannot be read ({why})"
+            ),
+            Problem::Missing { what, digest } => write!(f, "{what} {digest} is missing"),
+            Problem::Malformed { what, digest, why } => {
+                write!(f, "{what} {digest} is not a valid document: {why}")
+            }
+            Problem::MissingRecord { name } => {
+                write!(f, "its image record {name} is missing")
+            }
+            Problem::MissingSnapshot {
+                layer,
+                chain_id,
+                snapshotter,
+            } => write!(
+                f,
+                "layer {layer}'s snapshot {chain_id} is missing from the {snapshotter} snapshotter"
+            ),
+        }
+    }
+}
+
+/// One image (all records pointing at the same target) and what is wrong with it.
+#[derive(Clone, Debug)]
+pub struct ImageCheck {
+    /// The records' names, tags first.
+    pub names: Vec<String>,
+    /// The target every record points at.
+    pub target: Digest,
+    /// The registry and repository it came from (`registry/repo`), if known.
+    pub source: Option<String>,
+    /// Problems found; empty when the image is sound.
+    pub problems: Vec<Problem>,
+    /// Blobs read back.
+    pub blobs: usize,
+    /// Bytes hashed.
+    pub bytes: u64,
+}
+
+impl ImageCheck {
+    /// A name to pull the image by again: a tag, else the digest reference, else one made from
+    /// where its content came from.
+    pub fn pull_name(&self) -> Option<String> {
+        self.names
+            .iter()
+            .find(|n| !n.starts_with("sha256:"))
+            .cloned()
+            .or_else(|| {
+                self.source
+                    .as_ref()
+                    .map(|repo| format!("{repo}@{}", self.target))
+            })
+    }
+}
+
+/// How deep to look.
+#[derive(Clone, Debug)]
+pub struct CheckOptions {
+    /// The snapshotter whose snapshots are checked; `None` skips snapshots.
+    pub snapshotter: Option<String>,
+    /// Read and hash every layer (slow on big stores); otherwise layers are only checked for
+    /// presence and size. Documents and configs are always hashed.
+    pub hash_layers: bool,
+}
+
+/// Checks images in one containerd namespace.
+pub struct Checker<'a> {
+    store: &'a Store,
+    options: CheckOptions,
+}
+
+/// Groups image records by the target they point at, names sorted with tags first.
+pub fn group_records(records: Vec<Image>) -> BTreeMap<String, Vec<Image>> {
+    let mut groups: BTreeMap<String, Vec<Image>> = BTreeMap::new();
+    for record in records {
+        let Some(target) = record.target.as_ref().map(|t| t.digest.clone()) else {
+            continue;
+        };
+        groups.entry(target).or_default().push(record);
+    }
+    for records in groups.values_mut() {
+        records.sort_by_key(|r| {
+            (
+                r.name.starts_with("sha256:"),
+                r.name.contains('@'),
+                r.name.clone(),
+            )
+        });
+    }
+    groups
+}
+
+impl<'a> Checker<'a> {
+    /// A checker for `store`.
+    pub fn new(store: &'a Store, options: CheckOptions) -> Checker<'a> {
+        Checker { store, options }
+    }
+
+    /// Checks the image that `records` (all pointing at `target`) name.
+    pub async fn check(
+        &self,
+        target: &Digest,
+        records: &[Image],
+    ) -> Result<ImageCheck, StoreError> {
+        let mut check = ImageCheck {
+            names: records.iter().map(|r| r.name.clone()).collect(),
+            target: target.clone(),
+            source: None,
+            problems: Vec::new(),
+            blobs: 0,
+            bytes: 0,
+        };
+        check.source = self.source(target).await;
+        let top_size = records
+            .first()
+            .and_then(|r| r.target.as_ref())
+            .map(|t| t.size.max(0) as u64);
+        let Some(top) = self
+            .document(
+                &mut check,
+                "top-level document",
+                target,
+                top_size,
+                oci::MAX_MANIFEST_BYTES,
+            )
+            .await?
+        else {
+            return Ok(check);
+        };
+        let manifests: Vec<(String, Descriptor)> = match Document::parse(&top, None) {
+            Ok(Document::Manifest(..)) => vec![(
+                "manifest".to_string(),
+                Descriptor {
+                    media_type: String::new(),
+                    digest: target.clone(),
+                    size: top.len() as u64,
+                    platform: None,
+                    urls: Vec::new(),
+                    annotations: Default::default(),
+                },
+            )],
+            Ok(Document::Index(index, _)) => {
+                // Only the platforms that were pulled are in the store; at least one must be.
+                let mut present = Vec::new();
+                for d in &index.manifests {
+                    if self.store.info(&d.digest).await?.is_some() {
+                        let platform = d
+                            .platform
+                            .as_ref()
+                            .map(|p| p.normalized().to_string())
+                            .unwrap_or_else(|| "unknown platform".into());
+                        present.push((format!("manifest for {platform}"), d.clone()));
+                    }
+                }
+                if present.is_empty() {
+                    check.problems.push(Problem::Missing {
+                        what: "every platform's manifest of the index".into(),
+                        digest: target.clone(),
+                    });
+                }
+                present
+            }
+            Err(e) => {
+                check.problems.push(Problem::Malformed {
+                    what: "top-level document".into(),
+                    digest: target.clone(),
+                    why: e.to_string(),
+                });
+                return Ok(check);
+            }
+        };
+        let mut configs: Vec<Digest> = Vec::new();
+        for (what, descriptor) in manifests {
+            let bytes = if &descriptor.digest == target {
+                Some(top.clone())
+            } else {
+                self.document(
+                    &mut check,
+                    &what,
+                    &descriptor.digest,
+                    Some(descriptor.size),
+                    oci::MAX_MANIFEST_BYTES,
+                )
+                .await?
+            };
+            let Some(bytes) = bytes else { continue };
+            match Document::parse(&bytes, None) {
+                Ok(Document::Manifest(manifest, _)) => {
+                    configs.push(manifest.config.digest.clone());
+                    self.check_manifest(&mut check, &manifest).await?
+                }
+                // Attestation manifests and the like are not images: nothing below them to check.
+                Ok(Document::Index(..)) => {}
+                Err(e) => check.problems.push(Problem::Malformed {
+                    what,
+                    digest: descriptor.digest.clone(),
+                    why: e.to_string(),
+                }),
+            }
+        }
+        // CRI names each image it manages by tag, digest reference and ID.
+        let managed = records
+            .iter()
+            .any(|r| r.labels.contains_key(labels::CRI_MANAGED));
+        if managed {
+            let mut expected: Vec<String> = records
+                .iter()
+                .filter(|r| !r.name.starts_with("sha256:") && !r.name.contains('@'))
+                .filter_map(|r| crate::reference::Reference::parse(&r.name).ok())
+                .map(|r| r.with_digest(target.clone()).to_string())
+                .collect();
+            if configs.len() == 1 {
+                expected.push(configs[0].to_string());
+            }
+            for name in expected {
+                if !check.names.contains(&name) {
+                    check.problems.push(Problem::MissingRecord { name });
+                }
+            }
+        }
+        Ok(check)
+    }
+
+    async fn check_manifest(
+        &self,
+        check: &mut ImageCheck,
+        manifest: &oci::Manifest,
+    ) -> Result<(), StoreError> {
+        let config = self
+            .document(
+                check,
+                "config",
+                &manifest.config.digest,
+                Some(manifest.config.size),
+                oci::MAX_CONFIG_BYTES,
+            )
+            .await?;
+        for (i, layer) in manifest.layers.iter().enumerate() {
+            self.blob(check, &format!("layer {i}"), layer).await?;
+        }
+        let (Some(snapshotter), Some(config)) = (&self.options.snapshotter, config) else {
+            return Ok(());
+        };
+        let diff_ids = match serde_json::from_slice::<oci::Config>(&config) {
+            Ok(c) => c.rootfs.diff_ids,
+            Err(e) => {
+                check.problems.push(Problem::Malformed {
+                    what: "config".into(),
+                    digest: manifest.config.digest.clone(),
+                    why: e.to_string(),
+                });
+                return Ok(());
+            }
+        };
+        for (layer, chain_id) in unpack::chain_ids(&diff_ids).into_iter().enumerate() {
+            if !self
+                .store
+                .snapshot_exists(snapshotter, &chain_id.to_string())
+                .await?
+            {
+                check.problems.push(Problem::MissingSnapshot {
+                    layer,
+                    chain_id,
+                    snapshotter: snapshotter.clone(),
+                });
+                // The layers above cannot exist without it.
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a document or config back, verified; `None` (and a problem) when it is unusable.
+    async fn document(
+        &self,
+        check: &mut ImageCheck,
+        what: &str,
+        digest: &Digest,
+        size: Option<u64>,
+        limit: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        if self.store.info(digest).await?.is_none() {
+            check.problems.push(Problem::Missing {
+                what: what.to_string(),
+                digest: digest.clone(),
+            });
+            return Ok(None);
+        }
+        let bytes = match self.store.read_blob(digest, limit).await {
+            Ok(b) => b,
+            Err(e) => {
+                check.problems.push(Problem::Unreadable {
+                    what: what.to_string(),
+                    digest: digest.clone(),
+                    why: e.to_string(),
+                });
+                return Ok(None);
+            }
+        };
+        check.blobs += 1;
+        check.bytes += bytes.len() as u64;
+        let got = Digest::of(digest.algorithm(), &bytes);
+        if &got != digest || size.is_some_and(|s| s != bytes.len() as u64) {
+            check.problems.push(Problem::Corrupt {
+                what: what.to_string(),
+                digest: digest.clone(),
+                found: format!("{} bytes hashing to {got}", bytes.len()),
+            });
+            return Ok(None);
+        }
+        Ok(Some(bytes))
+    }
+
+    /// Checks a layer blob: hashed in full, or present with the right size.
+    async fn blob(
+        &self,
+        check: &mut ImageCheck,
+        what: &str,
+        descriptor: &Descriptor,
+    ) -> Result<(), StoreError> {
+        let digest = &descriptor.digest;
+        if !self.options.hash_layers {
+            match self.store.info(digest).await? {
+                None => check.problems.push(Problem::Missing {
+                    what: what.to_string(),
+                    digest: digest.clone(),
+                }),
+                Some(info) if info.size.max(0) as u64 != descriptor.size => {
+                    check.problems.push(Problem::Corrupt {
+                        what: what.to_string(),
+                        digest: digest.clone(),
+                        found: format!("containerd records {} bytes", info.size),
+                    })
+                }
+                Some(_) => {}
+            }
+            return Ok(());
+        }
+        match self.store.hash_blob(digest).await? {
+            Stored::Absent => check.problems.push(Problem::Missing {
+                what: what.to_string(),
+                digest: digest.clone(),
+            }),
+            Stored::Unreadable(why) => check.problems.push(Problem::Unreadable {
+                what: what.to_string(),
+                digest: digest.clone(),
+                why,
+            }),
+            Stored::Read { digest: got, size } => {
+                check.blobs += 1;
+                check.bytes += size;
+                if &got != digest || size != descriptor.size {
+                    check.problems.push(Problem::Corrupt {
+                        what: what.to_string(),
+                        digest: digest.clone(),
+                        found: format!("{size} bytes hashing to {got}"),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `registry/repo` from the top document's `containerd.io/distribution.source.*` label.
+    async fn source(&self, target: &Digest) -> Option<String> {
+        let info = self.store.info(target).await.ok()??;
+        info.labels.iter().find_map(|(k, v)| {
+            let registry = k.strip_prefix(labels::DISTRIBUTION_SOURCE)?;
+            let repo = v.split(',').next()?;
+            Some(format!("{registry}/{repo}"))
+        })
+    }
+}
+
+/// Ingests idle for at least `older_than`: writes nobody is going to finish.
+pub async fn stale_ingests(store: &Store, older_than: Duration) -> Result<Vec<Ingest>, StoreError> {
+    Ok(store
+        .ingests()
+        .await?
+        .into_iter()
+        .filter(|i| i.idle.is_some_and(|idle| idle >= older_than))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use containerd_client::types::Descriptor as PbDescriptor;
+
+    fn record(name: &str, target: &str) -> Image {
+        Image {
+            name: name.into(),
+            labels: Default::default(),
+            target: Some(PbDescriptor {
+                media_type: String::new(),
+                digest: target.into(),
+                size: 1,
+                annotations: Default::default(),
+            }),
+            created_at: None,
+            updated_at: None,
+        }
+    }
+
+    #[test]
+    fn records_of_one_image_are_grouped_tags_first() {
+        let groups = group_records(vec![
+            record("sha256:cfg", "sha256:top"),
+            record("reg/app@sha256:top", "sha256:top"),
+            record("reg/app:v1", "sha256:top"),
+            record("reg/other:v1", "sha256:two"),
+        ]);
+        assert_eq!(groups.len(), 2);
+        let names: Vec<&str> = groups["sha256:top"]
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect();
+        assert_eq!(names, ["reg/app:v1", "reg/app@sha256:top", "sha256:cfg"]);
+    }
+
+    #[test]
+    fn the_pull_name_prefers_a_tag_then_the_source() {
+        let d: Digest = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+            .parse()
+            .unwrap();
+        let mut c = ImageCheck {
+            names: vec!["reg/app:v1".into(), "sha256:cfg".into()],
+            target: d.clone(),
+            source: Some("reg/app".into()),
+            problems: vec![],
+            blobs: 0,
+            bytes: 0,
+        };
+        assert_eq!(c.pull_name().as_deref(), Some("reg/app:v1"));
+        c.names = vec!["sha256:cfg".into()];
+        assert_eq!(c.pull_name(), Some(format!("reg/app@{d}")));
+        c.source = None;
+        assert_eq!(c.pull_name(), None);
+    }
+}

@@ -1,0 +1,284 @@
+//! `prepull verify` and `prepull repair` against a real containerd whose store is damaged the
+//! ways disks and people damage it: a flipped byte in a layer, a blob file deleted from disk, a
+//! snapshot removed, an image record deleted, an ingest abandoned by a killed pull.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use prepull::digest::Digest;
+use prepull::store::{Opened, Store, Stored};
+use support::{push_image, Containerd, ImageSpec, PushedImage, Registry};
+
+const KIB: usize = 1024;
+
+async fn prepull(containerd: &Containerd, args: &[&str]) -> Output {
+    let socket = containerd.socket().to_str().unwrap().to_string();
+    let mut all: Vec<&str> = vec![args[0], "--containerd", &socket];
+    all.extend_from_slice(&args[1..]);
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
+        .args(&all)
+        .output()
+        .await
+        .expect("run prepull")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn blob_path(containerd: &Containerd, digest: &str) -> PathBuf {
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    containerd
+        .root()
+        .join("io.containerd.content.v1.content/blobs/sha256")
+        .join(hex)
+}
+
+fn flip_byte(path: &Path, at: u64) {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    f.seek(SeekFrom::Start(at)).unwrap();
+    let mut b = [0u8];
+    f.read_exact(&mut b).unwrap();
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.write_all(&[b[0] ^ 0x40]).unwrap();
+}
+
+fn digest(s: &str) -> Digest {
+    s.parse().unwrap()
+}
+
+async fn assert_sound(store: &Store, image: &PushedImage) {
+    for blob in image.layers.iter().chain([&image.config, &image.manifest]) {
+        match store.hash_blob(&digest(&blob.digest)).await.unwrap() {
+            Stored::Read { digest: got, size } => {
+                assert_eq!((got.to_string(), size), (blob.digest.clone(), blob.size))
+            }
+            other => panic!("{} is {other:?}", blob.digest),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_finds_every_kind_of_damage_and_repair_mends_it() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let host = registry.host();
+    let a = push_image(
+        &host,
+        "team/a",
+        "v1",
+        &ImageSpec::new(&[64 * KIB, 48 * KIB, 32 * KIB]),
+    )
+    .await;
+    let b = push_image(
+        &host,
+        "team/b",
+        "v1",
+        &ImageSpec::new(&[40 * KIB, 24 * KIB]),
+    )
+    .await;
+    let c = push_image(&host, "team/c", "v1", &ImageSpec::new(&[16 * KIB])).await;
+    let (ra, rb, rc) = (
+        format!("{host}/team/a:v1"),
+        format!("{host}/team/b:v1"),
+        format!("{host}/team/c:v1"),
+    );
+    let out = prepull(
+        &containerd,
+        &[
+            "pull",
+            "--plain-http",
+            &host,
+            "--no-node-credentials",
+            "--pin",
+            &ra,
+            &rb,
+            &rc,
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let store = Store::connect(containerd.socket(), "k8s.io").await.unwrap();
+
+    // A sound store verifies clean.
+    let out = prepull(&containerd, &["verify"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains(&format!("ok {ra}")) && t.contains("3 images: 0 damaged"),
+        "{t}"
+    );
+
+    // The damage.
+    flip_byte(&blob_path(&containerd, &a.layers[1].digest), 100);
+    std::fs::remove_file(blob_path(&containerd, &b.config.digest)).unwrap();
+    let b_chain =
+        prepull::unpack::chain_ids(&b.diff_ids.iter().map(|d| digest(d)).collect::<Vec<_>>());
+    containerd.ctr_ok(&[
+        "-n",
+        "k8s.io",
+        "snapshots",
+        "--snapshotter",
+        containerd.snapshotter(),
+        "rm",
+        &b_chain[1].to_string(),
+    ]);
+    containerd.ctr_ok(&["-n", "k8s.io", "images", "rm", &c.config.digest]);
+    // An ingest a killed pull left behind.
+    let lease = store
+        .create_lease("test", Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let orphan = Digest::sha256(b"never finished");
+    match store
+        .open_writer(&lease, "layer-orphan", &orphan, 1 << 20)
+        .await
+        .unwrap()
+    {
+        Opened::Writer(mut w) => {
+            w.write(&[7u8; 4096]).await.unwrap();
+            w.suspend().await.unwrap();
+        }
+        Opened::Present => panic!("the orphan blob cannot be present"),
+    }
+
+    let out = prepull(&containerd, &["verify", "--stale-ingest-age", "0s"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    for expected in [
+        format!("damaged {ra}: layer 1 {} is corrupt", a.layers[1].digest),
+        format!(
+            "damaged {rb}: config {} is listed by containerd but cannot be read",
+            b.config.digest
+        ),
+        format!(
+            "damaged {rc}: its image record {} is missing",
+            c.config.digest
+        ),
+        "stale ingest layer-orphan".to_string(),
+    ] {
+        assert!(t.contains(&expected), "missing {expected:?} in:\n{t}");
+    }
+    // --quick does not read layers back, so the flipped byte goes unseen; the rest does not.
+    let out = prepull(&containerd, &["verify", "--quick", &ra]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // Snapshots are checked once the config is back; JSON names each problem.
+    let out = prepull(&containerd, &["verify", "--output", "json", &rb]).await;
+    let line: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(line["status"], "damaged", "{line}");
+
+    // Repair, with the registry up.
+    let out = prepull(
+        &containerd,
+        &[
+            "repair",
+            "--plain-http",
+            &host,
+            "--no-node-credentials",
+            "--stale-ingest-age",
+            "0s",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains(&format!("repaired {ra}"))
+            && t.contains(&format!("repaired {rb}"))
+            && t.contains(&format!("repaired {rc}"))
+            && t.contains("removed ingest layer-orphan"),
+        "{t}"
+    );
+    for image in [&a, &b, &c] {
+        assert_sound(&store, image).await;
+    }
+    assert!(store.ingests().await.unwrap().is_empty());
+    for name in [&ra, &rb, &rc] {
+        containerd.assert_image_complete(name);
+    }
+    assert!(store
+        .snapshot_exists(containerd.snapshotter(), &b_chain[1].to_string())
+        .await
+        .unwrap());
+    // Pins survive a repair.
+    let record = store
+        .image(&c.config.digest)
+        .await
+        .unwrap()
+        .expect("the ID record is back");
+    assert_eq!(
+        store
+            .image(&rc)
+            .await
+            .unwrap()
+            .unwrap()
+            .labels
+            .get("io.cri-containerd.pinned")
+            .map(String::as_str),
+        Some("pinned")
+    );
+    assert_eq!(record.target.unwrap().digest, c.manifest.digest);
+    let out = prepull(&containerd, &["verify", "--stale-ingest-age", "0s"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // An image whose records are all gone is restored by name.
+    for name in [
+        rc.clone(),
+        format!("{host}/team/c@{}", c.manifest.digest),
+        c.config.digest.clone(),
+    ] {
+        containerd.ctr_ok(&["-n", "k8s.io", "images", "rm", &name]);
+    }
+    let out = prepull(&containerd, &["verify", &rc]).await;
+    assert!(
+        text(&out).contains(&format!("missing {rc}")),
+        "{}",
+        text(&out)
+    );
+    let out = prepull(
+        &containerd,
+        &[
+            "repair",
+            "--plain-http",
+            &host,
+            "--no-node-credentials",
+            &rc,
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    containerd.assert_image_complete(&rc);
+
+    // With the registry gone, damage that needs a download cannot be mended, and says why.
+    flip_byte(&blob_path(&containerd, &a.layers[0].digest), 10);
+    drop(registry);
+    let out = prepull(
+        &containerd,
+        &[
+            "repair",
+            "--plain-http",
+            &host,
+            "--no-node-credentials",
+            &ra,
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("could not repair {ra}")),
+        "{}",
+        text(&out)
+    );
+}
