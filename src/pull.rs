@@ -207,6 +207,11 @@ impl Puller {
         }
     }
 
+    /// The snapshotter layers are unpacked into, if pulls unpack.
+    pub fn snapshotter(&self) -> Option<&str> {
+        self.options.unpack.as_deref()
+    }
+
     /// Pulls one image.
     #[tracing::instrument(name = "pull", skip_all, fields(image = %reference))]
     pub async fn pull(&self, reference: &Reference) -> Result<PullReport, PullError> {

@@ -332,3 +332,78 @@ async fn one_pass_reports_what_is_warm_and_why_the_rest_is_not() {
         "{stderr}"
     );
 }
+
+/// The agent reads its images back before a pass when a check is due: a layer whose bytes rotted
+/// on disk is removed and fetched again by the pass, and the status says what was wrong.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agent_finds_and_mends_a_corrupt_layer() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let host = registry.host();
+    let app = push_image(
+        &host,
+        "team/app",
+        "v1",
+        &ImageSpec::new(&[40 * KIB, 20 * KIB]),
+    )
+    .await;
+    let app_ref = format!("{host}/team/app:v1");
+    let socket = containerd.socket().to_str().unwrap().to_string();
+    let root = tempfile::tempdir().unwrap();
+    let mut list = ListVolume::new(root.path(), &format!("images:\n  - {app_ref}\n"));
+    let status_file = root.path().join("status.json");
+    let mut agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
+        .args([
+            "agent",
+            "--containerd",
+            &socket,
+            "--plain-http",
+            &host,
+            "--no-node-credentials",
+        ])
+        .args(["--splay", "0s", "--interval", "1h", "--verify-every", "1s"])
+        .arg("--list")
+        .arg(list.file())
+        .arg("--status-file")
+        .arg(&status_file)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(root.path().join("agent.log")).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the agent");
+    let s = wait_for_pass(&status_file, 1, &mut agent).await;
+    assert_eq!(s["warm"], 1, "{s:#}");
+    assert!(s["last_verify"].is_string(), "{s:#}");
+
+    // Bit rot in layer 0.
+    let layer = &app.layers[0];
+    let path = containerd
+        .root()
+        .join("io.containerd.content.v1.content/blobs/sha256")
+        .join(layer.digest.strip_prefix("sha256:").unwrap());
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[100] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    list.update(&format!("images:\n  - {app_ref}\n# touched\n"));
+    let s = wait_for_pass(&status_file, 2, &mut agent).await;
+    let image = &s["images"][0];
+    assert_eq!(image["state"], "warm", "{s:#}");
+    let damage = image["damage"][0].as_str().unwrap_or_default();
+    assert!(
+        damage.contains(&format!("layer 0 {} is corrupt", layer.digest)),
+        "{s:#}"
+    );
+    assert_eq!(
+        image["bytes_fetched"], layer.size,
+        "only the bad layer was fetched: {s:#}"
+    );
+    let store = Store::connect(containerd.socket(), "k8s.io").await.unwrap();
+    match store
+        .hash_blob(&layer.digest.parse().unwrap())
+        .await
+        .unwrap()
+    {
+        prepull::store::Stored::Read { digest, .. } => assert_eq!(digest.to_string(), layer.digest),
+        other => panic!("{other:?}"),
+    }
+}

@@ -43,6 +43,9 @@ pub struct AgentOptions {
     pub status_file: Option<PathBuf>,
     /// Images pulled at once (their blobs share the puller's download limit).
     pub images_at_once: usize,
+    /// How often listed images are read back and hashed before a pass, so corrupt or lost
+    /// content is removed and fetched again by the pass; `None` never.
+    pub verify_every: Option<Duration>,
 }
 
 /// What one pass found for one image.
@@ -59,6 +62,9 @@ pub struct ImageStatus {
     pub digest: Option<String>,
     /// Bytes downloaded in this pass.
     pub bytes_fetched: u64,
+    /// What the last check of the stored image found wrong (mended by this pass if it is warm).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub damage: Vec<String>,
     /// A short failure kind (`unauthorized`, `not-found`, `rate-limited`, `tls`, `network`, …).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kind: Option<&'static str>,
@@ -88,6 +94,9 @@ pub struct Status {
     pub failed: usize,
     /// Pins released in the last pass (images that left the list or moved on).
     pub released: usize,
+    /// When listed images were last read back and hashed (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_verify: Option<String>,
     /// Per image, in list order.
     pub images: Vec<ImageStatus>,
 }
@@ -100,6 +109,7 @@ pub struct Agent {
     list: Option<List>,
     list_seen: Fingerprint,
     status: Status,
+    last_verify: Option<Instant>,
 }
 
 impl Agent {
@@ -116,6 +126,7 @@ impl Agent {
             list: None,
             list_seen: Fingerprint::default(),
             status,
+            last_verify: None,
         }
     }
 
@@ -198,6 +209,24 @@ impl Agent {
             return;
         };
         let started = Instant::now();
+        let due = self
+            .options
+            .verify_every
+            .is_some_and(|every| self.last_verify.is_none_or(|t| t.elapsed() >= every));
+        let damage = if due {
+            self.last_verify = Some(Instant::now());
+            self.status.last_verify =
+                Some(humantime::format_rfc3339_seconds(SystemTime::now()).to_string());
+            match self.verify_listed(&list).await {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(error = %crate::commands::pull::error_chain(&e), "cannot verify the stored images");
+                    HashMap::new()
+                }
+            }
+        } else {
+            HashMap::new()
+        };
         let results: Vec<(Entry, Result<PullReport, PullError>)> =
             stream::iter(list.entries.iter().cloned())
                 .map(|entry| {
@@ -216,6 +245,7 @@ impl Agent {
         let mut resolved: HashMap<String, Option<String>> = HashMap::new();
         for (entry, result) in &results {
             let name = entry.reference.to_string();
+            let damaged = damage.get(&name).cloned().unwrap_or_default();
             let status = match result {
                 Ok(report) => {
                     let pinned = self.apply_pin(entry, report).await;
@@ -228,6 +258,7 @@ impl Agent {
                             pin: entry.pin,
                             digest: Some(digest),
                             bytes_fetched: report.bytes_fetched,
+                            damage: damaged.clone(),
                             kind: None,
                             error: None,
                         },
@@ -237,6 +268,7 @@ impl Agent {
                             pin: entry.pin,
                             digest: Some(digest),
                             bytes_fetched: report.bytes_fetched,
+                            damage: damaged.clone(),
                             kind: Some(e.kind()),
                             error: Some(format!(
                                 "pulled, but the pin could not be set: {}",
@@ -253,6 +285,7 @@ impl Agent {
                         pin: entry.pin,
                         digest: None,
                         bytes_fetched: 0,
+                        damage: damaged.clone(),
                         kind: Some(e.kind()),
                         error: Some(crate::commands::pull::error_chain(e)),
                     }
@@ -288,6 +321,49 @@ impl Agent {
             "pass done"
         );
         self.write_status();
+    }
+
+    /// Reads every listed image back and hashes it; blobs that are corrupt or unreadable are
+    /// removed (and containerd's garbage collected), so the pass that follows fetches them
+    /// again. Returns what was wrong, per entry.
+    async fn verify_listed(&self, list: &List) -> Result<HashMap<String, Vec<String>>, StoreError> {
+        use crate::verify::{group_records, CheckOptions, Checker};
+        let checker = Checker::new(
+            &self.store,
+            CheckOptions {
+                snapshotter: self.puller.snapshotter().map(str::to_string),
+                hash_layers: true,
+            },
+        );
+        let groups = group_records(self.store.images().await?);
+        let mut damage = HashMap::new();
+        let mut removed = false;
+        for entry in &list.entries {
+            let name = entry.reference.to_string();
+            let Some((target, records)) = groups
+                .iter()
+                .find(|(_, records)| records.iter().any(|r| r.name == name))
+            else {
+                continue;
+            };
+            let Ok(target) = target.parse() else { continue };
+            let check = checker.check(&target, records).await?;
+            if check.problems.is_empty() {
+                continue;
+            }
+            for digest in check.problems.iter().filter_map(|p| p.bad_blob()) {
+                self.store.delete_blob(digest).await?;
+                removed = true;
+            }
+            let problems: Vec<String> = check.problems.iter().map(ToString::to_string).collect();
+            tracing::warn!(image = %name, problems = %problems.join("; "), "stored image is damaged; fetching it again");
+            damage.insert(name, problems);
+        }
+        if removed {
+            // containerd would take a deleted blob's bad file back until its GC runs.
+            self.store.collect_garbage().await?;
+        }
+        Ok(damage)
     }
 
     /// Pins the records of a pinned entry that nobody pinned yet, marking them as prepull's;

@@ -56,6 +56,11 @@ pub struct AgentArgs {
     #[arg(long, value_name = "N", default_value = "4")]
     pub images_at_once: NonZeroUsize,
 
+    /// Read every listed image back from containerd and hash it this often (before a pass), so
+    /// a corrupt or lost blob is removed and fetched again; `0s` never.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub verify_every: Duration,
+
     /// Run one pass now (no splay) and exit: 0 when every image is warm, 1 otherwise.
     #[arg(long)]
     pub once: bool,
@@ -89,6 +94,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             watch_every: Duration::from_secs(2),
             status_file: args.status_file.clone(),
             images_at_once: args.images_at_once.get(),
+            verify_every: (!args.verify_every.is_zero()).then_some(args.verify_every),
         },
     );
     if !args.once {
