@@ -43,24 +43,31 @@ cargo bench --bench ctr_compare -- \
     --quiet-wait "${QUIET_WAIT:-120}" --profile "$out" >/dev/null
 
 summary="$out/summary.md"
+first=$(ls "$out"/*.data | head -n1)
+event=$(perf evlist -i "$first" 2>/dev/null | head -n1)
 {
     echo "# Profiles ($(date -u '+%Y-%m-%d %H:%M UTC'), git $(git rev-parse --short HEAD))"
     echo
-    echo "Samples are perf's \`$(perf evlist -i "$(ls "$out"/*.data | head -n1)" 2>/dev/null | head -n1)\` at 999 Hz: one sample is about 1 ms of CPU."
+    echo "perf event \`$event\` at 999 Hz. With \`cpu-clock\` a sample's weight is the CPU time it stands"
+    echo "for, so a profile's total is the process's CPU seconds during the run (perf's own start-up aside)."
     echo
 } >"$summary"
 
 for data in "$out"/*.data; do
     name=$(basename "$data" .data)
-    # Each .data holds one process tree: the client and its threads, or one daemon.
+    # Each .data holds one process tree: the client and its threads, or one daemon. The folded
+    # stacks carry each sample's period: nanoseconds for cpu-clock, cycles for cycles.
     perf script -i "$data" 2>/dev/null | inferno-collapse-perf >"$out/$name.folded"
-    samples=$(awk '{n += $NF} END {print n + 0}' "$out/$name.folded")
-    inferno-flamegraph --title "$name ($samples samples)" --countname samples \
-        <"$out/$name.folded" >"$out/$name.svg"
+    if [ "$event" = cpu-clock ]; then
+        total=$(awk '{n += $NF} END {printf "%.2f CPU-s", n / 1e9}' "$out/$name.folded")
+    else
+        total=$(awk '{n += $NF} END {printf "%.0f %s", n, "'"$event"'"}' "$out/$name.folded")
+    fi
+    inferno-flamegraph --title "$name: $total" <"$out/$name.folded" >"$out/$name.svg"
     perf report -i "$data" --no-children -g none --sort dso,sym --stdio --percent-limit 1 2>/dev/null |
         grep -v '^#' | grep -v '^$' | head -n 25 >"$out/$name.top.txt"
     {
-        echo "## $name: $samples samples"
+        echo "## $name: $total"
         echo
         echo '```'
         head -n 12 "$out/$name.top.txt"
