@@ -21,6 +21,10 @@ pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.
 const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+json";
 const DOCKER_SCHEMA1_SIGNED: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
 
+/// An OCI image config.
+pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+/// A Docker image config.
+pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 /// The `Accept` header for manifest requests: both index types, both manifest types, anything.
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
      application/vnd.docker.distribution.manifest.list.v2+json, \
@@ -96,13 +100,15 @@ pub struct Manifest {
 #[derive(Clone, Debug, Deserialize)]
 pub struct Config {
     /// The root filesystem.
+    #[serde(default)]
     pub rootfs: RootFs,
 }
 
 /// `rootfs` of an image config.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 pub struct RootFs {
-    /// The digest of each uncompressed layer, base first.
+    /// The digest of each uncompressed layer, base first (absent in images without layers).
+    #[serde(default)]
     pub diff_ids: Vec<Digest>,
 }
 

@@ -252,9 +252,11 @@ impl Puller {
             });
         };
 
-        if let Some(check) = &self.options.space {
-            self.check_space(check, reference, manifest).await?;
-        }
+        // Held until the pull is done, so concurrent pulls do not count the same free space.
+        let _space = match &self.options.space {
+            Some(check) => Some(self.claim_space(check, reference, manifest).await?),
+            None => None,
+        };
 
         let lease = self
             .store
@@ -374,26 +376,23 @@ impl Puller {
         Ok(report)
     }
 
-    /// Refuses an image that would leave less than the reserve free. The estimate is cheap when
-    /// space is plentiful (one `statvfs`); only when it is tight are the blobs containerd
-    /// already holds looked up and left out.
-    async fn check_space(
+    /// Claims the space an image needs, or refuses it when that would leave less than the
+    /// reserve free. Cheap when space is plentiful (one `statvfs`, every blob counted as
+    /// missing); only when it is tight are the blobs containerd already holds looked up and
+    /// left out.
+    async fn claim_space(
         &self,
         check: &crate::space::SpaceCheck,
         reference: &Reference,
         manifest: &oci::Manifest,
-    ) -> Result<(), PullError> {
+    ) -> Result<crate::space::Claim, PullError> {
         let unpack = self.options.unpack.is_some();
         let blobs: Vec<&Descriptor> = std::iter::once(&manifest.config)
             .chain(&manifest.layers)
             .collect();
         let worst: Vec<u64> = blobs.iter().map(|b| b.size).collect();
-        let fail = |source| PullError::DiskSpace {
-            image: reference.to_string(),
-            source,
-        };
-        if check.allows(&worst, unpack) {
-            return Ok(());
+        if let Ok(claim) = check.claim(&worst, unpack) {
+            return Ok(claim);
         }
         let mut missing = Vec::new();
         for blob in blobs {
@@ -410,7 +409,12 @@ impl Puller {
                 missing.push(blob.size);
             }
         }
-        check.require(&missing, unpack).map_err(fail)
+        check
+            .claim(&missing, unpack)
+            .map_err(|source| PullError::DiskSpace {
+                image: reference.to_string(),
+                source,
+            })
     }
 
     /// A manifest or index by digest: from containerd when it has it (verified again, since

@@ -91,6 +91,22 @@ pub struct SpaceCheck {
     pub reserve: Reserve,
     /// Set once the operator was told that the filesystem cannot be inspected.
     pub warned: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Bytes claimed by pulls in progress, which free space does not show yet.
+    claimed: std::sync::Arc<std::sync::Mutex<u64>>,
+}
+
+/// Space claimed by a pull in progress; released when dropped.
+#[derive(Debug)]
+pub struct Claim {
+    claimed: std::sync::Arc<std::sync::Mutex<u64>>,
+    bytes: u64,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let mut c = self.claimed.lock().unwrap_or_else(|p| p.into_inner());
+        *c = c.saturating_sub(self.bytes);
+    }
 }
 
 impl SpaceCheck {
@@ -100,8 +116,31 @@ impl SpaceCheck {
             path,
             reserve,
             warned: Default::default(),
+            claimed: Default::default(),
         }
     }
+
+    /// Claims the space blobs of `sizes` need, if it is there after what other pulls in
+    /// progress claimed. The claim holds until dropped.
+    pub fn claim(&self, sizes: &[u64], unpack: bool) -> Result<Claim, SpaceError> {
+        let mut claimed = self.claimed.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = self.shortfall_after(sizes, unpack, *claimed) {
+            return Err(e);
+        }
+        let bytes = needed(sizes, unpack);
+        *claimed = claimed.saturating_add(bytes);
+        Ok(Claim {
+            claimed: self.claimed.clone(),
+            bytes,
+        })
+    }
+}
+
+fn needed(sizes: &[u64], unpack: bool) -> u64 {
+    sizes
+        .iter()
+        .fold(0u64, |a, b| a.saturating_add(*b))
+        .saturating_mul(if unpack { 1 + UNPACK_ESTIMATE } else { 1 })
 }
 
 /// Not enough space for an image.
@@ -131,21 +170,16 @@ pub struct SpaceError {
 }
 
 impl SpaceCheck {
-    /// Whether blobs of `sizes` fit, counting them all as missing; `Ok(false)` means "look
-    /// closer". A filesystem that cannot be inspected never blocks a pull.
-    pub fn allows(&self, sizes: &[u64], unpack: bool) -> bool {
-        self.shortfall(sizes, unpack).is_none()
-    }
-
-    /// Fails when blobs of `sizes` (the ones still missing) do not fit.
+    /// Fails when blobs of `sizes` do not fit (claims of pulls in progress not counted). A
+    /// filesystem that cannot be inspected never blocks a pull.
     pub fn require(&self, sizes: &[u64], unpack: bool) -> Result<(), SpaceError> {
-        match self.shortfall(sizes, unpack) {
+        match self.shortfall_after(sizes, unpack, 0) {
             None => Ok(()),
             Some(e) => Err(e),
         }
     }
 
-    fn shortfall(&self, sizes: &[u64], unpack: bool) -> Option<SpaceError> {
+    fn shortfall_after(&self, sizes: &[u64], unpack: bool, claimed: u64) -> Option<SpaceError> {
         let (free, total) = match filesystem(&self.path) {
             Ok(v) => v,
             Err(e) => {
@@ -160,8 +194,14 @@ impl SpaceCheck {
                 return None;
             }
         };
-        let blobs: u64 = sizes.iter().sum();
-        let needed = blobs.saturating_mul(if unpack { 1 + UNPACK_ESTIMATE } else { 1 });
+        let blobs: u64 = sizes.iter().fold(0u64, |a, b| a.saturating_add(*b));
+        let needed = needed(sizes, unpack);
+        if needed == 0 {
+            // Nothing to write: a warm image never fails for lack of space.
+            return None;
+        }
+        // Other pulls in progress will take what they claimed.
+        let free = free.saturating_sub(claimed);
         let reserve = self.reserve.bytes(total);
         (free < needed.saturating_add(reserve)).then(|| SpaceError {
             path: self.path.clone(),
@@ -241,9 +281,22 @@ mod tests {
         let (free, total) = filesystem(dir.path()).unwrap();
         assert!(free > 0 && total >= free);
         let check = SpaceCheck::new(dir.path().to_path_buf(), Reserve::Bytes(0));
-        assert!(check.allows(&[1 << 20], true));
+        assert!(check.require(&[1 << 20], true).is_ok());
         let too_big = free / 2 + 1;
-        assert!(check.allows(&[too_big], false));
+        assert!(check.require(&[too_big], false).is_ok());
+        // Two pulls that each fit alone do not both get to claim the space.
+        let first = check.claim(&[too_big], false).unwrap();
+        assert!(check.claim(&[too_big], false).is_err());
+        drop(first);
+        assert!(check.claim(&[too_big], false).is_ok());
+        // Nothing to write never fails, however full the disk.
+        let full = SpaceCheck::new(dir.path().to_path_buf(), Reserve::Bytes(u64::MAX));
+        assert!(full.require(&[], true).is_ok());
+        assert!(full.require(&[1], false).is_err());
+        assert!(
+            full.require(&[u64::MAX, u64::MAX], true).is_err(),
+            "no overflow"
+        );
         let e = check.require(&[too_big], true).unwrap_err();
         assert_eq!(e.needed, too_big * 3);
         assert!(e.to_string().contains("--min-free-space"), "{e}");

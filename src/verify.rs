@@ -58,6 +58,16 @@ pub enum Problem {
         /// Why.
         why: String,
     },
+    /// A part could not be checked (containerd failed to answer, or it is too large to be a
+    /// document); nothing is concluded from it.
+    Unchecked {
+        /// Which part of the image.
+        what: String,
+        /// The blob.
+        digest: Digest,
+        /// Why.
+        why: String,
+    },
     /// A name CRI gives every image it manages (the digest reference, the image ID) has no
     /// record: the kubelet may not find the image by it.
     MissingRecord {
@@ -76,13 +86,15 @@ pub enum Problem {
 }
 
 impl Problem {
-    /// The blob that must be removed before it can be stored again, if any.
+    /// The blob that must be removed before it can be stored again, if any: only bytes that
+    /// do not match their digest, or that containerd lists but cannot find. A malformed
+    /// document hashes right, so the registry would serve the same bytes again.
     pub fn bad_blob(&self) -> Option<&Digest> {
         match self {
-            Problem::Corrupt { digest, .. }
-            | Problem::Unreadable { digest, .. }
-            | Problem::Malformed { digest, .. } => Some(digest),
-            Problem::Missing { .. }
+            Problem::Corrupt { digest, .. } | Problem::Unreadable { digest, .. } => Some(digest),
+            Problem::Malformed { .. }
+            | Problem::Unchecked { .. }
+            | Problem::Missing { .. }
             | Problem::MissingSnapshot { .. }
             | Problem::MissingRecord { .. } => None,
         }
@@ -104,6 +116,9 @@ impl fmt::Display for Problem {
             Problem::Missing { what, digest } => write!(f, "{what} {digest} is missing"),
             Problem::Malformed { what, digest, why } => {
                 write!(f, "{what} {digest} is not a valid document: {why}")
+            }
+            Problem::Unchecked { what, digest, why } => {
+                write!(f, "{what} {digest} could not be checked: {why}")
             }
             Problem::MissingRecord { name } => {
                 write!(f, "its image record {name} is missing")
@@ -138,13 +153,15 @@ pub struct ImageCheck {
 }
 
 impl ImageCheck {
-    /// A name to pull the image by again: a tag, else the digest reference, else one made from
-    /// where its content came from.
+    /// A name to pull the image by again: its repository at its digest, from a record's name or
+    /// from where its content came from.
     pub fn pull_name(&self) -> Option<String> {
+        // By digest: a tag may have moved on upstream, and it is this image that needs mending.
         self.names
             .iter()
-            .find(|n| !n.starts_with("sha256:"))
-            .cloned()
+            .filter(|n| !n.starts_with("sha256:"))
+            .find_map(|n| crate::reference::Reference::parse(n).ok())
+            .map(|r| r.with_digest(self.target.clone()).to_string())
             .or_else(|| {
                 self.source
                     .as_ref()
@@ -341,6 +358,13 @@ impl<'a> Checker<'a> {
         let (Some(snapshotter), Some(config)) = (&self.options.snapshotter, config) else {
             return Ok(());
         };
+        // Artifacts (Helm charts, Wasm modules…) have no layers to unpack.
+        let image_config = manifest.config.media_type.is_empty()
+            || manifest.config.media_type == oci::OCI_CONFIG
+            || manifest.config.media_type == oci::DOCKER_CONFIG;
+        if !image_config {
+            return Ok(());
+        }
         let diff_ids = match serde_json::from_slice::<oci::Config>(&config) {
             Ok(c) => c.rootfs.diff_ids,
             Err(e) => {
@@ -388,8 +412,16 @@ impl<'a> Checker<'a> {
         }
         let bytes = match self.store.read_blob(digest, limit).await {
             Ok(b) => b,
-            Err(e) => {
+            Err(e @ StoreError::NotFound { .. }) => {
                 check.problems.push(Problem::Unreadable {
+                    what: what.to_string(),
+                    digest: digest.clone(),
+                    why: e.to_string(),
+                });
+                return Ok(None);
+            }
+            Err(e) => {
+                check.problems.push(Problem::Unchecked {
                     what: what.to_string(),
                     digest: digest.clone(),
                     why: e.to_string(),
@@ -436,7 +468,18 @@ impl<'a> Checker<'a> {
             }
             return Ok(());
         }
-        match self.store.hash_blob(digest).await? {
+        let stored = match self.store.hash_blob(digest).await {
+            Ok(s) => s,
+            Err(e) => {
+                check.problems.push(Problem::Unchecked {
+                    what: what.to_string(),
+                    digest: digest.clone(),
+                    why: e.to_string(),
+                });
+                return Ok(());
+            }
+        };
+        match stored {
             Stored::Absent => check.problems.push(Problem::Missing {
                 what: what.to_string(),
                 digest: digest.clone(),
@@ -470,6 +513,36 @@ impl<'a> Checker<'a> {
             Some(format!("{registry}/{repo}"))
         })
     }
+}
+
+/// Removes the bad blobs of damaged images so they can be fetched again, without losing
+/// anything else: first a lease takes in everything the images reference (their good blobs and
+/// snapshots), then the bad blobs go, then containerd's garbage collection runs (containerd
+/// would otherwise take a deleted blob's bad file back when the digest is written again).
+/// Returns the lease, to be deleted once the images are whole again; if that never happens it
+/// expires by itself after a week. `None` when nothing needed removing.
+pub async fn discard_bad_blobs(
+    store: &Store,
+    damaged: &[&ImageCheck],
+) -> Result<Option<crate::store::Lease>, StoreError> {
+    let bad: Vec<&Digest> = damaged
+        .iter()
+        .flat_map(|c| c.problems.iter().filter_map(Problem::bad_blob))
+        .collect();
+    if bad.is_empty() {
+        return Ok(None);
+    }
+    let lease = store
+        .create_lease("repair", Duration::from_secs(7 * 24 * 3600))
+        .await?;
+    for check in damaged {
+        store.protect(&lease, &check.target, &bad).await?;
+    }
+    for digest in &bad {
+        store.delete_blob(digest).await?;
+    }
+    store.collect_garbage().await?;
+    Ok(Some(lease))
 }
 
 /// Ingests idle for at least `older_than`: writes nobody is going to finish.
@@ -519,21 +592,22 @@ mod tests {
     }
 
     #[test]
-    fn the_pull_name_prefers_a_tag_then_the_source() {
+    fn the_pull_name_is_the_repository_at_the_digest() {
         let d: Digest = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
             .parse()
             .unwrap();
         let mut c = ImageCheck {
-            names: vec!["reg/app:v1".into(), "sha256:cfg".into()],
+            names: vec!["reg.io/app:v1".into(), "sha256:cfg".into()],
             target: d.clone(),
-            source: Some("reg/app".into()),
+            source: Some("other.io/app".into()),
             problems: vec![],
             blobs: 0,
             bytes: 0,
         };
-        assert_eq!(c.pull_name().as_deref(), Some("reg/app:v1"));
+        // Not the tag, which may have moved on upstream.
+        assert_eq!(c.pull_name(), Some(format!("reg.io/app@{d}")));
         c.names = vec!["sha256:cfg".into()];
-        assert_eq!(c.pull_name(), Some(format!("reg/app@{d}")));
+        assert_eq!(c.pull_name(), Some(format!("other.io/app@{d}")));
         c.source = None;
         assert_eq!(c.pull_name(), None);
     }

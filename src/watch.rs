@@ -85,6 +85,10 @@ mod tests {
         let before = Fingerprint::of(&key);
         std::os::unix::fs::symlink("..v2", volume.join("..tmp")).unwrap();
         std::fs::rename(volume.join("..tmp"), volume.join("..data")).unwrap();
-        assert_ne!(before, Fingerprint::of(&key), "same size and text, new target");
+        assert_ne!(
+            before,
+            Fingerprint::of(&key),
+            "same size and text, new target"
+        );
     }
 }

@@ -87,7 +87,7 @@ async fn the_daemonset_arguments_run_the_agent() {
     for volume in ["pull-secret", "status", "certs-d", "containerd-root"] {
         std::fs::create_dir_all(remap(root.path(), &mount_of(volume))).unwrap();
     }
-    let socket_mount = mount_of("containerd-socket");
+    let run_mount = mount_of("containerd-run");
 
     // The manifest's arguments, with in-container paths mapped to this test's directories.
     let mut run_args: Vec<String> = Vec::new();
@@ -97,7 +97,11 @@ async fn the_daemonset_arguments_run_the_agent() {
             run_args.push(arg.clone());
             continue;
         };
-        let value = if value == socket_mount {
+        let value = if flag == "--containerd" {
+            assert!(
+                Path::new(value).starts_with(&run_mount),
+                "the socket {value} is inside the mounted {run_mount}"
+            );
             containerd.socket().to_str().unwrap().to_string()
         } else if value.starts_with('/') {
             remap(root.path(), value).to_str().unwrap().to_string()

@@ -213,7 +213,7 @@ impl Agent {
             .options
             .verify_every
             .is_some_and(|every| self.last_verify.is_none_or(|t| t.elapsed() >= every));
-        let damage = if due {
+        let (damage, protection) = if due {
             self.last_verify = Some(Instant::now());
             self.status.last_verify =
                 Some(humantime::format_rfc3339_seconds(SystemTime::now()).to_string());
@@ -221,11 +221,11 @@ impl Agent {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::warn!(error = %crate::commands::pull::error_chain(&e), "cannot verify the stored images");
-                    HashMap::new()
+                    (HashMap::new(), None)
                 }
             }
         } else {
-            HashMap::new()
+            (HashMap::new(), None)
         };
         let results: Vec<(Entry, Result<PullReport, PullError>)> =
             stream::iter(list.entries.iter().cloned())
@@ -296,6 +296,19 @@ impl Agent {
             }
             images.push(status);
         }
+        // The lease that held the damaged images' good parts while their bad blobs were
+        // replaced: once they are warm again their records hold everything.
+        if let Some(lease) = protection {
+            let mended = images
+                .iter()
+                .filter(|i| !i.damage.is_empty())
+                .all(|i| i.state == "warm");
+            if mended {
+                if let Err(e) = self.store.delete_lease(lease).await {
+                    tracing::warn!(error = %e, "cannot delete the repair lease; it expires by itself");
+                }
+            }
+        }
         let released = match self.release_pins(&list, &resolved).await {
             Ok(n) => n,
             Err(e) => {
@@ -326,7 +339,10 @@ impl Agent {
     /// Reads every listed image back and hashes it; blobs that are corrupt or unreadable are
     /// removed (and containerd's garbage collected), so the pass that follows fetches them
     /// again. Returns what was wrong, per entry.
-    async fn verify_listed(&self, list: &List) -> Result<HashMap<String, Vec<String>>, StoreError> {
+    async fn verify_listed(
+        &self,
+        list: &List,
+    ) -> Result<(HashMap<String, Vec<String>>, Option<crate::store::Lease>), StoreError> {
         use crate::verify::{group_records, CheckOptions, Checker};
         let checker = Checker::new(
             &self.store,
@@ -337,7 +353,7 @@ impl Agent {
         );
         let groups = group_records(self.store.images().await?);
         let mut damage = HashMap::new();
-        let mut removed = false;
+        let mut damaged = Vec::new();
         for entry in &list.entries {
             let name = entry.reference.to_string();
             let Some((target, records)) = groups
@@ -351,19 +367,17 @@ impl Agent {
             if check.problems.is_empty() {
                 continue;
             }
-            for digest in check.problems.iter().filter_map(|p| p.bad_blob()) {
-                self.store.delete_blob(digest).await?;
-                removed = true;
-            }
             let problems: Vec<String> = check.problems.iter().map(ToString::to_string).collect();
             tracing::warn!(image = %name, problems = %problems.join("; "), "stored image is damaged; fetching it again");
             damage.insert(name, problems);
+            damaged.push(check);
         }
-        if removed {
-            // containerd would take a deleted blob's bad file back until its GC runs.
-            self.store.collect_garbage().await?;
-        }
-        Ok(damage)
+        // The lease holding the rest of the damaged images expires by itself; the pass that
+        // follows makes them whole again, rooted by their records.
+        let lease =
+            crate::verify::discard_bad_blobs(&self.store, &damaged.iter().collect::<Vec<_>>())
+                .await?;
+        Ok((damage, lease))
     }
 
     /// Pins the records of a pinned entry that nobody pinned yet, marking them as prepull's;
@@ -407,6 +421,24 @@ impl Agent {
             .iter()
             .map(|e| (e.reference.to_string(), e.pin))
             .collect();
+        // The image each pinned entry wants kept: what it resolved to in this pass, or, when
+        // it failed (a registry outage), what its record points at now.
+        let mut wanted: Vec<(String, String)> = Vec::new();
+        for entry in list.entries.iter().filter(|e| e.pin) {
+            let name = entry.reference.to_string();
+            let digest = match resolved.get(&name) {
+                Some(Some(d)) => Some(d.clone()),
+                _ => self
+                    .store
+                    .image(&name)
+                    .await?
+                    .and_then(|r| r.target)
+                    .map(|t| t.digest),
+            };
+            if let Some(d) = digest {
+                wanted.push((name, d));
+            }
+        }
         let mut released = 0;
         for record in self.store.images_with_label(PINNED_FOR).await? {
             let owner = record.labels.get(PINNED_FOR).cloned().unwrap_or_default();
@@ -420,11 +452,15 @@ impl Agent {
                 }
                 _ => continue,
             };
-            // Another pinned entry resolves to the same image: its pin stays.
-            let in_use = resolved.iter().any(|(entry, digest)| {
-                listed.get(entry) == Some(&true) && digest.as_deref() == target
-            });
-            if in_use {
+            // Another pinned entry wants the same image: the pin stays, and is now that
+            // entry's to release.
+            if let Some((heir, _)) = wanted.iter().find(|(_, d)| Some(d.as_str()) == target) {
+                if heir != &owner {
+                    self.store
+                        .update_image_labels(&record.name, &[(PINNED_FOR, Some(heir))])
+                        .await?;
+                    tracing::info!(record = %record.name, from = %owner, to = %heir, "pin handed over");
+                }
                 continue;
             }
             self.store

@@ -13,7 +13,9 @@ use crate::digest::Digest;
 use crate::reference::Reference;
 use crate::space::human_bytes;
 use crate::store::{Ingest, Store};
-use crate::verify::{group_records, stale_ingests, CheckOptions, Checker, ImageCheck};
+use crate::verify::{
+    discard_bad_blobs, group_records, stale_ingests, CheckOptions, Checker, ImageCheck,
+};
 
 /// What both commands check.
 #[derive(Debug, Args)]
@@ -169,16 +171,14 @@ pub async fn run_repair(args: RepairArgs) -> anyhow::Result<ExitCode> {
 
     let (checks, missing) = check_all(&store, &checker, &wanted).await?;
     let mut failed = 0;
-    // Damaged images: bad blobs out, then pulled again, then checked again.
+    // Damaged images: bad blobs out (the rest held by a lease), pulled again, checked again.
+    let damaged: Vec<&ImageCheck> = checks.iter().filter(|c| !c.problems.is_empty()).collect();
+    let protection = discard_bad_blobs(&store, &damaged).await?;
     let mut to_pull: Vec<(String, Option<ImageCheck>)> = Vec::new();
-    for check in checks {
+    for check in checks.iter().cloned() {
         if check.problems.is_empty() {
             print_check(&check, "ok", output);
             continue;
-        }
-        let bad: Vec<&Digest> = check.problems.iter().filter_map(|p| p.bad_blob()).collect();
-        for digest in bad {
-            store.delete_blob(digest).await?;
         }
         match check.pull_name() {
             Some(name) => to_pull.push((name, Some(check))),
@@ -193,14 +193,6 @@ pub async fn run_repair(args: RepairArgs) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-    }
-    if to_pull.iter().any(|(_, c)| {
-        c.as_ref()
-            .is_some_and(|c| c.problems.iter().any(|p| p.bad_blob().is_some()))
-    }) {
-        // containerd keeps a deleted blob's file until its GC runs, and would take the bad
-        // bytes back when the same digest is written again.
-        store.collect_garbage().await?;
     }
     to_pull.extend(missing.into_iter().map(|name| (name, None)));
 
@@ -236,6 +228,8 @@ pub async fn run_repair(args: RepairArgs) -> anyhow::Result<ExitCode> {
             bytes: 0,
         };
         let was = before.unwrap_or(empty);
+        // Pulled by digest, shown by the name the operator knows (its tag, when it has one).
+        let name = was.names[0].clone();
         match (pulled, after) {
             (Ok(_), Some(after)) if after.problems.is_empty() => {
                 print_outcome(&name, "repaired", &was, None, output)
@@ -250,6 +244,17 @@ pub async fn run_repair(args: RepairArgs) -> anyhow::Result<ExitCode> {
                 print_outcome(&name, "failed", &was, Some(&error_chain(&e)), output);
             }
             (Ok(_), None) => unreachable!("a pulled image is checked"),
+        }
+    }
+    if let Some(lease) = protection {
+        if failed == 0 {
+            store.delete_lease(lease).await?;
+        } else {
+            eprintln!(
+                "note: what remains of the damaged images is held by lease {} for a week, so a \
+                 later repair need not download it again",
+                lease.id()
+            );
         }
     }
     Ok(if failed == 0 {

@@ -131,10 +131,16 @@ pub fn load_auth_file(path: &Path) -> Result<(Entries, Vec<Problem>), AuthFileEr
             message,
             kept: false,
         };
+        // serde's messages quote the values they reject, which here are secrets: say only
+        // what kind of value was found.
+        let shape = json_kind(&raw);
         let entry: Entry = match serde_json::from_value(raw) {
             Ok(e) => e,
-            Err(e) => {
-                problems.push(problem(format!("not a credentials entry: {e}")));
+            Err(_) => {
+                problems.push(problem(format!(
+                    "not a credentials entry ({shape}); expected an object with \"auth\", or \
+                     \"username\" and \"password\", each a string"
+                )));
                 continue;
             }
         };
@@ -160,6 +166,32 @@ pub fn load_auth_file(path: &Path) -> Result<(Entries, Vec<Problem>), AuthFileEr
         }
     }
     Ok((entries, problems))
+}
+
+/// What a JSON value is, without its content: for messages about values that may be secret.
+fn json_kind(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Object(m) => {
+            let odd: Vec<&str> = m
+                .iter()
+                .filter(|(_, v)| !v.is_string() && !v.is_null())
+                .map(|(k, _)| k.as_str())
+                .collect();
+            if odd.is_empty() {
+                "an object".to_string()
+            } else {
+                format!(
+                    "an object whose {} not a string",
+                    odd.join(", ") + if odd.len() == 1 { " is" } else { " are" }
+                )
+            }
+        }
+        serde_json::Value::String(_) => "a string".into(),
+        serde_json::Value::Array(_) => "an array".into(),
+        serde_json::Value::Number(_) => "a number".into(),
+        serde_json::Value::Bool(_) => "a boolean".into(),
+        serde_json::Value::Null => "null".into(),
+    }
 }
 
 /// Docker Hub keys that can never match an image: the kubelet names Hub images `docker.io/…`
@@ -430,5 +462,27 @@ mod tests {
             "{shown}"
         );
         assert!(problems[0].to_string().contains("docker.io/team"));
+    }
+
+    #[test]
+    fn entries_of_the_wrong_shape_are_reported_without_their_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(
+            dir.path(),
+            "shapes.json",
+            r#"{"auths": {"a.io": "dXNlcjpodW50ZXIy", "b.io": {"auth": ["c2VjcmV0LXZhbHVl"]}}}"#,
+        );
+        let (entries, problems) = load_auth_file(&file).unwrap();
+        assert!(entries.is_empty());
+        let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(shown.len(), 2, "{shown:?}");
+        assert!(shown[0].contains("a string"), "{shown:?}");
+        assert!(shown[1].contains("auth is not a string"), "{shown:?}");
+        for s in &shown {
+            assert!(
+                !s.contains("dXNlcjpodW50ZXIy") && !s.contains("c2VjcmV0LXZhbHVl"),
+                "{s}"
+            );
+        }
     }
 }

@@ -111,7 +111,7 @@ pub struct Sources {
     /// `--auth-file`s, in order.
     pub files: Keyring,
     /// The kubelet's credential-provider plugins.
-    pub plugins: Option<Plugins>,
+    pub plugins: Option<Arc<Plugins>>,
     /// The node's credential file.
     pub node: Keyring,
 }

@@ -334,8 +334,15 @@ impl Provider {
             let stderr = String::from_utf8_lossy(&output.stderr);
             return Err(format!("exited with {}: {}", output.status, stderr.trim()));
         }
-        let response: Response = serde_json::from_slice(&output.stdout)
-            .map_err(|e| format!("invalid CredentialProviderResponse: {e}"))?;
+        // Only where and what kind of error: serde quotes rejected values, which may be secrets.
+        let response: Response = serde_json::from_slice(&output.stdout).map_err(|e| {
+            format!(
+                "invalid CredentialProviderResponse ({:?} error at line {} column {})",
+                e.classify(),
+                e.line(),
+                e.column()
+            )
+        })?;
         if response.api_version != PLUGIN_API || response.kind != "CredentialProviderResponse" {
             return Err(format!(
                 "response has apiVersion {:?} kind {:?}; expected {PLUGIN_API} CredentialProviderResponse",

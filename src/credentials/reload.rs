@@ -59,6 +59,21 @@ pub struct Loaded {
     pub node_error: Option<String>,
     /// Named sources skipped in lenient mode, each with why.
     pub unusable: Vec<String>,
+    /// What each named source gave, for keeping it when a later update cannot be read.
+    kept: Kept,
+}
+
+/// The last good contents of each named source.
+#[derive(Clone, Debug, Default)]
+struct Kept {
+    files: std::collections::HashMap<PathBuf, super::Entries>,
+    plugins: Option<Arc<Plugins>>,
+}
+
+impl std::fmt::Debug for Plugins {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Plugins")
+    }
 }
 
 impl CredentialConfig {
@@ -66,34 +81,52 @@ impl CredentialConfig {
     /// be used is an error; a bad entry inside a file is reported in [`Loaded::problems`] and
     /// skipped; a broken node file is reported and ignored.
     pub fn load(&self) -> Result<(Sources, Loaded), LoadError> {
+        self.load_keeping(&Kept::default())
+    }
+
+    /// [`CredentialConfig::load`]; in lenient mode, a named source that cannot be read now
+    /// keeps what it gave before (a broken update never takes working credentials away).
+    fn load_keeping(&self, before: &Kept) -> Result<(Sources, Loaded), LoadError> {
         let mut loaded = Loaded::default();
         let mut files = Keyring::new();
         for file in &self.auth_files {
             match load_auth_file(file) {
                 Ok((entries, problems)) => {
                     loaded.problems.extend(problems);
+                    loaded.kept.files.insert(file.clone(), entries.clone());
                     files.push_layer(entries);
                 }
                 Err(e) if self.lenient => {
-                    loaded.unusable.push(crate::commands::pull::error_chain(&e))
+                    let mut why = crate::commands::pull::error_chain(&e);
+                    if let Some(entries) = before.files.get(file) {
+                        why.push_str("; keeping the credentials it held before");
+                        loaded.kept.files.insert(file.clone(), entries.clone());
+                        files.push_layer(entries.clone());
+                    }
+                    loaded.unusable.push(why);
                 }
                 Err(e) => return Err(e.into()),
             }
         }
         let plugins = match &self.plugins {
             Some((config, bin_dir)) => match Plugins::load(config, bin_dir) {
-                Ok(p) => Some(match self.plugin_timeout {
+                Ok(p) => Some(Arc::new(match self.plugin_timeout {
                     Some(t) => p.with_timeout(t),
                     None => p,
-                }),
+                })),
                 Err(e) if self.lenient => {
-                    loaded.unusable.push(crate::commands::pull::error_chain(&e));
-                    None
+                    let mut why = crate::commands::pull::error_chain(&e);
+                    if before.plugins.is_some() {
+                        why.push_str("; keeping the plugin configuration loaded before");
+                    }
+                    loaded.unusable.push(why);
+                    before.plugins.clone()
                 }
                 Err(e) => return Err(e.into()),
             },
             None => None,
         };
+        loaded.kept.plugins = plugins.clone();
         let mut node = Keyring::new();
         // Like the kubelet, only the first node file that exists is used.
         if let Some(file) = self.node_candidates().into_iter().find(|p| p.is_file()) {
@@ -139,6 +172,7 @@ impl CredentialConfig {
 struct Current {
     sources: Arc<Sources>,
     fingerprint: Fingerprint,
+    kept: Kept,
 }
 
 /// [`Sources`] that reload when their files change.
@@ -167,6 +201,7 @@ impl Reloading {
                 current: RwLock::new(Current {
                     sources: Arc::new(sources),
                     fingerprint,
+                    kept: loaded.kept.clone(),
                 }),
                 checked: Mutex::new(Instant::now()),
                 generation: AtomicU64::new(0),
@@ -204,7 +239,13 @@ impl Reloading {
         if unchanged {
             return;
         }
-        match self.config.load() {
+        let before = self
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .kept
+            .clone();
+        match self.config.load_keeping(&before) {
             Ok((sources, loaded)) => {
                 for problem in &loaded.problems {
                     tracing::warn!(problem = %problem, "credentials entry");
@@ -218,6 +259,7 @@ impl Reloading {
                 *self.current.write().unwrap_or_else(|p| p.into_inner()) = Current {
                     sources: Arc::new(sources),
                     fingerprint,
+                    kept: loaded.kept,
                 };
                 let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
                 tracing::info!(generation, "credentials changed on disk; reloaded");
@@ -353,6 +395,15 @@ mod tests {
             &secret_json("alice", "pw-a"),
         );
         assert_eq!(user_of(&source), "alice");
+        // A broken update keeps alice, here too.
+        mount_secret(&secret, "2026_11_22_10_05_00.2", "{not json");
+        assert_eq!(user_of(&source), "alice");
+        mount_secret(
+            &secret,
+            "2026_11_22_10_10_00.3",
+            &secret_json("bob", "pw-b"),
+        );
+        assert_eq!(user_of(&source), "bob");
     }
 
     #[test]

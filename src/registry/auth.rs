@@ -303,7 +303,8 @@ impl Answer {
             .filter(|t| !t.is_empty())
             .ok_or_else(|| fail("token response has neither token nor access_token".into()))?;
         // The spec's default lifetime is 60 s, and shorter values are treated as 60 s.
-        let lifetime = Duration::from_secs(parsed.expires_in.unwrap_or(60).max(60));
+        // Capped at a day: a token server's nonsense cannot overflow the clock.
+        let lifetime = Duration::from_secs(parsed.expires_in.unwrap_or(60).clamp(60, 86_400));
         Ok(Token {
             value,
             refresh_at: started + lifetime.mul_f64(0.9),

@@ -80,19 +80,21 @@ impl Store {
         }
         let mut client = ImagesClient::new(self.channel.clone());
         client
-            .update(self.request(
-                UpdateImageRequest {
-                    image: Some(image),
-                    update_mask: Some(prost_types::FieldMask {
-                        paths: changes
-                            .iter()
-                            .map(|(label, _)| format!("labels.{label}"))
-                            .collect(),
-                    }),
-                    source_date_epoch: None,
-                },
-                None,
-            ))
+            .update(
+                self.request(
+                    UpdateImageRequest {
+                        image: Some(image),
+                        update_mask: Some(prost_types::FieldMask {
+                            paths: changes
+                                .iter()
+                                .map(|(label, _)| format!("labels.{label}"))
+                                .collect(),
+                        }),
+                        source_date_epoch: None,
+                    },
+                    None,
+                ),
+            )
             .await
             .map_err(|s| StoreError::rpc("Images.Update", name, s))?;
         Ok(true)

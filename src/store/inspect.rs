@@ -99,6 +99,49 @@ impl Store {
         }
     }
 
+    /// Adds everything reachable from `root` through containerd's own GC references (children
+    /// content and snapshots, read from labels, so even a corrupt document's children are found)
+    /// to `lease`, except `exclude`. While the lease lives, removing a bad blob and collecting
+    /// garbage takes nothing else of the image away.
+    pub async fn protect(
+        &self,
+        lease: &super::Lease,
+        root: &Digest,
+        exclude: &[&Digest],
+    ) -> Result<usize, StoreError> {
+        let mut seen = std::collections::HashSet::new();
+        let mut queue = vec![root.clone()];
+        let mut added = 0;
+        while let Some(digest) = queue.pop() {
+            if !seen.insert(digest.clone()) {
+                continue;
+            }
+            let Some(info) = self.info(&digest).await? else {
+                continue;
+            };
+            if !exclude.contains(&&digest) {
+                self.lease_resource(lease, "content", &digest.to_string())
+                    .await?;
+                added += 1;
+            }
+            for (key, value) in &info.labels {
+                let Some(reference) = key.strip_prefix("containerd.io/gc.ref.") else {
+                    continue;
+                };
+                if let Some(snapshotter) = reference.strip_prefix("snapshot.") {
+                    self.lease_resource(lease, &format!("snapshots/{snapshotter}"), value)
+                        .await?;
+                    added += 1;
+                } else if reference.starts_with("content") {
+                    if let Ok(child) = value.parse::<Digest>() {
+                        queue.push(child);
+                    }
+                }
+            }
+        }
+        Ok(added)
+    }
+
     /// Every ingest in the namespace.
     pub async fn ingests(&self) -> Result<Vec<Ingest>, StoreError> {
         let mut client = ContentClient::new(self.channel.clone());

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use containerd_client::services::v1::leases_client::LeasesClient;
-use containerd_client::services::v1::{CreateRequest, DeleteRequest};
+use containerd_client::services::v1::{AddResourceRequest, CreateRequest, DeleteRequest, Resource};
 
 use super::{labels, Store, StoreError};
 
@@ -46,6 +46,31 @@ impl Store {
     /// Deletes a lease; what it protected is then kept only by references from image records.
     pub async fn delete_lease(&self, lease: Lease) -> Result<(), StoreError> {
         self.delete_lease_with(lease, false).await
+    }
+
+    /// Adds a resource to a lease: `("content", digest)` or
+    /// (`"snapshots/<snapshotter>"`, key).
+    pub async fn lease_resource(
+        &self,
+        lease: &Lease,
+        kind: &str,
+        id: &str,
+    ) -> Result<(), StoreError> {
+        let mut client = LeasesClient::new(self.channel.clone());
+        client
+            .add_resource(self.request(
+                AddResourceRequest {
+                    id: lease.id.clone(),
+                    resource: Some(Resource {
+                        id: id.to_string(),
+                        r#type: kind.to_string(),
+                    }),
+                },
+                None,
+            ))
+            .await
+            .map_err(|s| StoreError::rpc("Leases.AddResource", id, s))?;
+        Ok(())
     }
 
     /// Runs containerd's garbage collection to completion (by deleting a fresh lease with
