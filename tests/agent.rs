@@ -407,3 +407,73 @@ async fn the_agent_finds_and_mends_a_corrupt_layer() {
         other => panic!("{other:?}"),
     }
 }
+
+/// An entry rewritten from a tag to the digest it points at, during a registry outage: a
+/// digest entry whose content is on the node needs no registry at all, and the image's pins
+/// stay (handed over to the new entry), since it is exactly in an outage that the kubelet must
+/// not collect the image.
+#[tokio::test(flavor = "multi_thread")]
+async fn pins_are_handed_over_not_dropped_when_an_entry_is_rewritten_during_an_outage() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let proxy = support::Proxy::start(&registry.host()).await;
+    let host = proxy.host();
+    let app = push_image(
+        &registry.host(),
+        "team/app",
+        "v1",
+        &ImageSpec::new(&[8 * KIB]),
+    )
+    .await;
+    let by_tag = format!("{host}/team/app:v1");
+    let by_digest = format!("{host}/team/app@{}", app.manifest.digest);
+    let socket = containerd.socket().to_str().unwrap().to_string();
+    let root = tempfile::tempdir().unwrap();
+    let mut list = ListVolume::new(root.path(), &format!("images:\n  - {by_tag}\n"));
+    let status_file = root.path().join("status.json");
+    let mut agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
+        .args([
+            "agent",
+            "--containerd",
+            &socket,
+            "--plain-http",
+            &host,
+            "--no-node-credentials",
+        ])
+        .args(["--splay", "0s", "--interval", "1h", "--verify-every", "0s"])
+        .arg("--list")
+        .arg(list.file())
+        .arg("--status-file")
+        .arg(&status_file)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(root.path().join("agent.log")).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the agent");
+    let s = wait_for_pass(&status_file, 1, &mut agent).await;
+    assert_eq!(s["warm"], 1, "{s:#}");
+
+    proxy.set_hook(|_| support::Action::Respond {
+        status: 503,
+        body: b"down".to_vec(),
+    });
+    list.update(&format!("images:\n  - {by_digest}\n"));
+    let s = wait_for_pass(&status_file, 2, &mut agent).await;
+    assert_eq!(s["warm"], 1, "warm from the node's own content: {s:#}");
+    assert_eq!(s["images"][0]["bytes_fetched"], 0, "{s:#}");
+    assert_eq!(s["released"], 0, "{s:#}");
+    let store = Store::connect(containerd.socket(), "k8s.io").await.unwrap();
+    // Every record of the image, the old tag's included (it names the same image).
+    for name in [&by_tag, &by_digest, &app.config.digest] {
+        let l = labels(&store, name).await;
+        assert_eq!(
+            l.get(PINNED).map(String::as_str),
+            Some("pinned"),
+            "{name}: {l:?}"
+        );
+        assert_eq!(
+            l.get(PINNED_FOR),
+            Some(&by_digest),
+            "handed over: {name}: {l:?}"
+        );
+    }
+}

@@ -282,3 +282,95 @@ async fn verify_finds_every_kind_of_damage_and_repair_mends_it() {
         text(&out)
     );
 }
+
+/// A corrupt manifest is what roots an image's layers and snapshots for containerd's garbage
+/// collector. Removing it must not take the rest of the image with it: with the registry down
+/// the repair fails, yet every layer and snapshot is still there, and once the registry is back
+/// only the manifest is downloaded.
+#[tokio::test(flavor = "multi_thread")]
+async fn repair_keeps_the_rest_of_an_image_while_its_manifest_is_replaced() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let proxy = support::Proxy::start(&registry.host()).await;
+    let host = proxy.host();
+    let a = push_image(
+        &registry.host(),
+        "team/a",
+        "v1",
+        &ImageSpec::new(&[64 * KIB, 32 * KIB]),
+    )
+    .await;
+    let ra = format!("{host}/team/a:v1");
+    let out = prepull(
+        &containerd,
+        &["pull", "--plain-http", &host, "--no-node-credentials", &ra],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let store = Store::connect(containerd.socket(), "k8s.io").await.unwrap();
+    flip_byte(&blob_path(&containerd, &a.manifest.digest), 5);
+
+    // Registry unreachable: the repair fails, and says so.
+    proxy.set_hook(|_| support::Action::Respond {
+        status: 503,
+        body: b"down".to_vec(),
+    });
+    let out = prepull(
+        &containerd,
+        &[
+            "repair",
+            "--plain-http",
+            &host,
+            "--no-node-credentials",
+            &ra,
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("could not repair {ra}")),
+        "{}",
+        text(&out)
+    );
+    // containerd collected garbage during the repair; the layers and snapshots survived it.
+    for layer in &a.layers {
+        assert!(
+            matches!(
+                store.hash_blob(&digest(&layer.digest)).await.unwrap(),
+                Stored::Read { .. }
+            ),
+            "layer {} survived",
+            layer.digest
+        );
+    }
+    let chain =
+        prepull::unpack::chain_ids(&a.diff_ids.iter().map(|d| digest(d)).collect::<Vec<_>>());
+    assert!(store
+        .snapshot_exists(containerd.snapshotter(), &chain[1].to_string())
+        .await
+        .unwrap());
+
+    // Registry back: only the manifest is fetched again.
+    proxy.clear_hook();
+    proxy.clear();
+    let out = prepull(
+        &containerd,
+        &[
+            "repair",
+            "--plain-http",
+            &host,
+            "--no-node-credentials",
+            &ra,
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        proxy.blob_bytes(),
+        0,
+        "no layer downloaded again: {:?}",
+        proxy.records()
+    );
+    assert_sound(&store, &a).await;
+    let out = prepull(&containerd, &["verify", &ra]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
