@@ -632,11 +632,25 @@ impl Puller {
                 problem: "download limiter closed".into(),
             })?;
         let mut delay = RETRY_FIRST;
+        let mut source = std::borrow::Cow::Borrowed(blob);
         for attempt in 1.. {
             match self
-                .write_blob_once(reference, blob, lease, labels.clone(), counters, keep)
+                .write_blob_once(reference, &source, lease, labels.clone(), counters, keep)
                 .await
             {
+                // A foreign URL that served bad bytes is not asked again: the registry is.
+                Err(PullError::Registry {
+                    source: RegistryError::Corrupt { registry, .. },
+                    ..
+                }) if attempt < BLOB_ATTEMPTS
+                    && !source.urls.is_empty()
+                    && registry != reference.registry() =>
+                {
+                    tracing::warn!(blob = %blob.digest, host = %registry, "foreign layer URL served bad bytes; fetching from the registry");
+                    let mut from_registry = blob.clone();
+                    from_registry.urls.clear();
+                    source = std::borrow::Cow::Owned(from_registry);
+                }
                 Err(e) if attempt < BLOB_ATTEMPTS && e.is_retryable() => {
                     tracing::warn!(
                         blob = %blob.digest,

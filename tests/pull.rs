@@ -968,10 +968,22 @@ async fn foreign_layers_come_from_their_urls_without_credentials() {
         &registry.host(),
         "foreign/app",
         "plain",
-        &ImageSpec::new(&[96 * KIB, 48 * KIB]).family(MediaFamily::Docker),
+        &ImageSpec::new(&[96 * KIB, 48 * KIB, 24 * KIB]).family(MediaFamily::Docker),
     )
     .await;
-    let (served, fallback) = (image.layers[0].clone(), image.layers[1].clone());
+    let (served, fallback, spoiled) = (
+        image.layers[0].clone(),
+        image.layers[1].clone(),
+        image.layers[2].clone(),
+    );
+    // A URL that answers with the right length of the wrong bytes.
+    let bad_cdn = Proxy::start(&registry.host()).await;
+    let size = spoiled.size as usize;
+    bad_cdn.set_hook(move |_| support::Action::Respond {
+        status: 200,
+        body: vec![0x5a; size],
+    });
+    let spoiled_url = format!("{}/layers/{}", bad_cdn.url(), spoiled.digest);
     // The "CDN" the foreign URL points at: it asks for no credentials.
     let cdn = Proxy::start(&registry.host()).await;
     let served_url = format!(
@@ -987,6 +999,8 @@ async fn foreign_layers_come_from_their_urls_without_credentials() {
     manifest["layers"][0]["urls"] = serde_json::json!([served_url]);
     manifest["layers"][1]["mediaType"] = foreign.into();
     manifest["layers"][1]["urls"] = serde_json::json!([dead_url]);
+    manifest["layers"][2]["mediaType"] = foreign.into();
+    manifest["layers"][2]["urls"] = serde_json::json!([spoiled_url]);
     let manifest_bytes = serde_json::to_vec(&manifest).unwrap();
     let put = registry
         .client()
@@ -1059,8 +1073,12 @@ async fn foreign_layers_come_from_their_urls_without_credentials() {
         blob_gets.iter().any(|p| p.contains(&fallback.digest)),
         "the layer whose URL was dead came from the registry: {blob_gets:?}"
     );
+    assert!(
+        !bad_cdn.records().is_empty() && blob_gets.iter().any(|p| p.contains(&spoiled.digest)),
+        "the layer whose URL served bad bytes came from the registry: {blob_gets:?}"
+    );
     let store = store(&containerd).await;
-    for layer in [&served, &fallback] {
+    for layer in [&served, &fallback, &spoiled] {
         let info = store
             .info(&digest(&layer.digest))
             .await
