@@ -43,8 +43,9 @@ cargo bench --bench ctr_compare -- \
     --quiet-wait "${QUIET_WAIT:-120}" --profile "$out" >/dev/null
 
 summary="$out/summary.md"
-first=$(ls "$out"/*.data | head -n1)
-event=$(perf evlist -i "$first" 2>/dev/null | head -n1)
+datas=("$out"/*.data)
+first=${datas[0]}
+event=$(perf evlist -i "$first" 2>/dev/null | sed -n 1p)
 {
     echo "# Profiles ($(date -u '+%Y-%m-%d %H:%M UTC'), git $(git rev-parse --short HEAD))"
     echo
@@ -65,12 +66,12 @@ for data in "$out"/*.data; do
     fi
     inferno-flamegraph --title "$name: $total" <"$out/$name.folded" >"$out/$name.svg"
     perf report -i "$data" --no-children -g none --sort dso,sym --stdio --percent-limit 1 2>/dev/null |
-        grep -v '^#' | grep -v '^$' | head -n 25 >"$out/$name.top.txt"
+        grep -v '^#' | grep -v '^$' | sed -n '1,25p' >"$out/$name.top.txt"
     {
         echo "## $name: $total"
         echo
         echo '```'
-        head -n 12 "$out/$name.top.txt"
+        sed -n '1,12p' "$out/$name.top.txt"
         echo '```'
         echo
     } >>"$summary"
