@@ -14,7 +14,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use futures_util::stream::{self, StreamExt};
 use serde::Serialize;
 
 pub use list::{Entry, List, ListError};
@@ -227,18 +226,35 @@ impl Agent {
         } else {
             (HashMap::new(), None)
         };
-        let results: Vec<(Entry, Result<PullReport, PullError>)> =
-            stream::iter(list.entries.iter().cloned())
-                .map(|entry| {
-                    let puller = self.puller.clone();
-                    async move {
-                        let result = puller.pull(&entry.reference).await;
-                        (entry, result)
-                    }
+        // Each pull is its own task, so one waiting on a slow credential plugin (which runs
+        // outside the async workers) does not hold up the others.
+        let limit = Arc::new(tokio::sync::Semaphore::new(self.options.images_at_once.max(1)));
+        let tasks: Vec<_> = list
+            .entries
+            .iter()
+            .cloned()
+            .map(|entry| {
+                let (puller, limit) = (self.puller.clone(), limit.clone());
+                tokio::spawn(async move {
+                    let _permit = limit.acquire_owned().await;
+                    let result = puller.pull(&entry.reference).await;
+                    (entry, result)
                 })
-                .buffered(self.options.images_at_once.max(1))
-                .collect()
-                .await;
+            })
+            .collect();
+        let mut results: Vec<(Entry, Result<PullReport, PullError>)> = Vec::new();
+        for (task, entry) in tasks.into_iter().zip(&list.entries) {
+            match task.await {
+                Ok(r) => results.push(r),
+                Err(e) => results.push((
+                    entry.clone(),
+                    Err(PullError::Malformed {
+                        image: entry.reference.to_string(),
+                        problem: format!("the pull stopped unexpectedly: {e}"),
+                    }),
+                )),
+            }
+        }
 
         let mut images = Vec::with_capacity(results.len());
         // Per entry: the digest it resolved to, or `None` when it failed (its pins stay).

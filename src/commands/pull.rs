@@ -211,7 +211,26 @@ pub async fn run(args: PullArgs) -> anyhow::Result<ExitCode> {
         .collect::<Result<_, _>>()?;
     let puller = args.puller.build(args.pin).await?;
 
-    let results = join_all(references.iter().map(|r| puller.pull(r))).await;
+    // Each image is its own task, so one waiting on a slow credential plugin (which runs
+    // outside the async workers) does not hold up the others.
+    let puller = Arc::new(puller);
+    let tasks: Vec<_> = references
+        .iter()
+        .cloned()
+        .map(|r| {
+            let puller = puller.clone();
+            tokio::spawn(async move { puller.pull(&r).await })
+        })
+        .collect();
+    let mut results = Vec::with_capacity(tasks.len());
+    for (task, reference) in join_all(tasks).await.into_iter().zip(&references) {
+        results.push(task.unwrap_or_else(|e| {
+            Err(PullError::Malformed {
+                image: reference.to_string(),
+                problem: format!("the pull stopped unexpectedly: {e}"),
+            })
+        }));
+    }
     let mut failed = 0;
     for result in &results {
         match result {
