@@ -24,6 +24,7 @@ async fn main() {
     let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
     let host = registry.host();
     let socket = containerd.socket().display().to_string();
+    let root = containerd.root().display().to_string();
     println!("  containerd socket: {socket}\n  registry:          {host}");
 
     step("Pushing a sample image: linux/amd64 + linux/arm64, 3 layers of 4 MiB each");
@@ -41,6 +42,11 @@ async fn main() {
             "pull",
             "--containerd",
             &socket,
+            "--containerd-root",
+            &root,
+            // The throwaway containerd lives in /tmp: keep 1 GiB free there, not 15%.
+            "--min-free-space",
+            "1GiB",
             "--plain-http",
             &host,
             &image,
@@ -71,6 +77,15 @@ async fn main() {
     print!("{}", containerd.ctr_ok(&["-n", "k8s.io", "images", "ls"]));
 
     pull("Pulling again: containerd already has every blob, so nothing is downloaded");
+
+    step("Checking the node's store: every blob read back and hashed, every snapshot present");
+    let verify = ["verify", "--containerd", &socket, &image];
+    println!("  $ prepull {}", verify.join(" "));
+    let status = Command::new(&prepull)
+        .args(verify)
+        .status()
+        .expect("run prepull");
+    assert!(status.success(), "prepull verify failed: {status}");
     step("Done; the throwaway containerd and registry are removed on exit");
 }
 

@@ -128,11 +128,12 @@ pub async fn run_verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         print_ingest(ingest, "stale", args.check.output);
     }
     if let Output::Text = args.check.output {
+        let n = checks.len() + missing.len();
         println!(
-            "checked {} images: {} damaged or missing, {} stale ingests",
-            checks.len() + missing.len(),
-            bad,
-            stale.len()
+            "checked {n} image{}: {bad} damaged or missing, {} stale ingest{}",
+            if n == 1 { "" } else { "s" },
+            stale.len(),
+            if stale.len() == 1 { "" } else { "s" }
         );
     }
     Ok(if bad == 0 && stale.is_empty() {
