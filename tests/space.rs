@@ -32,6 +32,10 @@ async fn pull(
         "--output",
         "json",
     ];
+    if !extra.contains(&"--min-free-space") {
+        // The default, whatever the environment says.
+        args.extend_from_slice(&["--min-free-space", "15%"]);
+    }
     args.extend_from_slice(extra);
     args.push(image);
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))

@@ -124,7 +124,12 @@ pub struct PullerArgs {
     /// Refuse an image that would leave less free space than this on containerd's filesystem:
     /// a percentage of its size or an amount (`10GiB`); `0` turns the check off. The default
     /// keeps the node out of the kubelet's disk-pressure eviction (below 15% free).
-    #[arg(long, value_name = "PERCENT|BYTES", default_value = "15%")]
+    #[arg(
+        long,
+        value_name = "PERCENT|BYTES",
+        default_value = "15%",
+        env = "PREPULL_MIN_FREE_SPACE"
+    )]
     pub min_free_space: crate::space::Reserve,
 
     /// Blobs downloaded at once, across all images.
