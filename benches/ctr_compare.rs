@@ -18,7 +18,7 @@
 //! Two modes compare like with like:
 //! - `fetch`: `prepull pull --no-unpack` against `ctr content fetch` (content store + image record);
 //! - `pull`: `prepull pull` (which unpacks into CRI's snapshotter) against `ctr images pull` into
-//!   the same snapshotter. W4 in this mode is the issue's loop of 100 `ctr images pull`.
+//!   the same snapshotter. W4 in this mode is a loop of 100 `ctr images pull`.
 //!
 //! A prepull without `--no-unpack` (before it learnt to unpack) only stores content, so then only
 //! the `fetch` mode runs, against `ctr content fetch`.
@@ -2047,6 +2047,10 @@ fn mem_total() -> String {
 /// What the report says about the machine and the containerd the runs used.
 struct Context {
     load_before: String,
+    /// The commit the sources (and, under `cargo bench`, the prepull binary) were at when the
+    /// bench started, and whether they had uncommitted changes.
+    git_head: String,
+    dirty: bool,
     binary_note: String,
     /// `containerd --version`'s version of the daemon the runs used, and its ctr.
     containerd_version: String,
@@ -2057,24 +2061,7 @@ struct Context {
 
 fn report(results: &[WorkloadResult], bench: &Bench, cx: &Context) -> String {
     let mut md = String::new();
-    let manifest_dir = env!("CARGO_MANIFEST_DIR");
     let nproc = command_line("nproc", &[]);
-    let git_head = command_line("git", &["-C", manifest_dir, "rev-parse", "--short", "HEAD"]);
-    let dirty = command_line(
-        "git",
-        &[
-            "-C",
-            manifest_dir,
-            "status",
-            "--porcelain",
-            "--",
-            "src",
-            "Cargo.toml",
-            "Cargo.lock",
-            "build.rs",
-            "proto",
-        ],
-    );
     let _ = writeln!(md, "# prepull vs ctr: pulling images into containerd");
     let _ = writeln!(md);
     let _ = writeln!(
@@ -2098,13 +2085,13 @@ fn report(results: &[WorkloadResult], bench: &Bench, cx: &Context) -> String {
     let _ = writeln!(md);
     let _ = writeln!(
         md,
-        "prepull: `{}` (release build; git HEAD {}{}){}.",
+        "prepull: `{}` (release build; git HEAD {} when the bench started{}){}.",
         bench.prepull.display(),
-        git_head,
-        if dirty.is_empty() {
-            ""
+        cx.git_head,
+        if cx.dirty {
+            ", with uncommitted changes to the sources"
         } else {
-            ", with uncommitted changes"
+            ""
         },
         cx.binary_note
     );
@@ -2115,7 +2102,7 @@ fn report(results: &[WorkloadResult], bench: &Bench, cx: &Context) -> String {
             "> **This prepull unpacks layers by default** (it has `--no-unpack`), so the bench compares like with like in two modes: \
              **fetch** = `prepull pull --no-unpack` vs `ctr content fetch` (content store + image record), and \
              **pull** = `prepull pull` vs `ctr images pull`, both unpacking into the `{}` snapshotter (CRI's in these containerds). \
-             W4 in pull mode is the issue's loop of 100 `ctr images pull`.",
+             W4 in pull mode is a loop of 100 `ctr images pull`.",
             cx.snapshotter
         );
     } else {
@@ -2599,6 +2586,29 @@ fn report_targets(md: &mut String, results: &[WorkloadResult], cx: &Context) {
     let _ = writeln!(md);
 }
 
+/// The sources' commit and whether `src`, `Cargo.*`, `build.rs` or `proto` have uncommitted
+/// changes.
+fn git_state() -> (String, bool) {
+    let manifest_dir = env!("CARGO_MANIFEST_DIR");
+    let head = command_line("git", &["-C", manifest_dir, "rev-parse", "--short", "HEAD"]);
+    let status = command_line(
+        "git",
+        &[
+            "-C",
+            manifest_dir,
+            "status",
+            "--porcelain",
+            "--",
+            "src",
+            "Cargo.toml",
+            "Cargo.lock",
+            "build.rs",
+            "proto",
+        ],
+    );
+    (head, !status.is_empty())
+}
+
 /// Whether this prepull unpacks by default: it then has `--no-unpack` to opt out.
 fn prepull_unpacks(prepull: &Path) -> anyhow::Result<bool> {
     let out = std::process::Command::new(prepull)
@@ -2673,6 +2683,8 @@ async fn main() -> anyhow::Result<()> {
     let load_before = load_average();
     eprintln!("load average: {load_before}");
     let (prepull, binary_note) = prepull_binary()?;
+    // Taken now: others may commit while a long run goes on.
+    let (git_head, dirty) = git_state();
     for tool in ["docker-registry", "dd", "sync"] {
         if find_in_path(tool).is_none() {
             bail!("`{tool}` is not in PATH; install docker-registry and coreutils (see /work/shared/notes/test-bench.md)");
@@ -2751,6 +2763,8 @@ async fn main() -> anyhow::Result<()> {
     let floor_host = Containerd::start().await;
     let cx = Context {
         load_before,
+        git_head,
+        dirty,
         binary_note,
         containerd_version: floor_host.install().version.clone(),
         ctr: floor_host.install().ctr(),
