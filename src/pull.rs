@@ -212,9 +212,24 @@ impl Puller {
         self.options.unpack.as_deref()
     }
 
-    /// Pulls one image.
-    #[tracing::instrument(name = "pull", skip_all, fields(image = %reference))]
+    /// Pulls one image. An image whose records already say it is complete costs a `HEAD` and a
+    /// few reads of small documents.
     pub async fn pull(&self, reference: &Reference) -> Result<PullReport, PullError> {
+        self.pull_with(reference, true).await
+    }
+
+    /// Pulls one image checking every blob's presence and every layer's snapshot, even when
+    /// its records say it is warm: for mending an image whose content was found damaged.
+    pub async fn pull_thoroughly(&self, reference: &Reference) -> Result<PullReport, PullError> {
+        self.pull_with(reference, false).await
+    }
+
+    #[tracing::instrument(name = "pull", skip_all, fields(image = %reference))]
+    async fn pull_with(
+        &self,
+        reference: &Reference,
+        shortcut: bool,
+    ) -> Result<PullReport, PullError> {
         let started = Instant::now();
         let image = reference.to_string();
         let reg_err = |source| PullError::Registry {
@@ -229,7 +244,14 @@ impl Puller {
         // A tag costs one HEAD; documents containerd already holds are read from it, so a warm
         // node re-checking its images makes no GET at all.
         let top = match self.registry.resolve(reference).await.map_err(reg_err)? {
-            Some(digest) => self.document(reference, &digest).await?,
+            Some(digest) => {
+                if shortcut {
+                    if let Some(report) = self.already_warm(reference, &digest, started).await {
+                        return Ok(report);
+                    }
+                }
+                self.document(reference, &digest).await?
+            }
             None => self.registry.manifest(reference).await.map_err(reg_err)?,
         };
         tracing::debug!(digest = %top.digest, media_type = top.media_type(), "resolved");
@@ -374,6 +396,96 @@ impl Puller {
             "pulled"
         );
         Ok(report)
+    }
+
+    /// The steady state, cheaply: when every record CRI names the image by already points at
+    /// `top` with the labels this pull would write, and (when unpacking) the top layer's
+    /// snapshot exists, the image is warm and nothing is written. Records are written last by
+    /// a pull and root all of its content for containerd's GC, so their presence means the
+    /// content is there; `prepull verify` is what reads it all back. `None` means "do the full
+    /// pull", including on any error here.
+    async fn already_warm(
+        &self,
+        reference: &Reference,
+        top: &Digest,
+        started: Instant,
+    ) -> Option<PullReport> {
+        let record_ok = |record: Option<containerd_client::services::v1::Image>| {
+            record.is_some_and(|r| {
+                r.target
+                    .as_ref()
+                    .is_some_and(|t| t.digest == top.to_string())
+                    && r.labels.get(labels::CRI_MANAGED).map(String::as_str) == Some("managed")
+                    && (!self.options.pin
+                        || r.labels.get(labels::CRI_PINNED).map(String::as_str) == Some("pinned"))
+            })
+        };
+        let digest_name = reference.with_digest(top.clone()).to_string();
+        if let Target::Tag(_) = reference.target() {
+            if !record_ok(self.store.image(&reference.to_string()).await.ok()?) {
+                return None;
+            }
+        }
+        if !record_ok(self.store.image(&digest_name).await.ok()?) {
+            return None;
+        }
+        // The config names the ID record and the layers' chain; documents are verified.
+        let read = |digest: Digest, limit: u64| async move {
+            let bytes = self.store.read_blob(&digest, limit).await.ok()?;
+            (Digest::of(digest.algorithm(), &bytes) == digest).then_some(bytes)
+        };
+        let top_bytes = read(top.clone(), oci::MAX_MANIFEST_BYTES).await?;
+        let (manifest, platform) = match Document::parse(&top_bytes, None).ok()? {
+            Document::Manifest(m, _) => (m, self.options.platform.clone()),
+            Document::Index(index, _) => {
+                let (i, platform) = self.choose(&reference.to_string(), &index).ok()?;
+                let child =
+                    read(index.manifests[i].digest.clone(), oci::MAX_MANIFEST_BYTES).await?;
+                match Document::parse(&child, None).ok()? {
+                    Document::Manifest(m, _) => (m, platform),
+                    Document::Index(..) => return None,
+                }
+            }
+        };
+        if !record_ok(
+            self.store
+                .image(&manifest.config.digest.to_string())
+                .await
+                .ok()?,
+        ) {
+            return None;
+        }
+        if let Some(snapshotter) = self.options.unpack.as_deref() {
+            let config = read(manifest.config.digest.clone(), oci::MAX_CONFIG_BYTES).await?;
+            let diff_ids = serde_json::from_slice::<oci::Config>(&config)
+                .ok()?
+                .rootfs
+                .diff_ids;
+            if let Some(chain_top) = unpack::chain_ids(&diff_ids).last() {
+                if !self
+                    .store
+                    .snapshot_exists(snapshotter, &chain_top.to_string())
+                    .await
+                    .ok()?
+                {
+                    return None;
+                }
+            }
+        }
+        tracing::debug!(digest = %top, "already warm");
+        Some(PullReport {
+            reference: reference.clone(),
+            digest: top.clone(),
+            config: manifest.config.digest.clone(),
+            platform,
+            names: record_names(reference, top, &manifest.config.digest),
+            layers: manifest.layers.len(),
+            snapshotter: self.options.unpack.clone(),
+            blobs_fetched: 0,
+            blobs_present: manifest.layers.len() + 1,
+            bytes_fetched: 0,
+            elapsed: started.elapsed(),
+        })
     }
 
     /// Claims the space an image needs, or refuses it when that would leave less than the

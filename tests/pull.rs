@@ -1092,3 +1092,54 @@ async fn foreign_layers_come_from_their_urls_without_credentials() {
         "URL queries stay out of logs: {stderr}"
     );
 }
+
+/// A warm image costs a HEAD and a few small reads; anything its records or snapshots lack
+/// sends the pull down the full path, which puts it back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_warm_pull_notices_a_lost_record_or_snapshot_and_restores_it() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let host = registry.host();
+    let image = push_image(
+        &host,
+        "warm/app",
+        "v1",
+        &ImageSpec::new(&[16 * KIB, 8 * KIB]),
+    )
+    .await;
+    let reference = format!("{host}/warm/app:v1");
+    let (out, _) = pull_json(&containerd, &host, &[], &[&reference]).await;
+    assert_success(&out);
+    let store = store(&containerd).await;
+
+    containerd.ctr_ok(&["-n", "k8s.io", "images", "rm", &image.config.digest]);
+    let (out, results) = pull_json(&containerd, &host, &[], &[&reference]).await;
+    assert_success(&out);
+    assert_eq!(results[0]["bytes_fetched"], 0);
+    assert!(
+        store.image(&image.config.digest).await.unwrap().is_some(),
+        "the ID record is back"
+    );
+
+    let chain =
+        prepull::unpack::chain_ids(&image.diff_ids.iter().map(|d| digest(d)).collect::<Vec<_>>());
+    let top = chain.last().unwrap().to_string();
+    containerd.ctr_ok(&[
+        "-n",
+        "k8s.io",
+        "snapshots",
+        "--snapshotter",
+        containerd.snapshotter(),
+        "rm",
+        &top,
+    ]);
+    let (out, results) = pull_json(&containerd, &host, &[], &[&reference]).await;
+    assert_success(&out);
+    assert_eq!(results[0]["bytes_fetched"], 0);
+    assert!(
+        store
+            .snapshot_exists(containerd.snapshotter(), &top)
+            .await
+            .unwrap(),
+        "the top layer is unpacked again"
+    );
+}

@@ -228,16 +228,24 @@ impl Agent {
         };
         // Each pull is its own task, so one waiting on a slow credential plugin (which runs
         // outside the async workers) does not hold up the others.
-        let limit = Arc::new(tokio::sync::Semaphore::new(self.options.images_at_once.max(1)));
+        let limit = Arc::new(tokio::sync::Semaphore::new(
+            self.options.images_at_once.max(1),
+        ));
         let tasks: Vec<_> = list
             .entries
             .iter()
             .cloned()
             .map(|entry| {
                 let (puller, limit) = (self.puller.clone(), limit.clone());
+                // An image found damaged is pulled checking every blob, not just its records.
+                let thorough = damage.contains_key(&entry.reference.to_string());
                 tokio::spawn(async move {
                     let _permit = limit.acquire_owned().await;
-                    let result = puller.pull(&entry.reference).await;
+                    let result = if thorough {
+                        puller.pull_thoroughly(&entry.reference).await
+                    } else {
+                        puller.pull(&entry.reference).await
+                    };
                     (entry, result)
                 })
             })

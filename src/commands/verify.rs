@@ -206,7 +206,7 @@ pub async fn run_repair(args: RepairArgs) -> anyhow::Result<ExitCode> {
                 continue;
             }
         };
-        let pulled = puller.pull(&reference).await;
+        let pulled = puller.pull_thoroughly(&reference).await;
         let after = match &pulled {
             Ok(report) => {
                 let records = records_named(&store, &report.names).await?;
