@@ -247,6 +247,8 @@ struct Workload {
     manifest_bytes: u64,
     /// Layers over all images: the snapshots an unpack must leave behind (all layers differ).
     layers: usize,
+    /// (repository, digest) of every config and layer, for [`wire_floor`].
+    blobs: Vec<(String, String)>,
 }
 
 impl Workload {
@@ -261,8 +263,13 @@ impl Workload {
         let mut manifest_bytes = 0;
         let mut layers = 0;
         let mut images = Vec::new();
+        let mut blobs = Vec::new();
         for (repo_tag, image) in pushed {
             images.push(format!("{host}/{repo_tag}"));
+            let repo = repo_tag.split(':').next().unwrap_or_default().to_string();
+            for blob in std::iter::once(&image.config).chain(image.layers.iter()) {
+                blobs.push((repo.clone(), blob.digest.clone()));
+            }
             manifest_bytes += image.manifest.size;
             layers += image.layers.len();
             for blob in std::iter::once(&image.manifest)
@@ -284,6 +291,7 @@ impl Workload {
             bytes,
             manifest_bytes,
             layers,
+            blobs,
         }
     }
 
@@ -327,6 +335,40 @@ enum Via {
     Wan(Wan),
     /// The bench's registry behind a recording proxy that counts every request (W6).
     Proxy(Proxy),
+}
+
+/// Downloads every config and layer of `w` at once from its host with a bare HTTP client,
+/// discarding the bytes, `runs` times: what the link delivers with no containerd, no hashing and
+/// no disk behind it, the practical floor for W5 over the emulated link.
+async fn wire_floor(w: &Workload, runs: usize) -> anyhow::Result<Vec<Duration>> {
+    let client = reqwest::Client::builder().no_proxy().build()?;
+    let mut out = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let started = Instant::now();
+        let fetched = futures_util::future::try_join_all(w.blobs.iter().map(|(repo, digest)| {
+            let url = format!("http://{}/v2/{repo}/blobs/{digest}", w.host);
+            let client = client.clone();
+            async move {
+                let mut response = client.get(&url).send().await?.error_for_status()?;
+                let mut n = 0u64;
+                while let Some(chunk) = response.chunk().await? {
+                    n += chunk.len() as u64;
+                }
+                Ok::<u64, reqwest::Error>(n)
+            }
+        }))
+        .await
+        .context("download the blobs for the wire floor")?;
+        out.push(started.elapsed());
+        let got: u64 = fetched.iter().sum();
+        if got != w.bytes - w.manifest_bytes {
+            bail!(
+                "the wire floor fetched {got} bytes, expected {}",
+                w.bytes - w.manifest_bytes
+            );
+        }
+    }
+    Ok(out)
 }
 
 /// The emulated link between the node and the registry.
@@ -376,6 +418,8 @@ struct LinkInfo {
     measured_rtt: Option<Duration>,
     /// How the link was emulated.
     emulation: String,
+    /// [`wire_floor`] runs over the link, before the tools' runs.
+    wire: Vec<Duration>,
 }
 
 /// Network namespace and interface names start with these, followed by the bench's pid, so a
@@ -744,6 +788,7 @@ impl Wan {
             spec: self.link,
             measured_rtt: self.measured_rtt,
             emulation: self.emulation_note(),
+            wire: Vec::new(),
         }
     }
 }
@@ -2392,13 +2437,23 @@ fn report_wan(md: &mut String, results: &[WorkloadResult], cx: &Context) {
     let _ = writeln!(
         md,
         "Link: {}; {}. Measured HTTP round trip before the runs: {}. \
-         Link floor for the workload's {:.1} MB: {:.2} s. Share of link = the workload's bytes / median time / the link's rate.",
+         Link floor for the workload's {:.1} MB: {:.2} s at the link's rate; wire floor (every config and layer downloaded at once by a bare HTTP client in the bench, bytes discarded, before the runs): {}. \
+         Share of link = the workload's bytes / median time / the link's rate.",
         link.describe(),
         info.emulation,
         rtt.map(|d| format!("{:.1} ms", d.as_secs_f64() * 1e3))
             .unwrap_or_else(|| "n/a".into()),
         r.workload.bytes as f64 / 1e6,
         r.workload.bytes as f64 / 1e6 / link.mbytes_per_sec(),
+        stats(&info.wire.iter().map(Duration::as_secs_f64).collect::<Vec<_>>())
+            .map(|st| format!(
+                "median {:.2} s ({:.0}% of the link), min {:.2} s, max {:.2} s",
+                st.median,
+                mbps(r.workload.bytes - r.workload.manifest_bytes, st.median) / link.mbytes_per_sec() * 100.0,
+                st.min,
+                st.max
+            ))
+            .unwrap_or_else(|| "n/a".into()),
     );
     let _ = writeln!(md);
     let _ = writeln!(
@@ -2785,6 +2840,17 @@ async fn main() -> anyhow::Result<()> {
                     wan.measured_rtt.unwrap_or_default().as_secs_f64() * 1e3
                 );
                 w.serve_via(Via::Wan(wan));
+                let wire = wire_floor(&w, MIN_FLOOR_RUNS).await?;
+                eprintln!(
+                    "[W5] wire floor (all blobs at once, discarded): {}",
+                    wire.iter()
+                        .map(|d| format!("{:.2}s", d.as_secs_f64()))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                );
+                if let Some(link) = w.link.as_mut() {
+                    link.wire = wire;
+                }
             }
             WorkloadId::W6 => {
                 let proxy = Proxy::start(&registry.host()).await;
