@@ -81,6 +81,36 @@ async fn wait_for_pass(
     }
 }
 
+/// Starts `prepull agent` on `list` for `containerd`, pulling from `host` over plain HTTP, with
+/// no splay, an hour between passes, `extra` arguments, its status in `dir/status.json` and its
+/// log in `dir/agent.log`.
+fn spawn_agent(
+    containerd: &Containerd,
+    host: &str,
+    list: &Path,
+    dir: &Path,
+    extra: &[&str],
+) -> (tokio::process::Child, PathBuf) {
+    let status_file = dir.join("status.json");
+    let agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
+        .arg("agent")
+        .arg("--containerd")
+        .arg(containerd.socket())
+        .args(["--plain-http", host, "--no-node-credentials"])
+        .args(["--splay", "0s", "--interval", "1h", "--log-level", "info"])
+        .args(extra)
+        .arg("--list")
+        .arg(list)
+        .arg("--status-file")
+        .arg(&status_file)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("agent.log")).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the agent");
+    (agent, status_file)
+}
+
 async fn labels(store: &Store, name: &str) -> std::collections::HashMap<String, String> {
     store
         .image(name)
@@ -131,26 +161,7 @@ async fn the_agent_keeps_its_list_warm_pinned_and_releases_what_leaves() {
         root.path(),
         &format!("images:\n  - {app_ref}\n  - image: {batch_ref}\n    pin: false\n"),
     );
-    let status_file = root.path().join("status.json");
-    let mut agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
-        .args([
-            "agent",
-            "--containerd",
-            &socket,
-            "--plain-http",
-            &host,
-            "--no-node-credentials",
-        ])
-        .args(["--splay", "0s", "--interval", "1h", "--log-level", "info"])
-        .arg("--list")
-        .arg(list.file())
-        .arg("--status-file")
-        .arg(&status_file)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(root.path().join("agent.log")).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the agent");
+    let (mut agent, status_file) = spawn_agent(&containerd, &host, &list.file(), root.path(), &[]);
 
     // Pass 1: both warm; app pinned and marked as the agent's pin, batch not pinned.
     let s = wait_for_pass(&status_file, 1, &mut agent).await;
@@ -347,29 +358,15 @@ async fn the_agent_finds_and_mends_a_corrupt_layer() {
     )
     .await;
     let app_ref = format!("{host}/team/app:v1");
-    let socket = containerd.socket().to_str().unwrap().to_string();
     let root = tempfile::tempdir().unwrap();
     let mut list = ListVolume::new(root.path(), &format!("images:\n  - {app_ref}\n"));
-    let status_file = root.path().join("status.json");
-    let mut agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
-        .args([
-            "agent",
-            "--containerd",
-            &socket,
-            "--plain-http",
-            &host,
-            "--no-node-credentials",
-        ])
-        .args(["--splay", "0s", "--interval", "1h", "--verify-every", "1s"])
-        .arg("--list")
-        .arg(list.file())
-        .arg("--status-file")
-        .arg(&status_file)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(root.path().join("agent.log")).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the agent");
+    let (mut agent, status_file) = spawn_agent(
+        &containerd,
+        &host,
+        &list.file(),
+        root.path(),
+        &["--verify-every", "1s"],
+    );
     let s = wait_for_pass(&status_file, 1, &mut agent).await;
     assert_eq!(s["warm"], 1, "{s:#}");
     assert!(s["last_verify"].is_string(), "{s:#}");
@@ -426,29 +423,15 @@ async fn pins_are_handed_over_not_dropped_when_an_entry_is_rewritten_during_an_o
     .await;
     let by_tag = format!("{host}/team/app:v1");
     let by_digest = format!("{host}/team/app@{}", app.manifest.digest);
-    let socket = containerd.socket().to_str().unwrap().to_string();
     let root = tempfile::tempdir().unwrap();
     let mut list = ListVolume::new(root.path(), &format!("images:\n  - {by_tag}\n"));
-    let status_file = root.path().join("status.json");
-    let mut agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
-        .args([
-            "agent",
-            "--containerd",
-            &socket,
-            "--plain-http",
-            &host,
-            "--no-node-credentials",
-        ])
-        .args(["--splay", "0s", "--interval", "1h", "--verify-every", "0s"])
-        .arg("--list")
-        .arg(list.file())
-        .arg("--status-file")
-        .arg(&status_file)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(root.path().join("agent.log")).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the agent");
+    let (mut agent, status_file) = spawn_agent(
+        &containerd,
+        &host,
+        &list.file(),
+        root.path(),
+        &["--verify-every", "0s"],
+    );
     let s = wait_for_pass(&status_file, 1, &mut agent).await;
     assert_eq!(s["warm"], 1, "{s:#}");
 
