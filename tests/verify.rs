@@ -374,3 +374,39 @@ async fn repair_keeps_the_rest_of_an_image_while_its_manifest_is_replaced() {
     let out = prepull(&containerd, &["verify", &ra]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
+
+/// An index pulled by tag and one of its platform manifests pulled by digest share the image ID
+/// record; whichever was pulled last owns it, and neither is reported as missing it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_id_record_shared_by_an_index_and_its_manifest_is_not_missing() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let host = registry.host();
+    let index = support::push_index(
+        &host,
+        "team/multi",
+        "v1",
+        support::MediaFamily::Oci,
+        &[ImageSpec::new(&[16 * KIB]).platform(support::Platform::linux_amd64())],
+        false,
+    )
+    .await;
+    let by_tag = format!("{host}/team/multi:v1");
+    let by_manifest = format!("{host}/team/multi@{}", index.images[0].manifest.digest);
+    for image in [&by_tag, &by_manifest] {
+        let out = prepull(
+            &containerd,
+            &[
+                "pull",
+                "--plain-http",
+                &host,
+                "--no-node-credentials",
+                image,
+            ],
+        )
+        .await;
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let out = prepull(&containerd, &["verify"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("2 images: 0 damaged"), "{}", text(&out));
+}
