@@ -77,7 +77,11 @@ pub async fn unpack_layer(
     // Leased before it is looked at: a snapshot nothing references any more (its child was
     // removed) may be garbage collected at any moment, and this pull is about to build on it.
     store
-        .lease_resource(lease, &format!("snapshots/{snapshotter}"), &chain.to_string())
+        .lease_resource(
+            lease,
+            &format!("snapshots/{snapshotter}"),
+            &chain.to_string(),
+        )
         .await
         .map_err(fail)?;
     if store
