@@ -28,3 +28,18 @@ pub mod store;
 pub mod unpack;
 pub mod verify;
 pub mod watch;
+
+/// An error and its sources on one line, without repeating text a source already carries.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}

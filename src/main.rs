@@ -31,7 +31,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", commands::pull::error_chain(e.as_ref()));
+            eprintln!("error: {}", prepull::error_chain(e.as_ref()));
             ExitCode::from(2)
         }
     }

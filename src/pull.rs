@@ -767,7 +767,7 @@ impl Puller {
                     tracing::warn!(
                         blob = %blob.digest,
                         attempt,
-                        error = %crate::commands::pull::error_chain(&e),
+                        error = %crate::error_chain(&e),
                         "blob failed; retrying from where containerd's ingest stands"
                     );
                     tokio::time::sleep(jitter(delay)).await;

@@ -170,15 +170,6 @@ pub struct SpaceError {
 }
 
 impl SpaceCheck {
-    /// Fails when blobs of `sizes` do not fit (claims of pulls in progress not counted). A
-    /// filesystem that cannot be inspected never blocks a pull.
-    pub fn require(&self, sizes: &[u64], unpack: bool) -> Result<(), SpaceError> {
-        match self.shortfall_after(sizes, unpack, 0) {
-            None => Ok(()),
-            Some(e) => Err(e),
-        }
-    }
-
     fn shortfall_after(&self, sizes: &[u64], unpack: bool, claimed: u64) -> Option<SpaceError> {
         let (free, total) = match filesystem(&self.path) {
             Ok(v) => v,
@@ -281,30 +272,31 @@ mod tests {
         let (free, total) = filesystem(dir.path()).unwrap();
         assert!(free > 0 && total >= free);
         let check = SpaceCheck::new(dir.path().to_path_buf(), Reserve::Bytes(0));
-        assert!(check.require(&[1 << 20], true).is_ok());
+        assert!(check.claim(&[1 << 20], true).is_ok());
         let too_big = free / 2 + 1;
-        assert!(check.require(&[too_big], false).is_ok());
+        assert!(check.claim(&[too_big], false).is_ok());
         // Two pulls that each fit alone do not both get to claim the space.
         let first = check.claim(&[too_big], false).unwrap();
         assert!(check.claim(&[too_big], false).is_err());
         drop(first);
         assert!(check.claim(&[too_big], false).is_ok());
-        // Nothing to write never fails, however full the disk.
+        // Nothing to write never fails, however full the disk. (Each claim here is released
+        // at once: only the verdict matters.)
         let full = SpaceCheck::new(dir.path().to_path_buf(), Reserve::Bytes(u64::MAX));
-        assert!(full.require(&[], true).is_ok());
-        assert!(full.require(&[1], false).is_err());
+        assert!(full.claim(&[], true).is_ok());
+        assert!(full.claim(&[1], false).is_err());
         assert!(
-            full.require(&[u64::MAX, u64::MAX], true).is_err(),
+            full.claim(&[u64::MAX, u64::MAX], true).is_err(),
             "no overflow"
         );
-        let e = check.require(&[too_big], true).unwrap_err();
+        let e = check.claim(&[too_big], true).unwrap_err();
         assert_eq!(e.needed, too_big * 3);
         assert!(e.to_string().contains("--min-free-space"), "{e}");
         let strict = SpaceCheck {
             reserve: Reserve::Percent(99.9),
             ..check
         };
-        assert!(strict.require(&[1], false).is_err() || free as f64 > total as f64 * 0.999);
+        assert!(strict.claim(&[1], false).is_err() || free as f64 > total as f64 * 0.999);
     }
 
     #[test]

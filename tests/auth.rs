@@ -793,7 +793,7 @@ async fn tls_registry_is_trusted_only_through_the_test_ca() {
             .header(ACCEPT, MANIFEST_ACCEPT)
             .send()
             .await
-            .unwrap_or_else(|e| panic!("GET {url}: {}", error_chain(&e)));
+            .unwrap_or_else(|e| panic!("GET {url}: {}", prepull::error_chain(&e)));
         assert_manifest(resp, &image, &registry).await;
     }
 
@@ -805,7 +805,7 @@ async fn tls_registry_is_trusted_only_through_the_test_ca() {
             .send()
             .await
             .expect_err(name);
-        let chain = error_chain(&err);
+        let chain = prepull::error_chain(&err);
         assert!(
             chain.contains("UnknownIssuer") || chain.contains("unknown issuer"),
             "{name}: expected an unknown-issuer certificate error, got: {chain}"
@@ -818,17 +818,6 @@ async fn tls_registry_is_trusted_only_through_the_test_ca() {
         .await
         .expect("plain HTTP");
     assert_eq!(plain.status(), StatusCode::BAD_REQUEST);
-}
-
-/// An error and all its sources, for messages and matching.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut source = e.source();
-    while let Some(s) = source {
-        parts.push(s.to_string());
-        source = s.source();
-    }
-    parts.join(": ")
 }
 
 /// containerd's own client (`ctr content fetch`) against each kind of registry: Basic over HTTP,

@@ -188,7 +188,7 @@ impl Agent {
                 true
             }
             Err(e) => {
-                let message = crate::commands::pull::error_chain(&e);
+                let message = crate::error_chain(&e);
                 tracing::error!(
                     error = %message,
                     keeping = self.list.as_ref().map(|l| l.entries.len()),
@@ -219,7 +219,7 @@ impl Agent {
             match self.verify_listed(&list).await {
                 Ok(d) => d,
                 Err(e) => {
-                    tracing::warn!(error = %crate::commands::pull::error_chain(&e), "cannot verify the stored images");
+                    tracing::warn!(error = %crate::error_chain(&e), "cannot verify the stored images");
                     (HashMap::new(), None)
                 }
             }
@@ -296,7 +296,7 @@ impl Agent {
                             kind: Some(e.kind()),
                             error: Some(format!(
                                 "pulled, but the pin could not be set: {}",
-                                crate::commands::pull::error_chain(&e)
+                                crate::error_chain(&e)
                             )),
                         },
                     }
@@ -311,7 +311,7 @@ impl Agent {
                         bytes_fetched: 0,
                         damage: damaged.clone(),
                         kind: Some(e.kind()),
-                        error: Some(crate::commands::pull::error_chain(e)),
+                        error: Some(crate::error_chain(e)),
                     }
                 }
             };
@@ -336,7 +336,7 @@ impl Agent {
         let released = match self.release_pins(&list, &resolved).await {
             Ok(n) => n,
             Err(e) => {
-                tracing::warn!(error = %crate::commands::pull::error_chain(&e), "cannot release pins");
+                tracing::warn!(error = %crate::error_chain(&e), "cannot release pins");
                 0
             }
         };

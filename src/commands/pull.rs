@@ -338,7 +338,7 @@ fn print_report(r: &PullReport, output: Output) {
 }
 
 fn print_error(e: &PullError, output: Output) {
-    let message = error_chain(e);
+    let message = crate::error_chain(e);
     match output {
         Output::Text => eprintln!("error: {message}"),
         Output::Json => println!(
@@ -346,19 +346,4 @@ fn print_error(e: &PullError, output: Output) {
             serde_json::json!({ "status": "failed", "kind": e.kind(), "error": message })
         ),
     }
-}
-
-/// An error and its sources on one line, without repeating text a source already carries.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cur = s.source();
-    }
-    out
 }

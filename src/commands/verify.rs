@@ -7,9 +7,10 @@ use std::time::Duration;
 use clap::Args;
 use containerd_client::services::v1::Image;
 
-use super::pull::{cri_snapshotter, error_chain, PullerArgs};
+use super::pull::{cri_snapshotter, PullerArgs};
 use super::{ContainerdArgs, Output};
 use crate::digest::Digest;
+use crate::error_chain;
 use crate::reference::Reference;
 use crate::space::human_bytes;
 use crate::store::{Ingest, Store};
@@ -188,7 +189,7 @@ pub async fn run_repair(args: RepairArgs) -> anyhow::Result<ExitCode> {
                 print_outcome(
                     &check.names[0],
                     "failed",
-                    &check,
+                    Some(&check),
                     Some("no name to pull it by: no tag or digest record, and no source label"),
                     output,
                 );
@@ -206,45 +207,28 @@ pub async fn run_repair(args: RepairArgs) -> anyhow::Result<ExitCode> {
                 continue;
             }
         };
-        let pulled = puller.pull_thoroughly(&reference).await;
-        let after = match &pulled {
+        // Mended means pulled and then found sound.
+        let outcome: Result<(), String> = match puller.pull_thoroughly(&reference).await {
             Ok(report) => {
                 let records = records_named(&store, &report.names).await?;
-                Some(checker.check(&report.digest, &records).await?)
-            }
-            Err(_) => None,
-        };
-        let empty = ImageCheck {
-            names: vec![name.clone()],
-            target: match &pulled {
-                Ok(r) => r.digest.clone(),
-                Err(_) => before
-                    .as_ref()
-                    .map(|b| b.target.clone())
-                    .unwrap_or_else(|| Digest::sha256(b"")),
-            },
-            source: None,
-            problems: Vec::new(),
-            blobs: 0,
-            bytes: 0,
-        };
-        let was = before.unwrap_or(empty);
-        // Pulled by digest, shown by the name the operator knows (its tag, when it has one).
-        let name = was.names[0].clone();
-        match (pulled, after) {
-            (Ok(_), Some(after)) if after.problems.is_empty() => {
-                print_outcome(&name, "repaired", &was, None, output)
-            }
-            (Ok(_), Some(after)) => {
-                failed += 1;
+                let after = checker.check(&report.digest, &records).await?;
                 let still: Vec<String> = after.problems.iter().map(ToString::to_string).collect();
-                print_outcome(&name, "failed", &was, Some(&still.join("; ")), output);
+                if still.is_empty() {
+                    Ok(())
+                } else {
+                    Err(still.join("; "))
+                }
             }
-            (Err(e), _) => {
+            Err(e) => Err(error_chain(&e)),
+        };
+        // Pulled by digest, shown by the name the operator knows (its tag, when it has one).
+        let shown = before.as_ref().map_or(name, |b| b.names[0].clone());
+        match outcome {
+            Ok(()) => print_outcome(&shown, "repaired", before.as_ref(), None, output),
+            Err(e) => {
                 failed += 1;
-                print_outcome(&name, "failed", &was, Some(&error_chain(&e)), output);
+                print_outcome(&shown, "failed", before.as_ref(), Some(&e), output);
             }
-            (Ok(_), None) => unreachable!("a pulled image is checked"),
         }
     }
     if let Some(lease) = protection {
@@ -335,8 +319,18 @@ fn print_check(check: &ImageCheck, status: &str, output: Output) {
     }
 }
 
-fn print_outcome(name: &str, status: &str, was: &ImageCheck, error: Option<&str>, output: Output) {
-    let problems: Vec<String> = was.problems.iter().map(ToString::to_string).collect();
+/// `was` is what the image's check found before the repair; `None` for an image that had no
+/// records at all.
+fn print_outcome(
+    name: &str,
+    status: &str,
+    was: Option<&ImageCheck>,
+    error: Option<&str>,
+    output: Output,
+) {
+    let problems: Vec<String> = was
+        .map(|w| w.problems.iter().map(ToString::to_string).collect())
+        .unwrap_or_default();
     match output {
         Output::Text => match error {
             None if problems.is_empty() => println!("{status} {name} (its records were missing)"),
@@ -344,7 +338,15 @@ fn print_outcome(name: &str, status: &str, was: &ImageCheck, error: Option<&str>
             Some(e) => eprintln!("error: could not repair {name}: {e}"),
         },
         Output::Json => {
-            let mut json = check_json(was, status, error);
+            let mut json = match was {
+                Some(w) => check_json(w, status, error),
+                None => serde_json::json!({
+                    "names": [name],
+                    "status": status,
+                    "problems": problems,
+                    "error": error,
+                }),
+            };
             json["image"] = name.into();
             println!("{json}");
         }

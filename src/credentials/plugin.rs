@@ -125,6 +125,12 @@ pub struct Plugins {
     timeout: Duration,
 }
 
+impl std::fmt::Debug for Plugins {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Plugins")
+    }
+}
+
 impl Plugins {
     /// Reads the kubelet's `--image-credential-provider-config` and finds each plugin in
     /// `bin_dir`. Providers that need a service-account token (which only the kubelet can mint)

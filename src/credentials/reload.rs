@@ -70,12 +70,6 @@ struct Kept {
     plugins: Option<Arc<Plugins>>,
 }
 
-impl std::fmt::Debug for Plugins {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Plugins")
-    }
-}
-
 impl CredentialConfig {
     /// Reads every source once. A file named in `auth_files` or the plugin config that cannot
     /// be used is an error; a bad entry inside a file is reported in [`Loaded::problems`] and
@@ -97,7 +91,7 @@ impl CredentialConfig {
                     files.push_layer(entries);
                 }
                 Err(e) if self.lenient => {
-                    let mut why = crate::commands::pull::error_chain(&e);
+                    let mut why = crate::error_chain(&e);
                     if let Some(entries) = before.files.get(file) {
                         why.push_str("; keeping the credentials it held before");
                         loaded.kept.files.insert(file.clone(), entries.clone());
@@ -115,7 +109,7 @@ impl CredentialConfig {
                     None => p,
                 })),
                 Err(e) if self.lenient => {
-                    let mut why = crate::commands::pull::error_chain(&e);
+                    let mut why = crate::error_chain(&e);
                     if before.plugins.is_some() {
                         why.push_str("; keeping the plugin configuration loaded before");
                     }
@@ -136,7 +130,7 @@ impl CredentialConfig {
                     node.push_layer(entries);
                 }
                 Err(e) => {
-                    loaded.node_error = Some(crate::commands::pull::error_chain(&e));
+                    loaded.node_error = Some(crate::error_chain(&e));
                 }
             }
             loaded.node_file = Some(file);
@@ -267,7 +261,7 @@ impl Reloading {
             Err(e) => {
                 // Keep what works; the next check tries again, since the stamp is not taken.
                 tracing::warn!(
-                    error = %crate::commands::pull::error_chain(&e),
+                    error = %crate::error_chain(&e),
                     "credentials changed on disk but cannot be loaded; keeping the previous ones"
                 );
             }

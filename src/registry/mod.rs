@@ -455,7 +455,7 @@ impl RegistryClient {
                 Err(e) if k < last => {
                     tracing::warn!(
                         mirror = %endpoint.host,
-                        error = %crate::commands::pull::error_chain(&e),
+                        error = %crate::error_chain(&e),
                         "mirror failed; trying the next host"
                     );
                 }

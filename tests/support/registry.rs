@@ -228,7 +228,7 @@ async fn wait_until_ready(
         let last_error = match client.get(&url).send().await {
             Ok(r) if r.status() == ready_status => return Ok(Start::Ready),
             Ok(r) => format!("GET /v2/ answered {}", r.status()),
-            Err(e) => format!("GET /v2/: {}", error_chain(&e)),
+            Err(e) => format!("GET /v2/: {}", prepull::error_chain(&e)),
         };
         if deadline.expired() {
             return Err(format!(
@@ -237,17 +237,6 @@ async fn wait_until_ready(
         }
         deadline.tick().await;
     }
-}
-
-/// An error and its sources on one line (TLS problems hide in the sources).
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(&format!(": {s}"));
-        cur = s.source();
-    }
-    out
 }
 
 impl Registry {
