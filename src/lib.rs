@@ -18,6 +18,7 @@ pub mod commands;
 pub mod credentials;
 pub mod cri;
 pub mod digest;
+pub mod kind;
 pub mod oci;
 pub mod platform;
 pub mod pull;
@@ -28,6 +29,8 @@ pub mod store;
 pub mod unpack;
 pub mod verify;
 pub mod watch;
+
+pub use kind::ErrorKind;
 
 /// An error and its sources on one line, without repeating text a source already carries.
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

@@ -15,6 +15,7 @@ use futures_util::{future::try_join_all, StreamExt};
 use tokio::sync::{oneshot, Semaphore};
 
 use crate::digest::Digest;
+use crate::kind::ErrorKind;
 use crate::oci::{self, Descriptor, Document};
 use crate::platform::{self, Platform};
 use crate::reference::{Reference, Target};
@@ -164,18 +165,18 @@ impl PullError {
         }
     }
 
-    /// A short, bounded label for metrics and summaries.
-    pub fn kind(&self) -> &'static str {
+    /// The failure's kind, a bounded label for status, metrics and summaries.
+    pub fn kind(&self) -> ErrorKind {
         match self {
             PullError::Registry { source, .. } => source.kind(),
             PullError::Store { source, .. } => source.kind(),
-            PullError::NoPlatform { .. } => "no-platform",
+            PullError::NoPlatform { .. } => ErrorKind::NoPlatform,
             PullError::Unpack { source, .. } => match source {
-                crate::unpack::UnpackError::DiffId { .. } => "corrupt",
+                crate::unpack::UnpackError::DiffId { .. } => ErrorKind::Corrupt,
                 crate::unpack::UnpackError::Store { source, .. } => source.kind(),
             },
-            PullError::Malformed { .. } => "bad-manifest",
-            PullError::DiskSpace { .. } => "disk-space",
+            PullError::Malformed { .. } => ErrorKind::BadManifest,
+            PullError::DiskSpace { .. } => ErrorKind::DiskSpace,
         }
     }
 }

@@ -66,7 +66,7 @@ pub struct ImageStatus {
     pub damage: Vec<String>,
     /// A short failure kind (`unauthorized`, `not-found`, `rate-limited`, `tls`, `network`, …).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub kind: Option<&'static str>,
+    pub kind: Option<crate::ErrorKind>,
     /// The whole error, naming registry, repository and what to do.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -316,7 +316,7 @@ impl Agent {
                 }
             };
             if let Some(error) = &status.error {
-                tracing::warn!(image = %status.image, kind = status.kind, error, "image not warm");
+                tracing::warn!(image = %status.image, kind = status.kind.map(|k| k.as_str()), error, "image not warm");
             }
             images.push(status);
         }

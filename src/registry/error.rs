@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::{Endpoint, Hosts};
 use crate::digest::{Digest, VerifyError};
+use crate::kind::ErrorKind;
 use crate::oci::DocumentError;
 
 /// Something went wrong between prepull and a registry.
@@ -150,25 +151,32 @@ pub enum RegistryError {
 }
 
 impl RegistryError {
-    /// A short, bounded label for metrics and summaries.
-    pub fn kind(&self) -> &'static str {
+    /// The failure's kind, a bounded label for status, metrics and summaries.
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            RegistryError::Network { .. } => "network",
-            RegistryError::Status { status: 404, .. } => "not-found",
-            RegistryError::Status { status: 429, .. } => "rate-limited",
+            RegistryError::Network { .. } => ErrorKind::Network,
+            RegistryError::Status { status: 404, .. } => ErrorKind::NotFound,
+            RegistryError::Status { status: 429, .. } => ErrorKind::RateLimited,
             RegistryError::Status {
                 status: 401 | 403, ..
-            } => "auth",
-            RegistryError::Status { status, .. } if *status >= 500 => "registry-unavailable",
-            RegistryError::Status { .. } => "registry-error",
-            RegistryError::Unauthorized { .. }
-            | RegistryError::Token { .. }
-            | RegistryError::ClientCertificate { .. } => "auth",
-            RegistryError::Corrupt { .. } | RegistryError::DigestHeader { .. } => "corrupt",
-            RegistryError::TooLarge { .. } | RegistryError::Document { .. } => "bad-manifest",
+            } => ErrorKind::Unauthorized,
+            RegistryError::Status { status, .. } if *status >= 500 => {
+                ErrorKind::RegistryUnavailable
+            }
+            RegistryError::Status { .. } => ErrorKind::RegistryError,
+            RegistryError::Unauthorized { .. } | RegistryError::Token { .. } => {
+                ErrorKind::Unauthorized
+            }
+            RegistryError::ClientCertificate { .. } => ErrorKind::Tls,
+            RegistryError::Corrupt { .. } | RegistryError::DigestHeader { .. } => {
+                ErrorKind::Corrupt
+            }
+            RegistryError::TooLarge { .. } | RegistryError::Document { .. } => {
+                ErrorKind::BadManifest
+            }
             RegistryError::Client(_)
             | RegistryError::Hosts { .. }
-            | RegistryError::TlsConfig { .. } => "config",
+            | RegistryError::TlsConfig { .. } => ErrorKind::Config,
         }
     }
 

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use crate::kind::ErrorKind;
+
 /// Something went wrong between prepull and containerd.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -101,16 +103,16 @@ impl StoreError {
         }
     }
 
-    /// A short, bounded label for metrics and summaries.
-    pub fn kind(&self) -> &'static str {
+    /// The failure's kind, a bounded label for status, metrics and summaries.
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            StoreError::Connect { .. } => "containerd-unreachable",
-            StoreError::InvalidNamespace(_) => "config",
-            StoreError::NotFound { .. } => "not-found",
-            StoreError::Mismatch { .. } => "corrupt",
-            StoreError::Busy { .. } => "busy",
-            StoreError::Disconnected { .. } => "containerd-unreachable",
-            StoreError::Rpc { .. } => "containerd",
+            StoreError::Connect { .. } | StoreError::Disconnected { .. } => {
+                ErrorKind::ContainerdUnreachable
+            }
+            StoreError::InvalidNamespace(_) => ErrorKind::Config,
+            StoreError::Mismatch { .. } => ErrorKind::Corrupt,
+            StoreError::Busy { .. } => ErrorKind::Busy,
+            StoreError::NotFound { .. } | StoreError::Rpc { .. } => ErrorKind::Containerd,
         }
     }
 
