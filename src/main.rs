@@ -2,8 +2,11 @@
 
 use std::process::ExitCode;
 
+use std::io::IsTerminal as _;
+
 use clap::Parser;
 use prepull::commands::{self, Cli, Command, LogFormat};
+use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -19,12 +22,25 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // SIGTERM/SIGINT cancel `stop`: the agent finishes (or abandons, after a grace period) its
+    // pass and exits 0; one-shot commands are interrupted (130).
+    let stop = CancellationToken::new();
     let result = runtime.block_on(async {
-        tokio::select! {
-            r = run(cli.command) => r,
-            _ = shutdown_signal() => {
-                eprintln!("interrupted");
-                Ok(ExitCode::from(130))
+        let signals = stop.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            signals.cancel();
+        });
+        match cli.command {
+            Command::Agent(args) => commands::agent::run(*args, stop).await,
+            other => {
+                tokio::select! {
+                    r = run(other) => r,
+                    () = stop.cancelled() => {
+                        eprintln!("interrupted");
+                        Ok(ExitCode::from(130))
+                    }
+                }
             }
         }
     });
@@ -41,7 +57,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Pull(args) => commands::pull::run(*args).await,
         Command::Unpin(args) => commands::unpin::run(args).await,
-        Command::Agent(args) => commands::agent::run(*args).await,
+        Command::Agent(_) => unreachable!("the agent runs with the stop token"),
         Command::Verify(args) => commands::verify::run_verify(args).await,
         Command::Repair(args) => commands::verify::run_repair(*args).await,
     }
@@ -70,8 +86,10 @@ fn init_logging(level: Option<&str>, format: LogFormat) {
         .map(EnvFilter::new)
         .or_else(|| EnvFilter::try_from_default_env().ok())
         .unwrap_or_else(|| EnvFilter::new("warn"));
+    // Colour only for a person at a terminal: log files and collectors get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Plain => builder.init(),

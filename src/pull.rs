@@ -225,6 +225,15 @@ impl Puller {
         self.pull_with(reference, false).await
     }
 
+    /// The complete image the node holds under `reference`, found without the network: the
+    /// records CRI knows it by, its documents and (when unpacking) its top layer's snapshot.
+    /// `None` when any of it is missing or unreadable.
+    pub async fn on_node(&self, reference: &Reference) -> Option<PullReport> {
+        let record = self.store.image(&reference.to_string()).await.ok()??;
+        let top: Digest = record.target?.digest.parse().ok()?;
+        self.already_warm(reference, &top, Instant::now()).await
+    }
+
     #[tracing::instrument(name = "pull", skip_all, fields(image = %reference))]
     async fn pull_with(
         &self,

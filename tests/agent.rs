@@ -8,12 +8,17 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use prepull::agent::PinOwner;
 use prepull::store::Store;
 use support::{push_image, Containerd, ImageSpec, Registry};
 
 const KIB: usize = 1024;
 const PINNED: &str = "io.cri-containerd.pinned";
-const PINNED_FOR: &str = "prepull.io/pinned-for";
+
+/// The label carrying the pins of the agent whose list is `list` (no --pin-owner given).
+fn owner_label(list: &Path) -> String {
+    format!("prepull.io/pinned-by.{}", PinOwner::for_list(list))
+}
 
 /// A ConfigMap volume holding `list.yaml`, updated the way the kubelet updates it.
 struct ListVolume {
@@ -162,6 +167,7 @@ async fn the_agent_keeps_its_list_warm_pinned_and_releases_what_leaves() {
         &format!("images:\n  - {app_ref}\n  - image: {batch_ref}\n    pin: false\n"),
     );
     let (mut agent, status_file) = spawn_agent(&containerd, &host, &list.file(), root.path(), &[]);
+    let pinned_for = owner_label(&list.file());
 
     // Pass 1: both warm; app pinned and marked as the agent's pin, batch not pinned.
     let s = wait_for_pass(&status_file, 1, &mut agent).await;
@@ -180,7 +186,7 @@ async fn the_agent_keeps_its_list_warm_pinned_and_releases_what_leaves() {
             Some("pinned"),
             "{name}: {l:?}"
         );
-        assert_eq!(l.get(PINNED_FOR), Some(&app_ref), "{name}: {l:?}");
+        assert_eq!(l.get(&pinned_for), Some(&app_ref), "{name}: {l:?}");
     }
     assert!(!labels(&store, &batch_ref).await.contains_key(PINNED));
     containerd.assert_image_complete(&app_ref);
@@ -193,19 +199,19 @@ async fn the_agent_keeps_its_list_warm_pinned_and_releases_what_leaves() {
     for name in &app_names {
         let l = labels(&store, name).await;
         assert!(
-            !l.contains_key(PINNED) && !l.contains_key(PINNED_FOR),
+            !l.contains_key(PINNED) && !l.contains_key(&pinned_for),
             "{name}: {l:?}"
         );
     }
     let l = labels(&store, &other_ref).await;
     assert_eq!(l.get(PINNED).map(String::as_str), Some("pinned"));
     assert!(
-        !l.contains_key(PINNED_FOR),
+        !l.contains_key(&pinned_for),
         "a pin set by someone else stays theirs: {l:?}"
     );
     let l = labels(&store, &batch_ref).await;
     assert_eq!(
-        l.get(PINNED_FOR),
+        l.get(&pinned_for),
         Some(&batch_ref),
         "batch is pinned now (the default)"
     );
@@ -262,14 +268,17 @@ async fn the_agent_keeps_its_list_warm_pinned_and_releases_what_leaves() {
     .await
     .contains_key(PINNED));
 
-    // SIGTERM ends the agent.
+    // SIGTERM stops an idle agent at once, and that is a clean exit.
     let pid = agent.id().unwrap() as i32;
     unsafe { libc::kill(pid, libc::SIGTERM) };
-    let out = tokio::time::timeout(Duration::from_secs(20), agent.wait_with_output())
+    let out = tokio::time::timeout(Duration::from_secs(10), agent.wait_with_output())
         .await
         .expect("the agent stops on SIGTERM")
         .unwrap();
-    assert_eq!(out.status.code(), Some(130));
+    let log = std::fs::read_to_string(root.path().join("agent.log")).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    // Its log went to a file: plain text, no terminal colour codes.
+    assert!(log.contains("pass done") && !log.contains('\x1b'), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -385,11 +394,21 @@ async fn the_agent_finds_and_mends_a_corrupt_layer() {
     let s = wait_for_pass(&status_file, 2, &mut agent).await;
     let image = &s["images"][0];
     assert_eq!(image["state"], "warm", "{s:#}");
-    let damage = image["damage"][0].as_str().unwrap_or_default();
+    let damage = image["damage"]["problems"][0].as_str().unwrap_or_default();
     assert!(
         damage.contains(&format!("layer 0 {} is corrupt", layer.digest)),
         "{s:#}"
     );
+    assert!(
+        image["damage"]["mended"].is_string(),
+        "mended, and says when: {s:#}"
+    );
+    // The next pass (its verify finds nothing) keeps the record of the damage and its mending.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    list.update(&format!("images:\n  - {app_ref}\n# again\n"));
+    let later = wait_for_pass(&status_file, 3, &mut agent).await;
+    assert_eq!(later["images"][0]["damage"], image["damage"], "{later:#}");
+    assert_eq!(later["images"][0]["state"], "warm", "{later:#}");
     assert_eq!(
         image["bytes_fetched"], layer.size,
         "only the bad layer was fetched: {s:#}"
@@ -432,6 +451,7 @@ async fn pins_are_handed_over_not_dropped_when_an_entry_is_rewritten_during_an_o
         root.path(),
         &["--verify-every", "0s"],
     );
+    let pinned_for = owner_label(&list.file());
     let s = wait_for_pass(&status_file, 1, &mut agent).await;
     assert_eq!(s["warm"], 1, "{s:#}");
 
@@ -454,9 +474,349 @@ async fn pins_are_handed_over_not_dropped_when_an_entry_is_rewritten_during_an_o
             "{name}: {l:?}"
         );
         assert_eq!(
-            l.get(PINNED_FOR),
+            l.get(&pinned_for),
             Some(&by_digest),
             "handed over: {name}: {l:?}"
+        );
+    }
+}
+
+/// Runs `prepull agent --once` on `list` and returns its output.
+async fn agent_once(
+    containerd: &Containerd,
+    host: &str,
+    list: &Path,
+    extra: &[&str],
+) -> std::process::Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
+        .args([
+            "agent",
+            "--once",
+            "--no-node-credentials",
+            "--plain-http",
+            host,
+        ])
+        .arg("--containerd")
+        .arg(containerd.socket())
+        .args(extra)
+        .arg("--list")
+        .arg(list)
+        .output()
+        .await
+        .unwrap()
+}
+
+/// An empty ConfigMap value (a templating or `--from-file` accident) must not unpin the node:
+/// a list with no images is refused like a broken one and the last good list stays in force,
+/// unless it says `images: []`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_list_without_images_is_refused_and_unpins_nothing_unless_it_says_so() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let host = registry.host();
+    push_image(&host, "team/app", "v1", &ImageSpec::new(&[8 * KIB])).await;
+    let app_ref = format!("{host}/team/app:v1");
+    let root = tempfile::tempdir().unwrap();
+    let mut list = ListVolume::new(root.path(), &format!("images:\n  - {app_ref}\n"));
+    let (mut agent, status_file) = spawn_agent(&containerd, &host, &list.file(), root.path(), &[]);
+    let pinned_for = owner_label(&list.file());
+    let s = wait_for_pass(&status_file, 1, &mut agent).await;
+    assert_eq!(s["warm"], 1, "{s:#}");
+    let store = Store::connect(containerd.socket(), "k8s.io").await.unwrap();
+
+    for accident in [
+        "",
+        "# the list, to be filled in\n",
+        "images:\n",
+        "pin: true\n",
+    ] {
+        list.update(accident);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let s = loop {
+            let s = status(&status_file);
+            if s["list_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("images: []"))
+            {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "{accident:?} not refused: {s:#}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_eq!(s["images"][0]["image"], app_ref.as_str(), "{s:#}");
+        // Back to a good list between accidents, so each one is a change.
+        list.update(&format!("images:\n  - {app_ref}\n"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while status(&status_file)["list_error"].is_string() {
+            assert!(Instant::now() < deadline, "good list not taken back");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let l = labels(&store, &app_ref).await;
+    assert_eq!(l.get(PINNED).map(String::as_str), Some("pinned"), "{l:?}");
+    assert_eq!(l.get(&pinned_for), Some(&app_ref), "{l:?}");
+
+    // Said on purpose: taken, and the pins go at the pass that follows.
+    list.update("images: []\n");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let s = loop {
+        let s = status(&status_file);
+        if s["images"] == serde_json::json!([]) && s["released"] == 3 {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "`images: []` not taken: {s:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(s["list_error"], serde_json::Value::Null, "{s:#}");
+    let l = labels(&store, &app_ref).await;
+    assert!(
+        !l.contains_key(PINNED) && !l.contains_key(&pinned_for),
+        "{l:?}"
+    );
+}
+
+/// A bootstrap list run once and the DaemonSet's list on the same node: each agent releases only
+/// the pins its own list set, an image both lists want stays pinned until both let it go, and
+/// `prepull unpin` removes the ownership labels with the pin.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_lists_on_one_node_never_release_each_others_pins() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let host = registry.host();
+    for repo in ["team/boot", "team/shared", "team/app"] {
+        push_image(&host, repo, "v1", &ImageSpec::new(&[8 * KIB])).await;
+    }
+    let [boot, shared, app] =
+        ["team/boot", "team/shared", "team/app"].map(|r| format!("{host}/{r}:v1"));
+    let root = tempfile::tempdir().unwrap();
+    let store = Store::connect(containerd.socket(), "k8s.io").await.unwrap();
+
+    // Node bootstrap: one pass over its own list.
+    let boot_list = root.path().join("boot.yaml");
+    std::fs::write(&boot_list, format!("images:\n  - {boot}\n  - {shared}\n")).unwrap();
+    let out = agent_once(
+        &containerd,
+        &host,
+        &boot_list,
+        &["--pin-owner", "bootstrap"],
+    )
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let boot_label = "prepull.io/pinned-by.bootstrap";
+
+    // The DaemonSet's agent, with another list (and the default owner, from its path).
+    let mut list = ListVolume::new(root.path(), &format!("images:\n  - {shared}\n  - {app}\n"));
+    let ds_label = owner_label(&list.file());
+    let (mut agent, status_file) = spawn_agent(&containerd, &host, &list.file(), root.path(), &[]);
+    let s = wait_for_pass(&status_file, 1, &mut agent).await;
+    assert_eq!(s["warm"], 2, "{s:#}");
+    assert_eq!(s["released"], 0, "{s:#}");
+    assert_eq!(s["pin_owner"], PinOwner::for_list(&list.file()).as_str());
+    let l = labels(&store, &boot).await;
+    assert_eq!(
+        l.get(PINNED).map(String::as_str),
+        Some("pinned"),
+        "bootstrap's pin stays: {l:?}"
+    );
+    assert_eq!(l.get(boot_label), Some(&boot), "{l:?}");
+    assert!(!l.contains_key(&ds_label), "{l:?}");
+    let l = labels(&store, &shared).await;
+    assert!(
+        l.contains_key(boot_label) && l.contains_key(&ds_label),
+        "both own it: {l:?}"
+    );
+
+    // The DaemonSet's list drops the shared image: its share goes, bootstrap's pin stays.
+    list.update(&format!("images:\n  - {app}\n"));
+    let s = wait_for_pass(&status_file, 2, &mut agent).await;
+    assert_eq!(s["released"], 3, "{s:#}");
+    let l = labels(&store, &shared).await;
+    assert_eq!(l.get(PINNED).map(String::as_str), Some("pinned"), "{l:?}");
+    assert!(
+        l.contains_key(boot_label) && !l.contains_key(&ds_label),
+        "{l:?}"
+    );
+
+    // Bootstrap's list, run again without the shared image: now the last owner lets it go.
+    std::fs::write(&boot_list, format!("images:\n  - {boot}\n")).unwrap();
+    let out = agent_once(
+        &containerd,
+        &host,
+        &boot_list,
+        &["--pin-owner", "bootstrap"],
+    )
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let l = labels(&store, &shared).await;
+    assert!(
+        !l.contains_key(PINNED) && !l.contains_key(boot_label),
+        "{l:?}"
+    );
+    assert!(
+        labels(&store, &app).await.contains_key(PINNED),
+        "the DaemonSet's own pin stays"
+    );
+
+    // `prepull unpin` takes the pin and every ownership label.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
+        .arg("unpin")
+        .arg("--containerd")
+        .arg(containerd.socket())
+        .arg(&boot)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let l = labels(&store, &boot).await;
+    assert!(
+        !l.keys()
+            .any(|k| k == PINNED || k.starts_with("prepull.io/")),
+        "{l:?}"
+    );
+
+    // An owner that cannot be a label is bad input.
+    let out = agent_once(
+        &containerd,
+        &host,
+        &boot_list,
+        &["--pin-owner", "node/boot"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--pin-owner"));
+}
+
+/// "Could not re-check" is not "not warm": with the registry answering 503, an image on the node
+/// is stale (usable, its digest kept, since when and why said), one that is not is failed, and a
+/// one-shot pass over only present images succeeds.
+#[tokio::test(flavor = "multi_thread")]
+async fn images_on_the_node_are_stale_not_failed_while_their_registry_is_down() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let proxy = support::Proxy::start(&registry.host()).await;
+    let host = proxy.host();
+    let app = push_image(
+        &registry.host(),
+        "team/app",
+        "v1",
+        &ImageSpec::new(&[8 * KIB]),
+    )
+    .await;
+    push_image(
+        &registry.host(),
+        "team/new",
+        "v1",
+        &ImageSpec::new(&[8 * KIB]),
+    )
+    .await;
+    let (app_ref, new_ref) = (format!("{host}/team/app:v1"), format!("{host}/team/new:v1"));
+    let root = tempfile::tempdir().unwrap();
+    let mut list = ListVolume::new(root.path(), &format!("images:\n  - {app_ref}\n"));
+    let (mut agent, status_file) = spawn_agent(&containerd, &host, &list.file(), root.path(), &[]);
+    let s = wait_for_pass(&status_file, 1, &mut agent).await;
+    assert_eq!(s["images"][0]["state"], "warm", "{s:#}");
+    let last_warm = s["images"][0]["last_warm"].clone();
+    assert!(last_warm.is_string(), "{s:#}");
+
+    proxy.set_hook(|_| support::Action::Respond {
+        status: 503,
+        body: b"down for maintenance".to_vec(),
+    });
+    list.update(&format!("images:\n  - {app_ref}\n  - {new_ref}\n"));
+    let s = wait_for_pass(&status_file, 2, &mut agent).await;
+    let (app_s, new_s) = (&s["images"][0], &s["images"][1]);
+    assert_eq!(app_s["state"], "stale", "{s:#}");
+    assert_eq!(app_s["digest"], app.manifest.digest.as_str(), "{s:#}");
+    assert_eq!(app_s["kind"], "registry-unavailable", "{s:#}");
+    assert!(app_s["error"].as_str().unwrap().contains("503"), "{s:#}");
+    assert!(app_s["since"].is_string(), "{s:#}");
+    assert_eq!(app_s["last_warm"], last_warm, "{s:#}");
+    assert_eq!(new_s["state"], "failed", "{s:#}");
+    assert!(new_s["digest"].is_null(), "{s:#}");
+    assert_eq!(
+        (
+            s["warm"].as_u64(),
+            s["stale"].as_u64(),
+            s["failed"].as_u64()
+        ),
+        (Some(0), Some(1), Some(1))
+    );
+    // Still down at the next pass: since when is kept.
+    list.update(&format!("images:\n  - {app_ref}\n  - {new_ref}\n# again\n"));
+    let s2 = wait_for_pass(&status_file, 3, &mut agent).await;
+    assert_eq!(s2["images"][0]["since"], s["images"][0]["since"], "{s2:#}");
+    // The stale image keeps its pin: in an outage the kubelet must not collect it.
+    let store = Store::connect(containerd.socket(), "k8s.io").await.unwrap();
+    assert!(labels(&store, &app_ref).await.contains_key(PINNED));
+
+    // One pass at bootstrap with the registry down and the image already on the node: usable.
+    let once_list = root.path().join("once.yaml");
+    std::fs::write(&once_list, format!("images:\n  - {app_ref}\n")).unwrap();
+    let out = agent_once(&containerd, &host, &once_list, &[]).await;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!("stale {app_ref} {}", app.manifest.digest)),
+        "{stdout}"
+    );
+    assert!(stderr.contains("could not be re-checked"), "{stderr}");
+
+    // Back up: warm again, nothing pending.
+    proxy.clear_hook();
+    list.update(&format!("images:\n  - {app_ref}\n  - {new_ref}\n# up\n"));
+    let s = wait_for_pass(&status_file, 4, &mut agent).await;
+    assert_eq!(
+        (
+            s["warm"].as_u64(),
+            s["stale"].as_u64(),
+            s["failed"].as_u64()
+        ),
+        (Some(2), Some(0), Some(0)),
+        "{s:#}"
+    );
+    assert!(
+        s["images"][0]["since"].is_null() && s["images"][0]["error"].is_null(),
+        "{s:#}"
+    );
+}
+
+/// Intervals that would hot-loop against the registries are refused before anything starts.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interval_below_the_floor_is_bad_input() {
+    for interval in ["0s", "1s", "29s"] {
+        let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
+            .args([
+                "agent",
+                "--interval",
+                interval,
+                "--list",
+                "/nonexistent.yaml",
+            ])
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(20), run)
+            .await
+            .expect("refused at once, not run")
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{interval}: {stderr}");
+        assert!(
+            stderr.contains("--interval") && stderr.contains("at least 30s"),
+            "{stderr}"
         );
     }
 }

@@ -72,13 +72,20 @@ impl List {
 
     /// Parses list text; on failure, every problem found.
     pub fn parse(text: &str) -> Result<List, Vec<String>> {
+        // Nothing at all is refused: an empty ConfigMap value is a templating or
+        // `--from-file` accident far more often than a wish to drop every image (and every pin).
+        const SAY_EMPTY: &str = "write `images: []` to keep no images on purpose";
         let top: Value = if text.trim().is_empty() {
             Value::Null
         } else {
             serde_yaml_ng::from_str(text).map_err(|e| vec![format!("not valid YAML: {e}")])?
         };
         let map = match top {
-            Value::Null => return Ok(List::default()),
+            Value::Null => {
+                return Err(vec![format!(
+                    "the list is empty (no `images:`); {SAY_EMPTY}"
+                )])
+            }
             Value::Mapping(m) => m,
             Value::Sequence(_) => {
                 return Err(vec![
@@ -89,7 +96,7 @@ impl List {
         };
         let mut problems = Vec::new();
         let mut default_pin = true;
-        let mut images: Vec<Value> = Vec::new();
+        let mut images: Option<Vec<Value>> = None;
         for (key, value) in map {
             match key.as_str() {
                 Some("pin") => match value {
@@ -99,8 +106,10 @@ impl List {
                     }
                 },
                 Some("images") => match value {
-                    Value::Sequence(s) => images = s,
-                    Value::Null => {}
+                    Value::Sequence(s) => images = Some(s),
+                    Value::Null => {
+                        problems.push(format!("`images:` has nothing under it; {SAY_EMPTY}"))
+                    }
                     other => problems.push(format!(
                         "`images` must be a list of image names, not {}",
                         show(&other)
@@ -112,6 +121,13 @@ impl List {
                 )),
             }
         }
+        let images = match images {
+            Some(images) => images,
+            None if problems.is_empty() => {
+                return Err(vec![format!("the list has no `images:` key; {SAY_EMPTY}")])
+            }
+            None => Vec::new(),
+        };
         let mut entries = Vec::new();
         let mut seen = HashSet::new();
         for (i, item) in images.into_iter().enumerate() {
@@ -215,11 +231,19 @@ mod tests {
     }
 
     #[test]
-    fn empty_files_and_empty_lists_hold_nothing() {
-        assert_eq!(List::parse("").unwrap(), List::default());
-        assert_eq!(List::parse("# nothing yet\n").unwrap(), List::default());
-        assert_eq!(List::parse("images:\n").unwrap(), List::default());
+    fn a_list_without_images_is_refused_unless_it_says_so() {
+        for accident in ["", "\n  \n", "# nothing yet\n", "images:\n", "pin: true\n"] {
+            let problems = List::parse(accident).unwrap_err();
+            assert!(
+                problems.iter().any(|p| p.contains("`images: []`")),
+                "{accident:?}: {problems:?}"
+            );
+        }
         assert_eq!(List::parse("images: []").unwrap(), List::default());
+        assert_eq!(
+            List::parse("pin: false\nimages: []  # none on purpose\n").unwrap(),
+            List::default()
+        );
     }
 
     #[test]

@@ -8,29 +8,34 @@
 //! warm, what is not, and why.
 
 pub mod list;
+pub mod pins;
+pub mod status;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 pub use list::{Entry, List, ListError};
+pub use pins::PinOwner;
+pub use status::{ImageState, ImageStatus, Status};
 
 use crate::pull::{PullError, PullReport, Puller};
-use crate::store::{labels, Store, StoreError};
+use crate::store::{Store, StoreError};
 use crate::watch::Fingerprint;
-
-/// Set on the records prepull pinned, to the list entry they were pinned for; only pins carrying
-/// it are ever released (CRI pins its sandbox image itself, and operators may pin by hand).
-pub const PINNED_FOR: &str = "prepull.io/pinned-for";
+use pins::Pins;
+use status::{timestamp, Outcome};
 
 /// How the agent runs.
 #[derive(Clone, Debug)]
 pub struct AgentOptions {
     /// The prepull list file.
     pub list: PathBuf,
+    /// Whose pins this agent sets and releases (see [`pins`]).
+    pub pin_owner: PinOwner,
     /// Time between passes.
     pub interval: Duration,
     /// Up to this much random delay before the first pass, after a list change, and added to
@@ -45,59 +50,8 @@ pub struct AgentOptions {
     /// How often listed images are read back and hashed before a pass, so corrupt or lost
     /// content is removed and fetched again by the pass; `None` never.
     pub verify_every: Option<Duration>,
-}
-
-/// What one pass found for one image.
-#[derive(Clone, Debug, Serialize)]
-pub struct ImageStatus {
-    /// The list entry, normalized.
-    pub image: String,
-    /// `warm` or `failed`.
-    pub state: &'static str,
-    /// Whether the entry asks for a pin.
-    pub pin: bool,
-    /// The digest the image resolved to (when warm).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub digest: Option<String>,
-    /// Bytes downloaded in this pass.
-    pub bytes_fetched: u64,
-    /// What the last check of the stored image found wrong (mended by this pass if it is warm).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub damage: Vec<String>,
-    /// A short failure kind (`unauthorized`, `not-found`, `rate-limited`, `tls`, `network`, …).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub kind: Option<crate::ErrorKind>,
-    /// The whole error, naming registry, repository and what to do.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// The status file's content.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Status {
-    /// The list file.
-    pub list: String,
-    /// Why the list on disk is not the one in use, if it is not.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub list_error: Option<String>,
-    /// When the last pass finished (RFC 3339).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_pass: Option<String>,
-    /// How long it took.
-    pub last_pass_seconds: f64,
-    /// Passes so far.
-    pub passes: u64,
-    /// Images warm after the last pass.
-    pub warm: usize,
-    /// Images that failed in the last pass.
-    pub failed: usize,
-    /// Pins released in the last pass (images that left the list or moved on).
-    pub released: usize,
-    /// When listed images were last read back and hashed (RFC 3339).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_verify: Option<String>,
-    /// Per image, in list order.
-    pub images: Vec<ImageStatus>,
+    /// How long a pass under way may take to finish once a stop is requested.
+    pub grace: Duration,
 }
 
 /// The agent.
@@ -111,11 +65,25 @@ pub struct Agent {
     last_verify: Option<Instant>,
 }
 
+/// How one image's pull in a pass ended, and (when it failed) the complete image the node
+/// holds for it.
+type Checked = (Result<PullReport, PullError>, Option<PullReport>);
+
+/// How [`Agent::run`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// The passes asked for ran.
+    Done,
+    /// A stop was requested.
+    Requested,
+}
+
 impl Agent {
     /// An agent pulling with `puller` into `store` (the same containerd and namespace).
     pub fn new(puller: Puller, store: Store, options: AgentOptions) -> Agent {
         let status = Status {
             list: options.list.display().to_string(),
+            pin_owner: options.pin_owner.to_string(),
             ..Status::default()
         };
         Agent {
@@ -129,9 +97,11 @@ impl Agent {
         }
     }
 
-    /// Runs passes until `passes` have run (`None`: forever).
-    pub async fn run(&mut self, passes: Option<u64>) {
-        self.reload_list();
+    /// Runs passes until `passes` have run (`None`: forever) or `stop` is cancelled. A stop
+    /// while waiting ends at once; a pass under way gets [`AgentOptions::grace`] to finish (what
+    /// it leaves undone is resumed by the next agent: leases expire, ingests resume).
+    pub async fn run(&mut self, passes: Option<u64>, stop: &CancellationToken) -> Stopped {
+        self.reload_list().await;
         let mut next = Instant::now() + random_up_to(self.options.splay);
         if !self.options.splay.is_zero() {
             tracing::info!(
@@ -146,18 +116,43 @@ impl Agent {
                     .options
                     .watch_every
                     .min(next.saturating_duration_since(Instant::now()));
-                tokio::time::sleep(nap).await;
-                if self.list_changed() && self.reload_list() {
+                tokio::select! {
+                    () = tokio::time::sleep(nap) => {}
+                    () = stop.cancelled() => return Stopped::Requested,
+                }
+                if self.list_changed() && self.reload_list().await {
                     let soon = Instant::now() + random_up_to(self.options.splay);
                     next = next.min(soon);
                 }
             }
             if self.list_changed() {
-                self.reload_list();
+                self.reload_list().await;
             }
-            self.pass().await;
+            let grace = self.options.grace;
+            let stopped = {
+                let pass = self.pass();
+                tokio::pin!(pass);
+                tokio::select! {
+                    () = &mut pass => None,
+                    () = stop.cancelled() => {
+                        tracing::info!(grace_ms = grace.as_millis() as u64, "stop requested; letting the pass finish");
+                        let finished = tokio::time::timeout(grace, pass).await.is_ok();
+                        if !finished {
+                            tracing::warn!("the pass did not finish within the grace period; stopping it");
+                        }
+                        Some(finished)
+                    }
+                }
+            };
+            match stopped {
+                Some(true) if passes.is_some_and(|n| self.status.passes >= n) => {
+                    return Stopped::Done
+                }
+                Some(_) => return Stopped::Requested,
+                None => {}
+            }
             if passes.is_some_and(|n| self.status.passes >= n) {
-                return;
+                return Stopped::Done;
             }
             next = Instant::now() + self.options.interval + random_up_to(self.options.splay);
         }
@@ -173,8 +168,10 @@ impl Agent {
     }
 
     /// Reads the list file; `true` when it is now in use. A list that cannot be used leaves
-    /// the previous one in force (nothing is unpinned or dropped because of a typo).
-    fn reload_list(&mut self) -> bool {
+    /// the previous one in force (nothing is unpinned or dropped because of a typo). Entries new
+    /// to the status are looked up on the node (no network), so the status says at once which
+    /// of them a pod could use.
+    async fn reload_list(&mut self) -> bool {
         self.list_seen = Fingerprint::of(std::slice::from_ref(&self.options.list));
         match List::load(&self.options.list) {
             Ok(list) => {
@@ -183,8 +180,24 @@ impl Agent {
                     images = list.entries.len(),
                     "prepull list loaded"
                 );
+                let mut images = Vec::with_capacity(list.entries.len());
+                for entry in &list.entries {
+                    let name = entry.reference.to_string();
+                    match self.status.image(&name) {
+                        Some(known) => images.push(ImageStatus {
+                            pin: entry.pin,
+                            ..known.clone()
+                        }),
+                        None => {
+                            let present = self.puller.on_node(&entry.reference).await;
+                            images.push(ImageStatus::before_check(entry, present.as_ref()));
+                        }
+                    }
+                }
+                self.status.set_images(images);
                 self.list = Some(list);
                 self.status.list_error = None;
+                self.write_status();
                 true
             }
             Err(e) => {
@@ -212,10 +225,9 @@ impl Agent {
             .options
             .verify_every
             .is_some_and(|every| self.last_verify.is_none_or(|t| t.elapsed() >= every));
-        let (damage, protection) = if due {
+        let (mut damage, protection) = if due {
             self.last_verify = Some(Instant::now());
-            self.status.last_verify =
-                Some(humantime::format_rfc3339_seconds(SystemTime::now()).to_string());
+            self.status.last_verify = Some(timestamp(SystemTime::now()));
             match self.verify_listed(&list).await {
                 Ok(d) => d,
                 Err(e) => {
@@ -226,97 +238,97 @@ impl Agent {
         } else {
             (HashMap::new(), None)
         };
+        let damaged_now: std::collections::HashSet<String> = damage.keys().cloned().collect();
         // Each pull is its own task, so one waiting on a slow credential plugin (which runs
-        // outside the async workers) does not hold up the others.
+        // outside the async workers) does not hold up the others. A pass that is dropped (a
+        // stop past its grace period) aborts them with the set.
         let limit = Arc::new(tokio::sync::Semaphore::new(
             self.options.images_at_once.max(1),
         ));
-        let tasks: Vec<_> = list
-            .entries
-            .iter()
-            .cloned()
-            .map(|entry| {
-                let (puller, limit) = (self.puller.clone(), limit.clone());
-                // An image found damaged is pulled checking every blob, not just its records.
-                let thorough = damage.contains_key(&entry.reference.to_string());
-                tokio::spawn(async move {
-                    let _permit = limit.acquire_owned().await;
-                    let result = if thorough {
-                        puller.pull_thoroughly(&entry.reference).await
-                    } else {
-                        puller.pull(&entry.reference).await
-                    };
-                    (entry, result)
-                })
-            })
-            .collect();
-        let mut results: Vec<(Entry, Result<PullReport, PullError>)> = Vec::new();
-        for (task, entry) in tasks.into_iter().zip(&list.entries) {
-            match task.await {
-                Ok(r) => results.push(r),
-                Err(e) => results.push((
-                    entry.clone(),
-                    Err(PullError::Malformed {
-                        image: entry.reference.to_string(),
-                        problem: format!("the pull stopped unexpectedly: {e}"),
-                    }),
-                )),
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, entry) in list.entries.iter().cloned().enumerate() {
+            let (puller, limit) = (self.puller.clone(), limit.clone());
+            // An image found damaged is pulled checking every blob, not just its records.
+            let thorough = damage.contains_key(&entry.reference.to_string());
+            tasks.spawn(async move {
+                let _permit = limit.acquire_owned().await;
+                let result = if thorough {
+                    puller.pull_thoroughly(&entry.reference).await
+                } else {
+                    puller.pull(&entry.reference).await
+                };
+                // What the node holds when the check failed: a present image is stale, not gone.
+                let present = match &result {
+                    Ok(_) => None,
+                    Err(_) => puller.on_node(&entry.reference).await,
+                };
+                (i, result, present)
+            });
+        }
+        let mut results: Vec<Option<Checked>> = list.entries.iter().map(|_| None).collect();
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((i, result, present)) => results[i] = Some((result, present)),
+                Err(e) => tracing::error!(error = %e, "an image's pull task ended abnormally"),
             }
         }
 
-        let mut images = Vec::with_capacity(results.len());
-        // Per entry: the digest it resolved to, or `None` when it failed (its pins stay).
+        let pins = Pins::new(&self.store, &self.options.pin_owner);
+        let now = SystemTime::now();
+        let mut images = Vec::with_capacity(list.entries.len());
+        // Per entry: the digest it resolved to, or `None` when it could not be checked (its
+        // pins stay).
         let mut resolved: HashMap<String, Option<String>> = HashMap::new();
-        for (entry, result) in &results {
+        for (entry, result) in list.entries.iter().zip(results) {
             let name = entry.reference.to_string();
-            let damaged = damage.get(&name).cloned().unwrap_or_default();
-            let status = match result {
-                Ok(report) => {
-                    let pinned = self.apply_pin(entry, report).await;
-                    let digest = report.digest.to_string();
-                    resolved.insert(name.clone(), Some(digest.clone()));
-                    match pinned {
-                        Ok(()) => ImageStatus {
-                            image: name,
-                            state: "warm",
-                            pin: entry.pin,
-                            digest: Some(digest),
-                            bytes_fetched: report.bytes_fetched,
-                            damage: damaged.clone(),
-                            kind: None,
-                            error: None,
-                        },
-                        Err(e) => ImageStatus {
-                            image: name,
-                            state: "failed",
-                            pin: entry.pin,
-                            digest: Some(digest),
-                            bytes_fetched: report.bytes_fetched,
-                            damage: damaged.clone(),
-                            kind: Some(e.kind()),
-                            error: Some(format!(
-                                "pulled, but the pin could not be set: {}",
-                                crate::error_chain(&e)
-                            )),
-                        },
-                    }
+            let previous = self.status.image(&name);
+            let found = damage.remove(&name);
+            let status = match &result {
+                Some((Ok(report), _)) => {
+                    resolved.insert(name.clone(), Some(report.digest.to_string()));
+                    let pinned = pins.apply(entry, &report.names).await;
+                    let outcome = match &pinned {
+                        Ok(()) => Outcome::Warm(report),
+                        Err(e) => Outcome::WarmUnpinned(report, e),
+                    };
+                    ImageStatus::after_pass(entry, previous, found, outcome, now)
                 }
-                Err(e) => {
+                Some((Err(error), present)) => {
                     resolved.insert(name.clone(), None);
-                    ImageStatus {
-                        image: name,
-                        state: "failed",
-                        pin: entry.pin,
-                        digest: None,
-                        bytes_fetched: 0,
-                        damage: damaged.clone(),
-                        kind: Some(e.kind()),
-                        error: Some(crate::error_chain(e)),
+                    // A present image keeps (or gets) its pin even while its registry is away.
+                    if let Some(present) = present {
+                        if let Err(e) = pins.apply(entry, &present.names).await {
+                            tracing::warn!(image = %name, error = %crate::error_chain(&e), "cannot pin the image on the node");
+                        }
+                    }
+                    ImageStatus::after_pass(
+                        entry,
+                        previous,
+                        found,
+                        Outcome::Failed {
+                            error,
+                            present: present.as_ref(),
+                        },
+                        now,
+                    )
+                }
+                // The task died: nothing is known of this pass; the status stays as it was.
+                None => {
+                    resolved.insert(name.clone(), None);
+                    match previous {
+                        Some(p) => p.clone(),
+                        None => ImageStatus::before_check(entry, None),
                     }
                 }
             };
             if let Some(error) = &status.error {
-                tracing::warn!(image = %status.image, kind = status.kind.map(|k| k.as_str()), error, "image not warm");
+                tracing::warn!(
+                    image = %status.image,
+                    state = status.state.as_str(),
+                    kind = status.kind.map(|k| k.as_str()),
+                    error,
+                    "image not warm"
+                );
             }
             images.push(status);
         }
@@ -325,15 +337,15 @@ impl Agent {
         if let Some(lease) = protection {
             let mended = images
                 .iter()
-                .filter(|i| !i.damage.is_empty())
-                .all(|i| i.state == "warm");
+                .filter(|i| damaged_now.contains(&i.image))
+                .all(|i| i.state == ImageState::Warm);
             if mended {
                 if let Err(e) = self.store.delete_lease(lease).await {
                     tracing::warn!(error = %e, "cannot delete the repair lease; it expires by itself");
                 }
             }
         }
-        let released = match self.release_pins(&list, &resolved).await {
+        let released = match pins.release(&list, &resolved).await {
             Ok(n) => n,
             Err(e) => {
                 tracing::warn!(error = %crate::error_chain(&e), "cannot release pins");
@@ -341,18 +353,16 @@ impl Agent {
             }
         };
 
-        let warm = images.iter().filter(|i| i.state == "warm").count();
-        self.status.failed = images.len() - warm;
-        self.status.warm = warm;
+        self.status.set_images(images);
         self.status.released = released;
-        self.status.images = images;
         self.status.passes += 1;
         self.status.last_pass_seconds = started.elapsed().as_secs_f64();
-        self.status.last_pass =
-            Some(humantime::format_rfc3339_seconds(SystemTime::now()).to_string());
+        self.status.last_pass = Some(timestamp(SystemTime::now()));
         tracing::info!(
-            warm,
+            warm = self.status.warm,
+            stale = self.status.stale,
             failed = self.status.failed,
+            corrupt = self.status.corrupt,
             released,
             seconds = self.status.last_pass_seconds,
             "pass done"
@@ -402,101 +412,6 @@ impl Agent {
             crate::verify::discard_bad_blobs(&self.store, &damaged.iter().collect::<Vec<_>>())
                 .await?;
         Ok((damage, lease))
-    }
-
-    /// Pins the records of a pinned entry that nobody pinned yet, marking them as prepull's;
-    /// for an unpinned entry, removes pins prepull set on them.
-    async fn apply_pin(&self, entry: &Entry, report: &PullReport) -> Result<(), StoreError> {
-        let owner = entry.reference.to_string();
-        for name in &report.names {
-            let Some(record) = self.store.image(name).await? else {
-                continue;
-            };
-            let pinned = record.labels.contains_key(labels::CRI_PINNED);
-            let ours = record.labels.contains_key(PINNED_FOR);
-            if entry.pin && !pinned {
-                self.store
-                    .update_image_labels(
-                        name,
-                        &[
-                            (labels::CRI_PINNED, Some("pinned")),
-                            (PINNED_FOR, Some(&owner)),
-                        ],
-                    )
-                    .await?;
-            } else if !entry.pin && ours && record.labels.get(PINNED_FOR) == Some(&owner) {
-                self.store
-                    .update_image_labels(name, &[(labels::CRI_PINNED, None), (PINNED_FOR, None)])
-                    .await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Releases pins prepull set for entries that left the list, or for an older digest of an
-    /// entry that now resolves elsewhere. Pins of entries that failed this pass stay.
-    async fn release_pins(
-        &self,
-        list: &List,
-        resolved: &HashMap<String, Option<String>>,
-    ) -> Result<usize, StoreError> {
-        let listed: BTreeMap<String, bool> = list
-            .entries
-            .iter()
-            .map(|e| (e.reference.to_string(), e.pin))
-            .collect();
-        // The image each pinned entry wants kept: what it resolved to in this pass, or, when
-        // it failed (a registry outage), what its record points at now.
-        let mut wanted: Vec<(String, String)> = Vec::new();
-        for entry in list.entries.iter().filter(|e| e.pin) {
-            let name = entry.reference.to_string();
-            let digest = match resolved.get(&name) {
-                Some(Some(d)) => Some(d.clone()),
-                _ => self
-                    .store
-                    .image(&name)
-                    .await?
-                    .and_then(|r| r.target)
-                    .map(|t| t.digest),
-            };
-            if let Some(d) = digest {
-                wanted.push((name, d));
-            }
-        }
-        let mut released = 0;
-        for record in self.store.images_with_label(PINNED_FOR).await? {
-            let owner = record.labels.get(PINNED_FOR).cloned().unwrap_or_default();
-            let target = record.target.as_ref().map(|t| t.digest.as_str());
-            let why = match (listed.get(&owner), resolved.get(&owner)) {
-                (None, _) => "its image left the prepull list",
-                (Some(false), _) => "its list entry is no longer pinned",
-                // The entry's tag now points elsewhere: this record is the old image's.
-                (Some(true), Some(Some(now))) if target != Some(now.as_str()) => {
-                    "its tag moved to another image"
-                }
-                _ => continue,
-            };
-            // Another pinned entry wants the same image: the pin stays, and is now that
-            // entry's to release.
-            if let Some((heir, _)) = wanted.iter().find(|(_, d)| Some(d.as_str()) == target) {
-                if heir != &owner {
-                    self.store
-                        .update_image_labels(&record.name, &[(PINNED_FOR, Some(heir))])
-                        .await?;
-                    tracing::info!(record = %record.name, from = %owner, to = %heir, "pin handed over");
-                }
-                continue;
-            }
-            self.store
-                .update_image_labels(
-                    &record.name,
-                    &[(labels::CRI_PINNED, None), (PINNED_FOR, None)],
-                )
-                .await?;
-            tracing::info!(record = %record.name, for_entry = %owner, why, "pin released");
-            released += 1;
-        }
-        Ok(released)
     }
 
     fn write_status(&self) {

@@ -7,8 +7,18 @@ use std::time::Duration;
 
 use clap::Args;
 
+use tokio_util::sync::CancellationToken;
+
 use super::pull::PullerArgs;
-use crate::agent::{Agent, AgentOptions, List};
+use crate::agent::{Agent, AgentOptions, ImageState, List, PinOwner, Stopped};
+
+/// The shortest time between passes: below it a node would keep its registries busy (each pass
+/// asks every listed tag), and a list change is followed within --splay anyway.
+const MIN_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How long a pass under way may take to finish after SIGTERM: inside Kubernetes' default 30 s
+/// termination grace period.
+const STOP_GRACE: Duration = Duration::from_secs(20);
 
 /// Arguments of `prepull agent`.
 #[derive(Debug, Args)]
@@ -17,9 +27,11 @@ use crate::agent::{Agent, AgentOptions, List};
     long_about = "Keep the images of a prepull list warm on this node (the DaemonSet's mode).\n\n\
         Each pass pulls every listed image exactly as `prepull pull` does (a warm image costs one \
         HEAD request and no download), pins the records of pinned entries \
-        (`io.cri-containerd.pinned`, so the kubelet's image GC leaves them alone), and releases \
-        the pins it set for images that left the list or whose tag moved on; pins set by anyone \
-        else are never touched. The first pass starts after a random delay of up to --splay, \
+        (`io.cri-containerd.pinned`, so the kubelet's image GC leaves them alone), marks them as \
+        its list's (`prepull.io/pinned-by.<owner>`, see --pin-owner), and releases them when an \
+        image leaves the list or its tag moves on; pins set by anyone else, another list \
+        included, are never released. A list with no images is refused unless it says \
+        `images: []`. The first pass starts after a random delay of up to --splay, \
         later ones every --interval (plus up to --splay), and a changed list file (a ConfigMap \
         update swaps its `..data` symlink) triggers a pass within --splay. A list that cannot be \
         used is reported and the previous one stays in force. Credential files are followed the \
@@ -39,9 +51,16 @@ pub struct AgentArgs {
     #[arg(long, value_name = "FILE", default_value = "/etc/prepull/list.yaml")]
     pub list: PathBuf,
 
-    /// Time between passes over the list.
-    #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = humantime::parse_duration)]
+    /// Time between passes over the list (at least 30s).
+    #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = parse_interval)]
     pub interval: Duration,
+
+    /// The name this list's pins carry (`prepull.io/pinned-by.<NAME>`): an agent releases only
+    /// pins of its own name, so two lists on one node (a bootstrap list and the DaemonSet's)
+    /// never release each other's. Letters, digits, '.', '_', '-' [default: from the --list
+    /// path, e.g. `etc-prepull-list.yaml`].
+    #[arg(long, value_name = "NAME", value_parser = parse_owner)]
+    pub pin_owner: Option<PinOwner>,
 
     /// Up to this much random delay before the first pass, after a list change, and on top of
     /// each interval, so that many nodes do not hit a registry at the same moment.
@@ -61,7 +80,8 @@ pub struct AgentArgs {
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = humantime::parse_duration)]
     pub verify_every: Duration,
 
-    /// Run one pass now (no splay) and exit: 0 when every image is warm, 1 otherwise.
+    /// Run one pass now (no splay) and exit: 0 when every image is usable offline (warm, or
+    /// stale: on the node but its registry could not be asked), 1 otherwise.
     #[arg(long)]
     pub once: bool,
 
@@ -69,8 +89,25 @@ pub struct AgentArgs {
     pub puller: PullerArgs,
 }
 
-/// Runs `prepull agent`.
-pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let interval = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if interval < MIN_INTERVAL {
+        return Err(format!(
+            "{text} is too short: passes at least {} apart (a list change is followed within \
+             --splay anyway)",
+            humantime::format_duration(MIN_INTERVAL)
+        ));
+    }
+    Ok(interval)
+}
+
+fn parse_owner(text: &str) -> Result<PinOwner, String> {
+    PinOwner::new(text).map_err(|e| e.to_string())
+}
+
+/// Runs `prepull agent` until `stop` is cancelled (SIGTERM, SIGINT): a requested stop is a
+/// clean exit.
+pub async fn run(args: AgentArgs, stop: CancellationToken) -> anyhow::Result<ExitCode> {
     // A one-shot pass with an unusable list is bad input; the long-running agent instead waits
     // for the list to be fixed.
     if args.once {
@@ -80,11 +117,17 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     // reported and picked up once it appears, instead of stopping the agent.
     let puller = args.puller.build_with(false, !args.once).await?;
     let store = args.puller.containerd.connect().await?;
+    let pin_owner = args
+        .pin_owner
+        .clone()
+        .unwrap_or_else(|| PinOwner::for_list(&args.list));
+    tracing::info!(pin_owner = %pin_owner, "pins of this list carry prepull.io/pinned-by.{pin_owner}");
     let mut agent = Agent::new(
         puller,
         store,
         AgentOptions {
             list: args.list.clone(),
+            pin_owner,
             interval: args.interval,
             splay: if args.once {
                 Duration::ZERO
@@ -95,26 +138,43 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             status_file: args.status_file.clone(),
             images_at_once: args.images_at_once.get(),
             verify_every: (!args.verify_every.is_zero()).then_some(args.verify_every),
+            grace: STOP_GRACE,
         },
     );
     if !args.once {
-        agent.run(None).await;
+        agent.run(None, &stop).await;
+        tracing::info!("stopped");
         return Ok(ExitCode::SUCCESS);
     }
-    agent.run(Some(1)).await;
+    if agent.run(Some(1), &stop).await == Stopped::Requested {
+        eprintln!("interrupted before the pass finished");
+        return Ok(ExitCode::from(130));
+    }
     let status = agent.status();
     for image in &status.images {
-        match &image.error {
-            None => println!(
-                "warm {} {}{}",
-                image.image,
-                image.digest.as_deref().unwrap_or_default(),
-                if image.pin { " (pinned)" } else { "" }
-            ),
-            Some(e) => eprintln!("error: {e}"),
+        let digest = image.digest.as_deref().unwrap_or_default();
+        let pinned = if image.pin { " (pinned)" } else { "" };
+        match (image.state, &image.error) {
+            (ImageState::Warm, None) => println!("warm {} {digest}{pinned}", image.image),
+            (ImageState::Stale, Some(e)) => {
+                println!("stale {} {digest}{pinned}", image.image);
+                eprintln!(
+                    "warning: {} is on the node but could not be re-checked: {e}",
+                    image.image
+                );
+            }
+            (state, Some(e)) => {
+                println!("{} {}", state.as_str(), image.image);
+                eprintln!("error: {e}");
+            }
+            (state, None) => println!("{} {} {digest}", state.as_str(), image.image),
         }
     }
-    Ok(if status.failed == 0 {
+    let usable = status
+        .images
+        .iter()
+        .all(|i| i.state.usable() && i.state != ImageState::Unchecked);
+    Ok(if usable {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

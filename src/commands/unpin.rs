@@ -13,7 +13,9 @@ use crate::store::{labels, Store};
     about = "Remove the pin from images, so kubelet image GC may reclaim them again",
     long_about = "Remove the pin (`io.cri-containerd.pinned`) that `prepull pull --pin` put on \
         images, from every record of each image: its tag, its digest reference and its ID. The \
-        images stay on the node until the kubelet's image garbage collection decides otherwise."
+        images stay on the node until the kubelet's image garbage collection decides otherwise. \
+        The ownership labels of `prepull agent` lists (`prepull.io/pinned-by.<owner>`) go too; an \
+        agent whose list still holds the image pins it again on its next pass."
 )]
 pub struct UnpinArgs {
     /// Images to unpin, as they were pulled (`name[:tag]` or `name@sha256:…`).
@@ -47,14 +49,10 @@ pub async fn run(args: UnpinArgs) -> anyhow::Result<ExitCode> {
         if let Some(target) = record.target.as_ref().and_then(|t| t.digest.parse().ok()) {
             names.push(reference.with_digest(target).to_string());
         }
+        names.extend(config_names(&store, &record).await);
         let mut unpinned = 0;
         for name in &names {
-            if store.remove_image_label(name, labels::CRI_PINNED).await? {
-                unpinned += 1;
-            }
-        }
-        for name in config_names(&store, &record).await {
-            if store.remove_image_label(&name, labels::CRI_PINNED).await? {
+            if unpin(&store, name).await? {
                 unpinned += 1;
             }
         }
@@ -65,6 +63,21 @@ pub async fn run(args: UnpinArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Removes CRI's pin and every prepull list's ownership of it from one record; `true` when the
+/// record was pinned.
+async fn unpin(store: &Store, name: &str) -> Result<bool, crate::store::StoreError> {
+    let Some(record) = store.image(name).await? else {
+        return Ok(false);
+    };
+    let was_pinned = record.labels.contains_key(labels::CRI_PINNED);
+    let remove: Vec<(&str, Option<&str>)> = crate::agent::pins::unpin_labels(&record)
+        .into_iter()
+        .map(|label| (label, None))
+        .collect();
+    store.update_image_labels(name, &remove).await?;
+    Ok(was_pinned)
 }
 
 /// The image-ID record (`sha256:<config>`) of an image, found through its manifest.

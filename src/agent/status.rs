@@ -1,0 +1,452 @@
+//! What the agent tells the operator: per listed image, one state that says whether a pod using it
+//! will start without the network, and why not.
+//!
+//! "Could not re-check" is not "not warm": an image that is on the node and complete stays usable
+//! while its registry is down or its credentials are broken, so it is [`ImageState::Stale`], not
+//! [`ImageState::Failed`], and keeps the digest that is present. Damage found by the periodic
+//! verify is kept, with when it was found and when it was mended, until newer damage replaces it.
+
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use super::list::Entry;
+use crate::pull::{PullError, PullReport};
+use crate::store::StoreError;
+use crate::ErrorKind;
+
+/// Where a listed image stands on this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImageState {
+    /// Present, complete, and what the list resolves to now.
+    Warm,
+    /// Present and usable, but the last re-check against the registry failed (`kind`, `error`,
+    /// `since`): a pod starts, possibly on an image older than the tag's newest.
+    Stale,
+    /// On the node, not checked yet against the registry (before its first pass).
+    Unchecked,
+    /// Not on the node, and no pull tried yet.
+    Missing,
+    /// Not on the node, and the pull failed (`kind`, `error`, `since`).
+    Failed,
+    /// Found damaged on the node, and not mended yet (`damage`; the pull that mends it failed).
+    Corrupt,
+}
+
+impl ImageState {
+    /// The state's name, as in the status file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageState::Warm => "warm",
+            ImageState::Stale => "stale",
+            ImageState::Unchecked => "unchecked",
+            ImageState::Missing => "missing",
+            ImageState::Failed => "failed",
+            ImageState::Corrupt => "corrupt",
+        }
+    }
+
+    /// Whether a pod using the image starts without the network.
+    pub fn usable(self) -> bool {
+        matches!(
+            self,
+            ImageState::Warm | ImageState::Stale | ImageState::Unchecked
+        )
+    }
+}
+
+/// Damage the periodic verify found in a stored image.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Damage {
+    /// When it was found (RFC 3339).
+    pub found: String,
+    /// What was wrong, one line per problem.
+    pub problems: Vec<String>,
+    /// When a pull made the image whole again (RFC 3339), if one has.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mended: Option<String>,
+}
+
+/// One listed image.
+#[derive(Clone, Debug, Serialize)]
+pub struct ImageStatus {
+    /// The list entry, normalized.
+    pub image: String,
+    /// Where it stands.
+    pub state: ImageState,
+    /// Whether the entry asks for a pin.
+    pub pin: bool,
+    /// The digest on the node: what the list resolved to when warm, what is present when stale.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Bytes downloaded for it in the last pass.
+    pub bytes_fetched: u64,
+    /// When it was last confirmed warm (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_warm: Option<String>,
+    /// Since when it has been stale, failed or corrupt (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// The failure's kind (see the documented set), when the last check failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<ErrorKind>,
+    /// The whole error, naming registry, repository and what to do.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The last damage the periodic verify found, and whether it was mended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub damage: Option<Damage>,
+}
+
+/// How one image's check in a pass ended.
+pub enum Outcome<'a> {
+    /// Pulled, or confirmed warm.
+    Warm(&'a PullReport),
+    /// Warm, but its pin could not be set.
+    WarmUnpinned(&'a PullReport, &'a StoreError),
+    /// The pull failed; `present` is the complete image the node holds for the entry, if any.
+    Failed {
+        /// Why.
+        error: &'a PullError,
+        /// What is on the node.
+        present: Option<&'a PullReport>,
+    },
+}
+
+/// Time as the status file writes it.
+pub fn timestamp(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+impl ImageStatus {
+    /// An entry before any pass checked it: `present` is the complete image the node holds.
+    pub fn before_check(entry: &Entry, present: Option<&PullReport>) -> ImageStatus {
+        ImageStatus {
+            image: entry.reference.to_string(),
+            state: if present.is_some() {
+                ImageState::Unchecked
+            } else {
+                ImageState::Missing
+            },
+            pin: entry.pin,
+            digest: present.map(|p| p.digest.to_string()),
+            bytes_fetched: 0,
+            last_warm: None,
+            since: None,
+            kind: None,
+            error: None,
+            damage: None,
+        }
+    }
+
+    /// The entry's status after a pass: `previous` is its status before it, `found` the damage
+    /// the verify before this pass found (if it ran and found any).
+    pub fn after_pass(
+        entry: &Entry,
+        previous: Option<&ImageStatus>,
+        found: Option<Vec<String>>,
+        outcome: Outcome<'_>,
+        now: SystemTime,
+    ) -> ImageStatus {
+        let at = timestamp(now);
+        let mut damage = match found {
+            Some(problems) => Some(Damage {
+                found: at.clone(),
+                problems,
+                mended: None,
+            }),
+            None => previous.and_then(|p| p.damage.clone()),
+        };
+        let unmended = damage.as_ref().is_some_and(|d| d.mended.is_none());
+        let previously_bad = previous.filter(|p| {
+            matches!(
+                p.state,
+                ImageState::Stale | ImageState::Failed | ImageState::Corrupt
+            )
+        });
+        let since = previously_bad
+            .and_then(|p| p.since.clone())
+            .unwrap_or_else(|| at.clone());
+        let last_warm = previous.and_then(|p| p.last_warm.clone());
+        let base = ImageStatus {
+            image: entry.reference.to_string(),
+            state: ImageState::Warm,
+            pin: entry.pin,
+            digest: None,
+            bytes_fetched: 0,
+            last_warm,
+            since: None,
+            kind: None,
+            error: None,
+            damage: None,
+        };
+        let status = match outcome {
+            Outcome::Warm(report) | Outcome::WarmUnpinned(report, ..) => {
+                if let Some(d) = damage.as_mut().filter(|d| d.mended.is_none()) {
+                    d.mended = Some(at.clone());
+                }
+                let (kind, error) = match outcome {
+                    Outcome::WarmUnpinned(_, e) => (
+                        Some(e.kind()),
+                        Some(format!(
+                            "pulled, but the pin could not be set: {}",
+                            crate::error_chain(e)
+                        )),
+                    ),
+                    _ => (None, None),
+                };
+                ImageStatus {
+                    digest: Some(report.digest.to_string()),
+                    bytes_fetched: report.bytes_fetched,
+                    last_warm: Some(at),
+                    kind,
+                    error,
+                    ..base
+                }
+            }
+            Outcome::Failed { error, present } => ImageStatus {
+                state: match (unmended, present) {
+                    (true, _) => ImageState::Corrupt,
+                    (false, Some(_)) => ImageState::Stale,
+                    (false, None) => ImageState::Failed,
+                },
+                digest: present.map(|p| p.digest.to_string()),
+                since: Some(since),
+                kind: Some(error.kind()),
+                error: Some(crate::error_chain(error)),
+                ..base
+            },
+        };
+        ImageStatus { damage, ..status }
+    }
+}
+
+/// The status file's content.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Status {
+    /// The list file.
+    pub list: String,
+    /// The name this agent's pins carry (`prepull.io/pinned-by.<owner>`).
+    pub pin_owner: String,
+    /// Why the list on disk is not the one in use, if it is not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub list_error: Option<String>,
+    /// When the last pass finished (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_pass: Option<String>,
+    /// How long it took.
+    pub last_pass_seconds: f64,
+    /// Passes so far.
+    pub passes: u64,
+    /// Images in each state.
+    pub warm: usize,
+    /// Present and usable, but not re-checked.
+    pub stale: usize,
+    /// Not yet checked.
+    pub unchecked: usize,
+    /// Not on the node yet.
+    pub missing: usize,
+    /// Not on the node, pull failed.
+    pub failed: usize,
+    /// Damaged and not mended.
+    pub corrupt: usize,
+    /// Pins released in the last pass (images that left the list or moved on).
+    pub released: usize,
+    /// When listed images were last read back and hashed (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_verify: Option<String>,
+    /// Per image, in list order.
+    pub images: Vec<ImageStatus>,
+}
+
+impl Status {
+    /// Replaces the per-image statuses and recounts the states.
+    pub fn set_images(&mut self, images: Vec<ImageStatus>) {
+        let count = |state| images.iter().filter(|i| i.state == state).count();
+        self.warm = count(ImageState::Warm);
+        self.stale = count(ImageState::Stale);
+        self.unchecked = count(ImageState::Unchecked);
+        self.missing = count(ImageState::Missing);
+        self.failed = count(ImageState::Failed);
+        self.corrupt = count(ImageState::Corrupt);
+        self.images = images;
+    }
+
+    /// An image's status, by its normalized name.
+    pub fn image(&self, name: &str) -> Option<&ImageStatus> {
+        self.images.iter().find(|i| i.image == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::digest::Digest;
+    use crate::reference::Reference;
+    use crate::registry::RegistryError;
+
+    fn entry() -> Entry {
+        Entry {
+            reference: Reference::parse("registry.example.com/app:1").unwrap(),
+            pin: true,
+        }
+    }
+
+    fn report(tag: &[u8]) -> PullReport {
+        PullReport {
+            reference: entry().reference,
+            digest: Digest::sha256(tag),
+            config: Digest::sha256(b"config"),
+            platform: crate::platform::Platform::host(),
+            names: Vec::new(),
+            layers: 1,
+            snapshotter: None,
+            blobs_fetched: 0,
+            blobs_present: 2,
+            bytes_fetched: 0,
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    fn outage() -> PullError {
+        PullError::Registry {
+            image: "registry.example.com/app:1".into(),
+            source: RegistryError::Status {
+                registry: "registry.example.com".into(),
+                repository: "app".into(),
+                action: "HEAD manifest 1".into(),
+                status: 503,
+                code: None,
+                message: None,
+            },
+        }
+    }
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs)
+    }
+
+    #[test]
+    fn a_present_image_whose_check_fails_is_stale_with_its_digest_and_since() {
+        let warm =
+            ImageStatus::after_pass(&entry(), None, None, Outcome::Warm(&report(b"a")), at(0));
+        assert_eq!(warm.state, ImageState::Warm);
+        let error = outage();
+        let present = report(b"a");
+        let failed = |prev: &ImageStatus, t| {
+            ImageStatus::after_pass(
+                &entry(),
+                Some(prev),
+                None,
+                Outcome::Failed {
+                    error: &error,
+                    present: Some(&present),
+                },
+                t,
+            )
+        };
+        let stale = failed(&warm, at(60));
+        assert_eq!(stale.state, ImageState::Stale);
+        assert_eq!(stale.digest, warm.digest);
+        assert_eq!(stale.kind, Some(ErrorKind::RegistryUnavailable));
+        assert_eq!(stale.since, Some(timestamp(at(60))));
+        assert_eq!(stale.last_warm, Some(timestamp(at(0))));
+        // Still failing later: since when is kept.
+        let still = failed(&stale, at(120));
+        assert_eq!(still.since, Some(timestamp(at(60))));
+        // Back: warm, no error, no since.
+        let back = ImageStatus::after_pass(
+            &entry(),
+            Some(&still),
+            None,
+            Outcome::Warm(&report(b"b")),
+            at(180),
+        );
+        assert_eq!(back.state, ImageState::Warm);
+        assert!(back.since.is_none() && back.error.is_none() && back.kind.is_none());
+    }
+
+    #[test]
+    fn an_absent_image_whose_pull_fails_is_failed_without_a_digest() {
+        let error = outage();
+        let s = ImageStatus::after_pass(
+            &entry(),
+            None,
+            None,
+            Outcome::Failed {
+                error: &error,
+                present: None,
+            },
+            at(0),
+        );
+        assert_eq!(s.state, ImageState::Failed);
+        assert!(s.digest.is_none());
+        assert!(s.error.unwrap().contains("503"));
+    }
+
+    #[test]
+    fn damage_is_kept_and_marked_mended_and_unmended_damage_is_corrupt() {
+        let error = outage();
+        let present = report(b"a");
+        let corrupt = ImageStatus::after_pass(
+            &entry(),
+            None,
+            Some(vec!["layer sha256:… is corrupt".into()]),
+            Outcome::Failed {
+                error: &error,
+                present: Some(&present),
+            },
+            at(0),
+        );
+        assert_eq!(corrupt.state, ImageState::Corrupt);
+        let mended = ImageStatus::after_pass(
+            &entry(),
+            Some(&corrupt),
+            None,
+            Outcome::Warm(&present),
+            at(60),
+        );
+        assert_eq!(mended.state, ImageState::Warm);
+        let damage = mended.damage.clone().unwrap();
+        assert_eq!(damage.found, timestamp(at(0)));
+        assert_eq!(damage.mended, Some(timestamp(at(60))));
+        // A later pass without a verify keeps the record of it, mended time unchanged.
+        let later = ImageStatus::after_pass(
+            &entry(),
+            Some(&mended),
+            None,
+            Outcome::Warm(&present),
+            at(120),
+        );
+        assert_eq!(later.damage, Some(damage));
+    }
+
+    #[test]
+    fn counts_follow_the_images() {
+        let mut status = Status::default();
+        let error = outage();
+        let present = report(b"a");
+        status.set_images(vec![
+            ImageStatus::after_pass(&entry(), None, None, Outcome::Warm(&present), at(0)),
+            ImageStatus::after_pass(
+                &entry(),
+                None,
+                None,
+                Outcome::Failed {
+                    error: &error,
+                    present: Some(&present),
+                },
+                at(0),
+            ),
+            ImageStatus::before_check(&entry(), None),
+        ]);
+        assert_eq!(
+            (status.warm, status.stale, status.missing, status.failed),
+            (1, 1, 1, 0)
+        );
+        assert!(ImageState::Stale.usable() && !ImageState::Missing.usable());
+    }
+}
