@@ -591,20 +591,21 @@ async fn two_lists_on_one_node_never_release_each_others_pins() {
 
     // Node bootstrap: one pass over its own list.
     let boot_list = root.path().join("boot.yaml");
-    std::fs::write(&boot_list, format!("images:\n  - {boot}\n  - {shared}\n")).unwrap();
-    let out = agent_once(
-        &containerd,
-        &host,
-        &boot_list,
-        &["--pin-owner", "bootstrap"],
-    )
-    .await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let bootstrap = |text: String| {
+        std::fs::write(&boot_list, text).unwrap();
+        async {
+            let out = agent_once(
+                &containerd,
+                &host,
+                &boot_list,
+                &["--pin-owner", "bootstrap"],
+            )
+            .await;
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(0), "{stderr}");
+        }
+    };
+    bootstrap(format!("images:\n  - {boot}\n  - {shared}\n")).await;
     let boot_label = "prepull.io/pinned-by.bootstrap";
 
     // The DaemonSet's agent, with another list (and the default owner, from its path).
@@ -641,20 +642,7 @@ async fn two_lists_on_one_node_never_release_each_others_pins() {
     );
 
     // Bootstrap's list, run again without the shared image: now the last owner lets it go.
-    std::fs::write(&boot_list, format!("images:\n  - {boot}\n")).unwrap();
-    let out = agent_once(
-        &containerd,
-        &host,
-        &boot_list,
-        &["--pin-owner", "bootstrap"],
-    )
-    .await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    bootstrap(format!("images:\n  - {boot}\n")).await;
     let l = labels(&store, &shared).await;
     assert!(
         !l.contains_key(PINNED) && !l.contains_key(boot_label),
