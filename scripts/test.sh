@@ -18,6 +18,11 @@ cache=${PREPULL_CONTAINERD_CACHE:-/var/cache/prepull-test}
 export PREPULL_MIN_FREE_SPACE=${PREPULL_MIN_FREE_SPACE:-64MiB}
 started=$SECONDS
 
+# Style and lints first: they fail in seconds where the suite takes minutes.
+echo "=== cargo fmt --check, cargo clippy -D warnings"
+cargo fmt --check
+cargo clippy --locked --all-targets -- -D warnings
+
 echo "=== containerd 1.6 (system: $(containerd --version | awk '{print $3}')): full suite"
 cargo test --locked "$@"
 

@@ -9,9 +9,10 @@
 
 pub mod list;
 pub mod pins;
+pub mod schedule;
 pub mod status;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -27,6 +28,7 @@ use crate::pull::{PullError, PullReport, Puller};
 use crate::store::{Store, StoreError};
 use crate::watch::Fingerprint;
 use pins::Pins;
+use schedule::{Schedule, Wake};
 use status::{timestamp, Outcome};
 
 /// How the agent runs.
@@ -69,6 +71,9 @@ pub struct Agent {
 /// holds for it.
 type Checked = (Result<PullReport, PullError>, Option<PullReport>);
 
+/// What the verify before a pass found wrong, per entry: one line per problem.
+type Damage = HashMap<String, Vec<String>>;
+
 /// How [`Agent::run`] ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stopped {
@@ -102,27 +107,27 @@ impl Agent {
     /// it leaves undone is resumed by the next agent: leases expire, ingests resume).
     pub async fn run(&mut self, passes: Option<u64>, stop: &CancellationToken) -> Stopped {
         self.reload_list().await;
-        let mut next = Instant::now() + random_up_to(self.options.splay);
+        let mut schedule = Schedule::new(self.options.interval, self.options.splay);
         if !self.options.splay.is_zero() {
             tracing::info!(
-                delay_ms = (next - Instant::now()).as_millis() as u64,
+                delay_ms = schedule
+                    .next()
+                    .saturating_duration_since(Instant::now())
+                    .as_millis() as u64,
                 "first pass after the splay delay"
             );
         }
         loop {
             // Wait for the next pass, noticing list changes meanwhile.
-            while Instant::now() < next {
-                let nap = self
-                    .options
-                    .watch_every
-                    .min(next.saturating_duration_since(Instant::now()));
-                tokio::select! {
-                    () = tokio::time::sleep(nap) => {}
-                    () = stop.cancelled() => return Stopped::Requested,
-                }
-                if self.list_changed() && self.reload_list().await {
-                    let soon = Instant::now() + random_up_to(self.options.splay);
-                    next = next.min(soon);
+            loop {
+                match schedule.tick(self.options.watch_every, stop).await {
+                    Wake::Due => break,
+                    Wake::Stop => return Stopped::Requested,
+                    Wake::Check => {
+                        if self.list_changed() && self.reload_list().await {
+                            schedule.list_changed();
+                        }
+                    }
                 }
             }
             if self.list_changed() {
@@ -154,7 +159,7 @@ impl Agent {
             if passes.is_some_and(|n| self.status.passes >= n) {
                 return Stopped::Done;
             }
-            next = Instant::now() + self.options.interval + random_up_to(self.options.splay);
+            schedule.pass_done();
         }
     }
 
@@ -214,130 +219,26 @@ impl Agent {
         }
     }
 
-    /// Pulls every listed image, then sets and releases pins.
+    /// One pass: reads listed images back when a verify is due, pulls every listed image, sets
+    /// the pins of those it got, releases the pins the list no longer wants, and writes the
+    /// status.
     pub async fn pass(&mut self) {
         let Some(list) = self.list.clone() else {
             tracing::warn!("no usable prepull list yet; nothing to do");
             return;
         };
         let started = Instant::now();
-        let due = self
-            .options
-            .verify_every
-            .is_some_and(|every| self.last_verify.is_none_or(|t| t.elapsed() >= every));
-        let (mut damage, protection) = if due {
-            self.last_verify = Some(Instant::now());
-            self.status.last_verify = Some(timestamp(SystemTime::now()));
-            match self.verify_listed(&list).await {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::warn!(error = %crate::error_chain(&e), "cannot verify the stored images");
-                    (HashMap::new(), None)
-                }
-            }
-        } else {
-            (HashMap::new(), None)
-        };
-        let damaged_now: std::collections::HashSet<String> = damage.keys().cloned().collect();
-        // Each pull is its own task, so one waiting on a slow credential plugin (which runs
-        // outside the async workers) does not hold up the others. A pass that is dropped (a
-        // stop past its grace period) aborts them with the set.
-        let limit = Arc::new(tokio::sync::Semaphore::new(
-            self.options.images_at_once.max(1),
-        ));
-        let mut tasks = tokio::task::JoinSet::new();
-        for (i, entry) in list.entries.iter().cloned().enumerate() {
-            let (puller, limit) = (self.puller.clone(), limit.clone());
-            // An image found damaged is pulled checking every blob, not just its records.
-            let thorough = damage.contains_key(&entry.reference.to_string());
-            tasks.spawn(async move {
-                let _permit = limit.acquire_owned().await;
-                let result = if thorough {
-                    puller.pull_thoroughly(&entry.reference).await
-                } else {
-                    puller.pull(&entry.reference).await
-                };
-                // What the node holds when the check failed: a present image is stale, not gone.
-                let present = match &result {
-                    Ok(_) => None,
-                    Err(_) => puller.on_node(&entry.reference).await,
-                };
-                (i, result, present)
-            });
-        }
-        let mut results: Vec<Option<Checked>> = list.entries.iter().map(|_| None).collect();
-        while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok((i, result, present)) => results[i] = Some((result, present)),
-                Err(e) => tracing::error!(error = %e, "an image's pull task ended abnormally"),
-            }
-        }
-
+        let (damage, protection) = self.verify_if_due(&list).await;
+        let damaged: HashSet<String> = damage.keys().cloned().collect();
+        let results = self.pull_all(&list, &damaged).await;
         let pins = Pins::new(&self.store, &self.options.pin_owner);
-        let now = SystemTime::now();
-        let mut images = Vec::with_capacity(list.entries.len());
-        // Per entry: the digest it resolved to, or `None` when it could not be checked (its
-        // pins stay).
-        let mut resolved: HashMap<String, Option<String>> = HashMap::new();
-        for (entry, result) in list.entries.iter().zip(results) {
-            let name = entry.reference.to_string();
-            let previous = self.status.image(&name);
-            let found = damage.remove(&name);
-            let status = match &result {
-                Some((Ok(report), _)) => {
-                    resolved.insert(name.clone(), Some(report.digest.to_string()));
-                    let pinned = pins.apply(entry, &report.names).await;
-                    let outcome = match &pinned {
-                        Ok(()) => Outcome::Warm(report),
-                        Err(e) => Outcome::WarmUnpinned(report, e),
-                    };
-                    ImageStatus::after_pass(entry, previous, found, outcome, now)
-                }
-                Some((Err(error), present)) => {
-                    resolved.insert(name.clone(), None);
-                    // A present image keeps (or gets) its pin even while its registry is away.
-                    if let Some(present) = present {
-                        if let Err(e) = pins.apply(entry, &present.names).await {
-                            tracing::warn!(image = %name, error = %crate::error_chain(&e), "cannot pin the image on the node");
-                        }
-                    }
-                    ImageStatus::after_pass(
-                        entry,
-                        previous,
-                        found,
-                        Outcome::Failed {
-                            error,
-                            present: present.as_ref(),
-                        },
-                        now,
-                    )
-                }
-                // The task died: nothing is known of this pass; the status stays as it was.
-                None => {
-                    resolved.insert(name.clone(), None);
-                    match previous {
-                        Some(p) => p.clone(),
-                        None => ImageStatus::before_check(entry, None),
-                    }
-                }
-            };
-            if let Some(error) = &status.error {
-                tracing::warn!(
-                    image = %status.image,
-                    state = status.state.as_str(),
-                    kind = status.kind.map(|k| k.as_str()),
-                    error,
-                    "image not warm"
-                );
-            }
-            images.push(status);
-        }
+        let (images, resolved) = self.record(&pins, &list, results, damage).await;
         // The lease that held the damaged images' good parts while their bad blobs were
         // replaced: once they are warm again their records hold everything.
         if let Some(lease) = protection {
             let mended = images
                 .iter()
-                .filter(|i| damaged_now.contains(&i.image))
+                .filter(|i| damaged.contains(&i.image))
                 .all(|i| i.state == ImageState::Warm);
             if mended {
                 if let Err(e) = self.store.delete_lease(lease).await {
@@ -370,13 +271,131 @@ impl Agent {
         self.write_status();
     }
 
+    /// When a verify is due, reads the listed images back (see [`Agent::verify_listed`]).
+    async fn verify_if_due(&mut self, list: &List) -> (Damage, Option<crate::store::Lease>) {
+        let due = self
+            .options
+            .verify_every
+            .is_some_and(|every| self.last_verify.is_none_or(|t| t.elapsed() >= every));
+        if !due {
+            return (HashMap::new(), None);
+        }
+        self.last_verify = Some(Instant::now());
+        self.status.last_verify = Some(timestamp(SystemTime::now()));
+        match self.verify_listed(list).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %crate::error_chain(&e), "cannot verify the stored images");
+                (HashMap::new(), None)
+            }
+        }
+    }
+
+    /// Pulls every entry, `images_at_once` at a time; an entry in `damaged` is pulled checking
+    /// every blob, not just its records. Each pull is its own task, so one waiting on a slow
+    /// credential plugin (which runs outside the async workers) does not hold up the others;
+    /// dropping this future (a stop past its grace period) aborts them with the set. `None` for
+    /// an entry whose task died.
+    async fn pull_all(&self, list: &List, damaged: &HashSet<String>) -> Vec<Option<Checked>> {
+        let limit = Arc::new(tokio::sync::Semaphore::new(
+            self.options.images_at_once.max(1),
+        ));
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, entry) in list.entries.iter().cloned().enumerate() {
+            let (puller, limit) = (self.puller.clone(), limit.clone());
+            let thorough = damaged.contains(&entry.reference.to_string());
+            tasks.spawn(async move {
+                let _permit = limit.acquire_owned().await;
+                let result = if thorough {
+                    puller.pull_thoroughly(&entry.reference).await
+                } else {
+                    puller.pull(&entry.reference).await
+                };
+                // What the node holds when the check failed: a present image is stale, not gone.
+                let present = match &result {
+                    Ok(_) => None,
+                    Err(_) => puller.on_node(&entry.reference).await,
+                };
+                (i, result, present)
+            });
+        }
+        let mut results: Vec<Option<Checked>> = list.entries.iter().map(|_| None).collect();
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((i, result, present)) => results[i] = Some((result, present)),
+                Err(e) => tracing::error!(error = %e, "an image's pull task ended abnormally"),
+            }
+        }
+        results
+    }
+
+    /// Pins what each entry got and turns the pass's results into statuses. Also returns, per
+    /// entry, the digest it resolved to, or `None` when it could not be checked (its pins stay).
+    async fn record(
+        &self,
+        pins: &Pins<'_>,
+        list: &List,
+        results: Vec<Option<Checked>>,
+        mut damage: Damage,
+    ) -> (Vec<ImageStatus>, HashMap<String, Option<String>>) {
+        let now = SystemTime::now();
+        let mut images = Vec::with_capacity(list.entries.len());
+        let mut resolved = HashMap::new();
+        for (entry, result) in list.entries.iter().zip(results) {
+            let name = entry.reference.to_string();
+            let previous = self.status.image(&name);
+            let found = damage.remove(&name);
+            let digest = match &result {
+                Some((Ok(report), _)) => Some(report.digest.to_string()),
+                _ => None,
+            };
+            resolved.insert(name.clone(), digest);
+            let status = match &result {
+                Some((Ok(report), _)) => {
+                    let pinned = pins.apply(entry, &report.names).await;
+                    let outcome = match &pinned {
+                        Ok(()) => Outcome::Warm(report),
+                        Err(e) => Outcome::WarmUnpinned(report, e),
+                    };
+                    ImageStatus::after_pass(entry, previous, found, outcome, now)
+                }
+                Some((Err(error), present)) => {
+                    // A present image keeps (or gets) its pin even while its registry is away.
+                    if let Some(present) = present {
+                        if let Err(e) = pins.apply(entry, &present.names).await {
+                            tracing::warn!(image = %name, error = %crate::error_chain(&e), "cannot pin the image on the node");
+                        }
+                    }
+                    let present = present.as_ref();
+                    let outcome = Outcome::Failed { error, present };
+                    ImageStatus::after_pass(entry, previous, found, outcome, now)
+                }
+                // The task died: nothing is known of this pass; the status stays as it was.
+                None => previous
+                    .cloned()
+                    .unwrap_or_else(|| ImageStatus::before_check(entry, None)),
+            };
+            if let Some(error) = &status.error {
+                tracing::warn!(
+                    image = %status.image,
+                    state = status.state.as_str(),
+                    kind = status.kind.map(|k| k.as_str()),
+                    error,
+                    "image not warm"
+                );
+            }
+            images.push(status);
+        }
+        (images, resolved)
+    }
+
     /// Reads every listed image back and hashes it; blobs that are corrupt or unreadable are
     /// removed (and containerd's garbage collected), so the pass that follows fetches them
     /// again. Returns what was wrong, per entry.
     async fn verify_listed(
         &self,
         list: &List,
-    ) -> Result<(HashMap<String, Vec<String>>, Option<crate::store::Lease>), StoreError> {
+    ) -> Result<(Damage, Option<crate::store::Lease>), StoreError> {
         use crate::verify::{group_records, CheckOptions, Checker};
         let checker = Checker::new(
             &self.store,
@@ -428,12 +447,4 @@ impl Agent {
             tracing::warn!(file = %path.display(), error = %e, "cannot write the status file");
         }
     }
-}
-
-/// A random duration in `[0, max)`.
-fn random_up_to(max: Duration) -> Duration {
-    if max.is_zero() {
-        return Duration::ZERO;
-    }
-    max.mul_f64(rand::random::<f64>())
 }
