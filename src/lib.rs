@@ -6,6 +6,8 @@
 //! - [`pull`]: the pull of one image, from a reference to image records CRI can see.
 //! - Domain: [`reference`] (image names as the kubelet normalizes them), [`digest`] (verified
 //!   streaming), [`platform`] (choosing a manifest from an index), [`oci`] (manifest documents).
+//! - [`agent`]: the DaemonSet's loop: the prepull list, its schedule, pins owned per list, and
+//!   per-image states; [`kind`]: the fixed set of failure kinds every error maps to.
 //! - Adapters at the edge: [`registry`] (the distribution API over HTTP), [`store`] (containerd
 //!   over gRPC), [`cri`] (the kubelet's view of the node's images).
 
