@@ -11,7 +11,8 @@ use prepull::digest::Digest;
 use prepull::store::Store;
 use serde_json::Value;
 use support::{
-    push_image, push_index, Containerd, ImageSpec, MediaFamily, Platform, Proxy, Registry,
+    push_image, push_index, tag_image, Containerd, ImageSpec, MediaFamily, Platform, Proxy,
+    Registry,
 };
 
 const CRI_WAIT: Duration = Duration::from_secs(20);
@@ -1142,4 +1143,47 @@ async fn a_warm_pull_notices_a_lost_record_or_snapshot_and_restores_it() {
             .unwrap(),
         "the top layer is unpacked again"
     );
+}
+
+/// Another client (`ctr -n default`, nerdctl, moby, buildkit) already holds the blobs in its own
+/// namespace. containerd shares them across namespaces, and two pulls of images sharing those
+/// blobs contend for the same ingest refs; containerd 2.x reports that lock contention as
+/// `Unknown` ("truncate failed: ref … locked"), 1.x as `Unavailable`. Either way it means "busy",
+/// and the pulls wait their turn.
+#[tokio::test(flavor = "multi_thread")]
+async fn images_sharing_blobs_another_namespace_holds_pull_concurrently() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let host = registry.host();
+    let image = push_image(
+        &host,
+        "shared/app",
+        "v1",
+        &ImageSpec::new(&[256 * KIB, 256 * KIB, 128 * KIB, 64 * KIB]),
+    )
+    .await;
+    tag_image(&host, "shared/app", "v2", &image).await;
+    let (a, b) = (
+        format!("{host}/shared/app:v1"),
+        format!("{host}/shared/app:v2"),
+    );
+    containerd.ctr_ok(&["-n", "default", "content", "fetch", "--plain-http", &a]);
+
+    let (out, results) = pull_json(&containerd, &host, &[], &[&a, &b]).await;
+    assert_success(&out);
+    assert_eq!(results.len(), 2);
+    for r in &results {
+        assert_eq!(r["status"], "pulled", "{r}");
+        assert_eq!(r["id"], image.config.digest.as_str());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("locked"),
+        "contention is not an error: {stderr}"
+    );
+    let store = store(&containerd).await;
+    for layer in &image.layers {
+        assert!(has_blob(&store, &layer.digest).await, "{}", layer.digest);
+    }
+    containerd.assert_image_complete(&a);
+    containerd.assert_image_complete(&b);
 }
