@@ -1187,3 +1187,28 @@ async fn images_sharing_blobs_another_namespace_holds_pull_concurrently() {
     containerd.assert_image_complete(&a);
     containerd.assert_image_complete(&b);
 }
+
+/// A typo in `--platform` is bad input (exit 2) naming the valid values, before anything is
+/// fetched, not a "no manifest" failure for every image.
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_platform_is_bad_input_naming_the_valid_values() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let host = registry.host();
+    push_image(&host, "plat/app", "v1", &ImageSpec::new(&[16 * KIB])).await;
+    let reference = format!("{host}/plat/app:v1");
+    for (platform, wrong, valid) in [
+        ("linux/amd65", "\"amd65\"", "amd64"),
+        ("linx/arm64", "\"linx\"", "linux"),
+    ] {
+        let (out, results) =
+            pull_json(&containerd, &host, &["--platform", platform], &[&reference]).await;
+        assert_eq!(out.status.code(), Some(2), "{platform}: {out:?}");
+        assert!(results.is_empty(), "nothing was pulled: {results:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("--platform") && stderr.contains(wrong) && stderr.contains(valid),
+            "{stderr}"
+        );
+    }
+    assert!(store(&containerd).await.image(&reference).await.unwrap().is_none());
+}
