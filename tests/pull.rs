@@ -81,6 +81,15 @@ async fn has_blob(store: &Store, d: &str) -> bool {
         .is_some()
 }
 
+async fn has_record(containerd: &Containerd, name: &str) -> bool {
+    store(containerd)
+        .await
+        .image(name)
+        .await
+        .expect("Images.Get")
+        .is_some()
+}
+
 fn leases(containerd: &Containerd) -> String {
     containerd.ctr_ok(&["-n", "k8s.io", "leases", "ls"])
 }
@@ -412,12 +421,7 @@ async fn missing_platform_names_what_the_index_has() {
         "attestations are not platforms: {error}"
     );
     assert_eq!(results[0]["kind"], "no-platform");
-    assert!(store(&containerd)
-        .await
-        .image(&reference)
-        .await
-        .unwrap()
-        .is_none());
+    assert!(!has_record(&containerd, &reference).await);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -583,6 +587,11 @@ async fn several_images_in_one_run_and_one_failure_does_not_stop_the_others() {
     assert_eq!(results[0]["id"], a.config.digest.as_str());
     assert_eq!(results[2]["id"], b.config.digest.as_str());
     assert_eq!(results[1]["kind"], "not-found");
+    assert_eq!(results[1]["status"], "failed");
+    assert_eq!(
+        results[1]["image"], missing,
+        "a failed image's object names it"
+    );
     let error = results[1]["error"].as_str().unwrap();
     assert!(error.contains(&missing) && error.contains("404"), "{error}");
     assert!(
@@ -598,6 +607,20 @@ async fn several_images_in_one_run_and_one_failure_does_not_stop_the_others() {
     assert!(
         error.contains(&missing_tag) && error.contains("tag"),
         "names the tag: {error}"
+    );
+    assert_eq!(results[0]["image"], missing_tag);
+
+    // The text summary's counts agree with their nouns.
+    push_image(&host, "many/c", "v1", &ImageSpec::new(&[16 * KIB])).await;
+    let rc = format!("{host}/many/c:v1");
+    let socket = containerd.socket().to_str().unwrap().to_string();
+    let out = prepull(&["pull", "--containerd", &socket, "--plain-http", &host, &rc]).await;
+    assert_success(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("(linux/amd64, 1 layer unpacked into native")
+            && stdout.contains("fetched in 2 blobs"),
+        "{stdout}"
     );
 }
 
@@ -873,12 +896,7 @@ async fn rate_limits_and_503_storms_are_retried_then_reported() {
         "{error}"
     );
     assert_eq!(results[0]["kind"], "rate-limited");
-    assert!(store(&containerd)
-        .await
-        .image(&reference)
-        .await
-        .unwrap()
-        .is_none());
+    assert!(!has_record(&containerd, &reference).await);
 }
 
 /// ECR answers `403 … token has expired` instead of 401: the token is renewed once and the pull
@@ -1210,5 +1228,5 @@ async fn unknown_platform_is_bad_input_naming_the_valid_values() {
             "{stderr}"
         );
     }
-    assert!(store(&containerd).await.image(&reference).await.unwrap().is_none());
+    assert!(!has_record(&containerd, &reference).await);
 }

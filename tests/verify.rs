@@ -410,3 +410,62 @@ async fn an_id_record_shared_by_an_index_and_its_manifest_is_not_missing() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(text(&out).contains("2 images: 0 damaged"), "{}", text(&out));
 }
+
+/// An ingest's line gives the blob's expected size. containerd records a total only when the
+/// writer that opened the ingest gave one (a writer may stream a blob of unknown length); then
+/// the line says the size is unknown rather than "of 0 B".
+#[tokio::test(flavor = "multi_thread")]
+async fn stale_ingests_give_the_expected_size_or_say_it_is_unknown() {
+    let containerd = Containerd::start().await;
+    let store = Store::connect(containerd.socket(), "k8s.io").await.unwrap();
+    let lease = store
+        .create_lease("test", Duration::from_secs(3600))
+        .await
+        .unwrap();
+    for (reference, payload, total) in [
+        ("layer-sized", &b"sized"[..], 4u64 << 20),
+        ("layer-unsized", &b"unsized"[..], 0),
+    ] {
+        match store
+            .open_writer(&lease, reference, &Digest::sha256(payload), total)
+            .await
+            .unwrap()
+        {
+            Opened::Writer(mut w) => {
+                w.write(&[7u8; 3 * 512 * KIB]).await.unwrap();
+                w.suspend().await.unwrap();
+            }
+            Opened::Present => panic!("{reference} cannot be present"),
+        }
+    }
+
+    let out = prepull(&containerd, &["verify", "--stale-ingest-age", "0s"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains("stale ingest layer-sized: 1.5 MiB of 4.0 MiB written"),
+        "{t}"
+    );
+    assert!(
+        t.contains("stale ingest layer-unsized: 1.5 MiB written, size unknown"),
+        "{t}"
+    );
+    assert!(!t.contains("of 0 B"), "{t}");
+    assert!(t.contains("2 stale ingests"), "{t}");
+
+    let out = prepull(
+        &containerd,
+        &["verify", "--stale-ingest-age", "0s", "--output", "json"],
+    )
+    .await;
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let unsized_line = lines
+        .iter()
+        .find(|l| l["ingest"] == "layer-unsized")
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    assert_eq!(unsized_line["offset"], 3 * 512 * KIB);
+    assert!(unsized_line["total"].is_null(), "{unsized_line}");
+}

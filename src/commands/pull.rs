@@ -237,12 +237,12 @@ pub async fn run(args: PullArgs) -> anyhow::Result<ExitCode> {
         }));
     }
     let mut failed = 0;
-    for result in &results {
+    for (result, reference) in results.iter().zip(&references) {
         match result {
             Ok(report) => print_report(report, args.output),
             Err(e) => {
                 failed += 1;
-                print_error(e, args.output);
+                print_error(reference, e, args.output);
             }
         }
     }
@@ -300,20 +300,29 @@ pub(crate) async fn cri_snapshotter(socket: &std::path::Path) -> String {
     }
 }
 
+/// `n` and a noun that agrees with it: "1 layer", "3 layers".
+pub(crate) fn counted(n: usize, singular: &str) -> String {
+    if n == 1 {
+        format!("1 {singular}")
+    } else {
+        format!("{n} {singular}s")
+    }
+}
+
 fn print_report(r: &PullReport, output: Output) {
     match output {
         Output::Text => println!(
-            "pulled {} {} ({}, {} layers{}, {} fetched in {} blobs, {} already present) in {:.2}s",
+            "pulled {} {} ({}, {}{}, {} fetched in {}, {} already present) in {:.2}s",
             r.reference,
             r.digest,
             r.platform,
-            r.layers,
+            counted(r.layers, "layer"),
             r.snapshotter
                 .as_ref()
                 .map(|s| format!(" unpacked into {s}"))
                 .unwrap_or_default(),
             crate::space::human_bytes(r.bytes_fetched),
-            r.blobs_fetched,
+            counted(r.blobs_fetched, "blob"),
             r.blobs_present,
             r.elapsed.as_secs_f64()
         ),
@@ -337,13 +346,32 @@ fn print_report(r: &PullReport, output: Output) {
     }
 }
 
-fn print_error(e: &PullError, output: Output) {
+/// `reference` is the image as normalized, the same name a pulled image's object carries, so
+/// JSON consumers can match every result to its image.
+fn print_error(reference: &Reference, e: &PullError, output: Output) {
     let message = crate::error_chain(e);
     match output {
         Output::Text => eprintln!("error: {message}"),
         Output::Json => println!(
             "{}",
-            serde_json::json!({ "status": "failed", "kind": e.kind(), "error": message })
+            serde_json::json!({
+                "image": reference.to_string(),
+                "status": "failed",
+                "kind": e.kind(),
+                "error": message,
+            })
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::counted;
+
+    #[test]
+    fn counts_agree_with_their_nouns() {
+        assert_eq!(counted(0, "layer"), "0 layers");
+        assert_eq!(counted(1, "layer"), "1 layer");
+        assert_eq!(counted(2, "blob"), "2 blobs");
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Args;
 use containerd_client::services::v1::Image;
 
-use super::pull::{cri_snapshotter, PullerArgs};
+use super::pull::{counted, cri_snapshotter, PullerArgs};
 use super::{ContainerdArgs, Output};
 use crate::digest::Digest;
 use crate::error_chain;
@@ -131,10 +131,9 @@ pub async fn run_verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     if let Output::Text = args.check.output {
         let n = checks.len() + missing.len();
         println!(
-            "checked {n} image{}: {bad} damaged or missing, {} stale ingest{}",
-            if n == 1 { "" } else { "s" },
-            stale.len(),
-            if stale.len() == 1 { "" } else { "s" }
+            "checked {}: {bad} damaged or missing, {}",
+            counted(n, "image"),
+            counted(stale.len(), "stale ingest")
         );
     }
     Ok(if bad == 0 && stale.is_empty() {
@@ -306,9 +305,9 @@ async fn records_named(store: &Store, names: &[String]) -> anyhow::Result<Vec<Im
 fn print_check(check: &ImageCheck, status: &str, output: Output) {
     match output {
         Output::Text if check.problems.is_empty() => println!(
-            "{status} {} ({} blobs, {} read)",
+            "{status} {} ({}, {} read)",
             check.names[0],
-            check.blobs,
+            counted(check.blobs, "blob"),
             human_bytes(check.bytes)
         ),
         Output::Text => {
@@ -370,10 +369,9 @@ fn print_ingest(ingest: &Ingest, status: &str, output: Output) {
         .unwrap_or_else(|| "?".into());
     match output {
         Output::Text => println!(
-            "{status} ingest {}: {} of {} written, idle {idle}",
+            "{status} ingest {}: {}, idle {idle}",
             ingest.reference,
-            human_bytes(ingest.offset),
-            human_bytes(ingest.total)
+            ingest_progress(ingest)
         ),
         Output::Json => println!(
             "{}",
@@ -385,6 +383,19 @@ fn print_ingest(ingest: &Ingest, status: &str, output: Output) {
                 "idle_seconds": ingest.idle.map(|d| d.as_secs()),
             })
         ),
+    }
+}
+
+/// "1.5 MiB of 4 MiB written", or "1.5 MiB written, size unknown" when the writer gave
+/// containerd no expected size.
+fn ingest_progress(ingest: &Ingest) -> String {
+    match ingest.total {
+        Some(total) => format!(
+            "{} of {} written",
+            human_bytes(ingest.offset),
+            human_bytes(total)
+        ),
+        None => format!("{} written, size unknown", human_bytes(ingest.offset)),
     }
 }
 

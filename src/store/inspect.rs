@@ -34,8 +34,10 @@ pub struct Ingest {
     pub reference: String,
     /// Bytes written so far.
     pub offset: u64,
-    /// The expected size, if known.
-    pub total: u64,
+    /// The blob's expected size, when the writer that opened the ingest gave one: containerd
+    /// records a total only then (a writer may stream a blob of unknown length), and reports
+    /// 0 otherwise.
+    pub total: Option<u64>,
     /// Seconds since it was last written to, if containerd says.
     pub idle: Option<std::time::Duration>,
 }
@@ -162,7 +164,7 @@ impl Store {
                 }),
                 reference: s.r#ref,
                 offset: s.offset.max(0) as u64,
-                total: s.total.max(0) as u64,
+                total: u64::try_from(s.total).ok().filter(|t| *t > 0),
             })
             .collect())
     }
