@@ -18,8 +18,80 @@ pub struct Platform {
 
 /// Why a string is not a platform.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid platform {0:?} (expected os/arch[/variant], e.g. linux/amd64 or linux/arm64/v8)")]
-pub struct ParsePlatformError(String);
+pub enum ParsePlatformError {
+    /// Not `os/arch[/variant]`.
+    #[error(
+        "invalid platform {0:?} (expected os/arch[/variant], e.g. linux/amd64 or linux/arm64/v8)"
+    )]
+    Syntax(String),
+    /// An operating system no image is built for.
+    #[error("invalid platform {platform:?}: unknown operating system {os:?} (one of: {})", KNOWN_OS.join(", "))]
+    UnknownOs {
+        /// The platform as given.
+        platform: String,
+        /// The OS part.
+        os: String,
+    },
+    /// An architecture no image is built for.
+    #[error("invalid platform {platform:?}: unknown architecture {architecture:?} (one of: {}; or x86_64, aarch64, i386, armhf, armel)", KNOWN_ARCH.join(", "))]
+    UnknownArch {
+        /// The platform as given.
+        platform: String,
+        /// The architecture part.
+        architecture: String,
+    },
+}
+
+/// The operating systems Go (hence containerd and every image builder) knows, `GOOS` values
+/// (`go/build/syslist.go`), plus containerd's alias `macos`.
+const KNOWN_OS: [&str; 17] = [
+    "aix",
+    "android",
+    "darwin",
+    "dragonfly",
+    "freebsd",
+    "hurd",
+    "illumos",
+    "ios",
+    "js",
+    "linux",
+    "netbsd",
+    "openbsd",
+    "plan9",
+    "solaris",
+    "wasip1",
+    "windows",
+    "zos",
+];
+
+/// The architectures Go knows, `GOARCH` values (`go/build/syslist.go`). containerd's aliases
+/// (`x86_64`, `aarch64`, `i386`, `armhf`, `armel`) are normalized to these first.
+const KNOWN_ARCH: [&str; 24] = [
+    "386",
+    "amd64",
+    "amd64p32",
+    "arm",
+    "armbe",
+    "arm64",
+    "arm64be",
+    "loong64",
+    "mips",
+    "mipsle",
+    "mips64",
+    "mips64le",
+    "mips64p32",
+    "mips64p32le",
+    "ppc",
+    "ppc64",
+    "ppc64le",
+    "riscv",
+    "riscv64",
+    "s390",
+    "s390x",
+    "sparc",
+    "sparc64",
+    "wasm",
+];
 
 impl Platform {
     /// A platform from its parts, normalized.
@@ -135,13 +207,27 @@ impl FromStr for Platform {
                 && p.chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
         };
-        match parts.as_slice() {
-            [os, arch] if valid(os) && valid(arch) => Ok(Platform::new(os, arch, None)),
+        let platform = match parts.as_slice() {
+            [os, arch] if valid(os) && valid(arch) => Platform::new(os, arch, None),
             [os, arch, variant] if valid(os) && valid(arch) && valid(variant) => {
-                Ok(Platform::new(os, arch, Some(variant)))
+                Platform::new(os, arch, Some(variant))
             }
-            _ => Err(ParsePlatformError(s.to_string())),
+            _ => return Err(ParsePlatformError::Syntax(s.to_string())),
+        };
+        // A typo (`linux/amd65`) would otherwise only show up as "no manifest" for every image.
+        if !KNOWN_OS.contains(&platform.os.as_str()) {
+            return Err(ParsePlatformError::UnknownOs {
+                platform: s.to_string(),
+                os: parts[0].to_string(),
+            });
         }
+        if !KNOWN_ARCH.contains(&platform.architecture.as_str()) {
+            return Err(ParsePlatformError::UnknownArch {
+                platform: s.to_string(),
+                architecture: parts[1].to_string(),
+            });
+        }
+        Ok(platform)
     }
 }
 
@@ -198,6 +284,28 @@ mod tests {
         assert!("linux".parse::<Platform>().is_err());
         assert!("linux/amd64/v2/x".parse::<Platform>().is_err());
         assert!("linux//v2".parse::<Platform>().is_err());
+        assert_eq!(p("macos/arm64").to_string(), "darwin/arm64");
+        assert_eq!(p("windows/i386").to_string(), "windows/386");
+    }
+
+    #[test]
+    fn unknown_os_or_architecture_is_refused_naming_the_valid_ones() {
+        let e = "linux/amd65".parse::<Platform>().unwrap_err();
+        assert!(
+            matches!(e, ParsePlatformError::UnknownArch { ref architecture, .. } if architecture == "amd65")
+        );
+        let message = e.to_string();
+        assert!(
+            message.contains("\"amd65\"")
+                && message.contains("386, amd64, amd64p32, arm, armbe, arm64")
+                && message.contains("riscv64"),
+            "{message}"
+        );
+        let e = "lnux/amd64".parse::<Platform>().unwrap_err();
+        assert!(matches!(e, ParsePlatformError::UnknownOs { ref os, .. } if os == "lnux"));
+        assert!(e.to_string().contains("linux"), "{e}");
+        // The host's own platform always parses.
+        assert_eq!(p(&Platform::host().to_string()), Platform::host());
     }
 
     #[test]

@@ -144,6 +144,38 @@ const BLOB_ATTEMPTS: u32 = 5;
 const RETRY_FIRST: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
+/// Waiting for another writer of the same blob (containerd's ref lock), whether the lock is met
+/// when the ingest opens or mid-stream: it may be a CRI pull of a large layer, so the wait is
+/// long, but bounded.
+struct BusyWait {
+    delay: Duration,
+    give_up: Instant,
+}
+
+impl BusyWait {
+    const FIRST: Duration = Duration::from_millis(50);
+    const MAX: Duration = Duration::from_secs(2);
+    const PATIENCE: Duration = Duration::from_secs(30 * 60);
+
+    fn new() -> BusyWait {
+        BusyWait {
+            delay: Self::FIRST,
+            give_up: Instant::now() + Self::PATIENCE,
+        }
+    }
+
+    /// Backs off before trying again; `false` once waiting longer is pointless.
+    async fn wait(&mut self, blob: &Digest) -> bool {
+        if Instant::now() >= self.give_up {
+            return false;
+        }
+        tracing::debug!(%blob, "ingest locked by another writer; waiting");
+        tokio::time::sleep(jitter(self.delay)).await;
+        self.delay = (self.delay * 2).min(Self::MAX);
+        true
+    }
+}
+
 /// Full jitter: a random delay up to `d`, so many nodes retrying at once spread out.
 fn jitter(d: Duration) -> Duration {
     d.mul_f64(rand::random::<f64>().max(0.1))
@@ -755,11 +787,20 @@ impl Puller {
             })?;
         let mut delay = RETRY_FIRST;
         let mut source = std::borrow::Cow::Borrowed(blob);
-        for attempt in 1.. {
+        let mut busy = BusyWait::new();
+        let mut attempt = 1;
+        loop {
             match self
                 .write_blob_once(reference, &source, lease, labels.clone(), counters, keep)
                 .await
             {
+                // Another writer took the ingest mid-stream (e.g. a concurrent pull of a blob
+                // another namespace already holds): not a failure of this attempt. Its writer
+                // finishes, and the blob is then simply present.
+                Err(PullError::Store {
+                    source: StoreError::Busy { .. },
+                    ..
+                }) if busy.wait(&blob.digest).await => {}
                 // A foreign URL that served bad bytes is not asked again: the registry is.
                 Err(PullError::Registry {
                     source: RegistryError::Corrupt { registry, .. },
@@ -772,6 +813,7 @@ impl Puller {
                     let mut from_registry = blob.clone();
                     from_registry.urls.clear();
                     source = std::borrow::Cow::Owned(from_registry);
+                    attempt += 1;
                 }
                 Err(e) if attempt < BLOB_ATTEMPTS && e.is_retryable() => {
                     tracing::warn!(
@@ -782,33 +824,7 @@ impl Puller {
                     );
                     tokio::time::sleep(jitter(delay)).await;
                     delay = (delay * 2).min(RETRY_MAX);
-                }
-                other => return other,
-            }
-        }
-        unreachable!("the loop returns on its last attempt")
-    }
-
-    /// Opens the ingest, waiting while another writer (a concurrent CRI pull of the same blob)
-    /// holds it: when that writer finishes, the blob is simply present.
-    async fn open_ingest(
-        &self,
-        lease: &Lease,
-        key: &str,
-        blob: &Descriptor,
-    ) -> Result<Opened, StoreError> {
-        let mut delay = Duration::from_millis(50);
-        let give_up = Instant::now() + Duration::from_secs(30 * 60);
-        loop {
-            match self
-                .store
-                .open_writer(lease, key, &blob.digest, blob.size)
-                .await
-            {
-                Err(StoreError::Busy { .. }) if Instant::now() < give_up => {
-                    tracing::debug!(ingest = key, "ingest locked by another writer; waiting");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
+                    attempt += 1;
                 }
                 other => return other,
             }
@@ -831,7 +847,8 @@ impl Puller {
         };
         let key = ref_key(&blob.media_type, &blob.digest);
         let mut writer = match self
-            .open_ingest(lease, &key, blob)
+            .store
+            .open_writer(lease, &key, &blob.digest, blob.size)
             .await
             .map_err(store_err)?
         {
@@ -899,9 +916,30 @@ impl Puller {
         doc: &FetchedManifest,
         labels: HashMap<String, String>,
     ) -> Result<(), StoreError> {
+        let mut busy = BusyWait::new();
+        loop {
+            match self.put_document_once(lease, doc, labels.clone()).await {
+                // Another writer holds the ref (a concurrent pull of an image sharing this
+                // document): once it is done, the document is present.
+                Err(StoreError::Busy { .. }) if busy.wait(&doc.digest).await => {}
+                other => return other,
+            }
+        }
+    }
+
+    async fn put_document_once(
+        &self,
+        lease: &Lease,
+        doc: &FetchedManifest,
+        labels: HashMap<String, String>,
+    ) -> Result<(), StoreError> {
         let key = ref_key(doc.media_type(), &doc.digest);
-        let descriptor = doc.descriptor();
-        match self.open_ingest(lease, &key, &descriptor).await? {
+        let size = doc.bytes.len() as u64;
+        match self
+            .store
+            .open_writer(lease, &key, &doc.digest, size)
+            .await?
+        {
             Opened::Present => self.store.set_labels(&doc.digest, labels).await,
             Opened::Writer(mut w) => {
                 w.restart();

@@ -85,7 +85,8 @@ impl FromStr for Reserve {
 /// Where containerd keeps its data, and what must stay free there.
 #[derive(Clone, Debug)]
 pub struct SpaceCheck {
-    /// containerd's root directory (its content store and snapshots live below it).
+    /// A directory on containerd's filesystem: its content store's, as found by
+    /// [`SpaceCheck::locate`].
     pub path: PathBuf,
     /// What must stay free.
     pub reserve: Reserve,
@@ -175,11 +176,12 @@ impl SpaceCheck {
             Ok(v) => v,
             Err(e) => {
                 if !self.warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    // It could be inspected at start (see `locate`): a mount went away.
                     tracing::warn!(
                         path = %self.path.display(),
                         error = %e,
-                        "cannot check free space on containerd's filesystem; pulling without the \
-                         check (point --containerd-root at containerd's root directory)"
+                        "cannot check free space on containerd's filesystem any more; pulling \
+                         without the check"
                     );
                 }
                 return None;
@@ -204,6 +206,96 @@ impl SpaceCheck {
             unpacked: unpack,
         })
     }
+}
+
+/// The content store's directory below containerd's root.
+pub const CONTENT_DIR: &str = "io.containerd.content.v1.content";
+
+/// No filesystem to check space on could be found, while a reserve is asked for.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot check free space on containerd's filesystem: {}; --containerd-root {}: {flag_problem}. \
+     Point --containerd-root at containerd's root directory as seen from here (mount it into \
+     the container), or pass --min-free-space 0 to pull without the check",
+    match reported {
+        Some(p) => format!("containerd keeps its content in {}, which is not visible here", p.display()),
+        None => "containerd does not say where it keeps its content".to_string(),
+    },
+    flag.display()
+)]
+pub struct LocateError {
+    /// The content store directory containerd reported, if it did.
+    pub reported: Option<PathBuf>,
+    /// `--containerd-root` as given.
+    pub flag: PathBuf,
+    /// Why the flag's directory cannot be used.
+    pub flag_problem: String,
+}
+
+impl SpaceCheck {
+    /// The check for the filesystem holding containerd's content store: the directory
+    /// containerd itself `reported` (its content plugin's root), when it is visible here, else
+    /// the one below `containerd_root` (the `--containerd-root` flag). A directory counts only
+    /// if it holds containerd's data, so a wrong path that happens to exist is not checked in
+    /// containerd's place.
+    pub fn locate(
+        reported: Option<&Path>,
+        containerd_root: &Path,
+        reserve: Reserve,
+    ) -> Result<SpaceCheck, LocateError> {
+        let from_containerd = reported.and_then(|content| {
+            if content.is_dir() {
+                inspectable(content).ok()
+            } else {
+                // containerd 2.x creates its content store with the first blob.
+                content.parent().and_then(|root| containerd_dir(root).ok())
+            }
+        });
+        if let Some(dir) = from_containerd {
+            return Ok(SpaceCheck::new(dir, reserve));
+        }
+        match containerd_dir(containerd_root) {
+            Ok(dir) => {
+                if let Some(r) = reported {
+                    tracing::debug!(
+                        reported = %r.display(),
+                        used = %dir.display(),
+                        "containerd's content store is mounted elsewhere here"
+                    );
+                }
+                Ok(SpaceCheck::new(dir, reserve))
+            }
+            Err(flag_problem) => Err(LocateError {
+                reported: reported.map(Path::to_path_buf),
+                flag: containerd_root.to_path_buf(),
+                flag_problem,
+            }),
+        }
+    }
+}
+
+/// containerd's metadata database, below its root: present from containerd's first start.
+const METADATA_DB: &str = "io.containerd.metadata.v1.bolt/meta.db";
+
+/// The directory to check below containerd's `root`: its content store, or the root itself
+/// before the first blob was stored; why `root` does not do otherwise.
+fn containerd_dir(root: &Path) -> Result<PathBuf, String> {
+    let content = root.join(CONTENT_DIR);
+    if content.is_dir() {
+        return inspectable(&content);
+    }
+    if root.join(METADATA_DB).is_file() {
+        return inspectable(root);
+    }
+    Err(format!(
+        "no containerd data there (neither {CONTENT_DIR} nor {METADATA_DB})"
+    ))
+}
+
+fn inspectable(dir: &Path) -> Result<PathBuf, String> {
+    filesystem(dir)
+        .map(|_| dir.to_path_buf())
+        .map_err(|e| format!("cannot inspect the filesystem of {} ({e})", dir.display()))
 }
 
 /// Free bytes (available to unprivileged users, as `df` reports) and the size of the
@@ -297,6 +389,49 @@ mod tests {
             ..check
         };
         assert!(strict.claim(&[1], false).is_err() || free as f64 > total as f64 * 0.999);
+    }
+
+    #[test]
+    fn the_content_store_containerd_reports_wins_then_the_flag_else_an_error() {
+        let reported_root = tempfile::tempdir().unwrap();
+        let reported = reported_root.path().join(CONTENT_DIR);
+        let root = tempfile::tempdir().unwrap();
+        let reserve = Reserve::Percent(15.0);
+
+        // Neither holds containerd's data: a directory that merely exists is not enough.
+        let e = SpaceCheck::locate(Some(&reported), root.path(), reserve).unwrap_err();
+        let message = e.to_string();
+        assert!(
+            message.contains(&reported.display().to_string())
+                && message.contains(&format!("--containerd-root {}", root.path().display()))
+                && message.contains("--min-free-space 0"),
+            "{message}"
+        );
+        let e = SpaceCheck::locate(None, Path::new("/nonexistent/root"), reserve).unwrap_err();
+        assert!(e.to_string().contains("does not say"), "{e}");
+
+        // The flag's root, before its first blob (only the metadata database), then after.
+        std::fs::create_dir_all(root.path().join(METADATA_DB)).unwrap();
+        let e = SpaceCheck::locate(None, root.path(), reserve).unwrap_err();
+        assert!(e.to_string().contains(METADATA_DB), "not a file: {e}");
+        std::fs::remove_dir(root.path().join(METADATA_DB)).unwrap();
+        std::fs::write(root.path().join(METADATA_DB), b"").unwrap();
+        let check = SpaceCheck::locate(Some(&reported), root.path(), reserve).unwrap();
+        assert_eq!(
+            check.path,
+            root.path(),
+            "mounted elsewhere here: the flag's"
+        );
+        std::fs::create_dir(root.path().join(CONTENT_DIR)).unwrap();
+        let check = SpaceCheck::locate(Some(&reported), root.path(), reserve).unwrap();
+        assert_eq!(check.path, root.path().join(CONTENT_DIR));
+
+        std::fs::create_dir(&reported).unwrap();
+        let check = SpaceCheck::locate(Some(&reported), root.path(), reserve).unwrap();
+        assert_eq!(check.path, reported, "containerd's own answer first");
+        let check =
+            SpaceCheck::locate(Some(&reported), Path::new("/nonexistent"), reserve).unwrap();
+        assert_eq!(check.path, reported);
     }
 
     #[test]

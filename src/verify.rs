@@ -517,19 +517,96 @@ impl<'a> Checker<'a> {
     }
 }
 
+/// A bad blob that another namespace holds as well. containerd keeps one file per blob for all
+/// namespaces (its default `shared` content policy), and the file goes only once no namespace
+/// holds the blob: until then, writing the blob again finds the bad file and keeps it. Repair
+/// never removes another namespace's content, so this one is mended only after the other
+/// namespace lets go of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedBlob {
+    /// The bad blob.
+    pub digest: Digest,
+    /// The other namespace holding it.
+    pub namespace: String,
+    /// Image records there whose content reaches it (none: held without an image, e.g. by a
+    /// lease or a bare `ctr content fetch`).
+    pub images: Vec<String>,
+}
+
+impl fmt::Display for SharedBlob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (ns, digest) = (&self.namespace, &self.digest);
+        write!(f, "{digest} is also held by containerd namespace {ns}")?;
+        match self.images.as_slice() {
+            [] => write!(f, " (no image there names it)")?,
+            [one] => write!(f, " (image {one})")?,
+            many => write!(f, " (images {})", many.join(", "))?,
+        }
+        write!(
+            f,
+            ", which shares its file; repair leaves other namespaces' content alone: remove it \
+             there (`ctr -n {ns} content rm {digest}`), run the repair again"
+        )?;
+        if !self.images.is_empty() {
+            write!(f, ", then pull the image again in {ns}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The bad blobs of `damaged` that namespaces other than `store`'s also hold.
+pub async fn shared_bad_blobs(
+    store: &Store,
+    damaged: &[&ImageCheck],
+) -> Result<Vec<SharedBlob>, StoreError> {
+    let bad = bad_blobs(damaged);
+    let mut shared = Vec::new();
+    if bad.is_empty() {
+        return Ok(shared);
+    }
+    for namespace in store.namespaces().await? {
+        if namespace == store.namespace() {
+            continue;
+        }
+        let other = store.in_namespace(&namespace);
+        for digest in &bad {
+            if other.info(digest).await?.is_some() {
+                shared.push(SharedBlob {
+                    digest: (*digest).clone(),
+                    namespace: namespace.clone(),
+                    images: other.images_reaching(digest).await?,
+                });
+            }
+        }
+    }
+    Ok(shared)
+}
+
+fn bad_blobs<'a>(damaged: &[&'a ImageCheck]) -> Vec<&'a Digest> {
+    let mut bad: Vec<&Digest> = damaged
+        .iter()
+        .flat_map(|c| c.problems.iter().filter_map(Problem::bad_blob))
+        .collect();
+    bad.sort();
+    bad.dedup();
+    bad
+}
+
 /// Removes the bad blobs of damaged images so they can be fetched again, without losing
 /// anything else: first a lease takes in everything the images reference (their good blobs and
 /// snapshots), then the bad blobs go, then containerd's garbage collection runs (containerd
 /// would otherwise take a deleted blob's bad file back when the digest is written again).
-/// Returns the lease, to be deleted once the images are whole again; if that never happens it
-/// expires by itself after a week. `None` when nothing needed removing.
+/// Blobs another namespace also holds are left alone (see [`SharedBlob`]): removing them here
+/// would not remove their file. Returns the lease, for the caller to delete once the images
+/// were pulled again (it expires by itself after a week). `None` when nothing was removed.
 pub async fn discard_bad_blobs(
     store: &Store,
     damaged: &[&ImageCheck],
 ) -> Result<Option<crate::store::Lease>, StoreError> {
-    let bad: Vec<&Digest> = damaged
-        .iter()
-        .flat_map(|c| c.problems.iter().filter_map(Problem::bad_blob))
+    let shared = shared_bad_blobs(store, damaged).await?;
+    let bad: Vec<&Digest> = bad_blobs(damaged)
+        .into_iter()
+        .filter(|d| !shared.iter().any(|s| &s.digest == *d))
         .collect();
     if bad.is_empty() {
         return Ok(None);
@@ -537,14 +614,26 @@ pub async fn discard_bad_blobs(
     let lease = store
         .create_lease("repair", Duration::from_secs(7 * 24 * 3600))
         .await?;
-    for check in damaged {
-        store.protect(&lease, &check.target, &bad).await?;
+    let removed = async {
+        for check in damaged {
+            store.protect(&lease, &check.target, &bad).await?;
+        }
+        for digest in &bad {
+            store.delete_blob(digest).await?;
+        }
+        store.collect_garbage().await
     }
-    for digest in &bad {
-        store.delete_blob(digest).await?;
+    .await;
+    match removed {
+        Ok(()) => Ok(Some(lease)),
+        Err(e) => {
+            // Nothing is left for the caller to release: release it here.
+            if let Err(d) = store.delete_lease(lease).await {
+                tracing::warn!(error = %d, "cannot delete the repair lease; it expires by itself");
+            }
+            Err(e)
+        }
     }
-    store.collect_garbage().await?;
-    Ok(Some(lease))
 }
 
 /// Ingests idle for at least `older_than`: writes nobody is going to finish.
@@ -591,6 +680,31 @@ mod tests {
             .map(|r| r.name.as_str())
             .collect();
         assert_eq!(names, ["reg/app:v1", "reg/app@sha256:top", "sha256:cfg"]);
+    }
+
+    #[test]
+    fn a_shared_blob_names_the_namespace_the_image_and_what_to_run() {
+        let d: Digest = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+            .parse()
+            .unwrap();
+        let mut shared = SharedBlob {
+            digest: d.clone(),
+            namespace: "moby".into(),
+            images: vec!["docker.io/library/nginx:1.25".into()],
+        };
+        let text = shared.to_string();
+        assert!(
+            text.contains("namespace moby (image docker.io/library/nginx:1.25)")
+                && text.contains(&format!("`ctr -n moby content rm {d}`"))
+                && text.ends_with("pull the image again in moby"),
+            "{text}"
+        );
+        shared.images.clear();
+        let text = shared.to_string();
+        assert!(
+            text.contains("no image there names it") && !text.contains("pull the image"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -11,7 +11,8 @@ use prepull::digest::Digest;
 use prepull::store::Store;
 use serde_json::Value;
 use support::{
-    push_image, push_index, Containerd, ImageSpec, MediaFamily, Platform, Proxy, Registry,
+    push_image, push_index, tag_image, Containerd, ImageSpec, MediaFamily, Platform, Proxy,
+    Registry,
 };
 
 const CRI_WAIT: Duration = Duration::from_secs(20);
@@ -77,6 +78,15 @@ async fn has_blob(store: &Store, d: &str) -> bool {
         .info(&digest(d))
         .await
         .expect("Content.Info")
+        .is_some()
+}
+
+async fn has_record(containerd: &Containerd, name: &str) -> bool {
+    store(containerd)
+        .await
+        .image(name)
+        .await
+        .expect("Images.Get")
         .is_some()
 }
 
@@ -411,12 +421,7 @@ async fn missing_platform_names_what_the_index_has() {
         "attestations are not platforms: {error}"
     );
     assert_eq!(results[0]["kind"], "no-platform");
-    assert!(store(&containerd)
-        .await
-        .image(&reference)
-        .await
-        .unwrap()
-        .is_none());
+    assert!(!has_record(&containerd, &reference).await);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -582,6 +587,11 @@ async fn several_images_in_one_run_and_one_failure_does_not_stop_the_others() {
     assert_eq!(results[0]["id"], a.config.digest.as_str());
     assert_eq!(results[2]["id"], b.config.digest.as_str());
     assert_eq!(results[1]["kind"], "not-found");
+    assert_eq!(results[1]["status"], "failed");
+    assert_eq!(
+        results[1]["image"], missing,
+        "a failed image's object names it"
+    );
     let error = results[1]["error"].as_str().unwrap();
     assert!(error.contains(&missing) && error.contains("404"), "{error}");
     assert!(
@@ -597,6 +607,20 @@ async fn several_images_in_one_run_and_one_failure_does_not_stop_the_others() {
     assert!(
         error.contains(&missing_tag) && error.contains("tag"),
         "names the tag: {error}"
+    );
+    assert_eq!(results[0]["image"], missing_tag);
+
+    // The text summary's counts agree with their nouns.
+    push_image(&host, "many/c", "v1", &ImageSpec::new(&[16 * KIB])).await;
+    let rc = format!("{host}/many/c:v1");
+    let socket = containerd.socket().to_str().unwrap().to_string();
+    let out = prepull(&["pull", "--containerd", &socket, "--plain-http", &host, &rc]).await;
+    assert_success(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("(linux/amd64, 1 layer unpacked into native")
+            && stdout.contains("fetched in 2 blobs"),
+        "{stdout}"
     );
 }
 
@@ -872,12 +896,7 @@ async fn rate_limits_and_503_storms_are_retried_then_reported() {
         "{error}"
     );
     assert_eq!(results[0]["kind"], "rate-limited");
-    assert!(store(&containerd)
-        .await
-        .image(&reference)
-        .await
-        .unwrap()
-        .is_none());
+    assert!(!has_record(&containerd, &reference).await);
 }
 
 /// ECR answers `403 … token has expired` instead of 401: the token is renewed once and the pull
@@ -1142,4 +1161,72 @@ async fn a_warm_pull_notices_a_lost_record_or_snapshot_and_restores_it() {
             .unwrap(),
         "the top layer is unpacked again"
     );
+}
+
+/// Another client (`ctr -n default`, nerdctl, moby, buildkit) already holds the blobs in its own
+/// namespace. containerd shares them across namespaces, and two pulls of images sharing those
+/// blobs contend for the same ingest refs; containerd 2.x reports that lock contention as
+/// `Unknown` ("truncate failed: ref … locked"), 1.x as `Unavailable`. Either way it means "busy",
+/// and the pulls wait their turn.
+#[tokio::test(flavor = "multi_thread")]
+async fn images_sharing_blobs_another_namespace_holds_pull_concurrently() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let host = registry.host();
+    let image = push_image(
+        &host,
+        "shared/app",
+        "v1",
+        &ImageSpec::new(&[256 * KIB, 256 * KIB, 128 * KIB, 64 * KIB]),
+    )
+    .await;
+    tag_image(&host, "shared/app", "v2", &image).await;
+    let (a, b) = (
+        format!("{host}/shared/app:v1"),
+        format!("{host}/shared/app:v2"),
+    );
+    containerd.ctr_ok(&["-n", "default", "content", "fetch", "--plain-http", &a]);
+
+    let (out, results) = pull_json(&containerd, &host, &[], &[&a, &b]).await;
+    assert_success(&out);
+    assert_eq!(results.len(), 2);
+    for r in &results {
+        assert_eq!(r["status"], "pulled", "{r}");
+        assert_eq!(r["id"], image.config.digest.as_str());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("locked"),
+        "contention is not an error: {stderr}"
+    );
+    let store = store(&containerd).await;
+    for layer in &image.layers {
+        assert!(has_blob(&store, &layer.digest).await, "{}", layer.digest);
+    }
+    containerd.assert_image_complete(&a);
+    containerd.assert_image_complete(&b);
+}
+
+/// A typo in `--platform` is bad input (exit 2) naming the valid values, before anything is
+/// fetched, not a "no manifest" failure for every image.
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_platform_is_bad_input_naming_the_valid_values() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let host = registry.host();
+    push_image(&host, "plat/app", "v1", &ImageSpec::new(&[16 * KIB])).await;
+    let reference = format!("{host}/plat/app:v1");
+    for (platform, wrong, valid) in [
+        ("linux/amd65", "\"amd65\"", "amd64"),
+        ("linx/arm64", "\"linx\"", "linux"),
+    ] {
+        let (out, results) =
+            pull_json(&containerd, &host, &["--platform", platform], &[&reference]).await;
+        assert_eq!(out.status.code(), Some(2), "{platform}: {out:?}");
+        assert!(results.is_empty(), "nothing was pulled: {results:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("--platform") && stderr.contains(wrong) && stderr.contains(valid),
+            "{stderr}"
+        );
+    }
+    assert!(!has_record(&containerd, &reference).await);
 }

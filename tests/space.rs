@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::path::Path;
 use std::process::Output;
 
 use serde_json::Value;
@@ -165,4 +166,164 @@ async fn images_that_would_fill_the_disk_are_refused_before_downloading() {
     assert_eq!(out.status.code(), Some(1), "{json}");
     assert_ne!(json["kind"], "disk-space", "{json}");
     assert!(store.image(&other).await.unwrap().is_none());
+}
+
+/// Runs prepull as it runs in a container that does not see containerd's root at containerd's
+/// own path: in a private mount namespace, containerd's root is hidden under an empty tmpfs,
+/// after being bind-mounted at `seen_at` when given (a hostPath volume mounted elsewhere).
+async fn prepull_in_container(
+    containerd: &Containerd,
+    seen_at: Option<&Path>,
+    args: &[String],
+) -> Output {
+    let root = containerd.root().display().to_string();
+    let mut script = String::from("set -e; ");
+    if let Some(alt) = seen_at {
+        let alt = alt.display();
+        script.push_str(&format!(
+            "mkdir -p '{alt}'; mount --bind '{root}' '{alt}'; "
+        ));
+    }
+    script.push_str(&format!(
+        "mount -t tmpfs tmpfs '{root}'; exec \"$0\" \"$@\""
+    ));
+    tokio::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .arg(env!("CARGO_BIN_EXE_prepull"))
+        .args(args)
+        .env_remove("PREPULL_MIN_FREE_SPACE")
+        .output()
+        .await
+        .expect("run prepull in its own mount namespace")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The space check finds containerd's filesystem by asking containerd where its content store
+/// is, and falls back to --containerd-root where that path is not visible. Without a working
+/// check, `pull` and `agent` refuse to start (exit 2, naming the flag to fix) unless
+/// `--min-free-space 0` says to pull without it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_space_check_finds_containerds_filesystem_or_refuses_to_run() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let host = registry.host();
+    push_image(&host, "space/app", "v1", &ImageSpec::new(&[64 << 10])).await;
+    let image = format!("{host}/space/app:v1");
+    let socket = containerd.socket().to_str().unwrap().to_string();
+    let base = [
+        "--containerd",
+        socket.as_str(),
+        "--plain-http",
+        host.as_str(),
+        "--no-node-credentials",
+    ];
+    let pull_args = |extra: &[&str], image: &str| -> Vec<String> {
+        ["pull", "--output", "json"]
+            .iter()
+            .chain(&base)
+            .chain(extra)
+            .chain([&image])
+            .map(|a| a.to_string())
+            .collect()
+    };
+    let store = prepull::store::Store::connect(containerd.socket(), "k8s.io")
+        .await
+        .unwrap();
+
+    // No --containerd-root (its default does not exist here): containerd's own answer is used,
+    // so a reserve no filesystem can meet refuses the image.
+    let args = pull_args(&["--min-free-space", "99.9%"], &image);
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
+        .args(&args)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["kind"], "disk-space", "{json}");
+    assert!(
+        json["error"]
+            .as_str()
+            .unwrap()
+            .contains(containerd.root().to_str().unwrap()),
+        "{json}"
+    );
+
+    // containerd's path is not visible and --containerd-root is wrong: refused, for pull and
+    // agent alike, before anything is fetched.
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = dir.path().join("not-containerd");
+    std::fs::create_dir(&wrong).unwrap();
+    let wrong = wrong.to_str().unwrap();
+    let args = pull_args(&["--containerd-root", wrong], &image);
+    let out = prepull_in_container(&containerd, None, &args).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("--containerd-root {wrong}"))
+            && stderr.contains(containerd.root().to_str().unwrap())
+            && stderr.contains("--min-free-space 0"),
+        "{stderr}"
+    );
+    assert!(store.image(&image).await.unwrap().is_none());
+
+    let list = dir.path().join("list.yaml");
+    std::fs::write(&list, format!("images:\n  - {image}\n")).unwrap();
+    let list = list.to_str().unwrap();
+    let agent: Vec<String> = [
+        "agent",
+        "--once",
+        "--list",
+        list,
+        "--containerd-root",
+        wrong,
+    ]
+    .iter()
+    .chain(&base)
+    .map(|a| a.to_string())
+    .collect();
+    let out = prepull_in_container(&containerd, None, &agent).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--containerd-root"),
+        "{}",
+        text(&out)
+    );
+    assert!(store.image(&image).await.unwrap().is_none());
+
+    // Saying so pulls without the check.
+    let args = pull_args(
+        &["--containerd-root", wrong, "--min-free-space", "0"],
+        &image,
+    );
+    let out = prepull_in_container(&containerd, None, &args).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // containerd's root mounted elsewhere and named by --containerd-root: the check works
+    // there (the impossible reserve refuses the image).
+    let seen_at = dir.path().join("host-containerd");
+    let seen = seen_at.to_str().unwrap();
+    let other = format!("{host}/space/other:v1");
+    push_image(&host, "space/other", "v1", &ImageSpec::new(&[64 << 10])).await;
+    let args = pull_args(
+        &["--containerd-root", seen, "--min-free-space", "99.9%"],
+        &other,
+    );
+    let out = prepull_in_container(&containerd, Some(&seen_at), &args).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["kind"], "disk-space", "{json}");
+    assert!(json["error"].as_str().unwrap().contains(seen), "{json}");
+    let args = pull_args(
+        &["--containerd-root", seen, "--min-free-space", "1MiB"],
+        &other,
+    );
+    let out = prepull_in_container(&containerd, Some(&seen_at), &args).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }

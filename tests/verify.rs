@@ -284,9 +284,9 @@ async fn verify_finds_every_kind_of_damage_and_repair_mends_it() {
 }
 
 /// A corrupt manifest is what roots an image's layers and snapshots for containerd's garbage
-/// collector. Removing it must not take the rest of the image with it: with the registry down
-/// the repair fails, yet every layer and snapshot is still there, and once the registry is back
-/// only the manifest is downloaded.
+/// collector. Removing it must not take the rest of the image with it while the repair runs:
+/// only the manifest is downloaded again. A repair that cannot reach the registry fails saying
+/// so, and leaves no lease behind either way.
 #[tokio::test(flavor = "multi_thread")]
 async fn repair_keeps_the_rest_of_an_image_while_its_manifest_is_replaced() {
     let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
@@ -331,38 +331,27 @@ async fn repair_keeps_the_rest_of_an_image_while_its_manifest_is_replaced() {
         "{}",
         text(&out)
     );
-    // containerd collected garbage during the repair; the layers and snapshots survived it.
-    for layer in &a.layers {
-        assert!(
-            matches!(
-                store.hash_blob(&digest(&layer.digest)).await.unwrap(),
-                Stored::Read { .. }
-            ),
-            "layer {} survived",
-            layer.digest
-        );
-    }
-    let chain =
-        prepull::unpack::chain_ids(&a.diff_ids.iter().map(|d| digest(d)).collect::<Vec<_>>());
-    assert!(store
-        .snapshot_exists(containerd.snapshotter(), &chain[1].to_string())
-        .await
-        .unwrap());
+    assert_eq!(repair_leases(&containerd), "", "no lease left behind");
 
-    // Registry back: only the manifest is fetched again.
+    // Registry back: mended.
     proxy.clear_hook();
+    let repair_args = [
+        "repair",
+        "--plain-http",
+        &host,
+        "--no-node-credentials",
+        &ra,
+    ];
+    let repair = || prepull(&containerd, &repair_args);
+    let out = repair().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_sound(&store, &a).await;
+
+    // The same damage with the registry up: containerd collects garbage during the repair,
+    // and the layers and snapshots survive it; only the manifest is fetched again.
+    flip_byte(&blob_path(&containerd, &a.manifest.digest), 5);
     proxy.clear();
-    let out = prepull(
-        &containerd,
-        &[
-            "repair",
-            "--plain-http",
-            &host,
-            "--no-node-credentials",
-            &ra,
-        ],
-    )
-    .await;
+    let out = repair().await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(
         proxy.blob_bytes(),
@@ -370,7 +359,14 @@ async fn repair_keeps_the_rest_of_an_image_while_its_manifest_is_replaced() {
         "no layer downloaded again: {:?}",
         proxy.records()
     );
+    let chain =
+        prepull::unpack::chain_ids(&a.diff_ids.iter().map(|d| digest(d)).collect::<Vec<_>>());
+    assert!(store
+        .snapshot_exists(containerd.snapshotter(), &chain[1].to_string())
+        .await
+        .unwrap());
     assert_sound(&store, &a).await;
+    assert_eq!(repair_leases(&containerd), "", "no lease left behind");
     let out = prepull(&containerd, &["verify", &ra]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
@@ -409,4 +405,134 @@ async fn an_id_record_shared_by_an_index_and_its_manifest_is_not_missing() {
     let out = prepull(&containerd, &["verify"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(text(&out).contains("2 images: 0 damaged"), "{}", text(&out));
+}
+
+/// An ingest's line gives the blob's expected size. containerd records a total only when the
+/// writer that opened the ingest gave one (a writer may stream a blob of unknown length); then
+/// the line says the size is unknown rather than "of 0 B".
+#[tokio::test(flavor = "multi_thread")]
+async fn stale_ingests_give_the_expected_size_or_say_it_is_unknown() {
+    let containerd = Containerd::start().await;
+    let store = Store::connect(containerd.socket(), "k8s.io").await.unwrap();
+    let lease = store
+        .create_lease("test", Duration::from_secs(3600))
+        .await
+        .unwrap();
+    for (reference, payload, total) in [
+        ("layer-sized", &b"sized"[..], 4u64 << 20),
+        ("layer-unsized", &b"unsized"[..], 0),
+    ] {
+        match store
+            .open_writer(&lease, reference, &Digest::sha256(payload), total)
+            .await
+            .unwrap()
+        {
+            Opened::Writer(mut w) => {
+                w.write(&[7u8; 3 * 512 * KIB]).await.unwrap();
+                w.suspend().await.unwrap();
+            }
+            Opened::Present => panic!("{reference} cannot be present"),
+        }
+    }
+
+    let out = prepull(&containerd, &["verify", "--stale-ingest-age", "0s"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains("stale ingest layer-sized: 1.5 MiB of 4.0 MiB written"),
+        "{t}"
+    );
+    assert!(
+        t.contains("stale ingest layer-unsized: 1.5 MiB written, size unknown"),
+        "{t}"
+    );
+    assert!(!t.contains("of 0 B"), "{t}");
+    assert!(t.contains("2 stale ingests"), "{t}");
+
+    let out = prepull(
+        &containerd,
+        &["verify", "--stale-ingest-age", "0s", "--output", "json"],
+    )
+    .await;
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let unsized_line = lines
+        .iter()
+        .find(|l| l["ingest"] == "layer-unsized")
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    assert_eq!(unsized_line["offset"], 3 * 512 * KIB);
+    assert!(unsized_line["total"].is_null(), "{unsized_line}");
+}
+
+fn repair_leases(containerd: &Containerd) -> String {
+    containerd
+        .ctr_ok(&["-n", "k8s.io", "leases", "ls"])
+        .lines()
+        .filter(|l| l.contains("prepull-repair"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// containerd keeps one file per blob for all namespaces. A corrupt blob that another namespace
+/// (another client's `ctr -n default pull`, nerdctl, moby) also holds cannot be mended from
+/// `k8s.io`: its file stays until every namespace lets go of it. Repair never removes another
+/// namespace's content; it names the namespace and image holding the blob and the command that
+/// lets go of it there, and leaves no lease behind, whether it fails or succeeds.
+#[tokio::test(flavor = "multi_thread")]
+async fn repair_names_the_other_namespace_holding_a_corrupt_blob_and_leaves_no_lease() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let host = registry.host();
+    let a = push_image(
+        &host,
+        "team/shared",
+        "v1",
+        &ImageSpec::new(&[64 * KIB, 32 * KIB]),
+    )
+    .await;
+    let ra = format!("{host}/team/shared:v1");
+    let out = prepull(
+        &containerd,
+        &["pull", "--plain-http", &host, "--no-node-credentials", &ra],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    // ctr unpacks into containerd's default snapshotter, as a client outside CRI would.
+    containerd.ctr_ok(&["-n", "default", "images", "pull", "--plain-http", &ra]);
+    let bad = &a.layers[1].digest;
+    flip_byte(&blob_path(&containerd, bad), 100);
+
+    let repair_args = ["repair", "--plain-http", &host, "--no-node-credentials"];
+    let repair = || prepull(&containerd, &repair_args);
+    let out = repair().await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains(&format!("could not repair {ra}"))
+            && t.contains(bad.as_str())
+            && t.contains("namespace default")
+            && t.contains(&format!("image {ra}"))
+            && t.contains(&format!("ctr -n default content rm {bad}")),
+        "{t}"
+    );
+    assert_eq!(repair_leases(&containerd), "", "no lease left behind");
+    // The other namespace's content was not touched.
+    let default = Store::connect(containerd.socket(), "default")
+        .await
+        .unwrap();
+    assert!(default.info(&digest(bad)).await.unwrap().is_some());
+
+    // Doing what it says mends the image.
+    containerd.ctr_ok(&["-n", "default", "content", "rm", bad]);
+    let out = repair().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("repaired {ra}")),
+        "{}",
+        text(&out)
+    );
+    let store = Store::connect(containerd.socket(), "k8s.io").await.unwrap();
+    assert_sound(&store, &a).await;
+    assert_eq!(repair_leases(&containerd), "", "no lease left behind");
 }

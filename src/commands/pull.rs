@@ -15,6 +15,8 @@ use crate::platform::Platform;
 use crate::pull::{PullError, PullOptions, PullReport, Puller};
 use crate::reference::Reference;
 use crate::registry::{self, RegistryClient};
+use crate::space::{Reserve, SpaceCheck};
+use crate::store::Store;
 
 /// Arguments of `prepull pull`.
 #[derive(Debug, Args)]
@@ -117,13 +119,17 @@ pub struct PullerArgs {
     #[arg(long, value_name = "DIR", default_value = "/etc/containerd/certs.d")]
     pub hosts_dir: PathBuf,
 
-    /// containerd's root directory, whose filesystem is checked for space before pulling.
+    /// containerd's root directory as seen from here, for the disk space check when the
+    /// content store containerd reports (asked over its socket) is not visible at the same
+    /// path, e.g. when containerd's root is mounted elsewhere in prepull's container.
     #[arg(long, value_name = "DIR", default_value = "/var/lib/containerd")]
     pub containerd_root: PathBuf,
 
     /// Refuse an image that would leave less free space than this on containerd's filesystem:
     /// a percentage of its size or an amount (`10GiB`); `0` turns the check off. The default
-    /// keeps the node out of the kubelet's disk-pressure eviction (below 15% free).
+    /// keeps the node out of the kubelet's disk-pressure eviction (below 15% free). With a
+    /// reserve, prepull refuses to start unless it finds containerd's content store (see
+    /// --containerd-root).
     #[arg(
         long,
         value_name = "PERCENT|BYTES",
@@ -153,9 +159,7 @@ impl PullerArgs {
             max_concurrent_downloads: self.max_concurrent_downloads,
             pin,
             unpack: None,
-            space: (self.min_free_space != crate::space::Reserve::Bytes(0)).then(|| {
-                crate::space::SpaceCheck::new(self.containerd_root.clone(), self.min_free_space)
-            }),
+            space: None,
             ..PullOptions::default()
         };
         let config = credentials::CredentialConfig {
@@ -176,6 +180,7 @@ impl PullerArgs {
             Arc::new(sources),
         )?;
         let store = self.containerd.connect().await?;
+        options.space = self.space_check(&store).await?;
         if !self.no_unpack {
             options.unpack = Some(match &self.snapshotter {
                 Some(s) => s.clone(),
@@ -183,6 +188,29 @@ impl PullerArgs {
             });
         }
         Ok(Puller::new(Arc::new(registry), store, options))
+    }
+
+    /// The disk space check, on the filesystem containerd writes to. Pulling with a reserve
+    /// but no way to check it would let a pull fill the node's disk unnoticed, so that is
+    /// refused; `--min-free-space 0` turns the check off explicitly.
+    async fn space_check(&self, store: &Store) -> anyhow::Result<Option<SpaceCheck>> {
+        if self.min_free_space == Reserve::Bytes(0) {
+            return Ok(None);
+        }
+        let reported = match store.content_root().await {
+            Ok(dir) => dir,
+            Err(e) => {
+                tracing::debug!(error = %e, "containerd does not say where its content store is");
+                None
+            }
+        };
+        let check = SpaceCheck::locate(
+            reported.as_deref(),
+            &self.containerd_root,
+            self.min_free_space,
+        )?;
+        tracing::debug!(path = %check.path.display(), reserve = %self.min_free_space, "space check");
+        Ok(Some(check))
     }
 
     fn credential_config(&self) -> anyhow::Result<credentials::CredentialConfig> {
@@ -237,12 +265,12 @@ pub async fn run(args: PullArgs) -> anyhow::Result<ExitCode> {
         }));
     }
     let mut failed = 0;
-    for result in &results {
+    for (result, reference) in results.iter().zip(&references) {
         match result {
             Ok(report) => print_report(report, args.output),
             Err(e) => {
                 failed += 1;
-                print_error(e, args.output);
+                print_error(reference, e, args.output);
             }
         }
     }
@@ -300,20 +328,29 @@ pub(crate) async fn cri_snapshotter(socket: &std::path::Path) -> String {
     }
 }
 
+/// `n` and a noun that agrees with it: "1 layer", "3 layers".
+pub(crate) fn counted(n: usize, singular: &str) -> String {
+    if n == 1 {
+        format!("1 {singular}")
+    } else {
+        format!("{n} {singular}s")
+    }
+}
+
 fn print_report(r: &PullReport, output: Output) {
     match output {
         Output::Text => println!(
-            "pulled {} {} ({}, {} layers{}, {} fetched in {} blobs, {} already present) in {:.2}s",
+            "pulled {} {} ({}, {}{}, {} fetched in {}, {} already present) in {:.2}s",
             r.reference,
             r.digest,
             r.platform,
-            r.layers,
+            counted(r.layers, "layer"),
             r.snapshotter
                 .as_ref()
                 .map(|s| format!(" unpacked into {s}"))
                 .unwrap_or_default(),
             crate::space::human_bytes(r.bytes_fetched),
-            r.blobs_fetched,
+            counted(r.blobs_fetched, "blob"),
             r.blobs_present,
             r.elapsed.as_secs_f64()
         ),
@@ -337,13 +374,32 @@ fn print_report(r: &PullReport, output: Output) {
     }
 }
 
-fn print_error(e: &PullError, output: Output) {
+/// `reference` is the image as normalized, the same name a pulled image's object carries, so
+/// JSON consumers can match every result to its image.
+fn print_error(reference: &Reference, e: &PullError, output: Output) {
     let message = crate::error_chain(e);
     match output {
         Output::Text => eprintln!("error: {message}"),
         Output::Json => println!(
             "{}",
-            serde_json::json!({ "status": "failed", "kind": e.kind(), "error": message })
+            serde_json::json!({
+                "image": reference.to_string(),
+                "status": "failed",
+                "kind": e.kind(),
+                "error": message,
+            })
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::counted;
+
+    #[test]
+    fn counts_agree_with_their_nouns() {
+        assert_eq!(counted(0, "layer"), "0 layers");
+        assert_eq!(counted(1, "layer"), "1 layer");
+        assert_eq!(counted(2, "blob"), "2 blobs");
     }
 }

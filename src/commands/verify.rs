@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Args;
 use containerd_client::services::v1::Image;
 
-use super::pull::{cri_snapshotter, PullerArgs};
+use super::pull::{counted, cri_snapshotter, PullerArgs};
 use super::{ContainerdArgs, Output};
 use crate::digest::Digest;
 use crate::error_chain;
@@ -15,7 +15,8 @@ use crate::reference::Reference;
 use crate::space::human_bytes;
 use crate::store::{Ingest, Store};
 use crate::verify::{
-    discard_bad_blobs, group_records, stale_ingests, CheckOptions, Checker, ImageCheck,
+    discard_bad_blobs, group_records, shared_bad_blobs, stale_ingests, CheckOptions, Checker,
+    ImageCheck, SharedBlob,
 };
 
 /// What both commands check.
@@ -79,8 +80,15 @@ pub struct VerifyArgs {
         corrupt, unreadable or malformed; pulls each damaged image again by its tag (or digest \
         reference, or the repository it came from), which fetches only what is missing and \
         unpacks missing snapshots; and checks again. An IMAGE with no record on the node is \
-        pulled, restoring its records. Pins and other labels on the records are kept. Exit \
-        status 0 when everything checked is sound afterwards, 1 otherwise."
+        pulled, restoring its records. Pins and other labels on the records are kept. The lease \
+        that holds the rest of the damaged images meanwhile is deleted when the repair ends, \
+        whether it succeeded or not.\n\n\
+        Other namespaces: containerd keeps one file per blob for all namespaces, so a bad blob \
+        another namespace also holds (e.g. an image pulled with `ctr -n default` or nerdctl) \
+        cannot be mended from this one. Repair never removes another namespace's content: it \
+        leaves that image unmended and names the namespace, the image there and the command \
+        that lets go of the blob (`ctr -n NS content rm DIGEST`); then run the repair again. \
+        Exit status 0 when everything checked is sound afterwards, 1 otherwise."
 )]
 pub struct RepairArgs {
     #[command(flatten)]
@@ -131,10 +139,9 @@ pub async fn run_verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     if let Output::Text = args.check.output {
         let n = checks.len() + missing.len();
         println!(
-            "checked {n} image{}: {bad} damaged or missing, {} stale ingest{}",
-            if n == 1 { "" } else { "s" },
-            stale.len(),
-            if stale.len() == 1 { "" } else { "s" }
+            "checked {}: {bad} damaged or missing, {}",
+            counted(n, "image"),
+            counted(stale.len(), "stale ingest")
         );
     }
     Ok(if bad == 0 && stale.is_empty() {
@@ -172,14 +179,61 @@ pub async fn run_repair(args: RepairArgs) -> anyhow::Result<ExitCode> {
     }
 
     let (checks, missing) = check_all(&store, &checker, &wanted).await?;
-    let mut failed = 0;
-    // Damaged images: bad blobs out (the rest held by a lease), pulled again, checked again.
     let damaged: Vec<&ImageCheck> = checks.iter().filter(|c| !c.problems.is_empty()).collect();
+    let shared = shared_bad_blobs(&store, &damaged).await?;
+    // Bad blobs out (the rest of the damaged images held by a lease while they are pulled
+    // again); blobs other namespaces hold stay, see `SharedBlob`.
     let protection = discard_bad_blobs(&store, &damaged).await?;
+    let mended = mend(&store, &puller, &checker, checks, missing, &shared, output).await;
+    // A lease left behind would keep content for a week that nothing names: release it
+    // whatever happened. Content only a removed blob held may then be collected, and the next
+    // repair downloads it again.
+    if let Some(lease) = protection {
+        if let Err(e) = store.delete_lease(lease).await {
+            eprintln!("warning: cannot delete the repair lease (it expires by itself): {e}");
+        }
+    }
+    Ok(if mended? == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Pulls each damaged or missing image again and checks it; returns how many stay broken.
+/// An image with a bad blob another namespace holds is not pulled: containerd would keep the
+/// bad file. It fails naming that namespace and what to do there.
+async fn mend(
+    store: &Store,
+    puller: &crate::pull::Puller,
+    checker: &Checker<'_>,
+    checks: Vec<ImageCheck>,
+    missing: Vec<String>,
+    shared: &[SharedBlob],
+    output: Output,
+) -> anyhow::Result<usize> {
+    let mut failed = 0;
     let mut to_pull: Vec<(String, Option<ImageCheck>)> = Vec::new();
-    for check in checks.iter().cloned() {
+    for check in checks {
         if check.problems.is_empty() {
             print_check(&check, "ok", output);
+            continue;
+        }
+        let held: Vec<String> = shared
+            .iter()
+            .filter(|s| {
+                check
+                    .problems
+                    .iter()
+                    .any(|p| p.bad_blob() == Some(&s.digest))
+            })
+            .map(ToString::to_string)
+            .collect();
+        if !held.is_empty() {
+            failed += 1;
+            let problems: Vec<String> = check.problems.iter().map(ToString::to_string).collect();
+            let why = format!("{}; {}", problems.join("; "), held.join("; "));
+            print_outcome(&check.names[0], "failed", Some(&check), Some(&why), output);
             continue;
         }
         match check.pull_name() {
@@ -210,7 +264,7 @@ pub async fn run_repair(args: RepairArgs) -> anyhow::Result<ExitCode> {
         // Mended means pulled and then found sound.
         let outcome: Result<(), String> = match puller.pull_thoroughly(&reference).await {
             Ok(report) => {
-                let records = records_named(&store, &report.names).await?;
+                let records = records_named(store, &report.names).await?;
                 let after = checker.check(&report.digest, &records).await?;
                 let still: Vec<String> = after.problems.iter().map(ToString::to_string).collect();
                 if still.is_empty() {
@@ -231,22 +285,7 @@ pub async fn run_repair(args: RepairArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    if let Some(lease) = protection {
-        if failed == 0 {
-            store.delete_lease(lease).await?;
-        } else {
-            eprintln!(
-                "note: what remains of the damaged images is held by lease {} for a week, so a \
-                 later repair need not download it again",
-                lease.id()
-            );
-        }
-    }
-    Ok(if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(failed)
 }
 
 fn parse_images(images: &[String]) -> anyhow::Result<Vec<Reference>> {
@@ -306,9 +345,9 @@ async fn records_named(store: &Store, names: &[String]) -> anyhow::Result<Vec<Im
 fn print_check(check: &ImageCheck, status: &str, output: Output) {
     match output {
         Output::Text if check.problems.is_empty() => println!(
-            "{status} {} ({} blobs, {} read)",
+            "{status} {} ({}, {} read)",
             check.names[0],
-            check.blobs,
+            counted(check.blobs, "blob"),
             human_bytes(check.bytes)
         ),
         Output::Text => {
@@ -370,10 +409,9 @@ fn print_ingest(ingest: &Ingest, status: &str, output: Output) {
         .unwrap_or_else(|| "?".into());
     match output {
         Output::Text => println!(
-            "{status} ingest {}: {} of {} written, idle {idle}",
+            "{status} ingest {}: {}, idle {idle}",
             ingest.reference,
-            human_bytes(ingest.offset),
-            human_bytes(ingest.total)
+            ingest_progress(ingest)
         ),
         Output::Json => println!(
             "{}",
@@ -385,6 +423,19 @@ fn print_ingest(ingest: &Ingest, status: &str, output: Output) {
                 "idle_seconds": ingest.idle.map(|d| d.as_secs()),
             })
         ),
+    }
+}
+
+/// "1.5 MiB of 4 MiB written", or "1.5 MiB written, size unknown" when the writer gave
+/// containerd no expected size.
+fn ingest_progress(ingest: &Ingest) -> String {
+    match ingest.total {
+        Some(total) => format!(
+            "{} of {} written",
+            human_bytes(ingest.offset),
+            human_bytes(total)
+        ),
+        None => format!("{} written, size unknown", human_bytes(ingest.offset)),
     }
 }
 

@@ -84,7 +84,10 @@ impl StoreError {
                 what,
                 message: status.message().to_string(),
             },
-            tonic::Code::Unavailable if status.message().contains("locked") => StoreError::Busy {
+            // containerd 1.x answers `Unavailable`; 2.x wraps the same lock error (e.g.
+            // "truncate failed: ref … locked for 5ms") and it arrives as `Unknown`. Whatever the
+            // code, another writer holds the ref: wait for it, never fail the pull.
+            _ if is_ref_locked(status.message()) => StoreError::Busy {
                 op,
                 what,
                 message: status.message().to_string(),
@@ -132,6 +135,16 @@ impl StoreError {
     }
 }
 
+/// containerd's content store refuses a second writer of an ingest ref with "ref <ref> locked"
+/// (1.6: `ref k8s.io/1/layer-… locked: unavailable`; 2.x adds "for <duration> (since …)").
+fn is_ref_locked(message: &str) -> bool {
+    message.split("ref ").skip(1).any(|rest| {
+        rest.split_whitespace()
+            .nth(1)
+            .is_some_and(|w| w.starts_with("locked"))
+    })
+}
+
 /// tonic reports a connection that broke mid-call as `Unknown`/`Cancelled` with the transport's
 /// words; those are worth a retry, unlike a real `Unknown` from containerd.
 fn is_transport_failure(message: &str) -> bool {
@@ -171,5 +184,22 @@ mod tests {
             tonic::Status::unavailable("ref layer-x locked for 1s"),
         );
         assert!(matches!(e, StoreError::Busy { .. }));
+        // containerd 2.1's answer when two writers share a blob another namespace holds.
+        let e = StoreError::rpc(
+            "Content.Write",
+            "x",
+            tonic::Status::unknown(
+                "truncate failed: ref k8s.io/1/layer-sha256:79c7 locked for 4.79867ms \
+                 (since 2026-11-30 10:58:56.015308968 +0000 UTC m=+0.510735377): unavailable",
+            ),
+        );
+        assert!(matches!(e, StoreError::Busy { .. }) && e.is_retryable());
+        assert_eq!(e.kind(), ErrorKind::Busy);
+        let e = StoreError::rpc(
+            "Diff.Apply",
+            "x",
+            tonic::Status::unknown("the referenced layer is locked down by policy"),
+        );
+        assert!(matches!(e, StoreError::Rpc { .. }));
     }
 }

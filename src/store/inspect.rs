@@ -3,9 +3,10 @@
 
 use containerd_client::services::v1::content_client::ContentClient;
 use containerd_client::services::v1::images_client::ImagesClient;
+use containerd_client::services::v1::namespaces_client::NamespacesClient;
 use containerd_client::services::v1::{
-    DeleteContentRequest, DeleteImageRequest, Image, ListImagesRequest, ListStatusesRequest,
-    ReadContentRequest,
+    DeleteContentRequest, DeleteImageRequest, Image, ListImagesRequest, ListNamespacesRequest,
+    ListStatusesRequest, ReadContentRequest,
 };
 
 use super::{Store, StoreError};
@@ -34,8 +35,10 @@ pub struct Ingest {
     pub reference: String,
     /// Bytes written so far.
     pub offset: u64,
-    /// The expected size, if known.
-    pub total: u64,
+    /// The blob's expected size, when the writer that opened the ingest gave one: containerd
+    /// records a total only then (a writer may stream a blob of unknown length), and reports
+    /// 0 otherwise.
+    pub total: Option<u64>,
     /// Seconds since it was last written to, if containerd says.
     pub idle: Option<std::time::Duration>,
 }
@@ -142,6 +145,81 @@ impl Store {
         Ok(added)
     }
 
+    /// Every namespace in this containerd.
+    pub async fn namespaces(&self) -> Result<Vec<String>, StoreError> {
+        let mut client = NamespacesClient::new(self.channel.clone());
+        let listed = client
+            .list(tonic::Request::new(ListNamespacesRequest {
+                filter: String::new(),
+            }))
+            .await
+            .map_err(|s| StoreError::rpc("Namespaces.List", "namespaces", s))?;
+        Ok(listed
+            .into_inner()
+            .namespaces
+            .into_iter()
+            .map(|n| n.name)
+            .collect())
+    }
+
+    /// The same containerd, seen from another namespace (a name containerd listed).
+    pub fn in_namespace(&self, namespace: &str) -> Store {
+        Store {
+            namespace: namespace.to_string(),
+            ..self.clone()
+        }
+    }
+
+    /// The image records of this namespace whose content reaches `digest` through containerd's
+    /// GC references (a layer is reached through its manifest, a manifest through its index).
+    pub async fn images_reaching(&self, digest: &Digest) -> Result<Vec<String>, StoreError> {
+        let mut verdicts: std::collections::HashMap<String, bool> = Default::default();
+        let mut names = Vec::new();
+        for image in self.images().await? {
+            let Some(target) = image.target.as_ref().map(|t| t.digest.clone()) else {
+                continue;
+            };
+            let reaches = match verdicts.get(&target) {
+                Some(v) => *v,
+                None => {
+                    let v = match target.parse::<Digest>() {
+                        Ok(t) => self.reaches(&t, digest).await?,
+                        Err(_) => false,
+                    };
+                    verdicts.insert(target, v);
+                    v
+                }
+            };
+            if reaches {
+                names.push(image.name);
+            }
+        }
+        Ok(names)
+    }
+
+    async fn reaches(&self, root: &Digest, wanted: &Digest) -> Result<bool, StoreError> {
+        let mut seen = std::collections::HashSet::new();
+        let mut queue = vec![root.clone()];
+        while let Some(digest) = queue.pop() {
+            if &digest == wanted {
+                return Ok(true);
+            }
+            if !seen.insert(digest.clone()) {
+                continue;
+            }
+            let Some(info) = self.info(&digest).await? else {
+                continue;
+            };
+            queue.extend(
+                info.labels
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("containerd.io/gc.ref.content"))
+                    .filter_map(|(_, v)| v.parse::<Digest>().ok()),
+            );
+        }
+        Ok(false)
+    }
+
     /// Every ingest in the namespace.
     pub async fn ingests(&self) -> Result<Vec<Ingest>, StoreError> {
         let mut client = ContentClient::new(self.channel.clone());
@@ -162,7 +240,7 @@ impl Store {
                 }),
                 reference: s.r#ref,
                 offset: s.offset.max(0) as u64,
-                total: s.total.max(0) as u64,
+                total: u64::try_from(s.total).ok().filter(|t| *t > 0),
             })
             .collect())
     }

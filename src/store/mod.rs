@@ -8,6 +8,7 @@ mod content;
 mod error;
 mod images;
 mod inspect;
+mod introspect;
 mod leases;
 mod snapshots;
 

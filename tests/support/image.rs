@@ -245,6 +245,13 @@ pub async fn push_image_with(
     image
 }
 
+/// Tags an already pushed image `tag` in `repo` as well: two references sharing every blob.
+pub async fn tag_image(registry_host: &str, repo: &str, tag: &str, image: &PushedImage) {
+    Pusher::new(&PushTarget::plain(registry_host), repo)
+        .put_manifest(tag, &image.manifest.media_type, &image.manifest_bytes)
+        .await;
+}
+
 /// Pushes a multi-platform index (an OCI index or a Docker manifest list, per `family`) tagged
 /// `tag`, its platform manifests by digest. Every image uses `family`, whatever its spec says, as
 /// real indexes do. `with_attestation` adds a buildkit-style attestation manifest for the first

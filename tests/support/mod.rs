@@ -29,7 +29,7 @@ pub use image::{
     push_image, push_index, Blob, ImageSpec, MediaFamily, Platform, PushedImage, PushedIndex,
 };
 #[allow(unused_imports)]
-pub use image::{push_image_with, push_index_with, PushAuth, PushTarget};
+pub use image::{push_image_with, push_index_with, tag_image, PushAuth, PushTarget};
 #[allow(unused_imports)]
 pub use proxy::{Action, Proxy, Record, Shape};
 #[allow(unused_imports)]
