@@ -11,7 +11,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use support::process::Deadline;
 use support::{
-    push_image, push_image_with, Containerd, ImageSpec, Proxy, Registry, RegistryOptions, TestCa,
+    push_image, push_image_with, Containerd, DeadHost, ImageSpec, Proxy, Registry, RegistryOptions,
+    TestCa,
 };
 
 const KIB: usize = 1024;
@@ -90,17 +91,88 @@ async fn tls_registry_with_a_private_ca_from_hosts_toml_or_a_certs_dir() {
     assert!(out.status.success(), "{}", text(&out));
     support::cri::wait_for_image(containerd.socket(), &reference, Duration::from_secs(20)).await;
 
-    // A broken hosts.toml is named, with the problem.
-    write(
-        certs.path(),
-        &dir_name,
-        "hosts.toml",
-        "server = \"https://x\"\nsipk_verify = true\n",
+    // A key neither containerd nor prepull knows (a typo) is ignored as containerd ignores it,
+    // and named in a warning; a known key with a value of the wrong type is an error.
+    let hosts_toml = certs.path().join(&dir_name).join("hosts.toml");
+    let with_ca = format!(
+        "server = \"https://{host}\"\nca = \"{}\"\n",
+        ca.pem_path().display()
     );
+    std::fs::write(&hosts_toml, format!("{with_ca}sipk_verify = true\n")).unwrap();
+    let out = prepull(&containerd, &["--hosts-dir", certs_dir, &reference]).await;
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains(&hosts_toml.display().to_string()) && t.contains("sipk_verify"),
+        "{t}"
+    );
+    std::fs::write(&hosts_toml, format!("{with_ca}skip_verify = \"yes\"\n")).unwrap();
     let out = prepull(&containerd, &["--hosts-dir", certs_dir, &reference]).await;
     assert_eq!(out.status.code(), Some(1));
     let t = text(&out);
-    assert!(t.contains("hosts.toml") && t.contains("sipk_verify"), "{t}");
+    assert!(t.contains("hosts.toml") && t.contains("skip_verify"), "{t}");
+}
+
+/// A `hosts.toml` as containerd 2.1 accepts it: `dial_timeout` (which prepull honours as the
+/// connect timeout for that host) and keys neither knows (ignored, each named in one warning
+/// however many requests read the file).
+#[tokio::test(flavor = "multi_thread")]
+async fn hosts_toml_keys_containerd_accepts_work_and_dial_timeout_bounds_connecting() {
+    let (containerd, upstream, dead) = tokio::join!(
+        Containerd::start(),
+        Registry::start(),
+        DeadHost::unanswered()
+    );
+    let up = upstream.host();
+    push_image_with(
+        &upstream.push_target(),
+        "team/app",
+        "v1",
+        &ImageSpec::new(&[16 * KIB, 8 * KIB]),
+    )
+    .await;
+    let certs = tempfile::tempdir().unwrap();
+    // The mirror never completes a connection: only its dial_timeout keeps the pull short
+    // (prepull's default connect timeout is 30 s).
+    write(
+        certs.path(),
+        &up,
+        "hosts.toml",
+        &format!(
+            "server = \"http://{up}\"\nfuture_option = true\n\n[host.\"http://{}\"]\n  \
+             capabilities = [\"pull\", \"resolve\"]\n  dial_timeout = \"500ms\"\n  \
+             mirror_weight = 3\n",
+            dead.host()
+        ),
+    );
+    let image = format!("{up}/team/app:v1");
+    let started = std::time::Instant::now();
+    let out = prepull(
+        &containerd,
+        &["--hosts-dir", certs.path().to_str().unwrap(), &image],
+    )
+    .await;
+    let elapsed = started.elapsed();
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        elapsed < Duration::from_secs(25),
+        "dial_timeout bounds each connect to the dead mirror: took {elapsed:?}\n{t}"
+    );
+    assert_pulled(&containerd, &image).await;
+    let file = certs.path().join(&up).join("hosts.toml");
+    for key in [
+        "future_option",
+        &format!("host.\"http://{}\".mirror_weight", dead.host()),
+    ] {
+        let warnings: Vec<&str> = t.lines().filter(|l| l.contains(key)).collect();
+        assert_eq!(warnings.len(), 1, "one warning for {key}: {t}");
+        assert!(
+            warnings[0].contains(&file.display().to_string()),
+            "{}",
+            warnings[0]
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

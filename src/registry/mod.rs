@@ -45,8 +45,8 @@ pub struct Options {
 /// A client for every registry of a run.
 pub struct RegistryClient {
     http: reqwest::Client,
-    /// Clients for endpoints with their own TLS settings, built on first use.
-    tls_clients: Mutex<HashMap<Tls, reqwest::Client>>,
+    /// Clients for endpoints with their own TLS settings or `dial_timeout`, built on first use.
+    endpoint_clients: Mutex<HashMap<(Tls, Option<Duration>), reqwest::Client>>,
     options: Options,
     tokens: auth::TokenCache,
     credentials: Arc<dyn CredentialSource>,
@@ -109,7 +109,7 @@ impl RegistryClient {
             .map_err(RegistryError::Client)?;
         Ok(RegistryClient {
             http,
-            tls_clients: Mutex::default(),
+            endpoint_clients: Mutex::default(),
             options,
             tokens: auth::TokenCache::default(),
             credentials,
@@ -149,17 +149,21 @@ impl RegistryClient {
         Ok(usable)
     }
 
-    /// The HTTP client for an endpoint's TLS settings.
-    fn client_for(&self, tls: &Tls) -> Result<reqwest::Client, RegistryError> {
-        if tls == &Tls::default() {
+    /// The HTTP client for an endpoint's TLS settings and connect timeout.
+    fn client_for(&self, endpoint: &Endpoint) -> Result<reqwest::Client, RegistryError> {
+        if endpoint.tls == Tls::default() && endpoint.dial_timeout.is_none() {
             return Ok(self.http.clone());
         }
-        if let Some(c) = auth::lock(&self.tls_clients).get(tls) {
+        let key = (endpoint.tls.clone(), endpoint.dial_timeout);
+        if let Some(c) = auth::lock(&self.endpoint_clients).get(&key) {
             return Ok(c.clone());
         }
-        let builder = tls.configure(client_builder(&self.options))?;
+        let mut builder = endpoint.tls.configure(client_builder(&self.options))?;
+        if let Some(timeout) = endpoint.dial_timeout {
+            builder = builder.connect_timeout(timeout);
+        }
         let client = builder.build().map_err(RegistryError::Client)?;
-        auth::lock(&self.tls_clients).insert(tls.clone(), client.clone());
+        auth::lock(&self.endpoint_clients).insert(key, client.clone());
         Ok(client)
     }
 
@@ -485,7 +489,7 @@ impl RegistryClient {
         } else {
             reference.name()
         };
-        let http = self.client_for(&endpoint.tls)?;
+        let http = self.client_for(endpoint)?;
         let found = self.credentials.lookup(&lookup);
         self.forget_old_credentials();
         let candidates: Vec<Option<Arc<Credential>>> = if found.is_empty() {
