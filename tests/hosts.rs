@@ -520,3 +520,82 @@ async fn mutual_tls_without_an_accepted_client_certificate_fails_and_says_what_t
     assert!(out.status.success(), "{}", text(&out));
     assert_pulled(&containerd, &reference).await;
 }
+
+/// A mirror that does not answer is asked once, then skipped while the upstream serves every
+/// image of the run: it costs neither a connect timeout nor retries per request.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_mirror_is_tried_once_and_skipped_while_the_upstream_serves() {
+    const IMAGES: usize = 6;
+    let (containerd, upstream, closing, unanswered) = tokio::join!(
+        Containerd::start(),
+        Registry::start(),
+        DeadHost::closing(),
+        DeadHost::unanswered()
+    );
+    let up = upstream.host();
+    let mut images = Vec::new();
+    for i in 0..IMAGES {
+        let repo = format!("team/app{i}");
+        push_image_with(
+            &upstream.push_target(),
+            &repo,
+            "v1",
+            &ImageSpec::new(&[8 * KIB, 4 * KIB]),
+        )
+        .await;
+        images.push(format!("{up}/{repo}:v1"));
+    }
+    let certs = tempfile::tempdir().unwrap();
+    let certs_dir = certs.path().to_str().unwrap();
+    let mirror_of = |mirror: &DeadHost, extra: &str| {
+        write(
+            certs.path(),
+            &up,
+            "hosts.toml",
+            &format!(
+                "server = \"http://{up}\"\n\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \
+                 \"resolve\"]\n{extra}",
+                mirror.host()
+            ),
+        );
+    };
+    let pull = |images: Vec<String>| {
+        let containerd = &containerd;
+        async move {
+            let mut args = vec!["--hosts-dir", certs_dir];
+            args.extend(images.iter().map(String::as_str));
+            let started = std::time::Instant::now();
+            let out = prepull(containerd, &args).await;
+            (out, started.elapsed())
+        }
+    };
+
+    // A mirror that closes every connection: counted, it is asked at most once per image (the
+    // images pull concurrently, so each may ask before the first failure is known), not once
+    // per request and attempt.
+    mirror_of(&closing, "");
+    let (out, _) = pull(images[..3].to_vec()).await;
+    assert!(out.status.success(), "{}", text(&out));
+    for image in &images[..3] {
+        assert_pulled(&containerd, image).await;
+    }
+    let asked = closing.accepted();
+    assert!(
+        (1..=3).contains(&asked),
+        "the dead mirror was asked {asked} times for 3 images\n{}",
+        text(&out)
+    );
+
+    // A mirror whose connects hang (dial_timeout 2s): the run is not one timeout per request.
+    mirror_of(&unanswered, "  dial_timeout = \"2s\"\n");
+    let (out, elapsed) = pull(images[3..].to_vec()).await;
+    assert!(out.status.success(), "{}", text(&out));
+    for image in &images[3..] {
+        assert_pulled(&containerd, image).await;
+    }
+    assert!(
+        elapsed < Duration::from_secs(15),
+        "one 2 s timeout per image at most, then the upstream: took {elapsed:?}\n{}",
+        text(&out)
+    );
+}

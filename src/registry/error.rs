@@ -180,6 +180,15 @@ impl RegistryError {
         }
     }
 
+    /// The host could not be spoken to at all (no HTTP answer): unreachable, the connection
+    /// broke, or TLS failed.
+    pub fn is_transport(&self) -> bool {
+        matches!(
+            self,
+            RegistryError::Network { .. } | RegistryError::ClientCertificate { .. }
+        )
+    }
+
     /// Whether trying again later may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {

@@ -8,11 +8,12 @@ mod auth;
 pub mod challenge;
 mod error;
 mod hosts;
+mod unreachable;
 
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
@@ -58,6 +59,8 @@ pub struct RegistryClient {
     generation: std::sync::atomic::AtomicU64,
     /// Last `ratelimit-remaining` per registry.
     rate_limits: Mutex<HashMap<String, u64>>,
+    /// Mirrors that did not answer lately, skipped while their back-off runs.
+    unreachable: unreachable::Unreachable,
 }
 
 /// A manifest or index as served, verified against the digest it was asked for (or, for a tag,
@@ -117,6 +120,7 @@ impl RegistryClient {
             working: Mutex::default(),
             generation: std::sync::atomic::AtomicU64::new(0),
             rate_limits: Mutex::default(),
+            unreachable: unreachable::Unreachable::default(),
         })
     }
 
@@ -446,25 +450,61 @@ impl RegistryClient {
         let endpoints = self.endpoints(reference, need)?;
         let last = endpoints.len() - 1;
         for (k, endpoint) in endpoints.iter().enumerate() {
+            // A host with another behind it fails fast, and one that did not answer lately is
+            // skipped, so a dead mirror costs one attempt per back-off, not a timeout per request.
+            let fallback = k < last;
+            if fallback {
+                if let Some(left) = self
+                    .unreachable
+                    .skipped_for(&endpoint.origin, Instant::now())
+                {
+                    tracing::debug!(
+                        mirror = %endpoint.host,
+                        retry_in_s = left.as_secs(),
+                        "mirror did not answer lately; skipped"
+                    );
+                    continue;
+                }
+            }
             let url = endpoint.url(reference.registry(), reference.repository(), suffix);
             let action = if endpoint.mirror {
                 format!("{action} via mirror {}", endpoint.host)
             } else {
                 action.to_string()
             };
-            match self
-                .send_to(endpoint, reference, &action, method.clone(), &url, &headers)
-                .await
-            {
-                Err(e) if k < last => {
-                    tracing::warn!(
-                        mirror = %endpoint.host,
-                        error = %crate::error_chain(&e),
-                        "mirror failed; trying the next host"
-                    );
+            let request = Request {
+                action: &action,
+                method: method.clone(),
+                url: &url,
+                attempts: if fallback { 1 } else { REQUEST_ATTEMPTS },
+            };
+            let result = self.send_to(endpoint, reference, request, &headers).await;
+            if fallback {
+                match &result {
+                    Ok(_) => self.unreachable.answered(&endpoint.origin),
+                    Err(e) if e.is_transport() => {
+                        let backoff = self.unreachable.failed(&endpoint.origin, Instant::now());
+                        tracing::warn!(
+                            mirror = %endpoint.host,
+                            error = %crate::error_chain(e),
+                            skipped_for_s = backoff.as_secs(),
+                            "mirror did not answer; trying the next host, and skipping this one \
+                             for a while"
+                        );
+                        continue;
+                    }
+                    Err(e) => {
+                        self.unreachable.answered(&endpoint.origin);
+                        tracing::warn!(
+                            mirror = %endpoint.host,
+                            error = %crate::error_chain(e),
+                            "mirror failed; trying the next host"
+                        );
+                        continue;
+                    }
                 }
-                other => return other,
             }
+            return result;
         }
         unreachable!("the last endpoint returns")
     }
@@ -474,11 +514,15 @@ impl RegistryClient {
         &self,
         endpoint: &Endpoint,
         reference: &Reference,
-        action: &str,
-        method: Method,
-        url: &str,
+        request: Request<'_>,
         headers: &impl Fn(&mut HeaderMap),
     ) -> Result<reqwest::Response, RegistryError> {
+        let Request {
+            action,
+            method,
+            url,
+            attempts,
+        } = request;
         // Schemes, tokens and the credential that worked belong to the host actually spoken to;
         // a mirror gets only credentials configured for the mirror itself.
         let registry = endpoint.host.as_str();
@@ -528,7 +572,7 @@ impl RegistryClient {
             };
             let sent_auth = authorization.is_some();
             let sent = self
-                .send_with_retries(registry, action, || {
+                .send_with_retries(registry, action, attempts, || {
                     let mut h = HeaderMap::new();
                     headers(&mut h);
                     for (name, value) in &endpoint.headers {
@@ -708,17 +752,19 @@ impl RegistryClient {
             .transpose()
     }
 
-    /// Sends, retrying connection failures, `5xx` and `429` with jittered exponential backoff
-    /// (honouring `Retry-After`). The last answer is returned as it is.
+    /// Sends, making up to `attempts` attempts: connection failures, `5xx` and `429` are
+    /// retried with jittered exponential backoff (honouring `Retry-After`). The last answer is
+    /// returned as it is.
     async fn send_with_retries(
         &self,
         registry: &str,
         action: &str,
+        attempts: u32,
         build: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, RegistryError> {
         let mut delay = Duration::from_millis(500);
-        for attempt in 1..=REQUEST_ATTEMPTS {
-            let last = attempt == REQUEST_ATTEMPTS;
+        for attempt in 1..=attempts {
+            let last = attempt == attempts;
             match build().send().await {
                 Ok(r) => {
                     self.note_rate_limit(registry, r.headers());
@@ -771,6 +817,16 @@ impl RegistryClient {
     pub fn rate_limit_remaining(&self, registry: &str) -> Option<u64> {
         auth::lock(&self.rate_limits).get(registry).copied()
     }
+}
+
+/// One request to one endpoint.
+struct Request<'a> {
+    /// What is being done, for messages: "GET manifest latest via mirror m:5000".
+    action: &'a str,
+    method: Method,
+    url: &'a str,
+    /// How many times a failed send may be tried (1: fail fast, another host is next).
+    attempts: u32,
 }
 
 /// What a request needs an endpoint to be allowed to do.
