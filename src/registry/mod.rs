@@ -8,6 +8,7 @@ mod auth;
 pub mod challenge;
 mod error;
 mod hosts;
+mod pull_scope;
 mod unreachable;
 
 use std::collections::HashMap;
@@ -28,6 +29,7 @@ use reqwest::{Method, StatusCode};
 pub use auth::Realm;
 pub use error::RegistryError;
 pub use hosts::{Endpoint, Hosts, HostsError, Tls};
+pub use pull_scope::PullScope;
 
 use crate::credentials::{Credential, CredentialSource, Secret};
 use crate::digest::{Digest, Verifier};
@@ -61,6 +63,8 @@ pub struct RegistryClient {
     rate_limits: Mutex<HashMap<String, u64>>,
     /// Mirrors that did not answer lately, skipped while their back-off runs.
     unreachable: unreachable::Unreachable,
+    /// Credentials found for the pulls under way.
+    pulls: Arc<pull_scope::PullCredentials>,
 }
 
 /// A manifest or index as served, verified against the digest it was asked for (or, for a tag,
@@ -121,7 +125,15 @@ impl RegistryClient {
             generation: std::sync::atomic::AtomicU64::new(0),
             rate_limits: Mutex::default(),
             unreachable: unreachable::Unreachable::default(),
+            pulls: Arc::default(),
         })
+    }
+
+    /// Starts a pull of `reference`: until the scope is dropped, the credentials for each host
+    /// are looked up once (a credential-provider plugin runs once per host and pull, however many
+    /// requests the pull makes), as containerd and the kubelet look them up per pull.
+    pub fn begin_pull(&self, reference: &Reference) -> PullScope {
+        self.pulls.begin(reference.name())
     }
 
     /// The endpoints that may serve `need` for the reference's registry, mirrors first.
@@ -534,7 +546,12 @@ impl RegistryClient {
             reference.name()
         };
         let http = self.client_for(endpoint)?;
-        let found = self.credentials.lookup(&lookup);
+        let found = self
+            .pulls
+            .get(&reference.name(), &lookup, || {
+                self.credentials.lookup(&lookup)
+            })
+            .await;
         self.forget_old_credentials();
         let candidates: Vec<Option<Arc<Credential>>> = if found.is_empty() {
             vec![None]
