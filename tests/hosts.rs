@@ -12,7 +12,7 @@ use base64::Engine as _;
 use support::process::Deadline;
 use support::{
     push_image, push_image_with, Containerd, DeadHost, ImageSpec, Proxy, Registry, RegistryOptions,
-    TestCa,
+    TcpRelay, TestCa,
 };
 
 const KIB: usize = 1024;
@@ -597,5 +597,109 @@ async fn a_dead_mirror_is_tried_once_and_skipped_while_the_upstream_serves() {
         elapsed < Duration::from_secs(15),
         "one 2 s timeout per image at most, then the upstream: took {elapsed:?}\n{}",
         text(&out)
+    );
+}
+
+/// Runs `prepull pull --output json` and returns the failed image's kind and error text.
+async fn failure(containerd: &Containerd, args: &[&str]) -> (String, String) {
+    let mut all = vec!["--output", "json"];
+    all.extend_from_slice(args);
+    let out = prepull(containerd, &all).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let result: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    (
+        result["kind"].as_str().unwrap_or_default().to_string(),
+        result["error"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+/// TLS that configuration must fix (an untrusted certificate, TLS to a plain-HTTP registry, plain
+/// HTTP to a TLS one) is reported as `tls` with what to configure and where, and is tried once:
+/// a relay in front of each registry counts the connections.
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_mistakes_say_what_to_fix_and_are_not_retried() {
+    let ca = TestCa::new();
+    let (containerd, secure, plain) = tokio::join!(
+        Containerd::start(),
+        Registry::start_with(RegistryOptions::default().tls(&ca)),
+        Registry::start()
+    );
+    let spec = ImageSpec::new(&[8 * KIB]);
+    push_image_with(&secure.push_target(), "team/app", "v1", &spec).await;
+    push_image_with(&plain.push_target(), "team/app", "v1", &spec).await;
+    let certs = tempfile::tempdir().unwrap();
+    let certs_dir = certs.path().to_str().unwrap();
+
+    // The TLS registry, its CA configured nowhere: the CA file to write, where.
+    let relay = TcpRelay::start(&secure.host()).await;
+    let host = relay.host();
+    let image = format!("{host}/team/app:v1");
+    let (kind, error) = failure(&containerd, &["--hosts-dir", certs_dir, &image]).await;
+    let dir = certs.path().join(host.replace(':', "_") + "_");
+    assert_eq!(kind, "tls", "{error}");
+    assert!(
+        error.contains(&format!("registry {host}"))
+            && error.contains("not signed by a CA prepull trusts (UnknownIssuer)")
+            && error.contains(&format!(
+                "put the CA certificate that signed it in {} (any *.crt file there), or write \
+                 ca = \"<CA certificate file>\" in {}",
+                dir.join("ca.crt").display(),
+                dir.join("hosts.toml").display()
+            )),
+        "{error}"
+    );
+    assert_eq!(relay.connections(), 1, "tried once: {error}");
+    // That fix works.
+    write(
+        certs.path(),
+        &dir.to_string_lossy(),
+        "ca.crt",
+        ca.cert_pem(),
+    );
+    let out = prepull(&containerd, &["--hosts-dir", certs_dir, &image]).await;
+    assert!(out.status.success(), "{}", text(&out));
+
+    // The TLS registry spoken to in plain HTTP: it answers 400; speak HTTPS.
+    let (kind, error) = failure(
+        &containerd,
+        &["--hosts-dir", certs_dir, "--plain-http", &host, &image],
+    )
+    .await;
+    assert_eq!(kind, "tls", "{error}");
+    assert!(
+        error.contains("it speaks HTTPS and prepull spoke plain HTTP")
+            && error.contains(&format!("do not pass --plain-http {host}")),
+        "{error}"
+    );
+
+    // A plain-HTTP registry spoken to with TLS: pass --plain-http.
+    let relay = TcpRelay::start(&plain.host()).await;
+    let host = relay.host();
+    let image = format!("{host}/team/app:v1");
+    let (kind, error) = failure(&containerd, &["--hosts-dir", certs_dir, &image]).await;
+    assert_eq!(kind, "tls", "{error}");
+    assert!(
+        error.contains(&format!("registry {host}"))
+            && error.contains("it speaks plain HTTP and prepull spoke TLS")
+            && error.contains(&format!("pass --plain-http {host}")),
+        "{error}"
+    );
+    assert_eq!(relay.connections(), 1, "tried once: {error}");
+    // Named with https:// in a hosts.toml: that line is the one to change.
+    write(
+        certs.path(),
+        &host,
+        "hosts.toml",
+        &format!("server = \"https://{host}\"\n"),
+    );
+    let (kind, error) = failure(&containerd, &["--hosts-dir", certs_dir, &image]).await;
+    assert_eq!(kind, "tls", "{error}");
+    assert!(
+        error.contains(&format!(
+            "write http://{host} instead of https://{host} in {}",
+            certs.path().join(&host).join("hosts.toml").display()
+        )),
+        "{error}"
     );
 }

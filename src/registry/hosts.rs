@@ -67,6 +67,8 @@ pub struct Endpoint {
     pub headers: Vec<(String, String)>,
     /// How long connecting may take (`dial_timeout`); `None`: the client's default.
     pub dial_timeout: Option<Duration>,
+    /// The `hosts.toml` whose `server` or `[host."…"]` table names this endpoint, if one does.
+    pub named_in: Option<PathBuf>,
 }
 
 impl Endpoint {
@@ -110,6 +112,18 @@ pub struct Hosts {
     pub dir: Option<PathBuf>,
     /// Registry hosts spoken to over plain HTTP.
     pub plain_http: HashSet<String>,
+}
+
+/// Where an endpoint's settings are configured, for advice in error messages.
+enum Place {
+    /// No hosts directory is in use.
+    NoDirectory,
+    /// A mirror's `[host."<origin>"]` table.
+    Table { hosts_toml: PathBuf, origin: String },
+    /// The registry's `hosts.toml`.
+    HostsToml(PathBuf),
+    /// The registry's directory, which has no `hosts.toml`: Docker-style files or a new one.
+    Directory { dir: PathBuf, hosts_toml: PathBuf },
 }
 
 /// The keys containerd reads in a `[host."…"]` table, and at the top level besides `server` and
@@ -235,6 +249,7 @@ impl Hosts {
             tls: Tls::default(),
             headers: Vec::new(),
             dial_timeout: None,
+            named_in: None,
         };
         let Some(dir) = self.host_dir(registry) else {
             return Ok(vec![upstream]);
@@ -295,6 +310,7 @@ impl Hosts {
                 endpoint_from(&url, true).map_err(|m| invalid(format!("{at}: {m}")))?;
             apply(&mut endpoint, &dir, Some(&url), entry)
                 .map_err(|m| invalid(format!("{at} {m}")))?;
+            endpoint.named_in = Some(file.clone());
             // The registry itself may appear as a host entry; then it is not a mirror.
             if endpoint.host == api_host || endpoint.host == registry {
                 endpoint.mirror = false;
@@ -304,6 +320,7 @@ impl Hosts {
         let settings = HostEntry::deserialize(top).map_err(|e| invalid(format!("{e}")))?;
         if let Some(server) = &server {
             upstream = endpoint_from(server, false).map_err(|m| invalid(format!("server: {m}")))?;
+            upstream.named_in = Some(file.clone());
         }
         apply(&mut upstream, &dir, server.as_deref(), settings).map_err(invalid)?;
         warn_unknown_once(&file, &text, &unknown);
@@ -317,11 +334,85 @@ impl Hosts {
     /// advice to end an error message with.
     pub fn client_certificate_advice(&self, registry: &str, endpoint: &Endpoint) -> String {
         const PAIR: &str = r#"client = [["client.cert", "client.key"]]"#;
-        let Some(root) = &self.dir else {
-            return format!(
+        match self.place(registry, endpoint) {
+            Place::NoDirectory => format!(
                 "configure one in containerd's hosts directory for {registry} and pass it with \
                  --hosts-dir"
-            );
+            ),
+            Place::Table { hosts_toml, origin } => format!(
+                "configure one as {PAIR} in the [host.\"{origin}\"] table of {}",
+                hosts_toml.display()
+            ),
+            Place::HostsToml(hosts_toml) => {
+                format!("configure one as {PAIR} in {}", hosts_toml.display())
+            }
+            Place::Directory { dir, hosts_toml } => format!(
+                "configure one as {PAIR} in {}, or put a client.cert + client.key pair (any \
+                 *.cert with its *.key) in {}",
+                hosts_toml.display(),
+                dir.display()
+            ),
+        }
+    }
+
+    /// Where an operator configures the CA that signed the certificate of `endpoint` of
+    /// `registry`, as advice to end an error message with.
+    pub fn ca_advice(&self, registry: &str, endpoint: &Endpoint) -> String {
+        const CA: &str = r#"ca = "<CA certificate file>""#;
+        let configured = match endpoint.tls.ca_files.as_slice() {
+            [] => String::new(),
+            files => format!(
+                "none of the configured CA files ({}) signed it; ",
+                files
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        let fix = match self.place(registry, endpoint) {
+            Place::NoDirectory => format!(
+                "put the CA certificate that signed it as {registry}/ca.crt in containerd's hosts \
+                 directory and pass that directory with --hosts-dir"
+            ),
+            Place::Table { hosts_toml, origin } => format!(
+                "write {CA} in the [host.\"{origin}\"] table of {}",
+                hosts_toml.display()
+            ),
+            Place::HostsToml(hosts_toml) => format!("write {CA} in {}", hosts_toml.display()),
+            Place::Directory { dir, hosts_toml } => format!(
+                "put the CA certificate that signed it in {} (any *.crt file there), or write \
+                 {CA} in {}",
+                dir.join("ca.crt").display(),
+                hosts_toml.display()
+            ),
+        };
+        format!("{configured}{fix}")
+    }
+
+    /// How to make prepull speak the protocol `endpoint` of `registry` really speaks: plain
+    /// HTTP (`tls` false) or HTTPS, as advice to end an error message with.
+    pub fn scheme_advice(&self, registry: &str, endpoint: &Endpoint, tls: bool) -> String {
+        let (wrong, right) = if tls {
+            ("http", "https")
+        } else {
+            ("https", "http")
+        };
+        let host = &endpoint.host;
+        match (&endpoint.named_in, tls) {
+            (Some(file), _) => format!(
+                "write {right}://{host} instead of {wrong}://{host} in {}",
+                file.display()
+            ),
+            (None, false) => format!("pass --plain-http {registry}"),
+            (None, true) => format!("do not pass --plain-http {registry}"),
+        }
+    }
+
+    /// Where the settings of `endpoint` of `registry` are, or would be, configured.
+    fn place(&self, registry: &str, endpoint: &Endpoint) -> Place {
+        let Some(root) = &self.dir else {
+            return Place::NoDirectory;
         };
         // The directory in use, or the one containerd would look in first.
         let dir = self.host_dir(registry).unwrap_or_else(|| {
@@ -333,20 +424,14 @@ impl Hosts {
         });
         let hosts_toml = dir.join("hosts.toml");
         if endpoint.mirror {
-            format!(
-                "configure one as {PAIR} in the [host.\"{}\"] table of {}",
-                endpoint.origin,
-                hosts_toml.display()
-            )
+            Place::Table {
+                hosts_toml,
+                origin: endpoint.origin.clone(),
+            }
         } else if hosts_toml.is_file() {
-            format!("configure one as {PAIR} in {}", hosts_toml.display())
+            Place::HostsToml(hosts_toml)
         } else {
-            format!(
-                "configure one as {PAIR} in {}, or put a client.cert + client.key pair (any \
-                 *.cert with its *.key) in {}",
-                hosts_toml.display(),
-                dir.display()
-            )
+            Place::Directory { dir, hosts_toml }
         }
     }
 
@@ -613,6 +698,7 @@ fn endpoint_from(url: &str, mirror: bool) -> Result<Endpoint, String> {
         tls: Tls::default(),
         headers: Vec::new(),
         dial_timeout: None,
+        named_in: None,
     })
 }
 
@@ -927,6 +1013,50 @@ server = "https://registry-1.docker.io"
                 "{toml}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn tls_advice_names_the_place_to_configure() {
+        let (root, hosts) = hosts_with(
+            "reg.local",
+            Some("server = \"https://reg.local\"\n[host.\"https://m.local\"]\n  ca = \"m.pem\"\n"),
+        );
+        let toml = root.path().join("reg.local").join("hosts.toml");
+        let e = hosts.endpoints("reg.local").unwrap();
+        let mirror = hosts.ca_advice("reg.local", &e[0]);
+        assert!(
+            mirror.contains("m.pem")
+                && mirror.contains(&format!(
+                    "write ca = \"<CA certificate file>\" in the [host.\"https://m.local\"] table of {}",
+                    toml.display()
+                )),
+            "{mirror}"
+        );
+        assert_eq!(
+            hosts.ca_advice("reg.local", &e[1]),
+            format!("write ca = \"<CA certificate file>\" in {}", toml.display())
+        );
+        assert_eq!(
+            hosts.scheme_advice("reg.local", &e[0], false),
+            format!(
+                "write http://m.local instead of https://m.local in {}",
+                toml.display()
+            )
+        );
+        // No hosts.toml: a Docker-style CA file in containerd's first choice of directory.
+        let (root, hosts) = hosts_with("other", None);
+        let e = hosts.endpoints("reg:5000").unwrap();
+        let advice = hosts.ca_advice("reg:5000", &e[0]);
+        assert!(
+            advice.contains(&root.path().join("reg_5000_/ca.crt").display().to_string()),
+            "{advice}"
+        );
+        assert_eq!(
+            hosts.scheme_advice("reg:5000", &e[0], false),
+            "pass --plain-http reg:5000"
+        );
+        let advice = Hosts::default().ca_advice("reg:5000", &e[0]);
+        assert!(advice.contains("--hosts-dir"), "{advice}");
     }
 
     #[test]

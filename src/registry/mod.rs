@@ -703,7 +703,16 @@ impl RegistryClient {
                     };
                     tried.push(format!("{who}: {detail}"));
                 }
-                _ => return Err(status_error(reference, action, response).await),
+                _ => {
+                    let e = status_error(reference, action, response).await;
+                    let hosts = &self.options.hosts;
+                    return Err(error::explain_status(
+                        hosts,
+                        reference.registry(),
+                        endpoint,
+                        e,
+                    ));
+                }
             }
             if i + 1 < candidates.len() {
                 i += 1;
@@ -802,11 +811,12 @@ impl RegistryClient {
                     );
                     tokio::time::sleep(wait.min(MAX_RETRY_AFTER)).await;
                 }
-                // A refused client certificate is refused again: no retry.
+                // An untrusted certificate, a plain-HTTP peer or a refused client certificate
+                // fails the same way again: no retry.
                 Err(e)
                     if !last
                         && (e.is_connect() || e.is_timeout() || e.is_request())
-                        && error::client_certificate_alert(&e).is_none() =>
+                        && error::tls_failure(&e).is_none() =>
                 {
                     tracing::warn!(registry, action, attempt, error = %e.without_url(), "request failed; retrying");
                     tokio::time::sleep(jitter(delay)).await;
@@ -988,7 +998,19 @@ async fn status_error(
     let first = serde_json::from_slice::<Errors>(&body[..body.len().min(64 << 10)])
         .ok()
         .and_then(|e| e.errors.into_iter().next());
-    let (code, message) = first.map_or((None, None), |e| (e.code, e.message));
+    let (code, message) = match first {
+        Some(e) => (e.code, e.message),
+        // A short plain-text body is the server's explanation (Go's TLS server answers plain
+        // HTTP so); longer ones are pages not worth a log line.
+        None => (
+            None,
+            std::str::from_utf8(&body)
+                .ok()
+                .map(str::trim)
+                .filter(|t| !t.is_empty() && t.len() <= 200 && !t.contains('<'))
+                .map(str::to_string),
+        ),
+    };
     if status == 401 || status == 403 {
         return RegistryError::Unauthorized {
             registry: reference.registry().to_string(),

@@ -562,18 +562,7 @@ pub struct DeadHost {
 impl DeadHost {
     /// Accepts each connection and closes it without a byte, counting them.
     pub async fn closing() -> DeadHost {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the dead host's loopback port");
-        let addr = listener.local_addr().expect("dead host address");
-        let accepted = Arc::new(AtomicU64::new(0));
-        let count = accepted.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                count.fetch_add(1, Ordering::SeqCst);
-                drop(stream);
-            }
-        });
+        let (addr, accepted, task) = accept_counted(drop).await;
         DeadHost {
             addr,
             accepted,
@@ -634,4 +623,71 @@ impl Drop for DeadHost {
             task.abort();
         }
     }
+}
+
+/// A TCP relay in front of a registry, byte for byte (TLS passes through untouched), counting
+/// the connections made to it: how often a client tried.
+pub struct TcpRelay {
+    addr: SocketAddr,
+    connections: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+impl TcpRelay {
+    /// Listens on a free loopback port and relays each connection to `upstream` (`host:port`).
+    pub async fn start(upstream: &str) -> TcpRelay {
+        let upstream = upstream.to_string();
+        // Owned by the accept task: aborting it ends the relays too.
+        let mut relays = JoinSet::new();
+        let (addr, connections, task) = accept_counted(move |mut client: TcpStream| {
+            while relays.try_join_next().is_some() {}
+            let upstream = upstream.clone();
+            relays.spawn(async move {
+                if let Ok(mut server) = TcpStream::connect(&upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        })
+        .await;
+        TcpRelay {
+            addr,
+            connections,
+            task,
+        }
+    }
+
+    /// `127.0.0.1:PORT`
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for TcpRelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Listens on a free loopback port and hands each connection to `handle`, counting them.
+async fn accept_counted(
+    mut handle: impl FnMut(TcpStream) + Send + 'static,
+) -> (SocketAddr, Arc<AtomicU64>, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback port");
+    let addr = listener.local_addr().expect("listener address");
+    let count = Arc::new(AtomicU64::new(0));
+    let counted = count.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            handle(stream);
+        }
+    });
+    (addr, count, task)
 }
