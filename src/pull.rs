@@ -273,6 +273,8 @@ impl Puller {
         shortcut: bool,
     ) -> Result<PullReport, PullError> {
         let started = Instant::now();
+        // Credentials are looked up once per host for the whole pull, not per request.
+        let _credentials = self.registry.begin_pull(reference);
         let image = reference.to_string();
         let reg_err = |source| PullError::Registry {
             image: image.clone(),

@@ -503,7 +503,7 @@ async fn kubelet_credential_provider_plugins_supply_credentials_with_their_cache
         Registry::start_with(RegistryOptions::default().htpasswd_user("robot", "robot-pw"))
     );
     let host = registry.host();
-    for repo in ["team/a", "team/b"] {
+    for repo in ["team/a", "team/b", "team/c", "team/d"] {
         push_image_with(
             &registry.push_target(),
             repo,
@@ -540,11 +540,11 @@ async fn kubelet_credential_provider_plugins_supply_credentials_with_their_cache
         .unwrap();
     };
     let images = [format!("{host}/team/a:v1"), format!("{host}/team/b:v1")];
-    let run = |provider: &'static str| {
+    let run = |provider: &'static str, images: &[String]| {
         write_config(provider);
         let socket = containerd.socket().to_str().unwrap().to_string();
         let (config, bin, host, images) =
-            (config.clone(), bin.clone(), host.clone(), images.clone());
+            (config.clone(), bin.clone(), host.clone(), images.to_vec());
         async move {
             tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
                 .args([
@@ -567,7 +567,7 @@ async fn kubelet_credential_provider_plugins_supply_credentials_with_their_cache
     };
 
     // Cached per registry: one run of the plugin serves both images and every request.
-    let out = run("cached-provider").await;
+    let out = run("cached-provider", &images).await;
     assert_ok(&out);
     let got = requests(&cached_log);
     assert_eq!(got.len(), 1, "one plugin run for the registry: {got:?}");
@@ -586,12 +586,15 @@ async fn kubelet_credential_provider_plugins_supply_credentials_with_their_cache
         "a provider whose matchImages exclude the image never runs"
     );
 
-    // cacheDuration 0s: asked again for every lookup.
-    let out = run("uncached-provider").await;
+    // cacheDuration 0s: asked again for every pull, once (not for each of the requests a pull
+    // of an image not on the node makes).
+    let fresh = [format!("{host}/team/c:v1"), format!("{host}/team/d:v1")];
+    let out = run("uncached-provider", &fresh).await;
     assert_ok(&out);
-    assert!(
-        requests(&uncached_log).len() >= 2,
-        "no caching with 0s: {:?}",
+    assert_eq!(
+        requests(&uncached_log).len(),
+        fresh.len(),
+        "no caching with 0s, one run per pull: {:?}",
         requests(&uncached_log)
     );
     assert!(requests(&never_log).is_empty());
@@ -650,6 +653,80 @@ async fn kubelet_credential_provider_plugins_supply_credentials_with_their_cache
         "the stuck plugin (pid {}) was killed",
         pid.trim()
     );
+}
+
+/// A plugin that fails (no cloud metadata, an expired role) runs once per pull, not once per
+/// request, and an image the registry serves anonymously is still pulled.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_credential_plugin_runs_once_per_pull() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let host = registry.host();
+    let images: Vec<String> = ["team/a", "team/b"]
+        .iter()
+        .map(|repo| format!("{host}/{repo}:v1"))
+        .collect();
+    for repo in ["team/a", "team/b"] {
+        push_image_with(
+            &registry.push_target(),
+            repo,
+            "v1",
+            &ImageSpec::new(&[8 * KIB, 4 * KIB]),
+        )
+        .await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let log = bin.join("failing-provider.requests");
+    let script = bin.join("failing-provider");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ncat >> '{}'\necho >> '{}'\necho 'no instance metadata' >&2\nexit 1\n",
+            log.display(),
+            log.display()
+        ),
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let config = dir.path().join("credential-provider.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "apiVersion: kubelet.config.k8s.io/v1\nkind: CredentialProviderConfig\nproviders:\n\
+             - name: failing-provider\n  matchImages: [\"{host}\"]\n  defaultCacheDuration: 10m\n  \
+             apiVersion: credentialprovider.kubelet.k8s.io/v1\n"
+        ),
+    )
+    .unwrap();
+    let plugin_flags = [
+        "--image-credential-provider-config",
+        config.to_str().unwrap(),
+        "--image-credential-provider-bin-dir",
+        bin.to_str().unwrap(),
+    ];
+
+    // One image: a HEAD, the manifest, the config and two layers, and one run of the plugin.
+    let out = prepull(&containerd, &host, &plugin_flags, &images[0]).await;
+    assert_ok(&out);
+    assert!(
+        text(&out).contains("credential provider failed"),
+        "{}",
+        text(&out)
+    );
+    let runs = requests(&log);
+    assert_eq!(runs.len(), 1, "one run for one pull: {runs:?}");
+    assert_eq!(runs[0]["image"], format!("{host}/team/a"));
+    containerd.assert_image_complete(&images[0]);
+
+    // The next pull asks again (the failure is not cached), once.
+    let out = prepull(&containerd, &host, &plugin_flags, &images[1]).await;
+    assert_ok(&out);
+    assert_eq!(requests(&log).len(), 2, "{:?}", requests(&log));
+    containerd.assert_image_complete(&images[1]);
 }
 
 /// Without flags, prepull finds credentials where the kubelet does: the kubelet's root dir

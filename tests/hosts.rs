@@ -11,7 +11,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use support::process::Deadline;
 use support::{
-    push_image, push_image_with, Containerd, ImageSpec, Proxy, Registry, RegistryOptions, TestCa,
+    push_image, push_image_with, Containerd, DeadHost, ImageSpec, Proxy, Registry, RegistryOptions,
+    TcpRelay, TestCa,
 };
 
 const KIB: usize = 1024;
@@ -90,17 +91,88 @@ async fn tls_registry_with_a_private_ca_from_hosts_toml_or_a_certs_dir() {
     assert!(out.status.success(), "{}", text(&out));
     support::cri::wait_for_image(containerd.socket(), &reference, Duration::from_secs(20)).await;
 
-    // A broken hosts.toml is named, with the problem.
-    write(
-        certs.path(),
-        &dir_name,
-        "hosts.toml",
-        "server = \"https://x\"\nsipk_verify = true\n",
+    // A key neither containerd nor prepull knows (a typo) is ignored as containerd ignores it,
+    // and named in a warning; a known key with a value of the wrong type is an error.
+    let hosts_toml = certs.path().join(&dir_name).join("hosts.toml");
+    let with_ca = format!(
+        "server = \"https://{host}\"\nca = \"{}\"\n",
+        ca.pem_path().display()
     );
+    std::fs::write(&hosts_toml, format!("{with_ca}sipk_verify = true\n")).unwrap();
+    let out = prepull(&containerd, &["--hosts-dir", certs_dir, &reference]).await;
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains(&hosts_toml.display().to_string()) && t.contains("sipk_verify"),
+        "{t}"
+    );
+    std::fs::write(&hosts_toml, format!("{with_ca}skip_verify = \"yes\"\n")).unwrap();
     let out = prepull(&containerd, &["--hosts-dir", certs_dir, &reference]).await;
     assert_eq!(out.status.code(), Some(1));
     let t = text(&out);
-    assert!(t.contains("hosts.toml") && t.contains("sipk_verify"), "{t}");
+    assert!(t.contains("hosts.toml") && t.contains("skip_verify"), "{t}");
+}
+
+/// A `hosts.toml` as containerd 2.1 accepts it: `dial_timeout` (which prepull honours as the
+/// connect timeout for that host) and keys neither knows (ignored, each named in one warning
+/// however many requests read the file).
+#[tokio::test(flavor = "multi_thread")]
+async fn hosts_toml_keys_containerd_accepts_work_and_dial_timeout_bounds_connecting() {
+    let (containerd, upstream, dead) = tokio::join!(
+        Containerd::start(),
+        Registry::start(),
+        DeadHost::unanswered()
+    );
+    let up = upstream.host();
+    push_image_with(
+        &upstream.push_target(),
+        "team/app",
+        "v1",
+        &ImageSpec::new(&[16 * KIB, 8 * KIB]),
+    )
+    .await;
+    let certs = tempfile::tempdir().unwrap();
+    // The mirror never completes a connection: only its dial_timeout keeps the pull short
+    // (prepull's default connect timeout is 30 s).
+    write(
+        certs.path(),
+        &up,
+        "hosts.toml",
+        &format!(
+            "server = \"http://{up}\"\nfuture_option = true\n\n[host.\"http://{}\"]\n  \
+             capabilities = [\"pull\", \"resolve\"]\n  dial_timeout = \"500ms\"\n  \
+             mirror_weight = 3\n",
+            dead.host()
+        ),
+    );
+    let image = format!("{up}/team/app:v1");
+    let started = std::time::Instant::now();
+    let out = prepull(
+        &containerd,
+        &["--hosts-dir", certs.path().to_str().unwrap(), &image],
+    )
+    .await;
+    let elapsed = started.elapsed();
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        elapsed < Duration::from_secs(25),
+        "dial_timeout bounds each connect to the dead mirror: took {elapsed:?}\n{t}"
+    );
+    assert_pulled(&containerd, &image).await;
+    let file = certs.path().join(&up).join("hosts.toml");
+    for key in [
+        "future_option",
+        &format!("host.\"http://{}\".mirror_weight", dead.host()),
+    ] {
+        let warnings: Vec<&str> = t.lines().filter(|l| l.contains(key)).collect();
+        assert_eq!(warnings.len(), 1, "one warning for {key}: {t}");
+        assert!(
+            warnings[0].contains(&file.display().to_string()),
+            "{}",
+            warnings[0]
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -447,4 +519,187 @@ async fn mutual_tls_without_an_accepted_client_certificate_fails_and_says_what_t
     let out = prepull(&containerd, &["--hosts-dir", certs_dir, &reference]).await;
     assert!(out.status.success(), "{}", text(&out));
     assert_pulled(&containerd, &reference).await;
+}
+
+/// A mirror that does not answer is asked once, then skipped while the upstream serves every
+/// image of the run: it costs neither a connect timeout nor retries per request.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_mirror_is_tried_once_and_skipped_while_the_upstream_serves() {
+    const IMAGES: usize = 6;
+    let (containerd, upstream, closing, unanswered) = tokio::join!(
+        Containerd::start(),
+        Registry::start(),
+        DeadHost::closing(),
+        DeadHost::unanswered()
+    );
+    let up = upstream.host();
+    let mut images = Vec::new();
+    for i in 0..IMAGES {
+        let repo = format!("team/app{i}");
+        push_image_with(
+            &upstream.push_target(),
+            &repo,
+            "v1",
+            &ImageSpec::new(&[8 * KIB, 4 * KIB]),
+        )
+        .await;
+        images.push(format!("{up}/{repo}:v1"));
+    }
+    let certs = tempfile::tempdir().unwrap();
+    let certs_dir = certs.path().to_str().unwrap();
+    let mirror_of = |mirror: &DeadHost, extra: &str| {
+        write(
+            certs.path(),
+            &up,
+            "hosts.toml",
+            &format!(
+                "server = \"http://{up}\"\n\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \
+                 \"resolve\"]\n{extra}",
+                mirror.host()
+            ),
+        );
+    };
+    let pull = |images: Vec<String>| {
+        let containerd = &containerd;
+        async move {
+            let mut args = vec!["--hosts-dir", certs_dir];
+            args.extend(images.iter().map(String::as_str));
+            let started = std::time::Instant::now();
+            let out = prepull(containerd, &args).await;
+            (out, started.elapsed())
+        }
+    };
+
+    // A mirror that closes every connection: counted, it is asked at most once per image (the
+    // images pull concurrently, so each may ask before the first failure is known), not once
+    // per request and attempt.
+    mirror_of(&closing, "");
+    let (out, _) = pull(images[..3].to_vec()).await;
+    assert!(out.status.success(), "{}", text(&out));
+    for image in &images[..3] {
+        assert_pulled(&containerd, image).await;
+    }
+    let asked = closing.accepted();
+    assert!(
+        (1..=3).contains(&asked),
+        "the dead mirror was asked {asked} times for 3 images\n{}",
+        text(&out)
+    );
+
+    // A mirror whose connects hang (dial_timeout 2s): the run is not one timeout per request.
+    mirror_of(&unanswered, "  dial_timeout = \"2s\"\n");
+    let (out, elapsed) = pull(images[3..].to_vec()).await;
+    assert!(out.status.success(), "{}", text(&out));
+    for image in &images[3..] {
+        assert_pulled(&containerd, image).await;
+    }
+    assert!(
+        elapsed < Duration::from_secs(15),
+        "one 2 s timeout per image at most, then the upstream: took {elapsed:?}\n{}",
+        text(&out)
+    );
+}
+
+/// Runs `prepull pull --output json` and returns the failed image's kind and error text.
+async fn failure(containerd: &Containerd, args: &[&str]) -> (String, String) {
+    let mut all = vec!["--output", "json"];
+    all.extend_from_slice(args);
+    let out = prepull(containerd, &all).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let result: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    (
+        result["kind"].as_str().unwrap_or_default().to_string(),
+        result["error"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+/// TLS that configuration must fix (an untrusted certificate, TLS to a plain-HTTP registry, plain
+/// HTTP to a TLS one) is reported as `tls` with what to configure and where, and is tried once:
+/// a relay in front of each registry counts the connections.
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_mistakes_say_what_to_fix_and_are_not_retried() {
+    let ca = TestCa::new();
+    let (containerd, secure, plain) = tokio::join!(
+        Containerd::start(),
+        Registry::start_with(RegistryOptions::default().tls(&ca)),
+        Registry::start()
+    );
+    let spec = ImageSpec::new(&[8 * KIB]);
+    push_image_with(&secure.push_target(), "team/app", "v1", &spec).await;
+    push_image_with(&plain.push_target(), "team/app", "v1", &spec).await;
+    let certs = tempfile::tempdir().unwrap();
+    let certs_dir = certs.path().to_str().unwrap();
+
+    // The TLS registry, its CA configured nowhere: the CA file to write, where.
+    let relay = TcpRelay::start(&secure.host()).await;
+    let host = relay.host();
+    let image = format!("{host}/team/app:v1");
+    let (kind, error) = failure(&containerd, &["--hosts-dir", certs_dir, &image]).await;
+    let dir = certs.path().join(host.replace(':', "_") + "_");
+    assert_eq!(kind, "tls", "{error}");
+    assert!(
+        error.contains(&format!("registry {host}"))
+            && error.contains("not signed by a CA prepull trusts (UnknownIssuer)")
+            && error.contains(&format!(
+                "put the CA certificate that signed it in {} (any *.crt file there), or write \
+                 ca = \"<CA certificate file>\" in {}",
+                dir.join("ca.crt").display(),
+                dir.join("hosts.toml").display()
+            )),
+        "{error}"
+    );
+    assert_eq!(relay.connections(), 1, "tried once: {error}");
+    // That fix works.
+    write(
+        certs.path(),
+        &dir.to_string_lossy(),
+        "ca.crt",
+        ca.cert_pem(),
+    );
+    let out = prepull(&containerd, &["--hosts-dir", certs_dir, &image]).await;
+    assert!(out.status.success(), "{}", text(&out));
+
+    // The TLS registry spoken to in plain HTTP: it answers 400; speak HTTPS.
+    let (kind, error) = failure(
+        &containerd,
+        &["--hosts-dir", certs_dir, "--plain-http", &host, &image],
+    )
+    .await;
+    assert_eq!(kind, "tls", "{error}");
+    assert!(
+        error.contains("it speaks HTTPS and prepull spoke plain HTTP")
+            && error.contains(&format!("do not pass --plain-http {host}")),
+        "{error}"
+    );
+
+    // A plain-HTTP registry spoken to with TLS: pass --plain-http.
+    let relay = TcpRelay::start(&plain.host()).await;
+    let host = relay.host();
+    let image = format!("{host}/team/app:v1");
+    let (kind, error) = failure(&containerd, &["--hosts-dir", certs_dir, &image]).await;
+    assert_eq!(kind, "tls", "{error}");
+    assert!(
+        error.contains(&format!("registry {host}"))
+            && error.contains("it speaks plain HTTP and prepull spoke TLS")
+            && error.contains(&format!("pass --plain-http {host}")),
+        "{error}"
+    );
+    assert_eq!(relay.connections(), 1, "tried once: {error}");
+    // Named with https:// in a hosts.toml: that line is the one to change.
+    write(
+        certs.path(),
+        &host,
+        "hosts.toml",
+        &format!("server = \"https://{host}\"\n"),
+    );
+    let (kind, error) = failure(&containerd, &["--hosts-dir", certs_dir, &image]).await;
+    assert_eq!(kind, "tls", "{error}");
+    assert!(
+        error.contains(&format!(
+            "write http://{host} instead of https://{host} in {}",
+            certs.path().join(&host).join("hosts.toml").display()
+        )),
+        "{error}"
+    );
 }

@@ -368,8 +368,9 @@ impl Provider {
     }
 }
 
-/// A Go duration string (`6h0m0s`, `90m`, `1.5h`, `0s`).
-fn go_duration(s: &str) -> Option<Duration> {
+/// A Go duration string (`6h0m0s`, `90m`, `1.5h`, `0s`), as Kubernetes and containerd configs
+/// write them.
+pub(crate) fn go_duration(s: &str) -> Option<Duration> {
     if s == "0" {
         return Some(Duration::ZERO);
     }

@@ -40,6 +40,22 @@ pub enum RegistryError {
         #[source]
         source: reqwest::Error,
     },
+    /// TLS with the host failed in a way only configuration fixes: its certificate is not
+    /// trusted or not valid, or one side speaks plain HTTP while the other expects TLS.
+    #[error("registry {registry}: {action} failed: {problem}; {fix}")]
+    Tls {
+        /// The host spoken to.
+        registry: String,
+        /// What was being done.
+        action: String,
+        /// What is wrong, e.g. "its TLS certificate is not signed by a CA prepull trusts".
+        problem: String,
+        /// What to configure, and where.
+        fix: String,
+        /// The transport error, when the failure was one (not an answer).
+        #[source]
+        source: Option<reqwest::Error>,
+    },
     /// The registry answered with an error status.
     #[error("registry {registry}: {action} for repository {repository}: HTTP {status}{}{}", code.as_ref().map(|c| format!(" {c}")).unwrap_or_default(), message.as_ref().map(|m| format!(": {m}")).unwrap_or_default())]
     Status {
@@ -167,7 +183,7 @@ impl RegistryError {
             RegistryError::Unauthorized { .. } | RegistryError::Token { .. } => {
                 ErrorKind::Unauthorized
             }
-            RegistryError::ClientCertificate { .. } => ErrorKind::Tls,
+            RegistryError::ClientCertificate { .. } | RegistryError::Tls { .. } => ErrorKind::Tls,
             RegistryError::Corrupt { .. } | RegistryError::DigestHeader { .. } => {
                 ErrorKind::Corrupt
             }
@@ -178,6 +194,17 @@ impl RegistryError {
             | RegistryError::Hosts { .. }
             | RegistryError::TlsConfig { .. } => ErrorKind::Config,
         }
+    }
+
+    /// The host could not be spoken to at all (no HTTP answer): unreachable, the connection
+    /// broke, or TLS failed.
+    pub fn is_transport(&self) -> bool {
+        matches!(
+            self,
+            RegistryError::Network { .. }
+                | RegistryError::ClientCertificate { .. }
+                | RegistryError::Tls { .. }
+        )
     }
 
     /// Whether trying again later may succeed.
@@ -192,37 +219,128 @@ impl RegistryError {
 
 /// TLS alerts a server sends about the client's certificate. A client receives alerts only from
 /// the server, so these always concern the certificate prepull presented (or did not).
-const CLIENT_CERTIFICATE_ALERTS: &[&str] = &[
-    "CertificateRequired",
-    "BadCertificate",
-    "UnsupportedCertificate",
-    "CertificateRevoked",
-    "CertificateExpired",
-    "CertificateUnknown",
-    "UnknownCA",
-    "AccessDenied",
+const CLIENT_CERTIFICATE_ALERTS: &[rustls::AlertDescription] = &[
+    rustls::AlertDescription::CertificateRequired,
+    rustls::AlertDescription::BadCertificate,
+    rustls::AlertDescription::UnsupportedCertificate,
+    rustls::AlertDescription::CertificateRevoked,
+    rustls::AlertDescription::CertificateExpired,
+    rustls::AlertDescription::CertificateUnknown,
+    rustls::AlertDescription::UnknownCA,
+    rustls::AlertDescription::AccessDenied,
 ];
 
-/// The TLS alert in an error's chain, if the server sent one about the client certificate.
-///
-/// The TLS library reports a received alert as `received fatal alert: <Alert>` (rustls names
-/// them as in its `AlertDescription`), deep in the transport error's sources.
-pub(crate) fn client_certificate_alert(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+/// A TLS failure that trying again cannot fix, found in a transport error's chain.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum TlsFailure {
+    /// prepull refused the server's certificate.
+    Certificate(rustls::CertificateError),
+    /// The peer does not speak TLS: its first bytes are no TLS record (a plain-HTTP answer).
+    NotTls,
+    /// The server refused the client certificate (or its absence) with this alert.
+    ClientCertificate(String),
+}
+
+/// The TLS library's error in an error's chain. The transport wraps it in `std::io::Error`s
+/// (one in another), whose `source()` skips the error they carry, so an `io::Error` is followed
+/// into the error it carries (`get_ref()`) instead.
+fn rustls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
     let mut cur = Some(e);
     while let Some(err) = cur {
-        let text = err.to_string();
-        if let Some((_, rest)) = text.split_once("received fatal alert: ") {
-            let alert: String = rest
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric())
-                .collect();
-            return CLIENT_CERTIFICATE_ALERTS
-                .contains(&alert.as_str())
-                .then_some(alert);
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return Some(tls);
         }
-        cur = err.source();
+        cur = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(carried) => Some(carried as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
     }
     None
+}
+
+/// The TLS failure behind a transport error, if it is one configuration must fix.
+pub(crate) fn tls_failure(e: &(dyn std::error::Error + 'static)) -> Option<TlsFailure> {
+    match rustls_error(e)? {
+        rustls::Error::InvalidCertificate(c) => Some(TlsFailure::Certificate(c.clone())),
+        rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType) => {
+            Some(TlsFailure::NotTls)
+        }
+        rustls::Error::AlertReceived(alert) if CLIENT_CERTIFICATE_ALERTS.contains(alert) => {
+            Some(TlsFailure::ClientCertificate(format!("{alert:?}")))
+        }
+        _ => None,
+    }
+}
+
+/// What is wrong with a server certificate prepull refused, and what fixes it.
+fn certificate_problem(
+    hosts: &Hosts,
+    registry: &str,
+    endpoint: &Endpoint,
+    c: &rustls::CertificateError,
+) -> (String, String) {
+    use rustls::CertificateError as E;
+    match c {
+        E::UnknownIssuer | E::BadSignature => (
+            format!("its TLS certificate is not signed by a CA prepull trusts ({c:?})"),
+            hosts.ca_advice(registry, endpoint),
+        ),
+        E::NotValidForName | E::NotValidForNameContext { .. } => (
+            format!(
+                "its TLS certificate is not issued for {} ({c:?})",
+                endpoint.host
+            ),
+            "reach it by a name its certificate holds, or have the certificate reissued for \
+             this one"
+                .to_string(),
+        ),
+        E::Expired | E::ExpiredContext { .. } | E::NotValidYet | E::NotValidYetContext { .. } => (
+            format!("its TLS certificate is expired or not valid yet ({c:?})"),
+            "have the registry's certificate renewed, or check the node's clock".to_string(),
+        ),
+        _ => (
+            format!("its TLS certificate was refused ({c:?})"),
+            "check the registry's certificate".to_string(),
+        ),
+    }
+}
+
+/// Go's TLS server answers a plain-HTTP request with a bare `400` and this text.
+const PLAIN_HTTP_TO_TLS_PORT: &str = "HTTP request to an HTTPS server";
+
+/// Turns the `400` a TLS port answers to plain HTTP (as the distribution registry and other Go
+/// servers do) into [`RegistryError::Tls`] saying to speak HTTPS; any other error is returned as
+/// it is.
+pub(crate) fn explain_status(
+    hosts: &Hosts,
+    registry: &str,
+    endpoint: &Endpoint,
+    error: RegistryError,
+) -> RegistryError {
+    match error {
+        RegistryError::Status {
+            registry: _,
+            repository: _,
+            action,
+            status: 400,
+            code: None,
+            message: Some(message),
+        } if endpoint.origin.starts_with("http://") && message.contains(PLAIN_HTTP_TO_TLS_PORT) => {
+            RegistryError::Tls {
+                registry: endpoint.host.clone(),
+                action,
+                problem: format!(
+                    "it speaks HTTPS and prepull spoke plain HTTP (it answered HTTP 400: {message})"
+                ),
+                fix: hosts.scheme_advice(registry, endpoint, true),
+                source: None,
+            }
+        }
+        other => other,
+    }
 }
 
 /// What the registry did about the client certificate.
@@ -276,8 +394,27 @@ pub(crate) async fn explain_transport_error(
         fix: hosts.client_certificate_advice(registry, endpoint),
         source,
     };
-    if let Some(alert) = client_certificate_alert(&source) {
-        return refused(alert, source);
+    let misconfigured = |problem: String, fix: String, source: reqwest::Error| RegistryError::Tls {
+        registry: host.clone(),
+        action: action.clone(),
+        problem,
+        fix,
+        source: Some(source),
+    };
+    match tls_failure(&source) {
+        Some(TlsFailure::ClientCertificate(alert)) => return refused(alert, source),
+        Some(TlsFailure::Certificate(c)) => {
+            let (problem, fix) = certificate_problem(hosts, registry, endpoint, &c);
+            return misconfigured(problem, fix, source);
+        }
+        Some(TlsFailure::NotTls) => {
+            return misconfigured(
+                "it speaks plain HTTP and prepull spoke TLS".to_string(),
+                hosts.scheme_advice(registry, endpoint, false),
+                source,
+            )
+        }
+        None => {}
     }
     let https = endpoint.origin.starts_with("https://");
     if !https || source.is_connect() || source.is_timeout() || !source.is_request() {
@@ -302,7 +439,7 @@ pub(crate) async fn explain_transport_error(
         // Rarely, HTTP/1.1 too sees the connection die before the request is queued on it.
         for _ in 0..PROBE_ATTEMPTS {
             let e = client.get(&url).send().await.err()?;
-            if let Some(alert) = client_certificate_alert(&e) {
+            if let Some(TlsFailure::ClientCertificate(alert)) = tls_failure(&e) {
                 return Some((alert, e.without_url()));
             }
             if e.is_connect() || e.is_timeout() {
@@ -342,21 +479,50 @@ mod tests {
     }
 
     #[test]
-    fn client_certificate_alerts_are_found_in_the_chain() {
-        let alert = |text: &str| {
-            client_certificate_alert(&Wrapped(std::io::Error::other(text.to_string())))
+    fn tls_failures_are_found_by_type_in_the_chain() {
+        // As the transport reports it: the TLS library's error inside an io::Error, inside
+        // another error.
+        let failure = |tls: rustls::Error| {
+            let io = std::io::Error::new(std::io::ErrorKind::InvalidData, tls);
+            tls_failure(&Wrapped(std::io::Error::other(io)))
         };
         assert_eq!(
-            alert("received fatal alert: BadCertificate").as_deref(),
-            Some("BadCertificate")
+            failure(rustls::Error::AlertReceived(
+                rustls::AlertDescription::BadCertificate
+            )),
+            Some(TlsFailure::ClientCertificate("BadCertificate".into()))
         );
         assert_eq!(
-            alert("received fatal alert: CertificateRequired").as_deref(),
-            Some("CertificateRequired")
+            failure(rustls::Error::AlertReceived(
+                rustls::AlertDescription::CertificateRequired
+            )),
+            Some(TlsFailure::ClientCertificate("CertificateRequired".into()))
         );
-        // Alerts about other things, and errors without an alert, are not about the certificate.
-        assert_eq!(alert("received fatal alert: HandshakeFailure"), None);
-        assert_eq!(alert("connection closed"), None);
+        assert_eq!(
+            failure(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer
+            )),
+            Some(TlsFailure::Certificate(
+                rustls::CertificateError::UnknownIssuer
+            ))
+        );
+        assert_eq!(
+            failure(rustls::Error::InvalidMessage(
+                rustls::InvalidMessage::InvalidContentType
+            )),
+            Some(TlsFailure::NotTls)
+        );
+        // Alerts about other things, other TLS errors and errors without one: none of these.
+        assert_eq!(
+            failure(rustls::Error::AlertReceived(
+                rustls::AlertDescription::HandshakeFailure
+            )),
+            None
+        );
+        assert_eq!(failure(rustls::Error::HandshakeNotComplete), None);
+        // Text alone is not taken for a TLS failure.
+        let text = std::io::Error::other("received fatal alert: BadCertificate");
+        assert_eq!(tls_failure(&Wrapped(text)), None);
     }
 
     #[test]

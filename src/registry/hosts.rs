@@ -9,6 +9,12 @@
 //! upstream: `*.crt` are CAs, `*.cert` + `*.key` a client certificate (a `*.cert` without its
 //! `*.key` holds the key itself).
 //!
+//! Keys are the ones containerd knows, with its meaning; `dial_timeout` (a Go duration, as in
+//! containerd 2.1) bounds how long connecting to that host may take. A key prepull does not know
+//! is ignored, as containerd ignores it, with one warning per file content naming the file and
+//! the key: the node's containerd reads the same file, so refusing it would break prepull on
+//! nodes where containerd works.
+//!
 //! `client` is read as containerd reads it: a path, or a list whose items are paths or
 //! `[cert, key]` pairs. A path alone names one PEM file holding the certificate and its key (so
 //! `client = ["a.pem", "b.pem"]` is two such files, not a certificate and a key); a pair with an
@@ -16,7 +22,10 @@
 //! prepull presents the first one.
 
 use std::collections::{BTreeMap, HashSet};
+use std::hash::{Hash as _, Hasher as _};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -56,6 +65,10 @@ pub struct Endpoint {
     pub tls: Tls,
     /// Extra request headers.
     pub headers: Vec<(String, String)>,
+    /// How long connecting may take (`dial_timeout`); `None`: the client's default.
+    pub dial_timeout: Option<Duration>,
+    /// The `hosts.toml` whose `server` or `[host."…"]` table names this endpoint, if one does.
+    pub named_in: Option<PathBuf>,
 }
 
 impl Endpoint {
@@ -101,27 +114,33 @@ pub struct Hosts {
     pub plain_http: HashSet<String>,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct HostsFile {
-    #[serde(default)]
-    server: Option<String>,
-    #[serde(default)]
-    capabilities: Option<Vec<String>>,
-    #[serde(default)]
-    ca: Option<OneOrMany>,
-    #[serde(default)]
-    client: Option<ClientCerts>,
-    #[serde(default)]
-    skip_verify: Option<bool>,
-    #[serde(default)]
-    header: BTreeMap<String, OneOrMany>,
-    #[serde(default)]
-    override_path: Option<bool>,
-    #[serde(default)]
-    host: toml::map::Map<String, toml::Value>,
+/// Where an endpoint's settings are configured, for advice in error messages.
+enum Place {
+    /// No hosts directory is in use.
+    NoDirectory,
+    /// A mirror's `[host."<origin>"]` table.
+    Table { hosts_toml: PathBuf, origin: String },
+    /// The registry's `hosts.toml`.
+    HostsToml(PathBuf),
+    /// The registry's directory, which has no `hosts.toml`: Docker-style files or a new one.
+    Directory { dir: PathBuf, hosts_toml: PathBuf },
 }
 
+/// The keys containerd reads in a `[host."…"]` table, and at the top level besides `server` and
+/// `host` (containerd's `hostFileConfig`).
+const HOST_KEYS: &[&str] = &[
+    "capabilities",
+    "ca",
+    "client",
+    "skip_verify",
+    "header",
+    "override_path",
+    "dial_timeout",
+];
+
+/// The settings of one host (a `[host."…"]` table, or the top level for the upstream). Keys
+/// containerd does not know are taken out before it is read (see [`take_unknown_keys`]), so
+/// denying them here only guards that the two lists agree.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct HostEntry {
@@ -137,6 +156,8 @@ struct HostEntry {
     header: BTreeMap<String, OneOrMany>,
     #[serde(default)]
     override_path: Option<bool>,
+    #[serde(default)]
+    dial_timeout: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -227,6 +248,8 @@ impl Hosts {
             pull: true,
             tls: Tls::default(),
             headers: Vec::new(),
+            dial_timeout: None,
+            named_in: None,
         };
         let Some(dir) = self.host_dir(registry) else {
             return Ok(vec![upstream]);
@@ -244,48 +267,63 @@ impl Hosts {
             path: file.clone(),
             message,
         };
-        let parsed: HostsFile = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        let mut top: toml::Table = text.parse().map_err(|e| invalid(format!("{e}")))?;
+        let mut unknown = Vec::new();
+        let server = match top.remove("server") {
+            None => None,
+            Some(toml::Value::String(s)) => Some(s),
+            Some(other) => {
+                return Err(invalid(format!(
+                    "server must be a string, not {}",
+                    other.type_str()
+                )))
+            }
+        };
+        let host_tables = match top.remove("host") {
+            None => toml::Table::new(),
+            Some(toml::Value::Table(t)) => t,
+            Some(other) => {
+                return Err(invalid(format!(
+                    "host must be a table of [host.\"<url>\"] entries, not {}",
+                    other.type_str()
+                )))
+            }
+        };
+        take_unknown_keys(&mut top, "", &mut unknown);
 
         let mut out = Vec::new();
-        for (url, value) in parsed.host {
-            let entry: HostEntry = value
-                .try_into()
-                .map_err(|e: toml::de::Error| invalid(format!("[host.{url:?}]: {e}")))?;
+        for (url, value) in host_tables {
+            let at = format!("[host.{url:?}]");
+            let entry = match value {
+                toml::Value::Table(mut table) => {
+                    take_unknown_keys(&mut table, &format!("host.{url:?}."), &mut unknown);
+                    HostEntry::deserialize(table).map_err(|e| invalid(format!("{at}: {e}")))?
+                }
+                other => {
+                    return Err(invalid(format!(
+                        "{at} must be a table, not {}",
+                        other.type_str()
+                    )))
+                }
+            };
             let mut endpoint =
-                endpoint_from(&url, true).map_err(|m| invalid(format!("[host.{url:?}]: {m}")))?;
-            let caps = entry
-                .capabilities
-                .unwrap_or_else(|| vec!["pull".into(), "resolve".into()]);
-            endpoint.pull = caps.iter().any(|c| c == "pull");
-            endpoint.resolve = caps.iter().any(|c| c == "resolve");
-            endpoint.tls = tls_of(&dir, entry.ca, entry.client, entry.skip_verify)
-                .map_err(|m| invalid(format!("[host.{url:?}] {m}")))?;
-            endpoint.headers = headers(entry.header);
-            if entry.override_path == Some(true) {
-                endpoint.api_path = api_path_of(&url);
-            }
+                endpoint_from(&url, true).map_err(|m| invalid(format!("{at}: {m}")))?;
+            apply(&mut endpoint, &dir, Some(&url), entry)
+                .map_err(|m| invalid(format!("{at} {m}")))?;
+            endpoint.named_in = Some(file.clone());
             // The registry itself may appear as a host entry; then it is not a mirror.
             if endpoint.host == api_host || endpoint.host == registry {
                 endpoint.mirror = false;
             }
             out.push(endpoint);
         }
-        if let Some(server) = parsed.server {
-            let mut e =
-                endpoint_from(&server, false).map_err(|m| invalid(format!("server: {m}")))?;
-            if parsed.override_path == Some(true) {
-                e.api_path = api_path_of(&server);
-            }
-            upstream = e;
+        let settings = HostEntry::deserialize(top).map_err(|e| invalid(format!("{e}")))?;
+        if let Some(server) = &server {
+            upstream = endpoint_from(server, false).map_err(|m| invalid(format!("server: {m}")))?;
+            upstream.named_in = Some(file.clone());
         }
-        let caps = parsed
-            .capabilities
-            .unwrap_or_else(|| vec!["pull".into(), "resolve".into()]);
-        upstream.pull = caps.iter().any(|c| c == "pull");
-        upstream.resolve = caps.iter().any(|c| c == "resolve");
-        upstream.tls =
-            tls_of(&dir, parsed.ca, parsed.client, parsed.skip_verify).map_err(invalid)?;
-        upstream.headers = headers(parsed.header);
+        apply(&mut upstream, &dir, server.as_deref(), settings).map_err(invalid)?;
+        warn_unknown_once(&file, &text, &unknown);
         if !out.iter().any(|e| e.origin == upstream.origin) {
             out.push(upstream);
         }
@@ -296,11 +334,85 @@ impl Hosts {
     /// advice to end an error message with.
     pub fn client_certificate_advice(&self, registry: &str, endpoint: &Endpoint) -> String {
         const PAIR: &str = r#"client = [["client.cert", "client.key"]]"#;
-        let Some(root) = &self.dir else {
-            return format!(
+        match self.place(registry, endpoint) {
+            Place::NoDirectory => format!(
                 "configure one in containerd's hosts directory for {registry} and pass it with \
                  --hosts-dir"
-            );
+            ),
+            Place::Table { hosts_toml, origin } => format!(
+                "configure one as {PAIR} in the [host.\"{origin}\"] table of {}",
+                hosts_toml.display()
+            ),
+            Place::HostsToml(hosts_toml) => {
+                format!("configure one as {PAIR} in {}", hosts_toml.display())
+            }
+            Place::Directory { dir, hosts_toml } => format!(
+                "configure one as {PAIR} in {}, or put a client.cert + client.key pair (any \
+                 *.cert with its *.key) in {}",
+                hosts_toml.display(),
+                dir.display()
+            ),
+        }
+    }
+
+    /// Where an operator configures the CA that signed the certificate of `endpoint` of
+    /// `registry`, as advice to end an error message with.
+    pub fn ca_advice(&self, registry: &str, endpoint: &Endpoint) -> String {
+        const CA: &str = r#"ca = "<CA certificate file>""#;
+        let configured = match endpoint.tls.ca_files.as_slice() {
+            [] => String::new(),
+            files => format!(
+                "none of the configured CA files ({}) signed it; ",
+                files
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        let fix = match self.place(registry, endpoint) {
+            Place::NoDirectory => format!(
+                "put the CA certificate that signed it as {registry}/ca.crt in containerd's hosts \
+                 directory and pass that directory with --hosts-dir"
+            ),
+            Place::Table { hosts_toml, origin } => format!(
+                "write {CA} in the [host.\"{origin}\"] table of {}",
+                hosts_toml.display()
+            ),
+            Place::HostsToml(hosts_toml) => format!("write {CA} in {}", hosts_toml.display()),
+            Place::Directory { dir, hosts_toml } => format!(
+                "put the CA certificate that signed it in {} (any *.crt file there), or write \
+                 {CA} in {}",
+                dir.join("ca.crt").display(),
+                hosts_toml.display()
+            ),
+        };
+        format!("{configured}{fix}")
+    }
+
+    /// How to make prepull speak the protocol `endpoint` of `registry` really speaks: plain
+    /// HTTP (`tls` false) or HTTPS, as advice to end an error message with.
+    pub fn scheme_advice(&self, registry: &str, endpoint: &Endpoint, tls: bool) -> String {
+        let (wrong, right) = if tls {
+            ("http", "https")
+        } else {
+            ("https", "http")
+        };
+        let host = &endpoint.host;
+        match (&endpoint.named_in, tls) {
+            (Some(file), _) => format!(
+                "write {right}://{host} instead of {wrong}://{host} in {}",
+                file.display()
+            ),
+            (None, false) => format!("pass --plain-http {registry}"),
+            (None, true) => format!("do not pass --plain-http {registry}"),
+        }
+    }
+
+    /// Where the settings of `endpoint` of `registry` are, or would be, configured.
+    fn place(&self, registry: &str, endpoint: &Endpoint) -> Place {
+        let Some(root) = &self.dir else {
+            return Place::NoDirectory;
         };
         // The directory in use, or the one containerd would look in first.
         let dir = self.host_dir(registry).unwrap_or_else(|| {
@@ -312,20 +424,14 @@ impl Hosts {
         });
         let hosts_toml = dir.join("hosts.toml");
         if endpoint.mirror {
-            format!(
-                "configure one as {PAIR} in the [host.\"{}\"] table of {}",
-                endpoint.origin,
-                hosts_toml.display()
-            )
+            Place::Table {
+                hosts_toml,
+                origin: endpoint.origin.clone(),
+            }
         } else if hosts_toml.is_file() {
-            format!("configure one as {PAIR} in {}", hosts_toml.display())
+            Place::HostsToml(hosts_toml)
         } else {
-            format!(
-                "configure one as {PAIR} in {}, or put a client.cert + client.key pair (any \
-                 *.cert with its *.key) in {}",
-                hosts_toml.display(),
-                dir.display()
-            )
+            Place::Directory { dir, hosts_toml }
         }
     }
 
@@ -341,6 +447,78 @@ impl Hosts {
             .into_iter()
             .map(|c| root.join(c))
             .find(|p| p.is_dir())
+    }
+}
+
+/// Applies a host table's settings to `endpoint`, configured as `url` (`None`: the upstream
+/// without `server`, whose API path `override_path` cannot change).
+fn apply(
+    endpoint: &mut Endpoint,
+    dir: &Path,
+    url: Option<&str>,
+    entry: HostEntry,
+) -> Result<(), String> {
+    let caps = entry
+        .capabilities
+        .unwrap_or_else(|| vec!["pull".into(), "resolve".into()]);
+    endpoint.pull = caps.iter().any(|c| c.eq_ignore_ascii_case("pull"));
+    endpoint.resolve = caps.iter().any(|c| c.eq_ignore_ascii_case("resolve"));
+    endpoint.tls = tls_of(dir, entry.ca, entry.client, entry.skip_verify)?;
+    endpoint.headers = headers(entry.header);
+    if let (Some(url), Some(true)) = (url, entry.override_path) {
+        endpoint.api_path = api_path_of(url);
+    }
+    if let Some(d) = entry.dial_timeout {
+        endpoint.dial_timeout = Some(
+            crate::credentials::go_duration(&d)
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    format!("dial_timeout: {d:?} is not a duration like \"5s\" or \"500ms\"")
+                })?,
+        );
+    }
+    Ok(())
+}
+
+/// Removes the keys of `table` that containerd does not know, recording each as
+/// `<prefix><key>`.
+fn take_unknown_keys(table: &mut toml::Table, prefix: &str, unknown: &mut Vec<String>) {
+    let keys: Vec<String> = table
+        .keys()
+        .filter(|k| !HOST_KEYS.contains(&k.as_str()))
+        .cloned()
+        .collect();
+    for key in keys {
+        table.remove(&key);
+        unknown.push(format!("{prefix}{key}"));
+    }
+}
+
+/// The `hosts.toml` contents whose unknown keys were reported already: the file is read for
+/// every request, and a key is worth one warning per edit of the file, not one per request.
+static REPORTED: Mutex<Option<HashSet<u64>>> = Mutex::new(None);
+
+/// Warns about `unknown` keys of `file` unless this content was reported already.
+fn warn_unknown_once(file: &Path, text: &str, unknown: &[String]) {
+    if unknown.is_empty() {
+        return;
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (file, text).hash(&mut h);
+    let first = REPORTED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get_or_insert_with(HashSet::new)
+        .insert(h.finish());
+    if first {
+        for key in unknown {
+            tracing::warn!(
+                file = %file.display(),
+                key = %key,
+                "hosts.toml key ignored: prepull does not know it (check its spelling; containerd \
+                 ignores keys it does not know too)"
+            );
+        }
     }
 }
 
@@ -519,6 +697,8 @@ fn endpoint_from(url: &str, mirror: bool) -> Result<Endpoint, String> {
         pull: true,
         tls: Tls::default(),
         headers: Vec::new(),
+        dial_timeout: None,
+        named_in: None,
     })
 }
 
@@ -814,8 +994,103 @@ server = "https://registry-1.docker.io"
             err.contains("hosts.toml") && err.contains("scheme"),
             "{err}"
         );
-        let (_root, hosts) = hosts_with("reg.local", Some("sever = \"https://x\"\n"));
-        let err = hosts.endpoints("reg.local").unwrap_err().to_string();
-        assert!(err.contains("hosts.toml") && err.contains("sever"), "{err}");
+        for (toml, names) in [
+            ("dial_timeout = \"5 seconds\"\n", "dial_timeout"),
+            (
+                "[host.\"https://m.local\"]\n  dial_timeout = \"-\"\n",
+                "m.local",
+            ),
+            ("skip_verify = \"yes\"\n", "skip_verify"),
+            ("server = 5\n", "server"),
+            ("host = 5\n", "host"),
+            ("[host]\n\"https://m.local\" = 5\n", "m.local"),
+            ("server = \"https://x\"\n[[broken\n", "hosts.toml"),
+        ] {
+            let (_root, hosts) = hosts_with("reg.local", Some(toml));
+            let err = crate::error_chain(&hosts.endpoints("reg.local").unwrap_err());
+            assert!(
+                err.contains("hosts.toml") && err.contains(names),
+                "{toml}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn tls_advice_names_the_place_to_configure() {
+        let (root, hosts) = hosts_with(
+            "reg.local",
+            Some("server = \"https://reg.local\"\n[host.\"https://m.local\"]\n  ca = \"m.pem\"\n"),
+        );
+        let toml = root.path().join("reg.local").join("hosts.toml");
+        let e = hosts.endpoints("reg.local").unwrap();
+        let mirror = hosts.ca_advice("reg.local", &e[0]);
+        assert!(
+            mirror.contains("m.pem")
+                && mirror.contains(&format!(
+                    "write ca = \"<CA certificate file>\" in the [host.\"https://m.local\"] table of {}",
+                    toml.display()
+                )),
+            "{mirror}"
+        );
+        assert_eq!(
+            hosts.ca_advice("reg.local", &e[1]),
+            format!("write ca = \"<CA certificate file>\" in {}", toml.display())
+        );
+        assert_eq!(
+            hosts.scheme_advice("reg.local", &e[0], false),
+            format!(
+                "write http://m.local instead of https://m.local in {}",
+                toml.display()
+            )
+        );
+        // No hosts.toml: a Docker-style CA file in containerd's first choice of directory.
+        let (root, hosts) = hosts_with("other", None);
+        let e = hosts.endpoints("reg:5000").unwrap();
+        let advice = hosts.ca_advice("reg:5000", &e[0]);
+        assert!(
+            advice.contains(&root.path().join("reg_5000_/ca.crt").display().to_string()),
+            "{advice}"
+        );
+        assert_eq!(
+            hosts.scheme_advice("reg:5000", &e[0], false),
+            "pass --plain-http reg:5000"
+        );
+        let advice = Hosts::default().ca_advice("reg:5000", &e[0]);
+        assert!(advice.contains("--hosts-dir"), "{advice}");
+    }
+
+    #[test]
+    fn keys_containerd_does_not_know_are_ignored_and_the_known_keep_their_meaning() {
+        let (_root, hosts) = hosts_with(
+            "reg.local",
+            Some(
+                r#"
+server = "https://reg.local"
+sever = "https://typo.local"
+dial_timeout = "1.5s"
+future_option = { nested = true }
+[host."https://m.local"]
+  capabilities = ["Pull"]
+  dial_timeout = "250ms"
+  mirror_weight = 3
+"#,
+            ),
+        );
+        let e = hosts.endpoints("reg.local").unwrap();
+        let origins: Vec<&str> = e.iter().map(|e| e.origin.as_str()).collect();
+        assert_eq!(origins, ["https://m.local", "https://reg.local"]);
+        assert_eq!(e[0].dial_timeout, Some(Duration::from_millis(250)));
+        assert!(
+            e[0].pull && !e[0].resolve,
+            "capabilities are case-insensitive"
+        );
+        assert_eq!(e[1].dial_timeout, Some(Duration::from_millis(1500)));
+        let mut unknown = Vec::new();
+        let mut table: toml::Table = "a = 1\nca = \"x\"\ndial_timeout = \"1s\"\nzz = 2\n"
+            .parse()
+            .unwrap();
+        take_unknown_keys(&mut table, "host.\"m\".", &mut unknown);
+        assert_eq!(unknown, ["host.\"m\".a", "host.\"m\".zz"]);
+        assert_eq!(table.len(), 2);
     }
 }

@@ -8,11 +8,13 @@ mod auth;
 pub mod challenge;
 mod error;
 mod hosts;
+mod pull_scope;
+mod unreachable;
 
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
@@ -27,6 +29,7 @@ use reqwest::{Method, StatusCode};
 pub use auth::Realm;
 pub use error::RegistryError;
 pub use hosts::{Endpoint, Hosts, HostsError, Tls};
+pub use pull_scope::PullScope;
 
 use crate::credentials::{Credential, CredentialSource, Secret};
 use crate::digest::{Digest, Verifier};
@@ -45,8 +48,8 @@ pub struct Options {
 /// A client for every registry of a run.
 pub struct RegistryClient {
     http: reqwest::Client,
-    /// Clients for endpoints with their own TLS settings, built on first use.
-    tls_clients: Mutex<HashMap<Tls, reqwest::Client>>,
+    /// Clients for endpoints with their own TLS settings or `dial_timeout`, built on first use.
+    endpoint_clients: Mutex<HashMap<(Tls, Option<Duration>), reqwest::Client>>,
     options: Options,
     tokens: auth::TokenCache,
     credentials: Arc<dyn CredentialSource>,
@@ -58,6 +61,10 @@ pub struct RegistryClient {
     generation: std::sync::atomic::AtomicU64,
     /// Last `ratelimit-remaining` per registry.
     rate_limits: Mutex<HashMap<String, u64>>,
+    /// Mirrors that did not answer lately, skipped while their back-off runs.
+    unreachable: unreachable::Unreachable,
+    /// Credentials found for the pulls under way.
+    pulls: Arc<pull_scope::PullCredentials>,
 }
 
 /// A manifest or index as served, verified against the digest it was asked for (or, for a tag,
@@ -109,7 +116,7 @@ impl RegistryClient {
             .map_err(RegistryError::Client)?;
         Ok(RegistryClient {
             http,
-            tls_clients: Mutex::default(),
+            endpoint_clients: Mutex::default(),
             options,
             tokens: auth::TokenCache::default(),
             credentials,
@@ -117,7 +124,16 @@ impl RegistryClient {
             working: Mutex::default(),
             generation: std::sync::atomic::AtomicU64::new(0),
             rate_limits: Mutex::default(),
+            unreachable: unreachable::Unreachable::default(),
+            pulls: Arc::default(),
         })
+    }
+
+    /// Starts a pull of `reference`: until the scope is dropped, the credentials for each host
+    /// are looked up once (a credential-provider plugin runs once per host and pull, however many
+    /// requests the pull makes), as containerd and the kubelet look them up per pull.
+    pub fn begin_pull(&self, reference: &Reference) -> PullScope {
+        self.pulls.begin(reference.name())
     }
 
     /// The endpoints that may serve `need` for the reference's registry, mirrors first.
@@ -149,17 +165,21 @@ impl RegistryClient {
         Ok(usable)
     }
 
-    /// The HTTP client for an endpoint's TLS settings.
-    fn client_for(&self, tls: &Tls) -> Result<reqwest::Client, RegistryError> {
-        if tls == &Tls::default() {
+    /// The HTTP client for an endpoint's TLS settings and connect timeout.
+    fn client_for(&self, endpoint: &Endpoint) -> Result<reqwest::Client, RegistryError> {
+        if endpoint.tls == Tls::default() && endpoint.dial_timeout.is_none() {
             return Ok(self.http.clone());
         }
-        if let Some(c) = auth::lock(&self.tls_clients).get(tls) {
+        let key = (endpoint.tls.clone(), endpoint.dial_timeout);
+        if let Some(c) = auth::lock(&self.endpoint_clients).get(&key) {
             return Ok(c.clone());
         }
-        let builder = tls.configure(client_builder(&self.options))?;
+        let mut builder = endpoint.tls.configure(client_builder(&self.options))?;
+        if let Some(timeout) = endpoint.dial_timeout {
+            builder = builder.connect_timeout(timeout);
+        }
         let client = builder.build().map_err(RegistryError::Client)?;
-        auth::lock(&self.tls_clients).insert(tls.clone(), client.clone());
+        auth::lock(&self.endpoint_clients).insert(key, client.clone());
         Ok(client)
     }
 
@@ -442,25 +462,61 @@ impl RegistryClient {
         let endpoints = self.endpoints(reference, need)?;
         let last = endpoints.len() - 1;
         for (k, endpoint) in endpoints.iter().enumerate() {
+            // A host with another behind it fails fast, and one that did not answer lately is
+            // skipped, so a dead mirror costs one attempt per back-off, not a timeout per request.
+            let fallback = k < last;
+            if fallback {
+                if let Some(left) = self
+                    .unreachable
+                    .skipped_for(&endpoint.origin, Instant::now())
+                {
+                    tracing::debug!(
+                        mirror = %endpoint.host,
+                        retry_in_s = left.as_secs(),
+                        "mirror did not answer lately; skipped"
+                    );
+                    continue;
+                }
+            }
             let url = endpoint.url(reference.registry(), reference.repository(), suffix);
             let action = if endpoint.mirror {
                 format!("{action} via mirror {}", endpoint.host)
             } else {
                 action.to_string()
             };
-            match self
-                .send_to(endpoint, reference, &action, method.clone(), &url, &headers)
-                .await
-            {
-                Err(e) if k < last => {
-                    tracing::warn!(
-                        mirror = %endpoint.host,
-                        error = %crate::error_chain(&e),
-                        "mirror failed; trying the next host"
-                    );
+            let request = Request {
+                action: &action,
+                method: method.clone(),
+                url: &url,
+                attempts: if fallback { 1 } else { REQUEST_ATTEMPTS },
+            };
+            let result = self.send_to(endpoint, reference, request, &headers).await;
+            if fallback {
+                match &result {
+                    Ok(_) => self.unreachable.answered(&endpoint.origin),
+                    Err(e) if e.is_transport() => {
+                        let backoff = self.unreachable.failed(&endpoint.origin, Instant::now());
+                        tracing::warn!(
+                            mirror = %endpoint.host,
+                            error = %crate::error_chain(e),
+                            skipped_for_s = backoff.as_secs(),
+                            "mirror did not answer; trying the next host, and skipping this one \
+                             for a while"
+                        );
+                        continue;
+                    }
+                    Err(e) => {
+                        self.unreachable.answered(&endpoint.origin);
+                        tracing::warn!(
+                            mirror = %endpoint.host,
+                            error = %crate::error_chain(e),
+                            "mirror failed; trying the next host"
+                        );
+                        continue;
+                    }
                 }
-                other => return other,
             }
+            return result;
         }
         unreachable!("the last endpoint returns")
     }
@@ -470,11 +526,15 @@ impl RegistryClient {
         &self,
         endpoint: &Endpoint,
         reference: &Reference,
-        action: &str,
-        method: Method,
-        url: &str,
+        request: Request<'_>,
         headers: &impl Fn(&mut HeaderMap),
     ) -> Result<reqwest::Response, RegistryError> {
+        let Request {
+            action,
+            method,
+            url,
+            attempts,
+        } = request;
         // Schemes, tokens and the credential that worked belong to the host actually spoken to;
         // a mirror gets only credentials configured for the mirror itself.
         let registry = endpoint.host.as_str();
@@ -485,8 +545,13 @@ impl RegistryClient {
         } else {
             reference.name()
         };
-        let http = self.client_for(&endpoint.tls)?;
-        let found = self.credentials.lookup(&lookup);
+        let http = self.client_for(endpoint)?;
+        let found = self
+            .pulls
+            .get(&reference.name(), &lookup, || {
+                self.credentials.lookup(&lookup)
+            })
+            .await;
         self.forget_old_credentials();
         let candidates: Vec<Option<Arc<Credential>>> = if found.is_empty() {
             vec![None]
@@ -524,7 +589,7 @@ impl RegistryClient {
             };
             let sent_auth = authorization.is_some();
             let sent = self
-                .send_with_retries(registry, action, || {
+                .send_with_retries(registry, action, attempts, || {
                     let mut h = HeaderMap::new();
                     headers(&mut h);
                     for (name, value) in &endpoint.headers {
@@ -638,7 +703,16 @@ impl RegistryClient {
                     };
                     tried.push(format!("{who}: {detail}"));
                 }
-                _ => return Err(status_error(reference, action, response).await),
+                _ => {
+                    let e = status_error(reference, action, response).await;
+                    let hosts = &self.options.hosts;
+                    return Err(error::explain_status(
+                        hosts,
+                        reference.registry(),
+                        endpoint,
+                        e,
+                    ));
+                }
             }
             if i + 1 < candidates.len() {
                 i += 1;
@@ -704,17 +778,19 @@ impl RegistryClient {
             .transpose()
     }
 
-    /// Sends, retrying connection failures, `5xx` and `429` with jittered exponential backoff
-    /// (honouring `Retry-After`). The last answer is returned as it is.
+    /// Sends, making up to `attempts` attempts: connection failures, `5xx` and `429` are
+    /// retried with jittered exponential backoff (honouring `Retry-After`). The last answer is
+    /// returned as it is.
     async fn send_with_retries(
         &self,
         registry: &str,
         action: &str,
+        attempts: u32,
         build: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, RegistryError> {
         let mut delay = Duration::from_millis(500);
-        for attempt in 1..=REQUEST_ATTEMPTS {
-            let last = attempt == REQUEST_ATTEMPTS;
+        for attempt in 1..=attempts {
+            let last = attempt == attempts;
             match build().send().await {
                 Ok(r) => {
                     self.note_rate_limit(registry, r.headers());
@@ -735,11 +811,12 @@ impl RegistryClient {
                     );
                     tokio::time::sleep(wait.min(MAX_RETRY_AFTER)).await;
                 }
-                // A refused client certificate is refused again: no retry.
+                // An untrusted certificate, a plain-HTTP peer or a refused client certificate
+                // fails the same way again: no retry.
                 Err(e)
                     if !last
                         && (e.is_connect() || e.is_timeout() || e.is_request())
-                        && error::client_certificate_alert(&e).is_none() =>
+                        && error::tls_failure(&e).is_none() =>
                 {
                     tracing::warn!(registry, action, attempt, error = %e.without_url(), "request failed; retrying");
                     tokio::time::sleep(jitter(delay)).await;
@@ -767,6 +844,16 @@ impl RegistryClient {
     pub fn rate_limit_remaining(&self, registry: &str) -> Option<u64> {
         auth::lock(&self.rate_limits).get(registry).copied()
     }
+}
+
+/// One request to one endpoint.
+struct Request<'a> {
+    /// What is being done, for messages: "GET manifest latest via mirror m:5000".
+    action: &'a str,
+    method: Method,
+    url: &'a str,
+    /// How many times a failed send may be tried (1: fail fast, another host is next).
+    attempts: u32,
 }
 
 /// What a request needs an endpoint to be allowed to do.
@@ -911,7 +998,19 @@ async fn status_error(
     let first = serde_json::from_slice::<Errors>(&body[..body.len().min(64 << 10)])
         .ok()
         .and_then(|e| e.errors.into_iter().next());
-    let (code, message) = first.map_or((None, None), |e| (e.code, e.message));
+    let (code, message) = match first {
+        Some(e) => (e.code, e.message),
+        // A short plain-text body is the server's explanation (Go's TLS server answers plain
+        // HTTP so); longer ones are pages not worth a log line.
+        None => (
+            None,
+            std::str::from_utf8(&body)
+                .ok()
+                .map(str::trim)
+                .filter(|t| !t.is_empty() && t.len() <= 200 && !t.contains('<'))
+                .map(str::to_string),
+        ),
+    };
     if status == 401 || status == 403 {
         return RegistryError::Unauthorized {
             registry: reference.registry().to_string(),

@@ -545,3 +545,149 @@ fn rewrite_location(value: &HeaderValue, upstream: &str, proxy: &str) -> HeaderV
     }
     value.clone()
 }
+
+/// A host where a registry should be but none answers, for mirror faults: either every
+/// connection is accepted and closed at once (counted, so a test can tell how often a client
+/// came back), or no connection ever completes (connects hang until the client gives up).
+pub struct DeadHost {
+    addr: SocketAddr,
+    accepted: Arc<AtomicU64>,
+    /// The accept loop of a closing host; `None` for an unanswered one.
+    task: Option<JoinHandle<()>>,
+    /// An unanswered host's listener and the connections that fill its accept queue.
+    _held: Vec<std::net::TcpStream>,
+    _listener: Option<std::net::TcpListener>,
+}
+
+impl DeadHost {
+    /// Accepts each connection and closes it without a byte, counting them.
+    pub async fn closing() -> DeadHost {
+        let (addr, accepted, task) = accept_counted(drop).await;
+        DeadHost {
+            addr,
+            accepted,
+            task: Some(task),
+            _held: Vec::new(),
+            _listener: None,
+        }
+    }
+
+    /// A listener that never accepts, its accept queue filled: the kernel drops further SYNs, so
+    /// a connect hangs as it does to a host that is down behind a firewall.
+    pub async fn unanswered() -> DeadHost {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+        socket
+            .bind("127.0.0.1:0".parse().expect("an address"))
+            .expect("bind the dead host's loopback port");
+        let addr = socket.local_addr().expect("dead host address");
+        // Backlog 0: the queue holds one connection; fill it until a connect no longer completes.
+        let listener = socket.listen(0).expect("listen");
+        let mut held = Vec::new();
+        let deadline = super::process::Deadline::after(std::time::Duration::from_secs(10));
+        loop {
+            match std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(300))
+            {
+                Ok(stream) => held.push(stream),
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => break,
+                Err(e) => panic!("filling the dead host's accept queue: {e}"),
+            }
+            assert!(
+                !deadline.expired(),
+                "the dead host's accept queue never filled"
+            );
+        }
+        DeadHost {
+            addr,
+            accepted: Arc::new(AtomicU64::new(0)),
+            task: None,
+            _held: held,
+            // Kept open: a closed port would refuse connections instead.
+            _listener: Some(listener.into_std().expect("the listener as std")),
+        }
+    }
+
+    /// `127.0.0.1:PORT`
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Connections accepted so far (always 0 for an unanswered host).
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for DeadHost {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// A TCP relay in front of a registry, byte for byte (TLS passes through untouched), counting
+/// the connections made to it: how often a client tried.
+pub struct TcpRelay {
+    addr: SocketAddr,
+    connections: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+impl TcpRelay {
+    /// Listens on a free loopback port and relays each connection to `upstream` (`host:port`).
+    pub async fn start(upstream: &str) -> TcpRelay {
+        let upstream = upstream.to_string();
+        // Owned by the accept task: aborting it ends the relays too.
+        let mut relays = JoinSet::new();
+        let (addr, connections, task) = accept_counted(move |mut client: TcpStream| {
+            while relays.try_join_next().is_some() {}
+            let upstream = upstream.clone();
+            relays.spawn(async move {
+                if let Ok(mut server) = TcpStream::connect(&upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        })
+        .await;
+        TcpRelay {
+            addr,
+            connections,
+            task,
+        }
+    }
+
+    /// `127.0.0.1:PORT`
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for TcpRelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Listens on a free loopback port and hands each connection to `handle`, counting them.
+async fn accept_counted(
+    mut handle: impl FnMut(TcpStream) + Send + 'static,
+) -> (SocketAddr, Arc<AtomicU64>, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback port");
+    let addr = listener.local_addr().expect("listener address");
+    let count = Arc::new(AtomicU64::new(0));
+    let counted = count.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            handle(stream);
+        }
+    });
+    (addr, count, task)
+}
