@@ -808,3 +808,55 @@ async fn an_interval_below_the_floor_is_bad_input() {
         );
     }
 }
+
+/// A layer that rotted on disk while another containerd namespace holds the same blob cannot be
+/// mended here (the file is shared, and prepull leaves other namespaces' content alone): the
+/// agent must say `corrupt`, naming the namespace and the fix, not call the image warm.
+#[tokio::test(flavor = "multi_thread")]
+async fn damage_the_node_cannot_mend_is_reported_corrupt_with_the_other_namespace() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let host = registry.host();
+    let app = push_image(
+        &host,
+        "team/app",
+        "v1",
+        &ImageSpec::new(&[40 * KIB, 20 * KIB]),
+    )
+    .await;
+    let app_ref = format!("{host}/team/app:v1");
+    let root = tempfile::tempdir().unwrap();
+    let mut list = ListVolume::new(root.path(), &format!("images:\n  - {app_ref}\n"));
+    let (mut agent, status_file) = spawn_agent(
+        &containerd,
+        &host,
+        &list.file(),
+        root.path(),
+        &["--verify-every", "1s"],
+    );
+    let s = wait_for_pass(&status_file, 1, &mut agent).await;
+    assert_eq!(s["warm"], 1, "{s:#}");
+    containerd.ctr_ok(&["-n", "default", "images", "pull", "--plain-http", &app_ref]);
+
+    let layer = &app.layers[0];
+    let path = containerd
+        .root()
+        .join("io.containerd.content.v1.content/blobs/sha256")
+        .join(layer.digest.strip_prefix("sha256:").unwrap());
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[100] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    list.update(&format!("images:\n  - {app_ref}\n# touched\n"));
+    let s = wait_for_pass(&status_file, 2, &mut agent).await;
+    let image = &s["images"][0];
+    assert_eq!(image["state"], "corrupt", "{s:#}");
+    assert_eq!(image["kind"], "corrupt", "{s:#}");
+    let error = image["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("namespace default")
+            && error.contains(&format!("ctr -n default content rm {}", layer.digest)),
+        "{s:#}"
+    );
+    assert!(image["damage"]["mended"].is_null(), "{s:#}");
+    assert_eq!(s["corrupt"], 1, "{s:#}");
+}

@@ -71,8 +71,16 @@ pub struct Agent {
 /// holds for it.
 type Checked = (Result<PullReport, PullError>, Option<PullReport>);
 
-/// What the verify before a pass found wrong, per entry: one line per problem.
-type Damage = HashMap<String, Vec<String>>;
+/// What the verify before a pass found wrong in one entry's image.
+struct Found {
+    /// One line per problem.
+    problems: Vec<String>,
+    /// Why it cannot be mended on this node (a bad blob another namespace holds), if so.
+    blocked: Option<String>,
+}
+
+/// What the verify before a pass found, per entry.
+type Damage = HashMap<String, Found>;
 
 /// How [`Agent::run`] ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -344,13 +352,22 @@ impl Agent {
         for (entry, result) in list.entries.iter().zip(results) {
             let name = entry.reference.to_string();
             let previous = self.status.image(&name);
-            let found = damage.remove(&name);
+            let (found, blocked) = match damage.remove(&name) {
+                Some(f) => (Some(f.problems), f.blocked),
+                None => (None, None),
+            };
             let digest = match &result {
                 Some((Ok(report), _)) => Some(report.digest.to_string()),
                 _ => None,
             };
             resolved.insert(name.clone(), digest);
             let status = match &result {
+                Some((result, present)) if blocked.is_some() => {
+                    let present = result.as_ref().ok().or(present.as_ref());
+                    let reason = blocked.as_deref().unwrap_or_default();
+                    let outcome = Outcome::Unmendable { reason, present };
+                    ImageStatus::after_pass(entry, previous, found, outcome, now)
+                }
                 Some((Ok(report), _)) => {
                     let pinned = pins.apply(entry, &report.names).await;
                     let outcome = match &pinned {
@@ -422,7 +439,17 @@ impl Agent {
             }
             let problems: Vec<String> = check.problems.iter().map(ToString::to_string).collect();
             tracing::warn!(image = %name, problems = %problems.join("; "), "stored image is damaged; fetching it again");
-            damage.insert(name, problems);
+            // A bad blob another namespace also holds stays (its file is shared): this image
+            // cannot be mended here, and the status must say so rather than call it warm.
+            let shared = crate::verify::shared_bad_blobs(&self.store, &[&check]).await?;
+            let blocked = (!shared.is_empty()).then(|| {
+                shared
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            });
+            damage.insert(name, Found { problems, blocked });
             damaged.push(check);
         }
         // The lease holding the rest of the damaged images expires by itself; the pass that

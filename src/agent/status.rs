@@ -105,6 +105,14 @@ pub enum Outcome<'a> {
     Warm(&'a PullReport),
     /// Warm, but its pin could not be set.
     WarmUnpinned(&'a PullReport, &'a StoreError),
+    /// Found damaged in a way this node cannot mend (`reason`: what holds the bad content and
+    /// what to do); `present` is what the node holds.
+    Unmendable {
+        /// What stops the mending, and the fix.
+        reason: &'a str,
+        /// What is on the node.
+        present: Option<&'a PullReport>,
+    },
     /// The pull failed; `present` is the complete image the node holds for the entry, if any.
     Failed {
         /// Why.
@@ -205,6 +213,14 @@ impl ImageStatus {
                     ..base
                 }
             }
+            Outcome::Unmendable { reason, present } => ImageStatus {
+                state: ImageState::Corrupt,
+                digest: present.map(|p| p.digest.to_string()),
+                since: Some(since),
+                kind: Some(ErrorKind::Corrupt),
+                error: Some(format!("cannot be mended on this node: {reason}")),
+                ..base
+            },
             Outcome::Failed { error, present } => ImageStatus {
                 state: match (unmended, present) {
                     (true, _) => ImageState::Corrupt,

@@ -56,7 +56,10 @@ pub async fn run(args: UnpinArgs) -> anyhow::Result<ExitCode> {
                 unpinned += 1;
             }
         }
-        println!("unpinned {reference} ({unpinned} records)");
+        println!(
+            "unpinned {reference} ({})",
+            super::pull::counted(unpinned, "record")
+        );
     }
     Ok(if missing == 0 {
         ExitCode::SUCCESS
