@@ -2,9 +2,10 @@
 //! registry's HTTP API, a recording reverse proxy and CRI helpers.
 //!
 //! Integration tests include it with `mod support;`; benches and examples with
-//! `#[path = "../tests/support/mod.rs"] mod support;`. Every daemon lives in its own temp dir, on its
-//! own socket or loopback port, so tests may run in parallel threads or processes. Each includer
-//! uses a subset of the items, hence the module-wide `allow(dead_code)`.
+//! `#[path = "../tests/support/mod.rs"] mod support;` (`../../tests/…` from a bench in its own
+//! folder, as `benches/ctr_compare/main.rs`). Every daemon lives in its own temp dir, on its own
+//! socket or loopback port, so tests may run in parallel threads or processes. Each includer uses
+//! a subset of the items, hence the module-wide `allow(dead_code)`.
 
 #![allow(dead_code)]
 

@@ -1,0 +1,55 @@
+//! W6's section: one more pass over images already present, with the requests each tool made.
+
+use std::fmt::Write as _;
+
+use super::{cpu_medians, speedup, Context};
+use crate::results::{stats, WorkloadResult};
+use crate::sample::Tool;
+use crate::workload::WorkloadId;
+
+pub fn write(md: &mut String, results: &[WorkloadResult], cx: &Context) {
+    let Some(r) = results.iter().find(|r| r.workload.id == WorkloadId::W6) else {
+        return;
+    };
+    let _ = writeln!(
+        md,
+        "## W6: steady state ({} images already present)",
+        r.workload.images.len()
+    );
+    let _ = writeln!(md);
+    let _ = writeln!(
+        md,
+        "Requests are counted by the proxy for the timed pass only; a row lists each distinct mix of requests and how many runs made it."
+    );
+    let _ = writeln!(md);
+    let _ = writeln!(
+        md,
+        "| Mode | Tool | Median s | Min s | Max s | ctr/prepull | Requests per pass | CPU s client / containerd / registry+proxy / other |"
+    );
+    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---|---:|");
+    for mode in &cx.modes {
+        let ratio = speedup(r, *mode, 1);
+        for tool in [Tool::Prepull, Tool::Ctr] {
+            let Some(st) = stats(&r.walls(*mode, tool)) else {
+                continue;
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.2} | {:.2} | {:.2} | {} | {} | {} |",
+                mode.name(),
+                tool.name(),
+                st.median,
+                st.min,
+                st.max,
+                if tool == Tool::Prepull {
+                    ratio.as_str()
+                } else {
+                    ""
+                },
+                r.request_mixes(*mode, tool),
+                cpu_medians(r, *mode, tool),
+            );
+        }
+    }
+    let _ = writeln!(md);
+}

@@ -1,0 +1,132 @@
+//! The targets table: the performance targets this run can judge (W5's share of the link and
+//! speed-up over ctr, W6's requests and time per pass), each with its figure and verdict.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use super::Context;
+use crate::results::WorkloadResult;
+use crate::sample::{Requests, Tool};
+use crate::workload::WorkloadId;
+
+/// W5: prepull's throughput, as a share of the emulated link's rate, at least this.
+const W5_LINK_SHARE_TARGET: f64 = 0.90;
+/// W5: prepull at least this much faster than ctr.
+const W5_SPEEDUP_TARGET: f64 = 1.5;
+/// W6: one pass over all present images takes less than this.
+const W6_TIME_TARGET: Duration = Duration::from_secs(1);
+
+/// The verdict cell of a target's row.
+fn met(ok: bool) -> &'static str {
+    if ok {
+        "**met**"
+    } else {
+        "**not met**"
+    }
+}
+
+/// A target, its measured figure and whether it is met.
+type Row = (String, String, bool);
+
+/// The performance targets this run can judge, each with its measured figure.
+pub fn write(md: &mut String, results: &[WorkloadResult], cx: &Context) {
+    let mut rows = Vec::new();
+    if let Some(r) = results.iter().find(|r| r.workload.id == WorkloadId::W5) {
+        rows.extend(w5_rows(r, cx));
+    }
+    if let Some(r) = results.iter().find(|r| r.workload.id == WorkloadId::W6) {
+        rows.extend(w6_rows(r, cx));
+    }
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "## Targets");
+    let _ = writeln!(md);
+    let _ = writeln!(md, "| Target | Measured | |");
+    let _ = writeln!(md, "|---|---|---|");
+    for (target, measured, ok) in rows {
+        let _ = writeln!(md, "| {target} | {measured} | {} |", met(ok));
+    }
+    let _ = writeln!(md);
+}
+
+/// W5: prepull's share of the link, and its speed-up over ctr.
+fn w5_rows(r: &WorkloadResult, cx: &Context) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for mode in &cx.modes {
+        if let Some(share) = r.link_share(*mode, Tool::Prepull) {
+            rows.push((
+                format!(
+                    "W5 {}: prepull reaches >= {:.0}% of the link's bandwidth",
+                    mode.name(),
+                    W5_LINK_SHARE_TARGET * 100.0
+                ),
+                format!(
+                    "{:.0}% ({:.0} of {:.0} MB/s)",
+                    share * 100.0,
+                    share
+                        * r.workload
+                            .link
+                            .as_ref()
+                            .map_or(0.0, |l| l.spec.mbytes_per_sec()),
+                    r.workload
+                        .link
+                        .as_ref()
+                        .map_or(0.0, |l| l.spec.mbytes_per_sec())
+                ),
+                share >= W5_LINK_SHARE_TARGET,
+            ));
+        }
+        if let (Some(c), Some(p)) = (
+            r.median_wall(*mode, Tool::Ctr),
+            r.median_wall(*mode, Tool::Prepull),
+        ) {
+            rows.push((
+                format!(
+                    "W5 {}: prepull >= {W5_SPEEDUP_TARGET}x faster than ctr",
+                    mode.name()
+                ),
+                format!("{:.2}x ({p:.2} s vs {c:.2} s)", c / p),
+                c / p >= W5_SPEEDUP_TARGET,
+            ));
+        }
+    }
+    rows
+}
+
+/// W6: one request per tag and no more, and the time of a pass.
+fn w6_rows(r: &WorkloadResult, cx: &Context) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let tags = r.workload.images.len();
+    for mode in &cx.modes {
+        let passes: Vec<&Requests> = r
+            .of(*mode, Tool::Prepull)
+            .filter_map(|s| s.requests.as_ref())
+            .collect();
+        if !passes.is_empty() {
+            let exact = passes
+                .iter()
+                .all(|q| q.count("HEAD") == tags && q.total() == tags);
+            rows.push((
+                format!(
+                    "W6 {}: exactly one HEAD per tag ({tags}), no GET",
+                    mode.name()
+                ),
+                r.request_mixes(*mode, Tool::Prepull),
+                exact,
+            ));
+        }
+        if let Some(p) = r.median_wall(*mode, Tool::Prepull) {
+            rows.push((
+                format!(
+                    "W6 {}: one pass over {tags} present images < {:.0} s",
+                    mode.name(),
+                    W6_TIME_TARGET.as_secs_f64()
+                ),
+                format!("{p:.2} s (median)"),
+                p < W6_TIME_TARGET.as_secs_f64(),
+            ));
+        }
+    }
+    rows
+}

@@ -1,0 +1,143 @@
+//! The two clients as the timed runs invoke them: `prepull pull` once with every image, `ctr`
+//! once per image, each under `perf record` when profiling.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+
+use super::Bench;
+use crate::command::{timed, ChildRun};
+use crate::sample::{Mode, Tool};
+use crate::support::Containerd;
+use crate::workload::Workload;
+
+impl Bench {
+    /// Runs `tool`'s client once: its result and, for prepull, the bytes it says it fetched.
+    pub(super) async fn run_tool(
+        &self,
+        c: &Containerd,
+        w: &Workload,
+        mode: Mode,
+        tool: Tool,
+    ) -> anyhow::Result<(ChildRun, Option<u64>)> {
+        match tool {
+            Tool::Prepull => self
+                .run_prepull(c, w, mode)
+                .await
+                .map(|(r, b)| (r, Some(b))),
+            Tool::Ctr => self.run_ctr(c, w, mode).await.map(|r| (r, None)),
+        }
+    }
+
+    /// Runs a client, under `perf record` when profiling.
+    async fn timed_client(&self, program: &Path, args: Vec<String>) -> anyhow::Result<ChildRun> {
+        let is_prepull = program == self.prepull;
+        match self
+            .profiler
+            .as_ref()
+            .and_then(|p| p.wrap(program, &args, is_prepull))
+        {
+            Some((perf, wrapped)) => timed(&perf, &wrapped, self.gnu_time).await,
+            None => timed(program, &args, self.gnu_time).await,
+        }
+    }
+
+    async fn run_prepull(
+        &self,
+        c: &Containerd,
+        w: &Workload,
+        mode: Mode,
+    ) -> anyhow::Result<(ChildRun, u64)> {
+        let mut args: Vec<String> = vec![
+            "pull".into(),
+            "--containerd".into(),
+            c.socket().display().to_string(),
+            "--plain-http".into(),
+            w.host.clone(),
+            "--output".into(),
+            "json".into(),
+        ];
+        match mode {
+            Mode::Fetch if self.prepull_unpacks => args.push("--no-unpack".into()),
+            Mode::Fetch => {}
+            // Named explicitly so both tools surely unpack into the same snapshotter.
+            Mode::Pull => args.extend(["--snapshotter".into(), c.snapshotter().to_string()]),
+        }
+        args.extend(w.images.iter().cloned());
+        let run = self.timed_client(&self.prepull, args).await?;
+        // Exit 0 already means every image was pulled; the JSON lines double-check that and say
+        // how many bytes prepull moved.
+        let mut fetched = 0;
+        let mut pulled = 0;
+        for line in run.stdout.lines().filter(|l| !l.trim().is_empty()) {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .with_context(|| format!("prepull printed a non-JSON line: {line:?}"))?;
+            if v["status"] != "pulled" {
+                bail!("prepull exited 0 but reported {line}");
+            }
+            // The mode must have done what it says: unpacked in `pull`, not in `fetch`.
+            let snapshotter = v.get("snapshotter").and_then(|s| s.as_str());
+            let want = (mode == Mode::Pull).then(|| c.snapshotter());
+            if snapshotter != want {
+                bail!("prepull in mode {} reported snapshotter {snapshotter:?}, expected {want:?}: {line}", mode.name());
+            }
+            pulled += 1;
+            fetched += v["bytes_fetched"]
+                .as_u64()
+                .with_context(|| format!("no bytes_fetched in {line}"))?;
+        }
+        if pulled != w.images.len() {
+            bail!(
+                "prepull reported {pulled} pulled images, expected {}:\n{}",
+                w.images.len(),
+                run.stdout
+            );
+        }
+        Ok((run, fetched))
+    }
+
+    /// W1/W3: one `ctr content fetch` or `ctr images pull`; W4: one per image, in a loop (total
+    /// wall time, max RSS, summed CPU).
+    async fn run_ctr(&self, c: &Containerd, w: &Workload, mode: Mode) -> anyhow::Result<ChildRun> {
+        // The ctr of the same containerd release as the daemon.
+        let ctr = c.install().ctr();
+        let mut total = ChildRun {
+            wall: Duration::ZERO,
+            rss_kib: None,
+            cpu_secs: None,
+            stdout: String::new(),
+        };
+        let started = Instant::now();
+        for image in &w.images {
+            let mut args: Vec<String> = vec![
+                "--address".into(),
+                c.socket().display().to_string(),
+                "-n".into(),
+                "k8s.io".into(),
+            ];
+            match mode {
+                Mode::Fetch => args.extend(["content".into(), "fetch".into()]),
+                Mode::Pull => args.extend([
+                    "images".into(),
+                    "pull".into(),
+                    "--snapshotter".into(),
+                    c.snapshotter().to_string(),
+                ]),
+            }
+            args.extend(["--plain-http".into(), image.clone()]);
+            let run = self.timed_client(&ctr, args).await?;
+            total.rss_kib = match (total.rss_kib, run.rss_kib) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
+            total.cpu_secs = match (total.cpu_secs, run.cpu_secs) {
+                (Some(a), Some(b)) => Some(a + b),
+                (a, b) => a.or(b),
+            };
+        }
+        // The loop's own wall time, so the gaps between invocations count like a shell loop's.
+        total.wall = started.elapsed();
+        Ok(total)
+    }
+}
