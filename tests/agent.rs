@@ -403,6 +403,11 @@ async fn the_agent_finds_and_mends_a_corrupt_layer() {
         image["damage"]["mended"].is_string(),
         "mended, and says when: {s:#}"
     );
+    let leases = containerd.ctr_ok(&["-n", "k8s.io", "leases", "ls"]);
+    assert!(
+        !leases.contains("prepull-repair"),
+        "the lease that protected the image while it was mended is gone: {leases}"
+    );
     // The next pass (its verify finds nothing) keeps the record of the damage and its mending.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     list.update(&format!("images:\n  - {app_ref}\n# again\n"));

@@ -25,6 +25,7 @@ pub use pins::PinOwner;
 pub use status::{ImageState, ImageStatus, Status};
 
 use crate::pull::{PullError, PullReport, Puller};
+use crate::repair::{self, Protection};
 use crate::store::{Store, StoreError};
 use crate::watch::Fingerprint;
 use pins::Pins;
@@ -241,18 +242,10 @@ impl Agent {
         let results = self.pull_all(&list, &damaged).await;
         let pins = Pins::new(&self.store, &self.options.pin_owner);
         let (images, resolved) = self.record(&pins, &list, results, damage).await;
-        // The lease that held the damaged images' good parts while their bad blobs were
-        // replaced: once they are warm again their records hold everything.
-        if let Some(lease) = protection {
-            let mended = images
-                .iter()
-                .filter(|i| damaged.contains(&i.image))
-                .all(|i| i.state == ImageState::Warm);
-            if mended {
-                if let Err(e) = self.store.delete_lease(lease).await {
-                    tracing::warn!(error = %e, "cannot delete the repair lease; it expires by itself");
-                }
-            }
+        // The mending pulls have ended: the lease holding the damaged images goes (see
+        // `repair` for why one rule holds for every caller).
+        if let Some(protection) = protection {
+            protection.release(&self.store).await;
         }
         let released = match pins.release(&list, &resolved).await {
             Ok(n) => n,
@@ -280,7 +273,7 @@ impl Agent {
     }
 
     /// When a verify is due, reads the listed images back (see [`Agent::verify_listed`]).
-    async fn verify_if_due(&mut self, list: &List) -> (Damage, Option<crate::store::Lease>) {
+    async fn verify_if_due(&mut self, list: &List) -> (Damage, Option<Protection>) {
         let due = self
             .options
             .verify_every
@@ -291,7 +284,7 @@ impl Agent {
         self.last_verify = Some(Instant::now());
         self.status.last_verify = Some(timestamp(SystemTime::now()));
         match self.verify_listed(list).await {
-            Ok(d) => d,
+            Ok((damage, protection)) => (damage, Some(protection)),
             Err(e) => {
                 tracing::warn!(error = %crate::error_chain(&e), "cannot verify the stored images");
                 (HashMap::new(), None)
@@ -409,10 +402,7 @@ impl Agent {
     /// Reads every listed image back and hashes it; blobs that are corrupt or unreadable are
     /// removed (and containerd's garbage collected), so the pass that follows fetches them
     /// again. Returns what was wrong, per entry.
-    async fn verify_listed(
-        &self,
-        list: &List,
-    ) -> Result<(Damage, Option<crate::store::Lease>), StoreError> {
+    async fn verify_listed(&self, list: &List) -> Result<(Damage, Protection), StoreError> {
         use crate::verify::{group_records, CheckOptions, Checker};
         let checker = Checker::new(
             &self.store,
@@ -441,23 +431,15 @@ impl Agent {
             tracing::warn!(image = %name, problems = %problems.join("; "), "stored image is damaged; fetching it again");
             // A bad blob another namespace also holds stays (its file is shared): this image
             // cannot be mended here, and the status must say so rather than call it warm.
-            let shared = crate::verify::shared_bad_blobs(&self.store, &[&check]).await?;
-            let blocked = (!shared.is_empty()).then(|| {
-                shared
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            });
+            let shared = repair::shared_bad_blobs(&self.store, &[&check]).await?;
+            let blocked = repair::blocked(&check, &shared);
             damage.insert(name, Found { problems, blocked });
             damaged.push(check);
         }
-        // The lease holding the rest of the damaged images expires by itself; the pass that
-        // follows makes them whole again, rooted by their records.
-        let lease =
-            crate::verify::discard_bad_blobs(&self.store, &damaged.iter().collect::<Vec<_>>())
-                .await?;
-        Ok((damage, lease))
+        // The pass that follows makes them whole again, rooted by their records.
+        let protection =
+            repair::discard_bad_blobs(&self.store, &damaged.iter().collect::<Vec<_>>()).await?;
+        Ok((damage, protection))
     }
 
     fn write_status(&self) {

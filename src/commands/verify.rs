@@ -10,14 +10,11 @@ use containerd_client::services::v1::Image;
 use super::pull::{counted, cri_snapshotter, PullerArgs};
 use super::{ContainerdArgs, Output};
 use crate::digest::Digest;
-use crate::error_chain;
 use crate::reference::Reference;
+use crate::repair;
 use crate::space::human_bytes;
 use crate::store::{Ingest, Store};
-use crate::verify::{
-    discard_bad_blobs, group_records, shared_bad_blobs, stale_ingests, CheckOptions, Checker,
-    ImageCheck, SharedBlob,
-};
+use crate::verify::{group_records, stale_ingests, CheckOptions, Checker, ImageCheck};
 
 /// What both commands check.
 #[derive(Debug, Args)]
@@ -180,112 +177,40 @@ pub async fn run_repair(args: RepairArgs) -> anyhow::Result<ExitCode> {
 
     let (checks, missing) = check_all(&store, &checker, &wanted).await?;
     let damaged: Vec<&ImageCheck> = checks.iter().filter(|c| !c.problems.is_empty()).collect();
-    let shared = shared_bad_blobs(&store, &damaged).await?;
-    // Bad blobs out (the rest of the damaged images held by a lease while they are pulled
-    // again); blobs other namespaces hold stay, see `SharedBlob`.
-    let protection = discard_bad_blobs(&store, &damaged).await?;
-    let mended = mend(&store, &puller, &checker, checks, missing, &shared, output).await;
-    // A lease left behind would keep content for a week that nothing names: release it
-    // whatever happened. Content only a removed blob held may then be collected, and the next
-    // repair downloads it again.
-    if let Some(lease) = protection {
-        if let Err(e) = store.delete_lease(lease).await {
-            eprintln!("warning: cannot delete the repair lease (it expires by itself): {e}");
-        }
+    let shared = repair::shared_bad_blobs(&store, &damaged).await?;
+    let protection = repair::discard_bad_blobs(&store, &damaged).await?;
+    for check in checks.iter().filter(|c| c.problems.is_empty()) {
+        print_check(check, "ok", output);
     }
-    Ok(if mended? == 0 {
+    let mut failed = 0;
+    let mut outcome = Ok(());
+    for step in repair::plan(checks, missing, &shared) {
+        let result = match &step.action {
+            Ok(name) => match repair::mend(&store, &puller, &checker, name).await {
+                Ok(result) => result,
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            },
+            Err(why) => Err(why.clone()),
+        };
+        let (status, error) = match &result {
+            Ok(()) => ("repaired", None),
+            Err(e) => {
+                failed += 1;
+                ("failed", Some(e.as_str()))
+            }
+        };
+        print_outcome(&step.shown, status, step.before.as_ref(), error, output);
+    }
+    protection.release(&store).await;
+    outcome?;
+    Ok(if failed == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
-}
-
-/// Pulls each damaged or missing image again and checks it; returns how many stay broken.
-/// An image with a bad blob another namespace holds is not pulled: containerd would keep the
-/// bad file. It fails naming that namespace and what to do there.
-async fn mend(
-    store: &Store,
-    puller: &crate::pull::Puller,
-    checker: &Checker<'_>,
-    checks: Vec<ImageCheck>,
-    missing: Vec<String>,
-    shared: &[SharedBlob],
-    output: Output,
-) -> anyhow::Result<usize> {
-    let mut failed = 0;
-    let mut to_pull: Vec<(String, Option<ImageCheck>)> = Vec::new();
-    for check in checks {
-        if check.problems.is_empty() {
-            print_check(&check, "ok", output);
-            continue;
-        }
-        let held: Vec<String> = shared
-            .iter()
-            .filter(|s| {
-                check
-                    .problems
-                    .iter()
-                    .any(|p| p.bad_blob() == Some(&s.digest))
-            })
-            .map(ToString::to_string)
-            .collect();
-        if !held.is_empty() {
-            failed += 1;
-            let problems: Vec<String> = check.problems.iter().map(ToString::to_string).collect();
-            let why = format!("{}; {}", problems.join("; "), held.join("; "));
-            print_outcome(&check.names[0], "failed", Some(&check), Some(&why), output);
-            continue;
-        }
-        match check.pull_name() {
-            Some(name) => to_pull.push((name, Some(check))),
-            None => {
-                failed += 1;
-                print_outcome(
-                    &check.names[0],
-                    "failed",
-                    Some(&check),
-                    Some("no name to pull it by: no tag or digest record, and no source label"),
-                    output,
-                );
-            }
-        }
-    }
-    to_pull.extend(missing.into_iter().map(|name| (name, None)));
-
-    for (name, before) in to_pull {
-        let reference = match Reference::parse(&name) {
-            Ok(r) => r,
-            Err(e) => {
-                failed += 1;
-                eprintln!("error: cannot repair {name}: {e}");
-                continue;
-            }
-        };
-        // Mended means pulled and then found sound.
-        let outcome: Result<(), String> = match puller.pull_thoroughly(&reference).await {
-            Ok(report) => {
-                let records = records_named(store, &report.names).await?;
-                let after = checker.check(&report.digest, &records).await?;
-                let still: Vec<String> = after.problems.iter().map(ToString::to_string).collect();
-                if still.is_empty() {
-                    Ok(())
-                } else {
-                    Err(still.join("; "))
-                }
-            }
-            Err(e) => Err(error_chain(&e)),
-        };
-        // Pulled by digest, shown by the name the operator knows (its tag, when it has one).
-        let shown = before.as_ref().map_or(name, |b| b.names[0].clone());
-        match outcome {
-            Ok(()) => print_outcome(&shown, "repaired", before.as_ref(), None, output),
-            Err(e) => {
-                failed += 1;
-                print_outcome(&shown, "failed", before.as_ref(), Some(&e), output);
-            }
-        }
-    }
-    Ok(failed)
 }
 
 fn parse_images(images: &[String]) -> anyhow::Result<Vec<Reference>> {
@@ -330,16 +255,6 @@ async fn check_all(
         .map(|(n, _)| n)
         .collect();
     Ok((checks, missing))
-}
-
-async fn records_named(store: &Store, names: &[String]) -> anyhow::Result<Vec<Image>> {
-    let mut out = Vec::new();
-    for name in names {
-        if let Some(r) = store.image(name).await? {
-            out.push(r);
-        }
-    }
-    Ok(out)
 }
 
 fn print_check(check: &ImageCheck, status: &str, output: Output) {
