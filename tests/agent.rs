@@ -116,6 +116,17 @@ fn spawn_agent(
     (agent, status_file)
 }
 
+/// Bit rot: flips one bit of a blob in containerd's content store, behind containerd's back.
+fn rot(containerd: &Containerd, digest: &str) {
+    let path = containerd
+        .root()
+        .join("io.containerd.content.v1.content/blobs/sha256")
+        .join(digest.strip_prefix("sha256:").unwrap());
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[100] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+}
+
 async fn labels(store: &Store, name: &str) -> std::collections::HashMap<String, String> {
     store
         .image(name)
@@ -382,13 +393,7 @@ async fn the_agent_finds_and_mends_a_corrupt_layer() {
 
     // Bit rot in layer 0.
     let layer = &app.layers[0];
-    let path = containerd
-        .root()
-        .join("io.containerd.content.v1.content/blobs/sha256")
-        .join(layer.digest.strip_prefix("sha256:").unwrap());
-    let mut bytes = std::fs::read(&path).unwrap();
-    bytes[100] ^= 0x01;
-    std::fs::write(&path, &bytes).unwrap();
+    rot(&containerd, &layer.digest);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     list.update(&format!("images:\n  - {app_ref}\n# touched\n"));
     let s = wait_for_pass(&status_file, 2, &mut agent).await;
@@ -843,13 +848,7 @@ async fn damage_the_node_cannot_mend_is_reported_corrupt_with_the_other_namespac
     containerd.ctr_ok(&["-n", "default", "images", "pull", "--plain-http", &app_ref]);
 
     let layer = &app.layers[0];
-    let path = containerd
-        .root()
-        .join("io.containerd.content.v1.content/blobs/sha256")
-        .join(layer.digest.strip_prefix("sha256:").unwrap());
-    let mut bytes = std::fs::read(&path).unwrap();
-    bytes[100] ^= 0x01;
-    std::fs::write(&path, &bytes).unwrap();
+    rot(&containerd, &layer.digest);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     list.update(&format!("images:\n  - {app_ref}\n# touched\n"));
     let s = wait_for_pass(&status_file, 2, &mut agent).await;
