@@ -446,13 +446,7 @@ impl Agent {
         let Some(path) = &self.options.status_file else {
             return;
         };
-        let write = || -> std::io::Result<()> {
-            let tmp = path.with_extension("tmp");
-            let text = serde_json::to_vec_pretty(&self.status).map_err(std::io::Error::other)?;
-            std::fs::write(&tmp, text)?;
-            std::fs::rename(&tmp, path)
-        };
-        if let Err(e) = write() {
+        if let Err(e) = self.status.write_to(path) {
             tracing::warn!(file = %path.display(), error = %e, "cannot write the status file");
         }
     }

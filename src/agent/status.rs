@@ -6,6 +6,9 @@
 //! [`ImageState::Failed`], and keeps the digest that is present. Damage found by the periodic
 //! verify is kept, with when it was found and when it was mended, until newer damage replaces it.
 
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::Path;
 use std::time::SystemTime;
 
 use serde::Serialize;
@@ -122,6 +125,24 @@ pub enum Outcome<'a> {
     },
 }
 
+/// The most bytes the status file may take: the DaemonSet writes it to a 1 MiB in-memory volume,
+/// and a write that does not fit fails and leaves the previous status in place.
+pub const MAX_STATUS_BYTES: usize = 768 << 10;
+
+/// The most characters of one error kept in the status; the log has the rest.
+const MAX_ERROR_CHARS: usize = 2048;
+
+/// The most problems of one image's damage kept in the status.
+const MAX_PROBLEMS: usize = 20;
+
+/// `text`, cut to `max` characters (marked with `…`).
+fn capped(text: String, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text,
+        Some((end, _)) => format!("{}…", &text[..end]),
+    }
+}
+
 /// Time as the status file writes it.
 pub fn timestamp(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
@@ -161,7 +182,11 @@ impl ImageStatus {
         let mut damage = match found {
             Some(problems) => Some(Damage {
                 found: at.clone(),
-                problems,
+                problems: problems
+                    .into_iter()
+                    .take(MAX_PROBLEMS)
+                    .map(|p| capped(p, MAX_ERROR_CHARS))
+                    .collect(),
                 mended: None,
             }),
             None => previous.and_then(|p| p.damage.clone()),
@@ -197,9 +222,12 @@ impl ImageStatus {
                 let (kind, error) = match outcome {
                     Outcome::WarmUnpinned(_, e) => (
                         Some(e.kind()),
-                        Some(format!(
-                            "pulled, but the pin could not be set: {}",
-                            crate::error_chain(e)
+                        Some(capped(
+                            format!(
+                                "pulled, but the pin could not be set: {}",
+                                crate::error_chain(e)
+                            ),
+                            MAX_ERROR_CHARS,
                         )),
                     ),
                     _ => (None, None),
@@ -218,7 +246,10 @@ impl ImageStatus {
                 digest: present.map(|p| p.digest.to_string()),
                 since: Some(since),
                 kind: Some(ErrorKind::Corrupt),
-                error: Some(format!("cannot be mended on this node: {reason}")),
+                error: Some(capped(
+                    format!("cannot be mended on this node: {reason}"),
+                    MAX_ERROR_CHARS,
+                )),
                 ..base
             },
             Outcome::Failed { error, present } => ImageStatus {
@@ -230,7 +261,7 @@ impl ImageStatus {
                 digest: present.map(|p| p.digest.to_string()),
                 since: Some(since),
                 kind: Some(error.kind()),
-                error: Some(crate::error_chain(error)),
+                error: Some(capped(crate::error_chain(error), MAX_ERROR_CHARS)),
                 ..base
             },
         };
@@ -274,6 +305,13 @@ pub struct Status {
     pub last_verify: Option<String>,
     /// Per image, in list order.
     pub images: Vec<ImageStatus>,
+    /// Images left out of `images` to keep the file within its size bound (0: none).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub images_omitted: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl Status {
@@ -287,6 +325,67 @@ impl Status {
         self.failed = count(ImageState::Failed);
         self.corrupt = count(ImageState::Corrupt);
         self.images = images;
+    }
+
+    /// The status as JSON in at most [`MAX_STATUS_BYTES`]: when the whole does not fit, error
+    /// texts and damage lists are cut shorter and shorter, and as a last resort the per-image
+    /// list is cut (`images_omitted` says how many are left out; the counts stay whole).
+    pub fn to_bounded_json(&self) -> Vec<u8> {
+        let whole = serde_json::to_vec_pretty(self).unwrap_or_default();
+        if whole.len() <= MAX_STATUS_BYTES {
+            return whole;
+        }
+        for (chars, problems) in [(512, 8), (128, 2), (32, 1)] {
+            let mut cut = self.clone();
+            for image in &mut cut.images {
+                image.error = image.error.take().map(|e| capped(e, chars));
+                if let Some(d) = image.damage.as_mut() {
+                    d.problems.truncate(problems);
+                    for p in &mut d.problems {
+                        *p = capped(std::mem::take(p), chars);
+                    }
+                }
+            }
+            cut.list_error = cut.list_error.take().map(|e| capped(e, chars * 4));
+            let json = serde_json::to_vec_pretty(&cut).unwrap_or_default();
+            if json.len() <= MAX_STATUS_BYTES {
+                return json;
+            }
+            if chars == 32 {
+                let mut keep = cut.images.len();
+                loop {
+                    keep /= 2;
+                    let mut fewer = cut.clone();
+                    fewer.images_omitted = fewer.images.len() - keep;
+                    fewer.images.truncate(keep);
+                    let json = serde_json::to_vec_pretty(&fewer).unwrap_or_default();
+                    if json.len() <= MAX_STATUS_BYTES || keep == 0 {
+                        return json;
+                    }
+                }
+            }
+        }
+        whole
+    }
+
+    /// Writes the status to `path` atomically: to a temporary file beside it, created anew (a
+    /// symlink planted under the temporary name is removed, never written through), then
+    /// renamed over `path` (which replaces a symlink there rather than following it).
+    pub fn write_to(&self, path: &Path) -> std::io::Result<()> {
+        let tmp = path.with_extension("tmp");
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(0o644)
+            .open(&tmp)?;
+        file.write_all(&self.to_bounded_json())?;
+        drop(file);
+        std::fs::rename(&tmp, path)
     }
 
     /// An image's status, by its normalized name.
@@ -438,6 +537,78 @@ mod tests {
             at(120),
         );
         assert_eq!(later.damage, Some(damage));
+    }
+
+    #[test]
+    fn the_status_stays_within_its_bound_and_valid_json() {
+        let error = PullError::Registry {
+            image: "registry.example.com/app:1".into(),
+            source: RegistryError::Status {
+                registry: "registry.example.com".into(),
+                repository: "app".into(),
+                action: "GET manifest 1".into(),
+                status: 404,
+                code: Some("MANIFEST_UNKNOWN".into()),
+                message: Some("é".repeat(60_000)),
+            },
+        };
+        let failed = ImageStatus::after_pass(
+            &entry(),
+            None,
+            Some(vec!["x".repeat(50_000); 40]),
+            Outcome::Failed {
+                error: &error,
+                present: None,
+            },
+            at(0),
+        );
+        assert!(failed.error.as_ref().unwrap().chars().count() <= MAX_ERROR_CHARS + 1);
+        let mut status = Status::default();
+        status.set_images(vec![failed; 300]);
+        let json = status.to_bounded_json();
+        assert!(json.len() <= MAX_STATUS_BYTES, "{}", json.len());
+        let back: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back["corrupt"], 300, "the counts stay whole");
+        assert_eq!(
+            back["images"].as_array().unwrap().len(),
+            300,
+            "errors cut first"
+        );
+        // So many images that even cut errors do not fit: the list is cut, the counts are not.
+        let mut many = Status::default();
+        many.set_images(vec![ImageStatus::before_check(&entry(), None); 20_000]);
+        let json = many.to_bounded_json();
+        assert!(json.len() <= MAX_STATUS_BYTES, "{}", json.len());
+        let back: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back["missing"], 20_000);
+        let shown = back["images"].as_array().unwrap().len();
+        assert!(shown > 0);
+        assert_eq!(
+            back["images_omitted"].as_u64().unwrap() as usize + shown,
+            20_000
+        );
+        // A small status is written whole.
+        let mut small = Status::default();
+        small.set_images(vec![ImageStatus::before_check(&entry(), None)]);
+        assert_eq!(
+            small.to_bounded_json(),
+            serde_json::to_vec_pretty(&small).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_symlink_planted_at_the_temporary_name_is_not_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let path = dir.path().join("status.json");
+        std::os::unix::fs::symlink(&victim, path.with_extension("tmp")).unwrap();
+        Status::default().write_to(&path).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        let written: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(written["passes"], 0);
+        assert!(!path.with_extension("tmp").exists());
     }
 
     #[test]
