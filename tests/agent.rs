@@ -104,6 +104,7 @@ fn spawn_agent(
         .args(["--plain-http", host, "--no-node-credentials"])
         .args(["--splay", "0s", "--interval", "1h", "--log-level", "info"])
         .args(extra)
+        .args((!extra.iter().any(|a| a.starts_with("--listen"))).then_some("--no-listen"))
         .arg("--list")
         .arg(list)
         .arg("--status-file")
@@ -863,4 +864,126 @@ async fn damage_the_node_cannot_mend_is_reported_corrupt_with_the_other_namespac
     );
     assert!(image["damage"]["mended"].is_null(), "{s:#}");
     assert_eq!(s["corrupt"], 1, "{s:#}");
+}
+
+/// GETs `path` from the agent at `addr`: the status code and the body.
+async fn get(addr: &str, path: &str) -> (u16, String) {
+    let response = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+/// Polls `path` until it answers `code`, returning the body.
+async fn wait_for(addr: &str, path: &str, code: u16) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (got, body) = get(addr, path).await;
+        if got == code {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} still answers {got}, not {code}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The endpoints: `/warmz` says 503 and why until every listed image is warm, then 200, and 503
+/// again (naming the image) when an image is removed behind the agent's back; `/readyz` stays
+/// 200 while a registry is down (one registry must not hold up a rollout); `/status` is the
+/// status.
+#[tokio::test(flavor = "multi_thread")]
+async fn warmth_and_readiness_endpoints_tell_the_truth() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let proxy = support::Proxy::start(&registry.host()).await;
+    let host = proxy.host();
+    push_image(
+        &registry.host(),
+        "team/app",
+        "v1",
+        &ImageSpec::new(&[8 * KIB]),
+    )
+    .await;
+    push_image(
+        &registry.host(),
+        "team/db",
+        "v1",
+        &ImageSpec::new(&[8 * KIB]),
+    )
+    .await;
+    let (app, db) = (format!("{host}/team/app:v1"), format!("{host}/team/db:v1"));
+    proxy.set_hook(|request| {
+        if request.path.contains("team/db") {
+            support::Action::Respond {
+                status: 401,
+                body:
+                    br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#
+                        .to_vec(),
+            }
+        } else {
+            support::Action::Forward
+        }
+    });
+    let root = tempfile::tempdir().unwrap();
+    let mut list = ListVolume::new(root.path(), &format!("images:\n  - {app}\n  - {db}\n"));
+    let addr = format!(
+        "127.0.0.1:{}",
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    );
+    let listen = format!("--listen={addr}");
+    let (mut agent, status_file) =
+        spawn_agent(&containerd, &host, &list.file(), root.path(), &[&listen]);
+    wait_for_pass(&status_file, 1, &mut agent).await;
+
+    let why = wait_for(&addr, "/warmz", 503).await;
+    assert!(
+        why.contains(&format!("1 of 2 not warm: {db} (failed, unauthorized)")),
+        "{why}"
+    );
+    assert_eq!(
+        get(&addr, "/readyz").await.0,
+        200,
+        "a failing registry is not unreadiness"
+    );
+    assert_eq!(get(&addr, "/livez").await.0, 200);
+    let (code, body) = get(&addr, "/status").await;
+    let served: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(served["images"][1]["kind"], "unauthorized", "{served:#}");
+
+    // The credentials are fixed: the next pass makes the node warm.
+    proxy.set_hook(|_| support::Action::Forward);
+    list.update(&format!("images:\n  - {app}\n  - {db}\n# fixed\n"));
+    wait_for_pass(&status_file, 2, &mut agent).await;
+    let body = wait_for(&addr, "/warmz", 200).await;
+    assert!(body.contains("all 2 listed images warm"), "{body}");
+
+    // Removed behind the agent's back (no pass in between): not warm any more, named.
+    containerd.ctr_ok(&["-n", "k8s.io", "images", "rm", &app]);
+    let why = wait_for(&addr, "/warmz", 503).await;
+    assert!(
+        why.contains(&format!("{app} (gone from the node)")),
+        "{why}"
+    );
+    assert_eq!(get(&addr, "/readyz").await.0, 200);
+
+    // The registry is down altogether: still ready; db stays warm (stale counts: it is usable).
+    proxy.set_hook(|_| support::Action::Respond {
+        status: 503,
+        body: b"down".to_vec(),
+    });
+    list.update(&format!("images:\n  - {db}\n"));
+    wait_for_pass(&status_file, 3, &mut agent).await;
+    let s = status(&status_file);
+    assert_eq!(s["images"][0]["state"], "stale", "{s:#}");
+    assert_eq!(
+        wait_for(&addr, "/warmz", 200).await.trim(),
+        "all 1 listed images warm"
+    );
+    assert_eq!(get(&addr, "/readyz").await.0, 200);
+    assert_eq!(get(&addr, "/nope").await.0, 404);
 }

@@ -92,6 +92,7 @@ async fn the_daemonset_arguments_run_the_agent() {
     // The manifest's arguments, with in-container paths mapped to this test's directories.
     let mut run_args: Vec<String> = Vec::new();
     let mut status_file = None;
+    let mut listen = None;
     for arg in &args {
         let Some((flag, value)) = arg.split_once('=') else {
             run_args.push(arg.clone());
@@ -110,6 +111,12 @@ async fn the_daemonset_arguments_run_the_agent() {
         };
         if flag == "--status-file" {
             status_file = Some(PathBuf::from(&value));
+        }
+        if flag == "--listen" {
+            let port = free_port();
+            listen = Some(format!("127.0.0.1:{port}"));
+            run_args.push(format!("--listen=127.0.0.1:{port}"));
+            continue;
         }
         if flag == "--splay" {
             run_args.push("--splay=0s".into());
@@ -162,4 +169,33 @@ async fn the_daemonset_arguments_run_the_agent() {
         "log lines are JSON: {first}"
     );
     assert!(log().contains("pull-secret"), "{}", log());
+
+    // The probes the manifest declares answer, on the port it names, and the node is warm.
+    let listen = listen.expect("the DaemonSet serves its endpoints");
+    let mut paths: Vec<String> = ["livenessProbe", "readinessProbe"]
+        .iter()
+        .map(|probe| {
+            let get = &container[*probe]["httpGet"];
+            assert_eq!(get["port"], "http", "{probe} uses the named port");
+            get["path"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(container["ports"][0]["containerPort"], 9471);
+    paths.push("/warmz".into());
+    for path in paths {
+        let response = reqwest::get(format!("http://{listen}{path}"))
+            .await
+            .unwrap();
+        let code = response.status();
+        let body = response.text().await.unwrap();
+        assert_eq!(code, 200, "{path}: {body}\n{}", log());
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

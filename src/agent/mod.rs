@@ -7,6 +7,7 @@
 //! splay), and soon after the list file changes. After each pass the status file tells what is
 //! warm, what is not, and why.
 
+pub mod http;
 pub mod list;
 pub mod pins;
 pub mod schedule;
@@ -65,6 +66,7 @@ pub struct Agent {
     list: Option<List>,
     list_seen: Fingerprint,
     status: Status,
+    published: tokio::sync::watch::Sender<Status>,
     last_verify: Option<Instant>,
 }
 
@@ -100,6 +102,7 @@ impl Agent {
             pin_owner: options.pin_owner.to_string(),
             ..Status::default()
         };
+        let (published, _) = tokio::sync::watch::channel(status.clone());
         Agent {
             puller: Arc::new(puller),
             store,
@@ -107,6 +110,7 @@ impl Agent {
             list: None,
             list_seen: Fingerprint::default(),
             status,
+            published,
             last_verify: None,
         }
     }
@@ -175,6 +179,16 @@ impl Agent {
     /// The status after the last pass.
     pub fn status(&self) -> &Status {
         &self.status
+    }
+
+    /// The status as it is published after every change (for the HTTP endpoints).
+    pub fn watch_status(&self) -> tokio::sync::watch::Receiver<Status> {
+        self.published.subscribe()
+    }
+
+    /// The puller, shared (the endpoints look images up on the node with it).
+    pub fn puller(&self) -> Arc<Puller> {
+        self.puller.clone()
     }
 
     fn list_changed(&self) -> bool {
@@ -260,6 +274,7 @@ impl Agent {
         self.status.passes += 1;
         self.status.last_pass_seconds = started.elapsed().as_secs_f64();
         self.status.last_pass = Some(timestamp(SystemTime::now()));
+        self.status.last_pass_at = Some(Instant::now());
         tracing::info!(
             warm = self.status.warm,
             stale = self.status.stale,
@@ -442,7 +457,9 @@ impl Agent {
         Ok((damage, protection))
     }
 
+    /// Publishes the status to the endpoints and writes the status file, if there is one.
     fn write_status(&self) {
+        self.published.send_replace(self.status.clone());
         let Some(path) = &self.options.status_file else {
             return;
         };

@@ -282,6 +282,9 @@ pub struct Status {
     /// When the last pass finished (RFC 3339).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_pass: Option<String>,
+    /// When the last pass finished, on this process's clock.
+    #[serde(skip)]
+    pub last_pass_at: Option<tokio::time::Instant>,
     /// How long it took.
     pub last_pass_seconds: f64,
     /// Passes so far.

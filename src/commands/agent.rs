@@ -10,6 +10,12 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use super::pull::PullerArgs;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+use crate::agent::http::{self, Endpoints};
 use crate::agent::{Agent, AgentOptions, ImageState, List, PinOwner, Stopped};
 
 /// The shortest time between passes: below it a node would keep its registries busy (each pass
@@ -80,6 +86,20 @@ pub struct AgentArgs {
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = humantime::parse_duration)]
     pub verify_every: Duration,
 
+    /// Serve /livez, /readyz, /warmz and /status here (HTTP). `/warmz` answers 200 only when
+    /// every listed image is warm: gate node readiness on it, not on `/readyz`.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "0.0.0.0:9471",
+        conflicts_with = "no_listen"
+    )]
+    pub listen: std::net::SocketAddr,
+
+    /// Serve no HTTP endpoints.
+    #[arg(long)]
+    pub no_listen: bool,
+
     /// Run one pass now (no splay) and exit: 0 when every image is usable offline (warm, or
     /// stale: on the node but its registry could not be asked), 1 otherwise.
     #[arg(long)]
@@ -142,7 +162,30 @@ pub async fn run(args: AgentArgs, stop: CancellationToken) -> anyhow::Result<Exi
         },
     );
     if !args.once {
+        let alive = Arc::new(AtomicBool::new(true));
+        let server = match args.no_listen {
+            true => None,
+            false => {
+                let listener = tokio::net::TcpListener::bind(args.listen)
+                    .await
+                    .with_context(|| format!("--listen {}: cannot listen there", args.listen))?;
+                tracing::info!(address = %args.listen, "serving /livez, /readyz, /warmz, /status");
+                let endpoints = Arc::new(Endpoints::new(
+                    agent.watch_status(),
+                    args.puller.containerd.connect().await?,
+                    agent.puller(),
+                    alive.clone(),
+                    2 * args.interval + args.splay,
+                ));
+                Some(tokio::spawn(http::serve(listener, endpoints, stop.clone())))
+            }
+        };
         agent.run(None, &stop).await;
+        alive.store(false, Ordering::Relaxed);
+        stop.cancel();
+        if let Some(server) = server {
+            let _ = server.await;
+        }
         tracing::info!("stopped");
         return Ok(ExitCode::SUCCESS);
     }
