@@ -60,6 +60,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Agent(_) => unreachable!("the agent runs with the stop token"),
         Command::Verify(args) => commands::verify::run_verify(args).await,
         Command::Repair(args) => commands::verify::run_repair(*args).await,
+        Command::Status(args) => commands::status::run(args).await,
     }
 }
 

@@ -866,6 +866,16 @@ async fn damage_the_node_cannot_mend_is_reported_corrupt_with_the_other_namespac
     assert_eq!(s["corrupt"], 1, "{s:#}");
 }
 
+/// Runs `prepull status` with `args`.
+async fn prepull_status(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
+        .arg("status")
+        .args(args)
+        .output()
+        .await
+        .unwrap()
+}
+
 /// GETs `path` from the agent at `addr`: the status code and the body.
 async fn get(addr: &str, path: &str) -> (u16, String) {
     let response = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
@@ -955,12 +965,54 @@ async fn warmth_and_readiness_endpoints_tell_the_truth() {
     assert_eq!(code, 200);
     assert_eq!(served["images"][1]["kind"], "unauthorized", "{served:#}");
 
+    // A person's view of the same, from the status file: exit 1, the failure and why.
+    let out = prepull_status(&["--status-file".as_ref(), status_file.as_os_str()]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let db_row = stdout.lines().find(|l| l.contains(&db)).unwrap_or_default();
+    assert!(
+        db_row.starts_with("failed") && db_row.contains("unauthorized"),
+        "{stdout}"
+    );
+
     // The credentials are fixed: the next pass makes the node warm.
     proxy.set_hook(|_| support::Action::Forward);
     list.update(&format!("images:\n  - {app}\n  - {db}\n# fixed\n"));
     wait_for_pass(&status_file, 2, &mut agent).await;
     let body = wait_for(&addr, "/warmz", 200).await;
     assert!(body.contains("all 2 listed images warm"), "{body}");
+    // From the endpoint, with what CRI (the kubelet's view) says: present and pinned.
+    let from = format!("http://{addr}/status");
+    let out = prepull_status(&[
+        "--from".as_ref(),
+        from.as_ref(),
+        "--cri".as_ref(),
+        "--containerd".as_ref(),
+        containerd.socket().as_os_str(),
+    ])
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // containerd reports the pin through CRI from 1.6.22 / 1.7.3 (Debian's 1.6.20 predates it).
+    let seen = match containerd.series() >= support::containerd::Series::V1_7 {
+        true => "present,pinned",
+        false => "present",
+    };
+    for image in [&app, &db] {
+        let row = stdout
+            .lines()
+            .find(|l| l.contains(image.as_str()))
+            .unwrap_or_default();
+        assert!(
+            row.starts_with("warm") && row.contains(&format!(" {seen} ")),
+            "{stdout}"
+        );
+    }
 
     // Removed behind the agent's back (no pass in between): not warm any more, named.
     containerd.ctr_ok(&["-n", "k8s.io", "images", "rm", &app]);

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod pull;
+pub mod status;
 pub mod unpin;
 pub mod verify;
 
@@ -46,6 +47,8 @@ pub enum Command {
     Verify(verify::VerifyArgs),
     /// Mend the node's images: remove what is corrupt and pull it again.
     Repair(Box<verify::RepairArgs>),
+    /// Show what the agent on this node keeps warm, what it does not, and why.
+    Status(status::StatusArgs),
 }
 
 /// Which containerd to talk to; shared by every subcommand that touches the node's images.
