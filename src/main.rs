@@ -23,13 +23,18 @@ fn main() -> ExitCode {
         }
     };
     // SIGTERM/SIGINT cancel `stop`: the agent finishes (or abandons, after a grace period) its
-    // pass and exits 0; one-shot commands are interrupted (130).
+    // pass and exits 0; one-shot commands are interrupted (130). A second signal exits at once.
     let stop = CancellationToken::new();
     let result = runtime.block_on(async {
         let signals = stop.clone();
+        let mut received = Signals::new();
         tokio::spawn(async move {
-            shutdown_signal().await;
+            received.next().await;
             signals.cancel();
+            // A second signal means "now": whatever is under way is left to resume later.
+            received.next().await;
+            eprintln!("stopping at once");
+            std::process::exit(130);
         });
         match cli.command {
             Command::Agent(args) => commands::agent::run(*args, stop).await,
@@ -64,22 +69,36 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return std::future::pending().await,
-            };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
+/// SIGTERM and SIGINT, listened for from start to end (so none is missed between two waits).
+struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        Signals {
+            term: signal(SignalKind::terminate()).ok(),
+            int: signal(SignalKind::interrupt()).ok(),
         }
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+
+    /// The next SIGTERM or SIGINT.
+    async fn next(&mut self) {
+        async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            () = recv(&mut self.term) => {}
+            () = recv(&mut self.int) => {}
+        }
+    }
 }
 
 fn init_logging(level: Option<&str>, format: LogFormat) {

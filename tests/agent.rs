@@ -1039,3 +1039,119 @@ async fn warmth_and_readiness_endpoints_tell_the_truth() {
     assert_eq!(get(&addr, "/readyz").await.0, 200);
     assert_eq!(get(&addr, "/nope").await.0, 404);
 }
+
+/// SIGTERM while a large image is downloading: the agent lets the pass run for --stop-grace,
+/// then exits 0; a second signal stops it at once (130). Either way the next start resumes the
+/// download from what containerd already holds, not from the start.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_during_a_pull_is_clean_and_the_next_start_resumes() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let proxy = support::Proxy::start(&registry.host()).await;
+    let host = proxy.host();
+    const LAYER: usize = 4 << 20;
+    let app = push_image(
+        &registry.host(),
+        "team/big",
+        "v1",
+        &ImageSpec::new(&[LAYER]),
+    )
+    .await;
+    let app_ref = format!("{host}/team/big:v1");
+    // Slow enough that no pass finishes while the test signals.
+    proxy.set_hook(|request| match request.path.contains("/blobs/") {
+        true => support::Action::Shape(support::Shape {
+            bytes_per_sec: Some(256 << 10),
+            cut_after: None,
+        }),
+        false => support::Action::Forward,
+    });
+    let root = tempfile::tempdir().unwrap();
+    let list = ListVolume::new(root.path(), &format!("images:\n  - {app_ref}\n"));
+    let layer_bytes = || {
+        proxy
+            .records()
+            .iter()
+            .filter(|r| r.path.contains(&app.layers[0].digest))
+            .map(|r| r.response_body_bytes)
+            .sum::<u64>()
+    };
+    let downloading = || async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while layer_bytes() < 256 << 10 {
+            assert!(
+                Instant::now() < deadline,
+                "the layer never started downloading"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let term = |agent: &tokio::process::Child| unsafe {
+        libc::kill(agent.id().unwrap() as i32, libc::SIGTERM);
+    };
+
+    // One signal: the pass gets its grace period, then a clean exit.
+    let (mut agent, _) = spawn_agent(
+        &containerd,
+        &host,
+        &list.file(),
+        root.path(),
+        &["--stop-grace", "2s"],
+    );
+    downloading().await;
+    let signalled = Instant::now();
+    term(&agent);
+    let code = tokio::time::timeout(Duration::from_secs(15), agent.wait())
+        .await
+        .expect("the agent stops within its grace period")
+        .unwrap();
+    let log = std::fs::read_to_string(root.path().join("agent.log")).unwrap();
+    assert_eq!(code.code(), Some(0), "{log}");
+    assert!(
+        signalled.elapsed() >= Duration::from_secs(2),
+        "the pass had its grace period"
+    );
+    assert!(
+        log.contains("did not finish within the grace period"),
+        "{log}"
+    );
+
+    // Two signals: stops at once.
+    let (mut agent, _) = spawn_agent(
+        &containerd,
+        &host,
+        &list.file(),
+        root.path(),
+        &["--stop-grace", "60s"],
+    );
+    let before = layer_bytes();
+    while layer_bytes() < before + (128 << 10) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    term(&agent);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        agent.try_wait().unwrap().is_none(),
+        "one signal: the pass goes on"
+    );
+    let signalled = Instant::now();
+    term(&agent);
+    let code = tokio::time::timeout(Duration::from_secs(5), agent.wait())
+        .await
+        .expect("a second signal stops the agent at once")
+        .unwrap();
+    assert_eq!(code.code(), Some(130));
+    assert!(signalled.elapsed() < Duration::from_secs(5));
+
+    // The next start, at full speed, fetches only what containerd does not hold yet.
+    proxy.clear_hook();
+    let fetched_before = layer_bytes();
+    let (mut agent, status_file) = spawn_agent(&containerd, &host, &list.file(), root.path(), &[]);
+    let s = wait_for_pass(&status_file, 1, &mut agent).await;
+    assert_eq!(s["warm"], 1, "{s:#}");
+    let fetched_now = layer_bytes() - fetched_before;
+    assert!(
+        fetched_now < LAYER as u64,
+        "resumed: fetched {fetched_now} of {LAYER} bytes after two interrupted starts"
+    );
+    containerd.assert_image_complete(&app_ref);
+}

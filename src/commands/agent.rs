@@ -22,10 +22,6 @@ use crate::agent::{Agent, AgentOptions, ImageState, List, PinOwner, Stopped};
 /// asks every listed tag), and a list change is followed within --splay anyway.
 const MIN_INTERVAL: Duration = Duration::from_secs(30);
 
-/// How long a pass under way may take to finish after SIGTERM: inside Kubernetes' default 30 s
-/// termination grace period.
-const STOP_GRACE: Duration = Duration::from_secs(20);
-
 /// Arguments of `prepull agent`.
 #[derive(Debug, Args)]
 #[command(
@@ -85,6 +81,12 @@ pub struct AgentArgs {
     /// a corrupt or lost blob is removed and fetched again; `0s` never.
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = humantime::parse_duration)]
     pub verify_every: Duration,
+
+    /// After SIGTERM, how long the pass under way may take to finish before it is abandoned
+    /// (what it leaves is resumed by the next start). Keep it below the pod's
+    /// terminationGracePeriodSeconds (30 s by default). A second signal stops at once.
+    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub stop_grace: Duration,
 
     /// Serve /livez, /readyz, /warmz and /status here (HTTP). `/warmz` answers 200 only when
     /// every listed image is warm: gate node readiness on it, not on `/readyz`.
@@ -158,7 +160,7 @@ pub async fn run(args: AgentArgs, stop: CancellationToken) -> anyhow::Result<Exi
             status_file: args.status_file.clone(),
             images_at_once: args.images_at_once.get(),
             verify_every: (!args.verify_every.is_zero()).then_some(args.verify_every),
-            grace: STOP_GRACE,
+            grace: args.stop_grace,
         },
     );
     if !args.once {
