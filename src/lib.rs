@@ -26,6 +26,7 @@ pub mod platform;
 pub mod pull;
 pub mod reference;
 pub mod registry;
+pub mod retry;
 pub mod space;
 pub mod store;
 pub mod unpack;

@@ -35,6 +35,7 @@ use crate::credentials::{Credential, CredentialSource, Secret};
 use crate::digest::{Digest, Verifier};
 use crate::oci::{self, Descriptor, Document};
 use crate::reference::{Reference, Target};
+use crate::retry::{self, Backoff};
 
 /// How to reach registries.
 #[derive(Clone, Debug, Default)]
@@ -488,7 +489,11 @@ impl RegistryClient {
                 action: &action,
                 method: method.clone(),
                 url: &url,
-                attempts: if fallback { 1 } else { REQUEST_ATTEMPTS },
+                policy: if fallback {
+                    retry::REQUEST.once()
+                } else {
+                    retry::REQUEST
+                },
             };
             let result = self.send_to(endpoint, reference, request, &headers).await;
             if fallback {
@@ -533,7 +538,7 @@ impl RegistryClient {
             action,
             method,
             url,
-            attempts,
+            policy,
         } = request;
         // Schemes, tokens and the credential that worked belong to the host actually spoken to;
         // a mirror gets only credentials configured for the mirror itself.
@@ -589,7 +594,7 @@ impl RegistryClient {
             };
             let sent_auth = authorization.is_some();
             let sent = self
-                .send_with_retries(registry, action, attempts, || {
+                .send_with_retries(registry, action, policy, || {
                     let mut h = HeaderMap::new();
                     headers(&mut h);
                     for (name, value) in &endpoint.headers {
@@ -778,54 +783,53 @@ impl RegistryClient {
             .transpose()
     }
 
-    /// Sends, making up to `attempts` attempts: connection failures, `5xx` and `429` are
-    /// retried with jittered exponential backoff (honouring `Retry-After`). The last answer is
-    /// returned as it is.
+    /// Sends under `policy`: connection failures, `5xx` and `429` are retried with jittered
+    /// exponential backoff (honouring `Retry-After`). The last answer is returned as it is.
     async fn send_with_retries(
         &self,
         registry: &str,
         action: &str,
-        attempts: u32,
+        policy: Backoff,
         build: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, RegistryError> {
-        let mut delay = Duration::from_millis(500);
-        for attempt in 1..=attempts {
-            let last = attempt == attempts;
-            match build().send().await {
+        let mut attempts = policy.start();
+        loop {
+            let sent = build().send().await;
+            let transient = match &sent {
                 Ok(r) => {
                     self.note_rate_limit(registry, r.headers());
-                    let status = r.status();
-                    let transient =
-                        status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
-                    if !transient || last {
-                        return Ok(r);
-                    }
-                    let wait = retry_after(r.headers()).unwrap_or_else(|| jitter(delay));
+                    r.status() == StatusCode::TOO_MANY_REQUESTS || r.status().is_server_error()
+                }
+                // An untrusted certificate, a plain-HTTP peer or a refused client certificate
+                // fails the same way again: no retry.
+                Err(e) => {
+                    (e.is_connect() || e.is_timeout() || e.is_request())
+                        && error::tls_failure(e).is_none()
+                }
+            };
+            let attempt = attempts.number();
+            let Some(delay) = attempts.next_delay().filter(|_| transient) else {
+                return sent.map_err(|e| network(registry, action, e));
+            };
+            match sent {
+                Ok(r) => {
+                    let wait = retry_after(r.headers()).unwrap_or(delay);
                     tracing::warn!(
                         registry,
                         action,
-                        status = status.as_u16(),
+                        status = r.status().as_u16(),
                         attempt,
                         wait_ms = wait.as_millis() as u64,
                         "registry busy; retrying"
                     );
-                    tokio::time::sleep(wait.min(MAX_RETRY_AFTER)).await;
+                    tokio::time::sleep(wait.min(retry::MAX_RETRY_AFTER)).await;
                 }
-                // An untrusted certificate, a plain-HTTP peer or a refused client certificate
-                // fails the same way again: no retry.
-                Err(e)
-                    if !last
-                        && (e.is_connect() || e.is_timeout() || e.is_request())
-                        && error::tls_failure(&e).is_none() =>
-                {
+                Err(e) => {
                     tracing::warn!(registry, action, attempt, error = %e.without_url(), "request failed; retrying");
-                    tokio::time::sleep(jitter(delay)).await;
+                    tokio::time::sleep(delay).await;
                 }
-                Err(e) => return Err(network(registry, action, e)),
             }
-            delay = (delay * 2).min(Duration::from_secs(5));
         }
-        unreachable!("the last attempt returns")
     }
 
     fn note_rate_limit(&self, registry: &str, headers: &HeaderMap) {
@@ -852,8 +856,8 @@ struct Request<'a> {
     action: &'a str,
     method: Method,
     url: &'a str,
-    /// How many times a failed send may be tried (1: fail fast, another host is next).
-    attempts: u32,
+    /// How a failed send is retried ([`Backoff::once`]: fail fast, another host is next).
+    policy: Backoff,
 }
 
 /// What a request needs an endpoint to be allowed to do.
@@ -870,13 +874,6 @@ enum Need {
 enum Scheme {
     Bearer(Realm),
     Basic,
-}
-
-const REQUEST_ATTEMPTS: u32 = 4;
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
-
-fn jitter(d: Duration) -> Duration {
-    d.mul_f64(rand::random::<f64>().max(0.1))
 }
 
 /// `Retry-After` as seconds or an HTTP date.
