@@ -9,6 +9,7 @@ pub mod challenge;
 mod error;
 mod hosts;
 mod pull_scope;
+mod tls;
 mod unreachable;
 
 use std::collections::HashMap;
@@ -28,8 +29,9 @@ use reqwest::{Method, StatusCode};
 
 pub use auth::Realm;
 pub use error::RegistryError;
-pub use hosts::{Endpoint, Hosts, HostsError, Tls};
+pub use hosts::{Endpoint, Hosts, HostsError};
 pub use pull_scope::PullScope;
+pub use tls::Tls;
 
 use crate::credentials::{Credential, CredentialSource, Secret};
 use crate::digest::{Digest, Verifier};
@@ -615,7 +617,7 @@ impl RegistryClient {
                 Ok(r) => r,
                 Err(e) => {
                     let hosts = &self.options.hosts;
-                    return Err(error::explain_transport_error(
+                    return Err(tls::explain_transport_error(
                         hosts,
                         reference.registry(),
                         endpoint,
@@ -711,7 +713,7 @@ impl RegistryClient {
                 _ => {
                     let e = status_error(reference, action, response).await;
                     let hosts = &self.options.hosts;
-                    return Err(error::explain_status(
+                    return Err(tls::explain_status(
                         hosts,
                         reference.registry(),
                         endpoint,
@@ -804,7 +806,7 @@ impl RegistryClient {
                 // fails the same way again: no retry.
                 Err(e) => {
                     (e.is_connect() || e.is_timeout() || e.is_request())
-                        && error::tls_failure(e).is_none()
+                        && tls::tls_failure(e).is_none()
                 }
             };
             let attempt = attempts.number();
