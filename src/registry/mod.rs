@@ -4,13 +4,13 @@
 //! One [`RegistryClient`] serves every registry of a run: it keeps one connection pool per host
 //! (HTTP/2 where the registry offers it) and one token cache.
 
-mod auth;
 mod blob;
 pub mod challenge;
 mod error;
 mod hosts;
 mod pull_scope;
 mod tls;
+mod token;
 mod unreachable;
 
 use std::collections::HashMap;
@@ -25,12 +25,12 @@ use reqwest::header::{
 };
 use reqwest::{Method, StatusCode};
 
-pub use auth::Realm;
 pub use blob::BlobStream;
 pub use error::RegistryError;
 pub use hosts::{Endpoint, Hosts, HostsError};
 pub use pull_scope::PullScope;
 pub use tls::Tls;
+pub use token::Realm;
 
 use crate::credentials::{Credential, CredentialSource, Secret};
 use crate::digest::Digest;
@@ -53,7 +53,7 @@ pub struct RegistryClient {
     /// Clients for endpoints with their own TLS settings or `dial_timeout`, built on first use.
     endpoint_clients: Mutex<HashMap<(Tls, Option<Duration>), reqwest::Client>>,
     options: Options,
-    tokens: auth::TokenCache,
+    tokens: token::TokenCache,
     credentials: Arc<dyn CredentialSource>,
     /// How each registry authorizes, learned from its first `401`.
     schemes: Mutex<HashMap<String, Scheme>>,
@@ -115,7 +115,7 @@ impl RegistryClient {
             http,
             endpoint_clients: Mutex::default(),
             options,
-            tokens: auth::TokenCache::default(),
+            tokens: token::TokenCache::default(),
             credentials,
             schemes: Mutex::default(),
             working: Mutex::default(),
@@ -168,7 +168,7 @@ impl RegistryClient {
             return Ok(self.http.clone());
         }
         let key = (endpoint.tls.clone(), endpoint.dial_timeout);
-        if let Some(c) = auth::lock(&self.endpoint_clients).get(&key) {
+        if let Some(c) = lock(&self.endpoint_clients).get(&key) {
             return Ok(c.clone());
         }
         let mut builder = endpoint.tls.configure(client_builder(&self.options))?;
@@ -176,7 +176,7 @@ impl RegistryClient {
             builder = builder.connect_timeout(timeout);
         }
         let client = builder.build().map_err(RegistryError::Client)?;
-        auth::lock(&self.endpoint_clients).insert(key, client.clone());
+        lock(&self.endpoint_clients).insert(key, client.clone());
         Ok(client)
     }
 
@@ -466,7 +466,7 @@ impl RegistryClient {
             found.into_iter().map(Some).collect()
         };
         let sticky_key = (registry.to_string(), repository.to_string());
-        let worked = auth::lock(&self.working).get(&sticky_key).copied();
+        let worked = lock(&self.working).get(&sticky_key).copied();
         let mut i = candidates
             .iter()
             .position(|c| c.as_deref().map(Credential::id) == worked)
@@ -477,7 +477,7 @@ impl RegistryClient {
         loop {
             let candidate = candidates[i].as_deref();
             let who = candidate.map_or_else(|| "anonymous".to_string(), |c| c.source.clone());
-            let scheme = auth::lock(&self.schemes).get(registry).cloned();
+            let scheme = lock(&self.schemes).get(registry).cloned();
             let authorization = match self
                 .authorization(&http, registry, &scope, scheme.as_ref(), candidate)
                 .await
@@ -529,7 +529,7 @@ impl RegistryClient {
             let status = response.status();
             if status.is_success() {
                 if let Some(c) = candidate {
-                    auth::lock(&self.working).insert(sticky_key, c.id());
+                    lock(&self.working).insert(sticky_key, c.id());
                 }
                 return Ok(response);
             }
@@ -557,7 +557,7 @@ impl RegistryClient {
                         .any(|c| c.param("error") == Some("insufficient_scope"));
                     if let Some(offered) = &offered {
                         if scheme.as_ref() != Some(offered) {
-                            auth::lock(&self.schemes).insert(registry.to_string(), offered.clone());
+                            lock(&self.schemes).insert(registry.to_string(), offered.clone());
                         }
                     }
                     match (&offered, candidate) {
@@ -637,7 +637,7 @@ impl RegistryClient {
         let now = self.credentials.generation();
         if self.generation.swap(now, Ordering::AcqRel) != now {
             self.tokens.clear();
-            auth::lock(&self.working).clear();
+            lock(&self.working).clear();
             tracing::debug!(
                 generation = now,
                 "credentials reloaded; cached tokens dropped"
@@ -741,14 +741,14 @@ impl RegistryClient {
             .and_then(|v| v.split(';').next())
             .and_then(|v| v.trim().parse::<u64>().ok());
         if let Some(n) = remaining {
-            auth::lock(&self.rate_limits).insert(registry.to_string(), n);
+            lock(&self.rate_limits).insert(registry.to_string(), n);
             tracing::debug!(registry, remaining = n, "registry rate limit");
         }
     }
 
     /// The last `ratelimit-remaining` a registry reported (Docker Hub's pull quota).
     pub fn rate_limit_remaining(&self, registry: &str) -> Option<u64> {
-        auth::lock(&self.rate_limits).get(registry).copied()
+        lock(&self.rate_limits).get(registry).copied()
     }
 }
 
@@ -886,6 +886,12 @@ async fn status_error(
         code,
         message,
     }
+}
+
+/// Locks one of the client's maps. A panic while holding one cannot leave it inconsistent (single
+/// inserts and removals), so a poisoned lock is used as it is.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The settings every registry connection shares.
