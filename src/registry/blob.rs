@@ -9,7 +9,8 @@ use futures_util::Stream;
 use reqwest::header::{HeaderMap, CONTENT_RANGE, RANGE};
 use reqwest::{Method, StatusCode};
 
-use super::{network, Need, RegistryClient, RegistryError};
+use super::request::{network, Need, Op};
+use super::{RegistryClient, RegistryError};
 use crate::digest::Verifier;
 use crate::oci::Descriptor;
 use crate::reference::Reference;
@@ -66,7 +67,16 @@ impl RegistryClient {
         let action = format!("GET blob {}", descriptor.digest);
         let suffix = format!("blobs/{}", descriptor.digest);
         let response = self
-            .send(reference, Need::Pull, &action, Method::GET, &suffix, range)
+            .send(
+                reference,
+                Op {
+                    action: &action,
+                    method: Method::GET,
+                    suffix: &suffix,
+                    need: Need::Pull,
+                },
+                range,
+            )
             .await?;
         Ok(verified_stream(
             response,
