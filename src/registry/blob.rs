@@ -69,12 +69,7 @@ impl RegistryClient {
         let response = self
             .send(
                 reference,
-                Op {
-                    action: &action,
-                    method: Method::GET,
-                    suffix: &suffix,
-                    need: Need::Pull,
-                },
+                Op::new(Method::GET, &action, &suffix, Need::Pull),
                 range,
             )
             .await?;

@@ -60,6 +60,19 @@ pub(super) struct Op<'a> {
     pub need: Need,
 }
 
+impl<'a> Op<'a> {
+    /// `method` of `suffix` ("manifests/…", "blobs/…"), described as `action`, from an endpoint
+    /// allowed to do what the request `need`s.
+    pub fn new(method: Method, action: &'a str, suffix: &'a str, need: Need) -> Op<'a> {
+        Op {
+            action,
+            method,
+            suffix,
+            need,
+        }
+    }
+}
+
 impl RegistryClient {
     /// Sends a request authorized for the repository's pull scope, to each endpoint in turn.
     ///
