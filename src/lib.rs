@@ -10,6 +10,7 @@
 //!   per-image states; [`kind`]: the fixed set of failure kinds every error maps to.
 //! - Adapters at the edge: [`registry`] (the distribution API over HTTP), [`store`] (containerd
 //!   over gRPC), [`cri`] (the kubelet's view of the node's images).
+//! - [`retry`]: every retry policy and the bound per blob they add up to.
 
 // Errors carry the registry, repository, digest and image they concern, and tonic's own Status is
 // large; they travel only on the failure path, where their size costs nothing measurable.

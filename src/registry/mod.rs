@@ -7,7 +7,7 @@
 //! - `request`: sending over a registry's endpoints (mirrors first), with retries and
 //!   `Retry-After`, and error statuses explained;
 //! - `authorize`: which credential a request carries and what a `401`/`403` means, one request's
-//!   way through the candidates being an [`authorize::AuthAttempt`]; `token` and [`challenge`]:
+//!   way through the candidates being an `AuthAttempt`; `token` and [`challenge`]:
 //!   bearer tokens and `WWW-Authenticate` parsing; `pull_scope`: credentials looked up once per
 //!   pull;
 //! - `blob`: verified blob streams, `Range` resume and foreign layer URLs;
