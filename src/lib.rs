@@ -10,6 +10,8 @@
 //!   per-image states; [`kind`]: the fixed set of failure kinds every error maps to.
 //! - Adapters at the edge: [`registry`] (the distribution API over HTTP), [`store`] (containerd
 //!   over gRPC), [`cri`] (the kubelet's view of the node's images).
+//! - [`repair`]: mending damaged images, for `prepull repair` and the agent alike.
+//! - [`retry`]: every retry policy and the bound per blob they add up to.
 
 // Errors carry the registry, repository, digest and image they concern, and tonic's own Status is
 // large; they travel only on the failure path, where their size costs nothing measurable.
@@ -27,6 +29,7 @@ pub mod pull;
 pub mod reference;
 pub mod registry;
 pub mod repair;
+pub mod retry;
 pub mod space;
 pub mod store;
 pub mod unpack;

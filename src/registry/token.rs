@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use super::challenge::Challenge;
-use super::RegistryError;
+use super::{lock, RegistryError};
 use crate::credentials::{Credential, Secret};
 
 /// A bearer token; its value is never printed.
@@ -135,11 +135,6 @@ impl TokenCache {
             *slot.lock().await = None;
         }
     }
-}
-
-pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding these maps cannot leave them inconsistent (single inserts).
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl TokenCache {

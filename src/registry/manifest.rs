@@ -1,0 +1,260 @@
+//! Manifests and indexes: resolving a tag with `HEAD` (free of Docker Hub's pull quota), and
+//! fetching a document capped in size and verified against the digest asked for, or for a tag
+//! against `Docker-Content-Digest`.
+
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_TYPE};
+use reqwest::Method;
+
+use super::request::{network, Need, Op};
+use super::{RegistryClient, RegistryError};
+use crate::digest::{Digest, VerifyError};
+use crate::oci::{self, Descriptor, Document};
+use crate::reference::{Reference, Target};
+
+/// A manifest or index as served, verified against the digest it was asked for (or, for a tag,
+/// against `Docker-Content-Digest` when the registry sent one).
+#[derive(Clone, Debug)]
+pub struct FetchedManifest {
+    /// The digest of `bytes`.
+    pub digest: Digest,
+    /// The exact bytes, which containerd stores as they are.
+    pub bytes: Bytes,
+    /// The parsed document.
+    pub document: Document,
+}
+
+impl FetchedManifest {
+    /// The media type the document declares.
+    pub fn media_type(&self) -> &str {
+        match &self.document {
+            Document::Index(_, m) | Document::Manifest(_, m) => m,
+        }
+    }
+
+    /// A descriptor for this document.
+    pub fn descriptor(&self) -> Descriptor {
+        Descriptor {
+            media_type: self.media_type().to_string(),
+            digest: self.digest.clone(),
+            size: self.bytes.len() as u64,
+            platform: None,
+            urls: Vec::new(),
+            annotations: Default::default(),
+        }
+    }
+}
+
+impl RegistryClient {
+    /// Fetches the manifest or index `reference` points at, verified.
+    pub async fn manifest(&self, reference: &Reference) -> Result<FetchedManifest, RegistryError> {
+        let tag_or_digest = match reference.target() {
+            Target::Tag(t) => t.clone(),
+            Target::Digest(d) => d.to_string(),
+        };
+        self.manifest_at(reference, &tag_or_digest, reference.target())
+            .await
+    }
+
+    /// Resolves a tag to the digest of what it points at with a `HEAD` request, which Docker
+    /// Hub does not count against its pull quota. `None` when the registry cannot say (no
+    /// `Docker-Content-Digest`, or `HEAD` not allowed): the caller then GETs the tag.
+    pub async fn resolve(&self, reference: &Reference) -> Result<Option<Digest>, RegistryError> {
+        let Target::Tag(tag) = reference.target() else {
+            return Ok(match reference.target() {
+                Target::Digest(d) => Some(d.clone()),
+                Target::Tag(_) => None,
+            });
+        };
+        let action = format!("HEAD manifest {tag}");
+        let suffix = format!("manifests/{tag}");
+        match self
+            .send(
+                reference,
+                Op::new(Method::HEAD, &action, &suffix, Need::Resolve),
+                accept_manifests,
+            )
+            .await
+        {
+            Ok(response) => Ok(response
+                .headers()
+                .get("docker-content-digest")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())),
+            // HEAD answers carry no error body: let a GET fetch the registry's explanation.
+            Err(RegistryError::Status {
+                status: 404 | 405 | 400 | 501,
+                ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Fetches a child manifest by the digest its index names.
+    pub async fn manifest_by_digest(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+    ) -> Result<FetchedManifest, RegistryError> {
+        self.manifest_at(
+            reference,
+            &digest.to_string(),
+            &Target::Digest(digest.clone()),
+        )
+        .await
+    }
+
+    async fn manifest_at(
+        &self,
+        reference: &Reference,
+        tag_or_digest: &str,
+        target: &Target,
+    ) -> Result<FetchedManifest, RegistryError> {
+        let action = format!("GET manifest {tag_or_digest}");
+        let suffix = format!("manifests/{tag_or_digest}");
+        let need = match target {
+            Target::Tag(_) => Need::Resolve,
+            Target::Digest(_) => Need::Pull,
+        };
+        let response = self
+            .send(
+                reference,
+                Op::new(Method::GET, &action, &suffix, need),
+                accept_manifests,
+            )
+            .await?;
+        let header = |name| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let header_digest = header("docker-content-digest");
+        let content_type = header(CONTENT_TYPE.as_str());
+        let asked = Asked {
+            reference,
+            tag_or_digest,
+        };
+        let body = read_capped(response, &asked, &action).await?;
+        let digest = asked.verify(target, header_digest.as_deref(), &body)?;
+        let document = Document::parse(&body, content_type.as_deref()).map_err(|source| {
+            asked.error(|registry, repository, reference| RegistryError::Document {
+                registry,
+                repository,
+                reference,
+                source,
+            })
+        })?;
+        Ok(FetchedManifest {
+            digest,
+            bytes: Bytes::from(body),
+            document,
+        })
+    }
+}
+
+/// The manifest media types prepull reads.
+fn accept_manifests(h: &mut HeaderMap) {
+    h.insert(ACCEPT, HeaderValue::from_static(oci::MANIFEST_ACCEPT));
+}
+
+/// The manifest a request asked for, for its errors.
+struct Asked<'a> {
+    reference: &'a Reference,
+    /// The tag or digest as requested.
+    tag_or_digest: &'a str,
+}
+
+impl Asked<'_> {
+    /// An error naming the registry, repository and tag or digest.
+    fn error(&self, make: impl FnOnce(String, String, String) -> RegistryError) -> RegistryError {
+        make(
+            self.reference.registry().to_string(),
+            self.reference.repository().to_string(),
+            self.tag_or_digest.to_string(),
+        )
+    }
+
+    /// The digest of `body`: it must be the one asked for, or for a tag the one the registry's
+    /// `Docker-Content-Digest` names, when it names one.
+    fn verify(
+        &self,
+        target: &Target,
+        header_digest: Option<&str>,
+        body: &[u8],
+    ) -> Result<Digest, RegistryError> {
+        match target {
+            Target::Digest(want) => {
+                let got = Digest::of(want.algorithm(), body);
+                if &got == want {
+                    return Ok(got);
+                }
+                Err(
+                    self.error(|registry, repository, reference| RegistryError::Corrupt {
+                        registry,
+                        repository,
+                        what: format!("manifest {reference}"),
+                        source: VerifyError::Mismatch {
+                            expected: want.clone(),
+                            got,
+                        },
+                    }),
+                )
+            }
+            Target::Tag(_) => {
+                let header: Option<Digest> = header_digest.and_then(|h| h.parse().ok());
+                let computed = match &header {
+                    Some(h) => Digest::of(h.algorithm(), body),
+                    None => Digest::sha256(body),
+                };
+                match header.filter(|h| h != &computed) {
+                    None => Ok(computed),
+                    Some(h) => Err(self.error(|registry, repository, reference| {
+                        RegistryError::DigestHeader {
+                            registry,
+                            repository,
+                            reference,
+                            header: h.to_string(),
+                            computed,
+                        }
+                    })),
+                }
+            }
+        }
+    }
+}
+
+/// The body of a manifest response, refused once it is larger than [`oci::MAX_MANIFEST_BYTES`].
+async fn read_capped(
+    mut response: reqwest::Response,
+    asked: &Asked<'_>,
+    action: &str,
+) -> Result<Vec<u8>, RegistryError> {
+    let too_large = || {
+        asked.error(|registry, repository, reference| RegistryError::TooLarge {
+            registry,
+            repository,
+            reference,
+            limit: oci::MAX_MANIFEST_BYTES,
+        })
+    };
+    if response
+        .content_length()
+        .is_some_and(|n| n > oci::MAX_MANIFEST_BYTES)
+    {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| network(asked.reference.registry(), action, e))?
+    {
+        body.extend_from_slice(&chunk);
+        if body.len() as u64 > oci::MAX_MANIFEST_BYTES {
+            return Err(too_large());
+        }
+    }
+    Ok(body)
+}
