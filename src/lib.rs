@@ -20,6 +20,7 @@ pub mod commands;
 pub mod credentials;
 pub mod cri;
 pub mod digest;
+pub mod image;
 pub mod kind;
 pub mod oci;
 pub mod platform;

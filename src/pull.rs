@@ -15,12 +15,13 @@ use futures_util::{future::try_join_all, StreamExt};
 use tokio::sync::{oneshot, Semaphore};
 
 use crate::digest::Digest;
+use crate::image::{self, labels, names};
 use crate::kind::ErrorKind;
 use crate::oci::{self, Descriptor, Document};
-use crate::platform::{self, Platform};
+use crate::platform::Platform;
 use crate::reference::{Reference, Target};
 use crate::registry::{FetchedManifest, RegistryClient, RegistryError};
-use crate::store::{labels, ref_key, ImageRecord, Lease, Opened, Store, StoreError};
+use crate::store::{ref_key, ImageRecord, Lease, Opened, Store, StoreError};
 use crate::unpack;
 
 /// How pulls behave.
@@ -330,7 +331,7 @@ impl Puller {
             .await
             .map_err(store_err)?;
         let counters = Counters::default();
-        let source_label = distribution_source(reference);
+        let source_label = labels::distribution_source(reference);
 
         // Config and layers, concurrently; each verified before it is committed.
         // Config and layers download concurrently, each verified before it is committed;
@@ -374,38 +375,20 @@ impl Puller {
         tokio::try_join!(fetch_config, fetch_layers, unpack)?;
 
         // Parents after children, each with GC references to what it needs.
-        let mut manifest_labels = source_label.clone();
-        manifest_labels.insert(
-            labels::GC_REF_CONFIG.to_string(),
-            manifest.config.digest.to_string(),
-        );
-        for (i, layer) in manifest.layers.iter().enumerate() {
-            manifest_labels.insert(
-                format!("{}{i}", labels::GC_REF_LAYER),
-                layer.digest.to_string(),
-            );
-        }
+        let manifest_labels = labels::manifest_refs(&source_label, manifest);
         self.put_document(&lease, &manifest_fetched, manifest_labels)
             .await
             .map_err(store_err)?;
         if let Some(i) = chosen_index {
-            let mut index_labels = source_label.clone();
-            index_labels.insert(
-                format!("{}{i}", labels::GC_REF_MANIFEST),
-                manifest_fetched.digest.to_string(),
-            );
+            let index_labels = labels::index_refs(&source_label, i, &manifest_fetched.digest);
             self.put_document(&lease, &top, index_labels)
                 .await
                 .map_err(store_err)?;
         }
 
         // Image records last: they make the image visible to CRI and root it for GC.
-        let names = record_names(reference, &top.digest, &manifest.config.digest);
-        let mut record_labels =
-            HashMap::from([(labels::CRI_MANAGED.to_string(), "managed".to_string())]);
-        if self.options.pin {
-            record_labels.insert(labels::CRI_PINNED.to_string(), "pinned".to_string());
-        }
+        let names = names::record_names(reference, &top.digest, &manifest.config.digest);
+        let record_labels = labels::record_labels(self.options.pin);
         for name in &names {
             self.store
                 .put_image(&ImageRecord {
@@ -459,12 +442,10 @@ impl Puller {
                 r.target
                     .as_ref()
                     .is_some_and(|t| t.digest == top.to_string())
-                    && r.labels.get(labels::CRI_MANAGED).map(String::as_str) == Some("managed")
-                    && (!self.options.pin
-                        || r.labels.get(labels::CRI_PINNED).map(String::as_str) == Some("pinned"))
+                    && labels::has_record_labels(&r.labels, self.options.pin)
             })
         };
-        let digest_name = reference.with_digest(top.clone()).to_string();
+        let digest_name = names::digest_name(reference, top);
         if let Target::Tag(_) = reference.target() {
             if !record_ok(self.store.image(&reference.to_string()).await.ok()?) {
                 return None;
@@ -505,7 +486,7 @@ impl Puller {
                 .ok()?
                 .rootfs
                 .diff_ids;
-            if let Some(chain_top) = unpack::chain_ids(&diff_ids).last() {
+            if let Some(chain_top) = image::chain_ids(&diff_ids).last() {
                 if !self
                     .store
                     .snapshot_exists(snapshotter, &chain_top.to_string())
@@ -522,7 +503,7 @@ impl Puller {
             digest: top.clone(),
             config: manifest.config.digest.clone(),
             platform,
-            names: record_names(reference, top, &manifest.config.digest),
+            names: names::record_names(reference, top, &manifest.config.digest),
             layers: manifest.layers.len(),
             snapshotter: self.options.unpack.clone(),
             blobs_fetched: 0,
@@ -635,7 +616,7 @@ impl Puller {
                 })?,
         };
         let diff_ids = check_config(image, manifest_digest, manifest, Some(&config_bytes))?;
-        let chain = unpack::chain_ids(&diff_ids);
+        let chain = image::chain_ids(&diff_ids);
         let unpack_err = |source| PullError::Unpack {
             image: image.to_string(),
             source,
@@ -674,10 +655,7 @@ impl Puller {
             self.store
                 .set_labels(
                     &manifest.config.digest,
-                    HashMap::from([(
-                        format!("{}{snapshotter}", unpack::GC_REF_SNAPSHOT),
-                        top.to_string(),
-                    )]),
+                    labels::snapshot_ref(snapshotter, top),
                 )
                 .await
                 .map_err(|source| PullError::Store {
@@ -689,41 +667,11 @@ impl Puller {
     }
 
     fn choose(&self, image: &str, index: &oci::Index) -> Result<(usize, Platform), PullError> {
-        let manifests: Vec<(usize, &Descriptor)> = index
-            .manifests
-            .iter()
-            .enumerate()
-            .filter(|(_, d)| {
-                d.media_type.is_empty()
-                    || matches!(
-                        d.media_type.as_str(),
-                        oci::OCI_MANIFEST | oci::DOCKER_MANIFEST
-                    )
-            })
-            .collect();
-        let candidates: Vec<Option<Platform>> = manifests
-            .iter()
-            .map(|(_, d)| d.platform.as_ref().map(oci::RawPlatform::normalized))
-            .collect();
-        match platform::choose(&self.options.platform, &candidates) {
-            Some(k) => Ok((
-                manifests[k].0,
-                candidates[k]
-                    .clone()
-                    .unwrap_or_else(|| self.options.platform.clone()),
-            )),
-            None => Err(PullError::NoPlatform {
-                image: image.to_string(),
-                platform: self.options.platform.clone(),
-                available: candidates
-                    .iter()
-                    .flatten()
-                    .map(Platform::to_string)
-                    .filter(|p| p != "unknown/unknown")
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            }),
-        }
+        image::choose_manifest(index, &self.options.platform).map_err(|e| PullError::NoPlatform {
+            image: image.to_string(),
+            platform: e.platform,
+            available: e.available,
+        })
     }
 
     /// Fetches the config into memory (it is small and needed to unpack), verified, and commits
@@ -952,26 +900,6 @@ impl Puller {
     }
 }
 
-/// `containerd.io/distribution.source.<registry>=<repository>`, as containerd's fetch writes.
-fn distribution_source(reference: &Reference) -> HashMap<String, String> {
-    HashMap::from([(
-        format!("{}{}", labels::DISTRIBUTION_SOURCE, reference.registry()),
-        reference.repository().to_string(),
-    )])
-}
-
-/// The names CRI's own pull gives an image: the tag (if pulled by tag), the digest reference,
-/// and the image ID (the config digest).
-fn record_names(reference: &Reference, top: &Digest, config: &Digest) -> Vec<String> {
-    let mut names = Vec::with_capacity(3);
-    if let Target::Tag(_) = reference.target() {
-        names.push(reference.to_string());
-    }
-    names.push(reference.with_digest(top.clone()).to_string());
-    names.push(config.to_string());
-    names
-}
-
 /// The config must list one diff ID per layer, or the image cannot be unpacked or run.
 /// Returns the diff IDs (empty when the config was not at hand).
 fn check_config(
@@ -983,60 +911,8 @@ fn check_config(
     let Some(bytes) = config else {
         return Ok(Vec::new());
     };
-    let parsed: oci::Config = serde_json::from_slice(bytes).map_err(|e| PullError::Malformed {
+    image::diff_ids(manifest_digest, manifest, bytes).map_err(|e| PullError::Malformed {
         image: image.to_string(),
-        problem: format!(
-            "config {} is not a valid image config: {e}",
-            manifest.config.digest
-        ),
-    })?;
-    if parsed.rootfs.diff_ids.len() != manifest.layers.len() {
-        return Err(PullError::Malformed {
-            image: image.to_string(),
-            problem: format!(
-                "config {} lists {} layer diff IDs but manifest {} has {} layers",
-                manifest.config.digest,
-                parsed.rootfs.diff_ids.len(),
-                manifest_digest,
-                manifest.layers.len()
-            ),
-        });
-    }
-    Ok(parsed.rootfs.diff_ids)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn record_names_match_cri() {
-        let top = Digest::sha256(b"top");
-        let config = Digest::sha256(b"config");
-        let by_tag = Reference::parse("reg:5000/app:v1").unwrap();
-        assert_eq!(
-            record_names(&by_tag, &top, &config),
-            vec![
-                "reg:5000/app:v1".to_string(),
-                format!("reg:5000/app@{top}"),
-                config.to_string()
-            ]
-        );
-        let by_digest = Reference::parse(&format!("reg:5000/app@{top}")).unwrap();
-        assert_eq!(
-            record_names(&by_digest, &top, &config),
-            vec![format!("reg:5000/app@{top}"), config.to_string()]
-        );
-    }
-
-    #[test]
-    fn distribution_source_label_names_registry_and_repo() {
-        let r = Reference::parse("nginx").unwrap();
-        let l = distribution_source(&r);
-        assert_eq!(
-            l.get("containerd.io/distribution.source.docker.io")
-                .map(String::as_str),
-            Some("library/nginx")
-        );
-    }
+        problem: e.to_string(),
+    })
 }

@@ -9,15 +9,9 @@ use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::digest::Digest;
+use crate::image::labels::{SNAPSHOT_REF, UNCOMPRESSED};
 use crate::oci::Descriptor;
 use crate::store::{Lease, Store, StoreError};
-
-/// Label containerd's unpacker puts on the snapshots it creates.
-const SNAPSHOT_REF: &str = "containerd.io/snapshot.ref";
-/// Label giving a layer blob's uncompressed digest.
-pub const UNCOMPRESSED: &str = "containerd.io/uncompressed";
-/// Prefix of the config label that roots an image's snapshot chain for GC.
-pub const GC_REF_SNAPSHOT: &str = "containerd.io/gc.ref.snapshot.";
 
 /// Why a layer could not be unpacked.
 #[derive(Debug, thiserror::Error)]
@@ -43,20 +37,6 @@ pub enum UnpackError {
         #[source]
         source: StoreError,
     },
-}
-
-/// The chain IDs of a layer stack: `chain[0] = diff[0]`,
-/// `chain[n] = sha256(chain[n-1] + " " + diff[n])`.
-pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
-    let mut out: Vec<Digest> = Vec::with_capacity(diff_ids.len());
-    for diff in diff_ids {
-        let next = match out.last() {
-            None => diff.clone(),
-            Some(parent) => Digest::sha256(format!("{parent} {diff}").as_bytes()),
-        };
-        out.push(next);
-    }
-    out
 }
 
 /// Unpacks one layer on top of `parent` (the previous layer's chain ID) as snapshot `chain`.
@@ -143,24 +123,4 @@ pub async fn unpack_layer(
         }
     }
     result
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chain_ids_follow_the_oci_definition() {
-        let a: Digest = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
-            .parse()
-            .unwrap();
-        let b: Digest = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
-            .parse()
-            .unwrap();
-        let chain = chain_ids(&[a.clone(), b.clone()]);
-        assert_eq!(chain[0], a);
-        let expected = Digest::sha256(format!("{a} {b}").as_bytes());
-        assert_eq!(chain[1], expected);
-        assert!(chain_ids(&[]).is_empty());
-    }
 }

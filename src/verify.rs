@@ -17,9 +17,9 @@ use std::time::Duration;
 use containerd_client::services::v1::Image;
 
 use crate::digest::Digest;
+use crate::image::{self, labels, names};
 use crate::oci::{self, Descriptor, Document};
-use crate::store::{labels, Ingest, Store, StoreError, Stored};
-use crate::unpack;
+use crate::store::{Ingest, Store, StoreError, Stored};
 
 /// One thing wrong with an image or the store.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -159,7 +159,7 @@ impl ImageCheck {
         // By digest: a tag may have moved on upstream, and it is this image that needs mending.
         self.names
             .iter()
-            .filter(|n| !n.starts_with("sha256:"))
+            .filter(|n| !names::is_id(n))
             .find_map(|n| crate::reference::Reference::parse(n).ok())
             .map(|r| r.with_digest(self.target.clone()).to_string())
             .or_else(|| {
@@ -196,13 +196,7 @@ pub fn group_records(records: Vec<Image>) -> BTreeMap<String, Vec<Image>> {
         groups.entry(target).or_default().push(record);
     }
     for records in groups.values_mut() {
-        records.sort_by_key(|r| {
-            (
-                r.name.starts_with("sha256:"),
-                r.name.contains('@'),
-                r.name.clone(),
-            )
-        });
+        records.sort_by_key(|r| names::display_order(&r.name));
     }
     groups
 }
@@ -322,7 +316,7 @@ impl<'a> Checker<'a> {
         if managed {
             let mut expected: Vec<String> = records
                 .iter()
-                .filter(|r| !r.name.starts_with("sha256:") && !r.name.contains('@'))
+                .filter(|r| !names::is_id(&r.name) && !names::is_digest_reference(&r.name))
                 .filter_map(|r| crate::reference::Reference::parse(&r.name).ok())
                 .map(|r| r.with_digest(target.clone()).to_string())
                 .collect();
@@ -378,7 +372,7 @@ impl<'a> Checker<'a> {
                 return Ok(());
             }
         };
-        for (layer, chain_id) in unpack::chain_ids(&diff_ids).into_iter().enumerate() {
+        for (layer, chain_id) in image::chain_ids(&diff_ids).into_iter().enumerate() {
             if !self
                 .store
                 .snapshot_exists(snapshotter, &chain_id.to_string())
@@ -509,11 +503,7 @@ impl<'a> Checker<'a> {
     /// `registry/repo` from the top document's `containerd.io/distribution.source.*` label.
     async fn source(&self, target: &Digest) -> Option<String> {
         let info = self.store.info(target).await.ok()??;
-        info.labels.iter().find_map(|(k, v)| {
-            let registry = k.strip_prefix(labels::DISTRIBUTION_SOURCE)?;
-            let repo = v.split(',').next()?;
-            Some(format!("{registry}/{repo}"))
-        })
+        labels::source_of(&info.labels)
     }
 }
 

@@ -85,7 +85,7 @@ async fn garbage_collection_keeps_every_blob_and_snapshot_of_a_pulled_image() {
         );
     }
     let diff_ids: Vec<Digest> = kept.diff_ids.iter().map(|d| digest(d)).collect();
-    for chain in prepull::unpack::chain_ids(&diff_ids) {
+    for chain in prepull::image::chain_ids(&diff_ids) {
         assert!(
             store
                 .snapshot_exists("native", &chain.to_string())

@@ -16,14 +16,8 @@ use containerd_client::services::v1::Image;
 use sha2::{Digest as _, Sha256};
 
 use super::list::{Entry, List};
-use crate::store::{labels, Store, StoreError};
-
-/// The start of every ownership label; the owner's name follows.
-pub const OWNER_PREFIX: &str = "prepull.io/pinned-by.";
-
-/// The single ownership label earlier versions wrote (`=<entry>`, without an owner). `prepull
-/// unpin` removes it; agents neither set nor release it.
-pub const LEGACY_OWNER: &str = "prepull.io/pinned-for";
+use crate::image::labels::{self, LEGACY_PINNED_FOR, PINNED_BY};
+use crate::store::{Store, StoreError};
 
 /// The most characters an owner name may have (a DNS label's length).
 const MAX_OWNER: usize = 63;
@@ -106,7 +100,7 @@ impl PinOwner {
 
     /// Its ownership label key.
     fn label(&self) -> String {
-        format!("{OWNER_PREFIX}{}", self.0)
+        format!("{PINNED_BY}{}", self.0)
     }
 }
 
@@ -120,7 +114,7 @@ impl std::fmt::Display for PinOwner {
 fn owned_by_prepull(labels: &HashMap<String, String>) -> bool {
     labels
         .keys()
-        .any(|k| k.starts_with(OWNER_PREFIX) || k == LEGACY_OWNER)
+        .any(|k| k.starts_with(PINNED_BY) || k == LEGACY_PINNED_FOR)
 }
 
 /// Whether a record's pin belongs to nobody but `owner`'s label `key` (so removing that label
@@ -128,7 +122,7 @@ fn owned_by_prepull(labels: &HashMap<String, String>) -> bool {
 fn only_owner(labels: &HashMap<String, String>, key: &str) -> bool {
     !labels
         .keys()
-        .any(|k| (k.starts_with(OWNER_PREFIX) && k != key) || k == LEGACY_OWNER)
+        .any(|k| (k.starts_with(PINNED_BY) && k != key) || k == LEGACY_PINNED_FOR)
 }
 
 /// The pins of one list: sets them for its entries and releases them when it no longer wants
@@ -164,7 +158,7 @@ impl<'a> Pins<'a> {
                     .update_image_labels(
                         name,
                         &[
-                            (labels::CRI_PINNED, Some("pinned")),
+                            (labels::CRI_PINNED, Some(labels::PINNED)),
                             (&key, Some(&wanted_by)),
                         ],
                     )
@@ -272,7 +266,7 @@ pub fn unpin_labels(record: &Image) -> Vec<&str> {
             .labels
             .keys()
             .map(String::as_str)
-            .filter(|k| k.starts_with(OWNER_PREFIX) || *k == LEGACY_OWNER),
+            .filter(|k| k.starts_with(PINNED_BY) || *k == LEGACY_PINNED_FOR),
     );
     out
 }
@@ -325,7 +319,7 @@ mod tests {
             &labels(&[labels::CRI_PINNED, &key, "prepull.io/pinned-by.b"]),
             &key
         ));
-        assert!(!only_owner(&labels(&[&key, LEGACY_OWNER]), &key));
+        assert!(!only_owner(&labels(&[&key, LEGACY_PINNED_FOR]), &key));
         assert!(!owned_by_prepull(&labels(&[labels::CRI_PINNED])));
         assert!(owned_by_prepull(&labels(&["prepull.io/pinned-by.b"])));
     }

@@ -4,8 +4,9 @@ use std::process::ExitCode;
 
 use clap::Args;
 
+use crate::image::labels;
 use crate::reference::Reference;
-use crate::store::{labels, Store};
+use crate::store::Store;
 
 /// Arguments of `prepull unpin`.
 #[derive(Debug, Args)]

@@ -11,6 +11,7 @@ use containerd_client::services::v1::{
 
 use super::{Store, StoreError};
 use crate::digest::{Digest, Hasher};
+use crate::image::labels::{self, GcRef};
 
 /// What reading a blob back found.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -128,17 +129,14 @@ impl Store {
                 added += 1;
             }
             for (key, value) in &info.labels {
-                let Some(reference) = key.strip_prefix("containerd.io/gc.ref.") else {
-                    continue;
-                };
-                if let Some(snapshotter) = reference.strip_prefix("snapshot.") {
-                    self.lease_resource(lease, &format!("snapshots/{snapshotter}"), value)
-                        .await?;
-                    added += 1;
-                } else if reference.starts_with("content") {
-                    if let Ok(child) = value.parse::<Digest>() {
-                        queue.push(child);
+                match labels::gc_ref(key, value) {
+                    Some(GcRef::Snapshot { snapshotter, key }) => {
+                        self.lease_resource(lease, &format!("snapshots/{snapshotter}"), key)
+                            .await?;
+                        added += 1;
                     }
+                    Some(GcRef::Content(child)) => queue.push(child),
+                    None => {}
                 }
             }
         }
@@ -213,7 +211,7 @@ impl Store {
             queue.extend(
                 info.labels
                     .iter()
-                    .filter(|(k, _)| k.starts_with("containerd.io/gc.ref.content"))
+                    .filter(|(k, _)| k.starts_with(labels::GC_REF_CONTENT))
                     .filter_map(|(_, v)| v.parse::<Digest>().ok()),
             );
         }
