@@ -21,7 +21,7 @@ use crate::oci::{self, Descriptor, Document};
 use crate::platform::Platform;
 use crate::reference::{Reference, Target};
 use crate::registry::{FetchedManifest, RegistryClient, RegistryError};
-use crate::store::{ref_key, ImageRecord, Lease, Opened, Store, StoreError};
+use crate::store::{ref_key, ImageRecord, Lease, Opened, Store, StoreError, StoredImage};
 use crate::unpack;
 
 /// How pulls behave.
@@ -263,7 +263,7 @@ impl Puller {
     /// `None` when any of it is missing or unreadable.
     pub async fn on_node(&self, reference: &Reference) -> Option<PullReport> {
         let record = self.store.image(&reference.to_string()).await.ok()??;
-        let top: Digest = record.target?.digest.parse().ok()?;
+        let top = record.target?.digest;
         self.already_warm(reference, &top, Instant::now()).await
     }
 
@@ -437,11 +437,9 @@ impl Puller {
         top: &Digest,
         started: Instant,
     ) -> Option<PullReport> {
-        let record_ok = |record: Option<containerd_client::services::v1::Image>| {
+        let record_ok = |record: Option<StoredImage>| {
             record.is_some_and(|r| {
-                r.target
-                    .as_ref()
-                    .is_some_and(|t| t.digest == top.to_string())
+                r.target.as_ref().is_some_and(|t| &t.digest == top)
                     && labels::has_record_labels(&r.labels, self.options.pin)
             })
         };

@@ -14,12 +14,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use containerd_client::services::v1::Image;
-
 use crate::digest::Digest;
 use crate::image::{self, labels, names};
 use crate::oci::{self, Descriptor, Document};
-use crate::store::{Ingest, Store, StoreError, Stored};
+use crate::store::{Ingest, Store, StoreError, Stored, StoredImage};
 
 /// One thing wrong with an image or the store.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -187,10 +185,10 @@ pub struct Checker<'a> {
 }
 
 /// Groups image records by the target they point at, names sorted with tags first.
-pub fn group_records(records: Vec<Image>) -> BTreeMap<String, Vec<Image>> {
-    let mut groups: BTreeMap<String, Vec<Image>> = BTreeMap::new();
+pub fn group_records(records: Vec<StoredImage>) -> BTreeMap<String, Vec<StoredImage>> {
+    let mut groups: BTreeMap<String, Vec<StoredImage>> = BTreeMap::new();
     for record in records {
-        let Some(target) = record.target.as_ref().map(|t| t.digest.clone()) else {
+        let Some(target) = record.target.as_ref().map(|t| t.digest.to_string()) else {
             continue;
         };
         groups.entry(target).or_default().push(record);
@@ -211,7 +209,7 @@ impl<'a> Checker<'a> {
     pub async fn check(
         &self,
         target: &Digest,
-        records: &[Image],
+        records: &[StoredImage],
     ) -> Result<ImageCheck, StoreError> {
         let mut check = ImageCheck {
             names: records.iter().map(|r| r.name.clone()).collect(),
@@ -225,7 +223,7 @@ impl<'a> Checker<'a> {
         let top_size = records
             .first()
             .and_then(|r| r.target.as_ref())
-            .map(|t| t.size.max(0) as u64);
+            .map(|t| t.size);
         let Some(top) = self
             .document(
                 &mut check,
@@ -639,33 +637,33 @@ pub async fn stale_ingests(store: &Store, older_than: Duration) -> Result<Vec<In
 #[cfg(test)]
 mod tests {
     use super::*;
-    use containerd_client::types::Descriptor as PbDescriptor;
 
-    fn record(name: &str, target: &str) -> Image {
-        Image {
+    fn record(name: &str, target: &Digest) -> StoredImage {
+        StoredImage {
             name: name.into(),
             labels: Default::default(),
-            target: Some(PbDescriptor {
+            target: Some(Descriptor {
                 media_type: String::new(),
-                digest: target.into(),
+                digest: target.clone(),
                 size: 1,
+                platform: None,
+                urls: Vec::new(),
                 annotations: Default::default(),
             }),
-            created_at: None,
-            updated_at: None,
         }
     }
 
     #[test]
     fn records_of_one_image_are_grouped_tags_first() {
+        let (top, two) = (Digest::sha256(b"top"), Digest::sha256(b"two"));
         let groups = group_records(vec![
-            record("sha256:cfg", "sha256:top"),
-            record("reg/app@sha256:top", "sha256:top"),
-            record("reg/app:v1", "sha256:top"),
-            record("reg/other:v1", "sha256:two"),
+            record("sha256:cfg", &top),
+            record("reg/app@sha256:top", &top),
+            record("reg/app:v1", &top),
+            record("reg/other:v1", &two),
         ]);
         assert_eq!(groups.len(), 2);
-        let names: Vec<&str> = groups["sha256:top"]
+        let names: Vec<&str> = groups[&top.to_string()]
             .iter()
             .map(|r| r.name.as_str())
             .collect();

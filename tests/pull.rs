@@ -203,7 +203,7 @@ async fn oci_image_by_tag_lands_with_gc_labels_and_cri_sees_every_name() {
             Some("managed")
         );
         assert_eq!(
-            record.target.as_ref().unwrap().digest,
+            record.target.as_ref().unwrap().digest.to_string(),
             image.manifest.digest
         );
     }
@@ -339,7 +339,7 @@ async fn multi_arch_index_yields_the_node_platform_only() {
     );
     let record = store.image(&reference).await.unwrap().expect("tag record");
     assert_eq!(
-        record.target.unwrap().digest,
+        record.target.unwrap().digest.to_string(),
         index.index.digest,
         "records target the index"
     );

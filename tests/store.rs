@@ -113,7 +113,7 @@ async fn a_tag_that_moves_is_followed_and_the_old_digest_stays_addressable() {
     let store = Store::connect(containerd.socket(), "k8s.io").await.unwrap();
     let record = store.image(&reference).await.unwrap().expect("tag record");
     assert_eq!(
-        record.target.unwrap().digest,
+        record.target.unwrap().digest.to_string(),
         new.manifest.digest,
         "tag record updated in place"
     );

@@ -229,7 +229,7 @@ async fn verify_finds_every_kind_of_damage_and_repair_mends_it() {
             .map(String::as_str),
         Some("pinned")
     );
-    assert_eq!(record.target.unwrap().digest, c.manifest.digest);
+    assert_eq!(record.target.unwrap().digest.to_string(), c.manifest.digest);
     let out = prepull(&containerd, &["verify", "--stale-ingest-age", "0s"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 

@@ -12,12 +12,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use containerd_client::services::v1::Image;
 use sha2::{Digest as _, Sha256};
 
 use super::list::{Entry, List};
 use crate::image::labels::{self, LEGACY_PINNED_FOR, PINNED_BY};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, StoredImage};
 
 /// The most characters an owner name may have (a DNS label's length).
 const MAX_OWNER: usize = 63;
@@ -198,7 +197,7 @@ impl<'a> Pins<'a> {
                     .image(&name)
                     .await?
                     .and_then(|r| r.target)
-                    .map(|t| t.digest),
+                    .map(|t| t.digest.to_string()),
             };
             if let Some(d) = digest {
                 wanted.push((name, d));
@@ -207,7 +206,8 @@ impl<'a> Pins<'a> {
         let mut released = 0;
         for record in self.store.images_with_label(&key).await? {
             let entry = record.labels.get(&key).cloned().unwrap_or_default();
-            let target = record.target.as_ref().map(|t| t.digest.as_str());
+            let target = record.target.as_ref().map(|t| t.digest.to_string());
+            let target = target.as_deref();
             let why = match (listed.get(&entry), resolved.get(&entry)) {
                 (None, _) => "its image left the prepull list",
                 (Some(false), _) => "its list entry is no longer pinned",
@@ -243,7 +243,7 @@ impl<'a> Pins<'a> {
 
     /// Removes this list's ownership of `record`'s pin, and the pin itself when no other list
     /// owns it. `true` when the pin went.
-    async fn give_up(&self, record: &Image, key: &str) -> Result<bool, StoreError> {
+    async fn give_up(&self, record: &StoredImage, key: &str) -> Result<bool, StoreError> {
         let last = only_owner(&record.labels, key);
         let mut changes = vec![(key, None)];
         if last {
@@ -259,7 +259,7 @@ impl<'a> Pins<'a> {
 /// The labels `prepull unpin` removes from a record: CRI's pin and every ownership label, so no
 /// list's agent takes the record for its own afterwards (it pins it again on its next pass if
 /// the image is still on its list).
-pub fn unpin_labels(record: &Image) -> Vec<&str> {
+pub fn unpin_labels(record: &StoredImage) -> Vec<&str> {
     let mut out = vec![labels::CRI_PINNED];
     out.extend(
         record

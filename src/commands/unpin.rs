@@ -4,9 +4,9 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use crate::image::labels;
+use crate::image::{labels, names};
 use crate::reference::Reference;
-use crate::store::Store;
+use crate::store::{Store, StoredImage};
 
 /// Arguments of `prepull unpin`.
 #[derive(Debug, Args)]
@@ -47,8 +47,8 @@ pub async fn run(args: UnpinArgs) -> anyhow::Result<ExitCode> {
         };
         // Every name CRI knows the image by: the digest reference and the ID share its pin.
         let mut names = vec![reference.to_string()];
-        if let Some(target) = record.target.as_ref().and_then(|t| t.digest.parse().ok()) {
-            names.push(reference.with_digest(target).to_string());
+        if let Some(target) = &record.target {
+            names.push(names::digest_name(reference, &target.digest));
         }
         names.extend(config_names(&store, &record).await);
         let mut unpinned = 0;
@@ -85,17 +85,14 @@ async fn unpin(store: &Store, name: &str) -> Result<bool, crate::store::StoreErr
 }
 
 /// The image-ID record (`sha256:<config>`) of an image, found through its manifest.
-async fn config_names(
-    store: &Store,
-    record: &containerd_client::services::v1::Image,
-) -> Vec<String> {
+async fn config_names(store: &Store, record: &StoredImage) -> Vec<String> {
     let Some(target) = record.target.as_ref() else {
         return Vec::new();
     };
-    let Ok(top) = target.digest.parse::<crate::digest::Digest>() else {
-        return Vec::new();
-    };
-    let Ok(bytes) = store.read_blob(&top, crate::oci::MAX_MANIFEST_BYTES).await else {
+    let Ok(bytes) = store
+        .read_blob(&target.digest, crate::oci::MAX_MANIFEST_BYTES)
+        .await
+    else {
         return Vec::new();
     };
     let manifests: Vec<crate::digest::Digest> =

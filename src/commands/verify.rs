@@ -5,7 +5,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use containerd_client::services::v1::Image;
 
 use super::pull::{counted, cri_snapshotter, PullerArgs};
 use super::{ContainerdArgs, Output};
@@ -13,7 +12,7 @@ use crate::digest::Digest;
 use crate::error_chain;
 use crate::reference::Reference;
 use crate::space::human_bytes;
-use crate::store::{Ingest, Store};
+use crate::store::{Ingest, Store, StoredImage};
 use crate::verify::{
     discard_bad_blobs, group_records, shared_bad_blobs, stale_ingests, CheckOptions, Checker,
     ImageCheck, SharedBlob,
@@ -301,7 +300,7 @@ async fn check_all(
     checker: &Checker<'_>,
     wanted: &[Reference],
 ) -> anyhow::Result<(Vec<ImageCheck>, Vec<String>)> {
-    let groups: BTreeMap<String, Vec<Image>> = group_records(store.images().await?);
+    let groups: BTreeMap<String, Vec<StoredImage>> = group_records(store.images().await?);
     let wanted_names: Vec<String> = wanted.iter().map(ToString::to_string).collect();
     let mut found = vec![false; wanted_names.len()];
     let mut checks = Vec::new();
@@ -332,7 +331,7 @@ async fn check_all(
     Ok((checks, missing))
 }
 
-async fn records_named(store: &Store, names: &[String]) -> anyhow::Result<Vec<Image>> {
+async fn records_named(store: &Store, names: &[String]) -> anyhow::Result<Vec<StoredImage>> {
     let mut out = Vec::new();
     for name in names {
         if let Some(r) = store.image(name).await? {

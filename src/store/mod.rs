@@ -19,7 +19,7 @@ use tonic::transport::Channel;
 
 pub use content::{ref_key, ContentWriter, Opened, WRITE_CHUNK};
 pub use error::StoreError;
-pub use images::ImageRecord;
+pub use images::{ImageRecord, StoredImage};
 pub use inspect::{Ingest, Stored};
 pub use leases::Lease;
 
