@@ -29,7 +29,6 @@ pub mod reference;
 pub mod registry;
 pub mod space;
 pub mod store;
-pub mod unpack;
 pub mod verify;
 pub mod watch;
 

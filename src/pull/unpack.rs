@@ -3,15 +3,22 @@
 //! Per layer, as containerd's own unpacker does: `Snapshots.Prepare` on the parent chain,
 //! `Diff.Apply` of the layer blob, check the resulting diff ID against the config,
 //! `Snapshots.Commit` under the layer's chain ID. Snapshots that exist are skipped, so a warm
-//! node does no work.
+//! node does no work. The pull runs this per layer as soon as the layer's blob, and every blob
+//! below it, is committed, while later layers are still downloading.
 
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::digest::Digest;
-use crate::image::labels::{SNAPSHOT_REF, UNCOMPRESSED};
 use crate::oci::Descriptor;
 use crate::store::{Lease, Store, StoreError};
+
+use super::resolve::check_config;
+use super::{PullError, Puller};
+use crate::image::{self, labels};
+use crate::oci;
+use bytes::Bytes;
+use tokio::sync::oneshot;
 
 /// Why a layer could not be unpacked.
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +83,7 @@ pub async fn unpack_layer(
         .unwrap_or_default()
         .as_nanos();
     let key = format!("extract-{nanos}-{:08x} {chain}", rand::random::<u32>());
-    let labels = HashMap::from([(SNAPSHOT_REF.to_string(), chain.to_string())]);
+    let labels = HashMap::from([(labels::SNAPSHOT_REF.to_string(), chain.to_string())]);
     let parent = parent.map(Digest::to_string).unwrap_or_default();
     let Some(mounts) = store
         .prepare_snapshot(lease, snapshotter, &key, &parent, labels.clone())
@@ -111,7 +118,7 @@ pub async fn unpack_layer(
         store
             .set_labels(
                 &layer.digest,
-                HashMap::from([(UNCOMPRESSED.to_string(), diff_id.to_string())]),
+                HashMap::from([(labels::UNCOMPRESSED.to_string(), diff_id.to_string())]),
             )
             .await
             .map_err(fail)
@@ -123,4 +130,87 @@ pub async fn unpack_layer(
         }
     }
     result
+}
+
+impl Puller {
+    /// Checks the config against the manifest and, unless content-only, unpacks each layer as
+    /// its blob (and every blob below it) is committed.
+    pub(super) async fn unpack(
+        &self,
+        image: &str,
+        manifest_digest: &Digest,
+        manifest: &oci::Manifest,
+        lease: &Lease,
+        config: oneshot::Receiver<Option<Bytes>>,
+        layers: Vec<oneshot::Receiver<()>>,
+    ) -> Result<(), PullError> {
+        // A closed channel means that fetch failed; its own error is the one reported.
+        let Ok(config_bytes) = config.await else {
+            return Ok(());
+        };
+        let Some(snapshotter) = self.options.unpack.as_deref() else {
+            return check_config(image, manifest_digest, manifest, config_bytes.as_deref())
+                .map(drop);
+        };
+        let config_bytes = match config_bytes {
+            Some(b) => b.to_vec(),
+            None => self
+                .store
+                .read_blob(&manifest.config.digest, oci::MAX_CONFIG_BYTES)
+                .await
+                .map_err(|source| PullError::Store {
+                    image: image.to_string(),
+                    source,
+                })?,
+        };
+        let diff_ids = check_config(image, manifest_digest, manifest, Some(&config_bytes))?;
+        let chain = image::chain_ids(&diff_ids);
+        let unpack_err = |source| PullError::Unpack {
+            image: image.to_string(),
+            source,
+        };
+        if let Some(top) = chain.last() {
+            // A warm node: the whole chain is there, nothing to unpack.
+            let exists = self
+                .store
+                .snapshot_exists(snapshotter, &top.to_string())
+                .await
+                .map_err(|source| PullError::Store {
+                    image: image.to_string(),
+                    source,
+                })?;
+            if exists {
+                return Ok(());
+            }
+        }
+        for (i, done) in layers.into_iter().enumerate() {
+            if done.await.is_err() {
+                return Ok(());
+            }
+            unpack_layer(
+                &self.store,
+                lease,
+                snapshotter,
+                &manifest.layers[i],
+                &diff_ids[i],
+                i.checked_sub(1).map(|p| &chain[p]),
+                &chain[i],
+            )
+            .await
+            .map_err(unpack_err)?;
+        }
+        if let Some(top) = chain.last() {
+            self.store
+                .set_labels(
+                    &manifest.config.digest,
+                    labels::snapshot_ref(snapshotter, top),
+                )
+                .await
+                .map_err(|source| PullError::Store {
+                    image: image.to_string(),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
 }
