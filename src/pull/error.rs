@@ -96,4 +96,22 @@ impl PullError {
             PullError::DiskSpace { .. } => ErrorKind::DiskSpace,
         }
     }
+
+    /// Wraps containerd's failures while pulling `image`.
+    pub(super) fn store(image: &impl ToString) -> impl Fn(StoreError) -> PullError {
+        let image = image.to_string();
+        move |source| PullError::Store {
+            image: image.clone(),
+            source,
+        }
+    }
+
+    /// Wraps the registry's failures while pulling `image`.
+    pub(super) fn registry(image: &impl ToString) -> impl Fn(RegistryError) -> PullError {
+        let image = image.to_string();
+        move |source| PullError::Registry {
+            image: image.clone(),
+            source,
+        }
+    }
 }

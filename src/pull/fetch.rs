@@ -13,8 +13,8 @@ use super::{PullError, Puller};
 use crate::digest::Digest;
 use crate::oci::{self, Descriptor};
 use crate::reference::Reference;
-use crate::registry::RegistryError;
-use crate::store::{ref_key, Lease, Opened, StoreError};
+use crate::registry::{BlobStream, RegistryError};
+use crate::store::{ref_key, ContentWriter, Lease, Opened, StoreError};
 
 /// Attempts per blob before the pull fails.
 const BLOB_ATTEMPTS: u32 = 5;
@@ -58,6 +58,15 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(rand::random::<f64>().max(0.1))
 }
 
+/// What every blob write of one pull shares: the image, the lease that protects what is written
+/// until the records root it, the labels each blob is committed with, and the counts reported.
+pub(super) struct Fetch<'a> {
+    pub(super) reference: &'a Reference,
+    pub(super) lease: &'a Lease,
+    pub(super) labels: &'a HashMap<String, String>,
+    pub(super) counters: &'a Counters,
+}
+
 /// What a pull fetched, counted across its concurrent blob writes.
 #[derive(Default)]
 pub(super) struct Counters {
@@ -71,16 +80,12 @@ impl Puller {
     /// it. Returns `None` when containerd already had it.
     pub(super) async fn fetch_config(
         &self,
-        reference: &Reference,
+        fetch: &Fetch<'_>,
         config: &Descriptor,
-        lease: &Lease,
-        labels: &HashMap<String, String>,
-        counters: &Counters,
     ) -> Result<Option<Bytes>, PullError> {
-        let image = reference.to_string();
         if config.size > oci::MAX_CONFIG_BYTES {
             return Err(PullError::Malformed {
-                image,
+                image: fetch.reference.to_string(),
                 problem: format!(
                     "config {} claims {} bytes, more than the {} allowed",
                     config.digest,
@@ -89,21 +94,16 @@ impl Puller {
                 ),
             });
         }
-        self.write_blob(reference, config, lease, labels.clone(), counters, true)
-            .await
+        self.write_blob(fetch, config, true).await
     }
 
+    /// Fetches a layer and commits it.
     pub(super) async fn fetch_blob(
         &self,
-        reference: &Reference,
+        fetch: &Fetch<'_>,
         blob: &Descriptor,
-        lease: &Lease,
-        labels: &HashMap<String, String>,
-        counters: &Counters,
     ) -> Result<(), PullError> {
-        self.write_blob(reference, blob, lease, labels.clone(), counters, false)
-            .await
-            .map(drop)
+        self.write_blob(fetch, blob, false).await.map(drop)
     }
 
     /// Streams one blob from the registry into containerd. With `keep`, the bytes are also
@@ -111,15 +111,13 @@ impl Puller {
     /// restarting, a resumed ingest containerd refuses at commit) are retried with backoff; each
     /// attempt resumes from the ingest's offset, which survives both our and containerd's
     /// restarts.
-    pub(super) async fn write_blob(
+    async fn write_blob(
         &self,
-        reference: &Reference,
+        fetch: &Fetch<'_>,
         blob: &Descriptor,
-        lease: &Lease,
-        labels: HashMap<String, String>,
-        counters: &Counters,
         keep: bool,
     ) -> Result<Option<Bytes>, PullError> {
+        let reference = fetch.reference;
         let _permit = self
             .downloads
             .acquire()
@@ -133,10 +131,7 @@ impl Puller {
         let mut busy = BusyWait::new();
         let mut attempt = 1;
         loop {
-            match self
-                .write_blob_once(reference, &source, lease, labels.clone(), counters, keep)
-                .await
-            {
+            match self.write_blob_once(fetch, &source, keep).await {
                 // Another writer took the ingest mid-stream (e.g. a concurrent pull of a blob
                 // another namespace already holds): not a failure of this attempt. Its writer
                 // finishes, and the blob is then simply present.
@@ -174,29 +169,24 @@ impl Puller {
         }
     }
 
-    pub(super) async fn write_blob_once(
+    /// One attempt: opens the blob's ingest (resuming what an earlier attempt left), streams the
+    /// rest from the registry and commits it. `None` (or the bytes, with `keep`) when done.
+    async fn write_blob_once(
         &self,
-        reference: &Reference,
+        fetch: &Fetch<'_>,
         blob: &Descriptor,
-        lease: &Lease,
-        labels: HashMap<String, String>,
-        counters: &Counters,
         keep: bool,
     ) -> Result<Option<Bytes>, PullError> {
-        let image = reference.to_string();
-        let store_err = |source| PullError::Store {
-            image: image.clone(),
-            source,
-        };
+        let store_err = PullError::store(fetch.reference);
         let key = ref_key(&blob.media_type, &blob.digest);
         let mut writer = match self
             .store
-            .open_writer(lease, &key, &blob.digest, blob.size)
+            .open_writer(fetch.lease, &key, &blob.digest, blob.size)
             .await
-            .map_err(store_err)?
+            .map_err(&store_err)?
         {
             Opened::Present => {
-                counters.present.fetch_add(1, Ordering::Relaxed);
+                fetch.counters.present.fetch_add(1, Ordering::Relaxed);
                 return Ok(None);
             }
             Opened::Writer(w) => w,
@@ -206,48 +196,63 @@ impl Puller {
         if keep {
             writer.restart();
         }
-        let (mut body, start) = self
+        let (body, start) = self
             .registry
-            .blob(reference, blob, writer.offset())
+            .blob(fetch.reference, blob, writer.offset())
             .await
-            .map_err(|source| PullError::Registry {
-                image: image.clone(),
-                source,
-            })?;
+            .map_err(PullError::registry(fetch.reference))?;
         if start != writer.offset() {
             writer.restart();
         }
         if start > 0 {
             tracing::info!(blob = %blob.digest, offset = start, "resuming download");
         }
-        let mut kept = keep.then(|| Vec::with_capacity(blob.size as usize));
-        while let Some(chunk) = body.next().await {
-            let chunk = match chunk {
-                Ok(c) => c,
-                Err(source) => {
-                    // Bad bytes must never be resumed; a broken connection's good prefix is
-                    // kept in the ingest for the next attempt.
-                    let ended = if matches!(source, RegistryError::Corrupt { .. }) {
-                        writer.abort().await
-                    } else {
-                        writer.suspend().await
-                    };
-                    if let Err(e) = ended {
-                        tracing::warn!(error = %e, blob = %blob.digest, "could not close the ingest");
-                    }
-                    return Err(PullError::Registry { image, source });
-                }
-            };
-            counters
-                .bytes
-                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            if let Some(k) = kept.as_mut() {
-                k.extend_from_slice(&chunk);
-            }
-            writer.write(&chunk).await.map_err(store_err)?;
-        }
-        writer.commit(labels).await.map_err(store_err)?;
-        counters.fetched.fetch_add(1, Ordering::Relaxed);
+        let kept = copy_body(fetch, blob, body, writer, keep).await?;
+        fetch.counters.fetched.fetch_add(1, Ordering::Relaxed);
         Ok(kept.map(Bytes::from))
     }
+}
+
+/// Streams `body` into `writer` and commits it, keeping a copy in memory with `keep`. A failed
+/// stream leaves the ingest for the next attempt, unless its bytes were bad.
+async fn copy_body(
+    fetch: &Fetch<'_>,
+    blob: &Descriptor,
+    mut body: BlobStream,
+    mut writer: Box<ContentWriter>,
+    keep: bool,
+) -> Result<Option<Vec<u8>>, PullError> {
+    let store_err = PullError::store(fetch.reference);
+    let mut kept = keep.then(|| Vec::with_capacity(blob.size as usize));
+    while let Some(chunk) = body.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(source) => {
+                // Bad bytes must never be resumed; a broken connection's good prefix is
+                // kept in the ingest for the next attempt.
+                let ended = if matches!(source, RegistryError::Corrupt { .. }) {
+                    writer.abort().await
+                } else {
+                    writer.suspend().await
+                };
+                if let Err(e) = ended {
+                    tracing::warn!(error = %e, blob = %blob.digest, "could not close the ingest");
+                }
+                return Err(PullError::registry(fetch.reference)(source));
+            }
+        };
+        fetch
+            .counters
+            .bytes
+            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        if let Some(k) = kept.as_mut() {
+            k.extend_from_slice(&chunk);
+        }
+        writer.write(&chunk).await.map_err(&store_err)?;
+    }
+    writer
+        .commit(fetch.labels.clone())
+        .await
+        .map_err(&store_err)?;
+    Ok(kept)
 }

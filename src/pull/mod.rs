@@ -22,19 +22,18 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::future::try_join_all;
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::Semaphore;
 
 use crate::digest::Digest;
-use crate::image::{labels, names};
-use crate::oci::Document;
+use crate::image::labels;
 use crate::platform::Platform;
 use crate::reference::Reference;
 use crate::registry::RegistryClient;
-use crate::store::{ImageRecord, Store};
+use crate::store::Store;
 
 pub use error::PullError;
 use fetch::Counters;
+use resolve::{Resolution, Resolved};
 pub use unpack::UnpackError;
 
 /// How pulls behave.
@@ -149,144 +148,28 @@ impl Puller {
         let started = Instant::now();
         // Credentials are looked up once per host for the whole pull, not per request.
         let _credentials = self.registry.begin_pull(reference);
-        let image = reference.to_string();
-        let reg_err = |source| PullError::Registry {
-            image: image.clone(),
-            source,
+        let image = match self.resolve(reference, shortcut, started).await? {
+            Resolution::Warm(report) => return Ok(report),
+            Resolution::Pull(image) => image,
         };
-        let store_err = |source| PullError::Store {
-            image: image.clone(),
-            source,
-        };
-
-        // A tag costs one HEAD; documents containerd already holds are read from it, so a warm
-        // node re-checking its images makes no GET at all.
-        let top = match self.registry.resolve(reference).await.map_err(reg_err)? {
-            Some(digest) => {
-                if shortcut {
-                    if let Some(report) = self.already_warm(reference, &digest, started).await {
-                        return Ok(report);
-                    }
-                }
-                self.document(reference, &digest).await?
-            }
-            None => self.registry.manifest(reference).await.map_err(reg_err)?,
-        };
-        tracing::debug!(digest = %top.digest, media_type = top.media_type(), "resolved");
-        let (manifest_fetched, chosen_index, platform) = match &top.document {
-            Document::Manifest(..) => (top.clone(), None, self.options.platform.clone()),
-            Document::Index(index, _) => {
-                let (i, platform) = self.choose(&image, index)?;
-                let child = &index.manifests[i];
-                let fetched = self.document(reference, &child.digest).await?;
-                (fetched, Some(i), platform)
-            }
-        };
-        let Document::Manifest(manifest, _) = &manifest_fetched.document else {
-            return Err(PullError::Malformed {
-                image,
-                problem: format!(
-                    "index {} points at another index {}; nested indexes are not supported",
-                    top.digest, manifest_fetched.digest
-                ),
-            });
-        };
-
         // Held until the pull is done, so concurrent pulls do not count the same free space.
-        let _space = match &self.options.space {
-            Some(check) => Some(self.claim_space(check, reference, manifest).await?),
-            None => None,
-        };
-
+        let _space = self.claim_space(reference, &image.manifest).await?;
+        let store_err = PullError::store(reference);
         let lease = self
             .store
             .create_lease("pull", self.options.lease_expiry)
             .await
-            .map_err(store_err)?;
+            .map_err(&store_err)?;
         let counters = Counters::default();
-        let source_label = labels::distribution_source(reference);
+        let source = labels::distribution_source(reference);
+        self.fetch_and_unpack(reference, &image, &lease, &source, &counters)
+            .await?;
+        self.commit_documents(reference, &image, &lease, &source)
+            .await?;
+        let names = self.write_records(reference, &image).await?;
+        self.store.delete_lease(lease).await.map_err(&store_err)?;
 
-        // Config and layers, concurrently; each verified before it is committed.
-        // Config and layers download concurrently, each verified before it is committed;
-        // layer i unpacks as soon as it and the layers below it are committed, while later
-        // layers are still downloading.
-        let (config_tx, config_rx) = oneshot::channel();
-        let (layer_txs, layer_rxs): (Vec<_>, Vec<_>) = manifest
-            .layers
-            .iter()
-            .map(|_| oneshot::channel::<()>())
-            .unzip();
-        let fetch_config = async {
-            let bytes = self
-                .fetch_config(
-                    reference,
-                    &manifest.config,
-                    &lease,
-                    &source_label,
-                    &counters,
-                )
-                .await?;
-            let _ = config_tx.send(bytes);
-            Ok::<_, PullError>(())
-        };
-        let fetch_layers = try_join_all(manifest.layers.iter().zip(layer_txs).map(
-            |(layer, done)| async {
-                self.fetch_blob(reference, layer, &lease, &source_label, &counters)
-                    .await?;
-                let _ = done.send(());
-                Ok::<_, PullError>(())
-            },
-        ));
-        let unpack = self.unpack(
-            &image,
-            &manifest_fetched.digest,
-            manifest,
-            &lease,
-            config_rx,
-            layer_rxs,
-        );
-        tokio::try_join!(fetch_config, fetch_layers, unpack)?;
-
-        // Parents after children, each with GC references to what it needs.
-        let manifest_labels = labels::manifest_refs(&source_label, manifest);
-        self.put_document(&lease, &manifest_fetched, manifest_labels)
-            .await
-            .map_err(store_err)?;
-        if let Some(i) = chosen_index {
-            let index_labels = labels::index_refs(&source_label, i, &manifest_fetched.digest);
-            self.put_document(&lease, &top, index_labels)
-                .await
-                .map_err(store_err)?;
-        }
-
-        // Image records last: they make the image visible to CRI and root it for GC.
-        let names = names::record_names(reference, &top.digest, &manifest.config.digest);
-        let record_labels = labels::record_labels(self.options.pin);
-        for name in &names {
-            self.store
-                .put_image(&ImageRecord {
-                    name: name.clone(),
-                    target: top.descriptor(),
-                    labels: record_labels.clone(),
-                })
-                .await
-                .map_err(store_err)?;
-        }
-        self.store.delete_lease(lease).await.map_err(store_err)?;
-
-        let report = PullReport {
-            reference: reference.clone(),
-            digest: top.digest.clone(),
-            config: manifest.config.digest.clone(),
-            platform,
-            names,
-            layers: manifest.layers.len(),
-            snapshotter: self.options.unpack.clone(),
-            blobs_fetched: counters.fetched.load(Ordering::Relaxed),
-            blobs_present: counters.present.load(Ordering::Relaxed),
-            bytes_fetched: counters.bytes.load(Ordering::Relaxed),
-            elapsed: started.elapsed(),
-        };
+        let report = self.report(reference, &image, names, &counters, started);
         tracing::info!(
             digest = %report.digest,
             bytes_fetched = report.bytes_fetched,
@@ -296,5 +179,29 @@ impl Puller {
             "pulled"
         );
         Ok(report)
+    }
+
+    /// What the pull of `image` did.
+    fn report(
+        &self,
+        reference: &Reference,
+        image: &Resolved,
+        names: Vec<String>,
+        counters: &Counters,
+        started: Instant,
+    ) -> PullReport {
+        PullReport {
+            reference: reference.clone(),
+            digest: image.top.digest.clone(),
+            config: image.manifest.config.digest.clone(),
+            platform: image.platform.clone(),
+            names,
+            layers: image.manifest.layers.len(),
+            snapshotter: self.options.unpack.clone(),
+            blobs_fetched: counters.fetched.load(Ordering::Relaxed),
+            blobs_present: counters.present.load(Ordering::Relaxed),
+            bytes_fetched: counters.bytes.load(Ordering::Relaxed),
+            elapsed: started.elapsed(),
+        }
     }
 }

@@ -10,7 +10,19 @@ impl Puller {
     /// reserve free. Cheap when space is plentiful (one `statvfs`, every blob counted as
     /// missing); only when it is tight are the blobs containerd already holds looked up and
     /// left out.
+    /// `None` when no free-space check is asked for.
     pub(super) async fn claim_space(
+        &self,
+        reference: &Reference,
+        manifest: &oci::Manifest,
+    ) -> Result<Option<Claim>, PullError> {
+        match &self.options.space {
+            Some(check) => self.claim(check, reference, manifest).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn claim(
         &self,
         check: &SpaceCheck,
         reference: &Reference,
@@ -30,10 +42,7 @@ impl Puller {
                 .store
                 .info(&blob.digest)
                 .await
-                .map_err(|source| PullError::Store {
-                    image: reference.to_string(),
-                    source,
-                })?
+                .map_err(PullError::store(reference))?
                 .is_some();
             if !present {
                 missing.push(blob.size);

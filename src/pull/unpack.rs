@@ -13,10 +13,14 @@ use crate::digest::Digest;
 use crate::oci::Descriptor;
 use crate::store::{Lease, Store, StoreError};
 
-use super::resolve::check_config;
+use futures_util::future::try_join_all;
+
+use super::fetch::{Counters, Fetch};
+use super::resolve::{check_config, Resolved};
 use super::{PullError, Puller};
 use crate::image::{self, labels};
 use crate::oci;
+use crate::reference::Reference;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
@@ -133,6 +137,55 @@ pub async fn unpack_layer(
 }
 
 impl Puller {
+    /// Config and layers download concurrently, each verified before it is committed; layer i
+    /// unpacks as soon as it and the layers below it are committed, while later layers are
+    /// still downloading.
+    pub(super) async fn fetch_and_unpack(
+        &self,
+        reference: &Reference,
+        image: &Resolved,
+        lease: &Lease,
+        source: &HashMap<String, String>,
+        counters: &Counters,
+    ) -> Result<(), PullError> {
+        let fetch = Fetch {
+            reference,
+            lease,
+            labels: source,
+            counters,
+        };
+        let manifest = &image.manifest;
+        let name = reference.to_string();
+        let (config_tx, config_rx) = oneshot::channel();
+        let (layer_txs, layer_rxs): (Vec<_>, Vec<_>) = manifest
+            .layers
+            .iter()
+            .map(|_| oneshot::channel::<()>())
+            .unzip();
+        let fetch_config = async {
+            let bytes = self.fetch_config(&fetch, &manifest.config).await?;
+            let _ = config_tx.send(bytes);
+            Ok::<_, PullError>(())
+        };
+        let fetch_layers = try_join_all(manifest.layers.iter().zip(layer_txs).map(
+            |(layer, done)| async {
+                self.fetch_blob(&fetch, layer).await?;
+                let _ = done.send(());
+                Ok::<_, PullError>(())
+            },
+        ));
+        let unpack = self.unpack(
+            &name,
+            &image.chosen.digest,
+            manifest,
+            lease,
+            config_rx,
+            layer_rxs,
+        );
+        tokio::try_join!(fetch_config, fetch_layers, unpack)?;
+        Ok(())
+    }
+
     /// Checks the config against the manifest and, unless content-only, unpacks each layer as
     /// its blob (and every blob below it) is committed.
     pub(super) async fn unpack(
