@@ -84,37 +84,15 @@ async fn unpin(store: &Store, name: &str) -> Result<bool, crate::store::StoreErr
     Ok(was_pinned)
 }
 
-/// The image-ID record (`sha256:<config>`) of an image, found through its manifest.
+/// The image-ID records (`sha256:<config>`) of an image, found through its manifests: one per
+/// platform the store holds.
 async fn config_names(store: &Store, record: &StoredImage) -> Vec<String> {
     let Some(target) = record.target.as_ref() else {
         return Vec::new();
     };
-    let Ok(bytes) = store
-        .read_blob(&target.digest, crate::oci::MAX_MANIFEST_BYTES)
+    store
+        .manifests_held(&target.digest, Some(&target.media_type))
         .await
-    else {
-        return Vec::new();
-    };
-    let manifests: Vec<crate::digest::Digest> =
-        match crate::oci::Document::parse(&bytes, Some(&target.media_type)) {
-            Ok(crate::oci::Document::Manifest(m, _)) => return vec![m.config.digest.to_string()],
-            Ok(crate::oci::Document::Index(i, _)) => {
-                i.manifests.into_iter().map(|d| d.digest).collect()
-            }
-            Err(_) => return Vec::new(),
-        };
-    let mut out = Vec::new();
-    for digest in manifests {
-        let Ok(bytes) = store
-            .read_blob(&digest, crate::oci::MAX_MANIFEST_BYTES)
-            .await
-        else {
-            continue;
-        };
-        if let Ok(crate::oci::Document::Manifest(m, _)) = crate::oci::Document::parse(&bytes, None)
-        {
-            out.push(m.config.digest.to_string());
-        }
-    }
-    out
+        .map(|held| held.iter().map(|m| m.config.digest.to_string()).collect())
+        .unwrap_or_default()
 }

@@ -5,10 +5,8 @@ use std::time::Instant;
 
 use super::{PullReport, Puller};
 use crate::digest::Digest;
-use crate::image::{self, labels, names};
-use crate::oci::{self, Document};
+use crate::image::{labels, names};
 use crate::reference::{Reference, Target};
-use crate::store::StoredImage;
 
 impl Puller {
     /// The steady state, cheaply: when every record CRI names the image by already points at
@@ -23,60 +21,37 @@ impl Puller {
         top: &Digest,
         started: Instant,
     ) -> Option<PullReport> {
-        let record_ok = |record: Option<StoredImage>| {
-            record.is_some_and(|r| {
-                r.target.as_ref().is_some_and(|t| &t.digest == top)
-                    && labels::has_record_labels(&r.labels, self.options.pin)
-            })
-        };
-        let digest_name = names::digest_name(reference, top);
-        if let Target::Tag(_) = reference.target() {
-            if !record_ok(self.store.image(&reference.to_string()).await.ok()?) {
-                return None;
-            }
-        }
-        if !record_ok(self.store.image(&digest_name).await.ok()?) {
-            return None;
-        }
-        // The config names the ID record and the layers' chain; documents are verified.
-        let read = |digest: Digest, limit: u64| async move {
-            let bytes = self.store.read_blob(&digest, limit).await.ok()?;
-            (Digest::of(digest.algorithm(), &bytes) == digest).then_some(bytes)
-        };
-        let top_bytes = read(top.clone(), oci::MAX_MANIFEST_BYTES).await?;
-        let (manifest, platform) = match Document::parse(&top_bytes, None).ok()? {
-            Document::Manifest(m, _) => (m, self.options.platform.clone()),
-            Document::Index(index, _) => {
-                let (i, platform) = self.choose(&reference.to_string(), &index).ok()?;
-                let child =
-                    read(index.manifests[i].digest.clone(), oci::MAX_MANIFEST_BYTES).await?;
-                match Document::parse(&child, None).ok()? {
-                    Document::Manifest(m, _) => (m, platform),
-                    Document::Index(..) => return None,
+        let records_ok = |names: Vec<String>| async move {
+            for name in names {
+                let record = self.store.image(&name).await.ok()?;
+                if !record.is_some_and(|r| {
+                    r.target.as_ref().is_some_and(|t| &t.digest == top)
+                        && labels::has_record_labels(&r.labels, self.options.pin)
+                }) {
+                    return None;
                 }
             }
+            Some(())
         };
-        if !record_ok(
-            self.store
-                .image(&manifest.config.digest.to_string())
-                .await
-                .ok()?,
-        ) {
-            return None;
+        // The tag and digest records first: they need no document read.
+        let mut by_reference = vec![names::digest_name(reference, top)];
+        if let Target::Tag(_) = reference.target() {
+            by_reference.insert(0, reference.to_string());
         }
+        records_ok(by_reference).await?;
+        // The config names the ID record and the layers' chain.
+        let chosen = self
+            .store
+            .manifest_for(top, &self.options.platform)
+            .await
+            .ok()?;
+        let manifest = &chosen.manifest;
+        records_ok(vec![manifest.config.digest.to_string()]).await?;
         if let Some(snapshotter) = self.options.unpack.as_deref() {
-            let config = read(manifest.config.digest.clone(), oci::MAX_CONFIG_BYTES).await?;
-            let diff_ids = serde_json::from_slice::<oci::Config>(&config)
-                .ok()?
-                .rootfs
-                .diff_ids;
-            if let Some(chain_top) = image::chain_ids(&diff_ids).last() {
-                if !self
-                    .store
-                    .snapshot_exists(snapshotter, &chain_top.to_string())
-                    .await
-                    .ok()?
-                {
+            let chain = self.store.chain_ids(&chosen.digest, manifest).await.ok()?;
+            if let Some(chain_top) = chain.last().map(Digest::to_string) {
+                let exists = self.store.snapshot_exists(snapshotter, &chain_top);
+                if !exists.await.ok()? {
                     return None;
                 }
             }
@@ -86,7 +61,7 @@ impl Puller {
             reference: reference.clone(),
             digest: top.clone(),
             config: manifest.config.digest.clone(),
-            platform,
+            platform: chosen.platform.clone(),
             names: names::record_names(reference, top, &manifest.config.digest),
             layers: manifest.layers.len(),
             snapshotter: self.options.unpack.clone(),

@@ -6,6 +6,7 @@
 
 mod content;
 mod error;
+mod graph;
 mod images;
 mod inspect;
 mod introspect;
@@ -19,6 +20,7 @@ use tonic::transport::Channel;
 
 pub use content::{ref_key, ContentWriter, Opened, WRITE_CHUNK};
 pub use error::StoreError;
+pub use graph::{Chosen, GraphError};
 pub use images::{ImageRecord, StoredImage};
 pub use inspect::{Ingest, Stored};
 pub use leases::Lease;
