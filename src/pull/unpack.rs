@@ -9,20 +9,18 @@
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::digest::Digest;
-use crate::oci::Descriptor;
-use crate::store::{Lease, Store, StoreError};
-
+use bytes::Bytes;
 use futures_util::future::try_join_all;
+use tokio::sync::oneshot;
 
 use super::fetch::{Counters, Fetch};
 use super::resolve::{check_config, Resolved};
 use super::{PullError, Puller};
+use crate::digest::Digest;
 use crate::image::{self, labels};
-use crate::oci;
+use crate::oci::{self, Descriptor};
 use crate::reference::Reference;
-use bytes::Bytes;
-use tokio::sync::oneshot;
+use crate::store::{Lease, Store, StoreError};
 
 /// Why a layer could not be unpacked.
 #[derive(Debug, thiserror::Error)]
@@ -50,90 +48,112 @@ pub enum UnpackError {
     },
 }
 
-/// Unpacks one layer on top of `parent` (the previous layer's chain ID) as snapshot `chain`.
-pub async fn unpack_layer(
-    store: &Store,
-    lease: &Lease,
-    snapshotter: &str,
-    layer: &Descriptor,
-    diff_id: &Digest,
-    parent: Option<&Digest>,
-    chain: &Digest,
-) -> Result<(), UnpackError> {
-    let fail = |source| UnpackError::Store {
-        layer: layer.digest.clone(),
-        snapshotter: snapshotter.to_string(),
-        source,
-    };
-    // Leased before it is looked at: a snapshot nothing references any more (its child was
-    // removed) may be garbage collected at any moment, and this pull is about to build on it.
-    store
-        .lease_resource(
-            lease,
-            &format!("snapshots/{snapshotter}"),
-            &chain.to_string(),
-        )
-        .await
-        .map_err(fail)?;
-    if store
-        .snapshot_exists(snapshotter, &chain.to_string())
-        .await
-        .map_err(fail)?
-    {
-        return Ok(());
+/// One layer to unpack: on top of `parent` (the previous layer's chain ID) as snapshot `chain`.
+pub(super) struct LayerUnpack<'a> {
+    pub(super) store: &'a Store,
+    pub(super) lease: &'a Lease,
+    pub(super) snapshotter: &'a str,
+    pub(super) layer: &'a Descriptor,
+    pub(super) diff_id: &'a Digest,
+    pub(super) parent: Option<&'a Digest>,
+    pub(super) chain: &'a Digest,
+}
+
+impl LayerUnpack<'_> {
+    fn fail(&self) -> impl Fn(StoreError) -> UnpackError + '_ {
+        |source| UnpackError::Store {
+            layer: self.layer.digest.clone(),
+            snapshotter: self.snapshotter.to_string(),
+            source,
+        }
     }
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    let key = format!("extract-{nanos}-{:08x} {chain}", rand::random::<u32>());
-    let labels = HashMap::from([(labels::SNAPSHOT_REF.to_string(), chain.to_string())]);
-    let parent = parent.map(Digest::to_string).unwrap_or_default();
-    let Some(mounts) = store
-        .prepare_snapshot(lease, snapshotter, &key, &parent, labels.clone())
-        .await
-        .map_err(fail)?
-    else {
-        return Ok(());
-    };
-    let result = async {
-        let got = store
-            .apply_layer(lease, layer, mounts)
+
+    /// Unpacks the layer, unless its snapshot exists.
+    pub(super) async fn run(&self) -> Result<(), UnpackError> {
+        let (store, snapshotter, chain) = (self.store, self.snapshotter, self.chain.to_string());
+        // Leased before it is looked at: a snapshot nothing references any more (its child was
+        // removed) may be garbage collected at any moment, and this pull is about to build on it.
+        store
+            .lease_resource(self.lease, &format!("snapshots/{snapshotter}"), &chain)
             .await
-            .map_err(fail)?;
-        if &got != diff_id {
+            .map_err(self.fail())?;
+        if store
+            .snapshot_exists(snapshotter, &chain)
+            .await
+            .map_err(self.fail())?
+        {
+            return Ok(());
+        }
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let key = format!("extract-{nanos}-{:08x} {chain}", rand::random::<u32>());
+        let labels = HashMap::from([(labels::SNAPSHOT_REF.to_string(), chain)]);
+        let parent = self.parent.map(Digest::to_string).unwrap_or_default();
+        let Some(mounts) = store
+            .prepare_snapshot(self.lease, snapshotter, &key, &parent, labels.clone())
+            .await
+            .map_err(self.fail())?
+        else {
+            return Ok(());
+        };
+        let result = async {
+            let got = store
+                .apply_layer(self.lease, self.layer, mounts)
+                .await
+                .map_err(self.fail())?;
+            self.commit(&key, got, labels).await
+        }
+        .await;
+        if result.is_err() {
+            if let Err(e) = store.remove_snapshot(snapshotter, &key).await {
+                tracing::warn!(error = %e, key, "could not remove the abandoned snapshot");
+            }
+        }
+        result
+    }
+
+    /// Commits the applied snapshot `key` under the chain ID, once its diff ID is the config's.
+    async fn commit(
+        &self,
+        key: &str,
+        got: Digest,
+        labels: HashMap<String, String>,
+    ) -> Result<(), UnpackError> {
+        if &got != self.diff_id {
             return Err(UnpackError::DiffId {
-                layer: layer.digest.clone(),
-                expected: diff_id.clone(),
+                layer: self.layer.digest.clone(),
+                expected: self.diff_id.clone(),
                 got,
             });
         }
+        let (store, snapshotter) = (self.store, self.snapshotter);
         let committed = store
-            .commit_snapshot(lease, snapshotter, &chain.to_string(), &key, labels)
+            .commit_snapshot(
+                self.lease,
+                snapshotter,
+                &self.chain.to_string(),
+                key,
+                labels,
+            )
             .await
-            .map_err(fail)?;
+            .map_err(self.fail())?;
         if !committed {
             // Someone else committed the same chain meanwhile: theirs is as good as ours.
             store
-                .remove_snapshot(snapshotter, &key)
+                .remove_snapshot(snapshotter, key)
                 .await
-                .map_err(fail)?;
+                .map_err(self.fail())?;
         }
         store
             .set_labels(
-                &layer.digest,
-                HashMap::from([(labels::UNCOMPRESSED.to_string(), diff_id.to_string())]),
+                &self.layer.digest,
+                HashMap::from([(labels::UNCOMPRESSED.to_string(), self.diff_id.to_string())]),
             )
             .await
-            .map_err(fail)
+            .map_err(self.fail())
     }
-    .await;
-    if result.is_err() {
-        if let Err(e) = store.remove_snapshot(snapshotter, &key).await {
-            tracing::warn!(error = %e, key, "could not remove the abandoned snapshot");
-        }
-    }
-    result
 }
 
 impl Puller {
@@ -205,65 +225,60 @@ impl Puller {
             return check_config(image, manifest_digest, manifest, config_bytes.as_deref())
                 .map(drop);
         };
-        let config_bytes = match config_bytes {
-            Some(b) => b.to_vec(),
-            None => self
-                .store
-                .read_blob(&manifest.config.digest, oci::MAX_CONFIG_BYTES)
-                .await
-                .map_err(|source| PullError::Store {
-                    image: image.to_string(),
-                    source,
-                })?,
-        };
+        let config_bytes = self.config_bytes(image, manifest, config_bytes).await?;
         let diff_ids = check_config(image, manifest_digest, manifest, Some(&config_bytes))?;
         let chain = image::chain_ids(&diff_ids);
-        let unpack_err = |source| PullError::Unpack {
-            image: image.to_string(),
-            source,
+        let Some(top) = chain.last() else {
+            return Ok(());
         };
-        if let Some(top) = chain.last() {
-            // A warm node: the whole chain is there, nothing to unpack.
-            let exists = self
-                .store
-                .snapshot_exists(snapshotter, &top.to_string())
-                .await
-                .map_err(|source| PullError::Store {
-                    image: image.to_string(),
-                    source,
-                })?;
-            if exists {
-                return Ok(());
-            }
+        let store_err = PullError::store(&image);
+        // A warm node: the whole chain is there, nothing to unpack.
+        let exists = self
+            .store
+            .snapshot_exists(snapshotter, &top.to_string())
+            .await;
+        if exists.map_err(&store_err)? {
+            return Ok(());
         }
         for (i, done) in layers.into_iter().enumerate() {
             if done.await.is_err() {
                 return Ok(());
             }
-            unpack_layer(
-                &self.store,
+            let layer = LayerUnpack {
+                store: &self.store,
                 lease,
                 snapshotter,
-                &manifest.layers[i],
-                &diff_ids[i],
-                i.checked_sub(1).map(|p| &chain[p]),
-                &chain[i],
-            )
+                layer: &manifest.layers[i],
+                diff_id: &diff_ids[i],
+                parent: i.checked_sub(1).map(|p| &chain[p]),
+                chain: &chain[i],
+            };
+            layer.run().await.map_err(|source| PullError::Unpack {
+                image: image.to_string(),
+                source,
+            })?;
+        }
+        let root = labels::snapshot_ref(snapshotter, top);
+        self.store
+            .set_labels(&manifest.config.digest, root)
             .await
-            .map_err(unpack_err)?;
-        }
-        if let Some(top) = chain.last() {
-            self.store
-                .set_labels(
-                    &manifest.config.digest,
-                    labels::snapshot_ref(snapshotter, top),
-                )
+            .map_err(&store_err)
+    }
+
+    /// The config's bytes: as fetched, or read from containerd when it already had them.
+    async fn config_bytes(
+        &self,
+        image: &str,
+        manifest: &oci::Manifest,
+        fetched: Option<Bytes>,
+    ) -> Result<Vec<u8>, PullError> {
+        match fetched {
+            Some(b) => Ok(b.to_vec()),
+            None => self
+                .store
+                .read_blob(&manifest.config.digest, oci::MAX_CONFIG_BYTES)
                 .await
-                .map_err(|source| PullError::Store {
-                    image: image.to_string(),
-                    source,
-                })?;
+                .map_err(PullError::store(&image)),
         }
-        Ok(())
     }
 }
