@@ -205,7 +205,9 @@ impl<'a> Checker<'a> {
         Checker { store, options }
     }
 
-    /// Checks the image that `records` (all pointing at `target`) name.
+    /// Checks the image that `records` (all pointing at `target`) name. It walks the image's
+    /// graph itself rather than through the store's graph reads, which stop at the first fault:
+    /// a check reports every part that is wrong.
     pub async fn check(
         &self,
         target: &Digest,
