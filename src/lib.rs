@@ -3,7 +3,8 @@
 //!
 //! Where to start reading:
 //! - [`commands`]: what each CLI subcommand does, composed from the pieces below.
-//! - [`pull`]: the pull of one image, from a reference to image records CRI can see.
+//! - [`pull`]: the pull of one image, from a reference to image records CRI can see, a file per
+//!   step; [`image`]: the labels, record names and graph steps containerd and CRI agree on.
 //! - Domain: [`reference`] (image names as the kubelet normalizes them), [`digest`] (verified
 //!   streaming), [`platform`] (choosing a manifest from an index), [`oci`] (manifest documents).
 //! - [`agent`]: the DaemonSet's loop: the prepull list, its schedule, pins owned per list, and
@@ -22,6 +23,7 @@ pub mod commands;
 pub mod credentials;
 pub mod cri;
 pub mod digest;
+pub mod image;
 pub mod kind;
 pub mod oci;
 pub mod platform;
@@ -32,7 +34,6 @@ pub mod repair;
 pub mod retry;
 pub mod space;
 pub mod store;
-pub mod unpack;
 pub mod verify;
 pub mod watch;
 

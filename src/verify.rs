@@ -14,12 +14,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use containerd_client::services::v1::Image;
-
 use crate::digest::Digest;
+use crate::image::{self, labels, names};
 use crate::oci::{self, Descriptor, Document};
-use crate::store::{labels, Ingest, Store, StoreError, Stored};
-use crate::unpack;
+use crate::store::{Ingest, Store, StoreError, Stored, StoredImage};
 
 /// One thing wrong with an image or the store.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -159,7 +157,7 @@ impl ImageCheck {
         // By digest: a tag may have moved on upstream, and it is this image that needs mending.
         self.names
             .iter()
-            .filter(|n| !n.starts_with("sha256:"))
+            .filter(|n| !names::is_id(n))
             .find_map(|n| crate::reference::Reference::parse(n).ok())
             .map(|r| r.with_digest(self.target.clone()).to_string())
             .or_else(|| {
@@ -187,22 +185,16 @@ pub struct Checker<'a> {
 }
 
 /// Groups image records by the target they point at, names sorted with tags first.
-pub fn group_records(records: Vec<Image>) -> BTreeMap<String, Vec<Image>> {
-    let mut groups: BTreeMap<String, Vec<Image>> = BTreeMap::new();
+pub fn group_records(records: Vec<StoredImage>) -> BTreeMap<String, Vec<StoredImage>> {
+    let mut groups: BTreeMap<String, Vec<StoredImage>> = BTreeMap::new();
     for record in records {
-        let Some(target) = record.target.as_ref().map(|t| t.digest.clone()) else {
+        let Some(target) = record.target.as_ref().map(|t| t.digest.to_string()) else {
             continue;
         };
         groups.entry(target).or_default().push(record);
     }
     for records in groups.values_mut() {
-        records.sort_by_key(|r| {
-            (
-                r.name.starts_with("sha256:"),
-                r.name.contains('@'),
-                r.name.clone(),
-            )
-        });
+        records.sort_by_key(|r| names::display_order(&r.name));
     }
     groups
 }
@@ -213,11 +205,13 @@ impl<'a> Checker<'a> {
         Checker { store, options }
     }
 
-    /// Checks the image that `records` (all pointing at `target`) name.
+    /// Checks the image that `records` (all pointing at `target`) name. It walks the image's
+    /// graph itself rather than through the store's graph reads, which stop at the first fault:
+    /// a check reports every part that is wrong.
     pub async fn check(
         &self,
         target: &Digest,
-        records: &[Image],
+        records: &[StoredImage],
     ) -> Result<ImageCheck, StoreError> {
         let mut check = ImageCheck {
             names: records.iter().map(|r| r.name.clone()).collect(),
@@ -231,7 +225,7 @@ impl<'a> Checker<'a> {
         let top_size = records
             .first()
             .and_then(|r| r.target.as_ref())
-            .map(|t| t.size.max(0) as u64);
+            .map(|t| t.size);
         let Some(top) = self
             .document(
                 &mut check,
@@ -322,7 +316,7 @@ impl<'a> Checker<'a> {
         if managed {
             let mut expected: Vec<String> = records
                 .iter()
-                .filter(|r| !r.name.starts_with("sha256:") && !r.name.contains('@'))
+                .filter(|r| !names::is_id(&r.name) && !names::is_digest_reference(&r.name))
                 .filter_map(|r| crate::reference::Reference::parse(&r.name).ok())
                 .map(|r| r.with_digest(target.clone()).to_string())
                 .collect();
@@ -378,7 +372,7 @@ impl<'a> Checker<'a> {
                 return Ok(());
             }
         };
-        for (layer, chain_id) in unpack::chain_ids(&diff_ids).into_iter().enumerate() {
+        for (layer, chain_id) in image::chain_ids(&diff_ids).into_iter().enumerate() {
             if !self
                 .store
                 .snapshot_exists(snapshotter, &chain_id.to_string())
@@ -509,11 +503,7 @@ impl<'a> Checker<'a> {
     /// `registry/repo` from the top document's `containerd.io/distribution.source.*` label.
     async fn source(&self, target: &Digest) -> Option<String> {
         let info = self.store.info(target).await.ok()??;
-        info.labels.iter().find_map(|(k, v)| {
-            let registry = k.strip_prefix(labels::DISTRIBUTION_SOURCE)?;
-            let repo = v.split(',').next()?;
-            Some(format!("{registry}/{repo}"))
-        })
+        labels::source_of(&info.labels)
     }
 }
 
@@ -530,33 +520,33 @@ pub async fn stale_ingests(store: &Store, older_than: Duration) -> Result<Vec<In
 #[cfg(test)]
 mod tests {
     use super::*;
-    use containerd_client::types::Descriptor as PbDescriptor;
 
-    fn record(name: &str, target: &str) -> Image {
-        Image {
+    fn record(name: &str, target: &Digest) -> StoredImage {
+        StoredImage {
             name: name.into(),
             labels: Default::default(),
-            target: Some(PbDescriptor {
+            target: Some(Descriptor {
                 media_type: String::new(),
-                digest: target.into(),
+                digest: target.clone(),
                 size: 1,
+                platform: None,
+                urls: Vec::new(),
                 annotations: Default::default(),
             }),
-            created_at: None,
-            updated_at: None,
         }
     }
 
     #[test]
     fn records_of_one_image_are_grouped_tags_first() {
+        let (top, two) = (Digest::sha256(b"top"), Digest::sha256(b"two"));
         let groups = group_records(vec![
-            record("sha256:cfg", "sha256:top"),
-            record("reg/app@sha256:top", "sha256:top"),
-            record("reg/app:v1", "sha256:top"),
-            record("reg/other:v1", "sha256:two"),
+            record("sha256:cfg", &top),
+            record("reg/app@sha256:top", &top),
+            record("reg/app:v1", &top),
+            record("reg/other:v1", &two),
         ]);
         assert_eq!(groups.len(), 2);
-        let names: Vec<&str> = groups["sha256:top"]
+        let names: Vec<&str> = groups[&top.to_string()]
             .iter()
             .map(|r| r.name.as_str())
             .collect();

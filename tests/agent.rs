@@ -254,7 +254,7 @@ async fn the_agent_keeps_its_list_warm_pinned_and_releases_what_leaves() {
     // The tag moves: the new image is pinned, the old image's records are released.
     let moved = push_image(&host, "team/batch", "v1", &ImageSpec::new(&[12 * KIB])).await;
     let old_batch = store.image(&batch_ref).await.unwrap().unwrap();
-    let old_digest = old_batch.target.unwrap().digest;
+    let old_digest = old_batch.target.unwrap().digest.to_string();
     list.update(&format!(
         "images:\n  - {batch_ref}\n  - {other_ref}\n# moved\n"
     ));

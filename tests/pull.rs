@@ -154,7 +154,7 @@ async fn oci_image_by_tag_lands_with_gc_labels_and_cri_sees_every_name() {
     // Unpacked into the snapshotter CRI uses (found by asking CRI), as containerd's unpacker does.
     assert_eq!(r["snapshotter"], "native");
     let diff_ids: Vec<Digest> = image.diff_ids.iter().map(|d| digest(d)).collect();
-    let chain = prepull::unpack::chain_ids(&diff_ids);
+    let chain = prepull::image::chain_ids(&diff_ids);
     for (i, id) in chain.iter().enumerate() {
         assert!(
             store
@@ -203,7 +203,7 @@ async fn oci_image_by_tag_lands_with_gc_labels_and_cri_sees_every_name() {
             Some("managed")
         );
         assert_eq!(
-            record.target.as_ref().unwrap().digest,
+            record.target.as_ref().unwrap().digest.to_string(),
             image.manifest.digest
         );
     }
@@ -339,7 +339,7 @@ async fn multi_arch_index_yields_the_node_platform_only() {
     );
     let record = store.image(&reference).await.unwrap().expect("tag record");
     assert_eq!(
-        record.target.unwrap().digest,
+        record.target.unwrap().digest.to_string(),
         index.index.digest,
         "records target the index"
     );
@@ -1140,7 +1140,7 @@ async fn a_warm_pull_notices_a_lost_record_or_snapshot_and_restores_it() {
     );
 
     let chain =
-        prepull::unpack::chain_ids(&image.diff_ids.iter().map(|d| digest(d)).collect::<Vec<_>>());
+        prepull::image::chain_ids(&image.diff_ids.iter().map(|d| digest(d)).collect::<Vec<_>>());
     let top = chain.last().unwrap().to_string();
     containerd.ctr_ok(&[
         "-n",

@@ -85,7 +85,7 @@ async fn garbage_collection_keeps_every_blob_and_snapshot_of_a_pulled_image() {
         );
     }
     let diff_ids: Vec<Digest> = kept.diff_ids.iter().map(|d| digest(d)).collect();
-    for chain in prepull::unpack::chain_ids(&diff_ids) {
+    for chain in prepull::image::chain_ids(&diff_ids) {
         assert!(
             store
                 .snapshot_exists("native", &chain.to_string())
@@ -113,7 +113,7 @@ async fn a_tag_that_moves_is_followed_and_the_old_digest_stays_addressable() {
     let store = Store::connect(containerd.socket(), "k8s.io").await.unwrap();
     let record = store.image(&reference).await.unwrap().expect("tag record");
     assert_eq!(
-        record.target.unwrap().digest,
+        record.target.unwrap().digest.to_string(),
         new.manifest.digest,
         "tag record updated in place"
     );

@@ -124,7 +124,7 @@ async fn verify_finds_every_kind_of_damage_and_repair_mends_it() {
     flip_byte(&blob_path(&containerd, &a.layers[1].digest), 100);
     std::fs::remove_file(blob_path(&containerd, &b.config.digest)).unwrap();
     let b_chain =
-        prepull::unpack::chain_ids(&b.diff_ids.iter().map(|d| digest(d)).collect::<Vec<_>>());
+        prepull::image::chain_ids(&b.diff_ids.iter().map(|d| digest(d)).collect::<Vec<_>>());
     containerd.ctr_ok(&[
         "-n",
         "k8s.io",
@@ -229,7 +229,7 @@ async fn verify_finds_every_kind_of_damage_and_repair_mends_it() {
             .map(String::as_str),
         Some("pinned")
     );
-    assert_eq!(record.target.unwrap().digest, c.manifest.digest);
+    assert_eq!(record.target.unwrap().digest.to_string(), c.manifest.digest);
     let out = prepull(&containerd, &["verify", "--stale-ingest-age", "0s"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 
@@ -360,7 +360,7 @@ async fn repair_keeps_the_rest_of_an_image_while_its_manifest_is_replaced() {
         proxy.records()
     );
     let chain =
-        prepull::unpack::chain_ids(&a.diff_ids.iter().map(|d| digest(d)).collect::<Vec<_>>());
+        prepull::image::chain_ids(&a.diff_ids.iter().map(|d| digest(d)).collect::<Vec<_>>());
     assert!(store
         .snapshot_exists(containerd.snapshotter(), &chain[1].to_string())
         .await

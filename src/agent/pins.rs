@@ -12,18 +12,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use containerd_client::services::v1::Image;
 use sha2::{Digest as _, Sha256};
 
 use super::list::{Entry, List};
-use crate::store::{labels, Store, StoreError};
-
-/// The start of every ownership label; the owner's name follows.
-pub const OWNER_PREFIX: &str = "prepull.io/pinned-by.";
-
-/// The single ownership label earlier versions wrote (`=<entry>`, without an owner). `prepull
-/// unpin` removes it; agents neither set nor release it.
-pub const LEGACY_OWNER: &str = "prepull.io/pinned-for";
+use crate::image::labels::{self, LEGACY_PINNED_FOR, PINNED_BY};
+use crate::store::{Store, StoreError, StoredImage};
 
 /// The most characters an owner name may have (a DNS label's length).
 const MAX_OWNER: usize = 63;
@@ -106,7 +99,7 @@ impl PinOwner {
 
     /// Its ownership label key.
     fn label(&self) -> String {
-        format!("{OWNER_PREFIX}{}", self.0)
+        format!("{PINNED_BY}{}", self.0)
     }
 }
 
@@ -120,7 +113,7 @@ impl std::fmt::Display for PinOwner {
 fn owned_by_prepull(labels: &HashMap<String, String>) -> bool {
     labels
         .keys()
-        .any(|k| k.starts_with(OWNER_PREFIX) || k == LEGACY_OWNER)
+        .any(|k| k.starts_with(PINNED_BY) || k == LEGACY_PINNED_FOR)
 }
 
 /// Whether a record's pin belongs to nobody but `owner`'s label `key` (so removing that label
@@ -128,7 +121,7 @@ fn owned_by_prepull(labels: &HashMap<String, String>) -> bool {
 fn only_owner(labels: &HashMap<String, String>, key: &str) -> bool {
     !labels
         .keys()
-        .any(|k| (k.starts_with(OWNER_PREFIX) && k != key) || k == LEGACY_OWNER)
+        .any(|k| (k.starts_with(PINNED_BY) && k != key) || k == LEGACY_PINNED_FOR)
 }
 
 /// The pins of one list: sets them for its entries and releases them when it no longer wants
@@ -164,7 +157,7 @@ impl<'a> Pins<'a> {
                     .update_image_labels(
                         name,
                         &[
-                            (labels::CRI_PINNED, Some("pinned")),
+                            (labels::CRI_PINNED, Some(labels::PINNED)),
                             (&key, Some(&wanted_by)),
                         ],
                     )
@@ -204,7 +197,7 @@ impl<'a> Pins<'a> {
                     .image(&name)
                     .await?
                     .and_then(|r| r.target)
-                    .map(|t| t.digest),
+                    .map(|t| t.digest.to_string()),
             };
             if let Some(d) = digest {
                 wanted.push((name, d));
@@ -213,7 +206,8 @@ impl<'a> Pins<'a> {
         let mut released = 0;
         for record in self.store.images_with_label(&key).await? {
             let entry = record.labels.get(&key).cloned().unwrap_or_default();
-            let target = record.target.as_ref().map(|t| t.digest.as_str());
+            let target = record.target.as_ref().map(|t| t.digest.to_string());
+            let target = target.as_deref();
             let why = match (listed.get(&entry), resolved.get(&entry)) {
                 (None, _) => "its image left the prepull list",
                 (Some(false), _) => "its list entry is no longer pinned",
@@ -249,7 +243,7 @@ impl<'a> Pins<'a> {
 
     /// Removes this list's ownership of `record`'s pin, and the pin itself when no other list
     /// owns it. `true` when the pin went.
-    async fn give_up(&self, record: &Image, key: &str) -> Result<bool, StoreError> {
+    async fn give_up(&self, record: &StoredImage, key: &str) -> Result<bool, StoreError> {
         let last = only_owner(&record.labels, key);
         let mut changes = vec![(key, None)];
         if last {
@@ -265,14 +259,14 @@ impl<'a> Pins<'a> {
 /// The labels `prepull unpin` removes from a record: CRI's pin and every ownership label, so no
 /// list's agent takes the record for its own afterwards (it pins it again on its next pass if
 /// the image is still on its list).
-pub fn unpin_labels(record: &Image) -> Vec<&str> {
+pub fn unpin_labels(record: &StoredImage) -> Vec<&str> {
     let mut out = vec![labels::CRI_PINNED];
     out.extend(
         record
             .labels
             .keys()
             .map(String::as_str)
-            .filter(|k| k.starts_with(OWNER_PREFIX) || *k == LEGACY_OWNER),
+            .filter(|k| k.starts_with(PINNED_BY) || *k == LEGACY_PINNED_FOR),
     );
     out
 }
@@ -325,7 +319,7 @@ mod tests {
             &labels(&[labels::CRI_PINNED, &key, "prepull.io/pinned-by.b"]),
             &key
         ));
-        assert!(!only_owner(&labels(&[&key, LEGACY_OWNER]), &key));
+        assert!(!only_owner(&labels(&[&key, LEGACY_PINNED_FOR]), &key));
         assert!(!owned_by_prepull(&labels(&[labels::CRI_PINNED])));
         assert!(owned_by_prepull(&labels(&["prepull.io/pinned-by.b"])));
     }

@@ -4,8 +4,9 @@ use std::process::ExitCode;
 
 use clap::Args;
 
+use crate::image::{labels, names};
 use crate::reference::Reference;
-use crate::store::{labels, Store};
+use crate::store::{Store, StoredImage};
 
 /// Arguments of `prepull unpin`.
 #[derive(Debug, Args)]
@@ -46,8 +47,8 @@ pub async fn run(args: UnpinArgs) -> anyhow::Result<ExitCode> {
         };
         // Every name CRI knows the image by: the digest reference and the ID share its pin.
         let mut names = vec![reference.to_string()];
-        if let Some(target) = record.target.as_ref().and_then(|t| t.digest.parse().ok()) {
-            names.push(reference.with_digest(target).to_string());
+        if let Some(target) = &record.target {
+            names.push(names::digest_name(reference, &target.digest));
         }
         names.extend(config_names(&store, &record).await);
         let mut unpinned = 0;
@@ -83,40 +84,15 @@ async fn unpin(store: &Store, name: &str) -> Result<bool, crate::store::StoreErr
     Ok(was_pinned)
 }
 
-/// The image-ID record (`sha256:<config>`) of an image, found through its manifest.
-async fn config_names(
-    store: &Store,
-    record: &containerd_client::services::v1::Image,
-) -> Vec<String> {
+/// The image-ID records (`sha256:<config>`) of an image, found through its manifests: one per
+/// platform the store holds.
+async fn config_names(store: &Store, record: &StoredImage) -> Vec<String> {
     let Some(target) = record.target.as_ref() else {
         return Vec::new();
     };
-    let Ok(top) = target.digest.parse::<crate::digest::Digest>() else {
-        return Vec::new();
-    };
-    let Ok(bytes) = store.read_blob(&top, crate::oci::MAX_MANIFEST_BYTES).await else {
-        return Vec::new();
-    };
-    let manifests: Vec<crate::digest::Digest> =
-        match crate::oci::Document::parse(&bytes, Some(&target.media_type)) {
-            Ok(crate::oci::Document::Manifest(m, _)) => return vec![m.config.digest.to_string()],
-            Ok(crate::oci::Document::Index(i, _)) => {
-                i.manifests.into_iter().map(|d| d.digest).collect()
-            }
-            Err(_) => return Vec::new(),
-        };
-    let mut out = Vec::new();
-    for digest in manifests {
-        let Ok(bytes) = store
-            .read_blob(&digest, crate::oci::MAX_MANIFEST_BYTES)
-            .await
-        else {
-            continue;
-        };
-        if let Ok(crate::oci::Document::Manifest(m, _)) = crate::oci::Document::parse(&bytes, None)
-        {
-            out.push(m.config.digest.to_string());
-        }
-    }
-    out
+    store
+        .manifests_held(&target.digest, Some(&target.media_type))
+        .await
+        .map(|held| held.iter().map(|m| m.config.digest.to_string()).collect())
+        .unwrap_or_default()
 }

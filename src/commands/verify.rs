@@ -5,7 +5,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use containerd_client::services::v1::Image;
 
 use super::pull::{counted, cri_snapshotter, PullerArgs};
 use super::{ContainerdArgs, Output};
@@ -13,7 +12,7 @@ use crate::digest::Digest;
 use crate::reference::Reference;
 use crate::repair;
 use crate::space::human_bytes;
-use crate::store::{Ingest, Store};
+use crate::store::{Ingest, Store, StoredImage};
 use crate::verify::{group_records, stale_ingests, CheckOptions, Checker, ImageCheck};
 
 /// What both commands check.
@@ -226,7 +225,7 @@ async fn check_all(
     checker: &Checker<'_>,
     wanted: &[Reference],
 ) -> anyhow::Result<(Vec<ImageCheck>, Vec<String>)> {
-    let groups: BTreeMap<String, Vec<Image>> = group_records(store.images().await?);
+    let groups: BTreeMap<String, Vec<StoredImage>> = group_records(store.images().await?);
     let wanted_names: Vec<String> = wanted.iter().map(ToString::to_string).collect();
     let mut found = vec![false; wanted_names.len()];
     let mut checks = Vec::new();

@@ -11,6 +11,39 @@ use containerd_client::types::Descriptor as PbDescriptor;
 use super::{Store, StoreError};
 use crate::oci::Descriptor;
 
+/// An image record as containerd holds it: what reads return, so that containerd's generated
+/// types stay inside this adapter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredImage {
+    /// The record's name.
+    pub name: String,
+    /// What the record points at (the top-level document); `None` when containerd's descriptor
+    /// has no digest prepull can read.
+    pub target: Option<Descriptor>,
+    /// All of the record's labels.
+    pub labels: HashMap<String, String>,
+}
+
+impl From<Image> for StoredImage {
+    fn from(image: Image) -> StoredImage {
+        let target = image.target.and_then(|t| {
+            Some(Descriptor {
+                digest: t.digest.parse().ok()?,
+                media_type: t.media_type,
+                size: t.size.max(0) as u64,
+                platform: None,
+                urls: Vec::new(),
+                annotations: t.annotations.into_iter().collect(),
+            })
+        });
+        StoredImage {
+            name: image.name,
+            target,
+            labels: image.labels,
+        }
+    }
+}
+
 /// An image record as prepull writes it.
 #[derive(Clone, Debug)]
 pub struct ImageRecord {
@@ -24,7 +57,12 @@ pub struct ImageRecord {
 
 impl Store {
     /// Reads an image record.
-    pub async fn image(&self, name: &str) -> Result<Option<Image>, StoreError> {
+    pub async fn image(&self, name: &str) -> Result<Option<StoredImage>, StoreError> {
+        Ok(self.image_as_stored(name).await?.map(StoredImage::from))
+    }
+
+    /// Reads an image record as containerd's own type, for updates that send it back whole.
+    async fn image_as_stored(&self, name: &str) -> Result<Option<Image>, StoreError> {
         let mut client = ImagesClient::new(self.channel.clone());
         match client
             .get(self.request(
@@ -41,19 +79,33 @@ impl Store {
         }
     }
 
+    /// Every image record in the namespace.
+    pub async fn images(&self) -> Result<Vec<StoredImage>, StoreError> {
+        self.list_images(Vec::new(), "images").await
+    }
+
     /// Image records that have `label`, whatever its value.
-    pub async fn images_with_label(&self, label: &str) -> Result<Vec<Image>, StoreError> {
+    pub async fn images_with_label(&self, label: &str) -> Result<Vec<StoredImage>, StoreError> {
+        self.list_images(vec![format!("labels.\"{label}\"")], label)
+            .await
+    }
+
+    async fn list_images(
+        &self,
+        filters: Vec<String>,
+        what: &str,
+    ) -> Result<Vec<StoredImage>, StoreError> {
         let mut client = ImagesClient::new(self.channel.clone());
         let listed = client
-            .list(self.request(
-                ListImagesRequest {
-                    filters: vec![format!("labels.\"{label}\"")],
-                },
-                None,
-            ))
+            .list(self.request(ListImagesRequest { filters }, None))
             .await
-            .map_err(|s| StoreError::rpc("Images.List", label, s))?;
-        Ok(listed.into_inner().images)
+            .map_err(|s| StoreError::rpc("Images.List", what, s))?;
+        Ok(listed
+            .into_inner()
+            .images
+            .into_iter()
+            .map(StoredImage::from)
+            .collect())
     }
 
     /// Removes a label from an image record (e.g. the CRI pin). `false` if there is no such
@@ -69,7 +121,7 @@ impl Store {
         name: &str,
         changes: &[(&str, Option<&str>)],
     ) -> Result<bool, StoreError> {
-        let Some(mut image) = self.image(name).await? else {
+        let Some(mut image) = self.image_as_stored(name).await? else {
             return Ok(false);
         };
         for (label, value) in changes {

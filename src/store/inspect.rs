@@ -1,16 +1,17 @@
 //! Reading containerd's state back to check it: blobs hashed as stored, ingests in progress,
-//! every image record, and removals for what cannot be trusted.
+//! what image records reach a blob, and removals for what cannot be trusted.
 
 use containerd_client::services::v1::content_client::ContentClient;
 use containerd_client::services::v1::images_client::ImagesClient;
 use containerd_client::services::v1::namespaces_client::NamespacesClient;
 use containerd_client::services::v1::{
-    DeleteContentRequest, DeleteImageRequest, Image, ListImagesRequest, ListNamespacesRequest,
-    ListStatusesRequest, ReadContentRequest,
+    DeleteContentRequest, DeleteImageRequest, ListNamespacesRequest, ListStatusesRequest,
+    ReadContentRequest,
 };
 
 use super::{Store, StoreError};
 use crate::digest::{Digest, Hasher};
+use crate::image::labels::{self, GcRef};
 
 /// What reading a blob back found.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -128,17 +129,14 @@ impl Store {
                 added += 1;
             }
             for (key, value) in &info.labels {
-                let Some(reference) = key.strip_prefix("containerd.io/gc.ref.") else {
-                    continue;
-                };
-                if let Some(snapshotter) = reference.strip_prefix("snapshot.") {
-                    self.lease_resource(lease, &format!("snapshots/{snapshotter}"), value)
-                        .await?;
-                    added += 1;
-                } else if reference.starts_with("content") {
-                    if let Ok(child) = value.parse::<Digest>() {
-                        queue.push(child);
+                match labels::gc_ref(key, value) {
+                    Some(GcRef::Snapshot { snapshotter, key }) => {
+                        self.lease_resource(lease, &format!("snapshots/{snapshotter}"), key)
+                            .await?;
+                        added += 1;
                     }
+                    Some(GcRef::Content(child)) => queue.push(child),
+                    None => {}
                 }
             }
         }
@@ -173,7 +171,7 @@ impl Store {
     /// The image records of this namespace whose content reaches `digest` through containerd's
     /// GC references (a layer is reached through its manifest, a manifest through its index).
     pub async fn images_reaching(&self, digest: &Digest) -> Result<Vec<String>, StoreError> {
-        let mut verdicts: std::collections::HashMap<String, bool> = Default::default();
+        let mut verdicts: std::collections::HashMap<Digest, bool> = Default::default();
         let mut names = Vec::new();
         for image in self.images().await? {
             let Some(target) = image.target.as_ref().map(|t| t.digest.clone()) else {
@@ -182,10 +180,7 @@ impl Store {
             let reaches = match verdicts.get(&target) {
                 Some(v) => *v,
                 None => {
-                    let v = match target.parse::<Digest>() {
-                        Ok(t) => self.reaches(&t, digest).await?,
-                        Err(_) => false,
-                    };
+                    let v = self.reaches(&target, digest).await?;
                     verdicts.insert(target, v);
                     v
                 }
@@ -213,7 +208,7 @@ impl Store {
             queue.extend(
                 info.labels
                     .iter()
-                    .filter(|(k, _)| k.starts_with("containerd.io/gc.ref.content"))
+                    .filter(|(k, _)| k.starts_with(labels::GC_REF_CONTENT))
                     .filter_map(|(_, v)| v.parse::<Digest>().ok()),
             );
         }
@@ -243,16 +238,6 @@ impl Store {
                 total: u64::try_from(s.total).ok().filter(|t| *t > 0),
             })
             .collect())
-    }
-
-    /// Every image record in the namespace.
-    pub async fn images(&self) -> Result<Vec<Image>, StoreError> {
-        let mut client = ImagesClient::new(self.channel.clone());
-        let listed = client
-            .list(self.request(ListImagesRequest { filters: vec![] }, None))
-            .await
-            .map_err(|s| StoreError::rpc("Images.List", "images", s))?;
-        Ok(listed.into_inner().images)
     }
 
     /// Removes an image record (its content stays until containerd's GC finds it unreferenced).

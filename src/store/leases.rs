@@ -6,7 +6,8 @@ use std::time::{Duration, SystemTime};
 use containerd_client::services::v1::leases_client::LeasesClient;
 use containerd_client::services::v1::{AddResourceRequest, CreateRequest, DeleteRequest, Resource};
 
-use super::{labels, Store, StoreError};
+use super::{Store, StoreError};
+use crate::image::labels;
 
 /// A containerd lease held by a pull.
 #[derive(Clone, Debug)]

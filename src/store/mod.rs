@@ -6,6 +6,7 @@
 
 mod content;
 mod error;
+mod graph;
 mod images;
 mod inspect;
 mod introspect;
@@ -19,27 +20,10 @@ use tonic::transport::Channel;
 
 pub use content::{ref_key, ContentWriter, Opened, WRITE_CHUNK};
 pub use error::StoreError;
-pub use images::ImageRecord;
+pub use graph::{Chosen, GraphError};
+pub use images::{ImageRecord, StoredImage};
 pub use inspect::{Ingest, Stored};
 pub use leases::Lease;
-
-/// Labels containerd's own pull writes, which its GC and CRI read.
-pub mod labels {
-    /// Prefix of the label naming a blob's source repository per registry host.
-    pub const DISTRIBUTION_SOURCE: &str = "containerd.io/distribution.source.";
-    /// Index -> manifest GC reference prefix (`.m.<i>`).
-    pub const GC_REF_MANIFEST: &str = "containerd.io/gc.ref.content.m.";
-    /// Manifest -> config GC reference.
-    pub const GC_REF_CONFIG: &str = "containerd.io/gc.ref.content.config";
-    /// Manifest -> layer GC reference prefix (`.l.<i>`).
-    pub const GC_REF_LAYER: &str = "containerd.io/gc.ref.content.l.";
-    /// Lease expiry.
-    pub const GC_EXPIRE: &str = "containerd.io/gc.expire";
-    /// Marks an image record as CRI-managed.
-    pub const CRI_MANAGED: &str = "io.cri-containerd.image";
-    /// Marks an image record as pinned against kubelet image GC.
-    pub const CRI_PINNED: &str = "io.cri-containerd.pinned";
-}
 
 /// A connection to one containerd namespace.
 #[derive(Clone)]

@@ -1,0 +1,258 @@
+//! Fetching blobs: each streamed from the registry into a containerd ingest, verified before it
+//! is committed, resumed from the ingest's offset after a failure, and retried a bounded number
+//! of times; a blob another writer holds is waited for.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+use super::{PullError, Puller};
+use crate::digest::Digest;
+use crate::oci::{self, Descriptor};
+use crate::reference::Reference;
+use crate::registry::{BlobStream, RegistryError};
+use crate::store::{ref_key, ContentWriter, Lease, Opened, StoreError};
+
+/// Attempts per blob before the pull fails.
+const BLOB_ATTEMPTS: u32 = 5;
+const RETRY_FIRST: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Waiting for another writer of the same blob (containerd's ref lock), whether the lock is met
+/// when the ingest opens or mid-stream: it may be a CRI pull of a large layer, so the wait is
+/// long, but bounded.
+pub(super) struct BusyWait {
+    delay: Duration,
+    give_up: Instant,
+}
+
+impl BusyWait {
+    const FIRST: Duration = Duration::from_millis(50);
+    const MAX: Duration = Duration::from_secs(2);
+    const PATIENCE: Duration = Duration::from_secs(30 * 60);
+
+    pub(super) fn new() -> BusyWait {
+        BusyWait {
+            delay: Self::FIRST,
+            give_up: Instant::now() + Self::PATIENCE,
+        }
+    }
+
+    /// Backs off before trying again; `false` once waiting longer is pointless.
+    pub(super) async fn wait(&mut self, blob: &Digest) -> bool {
+        if Instant::now() >= self.give_up {
+            return false;
+        }
+        tracing::debug!(%blob, "ingest locked by another writer; waiting");
+        tokio::time::sleep(jitter(self.delay)).await;
+        self.delay = (self.delay * 2).min(Self::MAX);
+        true
+    }
+}
+
+/// Full jitter: a random delay up to `d`, so many nodes retrying at once spread out.
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(rand::random::<f64>().max(0.1))
+}
+
+/// What every blob write of one pull shares: the image, the lease that protects what is written
+/// until the records root it, the labels each blob is committed with, and the counts reported.
+pub(super) struct Fetch<'a> {
+    pub(super) reference: &'a Reference,
+    pub(super) lease: &'a Lease,
+    pub(super) labels: &'a HashMap<String, String>,
+    pub(super) counters: &'a Counters,
+}
+
+/// What a pull fetched, counted across its concurrent blob writes.
+#[derive(Default)]
+pub(super) struct Counters {
+    pub(super) fetched: AtomicUsize,
+    pub(super) present: AtomicUsize,
+    pub(super) bytes: AtomicU64,
+}
+
+impl Puller {
+    /// Fetches the config into memory (it is small and needed to unpack), verified, and commits
+    /// it. Returns `None` when containerd already had it.
+    pub(super) async fn fetch_config(
+        &self,
+        fetch: &Fetch<'_>,
+        config: &Descriptor,
+    ) -> Result<Option<Bytes>, PullError> {
+        if config.size > oci::MAX_CONFIG_BYTES {
+            return Err(PullError::Malformed {
+                image: fetch.reference.to_string(),
+                problem: format!(
+                    "config {} claims {} bytes, more than the {} allowed",
+                    config.digest,
+                    config.size,
+                    oci::MAX_CONFIG_BYTES
+                ),
+            });
+        }
+        self.write_blob(fetch, config, true).await
+    }
+
+    /// Fetches a layer and commits it.
+    pub(super) async fn fetch_blob(
+        &self,
+        fetch: &Fetch<'_>,
+        blob: &Descriptor,
+    ) -> Result<(), PullError> {
+        self.write_blob(fetch, blob, false).await.map(drop)
+    }
+
+    /// Streams one blob from the registry into containerd. With `keep`, the bytes are also
+    /// returned. Transient failures (a dropped connection, a registry 5xx or 429, containerd
+    /// restarting, a resumed ingest containerd refuses at commit) are retried with backoff; each
+    /// attempt resumes from the ingest's offset, which survives both our and containerd's
+    /// restarts.
+    async fn write_blob(
+        &self,
+        fetch: &Fetch<'_>,
+        blob: &Descriptor,
+        keep: bool,
+    ) -> Result<Option<Bytes>, PullError> {
+        let reference = fetch.reference;
+        let _permit = self
+            .downloads
+            .acquire()
+            .await
+            .map_err(|_| PullError::Malformed {
+                image: reference.to_string(),
+                problem: "download limiter closed".into(),
+            })?;
+        let mut delay = RETRY_FIRST;
+        let mut source = std::borrow::Cow::Borrowed(blob);
+        let mut busy = BusyWait::new();
+        let mut attempt = 1;
+        loop {
+            match self.write_blob_once(fetch, &source, keep).await {
+                // Another writer took the ingest mid-stream (e.g. a concurrent pull of a blob
+                // another namespace already holds): not a failure of this attempt. Its writer
+                // finishes, and the blob is then simply present.
+                Err(PullError::Store {
+                    source: StoreError::Busy { .. },
+                    ..
+                }) if busy.wait(&blob.digest).await => {}
+                // A foreign URL that served bad bytes is not asked again: the registry is.
+                Err(PullError::Registry {
+                    source: RegistryError::Corrupt { registry, .. },
+                    ..
+                }) if attempt < BLOB_ATTEMPTS
+                    && !source.urls.is_empty()
+                    && registry != reference.registry() =>
+                {
+                    tracing::warn!(blob = %blob.digest, host = %registry, "foreign layer URL served bad bytes; fetching from the registry");
+                    let mut from_registry = blob.clone();
+                    from_registry.urls.clear();
+                    source = std::borrow::Cow::Owned(from_registry);
+                    attempt += 1;
+                }
+                Err(e) if attempt < BLOB_ATTEMPTS && e.is_retryable() => {
+                    tracing::warn!(
+                        blob = %blob.digest,
+                        attempt,
+                        error = %crate::error_chain(&e),
+                        "blob failed; retrying from where containerd's ingest stands"
+                    );
+                    tokio::time::sleep(jitter(delay)).await;
+                    delay = (delay * 2).min(RETRY_MAX);
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One attempt: opens the blob's ingest (resuming what an earlier attempt left), streams the
+    /// rest from the registry and commits it. `None` (or the bytes, with `keep`) when done.
+    async fn write_blob_once(
+        &self,
+        fetch: &Fetch<'_>,
+        blob: &Descriptor,
+        keep: bool,
+    ) -> Result<Option<Bytes>, PullError> {
+        let store_err = PullError::store(fetch.reference);
+        let key = ref_key(&blob.media_type, &blob.digest);
+        let mut writer = match self
+            .store
+            .open_writer(fetch.lease, &key, &blob.digest, blob.size)
+            .await
+            .map_err(&store_err)?
+        {
+            Opened::Present => {
+                fetch.counters.present.fetch_add(1, Ordering::Relaxed);
+                return Ok(None);
+            }
+            Opened::Writer(w) => w,
+        };
+        // An ingest left by an interrupted pull resumes where its bytes stop. A kept blob is
+        // wanted whole in memory, so it starts over.
+        if keep {
+            writer.restart();
+        }
+        let (body, start) = self
+            .registry
+            .blob(fetch.reference, blob, writer.offset())
+            .await
+            .map_err(PullError::registry(fetch.reference))?;
+        if start != writer.offset() {
+            writer.restart();
+        }
+        if start > 0 {
+            tracing::info!(blob = %blob.digest, offset = start, "resuming download");
+        }
+        let kept = copy_body(fetch, blob, body, writer, keep).await?;
+        fetch.counters.fetched.fetch_add(1, Ordering::Relaxed);
+        Ok(kept.map(Bytes::from))
+    }
+}
+
+/// Streams `body` into `writer` and commits it, keeping a copy in memory with `keep`. A failed
+/// stream leaves the ingest for the next attempt, unless its bytes were bad.
+async fn copy_body(
+    fetch: &Fetch<'_>,
+    blob: &Descriptor,
+    mut body: BlobStream,
+    mut writer: Box<ContentWriter>,
+    keep: bool,
+) -> Result<Option<Vec<u8>>, PullError> {
+    let store_err = PullError::store(fetch.reference);
+    let mut kept = keep.then(|| Vec::with_capacity(blob.size as usize));
+    while let Some(chunk) = body.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(source) => {
+                // Bad bytes must never be resumed; a broken connection's good prefix is
+                // kept in the ingest for the next attempt.
+                let ended = if matches!(source, RegistryError::Corrupt { .. }) {
+                    writer.abort().await
+                } else {
+                    writer.suspend().await
+                };
+                if let Err(e) = ended {
+                    tracing::warn!(error = %e, blob = %blob.digest, "could not close the ingest");
+                }
+                return Err(PullError::registry(fetch.reference)(source));
+            }
+        };
+        fetch
+            .counters
+            .bytes
+            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        if let Some(k) = kept.as_mut() {
+            k.extend_from_slice(&chunk);
+        }
+        writer.write(&chunk).await.map_err(&store_err)?;
+    }
+    writer
+        .commit(fetch.labels.clone())
+        .await
+        .map_err(&store_err)?;
+    Ok(kept)
+}

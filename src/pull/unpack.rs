@@ -1,0 +1,284 @@
+//! Unpacking: turning an image's layer blobs into the snapshot chain a container starts from.
+//!
+//! Per layer, as containerd's own unpacker does: `Snapshots.Prepare` on the parent chain,
+//! `Diff.Apply` of the layer blob, check the resulting diff ID against the config,
+//! `Snapshots.Commit` under the layer's chain ID. Snapshots that exist are skipped, so a warm
+//! node does no work. The pull runs this per layer as soon as the layer's blob, and every blob
+//! below it, is committed, while later layers are still downloading.
+
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_util::future::try_join_all;
+use tokio::sync::oneshot;
+
+use super::fetch::{Counters, Fetch};
+use super::resolve::{check_config, Resolved};
+use super::{PullError, Puller};
+use crate::digest::Digest;
+use crate::image::{self, labels};
+use crate::oci::{self, Descriptor};
+use crate::reference::Reference;
+use crate::store::{Lease, Store, StoreError};
+
+/// Why a layer could not be unpacked.
+#[derive(Debug, thiserror::Error)]
+pub enum UnpackError {
+    /// The applied layer is not what the config says it is.
+    #[error("layer {layer} unpacks to {got}, but the image config says {expected}")]
+    DiffId {
+        /// The layer blob.
+        layer: Digest,
+        /// The config's diff ID.
+        expected: Digest,
+        /// What containerd computed.
+        got: Digest,
+    },
+    /// containerd failed.
+    #[error("unpacking layer {layer} into snapshotter {snapshotter} failed")]
+    Store {
+        /// The layer blob.
+        layer: Digest,
+        /// The snapshotter.
+        snapshotter: String,
+        /// What containerd said.
+        #[source]
+        source: StoreError,
+    },
+}
+
+/// One layer to unpack: on top of `parent` (the previous layer's chain ID) as snapshot `chain`.
+pub(super) struct LayerUnpack<'a> {
+    pub(super) store: &'a Store,
+    pub(super) lease: &'a Lease,
+    pub(super) snapshotter: &'a str,
+    pub(super) layer: &'a Descriptor,
+    pub(super) diff_id: &'a Digest,
+    pub(super) parent: Option<&'a Digest>,
+    pub(super) chain: &'a Digest,
+}
+
+impl LayerUnpack<'_> {
+    fn fail(&self) -> impl Fn(StoreError) -> UnpackError + '_ {
+        |source| UnpackError::Store {
+            layer: self.layer.digest.clone(),
+            snapshotter: self.snapshotter.to_string(),
+            source,
+        }
+    }
+
+    /// Unpacks the layer, unless its snapshot exists.
+    pub(super) async fn run(&self) -> Result<(), UnpackError> {
+        let (store, snapshotter, chain) = (self.store, self.snapshotter, self.chain.to_string());
+        // Leased before it is looked at: a snapshot nothing references any more (its child was
+        // removed) may be garbage collected at any moment, and this pull is about to build on it.
+        store
+            .lease_resource(self.lease, &format!("snapshots/{snapshotter}"), &chain)
+            .await
+            .map_err(self.fail())?;
+        if store
+            .snapshot_exists(snapshotter, &chain)
+            .await
+            .map_err(self.fail())?
+        {
+            return Ok(());
+        }
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let key = format!("extract-{nanos}-{:08x} {chain}", rand::random::<u32>());
+        let labels = HashMap::from([(labels::SNAPSHOT_REF.to_string(), chain)]);
+        let parent = self.parent.map(Digest::to_string).unwrap_or_default();
+        let Some(mounts) = store
+            .prepare_snapshot(self.lease, snapshotter, &key, &parent, labels.clone())
+            .await
+            .map_err(self.fail())?
+        else {
+            return Ok(());
+        };
+        let result = async {
+            let got = store
+                .apply_layer(self.lease, self.layer, mounts)
+                .await
+                .map_err(self.fail())?;
+            self.commit(&key, got, labels).await
+        }
+        .await;
+        if result.is_err() {
+            if let Err(e) = store.remove_snapshot(snapshotter, &key).await {
+                tracing::warn!(error = %e, key, "could not remove the abandoned snapshot");
+            }
+        }
+        result
+    }
+
+    /// Commits the applied snapshot `key` under the chain ID, once its diff ID is the config's.
+    async fn commit(
+        &self,
+        key: &str,
+        got: Digest,
+        labels: HashMap<String, String>,
+    ) -> Result<(), UnpackError> {
+        if &got != self.diff_id {
+            return Err(UnpackError::DiffId {
+                layer: self.layer.digest.clone(),
+                expected: self.diff_id.clone(),
+                got,
+            });
+        }
+        let (store, snapshotter) = (self.store, self.snapshotter);
+        let committed = store
+            .commit_snapshot(
+                self.lease,
+                snapshotter,
+                &self.chain.to_string(),
+                key,
+                labels,
+            )
+            .await
+            .map_err(self.fail())?;
+        if !committed {
+            // Someone else committed the same chain meanwhile: theirs is as good as ours.
+            store
+                .remove_snapshot(snapshotter, key)
+                .await
+                .map_err(self.fail())?;
+        }
+        store
+            .set_labels(
+                &self.layer.digest,
+                HashMap::from([(labels::UNCOMPRESSED.to_string(), self.diff_id.to_string())]),
+            )
+            .await
+            .map_err(self.fail())
+    }
+}
+
+impl Puller {
+    /// Config and layers download concurrently, each verified before it is committed; layer i
+    /// unpacks as soon as it and the layers below it are committed, while later layers are
+    /// still downloading.
+    pub(super) async fn fetch_and_unpack(
+        &self,
+        reference: &Reference,
+        image: &Resolved,
+        lease: &Lease,
+        source: &HashMap<String, String>,
+        counters: &Counters,
+    ) -> Result<(), PullError> {
+        let fetch = Fetch {
+            reference,
+            lease,
+            labels: source,
+            counters,
+        };
+        let manifest = &image.manifest;
+        let name = reference.to_string();
+        let (config_tx, config_rx) = oneshot::channel();
+        let (layer_txs, layer_rxs): (Vec<_>, Vec<_>) = manifest
+            .layers
+            .iter()
+            .map(|_| oneshot::channel::<()>())
+            .unzip();
+        let fetch_config = async {
+            let bytes = self.fetch_config(&fetch, &manifest.config).await?;
+            let _ = config_tx.send(bytes);
+            Ok::<_, PullError>(())
+        };
+        let fetch_layers = try_join_all(manifest.layers.iter().zip(layer_txs).map(
+            |(layer, done)| async {
+                self.fetch_blob(&fetch, layer).await?;
+                let _ = done.send(());
+                Ok::<_, PullError>(())
+            },
+        ));
+        let unpack = self.unpack(
+            &name,
+            &image.chosen.digest,
+            manifest,
+            lease,
+            config_rx,
+            layer_rxs,
+        );
+        tokio::try_join!(fetch_config, fetch_layers, unpack)?;
+        Ok(())
+    }
+
+    /// Checks the config against the manifest and, unless content-only, unpacks each layer as
+    /// its blob (and every blob below it) is committed.
+    pub(super) async fn unpack(
+        &self,
+        image: &str,
+        manifest_digest: &Digest,
+        manifest: &oci::Manifest,
+        lease: &Lease,
+        config: oneshot::Receiver<Option<Bytes>>,
+        layers: Vec<oneshot::Receiver<()>>,
+    ) -> Result<(), PullError> {
+        // A closed channel means that fetch failed; its own error is the one reported.
+        let Ok(config_bytes) = config.await else {
+            return Ok(());
+        };
+        let Some(snapshotter) = self.options.unpack.as_deref() else {
+            return check_config(image, manifest_digest, manifest, config_bytes.as_deref())
+                .map(drop);
+        };
+        let config_bytes = self.config_bytes(image, manifest, config_bytes).await?;
+        let diff_ids = check_config(image, manifest_digest, manifest, Some(&config_bytes))?;
+        let chain = image::chain_ids(&diff_ids);
+        let Some(top) = chain.last() else {
+            return Ok(());
+        };
+        let store_err = PullError::store(&image);
+        // A warm node: the whole chain is there, nothing to unpack.
+        let exists = self
+            .store
+            .snapshot_exists(snapshotter, &top.to_string())
+            .await;
+        if exists.map_err(&store_err)? {
+            return Ok(());
+        }
+        for (i, done) in layers.into_iter().enumerate() {
+            if done.await.is_err() {
+                return Ok(());
+            }
+            let layer = LayerUnpack {
+                store: &self.store,
+                lease,
+                snapshotter,
+                layer: &manifest.layers[i],
+                diff_id: &diff_ids[i],
+                parent: i.checked_sub(1).map(|p| &chain[p]),
+                chain: &chain[i],
+            };
+            layer.run().await.map_err(|source| PullError::Unpack {
+                image: image.to_string(),
+                source,
+            })?;
+        }
+        let root = labels::snapshot_ref(snapshotter, top);
+        self.store
+            .set_labels(&manifest.config.digest, root)
+            .await
+            .map_err(&store_err)
+    }
+
+    /// The config's bytes: as fetched, or read from containerd when it already had them.
+    async fn config_bytes(
+        &self,
+        image: &str,
+        manifest: &oci::Manifest,
+        fetched: Option<Bytes>,
+    ) -> Result<Vec<u8>, PullError> {
+        match fetched {
+            Some(b) => Ok(b.to_vec()),
+            None => self
+                .store
+                .read_blob(&manifest.config.digest, oci::MAX_CONFIG_BYTES)
+                .await
+                .map_err(PullError::store(&image)),
+        }
+    }
+}
