@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -14,30 +14,22 @@ use crate::digest::Digest;
 use crate::oci::{self, Descriptor};
 use crate::reference::Reference;
 use crate::registry::{BlobStream, RegistryError};
+use crate::retry;
 use crate::store::{ref_key, ContentWriter, Lease, Opened, StoreError};
-
-/// Attempts per blob before the pull fails.
-const BLOB_ATTEMPTS: u32 = 5;
-const RETRY_FIRST: Duration = Duration::from_millis(200);
-const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Waiting for another writer of the same blob (containerd's ref lock), whether the lock is met
 /// when the ingest opens or mid-stream: it may be a CRI pull of a large layer, so the wait is
 /// long, but bounded.
 pub(super) struct BusyWait {
-    delay: Duration,
+    attempts: retry::Attempts,
     give_up: Instant,
 }
 
 impl BusyWait {
-    const FIRST: Duration = Duration::from_millis(50);
-    const MAX: Duration = Duration::from_secs(2);
-    const PATIENCE: Duration = Duration::from_secs(30 * 60);
-
     pub(super) fn new() -> BusyWait {
         BusyWait {
-            delay: Self::FIRST,
-            give_up: Instant::now() + Self::PATIENCE,
+            attempts: retry::INGEST_LOCK.start(),
+            give_up: Instant::now() + retry::INGEST_LOCK_PATIENCE,
         }
     }
 
@@ -46,16 +38,13 @@ impl BusyWait {
         if Instant::now() >= self.give_up {
             return false;
         }
+        let Some(delay) = self.attempts.next_delay() else {
+            return false;
+        };
         tracing::debug!(%blob, "ingest locked by another writer; waiting");
-        tokio::time::sleep(jitter(self.delay)).await;
-        self.delay = (self.delay * 2).min(Self::MAX);
+        tokio::time::sleep(delay).await;
         true
     }
-}
-
-/// Full jitter: a random delay up to `d`, so many nodes retrying at once spread out.
-fn jitter(d: Duration) -> Duration {
-    d.mul_f64(rand::random::<f64>().max(0.1))
 }
 
 /// What every blob write of one pull shares: the image, the lease that protects what is written
@@ -126,10 +115,9 @@ impl Puller {
                 image: reference.to_string(),
                 problem: "download limiter closed".into(),
             })?;
-        let mut delay = RETRY_FIRST;
+        let mut attempts = retry::BLOB.start();
         let mut source = std::borrow::Cow::Borrowed(blob);
         let mut busy = BusyWait::new();
-        let mut attempt = 1;
         loop {
             match self.write_blob_once(fetch, &source, keep).await {
                 // Another writer took the ingest mid-stream (e.g. a concurrent pull of a blob
@@ -143,7 +131,7 @@ impl Puller {
                 Err(PullError::Registry {
                     source: RegistryError::Corrupt { registry, .. },
                     ..
-                }) if attempt < BLOB_ATTEMPTS
+                }) if !attempts.is_last()
                     && !source.urls.is_empty()
                     && registry != reference.registry() =>
                 {
@@ -151,18 +139,19 @@ impl Puller {
                     let mut from_registry = blob.clone();
                     from_registry.urls.clear();
                     source = std::borrow::Cow::Owned(from_registry);
-                    attempt += 1;
+                    // The registry is asked at once: the URL failed, not the registry.
+                    let _ = attempts.next_delay();
                 }
-                Err(e) if attempt < BLOB_ATTEMPTS && e.is_retryable() => {
+                Err(e) if !attempts.is_last() && e.is_retryable() => {
                     tracing::warn!(
                         blob = %blob.digest,
-                        attempt,
+                        attempt = attempts.number(),
                         error = %crate::error_chain(&e),
                         "blob failed; retrying from where containerd's ingest stands"
                     );
-                    tokio::time::sleep(jitter(delay)).await;
-                    delay = (delay * 2).min(RETRY_MAX);
-                    attempt += 1;
+                    if let Some(delay) = attempts.next_delay() {
+                        tokio::time::sleep(delay).await;
+                    }
                 }
                 other => return other,
             }
