@@ -180,67 +180,45 @@ impl ImageStatus {
     ) -> ImageStatus {
         let at = timestamp(now);
         let mut damage = match found {
-            Some(problems) => Some(Damage {
-                found: at.clone(),
-                problems: problems
-                    .into_iter()
-                    .take(MAX_PROBLEMS)
-                    .map(|p| capped(p, MAX_ERROR_CHARS))
-                    .collect(),
-                mended: None,
-            }),
+            Some(problems) => Some(Damage::found(problems, &at)),
             None => previous.and_then(|p| p.damage.clone()),
         };
         let unmended = damage.as_ref().is_some_and(|d| d.mended.is_none());
-        let previously_bad = previous.filter(|p| {
-            matches!(
-                p.state,
-                ImageState::Stale | ImageState::Failed | ImageState::Corrupt
-            )
-        });
-        let since = previously_bad
+        // Since when it has been wrong: kept while it stays wrong.
+        let since = previous
+            .filter(|p| {
+                matches!(
+                    p.state,
+                    ImageState::Stale | ImageState::Failed | ImageState::Corrupt
+                )
+            })
             .and_then(|p| p.since.clone())
             .unwrap_or_else(|| at.clone());
-        let last_warm = previous.and_then(|p| p.last_warm.clone());
         let base = ImageStatus {
             image: entry.reference.to_string(),
             state: ImageState::Warm,
             pin: entry.pin,
             digest: None,
             bytes_fetched: 0,
-            last_warm,
+            last_warm: previous.and_then(|p| p.last_warm.clone()),
             since: None,
             kind: None,
             error: None,
             damage: None,
         };
         let status = match outcome {
-            Outcome::Warm(report) | Outcome::WarmUnpinned(report, ..) => {
-                if let Some(d) = damage.as_mut().filter(|d| d.mended.is_none()) {
-                    d.mended = Some(at.clone());
-                }
-                let (kind, error) = match outcome {
-                    Outcome::WarmUnpinned(_, e) => (
-                        Some(e.kind()),
-                        Some(capped(
-                            format!(
-                                "pulled, but the pin could not be set: {}",
-                                crate::error_chain(e)
-                            ),
-                            MAX_ERROR_CHARS,
-                        )),
+            Outcome::Warm(report) => ImageStatus::warm(base, report, &mut damage, &at),
+            Outcome::WarmUnpinned(report, e) => ImageStatus {
+                kind: Some(e.kind()),
+                error: Some(capped(
+                    format!(
+                        "pulled, but the pin could not be set: {}",
+                        crate::error_chain(e)
                     ),
-                    _ => (None, None),
-                };
-                ImageStatus {
-                    digest: Some(report.digest.to_string()),
-                    bytes_fetched: report.bytes_fetched,
-                    last_warm: Some(at),
-                    kind,
-                    error,
-                    ..base
-                }
-            }
+                    MAX_ERROR_CHARS,
+                )),
+                ..ImageStatus::warm(base, report, &mut damage, &at)
+            },
             Outcome::Unmendable { reason, present } => ImageStatus {
                 state: ImageState::Corrupt,
                 digest: present.map(|p| p.digest.to_string()),
@@ -266,6 +244,39 @@ impl ImageStatus {
             },
         };
         ImageStatus { damage, ..status }
+    }
+
+    /// Warm as `report` says, the damage (if any was still open) mended now.
+    fn warm(
+        base: ImageStatus,
+        report: &PullReport,
+        damage: &mut Option<Damage>,
+        at: &str,
+    ) -> ImageStatus {
+        if let Some(d) = damage.as_mut().filter(|d| d.mended.is_none()) {
+            d.mended = Some(at.to_string());
+        }
+        ImageStatus {
+            digest: Some(report.digest.to_string()),
+            bytes_fetched: report.bytes_fetched,
+            last_warm: Some(at.to_string()),
+            ..base
+        }
+    }
+}
+
+impl Damage {
+    /// Damage found at `at`, its problems capped in number and length.
+    fn found(problems: Vec<String>, at: &str) -> Damage {
+        Damage {
+            found: at.to_string(),
+            problems: problems
+                .into_iter()
+                .take(MAX_PROBLEMS)
+                .map(|p| capped(p, MAX_ERROR_CHARS))
+                .collect(),
+            mended: None,
+        }
     }
 }
 

@@ -135,6 +135,27 @@ pub async fn run(args: AgentArgs, stop: CancellationToken) -> anyhow::Result<Exi
     if args.once {
         List::load(&args.list)?;
     }
+    let mut agent = build(&args).await?;
+    if args.once {
+        return run_once(&mut agent, &stop).await;
+    }
+    let alive = Arc::new(AtomicBool::new(true));
+    let server = match args.no_listen {
+        true => None,
+        false => Some(serve(&args, &agent, alive.clone(), &stop).await?),
+    };
+    agent.run(None, &stop).await;
+    alive.store(false, Ordering::Relaxed);
+    stop.cancel();
+    if let Some(server) = server {
+        let _ = server.await;
+    }
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The agent the arguments describe.
+async fn build(args: &AgentArgs) -> anyhow::Result<Agent> {
     // A named credentials source that cannot be used (an optional secret not created yet) is
     // reported and picked up once it appears, instead of stopping the agent.
     let puller = args.puller.build_with(false, !args.once).await?;
@@ -144,54 +165,48 @@ pub async fn run(args: AgentArgs, stop: CancellationToken) -> anyhow::Result<Exi
         .clone()
         .unwrap_or_else(|| PinOwner::for_list(&args.list));
     tracing::info!(pin_owner = %pin_owner, "pins of this list carry prepull.io/pinned-by.{pin_owner}");
-    let mut agent = Agent::new(
-        puller,
-        store,
-        AgentOptions {
-            list: args.list.clone(),
-            pin_owner,
-            interval: args.interval,
-            splay: if args.once {
-                Duration::ZERO
-            } else {
-                args.splay
-            },
-            watch_every: Duration::from_secs(2),
-            status_file: args.status_file.clone(),
-            images_at_once: args.images_at_once.get(),
-            verify_every: (!args.verify_every.is_zero()).then_some(args.verify_every),
-            grace: args.stop_grace,
+    let options = AgentOptions {
+        list: args.list.clone(),
+        pin_owner,
+        interval: args.interval,
+        splay: if args.once {
+            Duration::ZERO
+        } else {
+            args.splay
         },
-    );
-    if !args.once {
-        let alive = Arc::new(AtomicBool::new(true));
-        let server = match args.no_listen {
-            true => None,
-            false => {
-                let listener = tokio::net::TcpListener::bind(args.listen)
-                    .await
-                    .with_context(|| format!("--listen {}: cannot listen there", args.listen))?;
-                tracing::info!(address = %args.listen, "serving /livez, /readyz, /warmz, /status");
-                let endpoints = Arc::new(Endpoints::new(
-                    agent.watch_status(),
-                    args.puller.containerd.connect().await?,
-                    agent.puller(),
-                    alive.clone(),
-                    2 * args.interval + args.splay,
-                ));
-                Some(tokio::spawn(http::serve(listener, endpoints, stop.clone())))
-            }
-        };
-        agent.run(None, &stop).await;
-        alive.store(false, Ordering::Relaxed);
-        stop.cancel();
-        if let Some(server) = server {
-            let _ = server.await;
-        }
-        tracing::info!("stopped");
-        return Ok(ExitCode::SUCCESS);
-    }
-    if agent.run(Some(1), &stop).await == Stopped::Requested {
+        watch_every: Duration::from_secs(2),
+        status_file: args.status_file.clone(),
+        images_at_once: args.images_at_once.get(),
+        verify_every: (!args.verify_every.is_zero()).then_some(args.verify_every),
+        grace: args.stop_grace,
+    };
+    Ok(Agent::new(puller, store, options))
+}
+
+/// Starts serving the endpoints on --listen, until `stop`.
+async fn serve(
+    args: &AgentArgs,
+    agent: &Agent,
+    alive: Arc<AtomicBool>,
+    stop: &CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("--listen {}: cannot listen there", args.listen))?;
+    tracing::info!(address = %args.listen, "serving /livez, /readyz, /warmz, /status");
+    let endpoints = Arc::new(Endpoints::new(
+        agent.watch_status(),
+        args.puller.containerd.connect().await?,
+        agent.puller(),
+        alive,
+        2 * args.interval + args.splay,
+    ));
+    Ok(tokio::spawn(http::serve(listener, endpoints, stop.clone())))
+}
+
+/// One pass now; a line per image: exit 0 when every image is usable offline, 1 otherwise.
+async fn run_once(agent: &mut Agent, stop: &CancellationToken) -> anyhow::Result<ExitCode> {
+    if agent.run(Some(1), stop).await == Stopped::Requested {
         eprintln!("interrupted before the pass finished");
         return Ok(ExitCode::from(130));
     }
