@@ -218,28 +218,7 @@ impl Hosts {
     /// The endpoints to try for `registry` (as written in image names), mirrors first and the
     /// registry itself last.
     pub fn endpoints(&self, registry: &str) -> Result<Vec<Endpoint>, HostsError> {
-        let api_host = if registry == DOCKER_HUB {
-            DOCKER_HUB_API
-        } else {
-            registry
-        };
-        let scheme = if self.plain_http.contains(registry) {
-            "http"
-        } else {
-            "https"
-        };
-        let mut upstream = Endpoint {
-            origin: format!("{scheme}://{api_host}"),
-            api_path: "/v2".into(),
-            host: api_host.to_string(),
-            mirror: false,
-            resolve: true,
-            pull: true,
-            tls: Tls::default(),
-            headers: Vec::new(),
-            dial_timeout: None,
-            named_in: None,
-        };
+        let mut upstream = self.upstream(registry);
         let Some(dir) = self.host_dir(registry) else {
             return Ok(vec![upstream]);
         };
@@ -256,67 +235,63 @@ impl Hosts {
             path: file.clone(),
             message,
         };
-        let mut top: toml::Table = text.parse().map_err(|e| invalid(format!("{e}")))?;
-        let mut unknown = Vec::new();
-        let server = match top.remove("server") {
-            None => None,
-            Some(toml::Value::String(s)) => Some(s),
-            Some(other) => {
-                return Err(invalid(format!(
-                    "server must be a string, not {}",
-                    other.type_str()
-                )))
-            }
-        };
-        let host_tables = match top.remove("host") {
-            None => toml::Table::new(),
-            Some(toml::Value::Table(t)) => t,
-            Some(other) => {
-                return Err(invalid(format!(
-                    "host must be a table of [host.\"<url>\"] entries, not {}",
-                    other.type_str()
-                )))
-            }
-        };
-        take_unknown_keys(&mut top, "", &mut unknown);
-
+        let mut parsed = HostsToml::parse(&text).map_err(invalid)?;
         let mut out = Vec::new();
-        for (url, value) in host_tables {
+        for (url, entry) in std::mem::take(&mut parsed.hosts) {
             let at = format!("[host.{url:?}]");
-            let entry = match value {
-                toml::Value::Table(mut table) => {
-                    take_unknown_keys(&mut table, &format!("host.{url:?}."), &mut unknown);
-                    HostEntry::deserialize(table).map_err(|e| invalid(format!("{at}: {e}")))?
-                }
-                other => {
-                    return Err(invalid(format!(
-                        "{at} must be a table, not {}",
-                        other.type_str()
-                    )))
-                }
-            };
             let mut endpoint =
                 endpoint_from(&url, true).map_err(|m| invalid(format!("{at}: {m}")))?;
             apply(&mut endpoint, &dir, Some(&url), entry)
                 .map_err(|m| invalid(format!("{at} {m}")))?;
             endpoint.named_in = Some(file.clone());
             // The registry itself may appear as a host entry; then it is not a mirror.
-            if endpoint.host == api_host || endpoint.host == registry {
+            if endpoint.host == upstream.host || endpoint.host == registry {
                 endpoint.mirror = false;
             }
             out.push(endpoint);
         }
-        let settings = HostEntry::deserialize(top).map_err(|e| invalid(format!("{e}")))?;
-        if let Some(server) = &server {
+        if let Some(server) = &parsed.server {
             upstream = endpoint_from(server, false).map_err(|m| invalid(format!("server: {m}")))?;
             upstream.named_in = Some(file.clone());
         }
-        apply(&mut upstream, &dir, server.as_deref(), settings).map_err(invalid)?;
-        warn_unknown_once(&file, &text, &unknown);
+        apply(
+            &mut upstream,
+            &dir,
+            parsed.server.as_deref(),
+            parsed.settings,
+        )
+        .map_err(invalid)?;
+        warn_unknown_once(&file, &text, &parsed.unknown);
         if !out.iter().any(|e| e.origin == upstream.origin) {
             out.push(upstream);
         }
         Ok(out)
+    }
+
+    /// The registry itself, as spoken to when no host configuration says otherwise.
+    fn upstream(&self, registry: &str) -> Endpoint {
+        let api_host = if registry == DOCKER_HUB {
+            DOCKER_HUB_API
+        } else {
+            registry
+        };
+        let scheme = if self.plain_http.contains(registry) {
+            "http"
+        } else {
+            "https"
+        };
+        Endpoint {
+            origin: format!("{scheme}://{api_host}"),
+            api_path: "/v2".into(),
+            host: api_host.to_string(),
+            mirror: false,
+            resolve: true,
+            pull: true,
+            tls: Tls::default(),
+            headers: Vec::new(),
+            dial_timeout: None,
+            named_in: None,
+        }
     }
 
     /// Where an operator configures the client certificate for `endpoint` of `registry`, as
@@ -595,6 +570,59 @@ fn docker_certs(dir: &Path) -> Result<Tls, HostsError> {
         }
     }
     Ok(tls)
+}
+
+/// One `hosts.toml`, parsed the way containerd reads it: the `server`, the `[host."<url>"]`
+/// tables in file order, the settings for the server, and the keys containerd accepts but
+/// prepull does not know (ignored, with one warning).
+struct HostsToml {
+    server: Option<String>,
+    hosts: Vec<(String, HostEntry)>,
+    settings: HostEntry,
+    unknown: Vec<String>,
+}
+
+impl HostsToml {
+    /// Parses the file's text; an error says what is wrong and where (the caller adds the file).
+    fn parse(text: &str) -> Result<HostsToml, String> {
+        let mut top: toml::Table = text.parse().map_err(|e| format!("{e}"))?;
+        let mut unknown = Vec::new();
+        let server = match top.remove("server") {
+            None => None,
+            Some(toml::Value::String(s)) => Some(s),
+            Some(other) => {
+                return Err(format!("server must be a string, not {}", other.type_str()))
+            }
+        };
+        let host_tables = match top.remove("host") {
+            None => toml::Table::new(),
+            Some(toml::Value::Table(t)) => t,
+            Some(other) => {
+                return Err(format!(
+                    "host must be a table of [host.\"<url>\"] entries, not {}",
+                    other.type_str()
+                ))
+            }
+        };
+        take_unknown_keys(&mut top, "", &mut unknown);
+        let mut hosts = Vec::new();
+        for (url, value) in host_tables {
+            let at = format!("[host.{url:?}]");
+            let toml::Value::Table(mut table) = value else {
+                return Err(format!("{at} must be a table, not {}", value.type_str()));
+            };
+            take_unknown_keys(&mut table, &format!("host.{url:?}."), &mut unknown);
+            let entry = HostEntry::deserialize(table).map_err(|e| format!("{at}: {e}"))?;
+            hosts.push((url, entry));
+        }
+        let settings = HostEntry::deserialize(top).map_err(|e| format!("{e}"))?;
+        Ok(HostsToml {
+            server,
+            hosts,
+            settings,
+            unknown,
+        })
+    }
 }
 
 #[cfg(test)]
