@@ -10,45 +10,20 @@ use std::time::{Duration, Instant};
 
 use prepull::agent::PinOwner;
 use prepull::store::Store;
-use support::{push_image, Containerd, ImageSpec, Registry};
+use support::{push_image, Containerd, ImageSpec, KubeletVolume, Prepull, Registry};
 
 const KIB: usize = 1024;
 const PINNED: &str = "io.cri-containerd.pinned";
+const LIST: &str = "list.yaml";
 
 /// The label carrying the pins of the agent whose list is `list` (no --pin-owner given).
 fn owner_label(list: &Path) -> String {
     format!("prepull.io/pinned-by.{}", PinOwner::for_list(list))
 }
 
-/// A ConfigMap volume holding `list.yaml`, updated the way the kubelet updates it.
-struct ListVolume {
-    dir: PathBuf,
-    version: u32,
-}
-
-impl ListVolume {
-    fn new(root: &Path, text: &str) -> ListVolume {
-        let dir = root.join("prepull-list");
-        std::fs::create_dir(&dir).unwrap();
-        let mut volume = ListVolume { dir, version: 0 };
-        volume.update(text);
-        std::os::unix::fs::symlink("..data/list.yaml", volume.file()).unwrap();
-        volume
-    }
-
-    fn file(&self) -> PathBuf {
-        self.dir.join("list.yaml")
-    }
-
-    fn update(&mut self, text: &str) {
-        self.version += 1;
-        let name = format!("..2026_11_22_12_00_{:02}.{}", self.version, self.version);
-        std::fs::create_dir(self.dir.join(&name)).unwrap();
-        std::fs::write(self.dir.join(&name).join("list.yaml"), text).unwrap();
-        let tmp = self.dir.join("..data_tmp");
-        std::os::unix::fs::symlink(&name, &tmp).unwrap();
-        std::fs::rename(&tmp, self.dir.join("..data")).unwrap();
-    }
+/// The ConfigMap volume holding the agent's `list.yaml`, under `root`.
+fn list_volume(root: &Path, text: &str) -> KubeletVolume {
+    KubeletVolume::new(root.join("prepull-list"), &[(LIST, text)])
 }
 
 fn status(path: &Path) -> serde_json::Value {
@@ -97,11 +72,10 @@ fn spawn_agent(
     extra: &[&str],
 ) -> (tokio::process::Child, PathBuf) {
     let status_file = dir.join("status.json");
-    let agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
-        .arg("agent")
-        .arg("--containerd")
-        .arg(containerd.socket())
-        .args(["--plain-http", host, "--no-node-credentials"])
+    let agent = Prepull::new("agent")
+        .containerd(containerd)
+        .plain_http(host)
+        .arg("--no-node-credentials")
         .args(["--splay", "0s", "--interval", "1h", "--log-level", "info"])
         .args(extra)
         .args((!extra.iter().any(|a| a.starts_with("--listen"))).then_some("--no-listen"))
@@ -109,6 +83,7 @@ fn spawn_agent(
         .arg(list)
         .arg("--status-file")
         .arg(&status_file)
+        .command()
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("agent.log")).unwrap())
         .kill_on_drop(true)
@@ -149,37 +124,24 @@ async fn the_agent_keeps_its_list_warm_pinned_and_releases_what_leaves() {
         format!("{host}/team/batch:v1"),
         format!("{host}/team/other:v1"),
     );
-    let socket = containerd.socket().to_str().unwrap().to_string();
     let store = Store::connect(containerd.socket(), "k8s.io").await.unwrap();
 
     // Pinned by hand beforehand: not the agent's to release.
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
-        .args([
-            "pull",
-            "--containerd",
-            &socket,
-            "--plain-http",
-            &host,
-            "--no-node-credentials",
-            "--pin",
-            &other_ref,
-        ])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    Prepull::new("pull")
+        .containerd(&containerd)
+        .plain_http(&host)
+        .args(["--no-node-credentials", "--pin", &other_ref])
+        .success()
+        .await;
 
     let root = tempfile::tempdir().unwrap();
-    let mut list = ListVolume::new(
+    let mut list = list_volume(
         root.path(),
         &format!("images:\n  - {app_ref}\n  - image: {batch_ref}\n    pin: false\n"),
     );
-    let (mut agent, status_file) = spawn_agent(&containerd, &host, &list.file(), root.path(), &[]);
-    let pinned_for = owner_label(&list.file());
+    let (mut agent, status_file) =
+        spawn_agent(&containerd, &host, &list.file(LIST), root.path(), &[]);
+    let pinned_for = owner_label(&list.file(LIST));
 
     // Pass 1: both warm; app pinned and marked as the agent's pin, batch not pinned.
     let s = wait_for_pass(&status_file, 1, &mut agent).await;
@@ -204,7 +166,10 @@ async fn the_agent_keeps_its_list_warm_pinned_and_releases_what_leaves() {
     containerd.assert_image_complete(&app_ref);
 
     // The list changes: app leaves, other (pinned by hand) joins. The change alone triggers a pass.
-    list.update(&format!("images:\n  - {batch_ref}\n  - {other_ref}\n"));
+    list.update(&[(
+        LIST,
+        &format!("images:\n  - {batch_ref}\n  - {other_ref}\n"),
+    )]);
     let s = wait_for_pass(&status_file, 2, &mut agent).await;
     assert_eq!(s["warm"], 2, "{s:#}");
     assert_eq!(s["released"], 3, "the three records of app: {s:#}");
@@ -229,7 +194,7 @@ async fn the_agent_keeps_its_list_warm_pinned_and_releases_what_leaves() {
     );
 
     // A broken edit is reported and changes nothing; the last good list stays in force.
-    list.update("images:\n  - image: [oops\n");
+    list.update(&[(LIST, "images:\n  - image: [oops\n")]);
     let deadline = Instant::now() + Duration::from_secs(30);
     let s = loop {
         let s = status(&status_file);
@@ -255,9 +220,10 @@ async fn the_agent_keeps_its_list_warm_pinned_and_releases_what_leaves() {
     let moved = push_image(&host, "team/batch", "v1", &ImageSpec::new(&[12 * KIB])).await;
     let old_batch = store.image(&batch_ref).await.unwrap().unwrap();
     let old_digest = old_batch.target.unwrap().digest.to_string();
-    list.update(&format!(
-        "images:\n  - {batch_ref}\n  - {other_ref}\n# moved\n"
-    ));
+    list.update(&[(
+        LIST,
+        &format!("images:\n  - {batch_ref}\n  - {other_ref}\n# moved\n"),
+    )]);
     let s = wait_for_pass(&status_file, 3, &mut agent).await;
     assert_eq!(s["list_error"], serde_json::Value::Null, "{s:#}");
     assert_eq!(
@@ -311,15 +277,9 @@ async fn one_pass_reports_what_is_warm_and_why_the_rest_is_not() {
         let list = list.to_path_buf();
         let (socket, host, status_file) = (socket.clone(), host.clone(), status_file.clone());
         async move {
-            tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
-                .args([
-                    "agent",
-                    "--once",
-                    "--containerd",
-                    &socket,
-                    "--plain-http",
-                    &host,
-                ])
+            Prepull::new("agent")
+                .args(["--once", "--containerd", &socket])
+                .plain_http(&host)
                 .arg("--no-node-credentials")
                 .arg("--list")
                 .arg(&list)
@@ -327,7 +287,6 @@ async fn one_pass_reports_what_is_warm_and_why_the_rest_is_not() {
                 .arg(&status_file)
                 .output()
                 .await
-                .unwrap()
         }
     };
     let out = run(&list).await;
@@ -380,11 +339,11 @@ async fn the_agent_finds_and_mends_a_corrupt_layer() {
     .await;
     let app_ref = format!("{host}/team/app:v1");
     let root = tempfile::tempdir().unwrap();
-    let mut list = ListVolume::new(root.path(), &format!("images:\n  - {app_ref}\n"));
+    let mut list = list_volume(root.path(), &format!("images:\n  - {app_ref}\n"));
     let (mut agent, status_file) = spawn_agent(
         &containerd,
         &host,
-        &list.file(),
+        &list.file(LIST),
         root.path(),
         &["--verify-every", "1s"],
     );
@@ -396,7 +355,7 @@ async fn the_agent_finds_and_mends_a_corrupt_layer() {
     let layer = &app.layers[0];
     rot(&containerd, &layer.digest);
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    list.update(&format!("images:\n  - {app_ref}\n# touched\n"));
+    list.update(&[(LIST, &format!("images:\n  - {app_ref}\n# touched\n"))]);
     let s = wait_for_pass(&status_file, 2, &mut agent).await;
     let image = &s["images"][0];
     assert_eq!(image["state"], "warm", "{s:#}");
@@ -416,7 +375,7 @@ async fn the_agent_finds_and_mends_a_corrupt_layer() {
     );
     // The next pass (its verify finds nothing) keeps the record of the damage and its mending.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    list.update(&format!("images:\n  - {app_ref}\n# again\n"));
+    list.update(&[(LIST, &format!("images:\n  - {app_ref}\n# again\n"))]);
     let later = wait_for_pass(&status_file, 3, &mut agent).await;
     assert_eq!(later["images"][0]["damage"], image["damage"], "{later:#}");
     assert_eq!(later["images"][0]["state"], "warm", "{later:#}");
@@ -454,15 +413,15 @@ async fn pins_are_handed_over_not_dropped_when_an_entry_is_rewritten_during_an_o
     let by_tag = format!("{host}/team/app:v1");
     let by_digest = format!("{host}/team/app@{}", app.manifest.digest);
     let root = tempfile::tempdir().unwrap();
-    let mut list = ListVolume::new(root.path(), &format!("images:\n  - {by_tag}\n"));
+    let mut list = list_volume(root.path(), &format!("images:\n  - {by_tag}\n"));
     let (mut agent, status_file) = spawn_agent(
         &containerd,
         &host,
-        &list.file(),
+        &list.file(LIST),
         root.path(),
         &["--verify-every", "0s"],
     );
-    let pinned_for = owner_label(&list.file());
+    let pinned_for = owner_label(&list.file(LIST));
     let s = wait_for_pass(&status_file, 1, &mut agent).await;
     assert_eq!(s["warm"], 1, "{s:#}");
 
@@ -470,7 +429,7 @@ async fn pins_are_handed_over_not_dropped_when_an_entry_is_rewritten_during_an_o
         status: 503,
         body: b"down".to_vec(),
     });
-    list.update(&format!("images:\n  - {by_digest}\n"));
+    list.update(&[(LIST, &format!("images:\n  - {by_digest}\n"))]);
     let s = wait_for_pass(&status_file, 2, &mut agent).await;
     assert_eq!(s["warm"], 1, "warm from the node's own content: {s:#}");
     assert_eq!(s["images"][0]["bytes_fetched"], 0, "{s:#}");
@@ -499,22 +458,15 @@ async fn agent_once(
     list: &Path,
     extra: &[&str],
 ) -> std::process::Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
-        .args([
-            "agent",
-            "--once",
-            "--no-node-credentials",
-            "--plain-http",
-            host,
-        ])
-        .arg("--containerd")
-        .arg(containerd.socket())
+    Prepull::new("agent")
+        .args(["--once", "--no-node-credentials"])
+        .plain_http(host)
+        .containerd(containerd)
         .args(extra)
         .arg("--list")
         .arg(list)
         .output()
         .await
-        .unwrap()
 }
 
 /// An empty ConfigMap value (a templating or `--from-file` accident) must not unpin the node:
@@ -527,9 +479,10 @@ async fn a_list_without_images_is_refused_and_unpins_nothing_unless_it_says_so()
     push_image(&host, "team/app", "v1", &ImageSpec::new(&[8 * KIB])).await;
     let app_ref = format!("{host}/team/app:v1");
     let root = tempfile::tempdir().unwrap();
-    let mut list = ListVolume::new(root.path(), &format!("images:\n  - {app_ref}\n"));
-    let (mut agent, status_file) = spawn_agent(&containerd, &host, &list.file(), root.path(), &[]);
-    let pinned_for = owner_label(&list.file());
+    let mut list = list_volume(root.path(), &format!("images:\n  - {app_ref}\n"));
+    let (mut agent, status_file) =
+        spawn_agent(&containerd, &host, &list.file(LIST), root.path(), &[]);
+    let pinned_for = owner_label(&list.file(LIST));
     let s = wait_for_pass(&status_file, 1, &mut agent).await;
     assert_eq!(s["warm"], 1, "{s:#}");
     let store = Store::connect(containerd.socket(), "k8s.io").await.unwrap();
@@ -540,7 +493,7 @@ async fn a_list_without_images_is_refused_and_unpins_nothing_unless_it_says_so()
         "images:\n",
         "pin: true\n",
     ] {
-        list.update(accident);
+        list.update(&[(LIST, accident)]);
         let deadline = Instant::now() + Duration::from_secs(30);
         let s = loop {
             let s = status(&status_file);
@@ -555,7 +508,7 @@ async fn a_list_without_images_is_refused_and_unpins_nothing_unless_it_says_so()
         };
         assert_eq!(s["images"][0]["image"], app_ref.as_str(), "{s:#}");
         // Back to a good list between accidents, so each one is a change.
-        list.update(&format!("images:\n  - {app_ref}\n"));
+        list.update(&[(LIST, &format!("images:\n  - {app_ref}\n"))]);
         let deadline = Instant::now() + Duration::from_secs(30);
         while status(&status_file)["list_error"].is_string() {
             assert!(Instant::now() < deadline, "good list not taken back");
@@ -567,7 +520,7 @@ async fn a_list_without_images_is_refused_and_unpins_nothing_unless_it_says_so()
     assert_eq!(l.get(&pinned_for), Some(&app_ref), "{l:?}");
 
     // Said on purpose: taken, and the pins go at the pass that follows.
-    list.update("images: []\n");
+    list.update(&[(LIST, "images: []\n")]);
     let deadline = Instant::now() + Duration::from_secs(30);
     let s = loop {
         let s = status(&status_file);
@@ -620,13 +573,17 @@ async fn two_lists_on_one_node_never_release_each_others_pins() {
     let boot_label = "prepull.io/pinned-by.bootstrap";
 
     // The DaemonSet's agent, with another list (and the default owner, from its path).
-    let mut list = ListVolume::new(root.path(), &format!("images:\n  - {shared}\n  - {app}\n"));
-    let ds_label = owner_label(&list.file());
-    let (mut agent, status_file) = spawn_agent(&containerd, &host, &list.file(), root.path(), &[]);
+    let mut list = list_volume(root.path(), &format!("images:\n  - {shared}\n  - {app}\n"));
+    let ds_label = owner_label(&list.file(LIST));
+    let (mut agent, status_file) =
+        spawn_agent(&containerd, &host, &list.file(LIST), root.path(), &[]);
     let s = wait_for_pass(&status_file, 1, &mut agent).await;
     assert_eq!(s["warm"], 2, "{s:#}");
     assert_eq!(s["released"], 0, "{s:#}");
-    assert_eq!(s["pin_owner"], PinOwner::for_list(&list.file()).as_str());
+    assert_eq!(
+        s["pin_owner"],
+        PinOwner::for_list(&list.file(LIST)).as_str()
+    );
     let l = labels(&store, &boot).await;
     assert_eq!(
         l.get(PINNED).map(String::as_str),
@@ -642,7 +599,7 @@ async fn two_lists_on_one_node_never_release_each_others_pins() {
     );
 
     // The DaemonSet's list drops the shared image: its share goes, bootstrap's pin stays.
-    list.update(&format!("images:\n  - {app}\n"));
+    list.update(&[(LIST, &format!("images:\n  - {app}\n"))]);
     let s = wait_for_pass(&status_file, 2, &mut agent).await;
     assert_eq!(s["released"], 3, "{s:#}");
     let l = labels(&store, &shared).await;
@@ -665,19 +622,11 @@ async fn two_lists_on_one_node_never_release_each_others_pins() {
     );
 
     // `prepull unpin` takes the pin and every ownership label.
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
-        .arg("unpin")
-        .arg("--containerd")
-        .arg(containerd.socket())
+    Prepull::new("unpin")
+        .containerd(&containerd)
         .arg(&boot)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .success()
+        .await;
     let l = labels(&store, &boot).await;
     assert!(
         !l.keys()
@@ -721,8 +670,9 @@ async fn images_on_the_node_are_stale_not_failed_while_their_registry_is_down() 
     .await;
     let (app_ref, new_ref) = (format!("{host}/team/app:v1"), format!("{host}/team/new:v1"));
     let root = tempfile::tempdir().unwrap();
-    let mut list = ListVolume::new(root.path(), &format!("images:\n  - {app_ref}\n"));
-    let (mut agent, status_file) = spawn_agent(&containerd, &host, &list.file(), root.path(), &[]);
+    let mut list = list_volume(root.path(), &format!("images:\n  - {app_ref}\n"));
+    let (mut agent, status_file) =
+        spawn_agent(&containerd, &host, &list.file(LIST), root.path(), &[]);
     let s = wait_for_pass(&status_file, 1, &mut agent).await;
     assert_eq!(s["images"][0]["state"], "warm", "{s:#}");
     let last_warm = s["images"][0]["last_warm"].clone();
@@ -732,7 +682,7 @@ async fn images_on_the_node_are_stale_not_failed_while_their_registry_is_down() 
         status: 503,
         body: b"down for maintenance".to_vec(),
     });
-    list.update(&format!("images:\n  - {app_ref}\n  - {new_ref}\n"));
+    list.update(&[(LIST, &format!("images:\n  - {app_ref}\n  - {new_ref}\n"))]);
     let s = wait_for_pass(&status_file, 2, &mut agent).await;
     let (app_s, new_s) = (&s["images"][0], &s["images"][1]);
     assert_eq!(app_s["state"], "stale", "{s:#}");
@@ -752,7 +702,10 @@ async fn images_on_the_node_are_stale_not_failed_while_their_registry_is_down() 
         (Some(0), Some(1), Some(1))
     );
     // Still down at the next pass: since when is kept.
-    list.update(&format!("images:\n  - {app_ref}\n  - {new_ref}\n# again\n"));
+    list.update(&[(
+        LIST,
+        &format!("images:\n  - {app_ref}\n  - {new_ref}\n# again\n"),
+    )]);
     let s2 = wait_for_pass(&status_file, 3, &mut agent).await;
     assert_eq!(s2["images"][0]["since"], s["images"][0]["since"], "{s2:#}");
     // The stale image keeps its pin: in an outage the kubelet must not collect it.
@@ -776,7 +729,10 @@ async fn images_on_the_node_are_stale_not_failed_while_their_registry_is_down() 
 
     // Back up: warm again, nothing pending.
     proxy.clear_hook();
-    list.update(&format!("images:\n  - {app_ref}\n  - {new_ref}\n# up\n"));
+    list.update(&[(
+        LIST,
+        &format!("images:\n  - {app_ref}\n  - {new_ref}\n# up\n"),
+    )]);
     let s = wait_for_pass(&status_file, 4, &mut agent).await;
     assert_eq!(
         (
@@ -797,14 +753,9 @@ async fn images_on_the_node_are_stale_not_failed_while_their_registry_is_down() 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_interval_below_the_floor_is_bad_input() {
     for interval in ["0s", "1s", "29s"] {
-        let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
-            .args([
-                "agent",
-                "--interval",
-                interval,
-                "--list",
-                "/nonexistent.yaml",
-            ])
+        let run = Prepull::new("agent")
+            .args(["--interval", interval, "--list", "/nonexistent.yaml"])
+            .command()
             .kill_on_drop(true)
             .output();
         let out = tokio::time::timeout(Duration::from_secs(20), run)
@@ -836,11 +787,11 @@ async fn damage_the_node_cannot_mend_is_reported_corrupt_with_the_other_namespac
     .await;
     let app_ref = format!("{host}/team/app:v1");
     let root = tempfile::tempdir().unwrap();
-    let mut list = ListVolume::new(root.path(), &format!("images:\n  - {app_ref}\n"));
+    let mut list = list_volume(root.path(), &format!("images:\n  - {app_ref}\n"));
     let (mut agent, status_file) = spawn_agent(
         &containerd,
         &host,
-        &list.file(),
+        &list.file(LIST),
         root.path(),
         &["--verify-every", "1s"],
     );
@@ -851,7 +802,7 @@ async fn damage_the_node_cannot_mend_is_reported_corrupt_with_the_other_namespac
     let layer = &app.layers[0];
     rot(&containerd, &layer.digest);
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    list.update(&format!("images:\n  - {app_ref}\n# touched\n"));
+    list.update(&[(LIST, &format!("images:\n  - {app_ref}\n# touched\n"))]);
     let s = wait_for_pass(&status_file, 2, &mut agent).await;
     let image = &s["images"][0];
     assert_eq!(image["state"], "corrupt", "{s:#}");
@@ -868,12 +819,7 @@ async fn damage_the_node_cannot_mend_is_reported_corrupt_with_the_other_namespac
 
 /// Runs `prepull status` with `args`.
 async fn prepull_status(args: &[&std::ffi::OsStr]) -> std::process::Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
-        .arg("status")
-        .args(args)
-        .output()
-        .await
-        .unwrap()
+    Prepull::new("status").args(args).output().await
 }
 
 /// GETs `path` from the agent at `addr`: the status code and the body.
@@ -935,7 +881,7 @@ async fn warmth_and_readiness_endpoints_tell_the_truth() {
         }
     });
     let root = tempfile::tempdir().unwrap();
-    let mut list = ListVolume::new(root.path(), &format!("images:\n  - {app}\n  - {db}\n"));
+    let mut list = list_volume(root.path(), &format!("images:\n  - {app}\n  - {db}\n"));
     let addr = format!(
         "127.0.0.1:{}",
         std::net::TcpListener::bind("127.0.0.1:0")
@@ -945,8 +891,13 @@ async fn warmth_and_readiness_endpoints_tell_the_truth() {
             .port()
     );
     let listen = format!("--listen={addr}");
-    let (mut agent, status_file) =
-        spawn_agent(&containerd, &host, &list.file(), root.path(), &[&listen]);
+    let (mut agent, status_file) = spawn_agent(
+        &containerd,
+        &host,
+        &list.file(LIST),
+        root.path(),
+        &[&listen],
+    );
     wait_for_pass(&status_file, 1, &mut agent).await;
 
     let why = wait_for(&addr, "/warmz", 503).await;
@@ -977,7 +928,7 @@ async fn warmth_and_readiness_endpoints_tell_the_truth() {
 
     // The credentials are fixed: the next pass makes the node warm.
     proxy.set_hook(|_| support::Action::Forward);
-    list.update(&format!("images:\n  - {app}\n  - {db}\n# fixed\n"));
+    list.update(&[(LIST, &format!("images:\n  - {app}\n  - {db}\n# fixed\n"))]);
     wait_for_pass(&status_file, 2, &mut agent).await;
     let body = wait_for(&addr, "/warmz", 200).await;
     assert!(body.contains("all 2 listed images warm"), "{body}");
@@ -1028,7 +979,7 @@ async fn warmth_and_readiness_endpoints_tell_the_truth() {
         status: 503,
         body: b"down".to_vec(),
     });
-    list.update(&format!("images:\n  - {db}\n"));
+    list.update(&[(LIST, &format!("images:\n  - {db}\n"))]);
     wait_for_pass(&status_file, 3, &mut agent).await;
     let s = status(&status_file);
     assert_eq!(s["images"][0]["state"], "stale", "{s:#}");
@@ -1066,7 +1017,7 @@ async fn a_stop_during_a_pull_is_clean_and_the_next_start_resumes() {
         false => support::Action::Forward,
     });
     let root = tempfile::tempdir().unwrap();
-    let list = ListVolume::new(root.path(), &format!("images:\n  - {app_ref}\n"));
+    let list = list_volume(root.path(), &format!("images:\n  - {app_ref}\n"));
     let layer_bytes = || {
         proxy
             .records()
@@ -1093,7 +1044,7 @@ async fn a_stop_during_a_pull_is_clean_and_the_next_start_resumes() {
     let (mut agent, _) = spawn_agent(
         &containerd,
         &host,
-        &list.file(),
+        &list.file(LIST),
         root.path(),
         &["--stop-grace", "2s"],
     );
@@ -1119,7 +1070,7 @@ async fn a_stop_during_a_pull_is_clean_and_the_next_start_resumes() {
     let (mut agent, _) = spawn_agent(
         &containerd,
         &host,
-        &list.file(),
+        &list.file(LIST),
         root.path(),
         &["--stop-grace", "60s"],
     );
@@ -1145,7 +1096,8 @@ async fn a_stop_during_a_pull_is_clean_and_the_next_start_resumes() {
     // The next start, at full speed, fetches only what containerd does not hold yet.
     proxy.clear_hook();
     let fetched_before = layer_bytes();
-    let (mut agent, status_file) = spawn_agent(&containerd, &host, &list.file(), root.path(), &[]);
+    let (mut agent, status_file) =
+        spawn_agent(&containerd, &host, &list.file(LIST), root.path(), &[]);
     let s = wait_for_pass(&status_file, 1, &mut agent).await;
     assert_eq!(s["warm"], 1, "{s:#}");
     let fetched_now = layer_bytes() - fetched_before;

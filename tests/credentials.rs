@@ -10,9 +10,10 @@ use std::process::Output;
 use std::time::Duration;
 
 use base64::Engine as _;
+use support::run::assert_success;
 use support::{
-    push_image_with, Action, Containerd, ImageSpec, PostSupport, Proxy, Registry, RegistryOptions,
-    RequestKind, Shape, TokenServer, TokenServerOptions,
+    push_image_with, text, Action, Containerd, ImageSpec, KubeletVolume, PostSupport, Prepull,
+    Proxy, Registry, RegistryOptions, RequestKind, Shape, TokenServer, TokenServerOptions,
 };
 
 const KIB: usize = 1024;
@@ -37,35 +38,16 @@ fn basic(user: &str, password: &str) -> serde_json::Value {
     serde_json::json!({ "auth": b64(&format!("{user}:{password}")) })
 }
 
+/// `prepull pull` of `image` from `host` without the node's credentials, with `extra` arguments.
 async fn prepull(containerd: &Containerd, host: &str, extra: &[&str], image: &str) -> Output {
-    let socket = containerd.socket().to_str().unwrap().to_string();
-    let mut args = vec![
-        "pull",
-        "--containerd",
-        &socket,
-        "--plain-http",
-        host,
-        "--no-node-credentials",
-    ];
-    args.extend_from_slice(extra);
-    args.push(image);
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
-        .args(&args)
+    Prepull::new("pull")
+        .containerd(containerd)
+        .plain_http(host)
+        .arg("--no-node-credentials")
+        .args(extra)
+        .arg(image)
         .output()
         .await
-        .expect("run prepull")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn assert_ok(out: &Output) {
-    assert!(out.status.success(), "prepull failed: {}", text(out));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -143,7 +125,7 @@ async fn basic_auth_registry_with_auth_file_and_clear_errors_without() {
         &reference,
     )
     .await;
-    assert_ok(&out);
+    assert_success(&out);
     support::cri::wait_for_image(containerd.socket(), &reference, Duration::from_secs(20)).await;
     assert!(text(&out).contains(&image.manifest.digest));
 }
@@ -197,7 +179,7 @@ async fn the_second_of_two_matching_credentials_is_used_when_the_first_fails() {
         &reference,
     )
     .await;
-    assert_ok(&out);
+    assert_success(&out);
     let requests = server.requests();
     let users: Vec<Option<String>> = requests.iter().map(|r| r.user.clone()).collect();
     assert!(
@@ -277,7 +259,7 @@ async fn identity_tokens_are_exchanged_with_a_post_and_registry_tokens_sent_as_i
         &format!("{host}/team/app:v1"),
     )
     .await;
-    assert_ok(&out);
+    assert_success(&out);
     assert!(
         server.count(RequestKind::PostRefresh) >= 1,
         "{}",
@@ -296,7 +278,7 @@ async fn identity_tokens_are_exchanged_with_a_post_and_registry_tokens_sent_as_i
         &format!("{host}/team/app:v1"),
     )
     .await;
-    assert_ok(&out);
+    assert_success(&out);
     assert!(
         server.count(RequestKind::Other) >= 1 && server.count_ok(RequestKind::GetRefresh) >= 1,
         "a refused POST, then a GET with the identity token: {}",
@@ -319,7 +301,7 @@ async fn identity_tokens_are_exchanged_with_a_post_and_registry_tokens_sent_as_i
         &format!("{host}/team/app:v1"),
     )
     .await;
-    assert_ok(&out);
+    assert_success(&out);
     assert!(
         server.requests().is_empty(),
         "{}",
@@ -371,7 +353,7 @@ async fn a_token_that_expires_mid_pull_is_renewed_and_the_layer_resumes() {
         &format!("{host}/slow/app:v1"),
     )
     .await;
-    assert_ok(&out);
+    assert_success(&out);
     let recs = proxy.records();
     let layer_gets: Vec<_> = recs
         .iter()
@@ -433,28 +415,19 @@ async fn no_secret_appears_in_any_output_even_at_trace_level() {
             (&bh, basic("erin", "erin-s3cret-pw")),
         ],
     );
-    let socket = containerd.socket().to_str().unwrap().to_string();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
-        .args([
-            "pull",
-            "--containerd",
-            &socket,
-            "--plain-http",
-            &th,
-            "--plain-http",
-            &bh,
-            "--no-node-credentials",
-            "--auth-file",
-            file.to_str().unwrap(),
-            "--log-level",
-            "trace",
-            &format!("{th}/team/app:v1"),
-            &format!("{bh}/team/other:v1"),
-        ])
+    let out = Prepull::new("pull")
+        .containerd(&containerd)
+        .plain_http(&th)
+        .plain_http(&bh)
+        .arg("--no-node-credentials")
+        .arg("--auth-file")
+        .arg(&file)
+        .args(["--log-level", "trace"])
+        .arg(format!("{th}/team/app:v1"))
+        .arg(format!("{bh}/team/other:v1"))
         .output()
-        .await
-        .expect("run prepull");
-    assert_ok(&out);
+        .await;
+    assert_success(&out);
     let all = text(&out);
     assert!(
         all.len() > 10_000,
@@ -542,33 +515,21 @@ async fn kubelet_credential_provider_plugins_supply_credentials_with_their_cache
     let images = [format!("{host}/team/a:v1"), format!("{host}/team/b:v1")];
     let run = |provider: &'static str, images: &[String]| {
         write_config(provider);
-        let socket = containerd.socket().to_str().unwrap().to_string();
-        let (config, bin, host, images) =
-            (config.clone(), bin.clone(), host.clone(), images.to_vec());
-        async move {
-            tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
-                .args([
-                    "pull",
-                    "--containerd",
-                    &socket,
-                    "--plain-http",
-                    &host,
-                    "--no-node-credentials",
-                ])
-                .arg("--image-credential-provider-config")
-                .arg(&config)
-                .arg("--image-credential-provider-bin-dir")
-                .arg(&bin)
-                .args(&images)
-                .output()
-                .await
-                .expect("run prepull")
-        }
+        Prepull::new("pull")
+            .containerd(&containerd)
+            .plain_http(&host)
+            .arg("--no-node-credentials")
+            .arg("--image-credential-provider-config")
+            .arg(&config)
+            .arg("--image-credential-provider-bin-dir")
+            .arg(&bin)
+            .args(images)
+            .output()
     };
 
     // Cached per registry: one run of the plugin serves both images and every request.
     let out = run("cached-provider", &images).await;
-    assert_ok(&out);
+    assert_success(&out);
     let got = requests(&cached_log);
     assert_eq!(got.len(), 1, "one plugin run for the registry: {got:?}");
     assert_eq!(got[0]["kind"], "CredentialProviderRequest");
@@ -590,7 +551,7 @@ async fn kubelet_credential_provider_plugins_supply_credentials_with_their_cache
     // of an image not on the node makes).
     let fresh = [format!("{host}/team/c:v1"), format!("{host}/team/d:v1")];
     let out = run("uncached-provider", &fresh).await;
-    assert_ok(&out);
+    assert_success(&out);
     assert_eq!(
         requests(&uncached_log).len(),
         fresh.len(),
@@ -617,13 +578,10 @@ async fn kubelet_credential_provider_plugins_supply_credentials_with_their_cache
     }
     write_config("stuck-provider");
     let started = std::time::Instant::now();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
+    let out = Prepull::new("pull")
+        .containerd(&containerd)
+        .plain_http(&host)
         .args([
-            "pull",
-            "--containerd",
-            containerd.socket().to_str().unwrap(),
-            "--plain-http",
-            &host,
             "--no-node-credentials",
             "--image-credential-provider-timeout",
             "1s",
@@ -634,8 +592,7 @@ async fn kubelet_credential_provider_plugins_supply_credentials_with_their_cache
         .arg(&bin)
         .arg(&images[0])
         .output()
-        .await
-        .expect("run prepull");
+        .await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let t = text(&out);
     assert!(
@@ -711,7 +668,7 @@ async fn a_failing_credential_plugin_runs_once_per_pull() {
 
     // One image: a HEAD, the manifest, the config and two layers, and one run of the plugin.
     let out = prepull(&containerd, &host, &plugin_flags, &images[0]).await;
-    assert_ok(&out);
+    assert_success(&out);
     assert!(
         text(&out).contains("credential provider failed"),
         "{}",
@@ -724,7 +681,7 @@ async fn a_failing_credential_plugin_runs_once_per_pull() {
 
     // The next pull asks again (the failure is not cached), once.
     let out = prepull(&containerd, &host, &plugin_flags, &images[1]).await;
-    assert_ok(&out);
+    assert_success(&out);
     assert_eq!(requests(&log).len(), 2, "{:?}", requests(&log));
     containerd.assert_image_complete(&images[1]);
 }
@@ -754,31 +711,19 @@ async fn node_credential_files_are_found_where_the_kubelet_looks() {
         "config.json",
         &[(&host, basic("node", "node-pw"))],
     );
-    let socket = containerd.socket().to_str().unwrap().to_string();
     let run = |extra: Vec<String>| {
-        let (socket, host, reference) = (socket.clone(), host.clone(), reference.clone());
-        let (home, root) = (home.path().to_path_buf(), kubelet_root.path().to_path_buf());
-        async move {
-            tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
-                .env("HOME", &home)
-                .current_dir(&root)
-                .args([
-                    "pull",
-                    "--containerd",
-                    &socket,
-                    "--plain-http",
-                    &host,
-                    "--kubelet-root-dir",
-                ])
-                .arg(&root)
-                .args(extra)
-                .arg(&reference)
-                .output()
-                .await
-                .expect("run prepull")
-        }
+        Prepull::new("pull")
+            .env("HOME", home.path())
+            .current_dir(kubelet_root.path())
+            .containerd(&containerd)
+            .plain_http(&host)
+            .arg("--kubelet-root-dir")
+            .arg(kubelet_root.path())
+            .args(extra)
+            .arg(&reference)
+            .output()
     };
-    assert_ok(&run(vec![]).await);
+    assert_success(&run(vec![]).await);
     let out = run(vec!["--no-node-credentials".into()]).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
 
@@ -803,22 +748,6 @@ async fn node_credential_files_are_found_where_the_kubelet_looks() {
         "{t}"
     );
     assert!(!t.contains("stale-pw"), "{t}");
-}
-
-/// Lays out a secret volume the way the kubelet does: `..<version>/.dockerconfigjson`, the
-/// `..data` symlink swapped atomically to it, and the key as a symlink through `..data`.
-fn mount_secret(dir: &Path, version: &str, config: &serde_json::Value) {
-    let data = dir.join(format!("..{version}"));
-    std::fs::create_dir_all(&data).unwrap();
-    std::fs::write(data.join(".dockerconfigjson"), config.to_string()).unwrap();
-    let tmp = dir.join("..data_tmp");
-    let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(format!("..{version}"), &tmp).unwrap();
-    std::fs::rename(&tmp, dir.join("..data")).unwrap();
-    let key = dir.join(".dockerconfigjson");
-    if std::fs::symlink_metadata(&key).is_err() {
-        std::os::unix::fs::symlink("..data/.dockerconfigjson", &key).unwrap();
-    }
 }
 
 /// A long-running puller (the agent's situation): when Kubernetes swaps the mounted secret's
@@ -857,12 +786,12 @@ async fn a_rotated_pull_secret_is_used_by_the_next_pull_and_old_tokens_are_dropp
     }
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("regcred");
-    std::fs::create_dir(&secret).unwrap();
-    let config_for = |user: &str, password: &str| serde_json::json!({ "auths": { host.clone(): basic(user, password) } });
-    mount_secret(
+    let config_for = |user: &str, password: &str| {
+        serde_json::json!({ "auths": { host.clone(): basic(user, password) } }).to_string()
+    };
+    let mut volume = KubeletVolume::new(
         &secret,
-        "2026_11_22_10_00_00.1",
-        &config_for("alice", "alice-pw"),
+        &[(".dockerconfigjson", &config_for("alice", "alice-pw"))],
     );
 
     let (sources, loaded) = Reloading::new(
@@ -913,11 +842,7 @@ async fn a_rotated_pull_secret_is_used_by_the_next_pull_and_old_tokens_are_dropp
 
     // The secret is rotated to bob; alice's token would still open the registry.
     server.clear_requests();
-    mount_secret(
-        &secret,
-        "2026_11_22_11_00_00.2",
-        &config_for("bob", "bob-pw"),
-    );
+    volume.update(&[(".dockerconfigjson", &config_for("bob", "bob-pw"))]);
     let v2 = Reference::parse(&format!("{host}/team/app:v2")).unwrap();
     puller.pull(&v2).await.expect("pull with bob's secret");
     let after = users(&server);

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_yaml_ng::Value;
-use support::{push_image, Containerd, ImageSpec, Registry};
+use support::{push_image, Containerd, ImageSpec, KubeletVolume, Registry};
 
 fn manifests() -> Vec<Value> {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/prepull.yaml"))
@@ -77,13 +77,10 @@ async fn the_daemonset_arguments_run_the_agent() {
     let image = push_image(&host, "team/app", "v1", &ImageSpec::new(&[8 * 1024])).await;
     let root = tempfile::tempdir().unwrap();
     // The ConfigMap volume, the empty optional secret, the status emptyDir, certs.d.
-    let list_dir = remap(root.path(), &mount_of("list"));
-    std::fs::create_dir_all(&list_dir).unwrap();
-    std::fs::write(
-        list_dir.join("list.yaml"),
-        format!("images:\n  - {host}/team/app:v1\n"),
-    )
-    .unwrap();
+    KubeletVolume::new(
+        remap(root.path(), &mount_of("list")),
+        &[("list.yaml", &format!("images:\n  - {host}/team/app:v1\n"))],
+    );
     for volume in ["pull-secret", "status", "certs-d", "containerd-root"] {
         std::fs::create_dir_all(remap(root.path(), &mount_of(volume))).unwrap();
     }
@@ -131,7 +128,7 @@ async fn the_daemonset_arguments_run_the_agent() {
     }
     run_args.push(format!("--plain-http={host}"));
     let status_file = status_file.expect("the DaemonSet writes a status file");
-    let mut agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
+    let mut agent = support::run::command()
         .args(&run_args)
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(root.path().join("agent.log")).unwrap())

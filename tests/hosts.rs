@@ -11,29 +11,20 @@ use std::time::Duration;
 use base64::Engine as _;
 use support::process::Deadline;
 use support::{
-    push_image, push_image_with, Containerd, DeadHost, ImageSpec, Proxy, Registry, RegistryOptions,
-    TcpRelay, TestCa,
+    push_image, push_image_with, text, Containerd, DeadHost, ImageSpec, Prepull, Proxy, Registry,
+    RegistryOptions, TcpRelay, TestCa,
 };
 
 const KIB: usize = 1024;
 
+/// `prepull pull` on `containerd` with `args`, without the node's credentials.
 async fn prepull(containerd: &Containerd, args: &[&str]) -> Output {
-    let socket = containerd.socket().to_str().unwrap().to_string();
-    let mut all = vec!["pull", "--containerd", &socket, "--no-node-credentials"];
-    all.extend_from_slice(args);
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
-        .args(&all)
+    Prepull::new("pull")
+        .containerd(containerd)
+        .arg("--no-node-credentials")
+        .args(args)
         .output()
         .await
-        .expect("run prepull")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn write(dir: &Path, host: &str, file: &str, content: &str) {

@@ -11,7 +11,6 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::time::Duration;
 
 use prepull::cri::v1::{
@@ -26,7 +25,7 @@ use prepull::cri::{ImageServiceClient, RuntimeServiceClient};
 use support::busybox::{busybox_layer, push_runnable};
 use support::containerd::Series;
 use support::process::Deadline;
-use support::{Containerd, ContainerdOptions, Registry};
+use support::{Containerd, ContainerdOptions, Prepull, Registry};
 use tonic::transport::Channel;
 
 /// CRI learns about images other clients create from containerd's event stream, asynchronously.
@@ -36,22 +35,6 @@ const RUN_WAIT: Duration = Duration::from_secs(60);
 /// Bounds each CRI call, so a wedged containerd fails the test instead of hanging it.
 const RPC_TIMEOUT: Duration = Duration::from_secs(60);
 const OK_LINE: &str = "prepull-offline-ok";
-
-async fn prepull(args: &[&str]) -> Output {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
-        .args(args)
-        .output()
-        .await
-        .expect("run prepull");
-    assert!(
-        out.status.success(),
-        "prepull {args:?} failed ({})\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 /// Awaits a CRI call with [`RPC_TIMEOUT`].
 async fn rpc<T>(
@@ -396,29 +379,21 @@ async fn a_prepulled_pod_starts_with_the_registry_stopped_and_an_unpulled_image_
         ..Default::default()
     })
     .await;
-    let socket = containerd.socket().to_str().expect("UTF-8 socket path");
 
     // 3. Pre-pull, as the node agent would before any pod is scheduled; the sandbox image pinned
     // so the kubelet's image GC keeps it.
-    prepull(&[
-        "pull",
-        "--containerd",
-        socket,
-        "--plain-http",
-        &host,
-        &app_ref,
-    ])
-    .await;
-    prepull(&[
-        "pull",
-        "--containerd",
-        socket,
-        "--plain-http",
-        &host,
-        "--pin",
-        &pause_ref,
-    ])
-    .await;
+    Prepull::new("pull")
+        .containerd(&containerd)
+        .plain_http(&host)
+        .arg(&app_ref)
+        .success()
+        .await;
+    Prepull::new("pull")
+        .containerd(&containerd)
+        .plain_http(&host)
+        .args(["--pin", &pause_ref])
+        .success()
+        .await;
 
     // 4. The registry goes away, for good.
     let port = registry.port();

@@ -10,21 +10,14 @@ use std::time::Duration;
 use prepull::digest::Digest;
 use prepull::store::Store;
 use serde_json::Value;
+use support::run::assert_success;
 use support::{
-    push_image, push_index, tag_image, Containerd, ImageSpec, MediaFamily, Platform, Proxy,
-    Registry,
+    push_image, push_index, tag_image, Containerd, ImageSpec, MediaFamily, Platform, Prepull,
+    Proxy, Registry,
 };
 
 const CRI_WAIT: Duration = Duration::from_secs(20);
 const KIB: usize = 1024;
-
-async fn prepull(args: &[&str]) -> Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
-        .args(args)
-        .output()
-        .await
-        .expect("run prepull")
-}
 
 /// Runs `prepull pull --output json` for `images` from `host` and returns one JSON result per image.
 async fn pull_json(
@@ -33,34 +26,19 @@ async fn pull_json(
     extra: &[&str],
     images: &[&str],
 ) -> (Output, Vec<Value>) {
-    let socket = containerd.socket().to_str().unwrap().to_string();
-    let mut args = vec![
-        "pull",
-        "--containerd",
-        &socket,
-        "--plain-http",
-        host,
-        "--output",
-        "json",
-    ];
-    args.extend_from_slice(extra);
-    args.extend_from_slice(images);
-    let out = prepull(&args).await;
+    let out = Prepull::new("pull")
+        .containerd(containerd)
+        .plain_http(host)
+        .args(["--output", "json"])
+        .args(extra)
+        .args(images)
+        .output()
+        .await;
     let results = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
         .collect();
     (out, results)
-}
-
-fn assert_success(out: &Output) {
-    assert!(
-        out.status.success(),
-        "prepull failed ({:?})\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 async fn store(containerd: &Containerd) -> Store {
@@ -498,16 +476,12 @@ async fn corrupted_blob_is_never_committed_and_no_image_is_recorded() {
     flip_byte(&registry.blob_data_path(&bad.digest), bad.size / 2);
     let reference = format!("{host}/bad/app:v1");
 
-    let socket = containerd.socket().to_str().unwrap();
-    let out = prepull(&[
-        "pull",
-        "--containerd",
-        socket,
-        "--plain-http",
-        &host,
-        &reference,
-    ])
-    .await;
+    let out = Prepull::new("pull")
+        .containerd(&containerd)
+        .plain_http(&host)
+        .arg(&reference)
+        .output()
+        .await;
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&reference), "names the image: {stderr}");
@@ -613,8 +587,12 @@ async fn several_images_in_one_run_and_one_failure_does_not_stop_the_others() {
     // The text summary's counts agree with their nouns.
     push_image(&host, "many/c", "v1", &ImageSpec::new(&[16 * KIB])).await;
     let rc = format!("{host}/many/c:v1");
-    let socket = containerd.socket().to_str().unwrap().to_string();
-    let out = prepull(&["pull", "--containerd", &socket, "--plain-http", &host, &rc]).await;
+    let out = Prepull::new("pull")
+        .containerd(&containerd)
+        .plain_http(&host)
+        .arg(&rc)
+        .output()
+        .await;
     assert_success(&out);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -626,13 +604,14 @@ async fn several_images_in_one_run_and_one_failure_does_not_stop_the_others() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_is_reported_before_touching_anything() {
-    let out = prepull(&[
-        "pull",
-        "--containerd",
-        "/nonexistent/containerd.sock",
-        "Bad/Repo:tag",
-    ])
-    .await;
+    let out = Prepull::new("pull")
+        .args([
+            "--containerd",
+            "/nonexistent/containerd.sock",
+            "Bad/Repo:tag",
+        ])
+        .output()
+        .await;
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -644,13 +623,10 @@ async fn bad_input_is_reported_before_touching_anything() {
         "reference checked first: {stderr}"
     );
 
-    let out = prepull(&[
-        "pull",
-        "--containerd",
-        "/nonexistent/containerd.sock",
-        "busybox",
-    ])
-    .await;
+    let out = Prepull::new("pull")
+        .args(["--containerd", "/nonexistent/containerd.sock", "busybox"])
+        .output()
+        .await;
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -658,7 +634,10 @@ async fn bad_input_is_reported_before_touching_anything() {
         "{stderr}"
     );
 
-    let out = prepull(&["pull", "--platform", "linux", "busybox"]).await;
+    let out = Prepull::new("pull")
+        .args(["--platform", "linux", "busybox"])
+        .output()
+        .await;
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("os/arch"));
 }

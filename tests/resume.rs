@@ -15,7 +15,7 @@ use prepull::store::Store;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use support::process::Deadline;
-use support::{push_image, Action, Containerd, ImageSpec, Proxy, Registry, Shape};
+use support::{push_image, text, Action, Containerd, ImageSpec, Prepull, Proxy, Registry, Shape};
 
 const MIB: usize = 1 << 20;
 
@@ -40,19 +40,12 @@ fn layer_bytes(proxy: &Proxy, digest: &str) -> u64 {
         .sum()
 }
 
-fn prepull_args(containerd: &Containerd, host: &str, image: &str) -> Vec<String> {
-    [
-        "pull",
-        "--containerd",
-        containerd.socket().to_str().unwrap(),
-        "--plain-http",
-        host,
-        "--output",
-        "json",
-        image,
-    ]
-    .map(str::to_string)
-    .to_vec()
+/// `prepull pull --output json` of `image` from `host`, not yet run.
+fn pull_json(containerd: &Containerd, host: &str, image: &str) -> Prepull {
+    Prepull::new("pull")
+        .containerd(containerd)
+        .plain_http(host)
+        .args(["--output", "json", image])
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -82,8 +75,8 @@ async fn after_kill_9_the_next_run_fetches_only_the_missing_bytes() {
             Action::Forward
         }
     });
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
-        .args(prepull_args(&containerd, &host, &reference))
+    let mut child = pull_json(&containerd, &host, &reference)
+        .command()
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -116,16 +109,7 @@ async fn after_kill_9_the_next_run_fetches_only_the_missing_bytes() {
     proxy.clear_hook();
     proxy.clear();
 
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
-        .args(prepull_args(&containerd, &host, &reference))
-        .output()
-        .await
-        .expect("run prepull");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = pull_json(&containerd, &host, &reference).success().await;
     assert_eq!(
         layer_bytes(&proxy, &layer.digest),
         layer.size - left,
@@ -174,16 +158,7 @@ async fn a_connection_cut_mid_layer_resumes_in_the_same_run() {
             Action::Forward
         }
     });
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
-        .args(prepull_args(&containerd, &host, &reference))
-        .output()
-        .await
-        .expect("run prepull");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    pull_json(&containerd, &host, &reference).success().await;
     assert!(cut_once.load(Ordering::SeqCst), "the cut happened");
     let gets = proxy
         .records()
@@ -233,8 +208,8 @@ async fn a_containerd_restart_mid_layer_does_not_restart_the_download() {
             Action::Forward
         }
     });
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
-        .args(prepull_args(&containerd, &host, &reference))
+    let child = pull_json(&containerd, &host, &reference)
+        .command()
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -258,10 +233,9 @@ async fn a_containerd_restart_mid_layer_does_not_restart_the_download() {
     let out = child.wait_with_output().await.expect("prepull finishes");
     assert!(
         out.status.success(),
-        "prepull survives the restart ({:?}): {}{}",
+        "prepull survives the restart ({:?}): {}",
         out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        text(&out)
     );
     let fetched = layer_bytes(&proxy, &layer.digest);
     // What prepull had queued but containerd had not written (at most a few 1 MiB messages)
@@ -345,11 +319,7 @@ async fn connections_cut_at_random_offsets_resume_exactly_where_they_broke() {
         })
     });
 
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
-        .args(prepull_args(&containerd, &host, &reference))
-        .output()
-        .await
-        .expect("run prepull");
+    let out = pull_json(&containerd, &host, &reference).output().await;
     let replay = format!(
         "seed {seed} (PREPULL_TEST_SEED={seed} replays it), layers {sizes:?}, cuts {plan:?}"
     );

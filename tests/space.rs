@@ -8,7 +8,9 @@ use std::path::Path;
 use std::process::Output;
 
 use serde_json::Value;
-use support::{push_image, Containerd, ContainerdOptions, ImageSpec, Proxy, Registry};
+use support::{
+    push_image, text, Containerd, ContainerdOptions, ImageSpec, Prepull, Proxy, Registry,
+};
 
 const MIB: usize = 1 << 20;
 
@@ -18,32 +20,19 @@ async fn pull(
     extra: &[&str],
     image: &str,
 ) -> (Output, Value) {
-    let socket = containerd.socket().to_str().unwrap().to_string();
-    let root = containerd.root().to_str().unwrap().to_string();
-    let host = proxy.host();
-    let mut args = vec![
-        "pull",
-        "--containerd",
-        &socket,
-        "--containerd-root",
-        &root,
-        "--plain-http",
-        &host,
-        "--no-node-credentials",
-        "--output",
-        "json",
-    ];
-    if !extra.contains(&"--min-free-space") {
-        // The default, whatever the environment says.
-        args.extend_from_slice(&["--min-free-space", "15%"]);
-    }
-    args.extend_from_slice(extra);
-    args.push(image);
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
-        .args(&args)
+    // The default reserve unless `extra` names one, whatever the environment says.
+    let reserve = (!extra.contains(&"--min-free-space")).then_some(["--min-free-space", "15%"]);
+    let out = Prepull::new("pull")
+        .containerd(containerd)
+        .arg("--containerd-root")
+        .arg(containerd.root())
+        .plain_http(&proxy.host())
+        .args(["--no-node-credentials", "--output", "json"])
+        .args(reserve.into_iter().flatten())
+        .args(extra)
+        .arg(image)
         .output()
-        .await
-        .expect("run prepull");
+        .await;
     let line = String::from_utf8_lossy(&out.stdout)
         .lines()
         .next()
@@ -189,20 +178,12 @@ async fn prepull_in_container(
     ));
     tokio::process::Command::new("unshare")
         .args(["--mount", "--propagation", "private", "sh", "-c", &script])
-        .arg(env!("CARGO_BIN_EXE_prepull"))
+        .arg(support::run::bin())
         .args(args)
         .env_remove("PREPULL_MIN_FREE_SPACE")
         .output()
         .await
         .expect("run prepull in its own mount namespace")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// The space check finds containerd's filesystem by asking containerd where its content store
@@ -239,11 +220,7 @@ async fn the_space_check_finds_containerds_filesystem_or_refuses_to_run() {
     // No --containerd-root (its default does not exist here): containerd's own answer is used,
     // so a reserve no filesystem can meet refuses the image.
     let args = pull_args(&["--min-free-space", "99.9%"], &image);
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
-        .args(&args)
-        .output()
-        .await
-        .unwrap();
+    let out = support::run::command().args(&args).output().await.unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let json: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["kind"], "disk-space", "{json}");

@@ -8,28 +8,19 @@ use std::time::Duration;
 
 use prepull::digest::Digest;
 use prepull::store::Store;
-use support::{push_image, Containerd, ImageSpec, Registry};
+use support::{push_image, Containerd, ImageSpec, Prepull, Registry};
 
 const CRI_WAIT: Duration = Duration::from_secs(20);
 const KIB: usize = 1024;
 
 async fn pull(containerd: &Containerd, host: &str, extra: &[&str], image: &str) -> Output {
-    let socket = containerd.socket().to_str().unwrap().to_string();
-    let mut args = vec!["pull", "--containerd", &socket, "--plain-http", host];
-    args.extend_from_slice(extra);
-    args.push(image);
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
-        .args(&args)
-        .output()
+    Prepull::new("pull")
+        .containerd(containerd)
+        .plain_http(host)
+        .args(extra)
+        .arg(image)
+        .success()
         .await
-        .expect("run prepull");
-    assert!(
-        out.status.success(),
-        "prepull {args:?} failed\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 fn digest(s: &str) -> Digest {
@@ -203,17 +194,11 @@ async fn pinned_images_carry_the_cri_pin_label_and_cri_lists_every_name() {
     }
 
     // Unpinning removes the label from every record; the image stays.
-    let socket = containerd.socket().to_str().unwrap().to_string();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
-        .args(["unpin", "--containerd", &socket, &reference])
-        .output()
-        .await
-        .expect("run prepull unpin");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Prepull::new("unpin")
+        .containerd(&containerd)
+        .arg(&reference)
+        .success()
+        .await;
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("3 records"),
         "{}",
@@ -244,16 +229,11 @@ async fn pinned_images_carry_the_cri_pin_label_and_cri_lists_every_name() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
-        .args([
-            "unpin",
-            "--containerd",
-            &socket,
-            &format!("{host}/pin/never:v1"),
-        ])
+    let out = Prepull::new("unpin")
+        .containerd(&containerd)
+        .arg(format!("{host}/pin/never:v1"))
         .output()
-        .await
-        .expect("run prepull unpin");
+        .await;
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no such image"));
 }

@@ -10,27 +10,17 @@ use std::time::Duration;
 
 use prepull::digest::Digest;
 use prepull::store::{Opened, Store, Stored};
-use support::{push_image, Containerd, ImageSpec, PushedImage, Registry};
+use support::{push_image, text, Containerd, ImageSpec, Prepull, PushedImage, Registry};
 
 const KIB: usize = 1024;
 
+/// `prepull <args[0]> --containerd <socket> <args[1..]>`.
 async fn prepull(containerd: &Containerd, args: &[&str]) -> Output {
-    let socket = containerd.socket().to_str().unwrap().to_string();
-    let mut all: Vec<&str> = vec![args[0], "--containerd", &socket];
-    all.extend_from_slice(&args[1..]);
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_prepull"))
-        .args(&all)
+    Prepull::new(args[0])
+        .containerd(containerd)
+        .args(&args[1..])
         .output()
         .await
-        .expect("run prepull")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn blob_path(containerd: &Containerd, digest: &str) -> PathBuf {

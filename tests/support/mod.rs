@@ -18,7 +18,9 @@ pub mod layer;
 pub mod process;
 pub mod proxy;
 pub mod registry;
+pub mod run;
 pub mod tls;
+pub mod volume;
 
 // Re-exports for convenience; each includer uses a few, and unused ones must not warn.
 #[allow(unused_imports)]
@@ -36,4 +38,8 @@ pub use proxy::{Action, DeadHost, Proxy, Record, Shape, TcpRelay};
 #[allow(unused_imports)]
 pub use registry::{Registry, RegistryOptions};
 #[allow(unused_imports)]
+pub use run::{text, Prepull};
+#[allow(unused_imports)]
 pub use tls::TestCa;
+#[allow(unused_imports)]
+pub use volume::KubeletVolume;
