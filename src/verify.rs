@@ -238,47 +238,8 @@ impl<'a> Checker<'a> {
         else {
             return Ok(check);
         };
-        let manifests: Vec<(String, Descriptor)> = match Document::parse(&top, None) {
-            Ok(Document::Manifest(..)) => vec![(
-                "manifest".to_string(),
-                Descriptor {
-                    media_type: String::new(),
-                    digest: target.clone(),
-                    size: top.len() as u64,
-                    platform: None,
-                    urls: Vec::new(),
-                    annotations: Default::default(),
-                },
-            )],
-            Ok(Document::Index(index, _)) => {
-                // Only the platforms that were pulled are in the store; at least one must be.
-                let mut present = Vec::new();
-                for d in &index.manifests {
-                    if self.store.info(&d.digest).await?.is_some() {
-                        let platform = d
-                            .platform
-                            .as_ref()
-                            .map(|p| p.normalized().to_string())
-                            .unwrap_or_else(|| "unknown platform".into());
-                        present.push((format!("manifest for {platform}"), d.clone()));
-                    }
-                }
-                if present.is_empty() {
-                    check.problems.push(Problem::Missing {
-                        what: "every platform's manifest of the index".into(),
-                        digest: target.clone(),
-                    });
-                }
-                present
-            }
-            Err(e) => {
-                check.problems.push(Problem::Malformed {
-                    what: "top-level document".into(),
-                    digest: target.clone(),
-                    why: e.to_string(),
-                });
-                return Ok(check);
-            }
+        let Some(manifests) = self.manifests_of(&mut check, target, &top).await? else {
+            return Ok(check);
         };
         let mut configs: Vec<Digest> = Vec::new();
         for (what, descriptor) in manifests {
@@ -309,29 +270,94 @@ impl<'a> Checker<'a> {
                 }),
             }
         }
-        // CRI names each image it manages by tag, digest reference and ID.
+        self.check_records(&mut check, target, records, &configs)
+            .await?;
+        Ok(check)
+    }
+
+    /// The manifests below the top document `top` (itself, when it is a manifest; those of an
+    /// index that were pulled, named by platform). `None` when the top document is malformed
+    /// (reported): nothing below it can be found.
+    async fn manifests_of(
+        &self,
+        check: &mut ImageCheck,
+        target: &Digest,
+        top: &[u8],
+    ) -> Result<Option<Vec<(String, Descriptor)>>, StoreError> {
+        let index = match Document::parse(top, None) {
+            Ok(Document::Manifest(..)) => {
+                let itself = Descriptor {
+                    media_type: String::new(),
+                    digest: target.clone(),
+                    size: top.len() as u64,
+                    platform: None,
+                    urls: Vec::new(),
+                    annotations: Default::default(),
+                };
+                return Ok(Some(vec![("manifest".to_string(), itself)]));
+            }
+            Ok(Document::Index(index, _)) => index,
+            Err(e) => {
+                check.problems.push(Problem::Malformed {
+                    what: "top-level document".into(),
+                    digest: target.clone(),
+                    why: e.to_string(),
+                });
+                return Ok(None);
+            }
+        };
+        // Only the platforms that were pulled are in the store; at least one must be.
+        let mut present = Vec::new();
+        for d in &index.manifests {
+            if self.store.info(&d.digest).await?.is_some() {
+                let platform = d
+                    .platform
+                    .as_ref()
+                    .map(|p| p.normalized().to_string())
+                    .unwrap_or_else(|| "unknown platform".into());
+                present.push((format!("manifest for {platform}"), d.clone()));
+            }
+        }
+        if present.is_empty() {
+            check.problems.push(Problem::Missing {
+                what: "every platform's manifest of the index".into(),
+                digest: target.clone(),
+            });
+        }
+        Ok(Some(present))
+    }
+
+    /// CRI names each image it manages by tag, digest reference and ID: each must exist.
+    async fn check_records(
+        &self,
+        check: &mut ImageCheck,
+        target: &Digest,
+        records: &[StoredImage],
+        configs: &[Digest],
+    ) -> Result<(), StoreError> {
         let managed = records
             .iter()
             .any(|r| r.labels.contains_key(labels::CRI_MANAGED));
-        if managed {
-            let mut expected: Vec<String> = records
-                .iter()
-                .filter(|r| !names::is_id(&r.name) && !names::is_digest_reference(&r.name))
-                .filter_map(|r| crate::reference::Reference::parse(&r.name).ok())
-                .map(|r| r.with_digest(target.clone()).to_string())
-                .collect();
-            if configs.len() == 1 {
-                expected.push(configs[0].to_string());
-            }
-            for name in expected {
-                // An ID record may point at another name of the same image (an index and one of
-                // its platform manifests pulled by digest share a config): that is not missing.
-                if !check.names.contains(&name) && self.store.image(&name).await?.is_none() {
-                    check.problems.push(Problem::MissingRecord { name });
-                }
+        if !managed {
+            return Ok(());
+        }
+        let mut expected: Vec<String> = records
+            .iter()
+            .filter(|r| !names::is_id(&r.name) && !names::is_digest_reference(&r.name))
+            .filter_map(|r| crate::reference::Reference::parse(&r.name).ok())
+            .map(|r| r.with_digest(target.clone()).to_string())
+            .collect();
+        if configs.len() == 1 {
+            expected.push(configs[0].to_string());
+        }
+        for name in expected {
+            // An ID record may point at another name of the same image (an index and one of
+            // its platform manifests pulled by digest share a config): that is not missing.
+            if !check.names.contains(&name) && self.store.image(&name).await?.is_none() {
+                check.problems.push(Problem::MissingRecord { name });
             }
         }
-        Ok(check)
+        Ok(())
     }
 
     async fn check_manifest(
