@@ -12,8 +12,7 @@
 //!
 //! Run with `cargo bench --bench hot_path` (a filter after `--` picks groups, e.g. `-- verify`).
 
-#[path = "../tests/support/mod.rs"]
-mod support;
+use testbench as support;
 
 use std::time::{Duration, Instant};
 

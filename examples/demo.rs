@@ -4,8 +4,7 @@
 //!
 //! Run through `scripts/demo.sh`, which installs what is needed and passes the binary's path.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
+use testbench as support;
 
 use std::process::Command;
 use std::time::Duration;

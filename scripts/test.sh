@@ -20,8 +20,8 @@ started=$SECONDS
 
 # Style and lints first: they fail in seconds where the suite takes minutes.
 echo "=== cargo fmt --check, cargo clippy -D warnings"
-cargo fmt --check
-cargo clippy --locked --all-targets -- -D warnings
+cargo fmt --all --check
+cargo clippy --locked --workspace --all-targets -- -D warnings
 
 echo "=== containerd 1.6 (system: $(containerd --version | awk '{print $3}')): full suite"
 cargo test --locked "$@"

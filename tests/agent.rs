@@ -2,7 +2,7 @@
 //! Kubernetes mounts a ConfigMap (a `..data` symlink swapped on every update), the agent runs as
 //! a process, and everything is checked through containerd's own records.
 
-mod support;
+use testbench as support;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -3,7 +3,7 @@
 //! token server, and TLS registries with a test CA. If these pass, a failing prepull auth test is
 //! prepull's fault, not the bench's.
 
-mod support;
+use testbench as support;
 
 use std::time::{Duration, Instant, SystemTime};
 

@@ -1,7 +1,7 @@
 //! Proves the test bench itself: real containerds side by side, a real registry that accepts the
 //! synthetic images, containerd and CRI accepting those images, and the recording proxy.
 
-mod support;
+use testbench as support;
 
 use std::io::Read;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! mounted secrets, tried in keyring order until one works, tokens renewed mid-pull, and no
 //! secret in any output even at trace level.
 
-mod support;
+use testbench as support;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

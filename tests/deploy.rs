@@ -2,7 +2,7 @@
 //! agent against a real containerd and registry, with every volume the manifest mounts laid out
 //! the way the kubelet lays it out (the optional pull secret absent, as on a fresh cluster).
 
-mod support;
+use testbench as support;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

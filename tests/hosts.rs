@@ -2,7 +2,7 @@
 //! `hosts.toml` or a Docker-style `certs.d` dir, and mirrors tried in order with fallback to the
 //! upstream. Real registries behind recording proxies.
 
-mod support;
+use testbench as support;
 
 use std::path::Path;
 use std::process::Output;

@@ -8,7 +8,7 @@
 //! so the pod's success is prepull's doing. Runs against each containerd series the bench knows
 //! (`PREPULL_TEST_CONTAINERD`, see `tests/support/containerd.rs`).
 
-mod support;
+use testbench as support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

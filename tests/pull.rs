@@ -1,7 +1,7 @@
 //! `prepull pull` end to end against a real containerd and a real registry: what lands in
 //! containerd, what CRI (the kubelet's view) reports, and what never lands when bytes are bad.
 
-mod support;
+use testbench as support;
 
 use std::path::Path;
 use std::process::Output;

@@ -3,7 +3,7 @@
 //! every layer). Faults come from a proxy in front of the real registry (pacing and cutting the
 //! body, exactly at the byte asked for) and from killing the real process.
 
-mod support;
+use testbench as support;
 
 use std::collections::HashMap;
 use std::process::Stdio;

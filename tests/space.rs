@@ -2,7 +2,7 @@
 //! reserve free is refused before any blob byte is fetched, with a message that says how much
 //! was needed and free; blobs containerd already holds are not counted against the image.
 
-mod support;
+use testbench as support;
 
 use std::path::Path;
 use std::process::Output;

@@ -1,7 +1,7 @@
 //! How pulled images live in containerd afterwards: garbage collection keeps them, tags that
 //! move are followed, pinning is recorded, and CRI lists every name.
 
-mod support;
+use testbench as support;
 
 use std::process::Output;
 use std::time::Duration;

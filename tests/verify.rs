@@ -2,7 +2,7 @@
 //! ways disks and people damage it: a flipped byte in a layer, a blob file deleted from disk, a
 //! snapshot removed, an image record deleted, an ingest abandoned by a killed pull.
 
-mod support;
+use testbench as support;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

@@ -27,8 +27,7 @@
 //! the order of the runs within a workload is [`rounds`]; the report's sections are under
 //! [`report`].
 
-#[path = "../../tests/support/mod.rs"]
-mod support;
+use testbench as support;
 
 mod args;
 mod command;

@@ -1,11 +1,9 @@
 //! Test bench: real containerd and docker-registry processes, synthetic images pushed through the
 //! registry's HTTP API, a recording reverse proxy and CRI helpers.
 //!
-//! Integration tests include it with `mod support;`; benches and examples with
-//! `#[path = "../tests/support/mod.rs"] mod support;` (`../../tests/…` from a bench in its own
-//! folder, as `benches/ctr_compare/main.rs`). Every daemon lives in its own temp dir, on its own
-//! socket or loopback port, so tests may run in parallel threads or processes. Each includer uses
-//! a subset of the items, hence the module-wide `allow(dead_code)`.
+//! A crate of its own (`testbench`, a dev-dependency), used by the integration tests, benches and
+//! examples as `use testbench as support;`. Every daemon lives in its own temp dir, on its own
+//! socket or loopback port, so tests may run in parallel threads or processes.
 
 #![allow(dead_code)]
 

@@ -2,17 +2,33 @@
 //! then `.output()`, `.success()` (exit 0, or fail showing stdout and stderr) or `.code(n)`.
 
 use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
 use std::process::Output;
+use std::sync::OnceLock;
 
 use super::Containerd;
 
-/// The `prepull` binary. Cargo names it to integration tests only: benches and examples, which
-/// include this module too, find the binary their own way and must not call this.
-pub fn bin() -> &'static str {
-    match option_env!("CARGO_BIN_EXE_prepull") {
-        Some(bin) => bin,
-        None => panic!("CARGO_BIN_EXE_prepull is set for integration tests only (cargo test)"),
-    }
+/// The `prepull` binary cargo built beside the running test (`target/<profile>/prepull`; a test
+/// runs from `target/<profile>/deps/`), or `PREPULL_BIN` when set.
+pub fn bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("PREPULL_BIN") {
+            return PathBuf::from(bin);
+        }
+        let exe = std::env::current_exe().expect("the test's own path");
+        let profile = exe
+            .parent()
+            .and_then(|deps| deps.parent())
+            .expect("a test runs from target/<profile>/deps");
+        let bin = profile.join("prepull");
+        assert!(
+            bin.is_file(),
+            "no prepull binary at {} (cargo builds it for integration tests; set PREPULL_BIN)",
+            bin.display()
+        );
+        bin
+    })
 }
 
 /// A command on the binary under test, for runs that need more than [`Prepull`] (a spawned
