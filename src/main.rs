@@ -66,6 +66,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Verify(args) => commands::verify::run_verify(args).await,
         Command::Repair(args) => commands::verify::run_repair(*args).await,
         Command::Status(args) => commands::status::run(args).await,
+        Command::Check(args) => commands::check::run(args).await,
     }
 }
 

@@ -1107,3 +1107,72 @@ async fn a_stop_during_a_pull_is_clean_and_the_next_start_resumes() {
     );
     containerd.assert_image_complete(&app_ref);
 }
+
+/// `prepull check`, node-problem-detector's contract: 0 when every listed image is on the node
+/// (no registry asked), 1 naming what is not, 2 when it cannot tell.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_says_whether_the_node_is_warm_with_npd_exit_codes() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let host = registry.host();
+    for repo in ["team/app", "team/db"] {
+        push_image(&host, repo, "v1", &ImageSpec::new(&[8 * KIB])).await;
+    }
+    let (app, db) = (format!("{host}/team/app:v1"), format!("{host}/team/db:v1"));
+    let root = tempfile::tempdir().unwrap();
+    let list = root.path().join("list.yaml");
+    std::fs::write(&list, format!("images:\n  - {app}\n  - {db}\n")).unwrap();
+    let check = |list: PathBuf, socket: PathBuf| async move {
+        let out = support::Prepull::new("check")
+            .arg("--list")
+            .arg(list)
+            .arg("--containerd")
+            .arg(socket)
+            .output()
+            .await;
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    let socket = containerd.socket().to_path_buf();
+
+    let (code, line) = check(list.clone(), socket.clone()).await;
+    assert_eq!(code, Some(1), "{line}");
+    assert!(
+        line.contains(&format!(
+            "2 of 2 listed images are not on the node: {app}, {db}"
+        )),
+        "{line}"
+    );
+
+    let out = agent_once(&containerd, &host, &list, &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", support::text(&out));
+    // The registry is gone: the check needs none.
+    drop(registry);
+    let (code, line) = check(list.clone(), socket.clone()).await;
+    assert_eq!(
+        (code, line.trim()),
+        (Some(0), "ok: all 2 listed images are on the node")
+    );
+
+    // An image removed behind the agent's back: not ready to start, named.
+    containerd.ctr_ok(&["-n", "k8s.io", "images", "rm", &db]);
+    let (code, line) = check(list.clone(), socket.clone()).await;
+    assert_eq!(code, Some(1), "{line}");
+    assert!(
+        line.contains(&format!("1 of 2 listed images are not on the node: {db}")),
+        "{line}"
+    );
+
+    // Cannot tell: an unusable list, or no containerd.
+    let bad = root.path().join("bad.yaml");
+    std::fs::write(&bad, "images:\n").unwrap();
+    let (code, line) = check(bad, socket).await;
+    assert_eq!(code, Some(2), "{line}");
+    assert!(
+        line.starts_with("unknown:") && line.contains("bad.yaml"),
+        "{line}"
+    );
+    let (code, line) = check(list, root.path().join("no.sock")).await;
+    assert_eq!(code, Some(2), "{line}");
+}

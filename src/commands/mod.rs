@@ -1,6 +1,7 @@
 //! The command line: one module per subcommand, each composing the library's pieces.
 
 pub mod agent;
+pub mod check;
 pub mod pull;
 pub mod status;
 pub mod unpin;
@@ -49,6 +50,8 @@ pub enum Command {
     Repair(Box<verify::RepairArgs>),
     /// Show what the agent on this node keeps warm, what it does not, and why.
     Status(status::StatusArgs),
+    /// Say whether every image of a list is on this node, ready to start without the network.
+    Check(check::CheckArgs),
 }
 
 /// Which containerd to talk to; shared by every subcommand that touches the node's images.

@@ -35,6 +35,7 @@ pub use error::PullError;
 use fetch::Counters;
 use resolve::{Resolution, Resolved};
 pub use unpack::UnpackError;
+pub use warm::OnNode;
 
 /// How pulls behave.
 #[derive(Clone, Debug)]
@@ -134,9 +135,7 @@ impl Puller {
     /// records CRI knows it by, its documents and (when unpacking) its top layer's snapshot.
     /// `None` when any of it is missing or unreadable.
     pub async fn on_node(&self, reference: &Reference) -> Option<PullReport> {
-        let record = self.store.image(&reference.to_string()).await.ok()??;
-        let top = record.target?.digest;
-        self.already_warm(reference, &top, Instant::now()).await
+        self.on_node_check().find(reference).await
     }
 
     #[tracing::instrument(name = "pull", skip_all, fields(image = %reference))]

@@ -6,16 +6,36 @@ use std::time::Instant;
 use super::{PullReport, Puller};
 use crate::digest::Digest;
 use crate::image::{labels, names};
+use crate::platform::Platform;
 use crate::reference::{Reference, Target};
+use crate::store::Store;
 
-impl Puller {
-    /// The steady state, cheaply: when every record CRI names the image by already points at
-    /// `top` with the labels this pull would write, and (when unpacking) the top layer's
-    /// snapshot exists, the image is warm and nothing is written. Records are written last by
-    /// a pull and root all of its content for containerd's GC, so their presence means the
-    /// content is there; `prepull verify` is what reads it all back. `None` means "do the full
-    /// pull", including on any error here.
-    pub(super) async fn already_warm(
+/// What "the node holds this image, complete" means, found without the network: the records CRI
+/// names the image by point at one top document with the labels a pull writes, the documents
+/// and config are readable and verified, and (when unpacking) the top layer's snapshot exists.
+/// Records are written last by a pull and root all of its content for containerd's GC, so their
+/// presence means the content is there; `prepull verify` is what reads it all back.
+pub struct OnNode<'a> {
+    /// containerd, in the namespace CRI uses.
+    pub store: &'a Store,
+    /// The platform whose manifest the node runs.
+    pub platform: &'a Platform,
+    /// The snapshotter layers must be unpacked in, if any.
+    pub snapshotter: Option<&'a str>,
+    /// Whether the records must carry the CRI pin too.
+    pub pinned: bool,
+}
+
+impl OnNode<'_> {
+    /// The complete image the node holds under `reference`, if any.
+    pub async fn find(&self, reference: &Reference) -> Option<PullReport> {
+        let record = self.store.image(&reference.to_string()).await.ok()??;
+        let top = record.target?.digest;
+        self.at(reference, &top, Instant::now()).await
+    }
+
+    /// The image `reference` names at `top`, if the node holds it complete.
+    async fn at(
         &self,
         reference: &Reference,
         top: &Digest,
@@ -26,7 +46,7 @@ impl Puller {
                 let record = self.store.image(&name).await.ok()?;
                 if !record.is_some_and(|r| {
                     r.target.as_ref().is_some_and(|t| &t.digest == top)
-                        && labels::has_record_labels(&r.labels, self.options.pin)
+                        && labels::has_record_labels(&r.labels, self.pinned)
                 }) {
                     return None;
                 }
@@ -40,14 +60,10 @@ impl Puller {
         }
         records_ok(by_reference).await?;
         // The config names the ID record and the layers' chain.
-        let chosen = self
-            .store
-            .manifest_for(top, &self.options.platform)
-            .await
-            .ok()?;
+        let chosen = self.store.manifest_for(top, self.platform).await.ok()?;
         let manifest = &chosen.manifest;
         records_ok(vec![manifest.config.digest.to_string()]).await?;
-        if let Some(snapshotter) = self.options.unpack.as_deref() {
+        if let Some(snapshotter) = self.snapshotter {
             let chain = self.store.chain_ids(&chosen.digest, manifest).await.ok()?;
             if let Some(chain_top) = chain.last().map(Digest::to_string) {
                 let exists = self.store.snapshot_exists(snapshotter, &chain_top);
@@ -56,7 +72,6 @@ impl Puller {
                 }
             }
         }
-        tracing::debug!(digest = %top, "already warm");
         Some(PullReport {
             reference: reference.clone(),
             digest: top.clone(),
@@ -64,11 +79,39 @@ impl Puller {
             platform: chosen.platform.clone(),
             names: names::record_names(reference, top, &manifest.config.digest),
             layers: manifest.layers.len(),
-            snapshotter: self.options.unpack.clone(),
+            snapshotter: self.snapshotter.map(str::to_string),
             blobs_fetched: 0,
             blobs_present: manifest.layers.len() + 1,
             bytes_fetched: 0,
             elapsed: started.elapsed(),
         })
+    }
+}
+
+impl Puller {
+    /// What this puller holds for an image on the node.
+    pub(super) fn on_node_check(&self) -> OnNode<'_> {
+        OnNode {
+            store: &self.store,
+            platform: &self.options.platform,
+            snapshotter: self.options.unpack.as_deref(),
+            pinned: self.options.pin,
+        }
+    }
+
+    /// The steady state, cheaply: when the node already holds the image `reference` resolved
+    /// to (`top`) with the labels this pull would write, it is warm and nothing is written.
+    /// `None` means "do the full pull", including on any error here.
+    pub(super) async fn already_warm(
+        &self,
+        reference: &Reference,
+        top: &Digest,
+        started: Instant,
+    ) -> Option<PullReport> {
+        let warm = self.on_node_check().at(reference, top, started).await;
+        if warm.is_some() {
+            tracing::debug!(digest = %top, "already warm");
+        }
+        warm
     }
 }
