@@ -1,7 +1,7 @@
 //! The fixed set of failure kinds: one word per cause an operator acts on differently.
 //!
 //! Every error a pull can end in maps to exactly one [`ErrorKind`]. The kinds are what the status
-//! file, `--output json` and metrics labels carry, so the set is closed and documented
+//! file and `--output json` carry, for counting and alerting, so the set is closed and documented
 //! (`deploy/README.md` lists [`ErrorKind::ALL`]; a test keeps the two in step).
 
 use std::fmt;
@@ -66,7 +66,7 @@ impl ErrorKind {
         ErrorKind::Containerd,
     ];
 
-    /// The label, as written in the status file, JSON output and metrics.
+    /// The label, as written in the status file and JSON output.
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorKind::Unauthorized => "unauthorized",

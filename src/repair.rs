@@ -71,7 +71,11 @@ pub fn plan(checks: Vec<ImageCheck>, missing: Vec<String>, shared: &[SharedBlob]
             ),
         };
         steps.push(Step {
-            shown: check.names[0].clone(),
+            shown: check
+                .names
+                .first()
+                .cloned()
+                .unwrap_or_else(|| check.target.to_string()),
             before: Some(check),
             action,
         });

@@ -793,7 +793,7 @@ async fn damage_the_node_cannot_mend_is_reported_corrupt_with_the_other_namespac
         &host,
         &list.file(LIST),
         root.path(),
-        &["--verify-every", "1s"],
+        &["--verify-every", "8s"],
     );
     let s = wait_for_pass(&status_file, 1, &mut agent).await;
     assert_eq!(s["warm"], 1, "{s:#}");
@@ -801,7 +801,7 @@ async fn damage_the_node_cannot_mend_is_reported_corrupt_with_the_other_namespac
 
     let layer = &app.layers[0];
     rot(&containerd, &layer.digest);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(8100)).await;
     list.update(&[(LIST, &format!("images:\n  - {app_ref}\n# touched\n"))]);
     let s = wait_for_pass(&status_file, 2, &mut agent).await;
     let image = &s["images"][0];
@@ -815,6 +815,22 @@ async fn damage_the_node_cannot_mend_is_reported_corrupt_with_the_other_namespac
     );
     assert!(image["damage"]["mended"].is_null(), "{s:#}");
     assert_eq!(s["corrupt"], 1, "{s:#}");
+    let s2_verify = s["last_verify"].clone();
+    // The next pass, before the next verify is due: still corrupt (the records and the bad blob
+    // are still there; nothing mended it), and still saying why.
+    list.update(&[(LIST, &format!("images:\n  - {app_ref}\n# again\n"))]);
+    let s = wait_for_pass(&status_file, 3, &mut agent).await;
+    assert!(
+        s["last_verify"] == s2_verify,
+        "no verify in this pass: {s:#}"
+    );
+    assert_eq!(s["images"][0]["state"], "corrupt", "{s:#}");
+    assert!(
+        s["images"][0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("namespace default")),
+        "{s:#}"
+    );
 }
 
 /// Runs `prepull status` with `args`.

@@ -1,7 +1,6 @@
 //! The agent's HTTP endpoints: probes for Kubernetes and a node-readiness gate, and the status.
 //!
-//! - `/livez`: the agent's loop is running (the process is not wedged: this answer comes from
-//!   the same runtime).
+//! - `/livez`: the agent's loop has not ended, and the process's runtime answers.
 //! - `/readyz`: the agent can do its job: containerd answers, a list is in force, and a pass
 //!   completed recently (or the first one is not overdue). A registry that is down does not make
 //!   the agent unready: that is what `/warmz` is for, and one unreachable registry must not hold
@@ -33,6 +32,12 @@ use crate::store::Store;
 
 /// How long a `/warmz` answer is reused: the live lookup reads a few records per image.
 const WARMTH_TTL: Duration = Duration::from_secs(5);
+
+/// How long the live lookup behind `/warmz` may take.
+const WARMTH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connections served at once; more are closed at once (probes need one or two).
+const MAX_CONNECTIONS: usize = 64;
 
 /// How long containerd may take to answer `/readyz`'s version call.
 const CONTAINERD_TIMEOUT: Duration = Duration::from_secs(2);
@@ -147,7 +152,10 @@ impl Endpoints {
                 return answer.clone();
             }
         }
-        let answer = self.look().await;
+        let answer = match tokio::time::timeout(WARMTH_TIMEOUT, self.look()).await {
+            Ok(answer) => answer,
+            Err(_) => Err("cannot tell: containerd does not answer".to_string()),
+        };
         *cached = Some((Instant::now(), answer.clone()));
         answer
     }
@@ -180,8 +188,8 @@ impl Endpoints {
                 cold.push(format!("{} ({why})", image.image));
             }
         }
-        let total = status.images.len() + status.images_omitted;
-        if cold.is_empty() && status.images_omitted == 0 {
+        let total = status.images.len();
+        if cold.is_empty() {
             return Ok(total);
         }
         let more = cold.len().saturating_sub(NAMED);
@@ -200,6 +208,7 @@ impl Endpoints {
 /// Serves the endpoints on `listener` until `stop` is cancelled.
 pub async fn serve(listener: TcpListener, endpoints: Arc<Endpoints>, stop: CancellationToken) {
     let mut connections = tokio::task::JoinSet::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -213,8 +222,13 @@ pub async fn serve(listener: TcpListener, endpoints: Arc<Endpoints>, stop: Cance
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
         let endpoints = endpoints.clone();
         connections.spawn(async move {
+            let _slot = slot;
             let service = hyper::service::service_fn(move |request: Request<_>| {
                 let endpoints = endpoints.clone();
                 async move {

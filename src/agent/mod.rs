@@ -68,6 +68,8 @@ pub struct Agent {
     status: Status,
     published: tokio::sync::watch::Sender<Status>,
     last_verify: Option<Instant>,
+    /// The lease holding damaged images while a pass mends them.
+    protection: Option<Protection>,
 }
 
 /// How one image's pull in a pass ended, and (when it failed) the complete image the node
@@ -112,6 +114,7 @@ impl Agent {
             status,
             published,
             last_verify: None,
+            protection: None,
         }
     }
 
@@ -162,6 +165,11 @@ impl Agent {
                     }
                 }
             };
+            // A pass abandoned past its grace period leaves its repair lease: release it here,
+            // rather than let it keep content for a week.
+            if let Some(protection) = self.protection.take() {
+                protection.release(&self.store).await;
+            }
             match stopped {
                 Some(true) if passes.is_some_and(|n| self.status.passes >= n) => {
                     return Stopped::Done
@@ -251,14 +259,24 @@ impl Agent {
             return;
         };
         let started = Instant::now();
-        let (damage, protection) = self.verify_if_due(&list).await;
-        let damaged: HashSet<String> = damage.keys().cloned().collect();
+        let (damage, verified) = self.verify_if_due(&list).await;
+        // Damaged now, or still open from an earlier verify: pulled checking every blob (the
+        // warm shortcut trusts records, and records survive a removed blob).
+        let damaged: HashSet<String> = list
+            .entries
+            .iter()
+            .map(|e| e.reference.to_string())
+            .filter(|name| {
+                damage.contains_key(name)
+                    || self.status.image(name).is_some_and(ImageState::damage_open)
+            })
+            .collect();
         let results = self.pull_all(&list, &damaged).await;
         let pins = Pins::new(&self.store, &self.options.pin_owner);
-        let (images, resolved) = self.record(&pins, &list, results, damage).await;
+        let (images, resolved) = self.record(&pins, &list, results, damage, verified).await;
         // The mending pulls have ended: the lease holding the damaged images goes (see
         // `repair` for why one rule holds for every caller).
-        if let Some(protection) = protection {
+        if let Some(protection) = self.protection.take() {
             protection.release(&self.store).await;
         }
         let released = match pins.release(&list, &resolved).await {
@@ -288,21 +306,26 @@ impl Agent {
     }
 
     /// When a verify is due, reads the listed images back (see [`Agent::verify_listed`]).
-    async fn verify_if_due(&mut self, list: &List) -> (Damage, Option<Protection>) {
+    /// `true` with it when the verify ran; the lease protecting what it removed is kept in
+    /// `self.protection` until the pulls end (or the pass is abandoned: see [`Agent::run`]).
+    async fn verify_if_due(&mut self, list: &List) -> (Damage, bool) {
         let due = self
             .options
             .verify_every
             .is_some_and(|every| self.last_verify.is_none_or(|t| t.elapsed() >= every));
         if !due {
-            return (HashMap::new(), None);
+            return (HashMap::new(), false);
         }
         self.last_verify = Some(Instant::now());
         self.status.last_verify = Some(timestamp(SystemTime::now()));
         match self.verify_listed(list).await {
-            Ok((damage, protection)) => (damage, Some(protection)),
+            Ok((damage, protection)) => {
+                self.protection = Some(protection);
+                (damage, true)
+            }
             Err(e) => {
                 tracing::warn!(error = %crate::error_chain(&e), "cannot verify the stored images");
-                (HashMap::new(), None)
+                (HashMap::new(), false)
             }
         }
     }
@@ -353,17 +376,22 @@ impl Agent {
         list: &List,
         results: Vec<Option<Checked>>,
         mut damage: Damage,
+        verified: bool,
     ) -> (Vec<ImageStatus>, HashMap<String, Option<String>>) {
         let now = SystemTime::now();
         let mut images = Vec::with_capacity(list.entries.len());
         let mut resolved = HashMap::new();
         for (entry, result) in list.entries.iter().zip(results) {
             let name = entry.reference.to_string();
-            let previous = self.status.image(&name);
-            let (found, blocked) = match damage.remove(&name) {
-                Some(f) => (Some(f.problems), f.blocked),
-                None => (None, None),
+            let (found, blocked, previous) = match damage.remove(&name) {
+                Some(f) => (
+                    Some(f.problems),
+                    f.blocked,
+                    self.status.image(&name).cloned(),
+                ),
+                None => open_damage(self.status.image(&name), verified),
             };
+            let previous = previous.as_ref();
             let digest = match &result {
                 Some((Ok(report), _)) => Some(report.digest.to_string()),
                 _ => None,
@@ -400,6 +428,10 @@ impl Agent {
                     .cloned()
                     .unwrap_or_else(|| ImageStatus::before_check(entry, None)),
             };
+            let mut status = status;
+            if let Some(d) = status.damage.as_mut().filter(|d| d.mended.is_none()) {
+                d.blocked = blocked;
+            }
             if let Some(error) = &status.error {
                 tracing::warn!(
                     image = %status.image,
@@ -466,5 +498,30 @@ impl Agent {
         if let Err(e) = self.status.write_to(path) {
             tracing::warn!(file = %path.display(), error = %e, "cannot write the status file");
         }
+    }
+}
+
+/// For an entry the verify did not find damaged this pass: whether damage found earlier still
+/// stands (and why the node cannot mend it, if it cannot), with the previous status to build on.
+/// A verify that ran and found the image sound closes any open damage: it is mended now.
+fn open_damage(
+    previous: Option<&ImageStatus>,
+    verified: bool,
+) -> (Option<Vec<String>>, Option<String>, Option<ImageStatus>) {
+    let Some(previous) = previous else {
+        return (None, None, None);
+    };
+    let mut previous = previous.clone();
+    let open = previous.damage.as_mut().filter(|d| d.mended.is_none());
+    match open {
+        Some(d) if verified => {
+            d.mended = Some(timestamp(SystemTime::now()));
+            (None, None, Some(previous))
+        }
+        Some(d) => {
+            let blocked = d.blocked.clone();
+            (None, blocked, Some(previous))
+        }
+        None => (None, None, Some(previous)),
     }
 }

@@ -150,7 +150,9 @@ impl<'a> Pins<'a> {
             let ours = record.labels.get(&key);
             if entry.pin {
                 // Pinned by someone who is not a prepull list: theirs, not ours to share.
-                if (pinned && !owned_by_prepull(&record.labels)) || ours.is_some() {
+                // Ours and still pinned: nothing to do. Ours but the pin went (removed by hand):
+                // set again below.
+                if pinned && (ours.is_some() || !owned_by_prepull(&record.labels)) {
                     continue;
                 }
                 self.store
@@ -244,7 +246,12 @@ impl<'a> Pins<'a> {
     /// Removes this list's ownership of `record`'s pin, and the pin itself when no other list
     /// owns it. `true` when the pin went.
     async fn give_up(&self, record: &StoredImage, key: &str) -> Result<bool, StoreError> {
-        let last = only_owner(&record.labels, key);
+        // Read again just before deciding: another list's agent may have joined since.
+        let labels = match self.store.image(&record.name).await? {
+            Some(now) => now.labels,
+            None => return Ok(false),
+        };
+        let last = only_owner(&labels, key);
         let mut changes = vec![(key, None)];
         if last {
             changes.push((labels::CRI_PINNED, None));

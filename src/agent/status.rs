@@ -50,12 +50,15 @@ impl ImageState {
         }
     }
 
-    /// Whether a pod using the image starts without the network.
+    /// Whether a pod using the image starts without the network, as far as the last pass knows
+    /// (an `unchecked` image is not known yet).
     pub fn usable(self) -> bool {
-        matches!(
-            self,
-            ImageState::Warm | ImageState::Stale | ImageState::Unchecked
-        )
+        matches!(self, ImageState::Warm | ImageState::Stale)
+    }
+
+    /// Whether damage is open on the image: found, and not mended yet.
+    pub fn damage_open(status: &ImageStatus) -> bool {
+        status.damage.as_ref().is_some_and(|d| d.mended.is_none())
     }
 }
 
@@ -66,6 +69,10 @@ pub struct Damage {
     pub found: String,
     /// What was wrong, one line per problem.
     pub problems: Vec<String>,
+    /// Why this node cannot mend it (a bad blob another containerd namespace holds, and the fix),
+    /// if so: the image stays corrupt until a verify finds it sound.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<String>,
     /// When a pull made the image whole again (RFC 3339), if one has.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mended: Option<String>,
@@ -275,6 +282,7 @@ impl Damage {
                 .take(MAX_PROBLEMS)
                 .map(|p| capped(p, MAX_ERROR_CHARS))
                 .collect(),
+            blocked: None,
             mended: None,
         }
     }

@@ -13,6 +13,9 @@ use crate::agent::List;
 use crate::platform::Platform;
 use crate::pull::OnNode;
 
+/// How long the whole check may take (node-problem-detector runs plugins with a timeout too).
+const CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// How many missing images the line names before it says how many more.
 const NAMED: usize = 3;
 
@@ -79,12 +82,31 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         snapshotter: snapshotter.as_deref(),
         pinned: false,
     };
-    let mut missing = Vec::new();
-    for entry in &list.entries {
-        if on_node.find(&entry.reference).await.is_none() {
-            missing.push(entry.reference.to_string());
-        }
+    // containerd must answer, or "not on the node" could be a failure to ask.
+    let answering = tokio::time::timeout(CHECK_TIMEOUT, store.version()).await;
+    if !matches!(answering, Ok(Ok(_))) {
+        println!(
+            "unknown: containerd at {} does not answer",
+            args.containerd.socket.display()
+        );
+        return Ok(ExitCode::from(UNKNOWN));
     }
+    let look = async {
+        let mut missing = Vec::new();
+        for entry in &list.entries {
+            if on_node.find(&entry.reference).await.is_none() {
+                missing.push(entry.reference.to_string());
+            }
+        }
+        missing
+    };
+    let Ok(missing) = tokio::time::timeout(CHECK_TIMEOUT, look).await else {
+        println!(
+            "unknown: containerd did not answer within {}s",
+            CHECK_TIMEOUT.as_secs()
+        );
+        return Ok(ExitCode::from(UNKNOWN));
+    };
     let total = list.entries.len();
     if missing.is_empty() {
         println!("ok: all {total} listed images are on the node");

@@ -13,6 +13,9 @@ use super::Output;
 /// How long the agent's endpoint may take to answer.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The most bytes of a status read from an endpoint.
+const MAX_STATUS: usize = 1 << 20;
+
 /// The most characters of an error shown in the table (`--output json` has it whole).
 const ERROR_COLUMN: usize = 80;
 
@@ -96,7 +99,16 @@ async fn read(args: &StatusArgs) -> anyhow::Result<Value> {
                     .send()
                     .await?
                     .error_for_status()?;
-                response.bytes().await
+                // The agent bounds its status; anything much bigger is not the agent.
+                let mut body = Vec::new();
+                let mut response = response;
+                while let Some(chunk) = response.chunk().await? {
+                    body.extend_from_slice(&chunk);
+                    if body.len() > MAX_STATUS {
+                        break;
+                    }
+                }
+                Ok::<_, reqwest::Error>(body)
             };
             fetch
                 .await
