@@ -324,31 +324,62 @@ async fn one_pass_reports_what_is_warm_and_why_the_rest_is_not() {
     );
 }
 
+/// An agent keeping one two-layer image warm, with `--verify-every EVERY`, after its first pass.
+struct WarmApp {
+    containerd: Containerd,
+    _registry: Registry,
+    app: support::PushedImage,
+    app_ref: String,
+    root: tempfile::TempDir,
+    list: KubeletVolume,
+    agent: tokio::process::Child,
+    status_file: PathBuf,
+    first: serde_json::Value,
+}
+
+impl WarmApp {
+    async fn start(every: &str) -> WarmApp {
+        let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+        let host = registry.host();
+        let layers = ImageSpec::new(&[40 * KIB, 20 * KIB]);
+        let app = push_image(&host, "team/app", "v1", &layers).await;
+        let app_ref = format!("{host}/team/app:v1");
+        let root = tempfile::tempdir().unwrap();
+        let list = list_volume(root.path(), &format!("images:\n  - {app_ref}\n"));
+        let verify = ["--verify-every", every];
+        let (mut agent, status_file) =
+            spawn_agent(&containerd, &host, &list.file(LIST), root.path(), &verify);
+        let first = wait_for_pass(&status_file, 1, &mut agent).await;
+        assert_eq!(first["warm"], 1, "{first:#}");
+        WarmApp {
+            containerd,
+            _registry: registry,
+            app,
+            app_ref,
+            root,
+            list,
+            agent,
+            status_file,
+            first,
+        }
+    }
+}
+
 /// The agent reads its images back before a pass when a check is due: a layer whose bytes rotted
 /// on disk is removed and fetched again by the pass, and the status says what was wrong.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_agent_finds_and_mends_a_corrupt_layer() {
-    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
-    let host = registry.host();
-    let app = push_image(
-        &host,
-        "team/app",
-        "v1",
-        &ImageSpec::new(&[40 * KIB, 20 * KIB]),
-    )
-    .await;
-    let app_ref = format!("{host}/team/app:v1");
-    let root = tempfile::tempdir().unwrap();
-    let mut list = list_volume(root.path(), &format!("images:\n  - {app_ref}\n"));
-    let (mut agent, status_file) = spawn_agent(
-        &containerd,
-        &host,
-        &list.file(LIST),
-        root.path(),
-        &["--verify-every", "1s"],
-    );
-    let s = wait_for_pass(&status_file, 1, &mut agent).await;
-    assert_eq!(s["warm"], 1, "{s:#}");
+    let WarmApp {
+        containerd,
+        _registry,
+        app,
+        app_ref,
+        root: _root,
+        mut list,
+        mut agent,
+        status_file,
+        first: s,
+    } = WarmApp::start("1s").await;
     assert!(s["last_verify"].is_string(), "{s:#}");
 
     // Bit rot in layer 0.
@@ -776,27 +807,17 @@ async fn an_interval_below_the_floor_is_bad_input() {
 /// agent must say `corrupt`, naming the namespace and the fix, not call the image warm.
 #[tokio::test(flavor = "multi_thread")]
 async fn damage_the_node_cannot_mend_is_reported_corrupt_with_the_other_namespace() {
-    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
-    let host = registry.host();
-    let app = push_image(
-        &host,
-        "team/app",
-        "v1",
-        &ImageSpec::new(&[40 * KIB, 20 * KIB]),
-    )
-    .await;
-    let app_ref = format!("{host}/team/app:v1");
-    let root = tempfile::tempdir().unwrap();
-    let mut list = list_volume(root.path(), &format!("images:\n  - {app_ref}\n"));
-    let (mut agent, status_file) = spawn_agent(
-        &containerd,
-        &host,
-        &list.file(LIST),
-        root.path(),
-        &["--verify-every", "8s"],
-    );
-    let s = wait_for_pass(&status_file, 1, &mut agent).await;
-    assert_eq!(s["warm"], 1, "{s:#}");
+    let WarmApp {
+        containerd,
+        _registry,
+        app,
+        app_ref,
+        root: _root,
+        mut list,
+        mut agent,
+        status_file,
+        first: _first,
+    } = WarmApp::start("8s").await;
     containerd.ctr_ok(&["-n", "default", "images", "pull", "--plain-http", &app_ref]);
 
     let layer = &app.layers[0];
