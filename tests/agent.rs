@@ -677,28 +677,33 @@ async fn two_lists_on_one_node_never_release_each_others_pins() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--pin-owner"));
 }
 
+/// A containerd, and a registry behind a fault proxy holding a small `v1` of each repository.
+async fn behind_a_proxy(
+    repositories: &[&str],
+) -> (
+    Containerd,
+    Registry,
+    support::Proxy,
+    Vec<support::PushedImage>,
+) {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let proxy = support::Proxy::start(&registry.host()).await;
+    let mut images = Vec::new();
+    for repository in repositories {
+        let spec = ImageSpec::new(&[8 * KIB]);
+        images.push(push_image(&registry.host(), repository, "v1", &spec).await);
+    }
+    (containerd, registry, proxy, images)
+}
+
 /// "Could not re-check" is not "not warm": with the registry answering 503, an image on the node
 /// is stale (usable, its digest kept, since when and why said), one that is not is failed, and a
 /// one-shot pass over only present images succeeds.
 #[tokio::test(flavor = "multi_thread")]
 async fn images_on_the_node_are_stale_not_failed_while_their_registry_is_down() {
-    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
-    let proxy = support::Proxy::start(&registry.host()).await;
+    let (containerd, _registry, proxy, images) = behind_a_proxy(&["team/app", "team/new"]).await;
     let host = proxy.host();
-    let app = push_image(
-        &registry.host(),
-        "team/app",
-        "v1",
-        &ImageSpec::new(&[8 * KIB]),
-    )
-    .await;
-    push_image(
-        &registry.host(),
-        "team/new",
-        "v1",
-        &ImageSpec::new(&[8 * KIB]),
-    )
-    .await;
+    let app = &images[0];
     let (app_ref, new_ref) = (format!("{host}/team/app:v1"), format!("{host}/team/new:v1"));
     let root = tempfile::tempdir().unwrap();
     let mut list = list_volume(root.path(), &format!("images:\n  - {app_ref}\n"));
@@ -887,23 +892,8 @@ async fn wait_for(addr: &str, path: &str, code: u16) -> String {
 /// status.
 #[tokio::test(flavor = "multi_thread")]
 async fn warmth_and_readiness_endpoints_tell_the_truth() {
-    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
-    let proxy = support::Proxy::start(&registry.host()).await;
+    let (containerd, _registry, proxy, _) = behind_a_proxy(&["team/app", "team/db"]).await;
     let host = proxy.host();
-    push_image(
-        &registry.host(),
-        "team/app",
-        "v1",
-        &ImageSpec::new(&[8 * KIB]),
-    )
-    .await;
-    push_image(
-        &registry.host(),
-        "team/db",
-        "v1",
-        &ImageSpec::new(&[8 * KIB]),
-    )
-    .await;
     let (app, db) = (format!("{host}/team/app:v1"), format!("{host}/team/db:v1"));
     proxy.set_hook(|request| {
         if request.path.contains("team/db") {

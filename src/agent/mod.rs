@@ -268,7 +268,10 @@ impl Agent {
             .map(|e| e.reference.to_string())
             .filter(|name| {
                 damage.contains_key(name)
-                    || self.status.image(name).is_some_and(ImageState::damage_open)
+                    || self
+                        .status
+                        .image(name)
+                        .is_some_and(ImageStatus::damage_open)
             })
             .collect();
         let results = self.pull_all(&list, &damaged).await;
@@ -397,7 +400,7 @@ impl Agent {
                 _ => None,
             };
             resolved.insert(name.clone(), digest);
-            let status = match &result {
+            let mut status = match &result {
                 Some((result, present)) if blocked.is_some() => {
                     let present = result.as_ref().ok().or(present.as_ref());
                     let reason = blocked.as_deref().unwrap_or_default();
@@ -428,7 +431,6 @@ impl Agent {
                     .cloned()
                     .unwrap_or_else(|| ImageStatus::before_check(entry, None)),
             };
-            let mut status = status;
             if let Some(d) = status.damage.as_mut().filter(|d| d.mended.is_none()) {
                 d.blocked = blocked;
             }

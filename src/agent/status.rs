@@ -55,11 +55,6 @@ impl ImageState {
     pub fn usable(self) -> bool {
         matches!(self, ImageState::Warm | ImageState::Stale)
     }
-
-    /// Whether damage is open on the image: found, and not mended yet.
-    pub fn damage_open(status: &ImageStatus) -> bool {
-        status.damage.as_ref().is_some_and(|d| d.mended.is_none())
-    }
 }
 
 /// Damage the periodic verify found in a stored image.
@@ -156,6 +151,11 @@ pub fn timestamp(t: SystemTime) -> String {
 }
 
 impl ImageStatus {
+    /// Whether damage is open on the image: found, and not mended yet.
+    pub fn damage_open(&self) -> bool {
+        self.damage.as_ref().is_some_and(|d| d.mended.is_none())
+    }
+
     /// An entry before any pass checked it: `present` is the complete image the node holds.
     pub fn before_check(entry: &Entry, present: Option<&PullReport>) -> ImageStatus {
         ImageStatus {
@@ -353,41 +353,47 @@ impl Status {
     /// texts and damage lists are cut shorter and shorter, and as a last resort the per-image
     /// list is cut (`images_omitted` says how many are left out; the counts stay whole).
     pub fn to_bounded_json(&self) -> Vec<u8> {
+        let fits = |json: &Vec<u8>| json.len() <= MAX_STATUS_BYTES;
         let whole = serde_json::to_vec_pretty(self).unwrap_or_default();
-        if whole.len() <= MAX_STATUS_BYTES {
+        if fits(&whole) {
             return whole;
         }
+        let mut cut = self.clone();
         for (chars, problems) in [(512, 8), (128, 2), (32, 1)] {
-            let mut cut = self.clone();
-            for image in &mut cut.images {
-                image.error = image.error.take().map(|e| capped(e, chars));
-                if let Some(d) = image.damage.as_mut() {
-                    d.problems.truncate(problems);
-                    for p in &mut d.problems {
-                        *p = capped(std::mem::take(p), chars);
-                    }
-                }
-            }
-            cut.list_error = cut.list_error.take().map(|e| capped(e, chars * 4));
+            cut = self.with_texts_cut(chars, problems);
             let json = serde_json::to_vec_pretty(&cut).unwrap_or_default();
-            if json.len() <= MAX_STATUS_BYTES {
+            if fits(&json) {
                 return json;
             }
-            if chars == 32 {
-                let mut keep = cut.images.len();
-                loop {
-                    keep /= 2;
-                    let mut fewer = cut.clone();
-                    fewer.images_omitted = fewer.images.len() - keep;
-                    fewer.images.truncate(keep);
-                    let json = serde_json::to_vec_pretty(&fewer).unwrap_or_default();
-                    if json.len() <= MAX_STATUS_BYTES || keep == 0 {
-                        return json;
-                    }
+        }
+        // Even the shortest texts do not fit: halve the list until it does.
+        let mut keep = cut.images.len();
+        loop {
+            keep /= 2;
+            let mut fewer = cut.clone();
+            fewer.images_omitted = fewer.images.len() - keep;
+            fewer.images.truncate(keep);
+            let json = serde_json::to_vec_pretty(&fewer).unwrap_or_default();
+            if fits(&json) || keep == 0 {
+                return json;
+            }
+        }
+    }
+
+    /// A copy with every error cut to `chars` characters and each damage to `problems` problems.
+    fn with_texts_cut(&self, chars: usize, problems: usize) -> Status {
+        let mut cut = self.clone();
+        for image in &mut cut.images {
+            image.error = image.error.take().map(|e| capped(e, chars));
+            if let Some(d) = image.damage.as_mut() {
+                d.problems.truncate(problems);
+                for p in &mut d.problems {
+                    *p = capped(std::mem::take(p), chars);
                 }
             }
         }
-        whole
+        cut.list_error = cut.list_error.take().map(|e| capped(e, chars * 4));
+        cut
     }
 
     /// Writes the status to `path` atomically: to a temporary file beside it, created anew (a

@@ -230,10 +230,7 @@ async fn run_once(agent: &mut Agent, stop: &CancellationToken) -> anyhow::Result
             (state, None) => println!("{} {} {digest}", state.as_str(), image.image),
         }
     }
-    let usable = status
-        .images
-        .iter()
-        .all(|i| i.state.usable() && i.state != ImageState::Unchecked);
+    let usable = status.images.iter().all(|i| i.state.usable());
     Ok(if usable {
         ExitCode::SUCCESS
     } else {

@@ -280,18 +280,7 @@ impl Hosts {
         } else {
             "https"
         };
-        Endpoint {
-            origin: format!("{scheme}://{api_host}"),
-            api_path: "/v2".into(),
-            host: api_host.to_string(),
-            mirror: false,
-            resolve: true,
-            pull: true,
-            tls: Tls::default(),
-            headers: Vec::new(),
-            dial_timeout: None,
-            named_in: None,
-        }
+        endpoint_at(scheme, api_host, false)
     }
 
     /// Where an operator configures the client certificate for `endpoint` of `registry`, as
@@ -527,7 +516,13 @@ fn endpoint_from(url: &str, mirror: bool) -> Result<Endpoint, String> {
     if host.is_empty() {
         return Err(format!("{url:?} has no host"));
     }
-    Ok(Endpoint {
+    Ok(endpoint_at(scheme, host, mirror))
+}
+
+/// A host's endpoint with the defaults containerd gives a host entry: `/v2`, resolve and pull,
+/// no TLS settings, headers or dial timeout of its own.
+fn endpoint_at(scheme: &str, host: &str, mirror: bool) -> Endpoint {
+    Endpoint {
         origin: format!("{scheme}://{host}"),
         api_path: "/v2".into(),
         host: host.to_string(),
@@ -538,7 +533,7 @@ fn endpoint_from(url: &str, mirror: bool) -> Result<Endpoint, String> {
         headers: Vec::new(),
         dial_timeout: None,
         named_in: None,
-    })
+    }
 }
 
 fn api_path_of(url: &str) -> String {
