@@ -8,11 +8,13 @@
 #   busybox-static            a static /bin/busybox to put into test images and containers
 #   ca-certificates, time     TLS roots for the agent; /usr/bin/time for the benches
 #   gzip                      the test bench compresses layers with it
+#   python3-prometheus-client the Prometheus project's parser, reading the agent's /metrics in tests
 #   iproute2, linux-perf      the benches: `ip netns`/veth/`tc netem` for the emulated WAN (W5),
 #                             `perf` for benches/profile.sh
 set -euo pipefail
 
-packages=(containerd docker-registry protobuf-compiler busybox-static ca-certificates time gzip iproute2 linux-perf)
+packages=(containerd docker-registry protobuf-compiler busybox-static ca-certificates time gzip
+    python3-prometheus-client iproute2 linux-perf)
 
 missing=()
 need() { # need PACKAGE TEST...: PACKAGE is missing unless the test command succeeds
@@ -36,6 +38,7 @@ need gzip command -v gzip
 need iproute2 command -v ip
 need iproute2 command -v tc
 need linux-perf command -v perf
+need python3-prometheus-client /usr/bin/python3 -c 'import prometheus_client.openmetrics.parser'
 
 if [ ${#missing[@]} -eq 0 ]; then
     echo "setup: all present (${packages[*]}), nothing to do"

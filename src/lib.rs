@@ -13,6 +13,7 @@
 //!   over gRPC), [`cri`] (the kubelet's view of the node's images).
 //! - [`repair`]: mending damaged images, for `prepull repair` and the agent alike.
 //! - [`retry`]: every retry policy and the bound per blob they add up to.
+//! - [`metrics`]: the Prometheus counters events are counted into, served by the agent.
 
 // Errors carry the registry, repository, digest and image they concern, and tonic's own Status is
 // large; they travel only on the failure path, where their size costs nothing measurable.
@@ -25,6 +26,7 @@ pub mod cri;
 pub mod digest;
 pub mod image;
 pub mod kind;
+pub mod metrics;
 pub mod oci;
 pub mod platform;
 pub mod pull;

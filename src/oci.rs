@@ -96,6 +96,16 @@ pub struct Manifest {
     pub layers: Vec<Descriptor>,
 }
 
+impl Manifest {
+    /// Bytes of the image's content as stored: its config and layers (what CRI reports as the
+    /// image's size, less the manifest itself).
+    pub fn content_size(&self) -> u64 {
+        self.layers
+            .iter()
+            .fold(self.config.size, |sum, l| sum.saturating_add(l.size))
+    }
+}
+
 /// The parts of an image config prepull needs.
 #[derive(Clone, Debug, Deserialize)]
 pub struct Config {

@@ -121,6 +121,11 @@ impl SpaceCheck {
         }
     }
 
+    /// Free bytes (as `df` shows them) and the size of containerd's filesystem, now.
+    pub fn usage(&self) -> std::io::Result<(u64, u64)> {
+        filesystem(&self.path)
+    }
+
     /// Claims the space blobs of `sizes` need, if it is there after what other pulls in
     /// progress claimed. The claim holds until dropped.
     pub fn claim(&self, sizes: &[u64], unpack: bool) -> Result<Claim, SpaceError> {

@@ -84,6 +84,20 @@ pub enum Problem {
 }
 
 impl Problem {
+    /// The problem's kind, a bounded name for metrics: `corrupt`, `unreadable`, `missing`,
+    /// `malformed`, `unchecked`, `missing_record`, `missing_snapshot`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Problem::Corrupt { .. } => "corrupt",
+            Problem::Unreadable { .. } => "unreadable",
+            Problem::Missing { .. } => "missing",
+            Problem::Malformed { .. } => "malformed",
+            Problem::Unchecked { .. } => "unchecked",
+            Problem::MissingRecord { .. } => "missing_record",
+            Problem::MissingSnapshot { .. } => "missing_snapshot",
+        }
+    }
+
     /// The blob that must be removed before it can be stored again, if any: only bytes that
     /// do not match their digest, or that containerd lists but cannot find. A malformed
     /// document hashes right, so the registry would serve the same bytes again.

@@ -886,45 +886,86 @@ async fn wait_for(addr: &str, path: &str, code: u16) -> String {
     }
 }
 
+/// An agent serving its endpoints on a port the system picked, keeping `app` and `db` warm from
+/// a registry behind a proxy that refuses `db` (401, with a rate-limit header) until told not to.
+struct Serving {
+    containerd: Containerd,
+    _registry: Registry,
+    proxy: support::Proxy,
+    host: String,
+    app: String,
+    db: String,
+    images: Vec<support::PushedImage>,
+    _root: tempfile::TempDir,
+    list: KubeletVolume,
+    agent: tokio::process::Child,
+    status_file: PathBuf,
+    addr: String,
+}
+
+impl Serving {
+    async fn start() -> Serving {
+        let (containerd, registry, proxy, images) = behind_a_proxy(&["team/app", "team/db"]).await;
+        let host = proxy.host();
+        let (app, db) = (format!("{host}/team/app:v1"), format!("{host}/team/db:v1"));
+        proxy.set_hook(|request| {
+            if request.path.contains("team/db") {
+                support::Action::RespondWith {
+                    status: 401,
+                    headers: vec![("RateLimit-Remaining".into(), "7;w=21600".into())],
+                    body: br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#.to_vec(),
+                }
+            } else {
+                support::Action::Forward
+            }
+        });
+        let root = tempfile::tempdir().unwrap();
+        let list = list_volume(root.path(), &format!("images:\n  - {app}\n  - {db}\n"));
+        let (mut agent, status_file) = spawn_agent(
+            &containerd,
+            &host,
+            &list.file(LIST),
+            root.path(),
+            &["--listen=127.0.0.1:0"],
+        );
+        let addr = listen_address(&status_file, &mut agent).await;
+        Serving {
+            containerd,
+            _registry: registry,
+            proxy,
+            host,
+            app,
+            db,
+            images,
+            _root: root,
+            list,
+            agent,
+            status_file,
+            addr,
+        }
+    }
+}
+
 /// The endpoints: `/warmz` says 503 and why until every listed image is warm, then 200, and 503
 /// again (naming the image) when an image is removed behind the agent's back; `/readyz` stays
 /// 200 while a registry is down (one registry must not hold up a rollout); `/status` is the
 /// status.
 #[tokio::test(flavor = "multi_thread")]
 async fn warmth_and_readiness_endpoints_tell_the_truth() {
-    let (containerd, _registry, proxy, _) = behind_a_proxy(&["team/app", "team/db"]).await;
-    let host = proxy.host();
-    let (app, db) = (format!("{host}/team/app:v1"), format!("{host}/team/db:v1"));
-    proxy.set_hook(|request| {
-        if request.path.contains("team/db") {
-            support::Action::Respond {
-                status: 401,
-                body:
-                    br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#
-                        .to_vec(),
-            }
-        } else {
-            support::Action::Forward
-        }
-    });
-    let root = tempfile::tempdir().unwrap();
-    let mut list = list_volume(root.path(), &format!("images:\n  - {app}\n  - {db}\n"));
-    let addr = format!(
-        "127.0.0.1:{}",
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    );
-    let listen = format!("--listen={addr}");
-    let (mut agent, status_file) = spawn_agent(
-        &containerd,
-        &host,
-        &list.file(LIST),
-        root.path(),
-        &[&listen],
-    );
+    let Serving {
+        containerd,
+        proxy,
+        app,
+        db,
+        mut list,
+        mut agent,
+        status_file,
+        addr,
+        _registry,
+        _root,
+        images: _,
+        host: _,
+    } = Serving::start().await;
     wait_for_pass(&status_file, 1, &mut agent).await;
 
     let why = wait_for(&addr, "/warmz", 503).await;
@@ -1202,4 +1243,152 @@ async fn check_says_whether_the_node_is_warm_with_npd_exit_codes() {
     );
     let (code, line) = check(list, root.path().join("no.sock")).await;
     assert_eq!(code, Some(2), "{line}");
+}
+
+/// Where the agent serves its endpoints: it listens on a port the system picks and says which
+/// in its status.
+async fn listen_address(status_file: &Path, agent: &mut tokio::process::Child) -> String {
+    let s = wait_for_pass(status_file, 0, agent).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut s = s;
+    while s["listen"].is_null() {
+        assert!(Instant::now() < deadline, "no listen address: {s:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        s = status(status_file);
+    }
+    s["listen"].as_str().unwrap().to_string()
+}
+
+async fn scrape(addr: &str) -> support::Scrape {
+    let response = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    support::Scrape::parse(&response.text().await.unwrap())
+}
+
+/// `/metrics`, read by Prometheus's own parser: images by state before and after a pass, each
+/// listed image's warmth and digest, a failure counted under its kind, bytes downloaded equal to
+/// the image's size, registry requests by code and the rate-limit headroom, pins, free space,
+/// and a list that cannot be used.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_tell_an_operator_what_the_node_holds_and_what_failed() {
+    let Serving {
+        proxy,
+        host,
+        app,
+        db,
+        images,
+        mut list,
+        mut agent,
+        status_file,
+        addr,
+        _registry,
+        _root,
+        containerd: _containerd,
+    } = Serving::start().await;
+    let s = wait_for_pass(&status_file, 1, &mut agent).await;
+
+    let m = scrape(&addr).await;
+    let state = |m: &support::Scrape, state: &str| m.value("prepull_images", &[("state", state)]);
+    assert_eq!((state(&m, "warm"), state(&m, "failed")), (1.0, 1.0));
+    assert_eq!(state(&m, "missing"), 0.0);
+    assert_eq!(m.value("prepull_image_warm", &[("image", &app)]), 1.0);
+    assert_eq!(m.value("prepull_image_warm", &[("image", &db)]), 0.0);
+    let digest = s["images"][0]["digest"].as_str().unwrap();
+    assert_eq!(digest, images[0].manifest.digest);
+    assert_eq!(
+        m.value(
+            "prepull_image_digest_info",
+            &[("image", &app), ("digest", digest)]
+        ),
+        1.0
+    );
+    assert_eq!(m.get("prepull_image_digest_info", &[("image", &db)]), None);
+    let failed = [("result", "failed"), ("kind", "unauthorized")];
+    assert_eq!(m.value("prepull_pulls_total", &failed), 1.0);
+    let pulled = [("result", "pulled"), ("kind", "none")];
+    assert_eq!(m.value("prepull_pulls_total", &pulled), 1.0);
+    let size = images[0].config.size + images[0].layers.iter().map(|l| l.size).sum::<u64>();
+    assert_eq!(
+        m.value("prepull_downloaded_bytes_total", &[("registry", &host)]),
+        size as f64,
+        "bytes downloaded are the image's config and layers"
+    );
+    let refused = [("registry", host.as_str()), ("code", "401")];
+    assert!(m.value("prepull_registry_requests_total", &refused) >= 1.0);
+    let ok = [
+        ("registry", host.as_str()),
+        ("method", "HEAD"),
+        ("code", "200"),
+    ];
+    assert!(m.value("prepull_registry_requests_total", &ok) >= 1.0);
+    let headroom = [("registry", host.as_str())];
+    assert_eq!(
+        m.value("prepull_registry_rate_limit_remaining", &headroom),
+        7.0
+    );
+    assert_eq!(m.value("prepull_pinned_images", &[]), 1.0);
+    assert_eq!(m.value("prepull_pinned_bytes", &[]), size as f64);
+    assert!(m.value("prepull_containerd_filesystem_size_bytes", &[]) > 0.0);
+    assert!(m.value("prepull_containerd_filesystem_free_bytes", &[]) > 0.0);
+    assert_eq!(m.value("prepull_passes_total", &[]), 1.0);
+    assert_eq!(m.value("prepull_list_valid", &[]), 1.0);
+    assert!(m.value("prepull_last_pass_timestamp_seconds", &[]) > 1.7e9);
+    assert_eq!(m.get("prepull_last_success_timestamp_seconds", &[]), None);
+    let histogram = [("result", "failed"), ("le", "+Inf")];
+    assert_eq!(
+        m.value("prepull_pull_duration_seconds_bucket", &histogram),
+        1.0
+    );
+    assert_eq!(m.types["prepull_pulls"], "counter");
+    assert_eq!(m.types["prepull_pull_duration_seconds"], "histogram");
+    assert_eq!(m.types["prepull_build"], "info");
+    // Every metric served is documented for operators.
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/README.md"));
+    let docs = docs.unwrap();
+    for sample in &m.samples {
+        let name = ["_bucket", "_count", "_sum", "_created"]
+            .iter()
+            .find_map(|suffix| sample.name.strip_suffix(suffix))
+            .filter(|base| m.types.get(*base).is_some_and(|t| t == "histogram"))
+            .unwrap_or(&sample.name);
+        assert!(
+            docs.contains(&format!("| `{name}` |")),
+            "{name} is not in deploy/README.md's metrics table"
+        );
+    }
+
+    // The credentials are fixed: after the next pass both are warm, the node last succeeded now.
+    proxy.set_hook(|_| support::Action::Forward);
+    list.update(&[(LIST, &format!("images:\n  - {app}\n  - {db}\n# fixed\n"))]);
+    wait_for_pass(&status_file, 2, &mut agent).await;
+    let m = scrape(&addr).await;
+    assert_eq!((state(&m, "warm"), state(&m, "failed")), (2.0, 0.0));
+    assert_eq!(m.value("prepull_image_warm", &[("image", &db)]), 1.0);
+    assert_eq!(m.value("prepull_pulls_total", &pulled), 2.0);
+    let warm = [("result", "warm"), ("kind", "none")];
+    assert_eq!(m.value("prepull_pulls_total", &warm), 1.0, "app was warm");
+    assert_eq!(m.value("prepull_pinned_images", &[]), 2.0);
+    assert!(m.value("prepull_last_success_timestamp_seconds", &[]) > 1.7e9);
+
+    // A list that cannot be used: counted, and the metric says the one in force is not the file.
+    list.update(&[(LIST, "images:\n")]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status(&status_file)["list_error"].is_null() {
+        assert!(Instant::now() < deadline, "the bad list was not noticed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let m = scrape(&addr).await;
+    assert_eq!(m.value("prepull_list_valid", &[]), 0.0);
+    assert_eq!(m.value("prepull_list_load_errors_total", &[]), 1.0);
+    assert_eq!(state(&m, "warm"), 2.0, "the last good list stays in force");
 }

@@ -89,7 +89,7 @@ async fn the_daemonset_arguments_run_the_agent() {
     // The manifest's arguments, with in-container paths mapped to this test's directories.
     let mut run_args: Vec<String> = Vec::new();
     let mut status_file = None;
-    let mut listen = None;
+    let mut listen = false;
     for arg in &args {
         let Some((flag, value)) = arg.split_once('=') else {
             run_args.push(arg.clone());
@@ -110,9 +110,9 @@ async fn the_daemonset_arguments_run_the_agent() {
             status_file = Some(PathBuf::from(&value));
         }
         if flag == "--listen" {
-            let port = free_port();
-            listen = Some(format!("127.0.0.1:{port}"));
-            run_args.push(format!("--listen=127.0.0.1:{port}"));
+            // A port the system picks; the status says which.
+            listen = true;
+            run_args.push("--listen=127.0.0.1:0".to_string());
             continue;
         }
         if flag == "--splay" {
@@ -168,7 +168,8 @@ async fn the_daemonset_arguments_run_the_agent() {
     assert!(log().contains("pull-secret"), "{}", log());
 
     // The probes the manifest declares answer, on the port it names, and the node is warm.
-    let listen = listen.expect("the DaemonSet serves its endpoints");
+    assert!(listen, "the DaemonSet serves its endpoints");
+    let listen = status["listen"].as_str().expect("the status says where");
     let mut paths: Vec<String> = ["livenessProbe", "readinessProbe"]
         .iter()
         .map(|probe| {
@@ -187,12 +188,4 @@ async fn the_daemonset_arguments_run_the_agent() {
         let body = response.text().await.unwrap();
         assert_eq!(code, 200, "{path}: {body}\n{}", log());
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }

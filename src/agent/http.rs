@@ -10,6 +10,8 @@
 //!   by the last pass and is still on the node now (looked up in containerd, without the
 //!   network, at most every few seconds). Else 503 and one line naming what is not warm and why.
 //! - `/status`: the status file's JSON.
+//! - `/metrics`: Prometheus metrics (OpenMetrics text): the process's counters
+//!   ([`crate::metrics`]) and the agent's state now ([`super::metrics`]).
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +27,7 @@ use tokio::sync::{watch, Mutex};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::metrics::NodeState;
 use super::status::{ImageState, Status};
 use crate::pull::Puller;
 use crate::reference::Reference;
@@ -105,6 +108,17 @@ impl Endpoints {
                 ),
                 Err(why) => (StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{why}\n")),
             },
+            "/metrics" => {
+                let now = NodeState {
+                    status: self.status.borrow().clone(),
+                    filesystem: self.puller.space().and_then(|s| s.usage().ok()),
+                };
+                (
+                    StatusCode::OK,
+                    crate::metrics::CONTENT_TYPE,
+                    crate::metrics::encode(now),
+                )
+            }
             "/status" => {
                 let json = self.status.borrow().to_bounded_json();
                 let text = String::from_utf8(json).unwrap_or_default();
@@ -113,7 +127,7 @@ impl Endpoints {
             _ => (
                 StatusCode::NOT_FOUND,
                 TEXT,
-                "not found: the agent serves /livez, /readyz, /warmz, /status\n".into(),
+                "not found: the agent serves /livez, /readyz, /warmz, /status, /metrics\n".into(),
             ),
         }
     }

@@ -9,6 +9,7 @@
 
 pub mod http;
 pub mod list;
+pub mod metrics;
 pub mod pins;
 pub mod schedule;
 pub mod status;
@@ -25,6 +26,7 @@ pub use list::{Entry, List, ListError};
 pub use pins::PinOwner;
 pub use status::{ImageState, ImageStatus, Status};
 
+use crate::metrics::{metrics, RepairResult};
 use crate::pull::{PullError, PullReport, Puller};
 use crate::repair::{self, Protection};
 use crate::store::{Store, StoreError};
@@ -184,6 +186,13 @@ impl Agent {
         }
     }
 
+    /// Records where the endpoints are served (the status says it: with `--listen` on port 0,
+    /// the port the system chose).
+    pub fn serving_at(&mut self, address: std::net::SocketAddr) {
+        self.status.listen = Some(address.to_string());
+        self.write_status();
+    }
+
     /// The status after the last pass.
     pub fn status(&self) -> &Status {
         &self.status
@@ -232,11 +241,13 @@ impl Agent {
                 }
                 self.status.set_images(images);
                 self.list = Some(list);
+                self.status.list_in_force = true;
                 self.status.list_error = None;
                 self.write_status();
                 true
             }
             Err(e) => {
+                metrics().list_error();
                 let message = crate::error_chain(&e);
                 tracing::error!(
                     error = %message,
@@ -290,12 +301,19 @@ impl Agent {
             }
         };
 
+        count_repairs(&damaged, &images);
         self.status.set_images(images);
         self.status.released = released;
         self.status.passes += 1;
         self.status.last_pass_seconds = started.elapsed().as_secs_f64();
-        self.status.last_pass = Some(timestamp(SystemTime::now()));
+        let now = SystemTime::now();
+        self.status.last_pass = Some(timestamp(now));
+        self.status.last_pass_unix = Some(unix_seconds(now));
         self.status.last_pass_at = Some(Instant::now());
+        if self.status.images.iter().all(|i| i.state.usable()) {
+            self.status.last_success = self.status.last_pass.clone();
+            self.status.last_success_unix = self.status.last_pass_unix;
+        }
         tracing::info!(
             warm = self.status.warm,
             stale = self.status.stale,
@@ -476,6 +494,9 @@ impl Agent {
             if check.problems.is_empty() {
                 continue;
             }
+            for problem in &check.problems {
+                metrics().damage_found(problem.kind());
+            }
             let problems: Vec<String> = check.problems.iter().map(ToString::to_string).collect();
             tracing::warn!(image = %name, problems = %problems.join("; "), "stored image is damaged; fetching it again");
             // A bad blob another namespace also holds stays (its file is shared): this image
@@ -501,6 +522,24 @@ impl Agent {
             tracing::warn!(file = %path.display(), error = %e, "cannot write the status file");
         }
     }
+}
+
+/// Counts, for each image the pass tried to mend, how that ended.
+fn count_repairs(damaged: &HashSet<String>, images: &[ImageStatus]) {
+    for image in images.iter().filter(|i| damaged.contains(&i.image)) {
+        let result = match &image.damage {
+            Some(d) if d.mended.is_some() => RepairResult::Mended,
+            Some(d) if d.blocked.is_some() => RepairResult::Blocked,
+            _ => RepairResult::Failed,
+        };
+        metrics().repair(result);
+    }
+}
+
+/// Seconds since the Unix epoch.
+fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// For an entry the verify did not find damaged this pass: whether damage found earlier still

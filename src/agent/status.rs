@@ -85,6 +85,9 @@ pub struct ImageStatus {
     /// The digest on the node: what the list resolved to when warm, what is present when stale.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+    /// Bytes of its content on the node (config and layers, compressed), when it is there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
     /// Bytes downloaded for it in the last pass.
     pub bytes_fetched: u64,
     /// When it was last confirmed warm (RFC 3339).
@@ -167,6 +170,7 @@ impl ImageStatus {
             },
             pin: entry.pin,
             digest: present.map(|p| p.digest.to_string()),
+            size: present.map(|p| p.size),
             bytes_fetched: 0,
             last_warm: None,
             since: None,
@@ -206,6 +210,7 @@ impl ImageStatus {
             state: ImageState::Warm,
             pin: entry.pin,
             digest: None,
+            size: None,
             bytes_fetched: 0,
             last_warm: previous.and_then(|p| p.last_warm.clone()),
             since: None,
@@ -229,6 +234,7 @@ impl ImageStatus {
             Outcome::Unmendable { reason, present } => ImageStatus {
                 state: ImageState::Corrupt,
                 digest: present.map(|p| p.digest.to_string()),
+                size: present.map(|p| p.size),
                 since: Some(since),
                 kind: Some(ErrorKind::Corrupt),
                 error: Some(capped(
@@ -244,6 +250,7 @@ impl ImageStatus {
                     (false, None) => ImageState::Failed,
                 },
                 digest: present.map(|p| p.digest.to_string()),
+                size: present.map(|p| p.size),
                 since: Some(since),
                 kind: Some(error.kind()),
                 error: Some(capped(crate::error_chain(error), MAX_ERROR_CHARS)),
@@ -265,6 +272,7 @@ impl ImageStatus {
         }
         ImageStatus {
             digest: Some(report.digest.to_string()),
+            size: Some(report.size),
             bytes_fetched: report.bytes_fetched,
             last_warm: Some(at.to_string()),
             ..base
@@ -295,6 +303,12 @@ pub struct Status {
     pub list: String,
     /// The name this agent's pins carry (`prepull.io/pinned-by.<owner>`).
     pub pin_owner: String,
+    /// Where the agent serves its endpoints (`--listen`), if it does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// Whether a list is in force (the last good one, when the file on disk cannot be used).
+    #[serde(skip)]
+    pub list_in_force: bool,
     /// Why the list on disk is not the one in use, if it is not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub list_error: Option<String>,
@@ -304,6 +318,15 @@ pub struct Status {
     /// When the last pass finished, on this process's clock.
     #[serde(skip)]
     pub last_pass_at: Option<tokio::time::Instant>,
+    /// When a pass last ended with every listed image warm or stale (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_success: Option<String>,
+    /// The same, as seconds since the Unix epoch.
+    #[serde(skip)]
+    pub last_success_unix: Option<f64>,
+    /// When the last pass finished, as seconds since the Unix epoch.
+    #[serde(skip)]
+    pub last_pass_unix: Option<f64>,
     /// How long it took.
     pub last_pass_seconds: f64,
     /// Passes so far.
@@ -446,6 +469,7 @@ mod tests {
             platform: crate::platform::Platform::host(),
             names: Vec::new(),
             layers: 1,
+            size: 100,
             snapshotter: None,
             blobs_fetched: 0,
             blobs_present: 2,

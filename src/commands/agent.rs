@@ -88,8 +88,9 @@ pub struct AgentArgs {
     #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = humantime::parse_duration)]
     pub stop_grace: Duration,
 
-    /// Serve /livez, /readyz, /warmz and /status here (HTTP). `/warmz` answers 200 only when
-    /// every listed image is warm: gate node readiness on it, not on `/readyz`.
+    /// Serve /livez, /readyz, /warmz, /status and /metrics here (HTTP). `/warmz` answers 200
+    /// only when every listed image is warm: gate node readiness on it, not on `/readyz`. Port 0
+    /// picks a free port; the status file's `listen` says which.
     #[arg(
         long,
         value_name = "ADDR",
@@ -142,7 +143,11 @@ pub async fn run(args: AgentArgs, stop: CancellationToken) -> anyhow::Result<Exi
     let alive = Arc::new(AtomicBool::new(true));
     let server = match args.no_listen {
         true => None,
-        false => Some(serve(&args, &agent, alive.clone(), &stop).await?),
+        false => {
+            let (server, address) = serve(&args, &agent, alive.clone(), &stop).await?;
+            agent.serving_at(address);
+            Some(server)
+        }
     };
     agent.run(None, &stop).await;
     alive.store(false, Ordering::Relaxed);
@@ -189,11 +194,12 @@ async fn serve(
     agent: &Agent,
     alive: Arc<AtomicBool>,
     stop: &CancellationToken,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+) -> anyhow::Result<(tokio::task::JoinHandle<()>, std::net::SocketAddr)> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("--listen {}: cannot listen there", args.listen))?;
-    tracing::info!(address = %args.listen, "serving /livez, /readyz, /warmz, /status");
+    let address = listener.local_addr().unwrap_or(args.listen);
+    tracing::info!(%address, "serving /livez, /readyz, /warmz, /status, /metrics");
     let endpoints = Arc::new(Endpoints::new(
         agent.watch_status(),
         args.puller.containerd.connect().await?,
@@ -201,7 +207,8 @@ async fn serve(
         alive,
         2 * args.interval + args.splay,
     ));
-    Ok(tokio::spawn(http::serve(listener, endpoints, stop.clone())))
+    let server = tokio::spawn(http::serve(listener, endpoints, stop.clone()));
+    Ok((server, address))
 }
 
 /// One pass now; a line per image: exit 0 when every image is usable offline, 1 otherwise.

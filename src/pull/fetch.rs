@@ -234,6 +234,7 @@ async fn copy_body(
             .counters
             .bytes
             .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        crate::metrics::metrics().downloaded(fetch.reference.registry(), chunk.len() as u64);
         if let Some(k) = kept.as_mut() {
             k.extend_from_slice(&chunk);
         }

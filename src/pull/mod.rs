@@ -26,6 +26,7 @@ use tokio::sync::Semaphore;
 
 use crate::digest::Digest;
 use crate::image::labels;
+use crate::metrics::{metrics, PullResult};
 use crate::platform::Platform;
 use crate::reference::Reference;
 use crate::registry::RegistryClient;
@@ -82,6 +83,8 @@ pub struct PullReport {
     pub names: Vec<String>,
     /// Layers in the image.
     pub layers: usize,
+    /// Bytes of its content: the config and the layers, as stored (compressed).
+    pub size: u64,
     /// The snapshotter the layers were unpacked into, if unpacking was asked for.
     pub snapshotter: Option<String>,
     /// Blobs downloaded.
@@ -119,6 +122,11 @@ impl Puller {
         self.options.unpack.as_deref()
     }
 
+    /// The free-space check pulls make, if they make one (it knows containerd's filesystem).
+    pub fn space(&self) -> Option<&crate::space::SpaceCheck> {
+        self.options.space.as_ref()
+    }
+
     /// Pulls one image. An image whose records already say it is complete costs a `HEAD` and a
     /// few reads of small documents.
     pub async fn pull(&self, reference: &Reference) -> Result<PullReport, PullError> {
@@ -138,8 +146,25 @@ impl Puller {
         self.on_node_check().find(reference).await
     }
 
-    #[tracing::instrument(name = "pull", skip_all, fields(image = %reference))]
+    /// [`Puller::pull_with`], counted in [`crate::metrics`] by how it ended.
     async fn pull_with(
+        &self,
+        reference: &Reference,
+        shortcut: bool,
+    ) -> Result<PullReport, PullError> {
+        let started = Instant::now();
+        let result = self.pull_uncounted(reference, shortcut).await;
+        let (ended, kind) = match &result {
+            Ok(r) if r.blobs_fetched == 0 && r.bytes_fetched == 0 => (PullResult::Warm, None),
+            Ok(_) => (PullResult::Pulled, None),
+            Err(e) => (PullResult::Failed, Some(e.kind())),
+        };
+        metrics().pull(ended, kind, started.elapsed().as_secs_f64());
+        result
+    }
+
+    #[tracing::instrument(name = "pull", skip_all, fields(image = %reference))]
+    async fn pull_uncounted(
         &self,
         reference: &Reference,
         shortcut: bool,
@@ -196,6 +221,7 @@ impl Puller {
             platform: image.platform.clone(),
             names,
             layers: image.manifest.layers.len(),
+            size: image.manifest.content_size(),
             snapshotter: self.options.unpack.clone(),
             blobs_fetched: counters.fetched.load(Ordering::Relaxed),
             blobs_present: counters.present.load(Ordering::Relaxed),

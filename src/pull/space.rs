@@ -48,11 +48,12 @@ impl Puller {
                 missing.push(blob.size);
             }
         }
-        check
-            .claim(&missing, unpack)
-            .map_err(|source| PullError::DiskSpace {
+        check.claim(&missing, unpack).map_err(|source| {
+            crate::metrics::metrics().space_refused();
+            PullError::DiskSpace {
                 image: reference.to_string(),
                 source,
-            })
+            }
+        })
     }
 }

@@ -79,6 +79,7 @@ impl OnNode<'_> {
             platform: chosen.platform.clone(),
             names: names::record_names(reference, top, &manifest.config.digest),
             layers: manifest.layers.len(),
+            size: manifest.content_size(),
             snapshotter: self.snapshotter.map(str::to_string),
             blobs_fetched: 0,
             blobs_present: manifest.layers.len() + 1,

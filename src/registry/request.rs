@@ -9,6 +9,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, RETRY_A
 use reqwest::{Method, StatusCode};
 
 use super::{lock, tls, Endpoint, HostsError, Options, RegistryClient, RegistryError, Tls};
+use crate::metrics::metrics;
 use crate::reference::Reference;
 use crate::retry::{self, Backoff};
 
@@ -226,23 +227,29 @@ impl RegistryClient {
     ) -> Result<reqwest::Response, RegistryError> {
         let registry = endpoint.host.as_str();
         let sent = self
-            .send_with_retries(registry, &request.action, request.policy, || {
-                let mut h = HeaderMap::new();
-                headers(&mut h);
-                for (name, value) in &endpoint.headers {
-                    if let (Ok(n), Ok(v)) = (
-                        HeaderName::from_bytes(name.as_bytes()),
-                        HeaderValue::from_str(value),
-                    ) {
-                        h.append(n, v);
+            .send_with_retries(
+                registry,
+                &request.method,
+                &request.action,
+                request.policy,
+                || {
+                    let mut h = HeaderMap::new();
+                    headers(&mut h);
+                    for (name, value) in &endpoint.headers {
+                        if let (Ok(n), Ok(v)) = (
+                            HeaderName::from_bytes(name.as_bytes()),
+                            HeaderValue::from_str(value),
+                        ) {
+                            h.append(n, v);
+                        }
                     }
-                }
-                if let Some(a) = &authorization {
-                    h.insert(AUTHORIZATION, a.clone());
-                }
-                http.request(request.method.clone(), &request.url)
-                    .headers(h)
-            })
+                    if let Some(a) = &authorization {
+                        h.insert(AUTHORIZATION, a.clone());
+                    }
+                    http.request(request.method.clone(), &request.url)
+                        .headers(h)
+                },
+            )
             .await;
         match sent {
             Ok(response) => Ok(response),
@@ -258,6 +265,7 @@ impl RegistryClient {
     async fn send_with_retries(
         &self,
         registry: &str,
+        method: &Method,
         action: &str,
         policy: Backoff,
         build: impl Fn() -> reqwest::RequestBuilder,
@@ -265,6 +273,8 @@ impl RegistryClient {
         let mut attempts = policy.start();
         loop {
             let sent = build().send().await;
+            let code = sent.as_ref().ok().map(|r| r.status().as_u16());
+            metrics().request(registry, method.as_str(), code);
             let transient = match &sent {
                 Ok(r) => {
                     self.note_rate_limit(registry, r.headers());
@@ -310,6 +320,7 @@ impl RegistryClient {
             .and_then(|v| v.trim().parse::<u64>().ok());
         if let Some(n) = remaining {
             lock(&self.rate_limits).insert(registry.to_string(), n);
+            metrics().rate_limit_remaining(registry, n);
             tracing::debug!(registry, remaining = n, "registry rate limit");
         }
     }

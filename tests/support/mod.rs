@@ -17,6 +17,7 @@ pub mod process;
 pub mod proxy;
 pub mod registry;
 pub mod run;
+pub mod scrape;
 pub mod tls;
 pub mod volume;
 
@@ -37,6 +38,7 @@ pub use proxy::{Action, DeadHost, Proxy, Record, Shape, TcpRelay};
 pub use registry::{Registry, RegistryOptions};
 #[allow(unused_imports)]
 pub use run::{text, Prepull};
+pub use scrape::Scrape;
 #[allow(unused_imports)]
 pub use tls::TestCa;
 #[allow(unused_imports)]
