@@ -335,6 +335,8 @@ struct WarmApp {
     agent: tokio::process::Child,
     status_file: PathBuf,
     first: serde_json::Value,
+    /// Where its endpoints are.
+    addr: String,
 }
 
 impl WarmApp {
@@ -346,9 +348,10 @@ impl WarmApp {
         let app_ref = format!("{host}/team/app:v1");
         let root = tempfile::tempdir().unwrap();
         let list = list_volume(root.path(), &format!("images:\n  - {app_ref}\n"));
-        let verify = ["--verify-every", every];
+        let args = ["--verify-every", every, "--listen=127.0.0.1:0"];
         let (mut agent, status_file) =
-            spawn_agent(&containerd, &host, &list.file(LIST), root.path(), &verify);
+            spawn_agent(&containerd, &host, &list.file(LIST), root.path(), &args);
+        let addr = listen_address(&status_file, &mut agent).await;
         let first = wait_for_pass(&status_file, 1, &mut agent).await;
         assert_eq!(first["warm"], 1, "{first:#}");
         WarmApp {
@@ -361,6 +364,7 @@ impl WarmApp {
             agent,
             status_file,
             first,
+            addr,
         }
     }
 }
@@ -379,6 +383,7 @@ async fn the_agent_finds_and_mends_a_corrupt_layer() {
         mut agent,
         status_file,
         first: s,
+        addr,
     } = WarmApp::start("1s").await;
     assert!(s["last_verify"].is_string(), "{s:#}");
 
@@ -398,6 +403,15 @@ async fn the_agent_finds_and_mends_a_corrupt_layer() {
     assert!(
         image["damage"]["mended"].is_string(),
         "mended, and says when: {s:#}"
+    );
+    let m = scrape(&addr).await;
+    assert_eq!(
+        m.value("prepull_verify_damage_total", &[("kind", "corrupt")]),
+        1.0
+    );
+    assert_eq!(
+        m.value("prepull_repairs_total", &[("result", "mended")]),
+        1.0
     );
     let leases = containerd.ctr_ok(&["-n", "k8s.io", "leases", "ls"]);
     assert!(
@@ -822,6 +836,7 @@ async fn damage_the_node_cannot_mend_is_reported_corrupt_with_the_other_namespac
         mut agent,
         status_file,
         first: _first,
+        addr,
     } = WarmApp::start("8s").await;
     containerd.ctr_ok(&["-n", "default", "images", "pull", "--plain-http", &app_ref]);
 
@@ -841,6 +856,12 @@ async fn damage_the_node_cannot_mend_is_reported_corrupt_with_the_other_namespac
     );
     assert!(image["damage"]["mended"].is_null(), "{s:#}");
     assert_eq!(s["corrupt"], 1, "{s:#}");
+    let m = scrape(&addr).await;
+    assert_eq!(
+        m.value("prepull_repairs_total", &[("result", "blocked")]),
+        1.0
+    );
+    assert_eq!(m.value("prepull_images", &[("state", "corrupt")]), 1.0);
     let s2_verify = s["last_verify"].clone();
     // The next pass, before the next verify is due: still corrupt (the records and the bad blob
     // are still there; nothing mended it), and still saying why.
