@@ -1209,3 +1209,58 @@ async fn unknown_platform_is_bad_input_naming_the_valid_values() {
     }
     assert!(!has_record(&containerd, &reference).await);
 }
+
+/// On a terminal, `prepull pull` shows each image's bytes stored out of its size as it goes,
+/// and how it ended; piped (as a script or a log collector reads it), only the results.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_terminal_sees_progress_and_a_pipe_sees_results_only() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let host = registry.host();
+    let spec = ImageSpec::new(&[2048 * KIB, 512 * KIB]);
+    let image = push_image(&host, "team/big", "v1", &spec).await;
+    let reference = format!("{host}/team/big:v1");
+    let missing = format!("{host}/team/none:v1");
+    let size = image.config.size + image.layers.iter().map(|l| l.size).sum::<u64>();
+    let total = indicatif::BinaryBytes(size).to_string();
+
+    // A terminal: `script` gives the pull a pseudo-terminal and records what it drew.
+    let command = format!(
+        "stty cols 160 rows 40; {} pull --containerd {} --plain-http {host} {reference} {missing}",
+        support::run::bin().display(),
+        containerd.socket().display()
+    );
+    let out = tokio::process::Command::new("script")
+        .args(["-qefc", &command, "/dev/null"])
+        .output()
+        .await
+        .expect("run script (util-linux)");
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "one image fails: {screen}");
+    let last_line = |image: &str| {
+        screen
+            .split(['\n', '\r'])
+            .rfind(|l| l.contains(image) && (l.contains("done") || l.contains("failed")))
+            .unwrap_or_else(|| panic!("no final line for {image}: {screen:?}"))
+            .to_string()
+    };
+    let done = last_line(&reference);
+    assert!(
+        done.contains(&format!("{total}/{total}")) && done.contains("done"),
+        "{done:?}"
+    );
+    assert!(last_line(&missing).contains("failed"), "{screen:?}");
+
+    // A pipe: the same results, no progress.
+    let out = Prepull::new("pull")
+        .containerd(&containerd)
+        .plain_http(&host)
+        .args([&reference, &missing])
+        .output()
+        .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains(&total) && !stderr.contains("resolving"),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&reference));
+}

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod check;
+pub mod progress;
 pub mod pull;
 pub mod status;
 pub mod unpin;
@@ -88,7 +89,7 @@ impl ContainerdArgs {
 }
 
 /// How results are printed on stdout.
-#[derive(Clone, Copy, Debug, Default, ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     /// One line per image.
     #[default]

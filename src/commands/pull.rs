@@ -9,6 +9,7 @@ use std::sync::Arc;
 use clap::Args;
 use futures_util::future::join_all;
 
+use super::progress::Pulls;
 use super::Output;
 use crate::credentials;
 use crate::platform::Platform;
@@ -247,12 +248,14 @@ pub async fn run(args: PullArgs) -> anyhow::Result<ExitCode> {
     // Each image is its own task, so one waiting on a slow credential plugin (which runs
     // outside the async workers) does not hold up the others.
     let puller = Arc::new(puller);
+    let (display, progress) = Pulls::start(&references, args.output);
     let tasks: Vec<_> = references
         .iter()
         .cloned()
-        .map(|r| {
+        .zip(progress)
+        .map(|(r, progress)| {
             let puller = puller.clone();
-            tokio::spawn(async move { puller.pull(&r).await })
+            tokio::spawn(async move { puller.pull_reporting(&r, progress).await })
         })
         .collect();
     let mut results = Vec::with_capacity(tasks.len());
@@ -263,6 +266,9 @@ pub async fn run(args: PullArgs) -> anyhow::Result<ExitCode> {
                 problem: format!("the pull stopped unexpectedly: {e}"),
             })
         }));
+    }
+    if let Some(display) = display {
+        display.finish(&results.iter().map(Result::is_err).collect::<Vec<_>>());
     }
     let mut failed = 0;
     for (result, reference) in results.iter().zip(&references) {

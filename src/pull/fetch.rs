@@ -4,12 +4,13 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use super::{PullError, Puller};
+use super::{PullError, PullProgress, Puller};
 use crate::digest::Digest;
 use crate::oci::{self, Descriptor};
 use crate::reference::Reference;
@@ -62,6 +63,8 @@ pub(super) struct Counters {
     pub(super) fetched: AtomicUsize,
     pub(super) present: AtomicUsize,
     pub(super) bytes: AtomicU64,
+    /// What a progress display reads.
+    pub(super) progress: Arc<PullProgress>,
 }
 
 impl Puller {
@@ -176,6 +179,7 @@ impl Puller {
         {
             Opened::Present => {
                 fetch.counters.present.fetch_add(1, Ordering::Relaxed);
+                fetch.counters.progress.advance(blob.size);
                 return Ok(None);
             }
             Opened::Writer(w) => w,
@@ -234,6 +238,7 @@ async fn copy_body(
             .counters
             .bytes
             .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        fetch.counters.progress.advance(chunk.len() as u64);
         crate::metrics::metrics().downloaded(fetch.reference.registry(), chunk.len() as u64);
         if let Some(k) = kept.as_mut() {
             k.extend_from_slice(&chunk);

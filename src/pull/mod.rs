@@ -7,11 +7,13 @@
 //! One file per step: [`warm`] (the shortcut for an image the node already holds), [`resolve`]
 //! (top document, platform, child manifest), [`space`] (claiming free space), [`fetch`] (blob
 //! writes, ingest-lock waits, attempts), [`unpack`] (layers into snapshots as they arrive),
-//! [`commit`] (documents with GC labels, image records) and [`error`].
+//! [`commit`] (documents with GC labels, image records) and [`error`]; [`progress`] is what a
+//! display reads while a pull runs.
 
 mod commit;
 mod error;
 mod fetch;
+mod progress;
 mod resolve;
 mod space;
 mod unpack;
@@ -34,6 +36,7 @@ use crate::store::Store;
 
 pub use error::PullError;
 use fetch::Counters;
+pub use progress::{PullProgress, Stage};
 use resolve::{Resolution, Resolved};
 pub use unpack::UnpackError;
 pub use warm::OnNode;
@@ -130,13 +133,22 @@ impl Puller {
     /// Pulls one image. An image whose records already say it is complete costs a `HEAD` and a
     /// few reads of small documents.
     pub async fn pull(&self, reference: &Reference) -> Result<PullReport, PullError> {
-        self.pull_with(reference, true).await
+        self.pull_with(reference, true, Arc::default()).await
+    }
+
+    /// [`Puller::pull`], telling `progress` how far it has got as it goes.
+    pub async fn pull_reporting(
+        &self,
+        reference: &Reference,
+        progress: Arc<PullProgress>,
+    ) -> Result<PullReport, PullError> {
+        self.pull_with(reference, true, progress).await
     }
 
     /// Pulls one image checking every blob's presence and every layer's snapshot, even when
     /// its records say it is warm: for mending an image whose content was found damaged.
     pub async fn pull_thoroughly(&self, reference: &Reference) -> Result<PullReport, PullError> {
-        self.pull_with(reference, false).await
+        self.pull_with(reference, false, Arc::default()).await
     }
 
     /// The complete image the node holds under `reference`, found without the network: the
@@ -151,9 +163,16 @@ impl Puller {
         &self,
         reference: &Reference,
         shortcut: bool,
+        progress: Arc<PullProgress>,
     ) -> Result<PullReport, PullError> {
         let started = Instant::now();
-        let result = self.pull_uncounted(reference, shortcut).await;
+        let result = self.pull_uncounted(reference, shortcut, &progress).await;
+        if let (Ok(report), Stage::Resolving) = (&result, progress.stage()) {
+            // Found warm: all of it is on the node.
+            progress.begin(report.size);
+            progress.advance(report.size);
+        }
+        progress.finish();
         let (ended, kind) = match &result {
             Ok(r) if r.blobs_fetched == 0 && r.bytes_fetched == 0 => (PullResult::Warm, None),
             Ok(_) => (PullResult::Pulled, None),
@@ -168,6 +187,7 @@ impl Puller {
         &self,
         reference: &Reference,
         shortcut: bool,
+        progress: &Arc<PullProgress>,
     ) -> Result<PullReport, PullError> {
         let started = Instant::now();
         // Credentials are looked up once per host for the whole pull, not per request.
@@ -184,7 +204,11 @@ impl Puller {
             .create_lease("pull", self.options.lease_expiry)
             .await
             .map_err(&store_err)?;
-        let counters = Counters::default();
+        progress.begin(image.manifest.content_size());
+        let counters = Counters {
+            progress: progress.clone(),
+            ..Counters::default()
+        };
         let source = labels::distribution_source(reference);
         self.fetch_and_unpack(reference, &image, &lease, &source, &counters)
             .await?;
