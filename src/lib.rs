@@ -11,7 +11,8 @@
 //!   per-image states; [`kind`]: the fixed set of failure kinds every error maps to.
 //! - Adapters at the edge: [`registry`] (the distribution API over HTTP), [`store`] (containerd
 //!   over gRPC), [`cri`] (the kubelet's view of the node's images).
-//! - [`repair`]: mending damaged images, for `prepull repair` and the agent alike.
+//! - [`repair`]: mending damaged images, for `prepull repair` and the agent alike; [`doctor`]:
+//!   why one image's pull fails, step by step.
 //! - [`retry`]: every retry policy and the bound per blob they add up to.
 //! - [`metrics`]: the Prometheus counters events are counted into, served by the agent.
 
@@ -24,6 +25,7 @@ pub mod commands;
 pub mod credentials;
 pub mod cri;
 pub mod digest;
+pub mod doctor;
 pub mod image;
 pub mod kind;
 pub mod metrics;

@@ -67,6 +67,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Repair(args) => commands::verify::run_repair(*args).await,
         Command::Status(args) => commands::status::run(args).await,
         Command::Check(args) => commands::check::run(args).await,
+        Command::Doctor(args) => commands::doctor::run(*args).await,
     }
 }
 

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod check;
+pub mod doctor;
 pub mod progress;
 pub mod pull;
 pub mod status;
@@ -53,6 +54,8 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Say whether every image of a list is on this node, ready to start without the network.
     Check(check::CheckArgs),
+    /// Explain an ErrImagePull / ImagePullBackOff: walk every step of one image's pull here.
+    Doctor(Box<doctor::DoctorArgs>),
 }
 
 /// Which containerd to talk to; shared by every subcommand that touches the node's images.

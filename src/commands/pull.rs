@@ -169,17 +169,7 @@ impl PullerArgs {
         };
         let (sources, loaded) = credentials::Reloading::new(config, CREDENTIALS_CHECK)?;
         report_loaded(&loaded, lenient);
-        let registry = RegistryClient::new(
-            registry::Options {
-                hosts: registry::Hosts {
-                    // containerd's own per-host settings; a node without them is fine.
-                    dir: Some(self.hosts_dir.clone()).filter(|d| d.is_dir()),
-                    plain_http: self.plain_http.iter().cloned().collect::<HashSet<_>>(),
-                },
-                ..Default::default()
-            },
-            Arc::new(sources),
-        )?;
+        let registry = RegistryClient::new(self.registry_options(), Arc::new(sources))?;
         let store = self.containerd.connect().await?;
         options.space = self.space_check(&store).await?;
         if !self.no_unpack {
@@ -214,7 +204,20 @@ impl PullerArgs {
         Ok(Some(check))
     }
 
-    fn credential_config(&self) -> anyhow::Result<credentials::CredentialConfig> {
+    /// How registries are reached: containerd's hosts directory and the plain-HTTP hosts.
+    pub(crate) fn registry_options(&self) -> registry::Options {
+        registry::Options {
+            hosts: registry::Hosts {
+                // containerd's own per-host settings; a node without them is fine.
+                dir: Some(self.hosts_dir.clone()).filter(|d| d.is_dir()),
+                plain_http: self.plain_http.iter().cloned().collect::<HashSet<_>>(),
+            },
+            ..Default::default()
+        }
+    }
+
+    /// Where credentials come from, as the flags say.
+    pub(crate) fn credential_config(&self) -> anyhow::Result<credentials::CredentialConfig> {
         let plugins = match (
             &self.image_credential_provider_config,
             &self.image_credential_provider_bin_dir,

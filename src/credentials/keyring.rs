@@ -48,6 +48,15 @@ impl Keyring {
         self.layers.extend(other.layers);
     }
 
+    /// Every key (normalized), with where its first credential came from, in trial order.
+    pub fn keys(&self) -> Vec<(String, String)> {
+        self.layers
+            .iter()
+            .flat_map(|layer| layer.iter())
+            .filter_map(|(key, creds)| creds.first().map(|c| (key.clone(), c.source.clone())))
+            .collect()
+    }
+
     /// Whether there are no credentials at all.
     pub fn is_empty(&self) -> bool {
         self.layers.iter().all(BTreeMap::is_empty)

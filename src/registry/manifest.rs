@@ -90,6 +90,18 @@ impl RegistryClient {
         }
     }
 
+    /// Whether the reference's repository exists (`GET tags/list` answers; a `404` says it
+    /// does not). Registries answer a missing tag and a missing repository alike on the
+    /// manifest, so this tells which of the two is wrong.
+    pub async fn repository_exists(&self, reference: &Reference) -> Result<bool, RegistryError> {
+        let op = Op::new(Method::GET, "GET tags/list", "tags/list", Need::Resolve);
+        match self.send(reference, op, |_| {}).await {
+            Ok(_) => Ok(true),
+            Err(RegistryError::Status { status: 404, .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Fetches a child manifest by the digest its index names.
     pub async fn manifest_by_digest(
         &self,

@@ -53,6 +53,9 @@ pub struct Options {
     pub hosts: Hosts,
     /// Idle connections kept per host.
     pub pool_per_host: Option<usize>,
+    /// How a request to a registry's last host is retried; `None`: [`crate::retry::REQUEST`].
+    /// (`prepull doctor` asks once, to report what the registry said.)
+    pub request_policy: Option<crate::retry::Backoff>,
 }
 
 /// A client for every registry of a run.

@@ -108,7 +108,8 @@ impl RegistryClient {
                 Err(e) => self.fallback_failed(endpoint, &e),
             }
         }
-        let request = Request::to(&last, reference, &op, retry::REQUEST);
+        let policy = self.options.request_policy.unwrap_or(retry::REQUEST);
+        let request = Request::to(&last, reference, &op, policy);
         self.send_to(&last, reference, request, &headers).await
     }
 
