@@ -12,6 +12,7 @@
 //! - Adapters at the edge: [`registry`] (the distribution API over HTTP), [`store`] (containerd
 //!   over gRPC), [`cri`] (the kubelet's view of the node's images).
 //! - [`repair`]: mending damaged images, for `prepull repair` and the agent alike.
+//! - [`rootfs`]: whether an image's own command can start, judged from its unpacked layers.
 //! - [`retry`]: every retry policy and the bound per blob they add up to.
 
 // Errors carry the registry, repository, digest and image they concern, and tonic's own Status is
@@ -32,6 +33,7 @@ pub mod reference;
 pub mod registry;
 pub mod repair;
 pub mod retry;
+pub mod rootfs;
 pub mod space;
 pub mod store;
 pub mod verify;
