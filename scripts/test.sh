@@ -3,10 +3,12 @@
 # unpacked beside the system's) and runs the whole test suite: unit tests, and integration tests
 # against real containerd and registry processes that the tests start themselves. Run as root.
 #
-# The full suite runs against the system's containerd (Debian bookworm's 1.6); then the
-# containerd-facing suites (pull, store, resume, offline_pod, agent, verify) run again against each newer series
-# scripts/containerd-versions.sh installed (PREPULL_TEST_CONTAINERD=<series>). Arguments go to the
-# first, full run only. PREPULL_TEST_VERSIONS="1.7" picks the extra series ("" skips them).
+# The full suite runs against the system's containerd (Debian bookworm's 1.6) with the `native`
+# snapshotter; then the containerd-facing suites (pull, store, resume, offline_pod, agent, verify)
+# run again against each newer series scripts/containerd-versions.sh installed
+# (PREPULL_TEST_CONTAINERD=<series>): 1.x with `native`, 2.x with `overlayfs`, what real nodes run
+# (PREPULL_TEST_SNAPSHOTTER), plus verify with `native` on 2.x. Arguments go to the first, full run
+# only. PREPULL_TEST_VERSIONS="1.7" picks the extra series ("" skips them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -23,20 +25,34 @@ echo "=== cargo fmt --check, cargo clippy -D warnings"
 cargo fmt --all --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
 
-echo "=== containerd 1.6 (system: $(containerd --version | awk '{print $3}')): full suite"
-cargo test --locked "$@"
+echo "=== containerd 1.6 (system: $(containerd --version | awk '{print $3}')), snapshotter native: full suite"
+PREPULL_TEST_SNAPSHOTTER=native cargo test --locked "$@"
 
 if [ -z "${PREPULL_TEST_VERSIONS+set}" ]; then
     PREPULL_TEST_VERSIONS=$(awk '{print $1}' "$cache/installed" | tr '\n' ' ')
 fi
 failed=()
+suites=(--test pull --test store --test resume --test offline_pod --test agent --test verify)
 for series in $PREPULL_TEST_VERSIONS; do
     what=$(awk -v s="$series" '$1 == s {print $2 ", Debian " $3}' "$cache/installed")
-    echo "=== containerd $series (${what:-not installed}): pull, store, resume, offline_pod, agent, verify"
+    # Real nodes run containerd 2.x with overlayfs; 1.6 (above) and 1.7 keep native covered.
+    case $series in
+        1.*) snapshotter=native ;;
+        *) snapshotter=overlayfs ;;
+    esac
+    echo "=== containerd $series (${what:-not installed}), snapshotter $snapshotter: pull, store, resume, offline_pod, agent, verify"
     # --no-fail-fast: report every suite of this series, then go on to the next series.
-    if ! PREPULL_TEST_CONTAINERD=$series cargo test --locked --no-fail-fast \
-        --test pull --test store --test resume --test offline_pod --test agent --test verify; then
-        failed+=("$series")
+    if ! PREPULL_TEST_CONTAINERD=$series PREPULL_TEST_SNAPSHOTTER=$snapshotter \
+        cargo test --locked --no-fail-fast "${suites[@]}"; then
+        failed+=("$series/$snapshotter")
+    fi
+    if [ "$snapshotter" != native ]; then
+        # verify reads snapshots back, and is small: check it on native too.
+        echo "=== containerd $series, snapshotter native: verify"
+        if ! PREPULL_TEST_CONTAINERD=$series PREPULL_TEST_SNAPSHOTTER=native \
+            cargo test --locked --no-fail-fast --test verify; then
+            failed+=("$series/native")
+        fi
     fi
 done
 

@@ -13,6 +13,7 @@
 //!   over gRPC), [`cri`] (the kubelet's view of the node's images).
 //! - [`repair`]: mending damaged images, for `prepull repair` and the agent alike; [`doctor`]:
 //!   why one image's pull fails, step by step.
+//! - [`rootfs`]: whether an image's own command can start, judged from its unpacked layers.
 //! - [`retry`]: every retry policy and the bound per blob they add up to.
 //! - [`metrics`]: the Prometheus counters events are counted into, served by the agent.
 
@@ -36,6 +37,7 @@ pub mod reference;
 pub mod registry;
 pub mod repair;
 pub mod retry;
+pub mod rootfs;
 pub mod space;
 pub mod store;
 pub mod verify;

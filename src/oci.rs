@@ -112,6 +112,51 @@ pub struct Config {
     /// The root filesystem.
     #[serde(default)]
     pub rootfs: RootFs,
+    /// How the image's process runs; `None` when absent or not an object (never a parse error:
+    /// the diff IDs above are what a pull needs).
+    #[serde(default, deserialize_with = "lenient")]
+    pub config: Option<ImageConfig>,
+}
+
+/// `config` of an image config: what the image's process runs with. Fields of an unexpected
+/// type read as absent; Docker's single-string form of `Entrypoint` and `Cmd` is a list of one.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase")]
+pub struct ImageConfig {
+    /// The executable and its first arguments.
+    #[serde(default, deserialize_with = "string_list")]
+    pub entrypoint: Option<Vec<String>>,
+    /// Arguments after the entrypoint, or the whole command without one.
+    #[serde(default, deserialize_with = "string_list")]
+    pub cmd: Option<Vec<String>>,
+    /// `KEY=value` entries of the process environment.
+    #[serde(default, deserialize_with = "string_list")]
+    pub env: Option<Vec<String>>,
+    /// The process's working directory (`/` when empty).
+    #[serde(default, deserialize_with = "lenient")]
+    pub working_dir: Option<String>,
+}
+
+/// Any JSON value: what deserializes as `T`, or `None`.
+fn lenient<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    let value = serde_json::Value::deserialize(d)?;
+    Ok(serde_json::from_value(value).ok())
+}
+
+/// A list of strings, a single string (a list of one), or `None` for anything else.
+fn string_list<'de, D>(d: D) -> Result<Option<Vec<String>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => Some(vec![s]),
+        v @ serde_json::Value::Array(_) => serde_json::from_value(v).ok(),
+        _ => None,
+    })
 }
 
 /// `rootfs` of an image config.
@@ -253,6 +298,36 @@ mod tests {
             }
             other => panic!("expected a manifest, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn image_configs_read_the_process_leniently() {
+        let diff_ids = format!(r#""rootfs":{{"type":"layers","diff_ids":["{D}"]}}"#);
+        let parse = |process: &str| {
+            let body = format!(r#"{{"architecture":"amd64",{diff_ids}{process}}}"#);
+            serde_json::from_str::<Config>(&body).unwrap()
+        };
+        let c = parse(
+            r#","config":{"Entrypoint":["/bin/app","-v"],"Cmd":null,"Env":["PATH=/bin"],"WorkingDir":"/srv","User":"1"}"#,
+        );
+        assert_eq!(c.rootfs.diff_ids.len(), 1);
+        assert_eq!(
+            c.config,
+            Some(ImageConfig {
+                entrypoint: Some(vec!["/bin/app".into(), "-v".into()]),
+                cmd: None,
+                env: Some(vec!["PATH=/bin".into()]),
+                working_dir: Some("/srv".into()),
+            })
+        );
+        // Docker's string form; odd types are absent, not errors that would stop a pull.
+        let c = parse(r#","config":{"Cmd":"serve","Env":{"PATH":"/"},"WorkingDir":7}"#);
+        let process = c.config.unwrap();
+        assert_eq!(process.cmd, Some(vec!["serve".to_string()]));
+        assert_eq!((process.env, process.working_dir), (None, None));
+        assert_eq!(parse(r#","config":null"#).config, None);
+        assert_eq!(parse(r#","config":"x""#).config, None);
+        assert_eq!(parse("").config, None);
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! `RunPodSandbox`, `CreateContainer`, `StartContainer`) and reads the container's CRI log. A
 //! control image that was pushed but never pre-pulled must fail to start under the same conditions,
 //! so the pod's success is prepull's doing. Runs against each containerd series the bench knows
-//! (`PREPULL_TEST_CONTAINERD`, see `tests/support/containerd.rs`).
+//! (`PREPULL_TEST_CONTAINERD`) and either snapshotter (`PREPULL_TEST_SNAPSHOTTER`), see
+//! `tests/support/containerd.rs`.
 
 use testbench as support;
 

@@ -130,13 +130,13 @@ async fn oci_image_by_tag_lands_with_gc_labels_and_cri_sees_every_name() {
     assert!(has_blob(&store, &image.config.digest).await);
 
     // Unpacked into the snapshotter CRI uses (found by asking CRI), as containerd's unpacker does.
-    assert_eq!(r["snapshotter"], "native");
+    assert_eq!(r["snapshotter"], containerd.snapshotter());
     let diff_ids: Vec<Digest> = image.diff_ids.iter().map(|d| digest(d)).collect();
     let chain = prepull::image::chain_ids(&diff_ids);
     for (i, id) in chain.iter().enumerate() {
         assert!(
             store
-                .snapshot_exists("native", &id.to_string())
+                .snapshot_exists(containerd.snapshotter(), &id.to_string())
                 .await
                 .unwrap(),
             "snapshot {i} {id}"
@@ -157,7 +157,10 @@ async fn oci_image_by_tag_lands_with_gc_labels_and_cri_sees_every_name() {
         .unwrap()
         .unwrap();
     assert_eq!(
-        config.labels.get("containerd.io/gc.ref.snapshot.native"),
+        config.labels.get(&format!(
+            "containerd.io/gc.ref.snapshot.{}",
+            containerd.snapshotter()
+        )),
         Some(&chain.last().unwrap().to_string())
     );
 
@@ -225,8 +228,14 @@ async fn docker_media_types_by_digest_create_no_tag_record() {
     assert_success(&out);
     assert_eq!(results[0]["digest"], image.manifest.digest.as_str());
     assert!(results[0]["snapshotter"].is_null());
-    let snapshots =
-        containerd.ctr_ok(&["-n", "k8s.io", "snapshots", "--snapshotter", "native", "ls"]);
+    let snapshots = containerd.ctr_ok(&[
+        "-n",
+        "k8s.io",
+        "snapshots",
+        "--snapshotter",
+        containerd.snapshotter(),
+        "ls",
+    ]);
     assert!(
         !snapshots.contains(&image.diff_ids[0]),
         "--no-unpack creates no snapshot: {snapshots}"
@@ -596,8 +605,10 @@ async fn several_images_in_one_run_and_one_failure_does_not_stop_the_others() {
     assert_success(&out);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("(linux/amd64, 1 layer unpacked into native")
-            && stdout.contains("fetched in 2 blobs"),
+        stdout.contains(&format!(
+            "(linux/amd64, 1 layer unpacked into {}",
+            containerd.snapshotter()
+        )) && stdout.contains("fetched in 2 blobs"),
         "{stdout}"
     );
 }

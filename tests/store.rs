@@ -79,7 +79,7 @@ async fn garbage_collection_keeps_every_blob_and_snapshot_of_a_pulled_image() {
     for chain in prepull::image::chain_ids(&diff_ids) {
         assert!(
             store
-                .snapshot_exists("native", &chain.to_string())
+                .snapshot_exists(containerd.snapshotter(), &chain.to_string())
                 .await
                 .unwrap(),
             "snapshot {chain} survives GC"

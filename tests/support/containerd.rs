@@ -5,6 +5,10 @@
 //! and 2.x unpacked from Debian trixie / forky by `scripts/containerd-versions.sh` into
 //! [`CACHE_ENV`] (default [`DEFAULT_CACHE`]). `PREPULL_TEST_CONTAINERD=1.7` (see [`VERSION_ENV`])
 //! makes [`Containerd::start`] run that series, so the same integration tests run against each.
+//!
+//! The snapshotter CRI unpacks into is `native` unless `PREPULL_TEST_SNAPSHOTTER=overlayfs` (see
+//! [`SNAPSHOTTER_ENV`]) picks the one real nodes run; tests ask [`Containerd::snapshotter`] rather
+//! than naming one.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -23,6 +27,10 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Chooses the containerd series tests run against: `1.6` (default), `1.7`, `2.1`, ...
 pub const VERSION_ENV: &str = "PREPULL_TEST_CONTAINERD";
+/// Chooses the snapshotter the bench's containerds give CRI: `native` (default) or `overlayfs`.
+pub const SNAPSHOTTER_ENV: &str = "PREPULL_TEST_SNAPSHOTTER";
+/// The snapshotters [`SNAPSHOTTER_ENV`] may name.
+pub const SNAPSHOTTERS: [&str; 2] = ["native", "overlayfs"];
 /// Where `scripts/containerd-versions.sh` unpacks the non-system containerds (same variable there).
 pub const CACHE_ENV: &str = "PREPULL_CONTAINERD_CACHE";
 pub const DEFAULT_CACHE: &str = "/var/cache/prepull-test";
@@ -81,6 +89,23 @@ impl fmt::Display for Series {
     }
 }
 
+/// The snapshotter named by [`SNAPSHOTTER_ENV`], `native` when unset. Panics on any other value.
+pub fn snapshotter_from_env() -> String {
+    match std::env::var(SNAPSHOTTER_ENV) {
+        Ok(v) if !v.trim().is_empty() => {
+            let v = v.trim();
+            if !SNAPSHOTTERS.contains(&v) {
+                panic!(
+                    "{SNAPSHOTTER_ENV}={v:?} is not a snapshotter the bench runs: use one of {}",
+                    SNAPSHOTTERS.join(", ")
+                );
+            }
+            v.to_string()
+        }
+        _ => "native".to_string(),
+    }
+}
+
 /// What varies between bench containerds; only [`render_config`] and [`locate`] read it.
 #[derive(Clone, Debug)]
 pub struct ContainerdOptions {
@@ -89,7 +114,8 @@ pub struct ContainerdOptions {
     /// An explicit containerd binary (a bare name is looked up in `PATH`); it must belong to
     /// `version`. `None` finds `version` in the cache dir, then in `PATH`.
     pub binary: Option<PathBuf>,
-    /// The snapshotter CRI uses (and `ctr` should be told to use).
+    /// The snapshotter CRI uses (and `ctr` should be told to use); defaults to
+    /// [`SNAPSHOTTER_ENV`].
     pub snapshotter: String,
     /// CRI's sandbox ("pause") image; `None` keeps containerd's default, which is never pulled
     /// unless a test runs a pod.
@@ -104,7 +130,7 @@ impl Default for ContainerdOptions {
         ContainerdOptions {
             version: Series::from_env(),
             binary: None,
-            snapshotter: "native".to_string(),
+            snapshotter: snapshotter_from_env(),
             sandbox_image: None,
             root_tmpfs_bytes: None,
         }
@@ -386,7 +412,8 @@ pub struct Containerd {
 }
 
 impl Containerd {
-    /// The series [`VERSION_ENV`] names (default: the system's 1.6), CRI on, snapshotter `native`.
+    /// The series [`VERSION_ENV`] names (default: the system's 1.6), CRI on, the snapshotter
+    /// [`SNAPSHOTTER_ENV`] names (default `native`).
     pub async fn start() -> Containerd {
         Self::start_with(ContainerdOptions::default()).await
     }
