@@ -11,297 +11,22 @@
 
 use testbench as support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use prepull::cri::v1::{
-    ContainerConfig, ContainerMetadata, ContainerState, ContainerStatus, ContainerStatusRequest,
-    CreateContainerRequest, ImageSpec, LinuxContainerConfig, LinuxContainerSecurityContext,
-    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
-    PodSandboxConfig, PodSandboxMetadata, PodSandboxState, PodSandboxStatusRequest,
-    PullImageRequest, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
-};
-use prepull::cri::{ImageServiceClient, RuntimeServiceClient};
+use prepull::cri::v1::{ImageSpec, PodSandboxState, PullImageRequest};
+use prepull::cri::ImageServiceClient;
 use support::busybox::{busybox_layer, push_runnable};
 use support::containerd::Series;
+use support::pod::{rpc, Pod};
 use support::process::Deadline;
 use support::{Containerd, ContainerdOptions, Prepull, Registry};
-use tonic::transport::Channel;
 
 /// CRI learns about images other clients create from containerd's event stream, asynchronously.
 const CRI_WAIT: Duration = Duration::from_secs(20);
 /// From StartContainer until the app has printed its line and exited (it sleeps 1 s).
 const RUN_WAIT: Duration = Duration::from_secs(60);
-/// Bounds each CRI call, so a wedged containerd fails the test instead of hanging it.
-const RPC_TIMEOUT: Duration = Duration::from_secs(60);
 const OK_LINE: &str = "prepull-offline-ok";
-
-/// Awaits a CRI call with [`RPC_TIMEOUT`].
-async fn rpc<T>(
-    what: &str,
-    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-) -> Result<T, tonic::Status> {
-    match tokio::time::timeout(RPC_TIMEOUT, call).await {
-        Ok(result) => result.map(tonic::Response::into_inner),
-        Err(_) => panic!("CRI {what} did not answer within {RPC_TIMEOUT:?}"),
-    }
-}
-
-/// Host network as `hostNetwork: true` pods have it: no CNI needed. The kubelet then sends NO
-/// hostname (the pod uses the node's), and CRI refuses to set one in the node's UTS namespace.
-fn host_network() -> Option<NamespaceOption> {
-    Some(NamespaceOption {
-        network: NamespaceMode::Node as i32,
-        pid: NamespaceMode::Container as i32,
-        ipc: NamespaceMode::Pod as i32,
-        ..Default::default()
-    })
-}
-
-/// A pod sandbox run through CRI, with its containers. [`Pod::remove`] tears it down checking
-/// every answer; if the test fails first, Drop does it best-effort (the bench's Drop then kills
-/// whatever shims remain).
-struct Pod {
-    socket: PathBuf,
-    runtime: RuntimeServiceClient<Channel>,
-    id: String,
-    config: PodSandboxConfig,
-    log_dir: PathBuf,
-    containers: Vec<String>,
-    removed: bool,
-}
-
-impl Pod {
-    async fn run(containerd: &Containerd, log_dir: &Path) -> Pod {
-        let config = PodSandboxConfig {
-            metadata: Some(PodSandboxMetadata {
-                name: "offline".into(),
-                uid: format!("prepull-offline-{}", std::process::id()),
-                namespace: "default".into(),
-                attempt: 0,
-            }),
-            hostname: String::new(),
-            log_directory: log_dir.display().to_string(),
-            linux: Some(LinuxPodSandboxConfig {
-                security_context: Some(LinuxSandboxSecurityContext {
-                    namespace_options: host_network(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let mut runtime = RuntimeServiceClient::new(containerd.channel().await);
-        let id = rpc(
-            "RunPodSandbox",
-            runtime.run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(config.clone()),
-                runtime_handler: String::new(),
-            }),
-        )
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "RunPodSandbox with the registry stopped failed: {e}\n--- containerd log ---\n{}",
-                containerd.log_tail(30)
-            )
-        })
-        .pod_sandbox_id;
-        Pod {
-            socket: containerd.socket().to_path_buf(),
-            runtime,
-            id,
-            config,
-            log_dir: log_dir.to_path_buf(),
-            containers: Vec::new(),
-            removed: false,
-        }
-    }
-
-    async fn state(&mut self) -> i32 {
-        rpc(
-            "PodSandboxStatus",
-            self.runtime.pod_sandbox_status(PodSandboxStatusRequest {
-                pod_sandbox_id: self.id.clone(),
-                verbose: false,
-            }),
-        )
-        .await
-        .expect("PodSandboxStatus")
-        .status
-        .expect("PodSandboxStatus without a status")
-        .state
-    }
-
-    /// `CreateContainer` as the kubelet sends it for a container named `name` running `image`
-    /// with its own command; the log goes to `<log_dir>/<name>/0.log`.
-    async fn create(&mut self, name: &str, image: &str) -> Result<String, tonic::Status> {
-        let config = ContainerConfig {
-            metadata: Some(ContainerMetadata {
-                name: name.into(),
-                attempt: 0,
-            }),
-            image: Some(ImageSpec {
-                image: image.into(),
-                ..Default::default()
-            }),
-            log_path: format!("{name}/0.log"),
-            linux: Some(LinuxContainerConfig {
-                security_context: Some(LinuxContainerSecurityContext {
-                    namespace_options: host_network(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let id = rpc(
-            "CreateContainer",
-            self.runtime.create_container(CreateContainerRequest {
-                pod_sandbox_id: self.id.clone(),
-                config: Some(config),
-                sandbox_config: Some(self.config.clone()),
-            }),
-        )
-        .await?
-        .container_id;
-        self.containers.push(id.clone());
-        Ok(id)
-    }
-
-    async fn start(&mut self, id: &str) -> Result<(), tonic::Status> {
-        rpc(
-            "StartContainer",
-            self.runtime.start_container(StartContainerRequest {
-                container_id: id.into(),
-            }),
-        )
-        .await
-        .map(drop)
-    }
-
-    async fn status(&mut self, id: &str) -> ContainerStatus {
-        rpc(
-            "ContainerStatus",
-            self.runtime.container_status(ContainerStatusRequest {
-                container_id: id.into(),
-                verbose: false,
-            }),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("ContainerStatus({id}): {e}"))
-        .status
-        .unwrap_or_else(|| panic!("ContainerStatus({id}) without a status"))
-    }
-
-    /// Polls `ContainerStatus` until the container has exited.
-    async fn wait_exited(&mut self, id: &str, containerd: &Containerd) -> ContainerStatus {
-        let deadline = Deadline::after(RUN_WAIT);
-        loop {
-            let status = self.status(id).await;
-            if status.state == ContainerState::ContainerExited as i32 {
-                return status;
-            }
-            if deadline.expired() {
-                panic!(
-                    "container {id} has not exited within {RUN_WAIT:?}: {status:?}\n--- its log ---\n{}\n--- containerd log ---\n{}",
-                    support::process::log_tail(&self.log_dir.join("app/0.log"), 20),
-                    containerd.log_tail(30)
-                );
-            }
-            deadline.tick().await;
-        }
-    }
-
-    /// Stops and removes every container, then the sandbox, checking each answer.
-    async fn remove(mut self) {
-        self.removed = true;
-        for id in std::mem::take(&mut self.containers) {
-            rpc(
-                "StopContainer",
-                self.runtime.stop_container(StopContainerRequest {
-                    container_id: id.clone(),
-                    timeout: 0,
-                }),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("StopContainer({id}): {e}"));
-            rpc(
-                "RemoveContainer",
-                self.runtime.remove_container(RemoveContainerRequest {
-                    container_id: id.clone(),
-                }),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("RemoveContainer({id}): {e}"));
-        }
-        rpc(
-            "StopPodSandbox",
-            self.runtime.stop_pod_sandbox(StopPodSandboxRequest {
-                pod_sandbox_id: self.id.clone(),
-            }),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("StopPodSandbox({}): {e}", self.id));
-        rpc(
-            "RemovePodSandbox",
-            self.runtime.remove_pod_sandbox(RemovePodSandboxRequest {
-                pod_sandbox_id: self.id.clone(),
-            }),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("RemovePodSandbox({}): {e}", self.id));
-    }
-}
-
-impl Drop for Pod {
-    /// Best effort after a failure: a fresh connection on a runtime of its own (this may run
-    /// while the test's runtime unwinds), each call bounded, errors ignored.
-    fn drop(&mut self) {
-        if self.removed {
-            return;
-        }
-        let (socket, sandbox, containers) = (
-            self.socket.clone(),
-            self.id.clone(),
-            std::mem::take(&mut self.containers),
-        );
-        let cleanup = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                let Ok(channel) = prepull::cri::connect(&socket).await else {
-                    return;
-                };
-                let mut runtime = RuntimeServiceClient::new(channel);
-                let bound = Duration::from_secs(10);
-                for id in containers {
-                    let stop = StopContainerRequest {
-                        container_id: id.clone(),
-                        timeout: 0,
-                    };
-                    let _ = tokio::time::timeout(bound, runtime.stop_container(stop)).await;
-                    let remove = RemoveContainerRequest { container_id: id };
-                    let _ = tokio::time::timeout(bound, runtime.remove_container(remove)).await;
-                }
-                let stop = StopPodSandboxRequest {
-                    pod_sandbox_id: sandbox.clone(),
-                };
-                let _ = tokio::time::timeout(bound, runtime.stop_pod_sandbox(stop)).await;
-                let remove = RemovePodSandboxRequest {
-                    pod_sandbox_id: sandbox,
-                };
-                let _ = tokio::time::timeout(bound, runtime.remove_pod_sandbox(remove)).await;
-            });
-        });
-        let _ = cleanup.join();
-    }
-}
 
 /// Polls a CRI container log until it holds `line` (the log copier may finish just after the
 /// exit is reported); returns the whole log.
@@ -433,7 +158,7 @@ async fn a_prepulled_pod_starts_with_the_registry_stopped_and_an_unpulled_image_
     );
 
     let logs = tempfile::tempdir().expect("create a pod log dir");
-    let mut pod = Pod::run(&containerd, logs.path()).await;
+    let mut pod = Pod::run(&containerd, "offline", logs.path()).await;
     assert_eq!(
         pod.state().await,
         PodSandboxState::SandboxReady as i32,
@@ -452,7 +177,7 @@ async fn a_prepulled_pod_starts_with_the_registry_stopped_and_an_unpulled_image_
             containerd.log_tail(30)
         )
     });
-    let status = pod.wait_exited(&app_id, &containerd).await;
+    let status = pod.wait_exited(&app_id, "app", RUN_WAIT, &containerd).await;
     let log_path = logs.path().join("app/0.log");
     let log = wait_for_log_line(&log_path, OK_LINE, &containerd).await;
     assert_eq!(
