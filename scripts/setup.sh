@@ -9,12 +9,13 @@
 #   ca-certificates, time     TLS roots for the agent; /usr/bin/time for the benches
 #   gzip                      the test bench compresses layers with it
 #   python3-prometheus-client the Prometheus project's parser, reading the agent's /metrics in tests
+#   buildah                   builds the agent's container image (scripts/build-image.sh), offline
 #   iproute2, linux-perf      the benches: `ip netns`/veth/`tc netem` for the emulated WAN (W5),
 #                             `perf` for benches/profile.sh
 set -euo pipefail
 
 packages=(containerd docker-registry protobuf-compiler busybox-static ca-certificates time gzip
-    python3-prometheus-client iproute2 linux-perf)
+    python3-prometheus-client buildah iproute2 linux-perf)
 
 missing=()
 need() { # need PACKAGE TEST...: PACKAGE is missing unless the test command succeeds
@@ -38,6 +39,7 @@ need gzip command -v gzip
 need iproute2 command -v ip
 need iproute2 command -v tc
 need linux-perf command -v perf
+need buildah command -v buildah
 need python3-prometheus-client /usr/bin/python3 -c 'import prometheus_client.openmetrics.parser'
 
 if [ ${#missing[@]} -eq 0 ]; then

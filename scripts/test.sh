@@ -25,6 +25,10 @@ echo "=== cargo fmt --check, cargo clippy -D warnings"
 cargo fmt --all --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
 
+# The agent's container image, which tests/deploy.rs starts through CRI.
+echo "=== the agent's image (scripts/build-image.sh)"
+scripts/build-image.sh
+
 echo "=== containerd 1.6 (system: $(containerd --version | awk '{print $3}')), snapshotter native: full suite"
 PREPULL_TEST_SNAPSHOTTER=native cargo test --locked "$@"
 

@@ -189,3 +189,187 @@ async fn the_daemonset_arguments_run_the_agent() {
         assert_eq!(code, 200, "{path}: {body}\n{}", log());
     }
 }
+
+/// The DaemonSet's pod played on a real node, as close as this machine gets without a cluster:
+/// the agent's own image (scripts/build-image.sh) pushed to a registry and pre-pulled with
+/// prepull, then started through CRI with the DaemonSet's arguments, volume mounts (the list as
+/// a ConfigMap volume, the optional pull secret absent, containerd's run directory and root,
+/// certs.d) and security context (root without capabilities, a read-only root filesystem, no
+/// privilege escalation). Inside it the agent warms its list against the node's containerd,
+/// answers its probes, follows a list edit, and stops cleanly on SIGTERM. Two arguments differ
+/// from the manifest: the port is one the system picks (the node's network is shared with the
+/// rest of this machine) and the free-space reserve is 64 MiB (this machine's disk is not a
+/// node's); the splay is 0 so the first pass starts at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemonset_pod_runs_from_its_image_with_its_own_spec() {
+    let archive = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/image")
+        .join(concat!("prepull-", env!("CARGO_PKG_VERSION"), ".oci.tar"));
+    let docs = manifests();
+    let pod_spec = &find(&docs, "DaemonSet")["spec"]["template"]["spec"];
+    let container = &pod_spec["containers"][0];
+    let security = &container["securityContext"];
+
+    // The registry holds the agent's image, a pause image and the listed images.
+    let registry = Registry::start().await;
+    let host = registry.host();
+    let layer = tokio::task::spawn_blocking(support::busybox::busybox_layer)
+        .await
+        .unwrap();
+    let pause = format!("{host}/node/pause:1");
+    support::busybox::push_runnable(
+        &host,
+        "node/pause",
+        "1",
+        &[&layer],
+        &["/bin/busybox", "sleep", "3600"],
+    )
+    .await;
+    let agent_image = format!("{host}/prepull:test");
+    support::oci_archive::push_oci_archive(&host, "prepull", "test", &archive).await;
+    let spec = ImageSpec::new(&[8 * 1024]);
+    push_image(&host, "team/app", "v1", &spec).await;
+    push_image(&host, "team/db", "v1", &spec).await;
+    let (app, db) = (format!("{host}/team/app:v1"), format!("{host}/team/db:v1"));
+    let containerd = Containerd::start_with(support::ContainerdOptions {
+        sandbox_image: Some(pause.clone()),
+        ..Default::default()
+    })
+    .await;
+    // The node pre-pulls the agent's image (and its sandbox image) with prepull itself.
+    for image in [&pause, &agent_image] {
+        support::Prepull::new("pull")
+            .containerd(&containerd)
+            .plain_http(&host)
+            .arg(image)
+            .success()
+            .await;
+    }
+
+    // The volumes, laid out as the kubelet lays them out. certs.d names the registry (plain
+    // HTTP, on the node's loopback: reachable because the pod shares the node's network).
+    let root = tempfile::tempdir().unwrap();
+    let mut list = KubeletVolume::new(
+        root.path().join("list"),
+        &[("list.yaml", &format!("images:\n  - {app}\n"))],
+    );
+    let certs = root.path().join("certs.d");
+    registry.write_hosts_toml(&certs);
+    for dir in ["pull-secret", "status"] {
+        std::fs::create_dir_all(root.path().join(dir)).unwrap();
+    }
+    let host_path = |volume: &str| -> PathBuf {
+        match volume {
+            "containerd-run" => containerd.socket().parent().unwrap().to_path_buf(),
+            "containerd-root" => containerd.root().to_path_buf(),
+            "certs-d" => certs.clone(),
+            "list" => list.dir().to_path_buf(),
+            other => root.path().join(other),
+        }
+    };
+    let mounts = container["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let name = m["name"].as_str().unwrap();
+            let read_only = m["readOnly"].as_bool().unwrap_or(false);
+            (
+                host_path(name),
+                m["mountPath"].as_str().unwrap().to_string(),
+                read_only,
+            )
+        })
+        .collect();
+    let args = container["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .map(|a| match a.split_once('=').map(|(flag, _)| flag) {
+            Some("--listen") => "--listen=127.0.0.1:0".to_string(),
+            Some("--splay") => "--splay=0s".to_string(),
+            Some("--min-free-space") => "--min-free-space=64MiB".to_string(),
+            _ => a,
+        })
+        .collect();
+    let spec = support::pod::ContainerSpec {
+        name: "prepull".into(),
+        image: agent_image.clone(),
+        args,
+        mounts,
+        run_as_user: security["runAsUser"].as_i64(),
+        read_only_root: security["readOnlyRootFilesystem"].as_bool() == Some(true),
+        drop_all_capabilities: security["capabilities"]["drop"][0].as_str() == Some("ALL"),
+        no_new_privileges: security["allowPrivilegeEscalation"].as_bool() == Some(false),
+    };
+    assert!(spec.read_only_root && spec.drop_all_capabilities && spec.no_new_privileges);
+
+    let logs = tempfile::tempdir().unwrap();
+    let mut pod = support::pod::Pod::run(&containerd, "prepull", logs.path()).await;
+    let id = pod.create_with(&spec).await.expect("CreateContainer");
+    pod.start(&id).await.expect("StartContainer");
+    let log_file = pod.log("prepull");
+    let log = || support::process::log_tail(&log_file, 30);
+    let status_file = root.path().join("status/status.json");
+    let wait_for_warm = |warm: u64| {
+        let status_file = status_file.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(90);
+            loop {
+                let status: serde_json::Value = std::fs::read(&status_file)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .unwrap_or_default();
+                if status["warm"].as_u64() == Some(warm) {
+                    return Ok(status);
+                }
+                if Instant::now() > deadline {
+                    return Err(status);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let status = wait_for_warm(1).await.unwrap_or_else(|s| {
+        panic!(
+            "the agent in its pod did not warm the list: {s:#}\n{}",
+            log()
+        )
+    });
+    assert_eq!(status["images"][0]["image"], app.as_str());
+
+    // Its probes answer from inside the pod, on the node's network.
+    let listen = status["listen"]
+        .as_str()
+        .expect("the status says where it listens");
+    for path in ["/livez", "/readyz", "/warmz"] {
+        let response = reqwest::get(format!("http://{listen}{path}"))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}\n{}", log());
+    }
+
+    // A list edit reaches the pod through the ConfigMap volume's symlink swap.
+    list.update(&[("list.yaml", &format!("images:\n  - {app}\n  - {db}\n"))]);
+    wait_for_warm(2)
+        .await
+        .unwrap_or_else(|s| panic!("the agent did not follow the list edit: {s:#}\n{}", log()));
+    let store = prepull::store::Store::connect(containerd.socket(), "k8s.io")
+        .await
+        .unwrap();
+    let record = store.image(&db).await.unwrap().expect("db's record");
+    assert_eq!(
+        record
+            .labels
+            .get("io.cri-containerd.pinned")
+            .map(String::as_str),
+        Some("pinned")
+    );
+
+    // SIGTERM, as the kubelet stops the pod: a clean exit within the grace period.
+    pod.stop(&id, 30).await;
+    let stopped = pod.status(&id).await;
+    assert_eq!(stopped.exit_code, 0, "{stopped:?}\n{}", log());
+    pod.remove().await;
+}

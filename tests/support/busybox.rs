@@ -201,7 +201,7 @@ pub async fn push_runnable(
     }
 }
 
-fn blob_of(bytes: &[u8], media_type: &str) -> Blob {
+pub(crate) fn blob_of(bytes: &[u8], media_type: &str) -> Blob {
     Blob {
         digest: sha256_digest(bytes),
         size: bytes.len() as u64,
@@ -210,7 +210,13 @@ fn blob_of(bytes: &[u8], media_type: &str) -> Blob {
 }
 
 /// Monolithic upload: `POST .../blobs/uploads/` for a Location, then `PUT <location>&digest=`.
-async fn upload_blob(client: &reqwest::Client, base: &Url, repo: &str, blob: &Blob, body: Vec<u8>) {
+pub(crate) async fn upload_blob(
+    client: &reqwest::Client,
+    base: &Url,
+    repo: &str,
+    blob: &Blob,
+    body: Vec<u8>,
+) {
     let start = base
         .join(&format!("v2/{repo}/blobs/uploads/"))
         .expect("upload URL");
@@ -245,7 +251,7 @@ async fn upload_blob(client: &reqwest::Client, base: &Url, repo: &str, blob: &Bl
     .await;
 }
 
-async fn put_manifest(
+pub(crate) async fn put_manifest(
     client: &reqwest::Client,
     base: &Url,
     repo: &str,

@@ -13,6 +13,7 @@ pub mod containerd;
 pub mod cri;
 pub mod image;
 pub mod layer;
+pub mod oci_archive;
 pub mod pod;
 pub mod process;
 pub mod proxy;
