@@ -11,6 +11,8 @@
 //!   per-image states; [`kind`]: the fixed set of failure kinds every error maps to.
 //! - Adapters at the edge: [`registry`] (the distribution API over HTTP), [`store`] (containerd
 //!   over gRPC), [`cri`] (the kubelet's view of the node's images).
+//! - [`deep`]: snapshots compared file by file with their layers (`verify --deep`), run against
+//!   containerd by [`deep_verify`].
 //! - [`repair`]: mending damaged images, for `prepull repair` and the agent alike.
 //! - [`retry`]: every retry policy and the bound per blob they add up to.
 
@@ -22,6 +24,8 @@ pub mod agent;
 pub mod commands;
 pub mod credentials;
 pub mod cri;
+pub mod deep;
+pub mod deep_verify;
 pub mod digest;
 pub mod image;
 pub mod kind;
