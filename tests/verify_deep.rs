@@ -393,3 +393,68 @@ async fn deep_verify_names_each_damaged_layer_and_path() {
     let leases = containerd.ctr_ok(&["-n", "k8s.io", "leases", "ls"]);
     assert!(!leases.contains("deep-verify"), "{leases}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_deep_check_leaves_no_view_behind() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let host = registry.host();
+    let built = tokio::task::spawn_blocking(|| layers("interrupted"))
+        .await
+        .unwrap();
+    let refs: Vec<&FileLayer> = built.iter().collect();
+    push_runnable(&host, "deep/interrupted", "1", &refs, &["/bin/sh"]).await;
+    let name = format!("{host}/deep/interrupted:1");
+    let out = prepull(
+        &containerd,
+        &[
+            "pull",
+            "--plain-http",
+            &host,
+            "--no-node-credentials",
+            &name,
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let snapshotter = containerd.snapshotter().to_string();
+    let views = || {
+        containerd.ctr_ok(&[
+            "-n",
+            "k8s.io",
+            "snapshots",
+            "--snapshotter",
+            &snapshotter,
+            "ls",
+        ])
+    };
+
+    // At 4 KiB/s the busybox layer alone takes minutes: the check is surely under way.
+    let mut child = Prepull::new("verify")
+        .containerd(&containerd)
+        .args(["--deep", "--max-read-rate", "4KiB", &name])
+        .command()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = support::process::Deadline::after(Duration::from_secs(60));
+    while !views().contains("prepull-deep-") {
+        assert!(
+            !deadline.expired(),
+            "no deep check view appeared:\n{}",
+            views()
+        );
+        deadline.tick().await;
+    }
+    let pid = child.id().unwrap() as libc::pid_t;
+    // SAFETY: signalling a child this test started and has not reaped.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("verify --deep stops within 30 s of SIGINT")
+        .unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(!views().contains("prepull-deep-"), "{}", views());
+    let leases = containerd.ctr_ok(&["-n", "k8s.io", "leases", "ls"]);
+    assert!(!leases.contains("deep-verify"), "{leases}");
+}

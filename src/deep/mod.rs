@@ -71,7 +71,7 @@ impl Context {
     /// Accounts for `bytes` read, waiting as the rate requires.
     pub(crate) fn pace(&self, bytes: usize) {
         if let Some(limiter) = &self.limiter {
-            limiter.take(bytes);
+            limiter.take(bytes, &self.cancel);
         }
     }
 

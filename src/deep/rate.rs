@@ -5,8 +5,12 @@ use std::num::NonZeroU64;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use tokio_util::sync::CancellationToken;
+
 /// Idle time credited to the next reads, at most: a short burst after a pause, no more.
 const BURST: Duration = Duration::from_millis(100);
+/// A wait is cut into slices this long, so that a cancelled check stops within one.
+const SLICE: Duration = Duration::from_millis(50);
 
 /// A byte rate limit shared across threads; readers block in [`RateLimiter::take`].
 #[derive(Debug)]
@@ -31,11 +35,15 @@ impl RateLimiter {
     }
 
     /// Accounts for `bytes` just read, blocking the calling thread for as long as the rate
-    /// requires.
-    pub fn take(&self, bytes: usize) {
-        let wait = self.reserve(bytes, Instant::now());
-        if !wait.is_zero() {
-            std::thread::sleep(wait);
+    /// requires, or until `cancel` is cancelled.
+    pub fn take(&self, bytes: usize, cancel: &CancellationToken) {
+        let until = Instant::now() + self.reserve(bytes, Instant::now());
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() || cancel.is_cancelled() {
+                return;
+            }
+            std::thread::sleep(left.min(SLICE));
         }
     }
 
