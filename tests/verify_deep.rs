@@ -60,35 +60,71 @@ fn layers(case: &str) -> Vec<FileLayer> {
             },
         ])
     };
-    let middle = FileLayer::build(&[
-        Entry::Dir {
-            path: "etc".into(),
-            mode: 0o755,
-        },
-        Entry::File {
-            path: "etc/secret".into(),
-            mode: 0o600,
-            data: format!("secret of {case}").into_bytes(),
-        },
-        Entry::File {
-            path: "etc/motd".into(),
-            mode: 0o644,
-            data: b"first message\n".to_vec(),
-        },
+    let motd = format!("welcome to {case}\n");
+    let middle = tar_layer(&[
+        T::Dir("etc"),
+        T::File("etc/secret", 0o600, format!("secret of {case}").as_bytes()),
+        T::File("etc/motd", 0o644, b"first message\n"),
+        // A hard link within the layer, whose target the next layer replaces.
+        T::Hard("etc/motd.orig", "etc/motd", 0o644),
     ]);
-    let top = FileLayer::build(&[
-        Entry::File {
-            path: "etc/.wh.secret".into(),
-            mode: 0o644,
-            data: Vec::new(),
-        },
-        Entry::File {
-            path: "etc/motd".into(),
-            mode: 0o644,
-            data: format!("welcome to {case}\n").into_bytes(),
-        },
+    let top = tar_layer(&[
+        T::File("etc/.wh.secret", 0o644, b""),
+        T::File("etc/motd", 0o644, motd.as_bytes()),
+        T::Dir("bin"),
+        T::File("bin/hello", 0o755, b"#!/bin/sh\necho hello\n"),
+        T::Hard("bin/hello-again", "bin/hello", 0o755),
     ]);
     vec![base, middle, top]
+}
+
+/// An entry of the layers built here (the bench's builder has no hard links).
+enum T<'a> {
+    Dir(&'a str),
+    File(&'a str, u32, &'a [u8]),
+    /// A hard link, with its target's mode (containerd applies the link's mode to the file).
+    Hard(&'a str, &'a str, u32),
+}
+
+fn tar_layer(entries: &[T]) -> FileLayer {
+    use std::io::Write;
+    let mut b = tar::Builder::new(Vec::new());
+    for e in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        match e {
+            T::Dir(p) => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(0o755);
+                h.set_size(0);
+                b.append_data(&mut h, format!("{p}/"), std::io::empty())
+            }
+            T::File(p, mode, data) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(*mode);
+                h.set_size(data.len() as u64);
+                b.append_data(&mut h, p, *data)
+            }
+            T::Hard(p, target, mode) => {
+                h.set_entry_type(tar::EntryType::Link);
+                h.set_mode(*mode);
+                h.set_size(0);
+                b.append_link(&mut h, p, target)
+            }
+        }
+        .unwrap();
+    }
+    let tar = b.into_inner().unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&tar).unwrap();
+    let gzip = gz.finish().unwrap();
+    FileLayer {
+        digest: Digest::sha256(&gzip).to_string(),
+        diff_id: Digest::sha256(&tar).to_string(),
+        gzip,
+    }
 }
 
 /// Where a layer's files are, found through views (released before returning).

@@ -366,9 +366,16 @@ impl MergedTree {
                         [0; 32]
                     };
                     let expected = match &header.kind {
-                        Kind::HardLink(target) => match self.nodes.get(target) {
+                        Kind::HardLink(target) => match self.nodes.get_mut(target) {
                             Some(node) if node.expected != Expected::Absent => {
-                                if matches!(node.expected, Expected::File { .. }) {
+                                if let Expected::File { meta, .. } = &mut node.expected {
+                                    // containerd chowns and chmods the link after making it:
+                                    // the link's header decides the shared file's owner and mode.
+                                    *meta = Meta {
+                                        mode: header.mode,
+                                        uid: header.uid,
+                                        gid: header.gid,
+                                    };
                                     self.links.push(HardLink {
                                         path: path.clone(),
                                         target: target.clone(),

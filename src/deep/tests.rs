@@ -557,3 +557,33 @@ fn findings_are_capped_and_counted() {
         .into_parts();
     assert_eq!((kept.len(), omitted), (10, 20));
 }
+
+#[test]
+fn native_hard_links_share_their_file_and_the_links_mode() {
+    const LINKED: &[E] = &[
+        E::Dir("bin", 0o755),
+        E::File("bin/tool", 0o755, b"tool"),
+        E::Hard("bin/tool-again", "bin/tool"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    unpack(dir.path(), LINKED, false);
+    // containerd chmods the link, and so the one file both names share, to the link's mode.
+    std::fs::set_permissions(
+        dir.path().join("bin/tool"),
+        PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let layers = vec![build(0, LINKED, false)];
+    assert_eq!(kinds(&native_check(&layers, dir.path())), vec![]);
+    std::fs::remove_file(dir.path().join("bin/tool-again")).unwrap();
+    std::fs::copy(
+        dir.path().join("bin/tool"),
+        dir.path().join("bin/tool-again"),
+    )
+    .unwrap();
+    let found = native_check(&layers, dir.path());
+    assert_eq!(
+        kinds(&found),
+        vec![(FindingKind::HardLink, "/bin/tool-again".into())]
+    );
+}
