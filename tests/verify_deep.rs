@@ -25,8 +25,9 @@ async fn prepull(containerd: &Containerd, args: &[&str]) -> Output {
         .await
 }
 
-/// Three layers: busybox (with a marker making the image's layers its own), a layer adding a
-/// secret and a message, a layer deleting the secret (a whiteout) and replacing the message.
+/// Three layers: busybox (with a marker making the image's layers its own); a layer adding a
+/// secret, a message with a hard link to it, and a directory; a layer deleting the secret (a
+/// whiteout), replacing the message, adding a hard-linked script and making the directory opaque.
 fn layers(case: &str) -> Vec<FileLayer> {
     let base = {
         // The busybox layer's entries plus a marker.
@@ -67,6 +68,8 @@ fn layers(case: &str) -> Vec<FileLayer> {
         T::File("etc/motd", 0o644, b"first message\n"),
         // A hard link within the layer, whose target the next layer replaces.
         T::Hard("etc/motd.orig", "etc/motd", 0o644),
+        T::Dir("var"),
+        T::File("var/old", 0o644, b"hidden by the next layer"),
     ]);
     let top = tar_layer(&[
         T::File("etc/.wh.secret", 0o644, b""),
@@ -74,6 +77,10 @@ fn layers(case: &str) -> Vec<FileLayer> {
         T::Dir("bin"),
         T::File("bin/hello", 0o755, b"#!/bin/sh\necho hello\n"),
         T::Hard("bin/hello-again", "bin/hello", 0o755),
+        // An opaque directory: nothing of var/ below shows through.
+        T::Dir("var"),
+        T::File("var/.wh..wh..opq", 0o644, b""),
+        T::File("var/new", 0o644, b"only this"),
     ]);
     vec![base, middle, top]
 }
