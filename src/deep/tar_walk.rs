@@ -621,6 +621,29 @@ mod tests {
     }
 
     #[test]
+    fn every_single_byte_corruption_reads_or_fails_without_panicking() {
+        let long = format!("{}/file", "d".repeat(120));
+        let good = archive(|b| {
+            let mut h = header(tar::EntryType::Regular, 0o644, 5);
+            b.append_pax_extensions([("path", &b"pax/name"[..]), ("size", b"5")])
+                .unwrap();
+            b.append_data(&mut h, "x", &b"12345"[..]).unwrap();
+            let mut h = header(tar::EntryType::Regular, 0o644, 3);
+            b.append_data(&mut h, &long, &b"abc"[..]).unwrap();
+            let mut h = header(tar::EntryType::Symlink, 0o777, 0);
+            b.append_link(&mut h, "l", "target").unwrap();
+        });
+        for at in 0..good.len() {
+            for value in [0x00, 0xff, b'7', b' '] {
+                let mut bad = good.clone();
+                bad[at] = value;
+                // Either outcome is fine; a panic or a huge allocation is not.
+                let _ = entries(&bad);
+            }
+        }
+    }
+
+    #[test]
     fn paths_are_cleaned_like_containerd_cleans_them() {
         assert_eq!(normalize(b"./a//b/./c/"), Some(PathBuf::from("a/b/c")));
         assert_eq!(normalize(b"/a/x/../b"), Some(PathBuf::from("a/b")));
