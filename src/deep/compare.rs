@@ -55,8 +55,25 @@ pub fn check_layer<R: Read>(
                 let expect = match &header.kind {
                     Kind::HardLink(target) => {
                         // containerd refuses links to a lower layer's file when unpacking
-                        // into overlayfs: the target is this layer's.
+                        // into overlayfs: the target is this layer's. It chowns and chmods the
+                        // link after making it, so the link's header decides the shared file's
+                        // owner and mode, not the target's.
+                        findings.forget_where(keys.key(target), |k| {
+                            matches!(k, FindingKind::Mode | FindingKind::Owner)
+                        });
                         check_hard_link(layer, &mut lookup, &path, target, key, &mut findings);
+                        if let Ok(Some(meta)) = &on_disk {
+                            if meta.is_file() {
+                                check_owner_and_mode(
+                                    layer,
+                                    &path,
+                                    meta,
+                                    &header,
+                                    key,
+                                    &mut findings,
+                                );
+                            }
+                        }
                         continue;
                     }
                     Kind::File => {
@@ -562,6 +579,43 @@ fn hash_file(ctx: &Context, path: &Path) -> io::Result<[u8; 32]> {
         };
         ctx.pace(n);
         hasher.update(&buf[..n]);
+    }
+}
+
+/// The owner and mode a hard link's header gives the file it shares.
+fn check_owner_and_mode(
+    layer: &LayerId,
+    path: &Path,
+    meta: &Metadata,
+    header: &super::tar_walk::Header,
+    key: u64,
+    findings: &mut Findings,
+) {
+    let mode = meta.mode() & 0o7777;
+    if mode != header.mode {
+        findings.push(
+            key,
+            Finding::new(
+                layer,
+                path,
+                FindingKind::Mode,
+                format!("{:04o}", header.mode),
+                format!("{mode:04o}"),
+            ),
+        );
+    }
+    let (uid, gid) = (u64::from(meta.uid()), u64::from(meta.gid()));
+    if (uid, gid) != (header.uid, header.gid) {
+        findings.push(
+            key,
+            Finding::new(
+                layer,
+                path,
+                FindingKind::Owner,
+                format!("{}:{}", header.uid, header.gid),
+                format!("{uid}:{gid}"),
+            ),
+        );
     }
 }
 

@@ -160,6 +160,11 @@ impl Findings {
         self.kept.retain(|(k, _)| *k != key);
     }
 
+    /// Forgets what was found about the path `key` of the kinds `which` selects.
+    pub(crate) fn forget_where(&mut self, key: u64, which: impl Fn(FindingKind) -> bool) {
+        self.kept.retain(|(k, f)| *k != key || !which(f.kind));
+    }
+
     /// Replaces every finding with one `DirectoryEmpty` finding: the directory was empty, so
     /// all of it is missing, and one line says so better than a line per path.
     pub(crate) fn summarize_empty(&mut self, layer: &LayerId, dir: &Path) {

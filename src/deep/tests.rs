@@ -19,7 +19,8 @@ enum E {
     Dir(&'static str, u32),
     File(&'static str, u32, &'static [u8]),
     Link(&'static str, &'static str),
-    Hard(&'static str, &'static str),
+    /// A hard link with its header's mode, which containerd gives the shared file.
+    Hard(&'static str, &'static str, u32),
     Whiteout(&'static str),
     Opaque(&'static str),
 }
@@ -56,9 +57,9 @@ fn build(index: usize, entries: &[E], gzip: bool) -> Layer {
                 h.set_size(0);
                 b.append_link(&mut h, p, target).unwrap();
             }
-            E::Hard(p, target) => {
+            E::Hard(p, target, mode) => {
                 h.set_entry_type(tar::EntryType::Link);
-                h.set_mode(0o644);
+                h.set_mode(*mode);
                 h.set_size(0);
                 b.append_link(&mut h, p, target).unwrap();
             }
@@ -116,7 +117,10 @@ fn unpack(dir: &Path, entries: &[E], overlay: bool) {
                 std::fs::set_permissions(dir.join(p), PermissionsExt::from_mode(*mode)).unwrap();
             }
             E::Link(p, target) => symlink(target, dir.join(p)).unwrap(),
-            E::Hard(p, target) => std::fs::hard_link(dir.join(target), dir.join(p)).unwrap(),
+            E::Hard(p, target, mode) => {
+                std::fs::hard_link(dir.join(target), dir.join(p)).unwrap();
+                std::fs::set_permissions(dir.join(p), PermissionsExt::from_mode(*mode)).unwrap();
+            }
             E::Whiteout(p) if overlay => mknod_whiteout(&dir.join(p)),
             E::Whiteout(p) => {
                 let _ = std::fs::remove_file(dir.join(p));
@@ -171,7 +175,7 @@ fn kinds(findings: &[Finding]) -> Vec<(FindingKind, String)> {
 const UPPER: &[E] = &[
     E::Dir("bin", 0o755),
     E::File("bin/tool", 0o4755, b"#!/bin/sh\necho tool\n"),
-    E::Hard("bin/tool-again", "bin/tool"),
+    E::Hard("bin/tool-again", "bin/tool", 0o4755),
     E::Link("bin/sh", "tool"),
     E::Dir("etc", 0o755),
     E::File("etc/config", 0o640, b"key=value\n"),
@@ -213,11 +217,11 @@ fn each_kind_of_damage_to_an_overlay_layer_is_named_with_its_path() {
         (
             "mode",
             |d| {
-                std::fs::set_permissions(d.join("bin/tool"), PermissionsExt::from_mode(0o755))
+                std::fs::set_permissions(d.join("etc/config"), PermissionsExt::from_mode(0o644))
                     .unwrap()
             },
             FindingKind::Mode,
-            "/bin/tool",
+            "/etc/config",
         ),
         (
             "deleted",
@@ -563,7 +567,7 @@ fn native_hard_links_share_their_file_and_the_links_mode() {
     const LINKED: &[E] = &[
         E::Dir("bin", 0o755),
         E::File("bin/tool", 0o755, b"tool"),
-        E::Hard("bin/tool-again", "bin/tool"),
+        E::Hard("bin/tool-again", "bin/tool", 0o644),
     ];
     let dir = tempfile::tempdir().unwrap();
     unpack(dir.path(), LINKED, false);
@@ -585,5 +589,34 @@ fn native_hard_links_share_their_file_and_the_links_mode() {
     assert_eq!(
         kinds(&found),
         vec![(FindingKind::HardLink, "/bin/tool-again".into())]
+    );
+}
+
+#[test]
+fn an_overlay_hard_link_gives_its_mode_to_the_file_it_shares() {
+    const LINKED: &[E] = &[
+        E::Dir("bin", 0o755),
+        E::File("bin/tool", 0o755, b"tool"),
+        E::Hard("bin/tool-again", "bin/tool", 0o644),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    unpack(dir.path(), LINKED, true);
+    // The link's header says 0644: containerd chmods the shared file to it.
+    std::fs::set_permissions(
+        dir.path().join("bin/tool"),
+        PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let layer = build(1, LINKED, false);
+    assert_eq!(kinds(&overlay_check(&layer, dir.path())), vec![]);
+    std::fs::set_permissions(
+        dir.path().join("bin/tool"),
+        PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let found = overlay_check(&layer, dir.path());
+    assert_eq!(
+        kinds(&found),
+        vec![(FindingKind::Mode, "/bin/tool-again".into())]
     );
 }
