@@ -21,6 +21,9 @@ pub const WHITEOUT_PREFIX: &str = ".wh.";
 /// The marker making its directory opaque: nothing of lower layers shows through.
 pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
 
+/// The largest zstd window accepted, as a power of two (128 MiB).
+const ZSTD_WINDOW_LOG_MAX: u32 = 27;
+
 /// Ownership and permission bits, as the layer records them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Meta {
@@ -164,8 +167,8 @@ pub fn expected(header: &Header, sha256: [u8; 32]) -> Expected {
     }
 }
 
-/// A layer blob opened as a tar archive: decompressed (gzip or none, recognized by their
-/// magic bytes), read at the check's rate, and hashed as read so that [`LayerArchive::finish`]
+/// A layer blob opened as a tar archive: decompressed (gzip, zstd or none, recognized by
+/// their magic bytes), read at the check's rate, and hashed as read so that [`LayerArchive::finish`]
 /// can confirm it is the diff ID the image's config names.
 pub struct LayerArchive<'c> {
     layer: LayerId,
@@ -193,11 +196,19 @@ impl<'c> LayerArchive<'c> {
         let decoded: Box<dyn Read + 'c> = if magic.starts_with(&[0x1f, 0x8b]) {
             Box::new(MultiGzDecoder::new(buffered))
         } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-            return Err(DeepError::Compression {
-                index: layer.index,
-                digest: layer.digest.clone(),
-                format: "zstd",
-            });
+            let decoder = zstd::stream::read::Decoder::with_buffer(buffered)
+                .and_then(|mut d| {
+                    // A frame may ask for a window of gigabytes: refuse more than 128 MiB (what
+                    // zstd itself accepts by default, said here so that it stays so).
+                    d.window_log_max(ZSTD_WINDOW_LOG_MAX)?;
+                    Ok(d)
+                })
+                .map_err(|source| DeepError::Archive {
+                    index: layer.index,
+                    digest: layer.digest.clone(),
+                    source: TarError::Read { offset: 0, source },
+                })?;
+            Box::new(decoder)
         } else {
             Box::new(buffered)
         };

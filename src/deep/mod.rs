@@ -3,7 +3,7 @@
 //!
 //! Pods run from snapshots, not from blobs. A power cut can leave a committed snapshot with
 //! zeroed or truncated files; a hand-run `rm`, `chmod` or editor can change one. None of that
-//! shows in the blobs' digests. This module reads each layer's tar (gzip'd or not) as a stream
+//! shows in the blobs' digests. This module reads each layer's tar (gzip'd, zstd'd or not) as a stream
 //! and compares every entry with what is on disk: type, size, content hash, mode, owner,
 //! symlink target, hard links, device numbers, whiteouts and opaque directories, plus paths on
 //! disk that no layer has, and snapshot directories that are gone or empty.
@@ -100,16 +100,6 @@ pub enum DeepError {
         #[source]
         source: TarError,
     },
-    /// A compression the check cannot read.
-    #[error("layer {index} ({digest}) is {format}-compressed, which the deep check cannot read; check such images without --deep")]
-    Compression {
-        /// Its position, base first.
-        index: usize,
-        /// The layer blob.
-        digest: Digest,
-        /// The compression.
-        format: &'static str,
-    },
     /// The uncompressed layer is not the one the image's config names.
     #[error("layer {index} ({digest}) unpacks to {found}, not to the diff ID {expected} the image's config names: pull the image again")]
     DiffId {
@@ -142,9 +132,7 @@ impl DeepError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             DeepError::Archive { .. } | DeepError::DiffId { .. } => ErrorKind::Corrupt,
-            DeepError::Compression { .. } | DeepError::TooManyEntries { .. } => {
-                ErrorKind::BadManifest
-            }
+            DeepError::TooManyEntries { .. } => ErrorKind::BadManifest,
             DeepError::Cancelled => ErrorKind::Containerd,
         }
     }

@@ -371,12 +371,30 @@ fn a_layer_that_is_not_its_diff_id_or_not_a_tar_is_an_error() {
     let e = check_layer(
         &layer.id,
         &layer.diff_id,
-        &b"\x28\xb5\x2f\xfdzstd"[..],
+        &b"\x28\xb5\x2f\xfdnot zstd"[..],
         dir.path(),
         &ctx(),
     )
     .unwrap_err();
-    assert!(e.to_string().contains("zstd"), "{e}");
+    assert!(matches!(e, DeepError::Archive { .. }), "{e}");
+}
+
+#[test]
+fn zstd_and_uncompressed_layers_are_read_too() {
+    let dir = tempfile::tempdir().unwrap();
+    unpack(dir.path(), UPPER, true);
+    let plain = build(1, UPPER, false);
+    assert_eq!(kinds(&overlay_check(&plain, dir.path())), vec![]);
+    let zstd = Layer {
+        blob: zstd::stream::encode_all(&plain.blob[..], 3).unwrap(),
+        ..plain
+    };
+    assert_eq!(kinds(&overlay_check(&zstd, dir.path())), vec![]);
+    std::fs::write(dir.path().join("etc/config"), b"key=VALUE\n").unwrap();
+    assert_eq!(
+        kinds(&overlay_check(&zstd, dir.path())),
+        vec![(FindingKind::Content, "/etc/config".into())]
+    );
 }
 
 #[test]
