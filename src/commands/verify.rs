@@ -611,3 +611,30 @@ fn check_json(check: &ImageCheck, status: &str, error: Option<&str>) -> serde_js
         "error": error,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[test]
+    fn a_read_rate_is_a_size_per_second() {
+        assert_eq!(parse_rate("64MiB").map(NonZeroU64::get), Ok(64 << 20));
+        assert_eq!(parse_rate("1000").map(NonZeroU64::get), Ok(1000));
+        assert!(parse_rate("0").unwrap_err().contains("more than 0"));
+        assert!(parse_rate("10%").unwrap_err().contains("bytes per second"));
+        assert!(parse_rate("fast").is_err());
+    }
+
+    #[test]
+    fn deep_options_need_deep_and_all_excludes_images() {
+        let parse = |args: &[&str]| {
+            crate::commands::Cli::try_parse_from(["prepull", "verify"].iter().chain(args))
+        };
+        assert!(parse(&["--deep", "--all", "--max-read-rate", "64MiB"]).is_ok());
+        assert!(parse(&["--max-read-rate", "64MiB"]).is_err());
+        assert!(parse(&["--all", "nginx:1"]).is_err());
+        assert!(parse(&["--deep", "--no-snapshots"]).is_err());
+        assert!(parse(&["--deep", "--deep-concurrency", "17"]).is_err());
+    }
+}
