@@ -14,6 +14,8 @@
 //! - [`repair`]: mending damaged images, for `prepull repair` and the agent alike; [`doctor`]:
 //!   why one image's pull fails, step by step.
 //! - [`rootfs`]: whether an image's own command can start, judged from its unpacked layers.
+//! - [`deep`]: snapshots compared file by file with their layers (`verify --deep`), run against
+//!   containerd by [`deep_verify`].
 //! - [`retry`]: every retry policy and the bound per blob they add up to.
 //! - [`metrics`]: the Prometheus counters events are counted into, served by the agent.
 
@@ -25,6 +27,8 @@ pub mod agent;
 pub mod commands;
 pub mod credentials;
 pub mod cri;
+pub mod deep;
+pub mod deep_verify;
 pub mod digest;
 pub mod doctor;
 pub mod image;

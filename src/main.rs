@@ -38,6 +38,7 @@ fn main() -> ExitCode {
         });
         match cli.command {
             Command::Agent(args) => commands::agent::run(*args, stop).await,
+            Command::Verify(args) => commands::verify::run_verify(args, stop).await,
             other => {
                 tokio::select! {
                     r = run(other) => r,
@@ -63,7 +64,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Pull(args) => commands::pull::run(*args).await,
         Command::Unpin(args) => commands::unpin::run(args).await,
         Command::Agent(_) => unreachable!("the agent runs with the stop token"),
-        Command::Verify(args) => commands::verify::run_verify(args).await,
+        Command::Verify(_) => unreachable!("verify runs with the stop token"),
         Command::Repair(args) => commands::verify::run_repair(*args).await,
         Command::Status(args) => commands::status::run(args).await,
         Command::Check(args) => commands::check::run(args).await,

@@ -278,6 +278,7 @@ mod tests {
             }],
             blobs: 0,
             bytes: 0,
+            unpacked: vec![],
         }
     }
 

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+use crate::deep_verify::Unpacked;
 use crate::digest::Digest;
 use crate::image::{self, labels, names};
 use crate::oci::{self, Descriptor, Document};
@@ -162,6 +163,8 @@ pub struct ImageCheck {
     pub blobs: usize,
     /// Bytes hashed.
     pub bytes: u64,
+    /// Its platform manifests whose every layer has its snapshot: what a deep check compares.
+    pub unpacked: Vec<Unpacked>,
 }
 
 impl ImageCheck {
@@ -234,6 +237,7 @@ impl<'a> Checker<'a> {
             problems: Vec::new(),
             blobs: 0,
             bytes: 0,
+            unpacked: Vec::new(),
         };
         check.source = self.source(target).await;
         let top_size = records
@@ -273,7 +277,8 @@ impl<'a> Checker<'a> {
             match Document::parse(&bytes, None) {
                 Ok(Document::Manifest(manifest, _)) => {
                     configs.push(manifest.config.digest.clone());
-                    self.check_manifest(&mut check, &manifest).await?
+                    self.check_manifest(&mut check, &descriptor.digest, &manifest)
+                        .await?
                 }
                 // Attestation manifests and the like are not images: nothing below them to check.
                 Ok(Document::Index(..)) => {}
@@ -377,6 +382,7 @@ impl<'a> Checker<'a> {
     async fn check_manifest(
         &self,
         check: &mut ImageCheck,
+        digest: &Digest,
         manifest: &oci::Manifest,
     ) -> Result<(), StoreError> {
         let config = self
@@ -424,8 +430,15 @@ impl<'a> Checker<'a> {
                     snapshotter: snapshotter.clone(),
                 });
                 // The layers above cannot exist without it.
-                break;
+                return Ok(());
             }
+        }
+        if !diff_ids.is_empty() && diff_ids.len() == manifest.layers.len() {
+            check.unpacked.push(Unpacked {
+                manifest: digest.clone(),
+                layers: manifest.layers.clone(),
+                diff_ids,
+            });
         }
         Ok(())
     }
@@ -605,6 +618,7 @@ mod tests {
             problems: vec![],
             blobs: 0,
             bytes: 0,
+            unpacked: vec![],
         };
         // Not the tag, which may have moved on upstream.
         assert_eq!(c.pull_name(), Some(format!("reg.io/app@{d}")));

@@ -1,13 +1,18 @@
 //! `prepull verify` and `prepull repair`: check the node's image store, and mend what is broken.
 
 use std::collections::BTreeMap;
+use std::num::{NonZeroU64, NonZeroUsize};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
+use tokio_util::sync::CancellationToken;
 
 use super::pull::{counted, cri_snapshotter, PullerArgs};
 use super::{ContainerdArgs, Output};
+use crate::deep::{self, RateLimiter};
+use crate::deep_verify::{DeepReport, DeepVerifier};
 use crate::digest::Digest;
 use crate::reference::Reference;
 use crate::repair;
@@ -49,11 +54,34 @@ pub struct CheckArgs {
         digests; blobs containerd lists but cannot read, and blobs missing altogether, are \
         reported; the snapshot of every layer must exist in the snapshotter CRI uses. Ingests \
         idle for --stale-ingest-age are reported as stale. Nothing is changed: `prepull repair` \
-        mends what this finds. Exit status 0 when all is sound, 1 when something is not."
+        mends what this finds. Exit status 0 when all is sound, 1 when something is not.\n\n\
+        With --deep, each image's unpacked snapshots (what pods run from) are also compared file \
+        by file with the layers they were unpacked from: type, size, content, mode, owner, \
+        symlink targets, hard links, devices, whiteouts; files added; snapshot directories gone \
+        or emptied. It reads every layer and every file, so it takes time: --max-read-rate \
+        bounds the disk reads. Each difference names the image, the layer (index and digest), \
+        the path, and what was expected and found."
 )]
 pub struct VerifyArgs {
     #[command(flatten)]
     pub check: CheckArgs,
+
+    /// Check every image in the namespace (what no IMAGE means too).
+    #[arg(long, conflicts_with = "images")]
+    pub all: bool,
+
+    /// Also compare each image's unpacked snapshots file by file with its layers.
+    #[arg(long, conflicts_with = "no_snapshots")]
+    pub deep: bool,
+
+    /// Bytes read per second by the deep check, layers and snapshot files together (e.g.
+    /// `64MiB`) [default: unlimited].
+    #[arg(long, value_name = "BYTES", value_parser = parse_rate, requires = "deep")]
+    pub max_read_rate: Option<NonZeroU64>,
+
+    /// Layers the deep check compares at once.
+    #[arg(long, value_name = "N", default_value = "2", value_parser = parse_concurrency, requires = "deep")]
+    pub deep_concurrency: NonZeroUsize,
 
     #[command(flatten)]
     pub containerd: ContainerdArgs,
@@ -94,36 +122,103 @@ pub struct RepairArgs {
     pub puller: PullerArgs,
 }
 
-/// Runs `prepull verify`.
-pub async fn run_verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
-    let wanted = parse_images(&args.check.images)?;
-    let store = args.containerd.connect().await?;
-    let snapshotter = if args.no_snapshots {
-        None
-    } else {
-        Some(match &args.snapshotter {
-            Some(s) => s.clone(),
-            None => cri_snapshotter(&args.containerd.socket).await,
-        })
+/// `64MiB`, `1GB`, `1048576`: bytes per second, as other sizes are written.
+fn parse_rate(s: &str) -> Result<NonZeroU64, String> {
+    match s.parse::<crate::space::Reserve>()? {
+        crate::space::Reserve::Bytes(b) => NonZeroU64::new(b)
+            .ok_or_else(|| format!("{s:?}: a read rate must be more than 0 bytes per second")),
+        crate::space::Reserve::Percent(_) => Err(format!(
+            "{s:?}: a read rate is bytes per second, like 64MiB"
+        )),
+    }
+}
+
+fn parse_concurrency(s: &str) -> Result<NonZeroUsize, String> {
+    match s.parse::<usize>() {
+        Ok(n @ 1..=16) => NonZeroUsize::new(n).ok_or_else(|| "at least 1".to_string()),
+        _ => Err(format!("{s:?}: expected a number from 1 to 16")),
+    }
+}
+
+/// What the deep check did for one image.
+enum DeepOutcome {
+    /// Not asked for.
+    NotRun,
+    /// Not run: why.
+    Skipped(String),
+    /// Compared.
+    Checked(DeepReport),
+    /// Could not compare: why.
+    Failed(String),
+}
+
+impl DeepOutcome {
+    fn is_bad(&self) -> bool {
+        match self {
+            DeepOutcome::NotRun | DeepOutcome::Skipped(_) => false,
+            DeepOutcome::Checked(r) => !r.is_sound(),
+            DeepOutcome::Failed(_) => true,
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        match self {
+            DeepOutcome::NotRun => {
+                serde_json::json!({ "checked": false, "reason": "not asked for (--deep)" })
+            }
+            DeepOutcome::Skipped(why) => serde_json::json!({ "checked": false, "reason": why }),
+            DeepOutcome::Checked(report) => serde_json::json!({
+                "checked": true,
+                "sound": report.is_sound(),
+                "layers": report.layers,
+                "findings": report.findings,
+                "findings_omitted": report.findings_omitted,
+                "lowest_damaged_layer": report.lowest_damaged(),
+            }),
+            DeepOutcome::Failed(why) => serde_json::json!({ "checked": false, "error": why }),
+        }
+    }
+}
+
+/// Runs `prepull verify`; `stop` interrupts it (the deep check stops at its next read and
+/// removes its views first).
+pub async fn run_verify(args: VerifyArgs, stop: CancellationToken) -> anyhow::Result<ExitCode> {
+    let interrupted = || {
+        eprintln!("interrupted");
+        Ok(ExitCode::from(130))
     };
-    let checker = Checker::new(
-        &store,
-        CheckOptions {
-            snapshotter,
-            hash_layers: !args.check.quick,
-        },
-    );
-    let (checks, missing) = check_all(&store, &checker, &wanted).await?;
-    let stale = stale_ingests(&store, args.check.stale_ingest_age).await?;
+    let wanted = parse_images(&args.check.images)?;
+    let (store, snapshotter, checks, missing, stale) = tokio::select! {
+        r = check_phase(&args, &wanted) => r?,
+        () = stop.cancelled() => return interrupted(),
+    };
+    let deep = match (&snapshotter, args.deep) {
+        (Some(snapshotter), true) => {
+            let Some(outcomes) = deep_all(
+                &store,
+                snapshotter,
+                args.deep_concurrency,
+                args.max_read_rate,
+                &checks,
+                &stop,
+            )
+            .await?
+            else {
+                return interrupted();
+            };
+            outcomes
+        }
+        _ => checks.iter().map(|_| DeepOutcome::NotRun).collect(),
+    };
     let mut bad = 0;
-    for check in &checks {
-        let status = if check.problems.is_empty() {
+    for (check, deep) in checks.iter().zip(&deep) {
+        let status = if check.problems.is_empty() && !deep.is_bad() {
             "ok"
         } else {
             bad += 1;
             "damaged"
         };
-        print_check(check, status, args.check.output);
+        print_check_deep(check, status, deep, args.check.output);
     }
     for name in &missing {
         bad += 1;
@@ -139,6 +234,11 @@ pub async fn run_verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             counted(n, "image"),
             counted(stale.len(), "stale ingest")
         );
+        if !args.deep {
+            println!(
+                "deep check not run: snapshots were not compared file by file with their layers (prepull verify --deep)"
+            );
+        }
     }
     Ok(if bad == 0 && stale.is_empty() {
         ExitCode::SUCCESS
@@ -212,6 +312,98 @@ pub async fn run_repair(args: RepairArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// The deep check of every checked image, in order; images with other problems are skipped
+/// (their blobs or snapshots are what to mend first).
+/// `None` when interrupted.
+async fn deep_all(
+    store: &Store,
+    snapshotter: &str,
+    concurrency: NonZeroUsize,
+    rate: Option<NonZeroU64>,
+    checks: &[ImageCheck],
+    stop: &CancellationToken,
+) -> anyhow::Result<Option<Vec<DeepOutcome>>> {
+    let mut ctx = deep::Context::new(stop.child_token());
+    ctx.limiter = rate.map(|r| Arc::new(RateLimiter::new(r)));
+    let verifier = DeepVerifier::new(store, snapshotter, concurrency, ctx).await?;
+    let mut outcomes = Vec::with_capacity(checks.len());
+    let mut interrupted = false;
+    for check in checks {
+        if !check.problems.is_empty() {
+            outcomes.push(DeepOutcome::Skipped(
+                "the problems above come first: prepull repair mends them".into(),
+            ));
+            continue;
+        }
+        if check.unpacked.is_empty() {
+            outcomes.push(DeepOutcome::Skipped("no unpacked image manifest".into()));
+            continue;
+        }
+        let mut report = DeepReport::default();
+        let mut failed = None;
+        for unpacked in &check.unpacked {
+            match verifier.check(unpacked).await {
+                Ok(r) => {
+                    report.layers += r.layers;
+                    report.findings.extend(r.findings);
+                    report.findings_omitted += r.findings_omitted;
+                }
+                Err(e) if e.is_cancelled() => {
+                    interrupted = true;
+                    break;
+                }
+                Err(e) => {
+                    failed = Some(crate::error_chain(&e));
+                    break;
+                }
+            }
+        }
+        if interrupted {
+            break;
+        }
+        outcomes.push(match failed {
+            Some(why) => DeepOutcome::Failed(why),
+            None => DeepOutcome::Checked(report),
+        });
+    }
+    verifier.close().await;
+    if interrupted || stop.is_cancelled() {
+        return Ok(None);
+    }
+    Ok(Some(outcomes))
+}
+
+type Checked = (
+    Store,
+    Option<String>,
+    Vec<ImageCheck>,
+    Vec<String>,
+    Vec<Ingest>,
+);
+
+/// Everything `verify` checks without `--deep`.
+async fn check_phase(args: &VerifyArgs, wanted: &[Reference]) -> anyhow::Result<Checked> {
+    let store = args.containerd.connect().await?;
+    let snapshotter = if args.no_snapshots {
+        None
+    } else {
+        Some(match &args.snapshotter {
+            Some(s) => s.clone(),
+            None => cri_snapshotter(&args.containerd.socket).await,
+        })
+    };
+    let checker = Checker::new(
+        &store,
+        CheckOptions {
+            snapshotter: snapshotter.clone(),
+            hash_layers: !args.check.quick,
+        },
+    );
+    let (checks, missing) = check_all(&store, &checker, wanted).await?;
+    let stale = stale_ingests(&store, args.check.stale_ingest_age).await?;
+    Ok((store, snapshotter, checks, missing, stale))
+}
+
 fn parse_images(images: &[String]) -> anyhow::Result<Vec<Reference>> {
     Ok(images
         .iter()
@@ -269,6 +461,60 @@ fn print_check(check: &ImageCheck, status: &str, output: Output) {
             println!("{status} {}: {}", check.names[0], problems.join("; "));
         }
         Output::Json => println!("{}", check_json(check, status, None)),
+    }
+}
+
+fn print_check_deep(check: &ImageCheck, status: &str, deep: &DeepOutcome, output: Output) {
+    match output {
+        Output::Text => {
+            match deep {
+                DeepOutcome::Checked(r) if r.is_sound() && check.problems.is_empty() => {
+                    println!(
+                        "{status} {} ({}, {} read; {} match their snapshots)",
+                        check.names[0],
+                        counted(check.blobs, "blob"),
+                        human_bytes(check.bytes),
+                        counted(r.layers, "layer")
+                    );
+                    return;
+                }
+                _ => {}
+            }
+            if !check.problems.is_empty() || !deep.is_bad() {
+                print_check(check, status, output);
+            }
+            match deep {
+                DeepOutcome::Checked(r) => {
+                    for finding in &r.findings {
+                        println!("{status} {}: {finding}", check.names[0]);
+                    }
+                    if r.findings_omitted > 0 {
+                        println!(
+                            "{status} {}: {} more differences not listed",
+                            check.names[0], r.findings_omitted
+                        );
+                    }
+                    if let Some(layer) = r.lowest_damaged() {
+                        println!(
+                            "{status} {}: lowest damaged layer {} (snapshot {})",
+                            check.names[0], layer.index, layer.chain_id
+                        );
+                    }
+                }
+                DeepOutcome::Failed(why) => {
+                    println!(
+                        "{status} {}: its snapshots could not be compared with its layers: {why}",
+                        check.names[0]
+                    )
+                }
+                DeepOutcome::Skipped(_) | DeepOutcome::NotRun => {}
+            }
+        }
+        Output::Json => {
+            let mut json = check_json(check, status, None);
+            json["deep"] = deep.json();
+            println!("{json}");
+        }
     }
 }
 
@@ -364,4 +610,31 @@ fn check_json(check: &ImageCheck, status: &str, error: Option<&str>) -> serde_js
         "bytes_read": check.bytes,
         "error": error,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[test]
+    fn a_read_rate_is_a_size_per_second() {
+        assert_eq!(parse_rate("64MiB").map(NonZeroU64::get), Ok(64 << 20));
+        assert_eq!(parse_rate("1000").map(NonZeroU64::get), Ok(1000));
+        assert!(parse_rate("0").unwrap_err().contains("more than 0"));
+        assert!(parse_rate("10%").unwrap_err().contains("bytes per second"));
+        assert!(parse_rate("fast").is_err());
+    }
+
+    #[test]
+    fn deep_options_need_deep_and_all_excludes_images() {
+        let parse = |args: &[&str]| {
+            crate::commands::Cli::try_parse_from(["prepull", "verify"].iter().chain(args))
+        };
+        assert!(parse(&["--deep", "--all", "--max-read-rate", "64MiB"]).is_ok());
+        assert!(parse(&["--max-read-rate", "64MiB"]).is_err());
+        assert!(parse(&["--all", "nginx:1"]).is_err());
+        assert!(parse(&["--deep", "--no-snapshots"]).is_err());
+        assert!(parse(&["--deep", "--deep-concurrency", "17"]).is_err());
+    }
 }

@@ -57,6 +57,16 @@ pub enum StoreError {
         /// What the transport said.
         message: String,
     },
+    /// A snapshot's mounts are not the kind its files can be found from (`bind` or `overlay`).
+    #[error("cannot find the files of {snapshotter} snapshot {snapshot} from its mounts ({why}); the deep check understands the overlayfs and native snapshotters")]
+    Mounts {
+        /// The snapshotter.
+        snapshotter: String,
+        /// The snapshot viewed.
+        snapshot: String,
+        /// What the mounts were, and what was wrong with them.
+        why: String,
+    },
     /// Any other gRPC failure.
     #[error("containerd {op} {what}: {} ({:?})", status.message(), status.code())]
     Rpc {
@@ -112,7 +122,7 @@ impl StoreError {
             StoreError::Connect { .. } | StoreError::Disconnected { .. } => {
                 ErrorKind::ContainerdUnreachable
             }
-            StoreError::InvalidNamespace(_) => ErrorKind::Config,
+            StoreError::InvalidNamespace(_) | StoreError::Mounts { .. } => ErrorKind::Config,
             StoreError::Mismatch { .. } => ErrorKind::Corrupt,
             StoreError::Busy { .. } => ErrorKind::Busy,
             StoreError::NotFound { .. } | StoreError::Rpc { .. } => ErrorKind::Containerd,

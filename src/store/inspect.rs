@@ -29,6 +29,23 @@ pub enum Stored {
     },
 }
 
+/// A committed blob read back in the chunks containerd sends (1 MiB at most each), so that a
+/// reader holds no more than one at a time.
+pub struct BlobChunks {
+    stream: tonic::Streaming<containerd_client::services::v1::ReadContentResponse>,
+    what: String,
+}
+
+impl BlobChunks {
+    /// The next chunk; `None` at the end of the blob.
+    pub async fn next(&mut self) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.stream.message().await {
+            Ok(chunk) => Ok(chunk.map(|c| c.data)),
+            Err(s) => Err(StoreError::rpc("Content.Read", &self.what, s)),
+        }
+    }
+}
+
 /// An ingest (an unfinished write) in the content store.
 #[derive(Clone, Debug)]
 pub struct Ingest {
@@ -83,6 +100,23 @@ impl Store {
             digest: hasher.finish(),
             size,
         })
+    }
+
+    /// Starts reading a committed blob back, chunk by chunk.
+    pub async fn read_chunks(&self, digest: &Digest) -> Result<BlobChunks, StoreError> {
+        let what = digest.to_string();
+        let mut client = ContentClient::new(self.channel.clone());
+        let request = ReadContentRequest {
+            digest: what.clone(),
+            offset: 0,
+            size: 0,
+        };
+        let stream = client
+            .read(self.request(request, None))
+            .await
+            .map_err(|s| StoreError::rpc("Content.Read", &what, s))?
+            .into_inner();
+        Ok(BlobChunks { stream, what })
     }
 
     /// Removes a blob's record and bytes (containerd checks nothing: callers decide).

@@ -22,8 +22,9 @@ pub use content::{ref_key, ContentWriter, Opened, WRITE_CHUNK};
 pub use error::StoreError;
 pub use graph::{Chosen, GraphError};
 pub use images::{ImageRecord, StoredImage};
-pub use inspect::{Ingest, Stored};
+pub use inspect::{BlobChunks, Ingest, Stored};
 pub use leases::Lease;
+pub use snapshots::{view_dirs, SnapshotView, ViewDirs};
 
 /// A connection to one containerd namespace.
 #[derive(Clone)]

@@ -1,11 +1,14 @@
-//! Snapshots and the diff service: the two halves of unpacking a layer into a snapshotter.
+//! Snapshots and the diff service: the two halves of unpacking a layer into a snapshotter; and
+//! read-only views of committed snapshots, which say where a snapshotter keeps their files.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 
 use containerd_client::services::v1::diff_client::DiffClient;
 use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
 use containerd_client::services::v1::snapshots::{
     CommitSnapshotRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest,
+    ViewSnapshotRequest,
 };
 use containerd_client::services::v1::ApplyRequest;
 use containerd_client::types::{Descriptor as PbDescriptor, Mount};
@@ -153,6 +156,236 @@ impl Store {
     }
 }
 
+/// Where a committed snapshot's files are, as a read-only view of it mounts them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ViewDirs {
+    /// One directory holds the whole filesystem: the snapshot's own directory (`native`, which
+    /// copies the parent chain into each snapshot), or the one layer of a single-layer chain
+    /// (`overlayfs`, whose layers each keep their own files).
+    Bind(PathBuf),
+    /// One directory per layer of the chain, base first (an `overlay` mount's `lowerdir`).
+    Layers(Vec<PathBuf>),
+}
+
+/// A read-only view of a committed snapshot, held under a lease until [`Store::release_view`].
+#[derive(Debug)]
+#[must_use = "release the view with Store::release_view"]
+pub struct SnapshotView {
+    snapshotter: String,
+    key: String,
+    /// The directories it mounts.
+    pub dirs: ViewDirs,
+}
+
+impl SnapshotView {
+    /// The view's key in the snapshotter.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+impl Store {
+    /// Makes a read-only view of the committed snapshot `name` under `lease` (so garbage
+    /// collection leaves it alone, and takes it away should it be left behind) and reads from
+    /// its mounts where the snapshotter keeps the snapshot's files. Release it with
+    /// [`Store::release_view`].
+    pub async fn view_snapshot(
+        &self,
+        lease: &Lease,
+        snapshotter: &str,
+        name: &str,
+    ) -> Result<SnapshotView, StoreError> {
+        let short = name.rsplit(':').next().unwrap_or(name);
+        let key = format!(
+            "prepull-deep-{}-{:016x}",
+            &short[..short.len().min(16)],
+            rand::random::<u64>()
+        );
+        let mut client = SnapshotsClient::new(self.channel.clone());
+        let request = ViewSnapshotRequest {
+            snapshotter: snapshotter.to_string(),
+            key: key.clone(),
+            parent: name.to_string(),
+            labels: HashMap::new(),
+        };
+        let mounts = client
+            .view(self.request(request, Some(lease)))
+            .await
+            .map_err(|s| StoreError::rpc("Snapshots.View", snapshot_what(snapshotter, name), s))?
+            .into_inner()
+            .mounts;
+        let view = SnapshotView {
+            snapshotter: snapshotter.to_string(),
+            key,
+            dirs: ViewDirs::Bind(PathBuf::new()),
+        };
+        match view_dirs(&mounts) {
+            Ok(dirs) => Ok(SnapshotView { dirs, ..view }),
+            Err(why) => {
+                // Nothing of it is usable: do not leave it behind.
+                let _ = self.release_view(view).await;
+                Err(StoreError::Mounts {
+                    snapshotter: snapshotter.to_string(),
+                    snapshot: name.to_string(),
+                    why,
+                })
+            }
+        }
+    }
+
+    /// Removes a view made by [`Store::view_snapshot`] (the snapshot it shows stays).
+    pub async fn release_view(&self, view: SnapshotView) -> Result<(), StoreError> {
+        self.remove_snapshot(&view.snapshotter, &view.key).await
+    }
+}
+
+/// The directories a view's mounts show: one `bind` mount of a directory, or one `overlay`
+/// mount whose `lowerdir` lists the layers top first (a view has no `upperdir`). Anything else
+/// (another snapshotter's mounts) is described in the error.
+pub fn view_dirs(mounts: &[Mount]) -> Result<ViewDirs, String> {
+    let [mount] = mounts else {
+        return Err(format!(
+            "expected one mount, got {}: {}",
+            mounts.len(),
+            describe_mounts(mounts)
+        ));
+    };
+    let absolute = |p: &str| -> Result<PathBuf, String> {
+        let path = PathBuf::from(p);
+        if path.is_absolute() {
+            Ok(path)
+        } else {
+            Err(format!("directory {p:?} is not an absolute path"))
+        }
+    };
+    match mount.r#type.as_str() {
+        "bind" | "rbind" => Ok(ViewDirs::Bind(absolute(&mount.source)?)),
+        "overlay" => {
+            let lower = mount
+                .options
+                .iter()
+                .find_map(|o| o.strip_prefix("lowerdir="))
+                .ok_or_else(|| {
+                    format!(
+                        "overlay mount without lowerdir: {}",
+                        describe_mounts(mounts)
+                    )
+                })?;
+            if let Some(upper) = mount.options.iter().find(|o| o.starts_with("upperdir=")) {
+                return Err(format!(
+                    "a read-only view has no upper directory, got {upper}"
+                ));
+            }
+            let mut dirs = split_lowerdir(lower)
+                .iter()
+                .map(|d| absolute(d))
+                .collect::<Result<Vec<_>, _>>()?;
+            if dirs.is_empty() {
+                return Err("overlay mount with an empty lowerdir".into());
+            }
+            dirs.reverse();
+            Ok(ViewDirs::Layers(dirs))
+        }
+        other => Err(format!(
+            "mount type {other:?} is neither bind nor overlay: {}",
+            describe_mounts(mounts)
+        )),
+    }
+}
+
+/// `lowerdir`'s directories, in order; `\:` is a colon inside a directory name.
+fn split_lowerdir(value: &str) -> Vec<String> {
+    let mut dirs = Vec::new();
+    let mut current = String::new();
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(next) = chars.next() {
+                    current.push(next);
+                }
+            }
+            ':' => {
+                if !current.is_empty() {
+                    dirs.push(std::mem::take(&mut current));
+                }
+            }
+            c => current.push(c),
+        }
+    }
+    if !current.is_empty() {
+        dirs.push(current);
+    }
+    dirs
+}
+
+fn describe_mounts(mounts: &[Mount]) -> String {
+    mounts
+        .iter()
+        .map(|m| format!("{} {} [{}]", m.r#type, m.source, m.options.join(",")))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 fn snapshot_what(snapshotter: &str, key: &str) -> String {
     format!("{snapshotter} snapshot {key}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mount(kind: &str, source: &str, options: &[&str]) -> Mount {
+        Mount {
+            r#type: kind.into(),
+            source: source.into(),
+            target: String::new(),
+            options: options.iter().map(|o| o.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_views_mounts_name_its_directories_base_first() {
+        let bind = mount("bind", "/var/lib/c/snapshots/7/fs", &["ro", "rbind"]);
+        assert_eq!(
+            view_dirs(&[bind]),
+            Ok(ViewDirs::Bind("/var/lib/c/snapshots/7/fs".into()))
+        );
+        let overlay = mount(
+            "overlay",
+            "overlay",
+            &["index=off", "lowerdir=/s/3/fs:/s/2/fs:/s/1/fs", "ro"],
+        );
+        assert_eq!(
+            view_dirs(&[overlay]),
+            Ok(ViewDirs::Layers(vec![
+                "/s/1/fs".into(),
+                "/s/2/fs".into(),
+                "/s/3/fs".into()
+            ]))
+        );
+        let escaped = mount("overlay", "overlay", &["lowerdir=/a\\:b:/c"]);
+        assert_eq!(
+            view_dirs(&[escaped]),
+            Ok(ViewDirs::Layers(vec!["/c".into(), "/a:b".into()]))
+        );
+    }
+
+    #[test]
+    fn mounts_it_cannot_read_are_refused_saying_what_they_were() {
+        let relative = mount("overlay", "overlay", &["lowerdir=3/fs:2/fs"]);
+        assert!(view_dirs(&[relative])
+            .unwrap_err()
+            .contains("not an absolute path"));
+        let upper = mount(
+            "overlay",
+            "overlay",
+            &["lowerdir=/s/1/fs", "upperdir=/s/2/fs", "workdir=/s/2/work"],
+        );
+        assert!(view_dirs(&[upper]).unwrap_err().contains("upper"));
+        let btrfs = mount("btrfs", "/dev/sda", &["subvolid=5"]);
+        let e = view_dirs(&[btrfs]).unwrap_err();
+        assert!(e.contains("\"btrfs\"") && e.contains("/dev/sda"), "{e}");
+        assert!(view_dirs(&[]).unwrap_err().contains("got 0"));
+    }
 }
