@@ -39,6 +39,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Agent(args) => commands::agent::run(*args, stop).await,
             Command::Verify(args) => commands::verify::run_verify(args, stop).await,
+            Command::Repair(args) => commands::verify::run_repair(*args, stop).await,
             other => {
                 tokio::select! {
                     r = run(other) => r,
@@ -65,7 +66,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Unpin(args) => commands::unpin::run(args).await,
         Command::Agent(_) => unreachable!("the agent runs with the stop token"),
         Command::Verify(_) => unreachable!("verify runs with the stop token"),
-        Command::Repair(args) => commands::verify::run_repair(*args).await,
+        Command::Repair(_) => unreachable!("repair runs with the stop token"),
         Command::Status(args) => commands::status::run(args).await,
         Command::Check(args) => commands::check::run(args).await,
         Command::Doctor(args) => commands::doctor::run(*args).await,

@@ -5,6 +5,7 @@ pub mod check;
 pub mod doctor;
 pub mod progress;
 pub mod pull;
+mod repair_deep;
 pub mod status;
 pub mod unpin;
 pub mod verify;

@@ -112,11 +112,37 @@ pub struct VerifyArgs {
         cannot be mended from this one. Repair never removes another namespace's content: it \
         leaves that image unmended and names the namespace, the image there and the command \
         that lets go of the blob (`ctr -n NS content rm DIGEST`); then run the repair again. \
-        Exit status 0 when everything checked is sound afterwards, 1 otherwise."
+        Exit status 0 when everything checked is sound afterwards, 1 otherwise.\n\n\
+        Snapshots (--deep): plain `repair` checks that each layer's snapshot exists, not what \
+        is in it. With --deep it also runs `verify --deep` (reading every file of every \
+        snapshot), and for each image with damaged snapshots removes its snapshot chain from \
+        the lowest damaged layer up, together with the snapshots of other images built on the \
+        removed ones, and unpacks them again from the blobs on the node, without the network; \
+        then it checks those images again. A snapshot a container runs on (and every snapshot \
+        below it) is never removed: that image is left as it is, and the report names the \
+        containers and their pods; delete those pods, then run `prepull repair --deep` again."
 )]
 pub struct RepairArgs {
     #[command(flatten)]
     pub check: CheckArgs,
+
+    /// Repair every image in the namespace (what no IMAGE means too).
+    #[arg(long, conflicts_with = "images")]
+    pub all: bool,
+
+    /// Also compare each image's unpacked snapshots file by file with its layers, and mend
+    /// damaged ones from the local blobs (no network): the snapshot chain is removed from the
+    /// lowest damaged layer up and unpacked again, unless a container runs on it.
+    #[arg(long, conflicts_with = "no_unpack")]
+    pub deep: bool,
+
+    /// Bytes read per second by the deep check (e.g. `64MiB`) [default: unlimited].
+    #[arg(long, value_name = "BYTES", value_parser = parse_rate, requires = "deep")]
+    pub max_read_rate: Option<NonZeroU64>,
+
+    /// Layers the deep check compares at once.
+    #[arg(long, value_name = "N", default_value = "2", value_parser = parse_concurrency, requires = "deep")]
+    pub deep_concurrency: NonZeroUsize,
 
     #[command(flatten)]
     pub puller: PullerArgs,
@@ -141,7 +167,7 @@ fn parse_concurrency(s: &str) -> Result<NonZeroUsize, String> {
 }
 
 /// What the deep check did for one image.
-enum DeepOutcome {
+pub(super) enum DeepOutcome {
     /// Not asked for.
     NotRun,
     /// Not run: why.
@@ -153,7 +179,7 @@ enum DeepOutcome {
 }
 
 impl DeepOutcome {
-    fn is_bad(&self) -> bool {
+    pub(super) fn is_bad(&self) -> bool {
         match self {
             DeepOutcome::NotRun | DeepOutcome::Skipped(_) => false,
             DeepOutcome::Checked(r) => !r.is_sound(),
@@ -161,7 +187,7 @@ impl DeepOutcome {
         }
     }
 
-    fn json(&self) -> serde_json::Value {
+    pub(super) fn json(&self) -> serde_json::Value {
         match self {
             DeepOutcome::NotRun => {
                 serde_json::json!({ "checked": false, "reason": "not asked for (--deep)" })
@@ -247,8 +273,8 @@ pub async fn run_verify(args: VerifyArgs, stop: CancellationToken) -> anyhow::Re
     })
 }
 
-/// Runs `prepull repair`.
-pub async fn run_repair(args: RepairArgs) -> anyhow::Result<ExitCode> {
+/// Runs `prepull repair`; `stop` interrupts its deep check (--deep).
+pub async fn run_repair(args: RepairArgs, stop: CancellationToken) -> anyhow::Result<ExitCode> {
     let wanted = parse_images(&args.check.images)?;
     let puller = args.puller.build(false).await?;
     let store = args.puller.containerd.connect().await?;
@@ -263,7 +289,7 @@ pub async fn run_repair(args: RepairArgs) -> anyhow::Result<ExitCode> {
     let checker = Checker::new(
         &store,
         CheckOptions {
-            snapshotter,
+            snapshotter: snapshotter.clone(),
             hash_layers: !args.check.quick,
         },
     );
@@ -278,7 +304,11 @@ pub async fn run_repair(args: RepairArgs) -> anyhow::Result<ExitCode> {
     let damaged: Vec<&ImageCheck> = checks.iter().filter(|c| !c.problems.is_empty()).collect();
     let shared = repair::shared_bad_blobs(&store, &damaged).await?;
     let protection = repair::discard_bad_blobs(&store, &damaged).await?;
-    for check in checks.iter().filter(|c| c.problems.is_empty()) {
+    // With --deep, sound images are reported once their snapshots are compared too.
+    for check in checks
+        .iter()
+        .filter(|c| c.problems.is_empty() && !args.deep)
+    {
         print_check(check, "ok", output);
     }
     let mut failed = 0;
@@ -305,6 +335,23 @@ pub async fn run_repair(args: RepairArgs) -> anyhow::Result<ExitCode> {
     }
     protection.release(&store).await;
     outcome?;
+    if let (true, Some(snapshotter)) = (args.deep, &snapshotter) {
+        let deep = super::repair_deep::DeepRepair {
+            store: &store,
+            checker: &checker,
+            snapshotter,
+            concurrency: args.deep_concurrency,
+            rate: args.max_read_rate,
+            output,
+        };
+        match deep.run(&wanted, &stop).await? {
+            Some(bad) => failed += bad,
+            None => {
+                eprintln!("interrupted");
+                return Ok(ExitCode::from(130));
+            }
+        }
+    }
     Ok(if failed == 0 {
         ExitCode::SUCCESS
     } else {
@@ -315,7 +362,7 @@ pub async fn run_repair(args: RepairArgs) -> anyhow::Result<ExitCode> {
 /// The deep check of every checked image, in order; images with other problems are skipped
 /// (their blobs or snapshots are what to mend first).
 /// `None` when interrupted.
-async fn deep_all(
+pub(super) async fn deep_all(
     store: &Store,
     snapshotter: &str,
     concurrency: NonZeroUsize,
@@ -412,7 +459,7 @@ fn parse_images(images: &[String]) -> anyhow::Result<Vec<Reference>> {
 }
 
 /// Checks every image (or the wanted ones); also returns wanted names with no record at all.
-async fn check_all(
+pub(super) async fn check_all(
     store: &Store,
     checker: &Checker<'_>,
     wanted: &[Reference],
@@ -464,7 +511,12 @@ fn print_check(check: &ImageCheck, status: &str, output: Output) {
     }
 }
 
-fn print_check_deep(check: &ImageCheck, status: &str, deep: &DeepOutcome, output: Output) {
+pub(super) fn print_check_deep(
+    check: &ImageCheck,
+    status: &str,
+    deep: &DeepOutcome,
+    output: Output,
+) {
     match output {
         Output::Text => {
             match deep {
@@ -599,7 +651,11 @@ fn ingest_progress(ingest: &Ingest) -> String {
     }
 }
 
-fn check_json(check: &ImageCheck, status: &str, error: Option<&str>) -> serde_json::Value {
+pub(super) fn check_json(
+    check: &ImageCheck,
+    status: &str,
+    error: Option<&str>,
+) -> serde_json::Value {
     serde_json::json!({
         "image": check.names[0],
         "names": check.names,

@@ -38,7 +38,7 @@ pub use error::PullError;
 use fetch::Counters;
 pub use progress::{PullProgress, Stage};
 use resolve::{Resolution, Resolved};
-pub use unpack::UnpackError;
+pub use unpack::{unpack_local, UnpackError};
 pub use warm::OnNode;
 
 /// How pulls behave.

@@ -156,6 +156,34 @@ impl LayerUnpack<'_> {
     }
 }
 
+/// Unpacks `layers` (base first, with their `diff_ids` from the config) into `snapshotter` from
+/// the blobs the content store holds, without the network: each layer's snapshot is leased by
+/// `lease` before it is looked at, and snapshots that exist are kept. What a repair runs once it
+/// removed damaged snapshots; the blobs must be present (verified by the caller).
+pub async fn unpack_local(
+    store: &Store,
+    lease: &Lease,
+    snapshotter: &str,
+    layers: &[Descriptor],
+    diff_ids: &[Digest],
+) -> Result<(), UnpackError> {
+    let chain = image::chain_ids(diff_ids);
+    for (i, (layer, diff_id)) in layers.iter().zip(diff_ids).enumerate() {
+        LayerUnpack {
+            store,
+            lease,
+            snapshotter,
+            layer,
+            diff_id,
+            parent: i.checked_sub(1).map(|p| &chain[p]),
+            chain: &chain[i],
+        }
+        .run()
+        .await?;
+    }
+    Ok(())
+}
+
 impl Puller {
     /// Config and layers download concurrently, each verified before it is committed; layer i
     /// unpacks as soon as it and the layers below it are committed, while later layers are

@@ -4,6 +4,7 @@
 //! `containerd-lease` header, so nothing written mid-pull can be garbage-collected before the
 //! image record that roots it exists.
 
+mod containers;
 mod content;
 mod error;
 mod graph;
@@ -18,13 +19,14 @@ use std::path::{Path, PathBuf};
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
+pub use containers::ContainerRecord;
 pub use content::{ref_key, ContentWriter, Opened, WRITE_CHUNK};
 pub use error::StoreError;
 pub use graph::{Chosen, GraphError};
 pub use images::{ImageRecord, StoredImage};
 pub use inspect::{BlobChunks, Ingest, Stored};
 pub use leases::Lease;
-pub use snapshots::{view_dirs, SnapshotView, ViewDirs};
+pub use snapshots::{view_dirs, SnapshotInfo, SnapshotKind, SnapshotView, ViewDirs};
 
 /// A connection to one containerd namespace.
 #[derive(Clone)]

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use containerd_client::services::v1::diff_client::DiffClient;
 use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
 use containerd_client::services::v1::snapshots::{
-    CommitSnapshotRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest,
-    ViewSnapshotRequest,
+    CommitSnapshotRequest, Kind, ListSnapshotsRequest, PrepareSnapshotRequest,
+    RemoveSnapshotRequest, StatSnapshotRequest, ViewSnapshotRequest,
 };
 use containerd_client::services::v1::ApplyRequest;
 use containerd_client::types::{Descriptor as PbDescriptor, Mount};
@@ -17,7 +17,59 @@ use super::{Lease, Store, StoreError};
 use crate::digest::Digest;
 use crate::oci::Descriptor;
 
+/// What a snapshot is: committed (a layer, read-only), active (a container's writable layer or
+/// an unpack under way) or a view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotKind {
+    /// Committed: a parent for others.
+    Committed,
+    /// Active: writable, mounted by a container or an unpack.
+    Active,
+    /// A read-only view.
+    View,
+}
+
+/// One snapshot as the snapshotter lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// Its name (a committed layer's chain ID) or key (active and views).
+    pub name: String,
+    /// Its parent's name; empty for a base layer.
+    pub parent: String,
+    /// What it is.
+    pub kind: SnapshotKind,
+}
+
 impl Store {
+    /// Every snapshot of `snapshotter` in the namespace.
+    pub async fn snapshots(&self, snapshotter: &str) -> Result<Vec<SnapshotInfo>, StoreError> {
+        let mut client = SnapshotsClient::new(self.channel.clone());
+        let request = ListSnapshotsRequest {
+            snapshotter: snapshotter.to_string(),
+            filters: vec![],
+        };
+        let fail = |s| StoreError::rpc("Snapshots.List", snapshotter.to_string(), s);
+        let mut stream = client
+            .list(self.request(request, None))
+            .await
+            .map_err(fail)?
+            .into_inner();
+        let mut all = Vec::new();
+        while let Some(page) = stream.message().await.map_err(fail)? {
+            all.extend(page.info.into_iter().map(|i| SnapshotInfo {
+                kind: match Kind::try_from(i.kind) {
+                    Ok(Kind::Committed) => SnapshotKind::Committed,
+                    Ok(Kind::View) => SnapshotKind::View,
+                    // Unknown kinds are treated as in use: never removed from under someone.
+                    _ => SnapshotKind::Active,
+                },
+                name: i.name,
+                parent: i.parent,
+            }));
+        }
+        Ok(all)
+    }
+
     /// Whether a committed (or active) snapshot named `key` exists in `snapshotter`.
     pub async fn snapshot_exists(&self, snapshotter: &str, key: &str) -> Result<bool, StoreError> {
         let mut client = SnapshotsClient::new(self.channel.clone());

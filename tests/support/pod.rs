@@ -76,12 +76,22 @@ impl ContainerSpec {
         }
     }
 
-    fn config(&self) -> ContainerConfig {
+    /// The config the kubelet sends for this container in a pod named `pod` (namespace
+    /// `default`), with the kubelet's labels.
+    fn config(&self, pod: &str) -> ContainerConfig {
         ContainerConfig {
             metadata: Some(ContainerMetadata {
                 name: self.name.clone(),
                 attempt: 0,
             }),
+            labels: [
+                ("io.kubernetes.container.name", self.name.as_str()),
+                ("io.kubernetes.pod.name", pod),
+                ("io.kubernetes.pod.namespace", "default"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
             image: Some(ImageSpec {
                 image: self.image.clone(),
                 ..Default::default()
@@ -128,6 +138,7 @@ pub struct Pod {
     log_dir: PathBuf,
     containers: Vec<String>,
     removed: bool,
+    name: String,
 }
 
 impl Pod {
@@ -141,6 +152,13 @@ impl Pod {
                 attempt: 0,
             }),
             hostname: String::new(),
+            labels: [
+                ("io.kubernetes.pod.name", name),
+                ("io.kubernetes.pod.namespace", "default"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
             log_directory: log_dir.display().to_string(),
             linux: Some(LinuxPodSandboxConfig {
                 security_context: Some(LinuxSandboxSecurityContext {
@@ -175,6 +193,7 @@ impl Pod {
             log_dir: log_dir.to_path_buf(),
             containers: Vec::new(),
             removed: false,
+            name: name.to_string(),
         }
     }
 
@@ -206,7 +225,7 @@ impl Pod {
             "CreateContainer",
             self.runtime.create_container(CreateContainerRequest {
                 pod_sandbox_id: self.id.clone(),
-                config: Some(spec.config()),
+                config: Some(spec.config(&self.name)),
                 sandbox_config: Some(self.config.clone()),
             }),
         )

@@ -15,6 +15,12 @@
 //!    One rule for every caller: a lease left behind keeps content for a week that nothing
 //!    names. The cost: when a pull failed, content only a removed blob held may be collected,
 //!    and the next repair downloads it again.
+//!
+//! Snapshots the deep check found damaged are mended without the network by [`snapshots`]
+//! ([`mend_snapshots`]): the chain is removed from the lowest damaged layer up and unpacked
+//! again from the local blobs, unless a container runs on it.
+
+pub mod snapshots;
 
 use std::fmt;
 use std::time::Duration;
@@ -24,6 +30,11 @@ use crate::pull::Puller;
 use crate::reference::Reference;
 use crate::store::{Lease, Store, StoreError};
 use crate::verify::{Checker, ImageCheck, Problem};
+
+pub use snapshots::{
+    mend_snapshots, ContainerUse, SnapshotOutcome, SnapshotRepair, SnapshotRepairError,
+    SnapshotUser,
+};
 
 /// How long the protecting lease lives if its holder dies before releasing it.
 const PROTECTION_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);

@@ -1,0 +1,589 @@
+//! `prepull repair --deep` against a real containerd, with the registry stopped: snapshots
+//! damaged the ways power cuts and people damage them (a file zeroed, a binary truncated, a
+//! file deleted, a whiteout removed, a snapshot directory emptied or deleted) are mended from
+//! the local blobs; a second check is clean; pods started through CRI read the right content.
+//! An image sharing lower layers with a damaged one is unpacked again with it. A damaged image a
+//! running container uses is left alone, and the container named, until its pod is gone.
+//!
+//! One containerd, one registry and one pod sandbox image serve every case: each image has its
+//! own layers (and so its own snapshots). Snapshot directories are found as the product finds
+//! them: through read-only views.
+
+use testbench as support;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use prepull::digest::Digest;
+use prepull::store::{Store, ViewDirs};
+use support::busybox::{busybox_layer, push_runnable, Entry, FileLayer};
+use support::pod::{ContainerSpec, Pod};
+use support::process::Deadline;
+use support::{text, Containerd, ContainerdOptions, Prepull, PushedImage, Registry};
+
+/// From StartContainer until the script has printed its lines and exited.
+const RUN_WAIT: Duration = Duration::from_secs(60);
+/// The CRI log copier may finish just after the exit is reported.
+const LOG_WAIT: Duration = Duration::from_secs(20);
+
+async fn prepull(containerd: &Containerd, args: &[&str]) -> Output {
+    Prepull::new(args[0])
+        .containerd(containerd)
+        .args(&args[1..])
+        .output()
+        .await
+}
+
+/// Three layers: busybox with a marker; a secret, a message and a directory; a layer deleting
+/// the secret (a whiteout), replacing the message and making the directory opaque.
+fn layers(case: &str) -> Vec<FileLayer> {
+    let data = std::fs::read(support::busybox::BUSYBOX).unwrap();
+    let base = FileLayer::build(&[
+        Entry::Dir {
+            path: "bin".into(),
+            mode: 0o755,
+        },
+        Entry::File {
+            path: "bin/busybox".into(),
+            mode: 0o755,
+            data,
+        },
+        Entry::Symlink {
+            path: "bin/sh".into(),
+            target: "busybox".into(),
+        },
+        Entry::Dir {
+            path: "etc".into(),
+            mode: 0o755,
+        },
+        Entry::File {
+            path: "etc/case".into(),
+            mode: 0o644,
+            data: case.as_bytes().to_vec(),
+        },
+        Entry::Dir {
+            path: "tmp".into(),
+            mode: 0o1777,
+        },
+    ]);
+    let motd = format!("welcome to {case}\n");
+    let middle = tar_layer(&[
+        ("etc/", None),
+        ("etc/secret", Some(format!("secret of {case}\n").as_bytes())),
+        ("etc/motd", Some(b"first message\n")),
+        ("var/", None),
+        ("var/old", Some(b"hidden by the next layer\n")),
+    ]);
+    let top = tar_layer(&[
+        ("etc/.wh.secret", Some(b"")),
+        ("etc/motd", Some(motd.as_bytes())),
+        ("var/", None),
+        ("var/.wh..wh..opq", Some(b"")),
+        ("var/new", Some(b"only this\n")),
+    ]);
+    vec![base, middle, top]
+}
+
+/// A layer of directories (`None`) and files.
+fn tar_layer(entries: &[(&str, Option<&[u8]>)]) -> FileLayer {
+    use std::io::Write;
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, data) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        match data {
+            None => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(0o755);
+                h.set_size(0);
+                b.append_data(&mut h, path, std::io::empty())
+            }
+            Some(data) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(0o644);
+                h.set_size(data.len() as u64);
+                b.append_data(&mut h, path, *data)
+            }
+        }
+        .unwrap();
+    }
+    let tar = b.into_inner().unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&tar).unwrap();
+    let gzip = gz.finish().unwrap();
+    FileLayer {
+        digest: Digest::sha256(&gzip).to_string(),
+        diff_id: Digest::sha256(&tar).to_string(),
+        gzip,
+    }
+}
+
+/// Where a layer's files are, found through views (released before returning).
+struct Dirs {
+    /// overlayfs: each layer's own directory; native: each snapshot's full directory.
+    per_layer: Vec<PathBuf>,
+    /// Whether each snapshot holds its whole chain (native).
+    cumulative: bool,
+}
+
+impl Dirs {
+    /// The directory where a pod sees `layer`'s files: its own (overlayfs) or the top
+    /// snapshot's (native).
+    fn of(&self, layer: usize) -> &Path {
+        if self.cumulative {
+            self.per_layer.last().unwrap()
+        } else {
+            &self.per_layer[layer]
+        }
+    }
+}
+
+async fn dirs(store: &Store, snapshotter: &str, image: &PushedImage) -> Dirs {
+    let diff_ids: Vec<Digest> = image.diff_ids.iter().map(|d| d.parse().unwrap()).collect();
+    let chain = prepull::image::chain_ids(&diff_ids);
+    let lease = store
+        .create_lease("test-dirs", Duration::from_secs(600))
+        .await
+        .unwrap();
+    let mut per_layer = Vec::new();
+    let mut cumulative = false;
+    let top = store
+        .view_snapshot(&lease, snapshotter, &chain[2].to_string())
+        .await
+        .unwrap();
+    match &top.dirs {
+        ViewDirs::Layers(d) => per_layer = d.clone(),
+        ViewDirs::Bind(_) => {
+            cumulative = true;
+            for c in &chain {
+                let v = store
+                    .view_snapshot(&lease, snapshotter, &c.to_string())
+                    .await
+                    .unwrap();
+                match &v.dirs {
+                    ViewDirs::Bind(d) => per_layer.push(d.clone()),
+                    other => panic!("a native view shows {other:?}"),
+                }
+                store.release_view(v).await.unwrap();
+            }
+        }
+    }
+    store.release_view(top).await.unwrap();
+    store.delete_lease(lease).await.unwrap();
+    assert_eq!(per_layer.len(), 3, "{per_layer:?}");
+    Dirs {
+        per_layer,
+        cumulative,
+    }
+}
+
+fn empty_dir(dir: &Path) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() && !p.is_symlink() {
+            std::fs::remove_dir_all(p).unwrap();
+        } else {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+}
+
+/// A damage and the layer the repair must start from.
+struct Case {
+    name: &'static str,
+    damage: fn(&Dirs),
+    layer: usize,
+}
+
+const CASES: &[Case] = &[
+    Case {
+        name: "zeroed",
+        damage: |d| {
+            let p = d.of(2).join("etc/motd");
+            let len = std::fs::metadata(&p).unwrap().len() as usize;
+            std::fs::write(p, vec![0u8; len]).unwrap();
+        },
+        layer: 2,
+    },
+    Case {
+        name: "truncated",
+        damage: |d| {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(d.of(0).join("bin/busybox"))
+                .unwrap();
+            f.set_len(4096).unwrap();
+        },
+        layer: 0,
+    },
+    Case {
+        name: "deleted",
+        damage: |d| std::fs::remove_file(d.of(2).join("etc/motd")).unwrap(),
+        layer: 2,
+    },
+    Case {
+        name: "whiteout",
+        damage: |d| {
+            let p = d.of(2).join("etc/secret");
+            if d.cumulative {
+                std::fs::write(p, b"secret again").unwrap();
+            } else {
+                std::fs::remove_file(p).unwrap();
+            }
+        },
+        layer: 2,
+    },
+    Case {
+        name: "dir-emptied",
+        damage: |d| empty_dir(&d.per_layer[2]),
+        layer: 2,
+    },
+    Case {
+        name: "dir-deleted",
+        damage: |d| std::fs::remove_dir_all(&d.per_layer[1]).unwrap(),
+        layer: 1,
+    },
+];
+
+/// What a case image's container prints, sound.
+fn expected_lines(case: &str, busybox_sha: &str) -> Vec<String> {
+    vec![
+        format!("welcome to {case}"),
+        "secret-absent".into(),
+        "new".into(),
+        format!("{busybox_sha}  /bin/busybox"),
+        case.into(),
+        "done-ok".into(),
+    ]
+}
+
+const SCRIPT: &str = "cat /etc/motd; if [ -e /etc/secret ]; then echo secret-present; \
+    else echo secret-absent; fi; ls /var; sha256sum /bin/busybox; cat /etc/case; echo; \
+    echo done-ok";
+
+/// Runs `script` in a container of `image` in `pod`; returns its stdout lines and exit code.
+async fn run_in(
+    pod: &mut Pod,
+    containerd: &Containerd,
+    name: &str,
+    image: &str,
+    script: &str,
+) -> (Vec<String>, i32) {
+    let mut spec = ContainerSpec::new(name, image);
+    spec.args = vec!["/bin/sh".into(), "-c".into(), script.into()];
+    let id = pod.create_with(&spec).await.unwrap_or_else(|e| {
+        panic!(
+            "CreateContainer({image}) failed: {e}\n--- containerd log ---\n{}",
+            containerd.log_tail(30)
+        )
+    });
+    pod.start(&id).await.unwrap_or_else(|e| {
+        panic!(
+            "StartContainer({image}) failed: {e}\n--- containerd log ---\n{}",
+            containerd.log_tail(30)
+        )
+    });
+    let status = pod.wait_exited(&id, name, RUN_WAIT, containerd).await;
+    let deadline = Deadline::after(LOG_WAIT);
+    loop {
+        let lines = stdout_lines(&pod.log(name));
+        if lines.iter().any(|l| l == "done-ok") || status.exit_code != 0 {
+            return (lines, status.exit_code);
+        }
+        assert!(
+            !deadline.expired(),
+            "{image}: no done-ok in its log: {lines:?}"
+        );
+        deadline.tick().await;
+    }
+}
+
+/// The stdout lines of a CRI log (`<time> stdout F <text>`).
+fn stdout_lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.splitn(4, ' ');
+            let (_, stream, _, text) = (parts.next()?, parts.next()?, parts.next()?, parts.next());
+            (stream == "stdout").then(|| text.unwrap_or("").to_string())
+        })
+        .collect()
+}
+
+fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn line_for<'a>(lines: &'a [serde_json::Value], image: &str) -> &'a serde_json::Value {
+    lines
+        .iter()
+        .find(|l| l["check"] == "deep" && l["image"] == image)
+        .unwrap_or_else(|| panic!("no deep line for {image} in {lines:#?}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn repair_deep_mends_damaged_snapshots_offline_and_spares_those_in_use() {
+    let mut registry = Registry::start().await;
+    let host = registry.host();
+    let pause_layer = tokio::task::spawn_blocking(busybox_layer).await.unwrap();
+    push_runnable(
+        &host,
+        "repair/pause",
+        "1",
+        &[&pause_layer],
+        &["/bin/busybox", "sleep", "3600"],
+    )
+    .await;
+    let pause = format!("{host}/repair/pause:1");
+    let containerd = Containerd::start_with(ContainerdOptions {
+        sandbox_image: Some(pause.clone()),
+        ..Default::default()
+    })
+    .await;
+    let snapshotter = containerd.snapshotter().to_string();
+
+    // The cases, an image in use, and a sibling sharing the two lower layers of dir-deleted.
+    let names: Vec<&str> = CASES
+        .iter()
+        .map(|c| c.name)
+        .chain(std::iter::once("in-use"))
+        .collect();
+    let mut images = Vec::new();
+    let mut sibling_layers = Vec::new();
+    for name in &names {
+        let built = tokio::task::spawn_blocking({
+            let name = name.to_string();
+            move || layers(&name)
+        })
+        .await
+        .unwrap();
+        let refs: Vec<&FileLayer> = built.iter().collect();
+        let image = push_runnable(&host, &format!("repair/{name}"), "1", &refs, &["/bin/sh"]).await;
+        if *name == "dir-deleted" {
+            sibling_layers = vec![
+                built[0].clone(),
+                built[1].clone(),
+                tar_layer(&[("etc/", None), ("etc/sibling", Some(b"sibling\n"))]),
+            ];
+        }
+        images.push((format!("{host}/repair/{name}:1"), image));
+    }
+    let refs: Vec<&FileLayer> = sibling_layers.iter().collect();
+    let sibling_image = push_runnable(&host, "repair/sibling", "1", &refs, &["/bin/sh"]).await;
+    let sibling = format!("{host}/repair/sibling:1");
+
+    let mut pull = vec!["pull", "--plain-http", &host, "--no-node-credentials"];
+    pull.extend(images.iter().map(|(r, _)| r.as_str()));
+    pull.push(&sibling);
+    let out = prepull(&containerd, &pull).await;
+    assert!(out.status.success(), "{}", text(&out));
+    Prepull::new("pull")
+        .containerd(&containerd)
+        .plain_http(&host)
+        .args(["--pin", &pause])
+        .success()
+        .await;
+    let store = Store::connect(containerd.socket(), "k8s.io").await.unwrap();
+    let busybox_sha = Digest::sha256(&std::fs::read(support::busybox::BUSYBOX).unwrap())
+        .to_string()
+        .trim_start_matches("sha256:")
+        .to_string();
+
+    // A pod runs on the in-use image while it is damaged.
+    let logs = tempfile::tempdir().unwrap();
+    let (in_use, in_use_image) = images.last().unwrap().clone();
+    let mut busy_pod = Pod::run(&containerd, "busy", logs.path()).await;
+    let mut spec = ContainerSpec::new("sleeper", &in_use);
+    spec.args = vec!["/bin/busybox".into(), "sleep".into(), "3600".into()];
+    let sleeper = busy_pod.create_with(&spec).await.unwrap();
+    busy_pod.start(&sleeper).await.unwrap();
+
+    for (case, (_, image)) in CASES.iter().zip(&images) {
+        (case.damage)(&dirs(&store, &snapshotter, image).await);
+    }
+    let in_use_dirs = dirs(&store, &snapshotter, &in_use_image).await;
+    let zeroed_motd = in_use_dirs.of(2).join("etc/motd");
+    std::fs::write(&zeroed_motd, b"\0\0\0\0").unwrap();
+
+    // From here on, nothing comes from the network.
+    registry.stop();
+
+    let out = prepull(&containerd, &["verify", "--deep", "--all"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+
+    // Plain repair does not look inside snapshots.
+    let out = prepull(&containerd, &["repair"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = prepull(&containerd, &["verify", "--deep", &images[0].0]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+
+    // repair --deep: every case mended, the in-use image left and its container named.
+    let out = prepull(&containerd, &["repair", "--deep", "--output", "json"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let lines = json_lines(&out);
+    let removed_by = |line: &serde_json::Value| -> Vec<String> {
+        line["removed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect()
+    };
+    // dir-deleted and its sibling share the damaged layer 1: whichever comes first removes
+    // the snapshots of both and unpacks both again; the other says it was unpacked with it.
+    let sibling_line = line_for(&lines, &sibling);
+    assert_eq!(sibling_line["status"], "repaired", "{sibling_line:#}");
+    assert_eq!(
+        sibling_line["found"]["lowest_damaged_layer"]["index"], 1,
+        "{sibling_line:#}"
+    );
+    for (case, (name, image)) in CASES.iter().zip(&images) {
+        let line = line_for(&lines, name);
+        assert_eq!(line["status"], "repaired", "{}: {line:#}", case.name);
+        assert_eq!(
+            line["found"]["lowest_damaged_layer"]["index"], case.layer,
+            "{}: {line:#}",
+            case.name
+        );
+        let diff_ids: Vec<Digest> = image.diff_ids.iter().map(|d| d.parse().unwrap()).collect();
+        let chain = prepull::image::chain_ids(&diff_ids);
+        let mut removed = removed_by(line);
+        if case.name == "dir-deleted" {
+            removed.extend(removed_by(sibling_line));
+            let both = [line, sibling_line];
+            let again: Vec<&serde_json::Value> = both
+                .iter()
+                .flat_map(|l| l["unpacked_again"].as_array().unwrap())
+                .collect();
+            assert!(
+                again.iter().any(|v| *v == name.as_str())
+                    && again.iter().any(|v| *v == sibling.as_str()),
+                "{line:#}\n{sibling_line:#}"
+            );
+        }
+        let removed: Vec<&str> = removed.iter().map(String::as_str).collect();
+        for c in &chain[case.layer..] {
+            assert!(
+                removed.contains(&c.to_string().as_str()),
+                "{}: {c} not removed: {line:#}",
+                case.name
+            );
+        }
+        for c in &chain[..case.layer] {
+            assert!(
+                !removed.contains(&c.to_string().as_str()),
+                "{}: {c} below the damage was removed: {line:#}",
+                case.name
+            );
+        }
+        assert_eq!(line["after"]["sound"], true, "{}: {line:#}", case.name);
+        let again = line["unpacked_again"].as_array().unwrap();
+        assert!(
+            again.iter().any(|v| v == name.as_str()),
+            "{}: {line:#}",
+            case.name
+        );
+    }
+    let line = line_for(&lines, &in_use);
+    assert_eq!(line["status"], "left", "{line:#}");
+    assert!(line["removed"].as_array().unwrap().is_empty(), "{line:#}");
+    let users = &line["outcome"]["users"];
+    assert!(
+        users
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u["id"] == sleeper.as_str()
+                && u["pod"] == "busy"
+                && u["namespace"] == "default"
+                && u["container"] == "sleeper"),
+        "{line:#}"
+    );
+    let out = prepull(&containerd, &["repair", "--deep", &in_use]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains(&format!(
+            "container {sleeper} (pod default/busy, container sleeper)"
+        )) && t.contains("delete those pods"),
+        "{t}"
+    );
+    // Left as it was: the damage is still there, and the container still runs.
+    assert_eq!(std::fs::read(&zeroed_motd).unwrap(), b"\0\0\0\0");
+    assert_eq!(
+        busy_pod.status(&sleeper).await.state,
+        prepull::cri::v1::ContainerState::ContainerRunning as i32
+    );
+
+    // Once the pod is gone, repair mends it; GC keeps what the repair unpacked.
+    busy_pod.remove().await;
+    let out = prepull(&containerd, &["repair", "--deep", &in_use]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "repaired {in_use}: removed 1 snapshot from layer 2"
+        )),
+        "{}",
+        text(&out)
+    );
+    store.collect_garbage().await.unwrap();
+    let out = prepull(&containerd, &["verify", "--deep", "--all"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // Idempotent: nothing left to do.
+    let out = prepull(&containerd, &["repair", "--deep"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("0 with damaged snapshots, 0 mended"),
+        "{}",
+        text(&out)
+    );
+    let leases = containerd.ctr_ok(&["-n", "k8s.io", "leases", "ls"]);
+    assert!(!leases.contains("repair-snapshots"), "{leases}");
+
+    // Pods read the right content from every mended image, with the registry still down.
+    let mut pod = Pod::run(&containerd, "readers", logs.path()).await;
+    for (name, (image, _)) in CASES
+        .iter()
+        .map(|c| c.name)
+        .chain(std::iter::once("in-use"))
+        .zip(&images)
+    {
+        let (got, code) = run_in(&mut pod, &containerd, name, image, SCRIPT).await;
+        assert_eq!(
+            (got, code),
+            (expected_lines(name, &busybox_sha), 0),
+            "{image}"
+        );
+    }
+    let (got, code) = run_in(
+        &mut pod,
+        &containerd,
+        "sibling",
+        &sibling,
+        "cat /etc/sibling /etc/secret /etc/case; echo; echo done-ok",
+    )
+    .await;
+    assert_eq!(
+        (got, code),
+        (
+            vec![
+                "sibling".to_string(),
+                "secret of dir-deleted".into(),
+                "dir-deleted".into(),
+                "done-ok".into()
+            ],
+            0
+        ),
+        "{sibling} ({})",
+        sibling_image.manifest.digest
+    );
+    pod.remove().await;
+}
