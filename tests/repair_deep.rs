@@ -537,6 +537,34 @@ async fn repair_deep_mends_damaged_snapshots_offline_and_spares_those_in_use() {
     let out = prepull(&containerd, &["verify", "--deep", "--all"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 
+    // A snapshot gone from containerd altogether (removed by hand, or a repair interrupted
+    // after removing): plain repair unpacks it from the local blobs, still offline.
+    let (zeroed, zeroed_image) = &images[0];
+    let diff_ids: Vec<Digest> = zeroed_image
+        .diff_ids
+        .iter()
+        .map(|d| d.parse().unwrap())
+        .collect();
+    let top = prepull::image::chain_ids(&diff_ids)[2].to_string();
+    containerd.ctr_ok(&[
+        "-n",
+        "k8s.io",
+        "snapshots",
+        "--snapshotter",
+        &snapshotter,
+        "rm",
+        &top,
+    ]);
+    let out = prepull(&containerd, &["verify", zeroed]).await;
+    assert!(text(&out).contains("is missing from the"), "{}", text(&out));
+    let out = prepull(&containerd, &["repair", zeroed]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("repaired {zeroed}")),
+        "{}",
+        text(&out)
+    );
+
     // Idempotent: nothing left to do.
     let out = prepull(&containerd, &["repair", "--deep"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));

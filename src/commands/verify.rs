@@ -314,6 +314,18 @@ pub async fn run_repair(args: RepairArgs, stop: CancellationToken) -> anyhow::Re
     let mut failed = 0;
     let mut outcome = Ok(());
     for step in repair::plan(checks, missing, &shared) {
+        // Snapshots missing while every blob is sound are unpacked from the blobs, offline.
+        if let (Some(before), Some(snapshotter)) = (&step.before, &snapshotter) {
+            if repair::unpack_missing(&store, snapshotter, before).await? {
+                let after = checker
+                    .check(&before.target, &store_records(&store, before).await?)
+                    .await?;
+                if after.problems.is_empty() {
+                    print_outcome(&step.shown, "repaired", Some(before), None, output);
+                    continue;
+                }
+            }
+        }
         let result = match &step.action {
             Ok(name) => match repair::mend(&store, &puller, &checker, name).await {
                 Ok(result) => result,
@@ -357,6 +369,17 @@ pub async fn run_repair(args: RepairArgs, stop: CancellationToken) -> anyhow::Re
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The records of the image `check` checked, read again.
+async fn store_records(store: &Store, check: &ImageCheck) -> anyhow::Result<Vec<StoredImage>> {
+    let mut records = Vec::new();
+    for name in &check.names {
+        if let Some(r) = store.image(name).await? {
+            records.push(r);
+        }
+    }
+    Ok(records)
 }
 
 /// The deep check of every checked image, in order; images with other problems are skipped

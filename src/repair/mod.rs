@@ -32,8 +32,8 @@ use crate::store::{Lease, Store, StoreError};
 use crate::verify::{Checker, ImageCheck, Problem};
 
 pub use snapshots::{
-    mend_snapshots, ContainerUse, SnapshotOutcome, SnapshotRepair, SnapshotRepairError,
-    SnapshotUser,
+    mend_snapshots, unpack_missing, ContainerUse, SnapshotOutcome, SnapshotRepair,
+    SnapshotRepairError, SnapshotUser,
 };
 
 /// How long the protecting lease lives if its holder dies before releasing it.

@@ -362,6 +362,66 @@ pub async fn mend_snapshots(
     Ok(repair)
 }
 
+/// Unpacks the missing snapshots of `image` from its local blobs, when missing snapshots are
+/// all that is wrong with it (a repair interrupted between removing and unpacking, a snapshot
+/// removed by hand): `Ok(true)` when it did. Anything else wrong (a blob bad or missing) is
+/// left to the pull that mends blobs, and `Ok(false)` says so.
+pub async fn unpack_missing(
+    store: &Store,
+    snapshotter: &str,
+    image: &ImageCheck,
+) -> Result<bool, SnapshotRepairError> {
+    let only_snapshots = !image.problems.is_empty()
+        && image
+            .problems
+            .iter()
+            .all(|p| matches!(p, crate::verify::Problem::MissingSnapshot { .. }));
+    if !only_snapshots {
+        return Ok(false);
+    }
+    let shown = image
+        .names
+        .first()
+        .cloned()
+        .unwrap_or_else(|| image.target.to_string());
+    let read = |source| SnapshotRepairError::Read {
+        image: shown.clone(),
+        snapshotter: snapshotter.to_string(),
+        source,
+    };
+    let Ok(manifests) = store.manifests_held(&image.target, None).await else {
+        return Ok(false);
+    };
+    let lease = store
+        .create_lease("repair-snapshots", LEASE_EXPIRY)
+        .await
+        .map_err(read)?;
+    let result = async {
+        for manifest in &manifests {
+            let config = store
+                .read_blob(&manifest.config.digest, oci::MAX_CONFIG_BYTES)
+                .await
+                .map_err(read)?;
+            let Ok(diff_ids) = image::diff_ids(&image.target, manifest, &config) else {
+                continue;
+            };
+            unpack_local(store, &lease, snapshotter, &manifest.layers, &diff_ids)
+                .await
+                .map_err(|source| SnapshotRepairError::Unpack {
+                    image: shown.clone(),
+                    removed: 0,
+                    source,
+                })?;
+        }
+        Ok::<_, SnapshotRepairError>(true)
+    }
+    .await;
+    if let Err(e) = store.delete_lease(lease).await {
+        tracing::warn!(error = %e, "cannot delete the snapshot repair's lease; it expires by itself");
+    }
+    result
+}
+
 /// Each of `image`'s unpacked manifests that `report` names a damaged layer of, with the lowest.
 fn damaged_chains<'a>(image: &'a ImageCheck, report: &DeepReport) -> Vec<Damaged<'a>> {
     let mut out = Vec::new();
