@@ -284,7 +284,7 @@ impl DeepRepair<'_> {
                 let from: Vec<String> = r
                     .lowest_damaged
                     .iter()
-                    .map(|l| format!("layer {} ({})", l.index, l.chain_id))
+                    .map(|l| format!("layer {} (snapshot {})", l.index, l.chain_id))
                     .collect();
                 println!(
                     "{status} {name}: removed {} from {} up and unpacked {} again from the local blobs (was: {was})",

@@ -363,6 +363,10 @@ pub async fn run_repair(args: RepairArgs, stop: CancellationToken) -> anyhow::Re
                 return Ok(ExitCode::from(130));
             }
         }
+    } else if let (Output::Text, Some(_)) = (output, &snapshotter) {
+        println!(
+            "deep check not run: snapshots were not compared file by file with their layers (prepull repair --deep)"
+        );
     }
     Ok(if failed == 0 {
         ExitCode::SUCCESS
