@@ -2,7 +2,7 @@
 //! damaged the ways power cuts and people damage them (a file zeroed, a binary truncated, a
 //! file deleted, a whiteout removed, a snapshot directory emptied or deleted) are mended from
 //! the local blobs; a second check is clean; pods started through CRI read the right content.
-//! An image sharing lower layers with a damaged one is unpacked again with it. A damaged image a
+//! An image sharing lower layers with a damaged one, or all of them, is unpacked again with it. A damaged image a
 //! running container uses is left alone, and the container named, until its pod is gone.
 //!
 //! One containerd, one registry and one pod sandbox image serve every case: each image has its
@@ -349,7 +349,8 @@ async fn repair_deep_mends_damaged_snapshots_offline_and_spares_those_in_use() {
     .await;
     let snapshotter = containerd.snapshotter().to_string();
 
-    // The cases, an image in use, and a sibling sharing the two lower layers of dir-deleted.
+    // The cases, an image in use, a sibling sharing the two lower layers of dir-deleted, and a
+    // twin with the very layers of truncated (another config).
     let names: Vec<&str> = CASES
         .iter()
         .map(|c| c.name)
@@ -357,6 +358,7 @@ async fn repair_deep_mends_damaged_snapshots_offline_and_spares_those_in_use() {
         .collect();
     let mut images = Vec::new();
     let mut sibling_layers = Vec::new();
+    let mut twin_layers = Vec::new();
     for name in &names {
         let built = tokio::task::spawn_blocking({
             let name = name.to_string();
@@ -373,8 +375,14 @@ async fn repair_deep_mends_damaged_snapshots_offline_and_spares_those_in_use() {
                 tar_layer(&[("etc/", None), ("etc/sibling", Some(b"sibling\n"))]),
             ];
         }
+        if *name == "truncated" {
+            twin_layers = built.clone();
+        }
         images.push((format!("{host}/repair/{name}:1"), image));
     }
+    let refs: Vec<&FileLayer> = twin_layers.iter().collect();
+    push_runnable(&host, "repair/twin", "1", &refs, &["/bin/sh"]).await;
+    let twin = format!("{host}/repair/twin:1");
     let refs: Vec<&FileLayer> = sibling_layers.iter().collect();
     let sibling_image = push_runnable(&host, "repair/sibling", "1", &refs, &["/bin/sh"]).await;
     let sibling = format!("{host}/repair/sibling:1");
@@ -382,6 +390,7 @@ async fn repair_deep_mends_damaged_snapshots_offline_and_spares_those_in_use() {
     let mut pull = vec!["pull", "--plain-http", &host, "--no-node-credentials"];
     pull.extend(images.iter().map(|(r, _)| r.as_str()));
     pull.push(&sibling);
+    pull.push(&twin);
     let out = prepull(&containerd, &pull).await;
     assert!(out.status.success(), "{}", text(&out));
     Prepull::new("pull")
@@ -436,14 +445,18 @@ async fn repair_deep_mends_damaged_snapshots_offline_and_spares_those_in_use() {
             .map(|v| v.as_str().unwrap().to_string())
             .collect()
     };
-    // dir-deleted and its sibling share the damaged layer 1: whichever comes first removes
-    // the snapshots of both and unpacks both again; the other says it was unpacked with it.
-    let sibling_line = line_for(&lines, &sibling);
-    assert_eq!(sibling_line["status"], "repaired", "{sibling_line:#}");
-    assert_eq!(
-        sibling_line["found"]["lowest_damaged_layer"]["index"], 1,
-        "{sibling_line:#}"
-    );
+    // dir-deleted and its sibling share the damaged layer 1, truncated and its twin all
+    // three: whichever comes first removes the snapshots of both and unpacks both again; the
+    // other says it was unpacked with it.
+    let partners = [("dir-deleted", &sibling, 1), ("truncated", &twin, 0)];
+    for (_, partner, layer) in &partners {
+        let line = line_for(&lines, partner);
+        assert_eq!(line["status"], "repaired", "{line:#}");
+        assert_eq!(
+            line["found"]["lowest_damaged_layer"]["index"], *layer,
+            "{line:#}"
+        );
+    }
     for (case, (name, image)) in CASES.iter().zip(&images) {
         let line = line_for(&lines, name);
         assert_eq!(line["status"], "repaired", "{}: {line:#}", case.name);
@@ -455,17 +468,18 @@ async fn repair_deep_mends_damaged_snapshots_offline_and_spares_those_in_use() {
         let diff_ids: Vec<Digest> = image.diff_ids.iter().map(|d| d.parse().unwrap()).collect();
         let chain = prepull::image::chain_ids(&diff_ids);
         let mut removed = removed_by(line);
-        if case.name == "dir-deleted" {
-            removed.extend(removed_by(sibling_line));
-            let both = [line, sibling_line];
+        if let Some((_, partner, _)) = partners.iter().find(|p| p.0 == case.name) {
+            let partner_line = line_for(&lines, partner);
+            removed.extend(removed_by(partner_line));
+            let both = [line, partner_line];
             let again: Vec<&serde_json::Value> = both
                 .iter()
                 .flat_map(|l| l["unpacked_again"].as_array().unwrap())
                 .collect();
             assert!(
                 again.iter().any(|v| *v == name.as_str())
-                    && again.iter().any(|v| *v == sibling.as_str()),
-                "{line:#}\n{sibling_line:#}"
+                    && again.iter().any(|v| *v == partner.as_str()),
+                "{line:#}\n{partner_line:#}"
             );
         }
         let removed: Vec<&str> = removed.iter().map(String::as_str).collect();
@@ -591,6 +605,12 @@ async fn repair_deep_mends_damaged_snapshots_offline_and_spares_those_in_use() {
             "{image}"
         );
     }
+    let (got, code) = run_in(&mut pod, &containerd, "twin", &twin, SCRIPT).await;
+    assert_eq!(
+        (got, code),
+        (expected_lines("truncated", &busybox_sha), 0),
+        "{twin}"
+    );
     let (got, code) = run_in(
         &mut pod,
         &containerd,

@@ -211,6 +211,15 @@ impl SnapshotRepairError {
             SnapshotRepairError::Unpack { .. } => crate::kind::ErrorKind::Containerd,
         }
     }
+
+    /// Whether trying again later may succeed (containerd restarting, a snapshot busy).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            SnapshotRepairError::Read { source, .. } => source.is_retryable(),
+            SnapshotRepairError::Remove { .. } => true,
+            SnapshotRepairError::Unpack { .. } => false,
+        }
+    }
 }
 
 /// One platform manifest's chain, and where its damage starts.
@@ -291,8 +300,9 @@ pub async fn mend_snapshots(
             let through = image::chain_ids(&unpacked.diff_ids)
                 .iter()
                 .any(|c| removed.contains(c.to_string().as_str()));
-            let same =
-                target == image.target && again.iter().any(|a| a.2.manifest == unpacked.manifest);
+            let same = again
+                .iter()
+                .any(|a| a.1 == target && a.2.diff_ids == unpacked.diff_ids);
             if through && !same {
                 again.push((name, target, unpacked));
             }
@@ -330,20 +340,25 @@ pub async fn mend_snapshots(
                 })?;
             repair.removed.push(name.clone());
         }
+        // Images with the same layers (another config) share the chain: unpacked once.
+        let mut chains: Vec<&[Digest]> = Vec::new();
         for (name, target, unpacked) in &again {
-            unpack_local(
-                store,
-                &lease,
-                snapshotter,
-                &unpacked.layers,
-                &unpacked.diff_ids,
-            )
-            .await
-            .map_err(|source| SnapshotRepairError::Unpack {
-                image: name.clone(),
-                removed: repair.removed.len(),
-                source,
-            })?;
+            if !chains.contains(&unpacked.diff_ids.as_slice()) {
+                unpack_local(
+                    store,
+                    &lease,
+                    snapshotter,
+                    &unpacked.layers,
+                    &unpacked.diff_ids,
+                )
+                .await
+                .map_err(|source| SnapshotRepairError::Unpack {
+                    image: name.clone(),
+                    removed: repair.removed.len(),
+                    source,
+                })?;
+                chains.push(&unpacked.diff_ids);
+            }
             if !repair.unpacked.contains(name) {
                 repair.unpacked.push(name.clone());
             }

@@ -154,6 +154,15 @@ impl Store {
         match client.remove(self.request(request, None)).await {
             Ok(_) => Ok(()),
             Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+            // A snapshot with children (a container started on it, say): not a content
+            // mismatch, which is what this code means elsewhere.
+            Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+                Err(StoreError::Rpc {
+                    op: "Snapshots.Remove",
+                    what: snapshot_what(snapshotter, key),
+                    status,
+                })
+            }
             Err(s) => Err(StoreError::rpc(
                 "Snapshots.Remove",
                 snapshot_what(snapshotter, key),
