@@ -34,6 +34,10 @@ pub struct Unpacked {
     pub layers: Vec<Descriptor>,
     /// Their diff IDs, from the config.
     pub diff_ids: Vec<Digest>,
+    /// How its process runs, from the config (for the start check), when it says.
+    pub process: Option<crate::oci::ImageConfig>,
+    /// The architecture its config names.
+    pub architecture: Option<String>,
 }
 
 /// Why an image's snapshots could not be compared.

@@ -13,7 +13,8 @@
 //!   over gRPC), [`cri`] (the kubelet's view of the node's images).
 //! - [`repair`]: mending damaged images, for `prepull repair` and the agent alike; [`doctor`]:
 //!   why one image's pull fails, step by step.
-//! - [`rootfs`]: whether an image's own command can start, judged from its unpacked layers.
+//! - [`rootfs`]: whether an image's own command can start, judged from its unpacked layers;
+//!   [`start_check`] runs it on an image's snapshots in containerd.
 //! - [`deep`]: snapshots compared file by file with their layers (`verify --deep`), run against
 //!   containerd by [`deep_verify`].
 //! - [`retry`]: every retry policy and the bound per blob they add up to.
@@ -43,6 +44,7 @@ pub mod repair;
 pub mod retry;
 pub mod rootfs;
 pub mod space;
+pub mod start_check;
 pub mod store;
 pub mod verify;
 pub mod watch;

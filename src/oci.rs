@@ -109,6 +109,9 @@ impl Manifest {
 /// The parts of an image config prepull needs.
 #[derive(Clone, Debug, Deserialize)]
 pub struct Config {
+    /// The architecture its binaries are built for (`amd64`, `arm64`…), when it says.
+    #[serde(default, deserialize_with = "lenient")]
+    pub architecture: Option<String>,
     /// The root filesystem.
     #[serde(default)]
     pub rootfs: RootFs,

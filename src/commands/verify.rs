@@ -210,15 +210,21 @@ pub async fn run_verify(args: VerifyArgs, stop: CancellationToken) -> anyhow::Re
         }
         _ => checks.iter().map(|_| DeepOutcome::NotRun).collect(),
     };
+    let start = match &snapshotter {
+        Some(snapshotter) => start_all(&store, snapshotter, &checks).await,
+        None => checks.iter().map(|_| StartOutcome::NotChecked).collect(),
+    };
     let mut bad = 0;
-    for (check, deep) in checks.iter().zip(&deep) {
-        let status = if check.problems.is_empty() && !deep.is_bad() {
-            "ok"
-        } else {
-            bad += 1;
-            "damaged"
+    for ((check, deep), start) in checks.iter().zip(&deep).zip(&start) {
+        let status = match (check.problems.is_empty() && !deep.is_bad(), start) {
+            (true, StartOutcome::Cannot(_)) => "cannot-start",
+            (true, _) => "ok",
+            (false, _) => "damaged",
         };
-        print_check_deep(check, status, deep, args.check.output);
+        if status != "ok" {
+            bad += 1;
+        }
+        print_check_deep(check, status, deep, start, args.check.output);
     }
     for name in &missing {
         bad += 1;
@@ -245,6 +251,77 @@ pub async fn run_verify(args: VerifyArgs, stop: CancellationToken) -> anyhow::Re
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Whether an image's own command starts from its unpacked layers.
+enum StartOutcome {
+    /// Not checked (no snapshots asked for, no unpacked manifest, or no command in the config).
+    NotChecked,
+    /// It starts: the file `execve` gets.
+    Starts(String),
+    /// It does not: why.
+    Cannot(crate::rootfs::Finding),
+    /// The check could not be made: why.
+    Failed(String),
+}
+
+impl StartOutcome {
+    fn json(&self) -> serde_json::Value {
+        match self {
+            StartOutcome::NotChecked => serde_json::json!({ "checked": false }),
+            StartOutcome::Starts(path) => {
+                serde_json::json!({ "checked": true, "starts": true, "path": path })
+            }
+            StartOutcome::Cannot(finding) => serde_json::json!({
+                "checked": true,
+                "starts": false,
+                "kind": finding.kind(),
+                "why": finding.to_string(),
+            }),
+            StartOutcome::Failed(why) => serde_json::json!({ "checked": false, "error": why }),
+        }
+    }
+}
+
+/// The start check of every image without other problems: its first unpacked manifest's
+/// command resolved in its layers (see [`crate::start_check`]).
+async fn start_all(store: &Store, snapshotter: &str, checks: &[ImageCheck]) -> Vec<StartOutcome> {
+    let lease = match store
+        .create_lease("start-check", std::time::Duration::from_secs(600))
+        .await
+    {
+        Ok(l) => l,
+        Err(e) => {
+            let why = crate::error_chain(&e);
+            return checks
+                .iter()
+                .map(|_| StartOutcome::Failed(why.clone()))
+                .collect();
+        }
+    };
+    let mut outcomes = Vec::with_capacity(checks.len());
+    for check in checks {
+        let Some(unpacked) = check.unpacked.first().filter(|_| check.problems.is_empty()) else {
+            outcomes.push(StartOutcome::NotChecked);
+            continue;
+        };
+        outcomes.push(
+            match crate::start_check::check(store, &lease, snapshotter, unpacked).await {
+                Ok(None) => StartOutcome::NotChecked,
+                Ok(Some(crate::rootfs::Startable::Yes { path })) => StartOutcome::Starts(path),
+                // A pod running such an image names its own command, which is not checked here.
+                Ok(Some(crate::rootfs::Startable::No(crate::rootfs::Finding::NoCommand))) => {
+                    StartOutcome::NotChecked
+                }
+                Ok(Some(crate::rootfs::Startable::No(finding))) => StartOutcome::Cannot(finding),
+                Err(e) => StartOutcome::Failed(crate::error_chain(&e)),
+            },
+        );
+    }
+    if let Err(e) = store.delete_lease(lease).await {
+        tracing::warn!(error = %e, "cannot delete the start check's lease; it expires by itself");
+    }
+    outcomes
 }
 
 /// Runs `prepull repair`.
@@ -464,9 +541,21 @@ fn print_check(check: &ImageCheck, status: &str, output: Output) {
     }
 }
 
-fn print_check_deep(check: &ImageCheck, status: &str, deep: &DeepOutcome, output: Output) {
+fn print_check_deep(
+    check: &ImageCheck,
+    status: &str,
+    deep: &DeepOutcome,
+    start: &StartOutcome,
+    output: Output,
+) {
     match output {
         Output::Text => {
+            if let StartOutcome::Cannot(finding) = start {
+                println!("{status} {}: {finding}", check.names[0]);
+                if check.problems.is_empty() && !deep.is_bad() {
+                    return;
+                }
+            }
             match deep {
                 DeepOutcome::Checked(r) if r.is_sound() && check.problems.is_empty() => {
                     println!(
@@ -513,6 +602,7 @@ fn print_check_deep(check: &ImageCheck, status: &str, deep: &DeepOutcome, output
         Output::Json => {
             let mut json = check_json(check, status, None);
             json["deep"] = deep.json();
+            json["start"] = start.json();
             println!("{json}");
         }
     }
