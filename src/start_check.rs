@@ -17,9 +17,49 @@ pub enum StartCheckError {
     /// The layer directories could not be read.
     #[error(transparent)]
     Read(#[from] rootfs::CheckError),
+    /// The image's documents could not be read.
+    #[error("cannot read the image's manifest for the start check: {0}")]
+    Graph(String),
+    /// Its config is not a valid image config.
+    #[error("its config {digest} is not a valid image config: {why}")]
+    Config {
+        /// The config blob.
+        digest: crate::digest::Digest,
+        /// Why.
+        why: String,
+    },
     /// The check's thread ended abnormally.
     #[error("the start check stopped abnormally: {0}")]
     Task(String),
+}
+
+/// The unpacked image the node holds under the top document `top`, for `platform`: its
+/// manifest's layers, and its config's diff IDs, process and architecture.
+pub async fn unpacked(
+    store: &Store,
+    top: &crate::digest::Digest,
+    platform: &crate::platform::Platform,
+) -> Result<Unpacked, StartCheckError> {
+    let chosen = store
+        .manifest_for(top, platform)
+        .await
+        .map_err(|e| StartCheckError::Graph(crate::error_chain(&e)))?;
+    let digest = &chosen.manifest.config.digest;
+    let bytes = store
+        .read_blob(digest, crate::oci::MAX_CONFIG_BYTES)
+        .await?;
+    let config: crate::oci::Config =
+        serde_json::from_slice(&bytes).map_err(|e| StartCheckError::Config {
+            digest: digest.clone(),
+            why: e.to_string(),
+        })?;
+    Ok(Unpacked {
+        manifest: chosen.digest,
+        layers: chosen.manifest.layers,
+        diff_ids: config.rootfs.diff_ids,
+        process: config.config,
+        architecture: config.architecture,
+    })
 }
 
 /// Whether `image`'s own command starts from its unpacked layers in `snapshotter`. The view is

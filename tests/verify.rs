@@ -596,23 +596,7 @@ async fn verify_says_which_images_cannot_start_and_why() {
     assert_eq!(foreign["start"]["kind"], "wrong-architecture", "{foreign}");
 
     // Power loss: the binary the command runs is emptied inside the unpacked layer.
-    let store = Store::connect(containerd.socket(), "k8s.io").await.unwrap();
-    let diff_ids: Vec<Digest> = good.diff_ids.iter().map(|d| digest(d)).collect();
-    let top = prepull::image::chain_ids(&diff_ids).pop().unwrap();
-    let lease = store
-        .create_lease("test-view", Duration::from_secs(600))
-        .await
-        .unwrap();
-    let view = store
-        .view_snapshot(&lease, containerd.snapshotter(), &top.to_string())
-        .await
-        .unwrap();
-    let dir = match &view.dirs {
-        prepull::store::ViewDirs::Bind(dir) => dir.clone(),
-        prepull::store::ViewDirs::Layers(dirs) => dirs.last().unwrap().clone(),
-    };
-    store.release_view(view).await.unwrap();
-    store.delete_lease(lease).await.unwrap();
+    let dir = support::snapshots::top_layer_dir(&containerd, &good.diff_ids).await;
     std::fs::File::create(dir.join("bin/busybox")).unwrap();
     let out = prepull(&containerd, &["verify", "--output", "json", &names[0]]).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));

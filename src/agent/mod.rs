@@ -29,6 +29,7 @@ pub use status::{ImageState, ImageStatus, Status};
 use crate::metrics::{metrics, RepairResult};
 use crate::pull::{PullError, PullReport, Puller};
 use crate::repair::{self, Protection};
+use crate::rootfs::{self, Startable};
 use crate::store::{Store, StoreError};
 use crate::watch::Fingerprint;
 use pins::Pins;
@@ -73,6 +74,9 @@ pub struct Agent {
     /// The lease holding damaged images while a pass mends them.
     protection: Option<Protection>,
 }
+
+/// How long the start checks' lease outlives an agent that dies while they run.
+const START_CHECK_LEASE: Duration = Duration::from_secs(600);
 
 /// How one image's pull in a pass ended, and (when it failed) the complete image the node
 /// holds for it.
@@ -287,7 +291,8 @@ impl Agent {
             .collect();
         let results = self.pull_all(&list, &damaged).await;
         let pins = Pins::new(&self.store, &self.options.pin_owner);
-        let (images, resolved) = self.record(&pins, &list, results, damage, verified).await;
+        let (mut images, resolved) = self.record(&pins, &list, results, damage, verified).await;
+        self.check_starts(&mut images).await;
         // The mending pulls have ended: the lease holding the damaged images goes (see
         // `repair` for why one rule holds for every caller).
         if let Some(protection) = self.protection.take() {
@@ -510,6 +515,53 @@ impl Agent {
         let protection =
             repair::discard_bad_blobs(&self.store, &damaged.iter().collect::<Vec<_>>()).await?;
         Ok((damage, protection))
+    }
+
+    /// For each image on the node, whether a pod starts from it: its own command resolved in
+    /// its unpacked layers (see [`crate::start_check`]). One read-only view per image; an image
+    /// whose check cannot be made (containerd failed) is not marked, and the log says why.
+    async fn check_starts(&self, images: &mut [ImageStatus]) {
+        let Some(snapshotter) = self.puller.snapshotter() else {
+            return;
+        };
+        let lease = match self
+            .store
+            .create_lease("start-check", START_CHECK_LEASE)
+            .await
+        {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %crate::error_chain(&e), "cannot check whether images start");
+                return;
+            }
+        };
+        for image in images.iter_mut().filter(|i| i.state.usable()) {
+            let Some(top) = image.digest.as_ref().and_then(|d| d.parse().ok()) else {
+                continue;
+            };
+            let checked = async {
+                let unpacked =
+                    crate::start_check::unpacked(&self.store, &top, self.puller.platform()).await?;
+                crate::start_check::check(&self.store, &lease, snapshotter, &unpacked).await
+            };
+            match checked.await {
+                Ok(Some(Startable::No(finding))) if finding != rootfs::Finding::NoCommand => {
+                    tracing::warn!(image = %image.image, kind = finding.kind(), error = %finding, "a pod could not start from this image");
+                    image.start_kind = Some(finding.kind());
+                    image.start_error = Some(finding.to_string());
+                }
+                Ok(_) => {
+                    image.start_kind = None;
+                    image.start_error = None;
+                }
+                Err(e) => {
+                    tracing::warn!(image = %image.image, error = %crate::error_chain(&e), "cannot check whether the image starts");
+                }
+            }
+        }
+        if let Err(e) = self.store.delete_lease(lease).await {
+            tracing::warn!(error = %crate::error_chain(&e), "cannot delete the start check's lease; it expires by itself");
+        }
     }
 
     /// Publishes the status to the endpoints and writes the status file, if there is one.

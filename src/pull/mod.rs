@@ -125,6 +125,11 @@ impl Puller {
         self.options.unpack.as_deref()
     }
 
+    /// The platform picked from multi-platform images.
+    pub fn platform(&self) -> &Platform {
+        &self.options.platform
+    }
+
     /// The free-space check pulls make, if they make one (it knows containerd's filesystem).
     pub fn space(&self) -> Option<&crate::space::SpaceCheck> {
         self.options.space.as_ref()

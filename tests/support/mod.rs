@@ -20,6 +20,7 @@ pub mod proxy;
 pub mod registry;
 pub mod run;
 pub mod scrape;
+pub mod snapshots;
 pub mod tls;
 pub mod volume;
 
