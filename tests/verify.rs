@@ -610,3 +610,35 @@ async fn verify_says_which_images_cannot_start_and_why() {
         text(&out)
     );
 }
+
+/// `verify --deep` on a terminal shows the layer bytes read as it goes; piped, only results.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deep_check_on_a_terminal_shows_its_progress() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let host = registry.host();
+    let layer = tokio::task::spawn_blocking(support::busybox::busybox_layer)
+        .await
+        .unwrap();
+    support::busybox::push_runnable(&host, "deep/app", "1", &[&layer], &["/bin/sh"]).await;
+    let image = format!("{host}/deep/app:1");
+    let out = prepull(&containerd, &["pull", "--plain-http", &host, &image]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let command = format!(
+        "stty cols 160 rows 40; {} verify --deep --all --containerd {}",
+        support::run::bin().display(),
+        containerd.socket().display()
+    );
+    let out = tokio::process::Command::new("script")
+        .args(["-qefc", &command, "/dev/null"])
+        .output()
+        .await
+        .expect("run script (util-linux)");
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{screen}");
+    assert!(
+        screen.contains("deep check: layers read") && screen.contains(&format!("ok {image} (")),
+        "{screen:?}"
+    );
+    let out = prepull(&containerd, &["verify", "--deep", "--all"]).await;
+    assert!(!text(&out).contains("layers read"), "{}", text(&out));
+}

@@ -201,6 +201,7 @@ pub async fn run_verify(args: VerifyArgs, stop: CancellationToken) -> anyhow::Re
                 args.max_read_rate,
                 &checks,
                 &stop,
+                args.check.output,
             )
             .await?
             else {
@@ -399,9 +400,23 @@ async fn deep_all(
     rate: Option<NonZeroU64>,
     checks: &[ImageCheck],
     stop: &CancellationToken,
+    output: Output,
 ) -> anyhow::Result<Option<Vec<DeepOutcome>>> {
     let mut ctx = deep::Context::new(stop.child_token());
     ctx.limiter = rate.map(|r| Arc::new(RateLimiter::new(r)));
+    let total: u64 = checks
+        .iter()
+        .filter(|c| c.problems.is_empty())
+        .flat_map(|c| &c.unpacked)
+        .flat_map(|u| &u.layers)
+        .map(|l| l.size)
+        .sum();
+    let display = super::progress::Reading::start(
+        "deep check: layers read",
+        total,
+        ctx.layer_bytes_read.clone(),
+        output,
+    );
     let verifier = DeepVerifier::new(store, snapshotter, concurrency, ctx).await?;
     let mut outcomes = Vec::with_capacity(checks.len());
     let mut interrupted = false;
@@ -444,6 +459,9 @@ async fn deep_all(
         });
     }
     verifier.close().await;
+    if let Some(display) = display {
+        display.finish();
+    }
     if interrupted || stop.is_cancelled() {
         return Ok(None);
     }
