@@ -623,18 +623,10 @@ async fn a_deep_check_on_a_terminal_shows_its_progress() {
     let image = format!("{host}/deep/app:1");
     let out = prepull(&containerd, &["pull", "--plain-http", &host, &image]).await;
     assert!(out.status.success(), "{}", text(&out));
-    let command = format!(
-        "stty cols 160 rows 40; {} verify --deep --all --containerd {}",
-        support::run::bin().display(),
-        containerd.socket().display()
-    );
-    let out = tokio::process::Command::new("script")
-        .args(["-qefc", &command, "/dev/null"])
-        .output()
-        .await
-        .expect("run script (util-linux)");
-    let screen = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{screen}");
+    let socket = containerd.socket().display().to_string();
+    let (code, screen) =
+        support::run::on_terminal(&["verify", "--deep", "--all", "--containerd", &socket]).await;
+    assert_eq!(code, Some(0), "{screen}");
     assert!(
         screen.contains("deep check: layers read") && screen.contains(&format!("ok {image} (")),
         "{screen:?}"
