@@ -115,7 +115,7 @@ impl ContainerSpec {
                     }),
                     seccomp: self.seccomp_runtime_default.then(|| SecurityProfile {
                         profile_type: security_profile::ProfileType::RuntimeDefault as i32,
-                        ..Default::default()
+                        localhost_ref: String::new(),
                     }),
                     ..Default::default()
                 }),
