@@ -124,7 +124,6 @@ impl ContainerSpec {
                     cpu_quota: millis * 100,
                     ..Default::default()
                 }),
-                ..Default::default()
             }),
             ..Default::default()
         }
