@@ -364,3 +364,43 @@ async fn a_platform_missing_from_the_index_is_named_with_what_it_has() {
         "{failing:#}"
     );
 }
+
+/// A secret mounted with the wrong key, and an image on the node whose binary was emptied (a
+/// power loss mid-unpack): each named where it fails.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_secret_key_and_an_image_that_cannot_start_are_named() {
+    let (node, registry) = tokio::join!(Node::start(), Registry::start());
+    let host = registry.host();
+    let layer = tokio::task::spawn_blocking(support::busybox::busybox_layer)
+        .await
+        .unwrap();
+    let cmd = ["/bin/sh", "-c", "true"];
+    let app = support::busybox::push_runnable(&host, "team/app", "v1", &[&layer], &cmd).await;
+    let image = format!("{host}/team/app:v1");
+
+    // A docker-registry secret mounted with `items` that renamed its key.
+    let secret = node.write("wrong-key/config", r#"{"auths":{}}"#);
+    let secret_dir = secret.parent().unwrap().to_str().unwrap().to_string();
+    let (code, report) = node
+        .doctor(&image, &["--plain-http", &host, "--auth-file", &secret_dir])
+        .await;
+    let failing = fails_at(code, &report, "credentials", "wrong-secret-type");
+    assert!(text(failing).contains("it has: config"), "{failing:#}");
+
+    Prepull::new("pull")
+        .containerd(&node.containerd)
+        .args(["--plain-http", &host, "--no-node-credentials", &image])
+        .success()
+        .await;
+    let (code, report) = node.doctor(&image, &["--plain-http", &host]).await;
+    assert_eq!(code, 0, "{report:#}");
+    assert!(
+        text(step(&report, "node")).contains("/bin/sh"),
+        "{report:#}"
+    );
+    let dir = support::snapshots::top_layer_dir(&node.containerd, &app.diff_ids).await;
+    std::fs::File::create(dir.join("bin/busybox")).unwrap();
+    let (code, report) = node.doctor(&image, &["--plain-http", &host]).await;
+    let failing = fails_at(code, &report, "node", "cannot-start");
+    assert!(text(failing).contains("empty"), "{failing:#}");
+}
