@@ -1,0 +1,247 @@
+//! Hostile registries, token realms and redirect targets against a real containerd (and a real
+//! registry where one takes part): none of them can exhaust prepull's memory, freeze a pull or a
+//! pass, take the registry's credentials, or write to the operator's terminal.
+
+use testbench as support;
+
+use std::process::Output;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use support::proxy::Action;
+use support::{
+    push_image_with, Containerd, Hostile, ImageSpec, Prepull, Proxy, Registry, RegistryOptions,
+    Reply,
+};
+
+const KIB: usize = 1024;
+const MIB: u64 = 1 << 20;
+
+/// Runs `prepull` to its end, or kills it after `limit` and fails naming what it printed.
+async fn run_within(prepull: Prepull, limit: Duration) -> Output {
+    let mut command = prepull.command();
+    command.kill_on_drop(true);
+    match tokio::time::timeout(limit, command.output()).await {
+        Ok(out) => out.expect("run prepull"),
+        Err(_) => panic!("prepull still running after {limit:?}"),
+    }
+}
+
+fn pull(containerd: &Containerd, host: &str, image: &str) -> Prepull {
+    Prepull::new("pull")
+        .containerd(containerd)
+        .plain_http(host)
+        .arg("--no-node-credentials")
+        .arg(image)
+}
+
+/// A 401 Bearer challenge naming `realm`.
+fn bearer_challenge(realm: &str) -> Reply {
+    Reply::Full {
+        status: 401,
+        headers: vec![(
+            "www-authenticate".into(),
+            format!(r#"Bearer realm="{realm}",service="hostile""#),
+        )],
+        body: Vec::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_endless_error_body_is_read_only_up_to_its_cap() {
+    let containerd = Containerd::start().await;
+    let hostile = Hostile::start(|_| Reply::Endless {
+        status: 404,
+        headers: vec![("content-type".into(), "application/json".into())],
+        chunk: vec![b' '; 64 * KIB],
+    })
+    .await;
+    let host = hostile.host();
+    let out = run_within(
+        pull(&containerd, &host, &format!("{host}/team/app:1")),
+        Duration::from_secs(30),
+    )
+    .await;
+    let text = support::text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("HTTP 404"), "{text}");
+    // The cap is 64 KiB; what the connection buffers on top stays far below a MiB or two.
+    assert!(
+        hostile.bytes_sent() < 4 * MIB,
+        "the server handed out {} bytes",
+        hostile.bytes_sent()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_endless_token_response_is_refused_at_its_cap() {
+    let containerd = Containerd::start().await;
+    let hostile = Arc::new(std::sync::OnceLock::<String>::new());
+    let realm = hostile.clone();
+    let server = Hostile::start(move |seen| {
+        if seen.path.starts_with("/token") {
+            // JSON that never ends and says how long it is nowhere.
+            Reply::Endless {
+                status: 200,
+                headers: vec![("content-type".into(), "application/json".into())],
+                chunk: b"{\"token\":\""
+                    .iter()
+                    .copied()
+                    .chain([b'a'; 8190])
+                    .collect(),
+            }
+        } else {
+            bearer_challenge(&format!("http://{}/token", realm.get().unwrap()))
+        }
+    })
+    .await;
+    hostile.set(server.host()).unwrap();
+    let host = server.host();
+    let out = run_within(
+        pull(&containerd, &host, &format!("{host}/team/app:1")),
+        Duration::from_secs(30),
+    )
+    .await;
+    let text = support::text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("too large for a token"), "{text}");
+    assert!(
+        server.bytes_sent() < 8 * MIB,
+        "the token realm handed out {} bytes",
+        server.bytes_sent()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redirect_target_gets_no_credentials_and_its_realm_is_asked_anonymously() {
+    let (containerd, registry) = tokio::join!(
+        Containerd::start(),
+        Registry::start_with(RegistryOptions::default().htpasswd_user("alice", "s3cret-pass"))
+    );
+    let image = push_image_with(
+        &registry.push_target(),
+        "team/app",
+        "1",
+        &ImageSpec::new(&[32 * KIB, 16 * KIB]),
+    )
+    .await;
+    let proxy = Proxy::start(&registry.host()).await;
+
+    // The redirect target: challenges for a token from its own realm, then serves the blob
+    // (read from the registry's storage) to whoever shows its token.
+    let storage = registry.storage_dir().to_path_buf();
+    let target_host = Arc::new(std::sync::OnceLock::<String>::new());
+    let target_realm = target_host.clone();
+    let target = Hostile::start(move |seen| {
+        let realm = format!("http://{}/token", target_realm.get().unwrap());
+        if seen.path.starts_with("/token") {
+            return Reply::status(200, r#"{"token":"minted-by-the-target","expires_in":-1}"#);
+        }
+        if seen.authorization.as_deref() != Some("Bearer minted-by-the-target") {
+            return bearer_challenge(&realm);
+        }
+        let digest = seen.path.trim_start_matches("/blob/");
+        let (algo, hex) = digest.split_once(':').unwrap();
+        let data = storage
+            .join("docker/registry/v2/blobs")
+            .join(algo)
+            .join(&hex[..2])
+            .join(hex)
+            .join("data");
+        Reply::status(200, std::fs::read(data).unwrap())
+    })
+    .await;
+    target_host.set(target.host()).unwrap();
+    let location = target.url();
+    proxy.set_hook(move |request| match request.path.split_once("/blobs/") {
+        Some((_, digest)) if request.method == "GET" => Action::RespondWith {
+            status: 307,
+            headers: vec![("location".into(), format!("{location}/blob/{digest}"))],
+            body: Vec::new(),
+        },
+        _ => Action::Forward,
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let auth_file = dir.path().join("config.json");
+    let pair = base64::engine::general_purpose::STANDARD.encode("alice:s3cret-pass");
+    std::fs::write(
+        &auth_file,
+        format!(r#"{{"auths":{{"{}":{{"auth":"{pair}"}}}}}}"#, proxy.host()),
+    )
+    .unwrap();
+    let host = proxy.host();
+    let out = run_within(
+        pull(&containerd, &host, &format!("{host}/team/app:1"))
+            .arg("--auth-file")
+            .arg(&auth_file),
+        Duration::from_secs(60),
+    )
+    .await;
+    let text = support::text(&out);
+
+    // The registry's credentials went to the registry only, and nothing the target minted
+    // came back to it.
+    let to_target = target.seen();
+    assert!(
+        to_target.iter().all(|s| s
+            .authorization
+            .as_deref()
+            .is_none_or(|a| a == "Bearer minted-by-the-target")),
+        "the target saw credentials: {to_target:#?}"
+    );
+    let token_requests: Vec<_> = to_target
+        .iter()
+        .filter(|s| s.path.starts_with("/token"))
+        .collect();
+    assert!(
+        !token_requests.is_empty(),
+        "the target's realm was asked: {to_target:#?}"
+    );
+    let to_registry = proxy.records();
+    assert!(
+        to_registry
+            .iter()
+            .all(|r| !r.authorization.as_deref().unwrap_or("").contains("minted")),
+        "the target's token reached the registry: {to_registry:#?}"
+    );
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    containerd.assert_image_complete(&format!("{host}/team/app:1"));
+    assert_eq!(image.layers.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registrys_words_are_printed_escaped() {
+    let containerd = Containerd::start().await;
+    let forged = "gone\u{1b}[2J\u{1b}[31m\nerror: forged line\r\u{7}";
+    let body = serde_json::json!({
+        "errors": [{"code": "MANIFEST_UNKNOWN\u{1b}[0m", "message": forged}]
+    })
+    .to_string();
+    let hostile = Hostile::start(move |_| Reply::status(404, body.clone())).await;
+    let host = hostile.host();
+    for format in ["plain", "json"] {
+        let out = run_within(
+            pull(&containerd, &host, &format!("{host}/team/app:1")).args(["--log-format", format]),
+            Duration::from_secs(30),
+        )
+        .await;
+        let text = support::text(&out);
+        assert_eq!(out.status.code(), Some(1), "{text}");
+        assert!(text.contains("HTTP 404"), "{text}");
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{7}') && !text.contains('\r'),
+            "{format}: control characters reached the output: {text:?}"
+        );
+        assert!(
+            !text.lines().any(|l| l.starts_with("error: forged")),
+            "{format}: a forged line: {text}"
+        );
+        assert!(
+            text.contains("\\u{1b}[2J"),
+            "{format}: shown escaped: {text}"
+        );
+    }
+}
+
