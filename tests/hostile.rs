@@ -245,3 +245,98 @@ async fn a_registrys_words_are_printed_escaped() {
     }
 }
 
+/// What the status file says of each image, by name.
+fn status_images(path: &std::path::Path) -> Vec<serde_json::Value> {
+    let status: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path).expect("the status file")).expect("JSON");
+    status["images"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn trickling_registries_cannot_hold_a_pass_hostage() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let upstream = registry.host();
+    for repo in ["good/app", "trickle/one", "trickle/two"] {
+        support::push_image(&upstream, repo, "1", &ImageSpec::new(&[16 * KIB])).await;
+    }
+    support::push_image(&upstream, "slow/blob", "1", &ImageSpec::new(&[1 << 20])).await;
+    let proxy = Proxy::start(&upstream).await;
+    proxy.set_hook(|request| {
+        let get = request.method == "GET";
+        if get && request.path.starts_with("/v2/trickle/") && request.path.contains("/manifests/") {
+            // A byte a second: a 500-byte manifest would take minutes.
+            Action::Shape(support::Shape {
+                bytes_per_sec: Some(1),
+                cut_after: None,
+            })
+        } else if get && request.path.starts_with("/v2/slow/") && request.path.contains("/blobs/") {
+            // Above the minimum progress, but the 1 MiB layer would take minutes.
+            Action::Shape(support::Shape {
+                bytes_per_sec: Some(4 * 1024),
+                cut_after: None,
+            })
+        } else {
+            Action::Forward
+        }
+    });
+    let host = proxy.host();
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("list.yaml");
+    std::fs::write(
+        &list,
+        format!(
+            "pin: false\nimages:\n  - {host}/good/app:1\n  - {host}/trickle/one:1\n  - \
+             {host}/trickle/two:1\n  - {host}/slow/blob:1\n"
+        ),
+    )
+    .unwrap();
+    let status_file = dir.path().join("status.json");
+    let started = std::time::Instant::now();
+    let out = run_within(
+        Prepull::new("agent")
+            .args(["--once", "--no-listen", "--no-node-credentials"])
+            .containerd(&containerd)
+            .plain_http(&host)
+            .args(["--max-pull-time", "8s"])
+            .env("PREPULL_MIN_PROGRESS", "1KiB/2s")
+            .arg("--list")
+            .arg(&list)
+            .arg("--status-file")
+            .arg(&status_file),
+        Duration::from_secs(50),
+    )
+    .await;
+    let took = started.elapsed();
+    let text = support::text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let images = status_images(&status_file);
+    let by_name = |repo: &str| {
+        images
+            .iter()
+            .find(|i| i["image"].as_str().is_some_and(|n| n.contains(repo)))
+            .cloned()
+            .unwrap_or_else(|| panic!("no {repo} in {images:#?}"))
+    };
+    assert_eq!(by_name("good/app")["state"], "warm", "{images:#?}");
+    for repo in ["trickle/one", "trickle/two"] {
+        let image = by_name(repo);
+        assert_eq!(image["state"], "failed", "{image:#}");
+        assert_eq!(image["kind"], "network", "{image:#}");
+        assert!(
+            image["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("below the minimum")),
+            "{image:#}"
+        );
+    }
+    let slow = by_name("slow/blob");
+    assert_eq!(slow["state"], "failed", "{slow:#}");
+    assert!(
+        slow["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("--max-pull-time")),
+        "{slow:#}"
+    );
+    assert!(took < Duration::from_secs(45), "the pass took {took:?}");
+}
+

@@ -58,6 +58,11 @@ pub struct AgentOptions {
     pub verify_every: Option<Duration>,
     /// How long a pass under way may take to finish once a stop is requested.
     pub grace: Duration,
+    /// How long a pass waits for one image's pull. An image still pulling then fails this
+    /// pass (the others go on, and the status is written); the bytes it stored stay in
+    /// containerd, and the next pass resumes from them, so a large image on a slow link
+    /// completes over several passes while one slow registry never holds a pass hostage.
+    pub max_pull_time: Duration,
 }
 
 /// The agent.
@@ -218,7 +223,7 @@ impl Agent {
     /// of them a pod could use.
     async fn reload_list(&mut self) -> bool {
         self.list_seen = Fingerprint::of(std::slice::from_ref(&self.options.list));
-        match List::load(&self.options.list) {
+        match List::load_blocking(&self.options.list).await {
             Ok(list) => {
                 tracing::info!(
                     list = %self.options.list.display(),
@@ -364,13 +369,24 @@ impl Agent {
         for (i, entry) in list.entries.iter().cloned().enumerate() {
             let (puller, limit) = (self.puller.clone(), limit.clone());
             let thorough = damaged.contains(&entry.reference.to_string());
+            let max_pull_time = self.options.max_pull_time;
             tasks.spawn(async move {
                 let _permit = limit.acquire_owned().await;
-                let result = if thorough {
-                    puller.pull_thoroughly(&entry.reference).await
-                } else {
-                    puller.pull(&entry.reference).await
+                let pull = async {
+                    if thorough {
+                        puller.pull_thoroughly(&entry.reference).await
+                    } else {
+                        puller.pull(&entry.reference).await
+                    }
                 };
+                let result = tokio::time::timeout(max_pull_time, pull)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(PullError::TooSlow {
+                            image: entry.reference.to_string(),
+                            after: max_pull_time,
+                        })
+                    });
                 // What the node holds when the check failed: a present image is stale, not gone.
                 let present = match &result {
                     Ok(_) => None,
