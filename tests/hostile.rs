@@ -340,3 +340,102 @@ async fn trickling_registries_cannot_hold_a_pass_hostage() {
     assert!(took < Duration::from_secs(45), "the pass took {took:?}");
 }
 
+/// A credential-provider plugin `script` (shell) configured for `*.example.com`.
+fn plugin(dir: &std::path::Path, script: &str) -> prepull::credentials::Plugins {
+    use std::os::unix::fs::PermissionsExt as _;
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let path = bin.join("hostile-plugin");
+    std::fs::write(&path, format!("#!/bin/sh\n{script}")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = dir.join("config.yaml");
+    std::fs::write(
+        &config,
+        "apiVersion: kubelet.config.k8s.io/v1\nkind: CredentialProviderConfig\nproviders:\n  - \
+         name: hostile-plugin\n    matchImages: [\"*.example.com\"]\n    defaultCacheDuration: \
+         1m\n    apiVersion: credentialprovider.kubelet.k8s.io/v1\n",
+    )
+    .unwrap();
+    prepull::credentials::Plugins::load(&config, &bin).expect("plugin config")
+}
+
+const RESPONSE: &str = r#"{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderResponse","cacheKeyType":"Registry","auth":{"reg.example.com":{"username":"u","password":"p"}}}"#;
+
+#[test]
+fn a_plugin_printing_more_than_a_pipe_holds_is_read_while_it_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    // 256 KiB of diagnostics on stderr, then the response: a pipe holds 64 KiB.
+    let plugins = plugin(
+        dir.path(),
+        &format!("cat >/dev/null\nhead -c 262144 /dev/zero | tr '\\0' x >&2\necho '{RESPONSE}'\n"),
+    )
+    .with_timeout(Duration::from_secs(20));
+    let started = std::time::Instant::now();
+    let found = plugins.lookup("reg.example.com/team/app");
+    assert_eq!(
+        found.len(),
+        1,
+        "{:?}",
+        plugins.near_misses("reg.example.com/team/app")
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the plugin ran for {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_plugin_that_times_out_is_killed_with_its_children() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("child.pid");
+    let plugins = plugin(
+        dir.path(),
+        &format!("sleep 300 &\necho $! > {}\nwait\n", pid_file.display()),
+    )
+    .with_timeout(Duration::from_millis(500));
+    let started = std::time::Instant::now();
+    assert!(plugins.lookup("reg.example.com/team/app").is_empty());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let why = plugins.near_misses("reg.example.com/team/app").join("; ");
+    assert!(why.contains("timed out"), "{why}");
+    let child: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // Killed: gone, or a zombie waiting for init to reap it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = std::fs::read_to_string(format!("/proc/{child}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim().to_string()));
+        match state {
+            None => break,
+            Some(s) if s.starts_with('Z') => break,
+            Some(s) => assert!(
+                std::time::Instant::now() < deadline,
+                "the plugin's child {child} still runs: {s}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_plugin_answering_an_out_of_range_cache_duration_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let response = RESPONSE.replace(
+        r#""cacheKeyType""#,
+        r#""cacheDuration":"99999999999999999999h","cacheKeyType""#,
+    );
+    let plugins = plugin(dir.path(), &format!("cat >/dev/null\necho '{response}'\n"))
+        .with_timeout(Duration::from_secs(20));
+    assert!(plugins.lookup("reg.example.com/team/app").is_empty());
+    let why = plugins.near_misses("reg.example.com/team/app").join("; ");
+    assert!(why.contains("invalid cacheDuration"), "{why}");
+}
