@@ -340,6 +340,51 @@ async fn trickling_registries_cannot_hold_a_pass_hostage() {
     assert!(took < Duration::from_secs(45), "the pass took {took:?}");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unknown_manifest_media_type_is_refused_and_no_record_written() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let upstream = registry.host();
+    let image = support::push_image(&upstream, "team/odd", "1", &ImageSpec::new(&[8 * KIB])).await;
+    let mut manifest: serde_json::Value = serde_json::from_slice(&image.manifest_bytes).unwrap();
+    manifest["mediaType"] = "application/vnd.example.thing.v1+json".into();
+    let odd = serde_json::to_vec(&manifest).unwrap();
+    let proxy = Proxy::start(&upstream).await;
+    proxy.set_hook(move |request| {
+        if !request.path.contains("/manifests/") {
+            Action::Forward
+        } else if request.method == "HEAD" {
+            Action::Respond {
+                status: 405,
+                body: Vec::new(),
+            }
+        } else {
+            Action::RespondWith {
+                status: 200,
+                headers: vec![(
+                    "content-type".into(),
+                    "application/vnd.example.thing.v1+json".into(),
+                )],
+                body: odd.clone(),
+            }
+        }
+    });
+    let host = proxy.host();
+    let name = format!("{host}/team/odd:1");
+    let out = run_within(
+        pull(&containerd, &host, &name).args(["--no-unpack", "--output", "json"]),
+        Duration::from_secs(30),
+    )
+    .await;
+    let text = support::text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("unsupported media type") && text.contains("bad-manifest"),
+        "{text}"
+    );
+    let records = containerd.ctr_ok(&["-n", "k8s.io", "images", "ls", "-q"]);
+    assert!(!records.contains("team/odd"), "records written: {records}");
+}
+
 /// A credential-provider plugin `script` (shell) configured for `*.example.com`.
 fn plugin(dir: &std::path::Path, script: &str) -> prepull::credentials::Plugins {
     use std::os::unix::fs::PermissionsExt as _;
