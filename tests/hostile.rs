@@ -484,3 +484,57 @@ fn a_plugin_answering_an_out_of_range_cache_duration_is_an_error_not_a_panic() {
     let why = plugins.near_misses("reg.example.com/team/app").join("; ");
     assert!(why.contains("invalid cacheDuration"), "{why}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_pull_reports_the_bytes_it_fetched() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let host = registry.host();
+    let image = support::push_image(&host, "team/app", "1", &ImageSpec::new(&[256 * KIB])).await;
+    // The registry serves the layer with its last byte flipped: fetched whole, then refused.
+    let layer = &image.layers[0];
+    let path = registry.blob_data_path(&layer.digest);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+    let name = format!("{host}/team/app:1");
+
+    let out = run_within(
+        pull(&containerd, &host, &name).args(["--output", "json"]),
+        Duration::from_secs(60),
+    )
+    .await;
+    let text = support::text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let line: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).expect("one JSON line");
+    assert_eq!(line["kind"], "corrupt", "{line:#}");
+    assert!(
+        line["bytes_fetched"].as_u64() >= Some(layer.size),
+        "{line:#}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("list.yaml");
+    std::fs::write(&list, format!("pin: false\nimages:\n  - {name}\n")).unwrap();
+    let status_file = dir.path().join("status.json");
+    let out = run_within(
+        Prepull::new("agent")
+            .args(["--once", "--no-listen", "--no-node-credentials"])
+            .containerd(&containerd)
+            .plain_http(&host)
+            .arg("--list")
+            .arg(&list)
+            .arg("--status-file")
+            .arg(&status_file),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", support::text(&out));
+    let images = status_images(&status_file);
+    assert_eq!(images[0]["state"], "failed", "{images:#?}");
+    assert!(
+        images[0]["bytes_fetched"].as_u64() >= Some(layer.size),
+        "{images:#?}"
+    );
+}

@@ -265,6 +265,7 @@ pub async fn run(args: PullArgs) -> anyhow::Result<ExitCode> {
     // outside the async workers) does not hold up the others.
     let puller = Arc::new(puller);
     let (display, progress) = Pulls::start(&references, args.output);
+    let fetched: Vec<Arc<crate::pull::PullProgress>> = progress.clone();
     let tasks: Vec<_> = references
         .iter()
         .cloned()
@@ -287,12 +288,12 @@ pub async fn run(args: PullArgs) -> anyhow::Result<ExitCode> {
         display.finish(&results.iter().map(Result::is_err).collect::<Vec<_>>());
     }
     let mut failed = 0;
-    for (result, reference) in results.iter().zip(&references) {
+    for ((result, reference), progress) in results.iter().zip(&references).zip(&fetched) {
         match result {
             Ok(report) => print_report(report, args.output),
             Err(e) => {
                 failed += 1;
-                print_error(reference, e, args.output);
+                print_error(reference, e, progress.fetched(), args.output);
             }
         }
     }
@@ -398,7 +399,8 @@ fn print_report(r: &PullReport, output: Output) {
 
 /// `reference` is the image as normalized, the same name a pulled image's object carries, so
 /// JSON consumers can match every result to its image.
-fn print_error(reference: &Reference, e: &PullError, output: Output) {
+/// `bytes_fetched` is what the failed pull downloaded (a later pull resumes from it).
+fn print_error(reference: &Reference, e: &PullError, bytes_fetched: u64, output: Output) {
     let message = crate::error_chain(e);
     match output {
         Output::Text => eprintln!("error: {message}"),
@@ -409,6 +411,7 @@ fn print_error(reference: &Reference, e: &PullError, output: Output) {
                 "status": "failed",
                 "kind": e.kind(),
                 "error": message,
+                "bytes_fetched": bytes_fetched,
             })
         ),
     }
