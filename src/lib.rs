@@ -19,6 +19,7 @@
 //!   containerd by [`deep_verify`].
 //! - [`retry`]: every retry policy and the bound per blob they add up to.
 //! - [`metrics`]: the Prometheus counters events are counted into, served by the agent.
+//! - [`printable`]: text from registries and plugins escaped before it is printed or stored.
 
 // Errors carry the registry, repository, digest and image they concern, and tonic's own Status is
 // large; they travel only on the failure path, where their size costs nothing measurable.
@@ -37,6 +38,7 @@ pub mod kind;
 pub mod metrics;
 pub mod oci;
 pub mod platform;
+pub mod printable;
 pub mod pull;
 pub mod reference;
 pub mod registry;
@@ -52,6 +54,8 @@ pub mod watch;
 pub use kind::ErrorKind;
 
 /// An error and its sources on one line, without repeating text a source already carries.
+/// Control characters are escaped ([`printable::escape_controls`]): errors carry what registries
+/// and plugins said, and the line must stay one line.
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut cur = e.source();
@@ -63,5 +67,8 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         }
         cur = s.source();
     }
-    out
+    match printable::escape_controls(&out) {
+        std::borrow::Cow::Borrowed(_) => out,
+        std::borrow::Cow::Owned(escaped) => escaped,
+    }
 }

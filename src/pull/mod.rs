@@ -156,6 +156,15 @@ impl Puller {
         self.pull_with(reference, false, Arc::default()).await
     }
 
+    /// [`Puller::pull_thoroughly`], telling `progress` how far it has got as it goes.
+    pub async fn pull_thoroughly_reporting(
+        &self,
+        reference: &Reference,
+        progress: Arc<PullProgress>,
+    ) -> Result<PullReport, PullError> {
+        self.pull_with(reference, false, progress).await
+    }
+
     /// The complete image the node holds under `reference`, found without the network: the
     /// records CRI knows it by, its documents and (when unpacking) its top layer's snapshot.
     /// `None` when any of it is missing or unreadable.
