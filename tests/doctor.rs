@@ -323,6 +323,40 @@ async fn tls_dns_mirror_and_rate_limit_causes_are_named_where_they_fail() {
         "{report:#}"
     );
     assert_eq!(step(&report, "manifest")["status"], "ok");
+    // A mirror that accepts connections and closes them without a word: asked, and named.
+    let closing = support::DeadHost::closing().await;
+    std::fs::write(
+        dir.join("hosts.toml"),
+        format!(
+            "server = \"http://{}\"\n\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            plain.host(),
+            closing.host()
+        ),
+    )
+    .unwrap();
+    let (code, report) = node.doctor(&image, &hosts_dir).await;
+    assert_eq!(code, 0, "{report:#}");
+    let mirror = step(&report, "mirror");
+    assert_eq!(mirror["cause"], "mirror-down", "{report:#}");
+    assert!(closing.accepted() > 0, "the mirror was asked");
+    // A working mirror (the registry behind a proxy, as a pull-through cache would be).
+    let cache = Proxy::start(&plain.host()).await;
+    std::fs::write(
+        dir.join("hosts.toml"),
+        format!(
+            "server = \"http://{}\"\n\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            plain.host(),
+            cache.host()
+        ),
+    )
+    .unwrap();
+    let (code, report) = node.doctor(&image, &hosts_dir).await;
+    assert_eq!(code, 0, "{report:#}");
+    let mirror = step(&report, "mirror");
+    assert!(
+        mirror["status"] == "ok" && text(mirror).contains("answers /v2/ with HTTP 200"),
+        "{report:#}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 
     // 429 from the registry, with its headroom: rate-limited.

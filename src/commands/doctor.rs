@@ -76,7 +76,7 @@ async fn diagnose(args: &DoctorArgs) -> anyhow::Result<Report> {
     let (found, step) = doctor::credentials::check(&args.puller.credential_config()?, &reference);
     steps.push(step);
     let options = args.puller.registry_options();
-    let (reachable, network) = doctor::network::check(&options.hosts, &reference).await;
+    let (reachable, network) = doctor::network::check(&options, &reference).await;
     steps.extend(network);
     let platform = args.puller.platform.clone().unwrap_or_else(Platform::host);
     let fetched = if reachable {

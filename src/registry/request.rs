@@ -361,6 +361,22 @@ impl RegistryClient {
         }
     }
 
+    /// Asks `endpoint` for its API root once, without credentials, with its own TLS settings:
+    /// the HTTP status it answers (`200`, or `401` with a challenge, for a registry), or why it
+    /// did not answer (a TLS failure explained as for any request to it).
+    pub async fn ping(&self, registry: &str, endpoint: &Endpoint) -> Result<u16, RegistryError> {
+        let http = self.client_for(endpoint)?;
+        let url = format!("{}{}/", endpoint.origin, endpoint.api_path);
+        let action = format!("GET {}/", endpoint.api_path);
+        match http.get(&url).timeout(Duration::from_secs(10)).send().await {
+            Ok(response) => Ok(response.status().as_u16()),
+            Err(e) => {
+                let e = network(&endpoint.host, &action, e);
+                Err(tls::explain_transport_error(&self.options.hosts, registry, endpoint, e).await)
+            }
+        }
+    }
+
     /// The HTTP client for an endpoint's TLS settings and connect timeout.
     pub(super) fn client_for(&self, endpoint: &Endpoint) -> Result<reqwest::Client, RegistryError> {
         if endpoint.tls == Tls::default() && endpoint.dial_timeout.is_none() {
