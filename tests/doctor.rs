@@ -306,14 +306,14 @@ async fn tls_dns_mirror_and_rate_limit_causes_are_named_where_they_fail() {
         .unwrap();
     let dir = certs.join(plain.host());
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("hosts.toml"),
-        format!(
-            "server = \"http://{}\"\n\n[host.\"http://{down}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+    let write_mirror = |mirror: &str| {
+        let toml = format!(
+            "server = \"http://{}\"\n\n[host.\"http://{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
             plain.host()
-        ),
-    )
-    .unwrap();
+        );
+        std::fs::write(dir.join("hosts.toml"), toml).unwrap();
+    };
+    write_mirror(&down.to_string());
     let (code, report) = node.doctor(&image, &hosts_dir).await;
     assert_eq!(code, 0, "{report:#}");
     let mirror = step(&report, "mirror");
@@ -325,15 +325,7 @@ async fn tls_dns_mirror_and_rate_limit_causes_are_named_where_they_fail() {
     assert_eq!(step(&report, "manifest")["status"], "ok");
     // A mirror that accepts connections and closes them without a word: asked, and named.
     let closing = support::DeadHost::closing().await;
-    std::fs::write(
-        dir.join("hosts.toml"),
-        format!(
-            "server = \"http://{}\"\n\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
-            plain.host(),
-            closing.host()
-        ),
-    )
-    .unwrap();
+    write_mirror(&closing.host());
     let (code, report) = node.doctor(&image, &hosts_dir).await;
     assert_eq!(code, 0, "{report:#}");
     let mirror = step(&report, "mirror");
@@ -341,15 +333,7 @@ async fn tls_dns_mirror_and_rate_limit_causes_are_named_where_they_fail() {
     assert!(closing.accepted() > 0, "the mirror was asked");
     // A working mirror (the registry behind a proxy, as a pull-through cache would be).
     let cache = Proxy::start(&plain.host()).await;
-    std::fs::write(
-        dir.join("hosts.toml"),
-        format!(
-            "server = \"http://{}\"\n\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
-            plain.host(),
-            cache.host()
-        ),
-    )
-    .unwrap();
+    write_mirror(&cache.host());
     let (code, report) = node.doctor(&image, &hosts_dir).await;
     assert_eq!(code, 0, "{report:#}");
     let mirror = step(&report, "mirror");
