@@ -34,6 +34,10 @@ pub struct Unpacked {
     pub layers: Vec<Descriptor>,
     /// Their diff IDs, from the config.
     pub diff_ids: Vec<Digest>,
+    /// How its process runs, from the config (for the start check), when it says.
+    pub process: Option<crate::oci::ImageConfig>,
+    /// The architecture its config names.
+    pub architecture: Option<String>,
 }
 
 /// Why an image's snapshots could not be compared.
@@ -308,6 +312,8 @@ struct BlobReader {
     chunks: tokio::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
     current: Vec<u8>,
     at: usize,
+    /// Counts the bytes read, for a progress display.
+    read: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl BlobReader {
@@ -344,6 +350,7 @@ impl BlobReader {
             chunks: rx,
             current: Vec::new(),
             at: 0,
+            read: ctx.layer_bytes_read.clone(),
         }
     }
 }
@@ -363,6 +370,8 @@ impl Read for BlobReader {
         let n = buf.len().min(self.current.len() - self.at);
         buf[..n].copy_from_slice(&self.current[self.at..self.at + n]);
         self.at += n;
+        self.read
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(n)
     }
 }

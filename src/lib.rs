@@ -13,11 +13,13 @@
 //!   over gRPC), [`cri`] (the kubelet's view of the node's images).
 //! - [`repair`]: mending damaged images, for `prepull repair` and the agent alike; [`doctor`]:
 //!   why one image's pull fails, step by step.
-//! - [`rootfs`]: whether an image's own command can start, judged from its unpacked layers.
+//! - [`rootfs`]: whether an image's own command can start, judged from its unpacked layers;
+//!   [`start_check`] runs it on an image's snapshots in containerd.
 //! - [`deep`]: snapshots compared file by file with their layers (`verify --deep`), run against
 //!   containerd by [`deep_verify`].
 //! - [`retry`]: every retry policy and the bound per blob they add up to.
 //! - [`metrics`]: the Prometheus counters events are counted into, served by the agent.
+//! - [`printable`]: text from registries and plugins escaped before it is printed or stored.
 
 // Errors carry the registry, repository, digest and image they concern, and tonic's own Status is
 // large; they travel only on the failure path, where their size costs nothing measurable.
@@ -36,6 +38,7 @@ pub mod kind;
 pub mod metrics;
 pub mod oci;
 pub mod platform;
+pub mod printable;
 pub mod pull;
 pub mod reference;
 pub mod registry;
@@ -43,6 +46,7 @@ pub mod repair;
 pub mod retry;
 pub mod rootfs;
 pub mod space;
+pub mod start_check;
 pub mod store;
 pub mod verify;
 pub mod watch;
@@ -50,6 +54,8 @@ pub mod watch;
 pub use kind::ErrorKind;
 
 /// An error and its sources on one line, without repeating text a source already carries.
+/// Control characters are escaped ([`printable::escape_controls`]): errors carry what registries
+/// and plugins said, and the line must stay one line.
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut cur = e.source();
@@ -61,5 +67,8 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         }
         cur = s.source();
     }
-    out
+    match printable::escape_controls(&out) {
+        std::borrow::Cow::Borrowed(_) => out,
+        std::borrow::Cow::Owned(escaped) => escaped,
+    }
 }

@@ -109,6 +109,9 @@ impl Manifest {
 /// The parts of an image config prepull needs.
 #[derive(Clone, Debug, Deserialize)]
 pub struct Config {
+    /// The architecture its binaries are built for (`amd64`, `arm64`…), when it says.
+    #[serde(default, deserialize_with = "lenient")]
+    pub architecture: Option<String>,
     /// The root filesystem.
     #[serde(default)]
     pub rootfs: RootFs,
@@ -233,15 +236,23 @@ impl Document {
         {
             return Err(DocumentError::Schema1);
         }
+        // A type that names something else (an artifact, a vendor's document) is refused, as
+        // containerd refuses it: only a missing or generic type leaves it to the shape.
         let is_index = match claimed.as_deref() {
             Some(OCI_INDEX | DOCKER_LIST) => true,
             Some(OCI_MANIFEST | DOCKER_MANIFEST) => false,
+            Some(other) if !is_generic(other) => {
+                return Err(DocumentError::Unsupported(other.to_string()))
+            }
             _ if probe.manifests.is_some() => true,
             _ if probe.config.is_some() => false,
             other => return Err(DocumentError::Unsupported(other.unwrap_or("").to_string())),
         };
-        let media_type =
-            claimed.unwrap_or_else(|| if is_index { OCI_INDEX } else { OCI_MANIFEST }.to_string());
+        let media_type = match claimed {
+            Some(known) if !is_generic(&known) => known,
+            _ if is_index => OCI_INDEX.to_string(),
+            _ => OCI_MANIFEST.to_string(),
+        };
         let invalid = |source| DocumentError::Invalid {
             media_type: media_type.clone(),
             source,
@@ -254,6 +265,14 @@ impl Document {
             Ok(Document::Manifest(manifest, media_type))
         }
     }
+}
+
+/// A content type that says nothing about which document it is: JSON, text, bytes.
+fn is_generic(media_type: &str) -> bool {
+    matches!(
+        media_type,
+        "application/json" | "text/plain" | "application/octet-stream"
+    )
 }
 
 #[cfg(test)]
@@ -328,6 +347,36 @@ mod tests {
         assert_eq!(parse(r#","config":null"#).config, None);
         assert_eq!(parse(r#","config":"x""#).config, None);
         assert_eq!(parse("").config, None);
+    }
+
+    #[test]
+    fn unknown_media_types_are_refused_and_generic_ones_left_to_the_shape() {
+        let manifest = |media_type: &str| {
+            format!(
+                r#"{{"schemaVersion":2,"mediaType":"{media_type}","config":{{"digest":"{D}","size":2}},"layers":[]}}"#
+            )
+        };
+        let odd = "application/vnd.example.thing.v1+json";
+        for (body, header) in [
+            (manifest(odd), None),
+            (manifest(odd), Some(OCI_MANIFEST)),
+            (
+                format!(r#"{{"schemaVersion":2,"config":{{"digest":"{D}","size":2}}}}"#),
+                Some(odd),
+            ),
+        ] {
+            match Document::parse(body.as_bytes(), header) {
+                Err(DocumentError::Unsupported(t)) => assert_eq!(t, odd),
+                other => panic!("{body} ({header:?}): {other:?}"),
+            }
+        }
+        let plain = format!(r#"{{"schemaVersion":2,"config":{{"digest":"{D}","size":2}}}}"#);
+        for header in [None, Some("application/json"), Some("text/plain")] {
+            match Document::parse(plain.as_bytes(), header) {
+                Ok(Document::Manifest(_, mt)) => assert_eq!(mt, OCI_MANIFEST),
+                other => panic!("{header:?}: {other:?}"),
+            }
+        }
     }
 
     #[test]

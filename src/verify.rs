@@ -407,8 +407,9 @@ impl<'a> Checker<'a> {
         if !image_config {
             return Ok(());
         }
-        let diff_ids = match serde_json::from_slice::<oci::Config>(&config) {
-            Ok(c) => c.rootfs.diff_ids,
+        let (diff_ids, process, architecture) = match serde_json::from_slice::<oci::Config>(&config)
+        {
+            Ok(c) => (c.rootfs.diff_ids, c.config, c.architecture),
             Err(e) => {
                 check.problems.push(Problem::Malformed {
                     what: "config".into(),
@@ -438,6 +439,8 @@ impl<'a> Checker<'a> {
                 manifest: digest.clone(),
                 layers: manifest.layers.clone(),
                 diff_ids,
+                process,
+                architecture,
             });
         }
         Ok(())

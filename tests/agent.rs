@@ -1413,3 +1413,50 @@ async fn metrics_tell_an_operator_what_the_node_holds_and_what_failed() {
     assert_eq!(m.value("prepull_list_load_errors_total", &[]), 1.0);
     assert_eq!(state(&m, "warm"), 2.0, "the last good list stays in force");
 }
+
+/// A listed image whose binary was emptied on disk (as a power loss leaves a file being
+/// unpacked): the next pass says a pod cannot start from it and why, and /warmz and
+/// prepull_image_warm stop counting it as warm.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_whose_command_cannot_start_is_not_warm() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let host = registry.host();
+    let layer = tokio::task::spawn_blocking(support::busybox::busybox_layer)
+        .await
+        .unwrap();
+    let cmd = ["/bin/sh", "-c", "true"];
+    let app = support::busybox::push_runnable(&host, "team/app", "v1", &[&layer], &cmd).await;
+    let app_ref = format!("{host}/team/app:v1");
+    let root = tempfile::tempdir().unwrap();
+    let mut list = list_volume(root.path(), &format!("images:\n  - {app_ref}\n"));
+    let (mut agent, status_file) = spawn_agent(
+        &containerd,
+        &host,
+        &list.file(LIST),
+        root.path(),
+        &["--listen=127.0.0.1:0"],
+    );
+    let addr = listen_address(&status_file, &mut agent).await;
+    let s = wait_for_pass(&status_file, 1, &mut agent).await;
+    assert_eq!(s["warm"], 1, "{s:#}");
+    assert!(s["images"][0]["start_error"].is_null(), "{s:#}");
+    assert_eq!(get(&addr, "/warmz").await.0, 200);
+
+    let dir = support::snapshots::top_layer_dir(&containerd, &app.diff_ids).await;
+    std::fs::File::create(dir.join("bin/busybox")).unwrap();
+    list.update(&[(LIST, &format!("images:\n  - {app_ref}\n# again\n"))]);
+    let s = wait_for_pass(&status_file, 2, &mut agent).await;
+    let image = &s["images"][0];
+    assert_eq!(image["start_kind"], "empty", "{s:#}");
+    assert!(
+        image["start_error"].as_str().unwrap().contains("/bin/sh"),
+        "{s:#}"
+    );
+    let why = wait_for(&addr, "/warmz", 503).await;
+    assert!(
+        why.contains(&format!("{app_ref} (cannot start: empty)")),
+        "{why}"
+    );
+    let m = scrape(&addr).await;
+    assert_eq!(m.value("prepull_image_warm", &[("image", &app_ref)]), 0.0);
+}

@@ -140,7 +140,9 @@ async fn registry_serves_pushed_oci_and_docker_images() {
             config["rootfs"]["diff_ids"],
             serde_json::json!(image.diff_ids)
         );
-        assert_eq!(config["config"]["Cmd"], serde_json::json!(["/bin/sh"]));
+        // Random layers hold no program: the config names no command (runnable images are
+        // support::busybox's).
+        assert!(config["config"]["Cmd"].is_null(), "{config}");
 
         // Each layer is a gzip'd tar of about the requested size whose tar hashes to its diff_id.
         for ((layer, diff_id), want) in image.layers.iter().zip(&image.diff_ids).zip(sizes) {

@@ -81,7 +81,7 @@ async fn the_daemonset_arguments_run_the_agent() {
         remap(root.path(), &mount_of("list")),
         &[("list.yaml", &format!("images:\n  - {host}/team/app:v1\n"))],
     );
-    for volume in ["pull-secret", "status", "certs-d", "containerd-root"] {
+    for volume in ["pull-secret", "status", "certs-d"] {
         std::fs::create_dir_all(remap(root.path(), &mount_of(volume))).unwrap();
     }
     let run_mount = mount_of("containerd-run");
@@ -261,7 +261,7 @@ async fn the_daemonset_pod_runs_from_its_image_with_its_own_spec() {
     let host_path = |volume: &str| -> PathBuf {
         match volume {
             "containerd-run" => containerd.socket().parent().unwrap().to_path_buf(),
-            "containerd-root" => containerd.root().to_path_buf(),
+            "containerd-content" => containerd.root().join("io.containerd.content.v1.content"),
             "certs-d" => certs.clone(),
             "list" => list.dir().to_path_buf(),
             other => root.path().join(other),
@@ -302,8 +302,31 @@ async fn the_daemonset_pod_runs_from_its_image_with_its_own_spec() {
         read_only_root: security["readOnlyRootFilesystem"].as_bool() == Some(true),
         drop_all_capabilities: security["capabilities"]["drop"][0].as_str() == Some("ALL"),
         no_new_privileges: security["allowPrivilegeEscalation"].as_bool() == Some(false),
+        seccomp_runtime_default: security["seccompProfile"]["type"].as_str()
+            == Some("RuntimeDefault"),
+        cpu_limit_millis: container["resources"]["limits"]["cpu"]
+            .as_str()
+            .and_then(|c| c.strip_suffix('m'))
+            .and_then(|m| m.parse().ok()),
     };
-    assert!(spec.read_only_root && spec.drop_all_capabilities && spec.no_new_privileges);
+    assert!(
+        spec.read_only_root
+            && spec.drop_all_capabilities
+            && spec.no_new_privileges
+            && spec.seccomp_runtime_default
+            && spec.cpu_limit_millis.is_some(),
+        "the DaemonSet's container is locked down: {spec:?}"
+    );
+    // Its containerd mounts are read-only, and containerd's root is not mounted whole.
+    for (_, path, read_only) in &spec.mounts {
+        if path.starts_with("/run/containerd") || path.starts_with("/var/lib/containerd") {
+            assert!(read_only, "{path} is mounted read-only");
+        }
+        assert_ne!(
+            path, "/var/lib/containerd",
+            "containerd's whole root is not mounted"
+        );
+    }
 
     let logs = tempfile::tempdir().unwrap();
     let mut pod = support::pod::Pod::run(&containerd, "prepull", logs.path()).await;

@@ -306,14 +306,14 @@ async fn tls_dns_mirror_and_rate_limit_causes_are_named_where_they_fail() {
         .unwrap();
     let dir = certs.join(plain.host());
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("hosts.toml"),
-        format!(
-            "server = \"http://{}\"\n\n[host.\"http://{down}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+    let write_mirror = |mirror: &str| {
+        let toml = format!(
+            "server = \"http://{}\"\n\n[host.\"http://{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
             plain.host()
-        ),
-    )
-    .unwrap();
+        );
+        std::fs::write(dir.join("hosts.toml"), toml).unwrap();
+    };
+    write_mirror(&down.to_string());
     let (code, report) = node.doctor(&image, &hosts_dir).await;
     assert_eq!(code, 0, "{report:#}");
     let mirror = step(&report, "mirror");
@@ -323,6 +323,24 @@ async fn tls_dns_mirror_and_rate_limit_causes_are_named_where_they_fail() {
         "{report:#}"
     );
     assert_eq!(step(&report, "manifest")["status"], "ok");
+    // A mirror that accepts connections and closes them without a word: asked, and named.
+    let closing = support::DeadHost::closing().await;
+    write_mirror(&closing.host());
+    let (code, report) = node.doctor(&image, &hosts_dir).await;
+    assert_eq!(code, 0, "{report:#}");
+    let mirror = step(&report, "mirror");
+    assert_eq!(mirror["cause"], "mirror-down", "{report:#}");
+    assert!(closing.accepted() > 0, "the mirror was asked");
+    // A working mirror (the registry behind a proxy, as a pull-through cache would be).
+    let cache = Proxy::start(&plain.host()).await;
+    write_mirror(&cache.host());
+    let (code, report) = node.doctor(&image, &hosts_dir).await;
+    assert_eq!(code, 0, "{report:#}");
+    let mirror = step(&report, "mirror");
+    assert!(
+        mirror["status"] == "ok" && text(mirror).contains("answers /v2/ with HTTP 200"),
+        "{report:#}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 
     // 429 from the registry, with its headroom: rate-limited.
@@ -363,4 +381,44 @@ async fn a_platform_missing_from_the_index_is_named_with_what_it_has() {
         text(failing).contains("linux/arm64") && text(failing).contains("linux/amd64"),
         "{failing:#}"
     );
+}
+
+/// A secret mounted with the wrong key, and an image on the node whose binary was emptied (a
+/// power loss mid-unpack): each named where it fails.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_secret_key_and_an_image_that_cannot_start_are_named() {
+    let (node, registry) = tokio::join!(Node::start(), Registry::start());
+    let host = registry.host();
+    let layer = tokio::task::spawn_blocking(support::busybox::busybox_layer)
+        .await
+        .unwrap();
+    let cmd = ["/bin/sh", "-c", "true"];
+    let app = support::busybox::push_runnable(&host, "team/app", "v1", &[&layer], &cmd).await;
+    let image = format!("{host}/team/app:v1");
+
+    // A docker-registry secret mounted with `items` that renamed its key.
+    let secret = node.write("wrong-key/config", r#"{"auths":{}}"#);
+    let secret_dir = secret.parent().unwrap().to_str().unwrap().to_string();
+    let (code, report) = node
+        .doctor(&image, &["--plain-http", &host, "--auth-file", &secret_dir])
+        .await;
+    let failing = fails_at(code, &report, "credentials", "wrong-secret-type");
+    assert!(text(failing).contains("it has: config"), "{failing:#}");
+
+    Prepull::new("pull")
+        .containerd(&node.containerd)
+        .args(["--plain-http", &host, "--no-node-credentials", &image])
+        .success()
+        .await;
+    let (code, report) = node.doctor(&image, &["--plain-http", &host]).await;
+    assert_eq!(code, 0, "{report:#}");
+    assert!(
+        text(step(&report, "node")).contains("/bin/sh"),
+        "{report:#}"
+    );
+    let dir = support::snapshots::top_layer_dir(&node.containerd, &app.diff_ids).await;
+    std::fs::File::create(dir.join("bin/busybox")).unwrap();
+    let (code, report) = node.doctor(&image, &["--plain-http", &host]).await;
+    let failing = fails_at(code, &report, "node", "cannot-start");
+    assert!(text(failing).contains("empty"), "{failing:#}");
 }

@@ -1234,19 +1234,19 @@ async fn a_terminal_sees_progress_and_a_pipe_sees_results_only() {
     let size = image.config.size + image.layers.iter().map(|l| l.size).sum::<u64>();
     let total = indicatif::BinaryBytes(size).to_string();
 
-    // A terminal: `script` gives the pull a pseudo-terminal and records what it drew.
-    let command = format!(
-        "stty cols 160 rows 40; {} pull --containerd {} --plain-http {host} {reference} {missing}",
-        support::run::bin().display(),
-        containerd.socket().display()
-    );
-    let out = tokio::process::Command::new("script")
-        .args(["-qefc", &command, "/dev/null"])
-        .output()
-        .await
-        .expect("run script (util-linux)");
-    let screen = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "one image fails: {screen}");
+    // A terminal.
+    let socket = containerd.socket().display().to_string();
+    let (code, screen) = support::run::on_terminal(&[
+        "pull",
+        "--containerd",
+        &socket,
+        "--plain-http",
+        &host,
+        &reference,
+        &missing,
+    ])
+    .await;
+    assert_eq!(code, Some(1), "one image fails: {screen}");
     let last_line = |image: &str| {
         screen
             .split(['\n', '\r'])

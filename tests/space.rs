@@ -144,7 +144,7 @@ async fn images_that_would_fill_the_disk_are_refused_before_downloading() {
     assert_eq!(json["blobs_fetched"], 0, "{json}");
 
     // The check can be turned off; containerd then runs out of space itself, and the pull
-    // fails cleanly with no image record.
+    // fails cleanly with no image record, reported as disk space (containerd's ENOSPC).
     let (out, json) = pull(
         &containerd,
         &proxy,
@@ -153,7 +153,13 @@ async fn images_that_would_fill_the_disk_are_refused_before_downloading() {
     )
     .await;
     assert_eq!(out.status.code(), Some(1), "{json}");
-    assert_ne!(json["kind"], "disk-space", "{json}");
+    assert_eq!(json["kind"], "disk-space", "{json}");
+    assert!(
+        json["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no space left on device")),
+        "{json}"
+    );
     assert!(store.image(&other).await.unwrap().is_none());
 }
 

@@ -526,3 +526,111 @@ async fn repair_names_the_other_namespace_holding_a_corrupt_blob_and_leaves_no_l
     assert_sound(&store, &a).await;
     assert_eq!(repair_leases(&containerd), "", "no lease left behind");
 }
+
+/// The image's own command, found in its unpacked layers: whether a pod can start from it.
+/// `verify` (without `--deep`) says when it cannot: the command is missing, the binary is built
+/// for another architecture, or it was emptied on disk (as after a power loss).
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_says_which_images_cannot_start_and_why() {
+    use support::busybox::{busybox_layer, push_runnable, push_runnable_for};
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let host = registry.host();
+    let layer = tokio::task::spawn_blocking(busybox_layer).await.unwrap();
+    let good = push_runnable(
+        &host,
+        "start/good",
+        "1",
+        &[&layer],
+        &["/bin/sh", "-c", "true"],
+    )
+    .await;
+    push_runnable(&host, "start/missing", "1", &[&layer], &["/bin/app"]).await;
+    let mut other = support::busybox::node_platform();
+    other.architecture = if other.architecture == "arm64" {
+        "amd64"
+    } else {
+        "arm64"
+    }
+    .into();
+    other.variant = None;
+    push_runnable_for(&host, "start/foreign", "1", &[&layer], &["/bin/sh"], other).await;
+    let names = ["good", "missing", "foreign"].map(|n| format!("{host}/start/{n}:1"));
+    let mut pull = vec!["pull", "--plain-http", &host];
+    pull.extend(names.iter().map(String::as_str));
+    let out = prepull(&containerd, &pull).await;
+    assert!(out.status.success(), "{}", text(&out));
+
+    let verdicts = |out: &Output| -> Vec<serde_json::Value> {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let out = prepull(&containerd, &["verify", "--output", "json"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let found = verdicts(&out);
+    let of = |name: &str| {
+        found
+            .iter()
+            .find(|v| v["names"][0] == name)
+            .unwrap_or_else(|| panic!("no verdict for {name}: {found:?}"))
+            .clone()
+    };
+    let ok = of(&names[0]);
+    assert_eq!(
+        (ok["status"].as_str(), ok["start"]["path"].as_str()),
+        (Some("ok"), Some("/bin/sh")),
+        "{ok}"
+    );
+    let missing = of(&names[1]);
+    assert_eq!(missing["status"], "cannot-start", "{missing}");
+    assert_eq!(missing["start"]["kind"], "not-found", "{missing}");
+    assert!(
+        missing["start"]["why"]
+            .as_str()
+            .unwrap()
+            .contains("/bin/app"),
+        "{missing}"
+    );
+    let foreign = of(&names[2]);
+    assert_eq!(foreign["start"]["kind"], "wrong-architecture", "{foreign}");
+
+    // Power loss: the binary the command runs is emptied inside the unpacked layer.
+    let dir = support::snapshots::top_layer_dir(&containerd, &good.diff_ids).await;
+    std::fs::File::create(dir.join("bin/busybox")).unwrap();
+    let out = prepull(&containerd, &["verify", "--output", "json", &names[0]]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let emptied = &verdicts(&out)[0];
+    assert_eq!(emptied["status"], "cannot-start", "{emptied}");
+    assert_eq!(emptied["start"]["kind"], "empty", "{emptied}");
+    let out = prepull(&containerd, &["verify", &names[0]]).await;
+    assert!(
+        text(&out).contains("cannot-start") && text(&out).contains("/bin/sh is empty"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// `verify --deep` on a terminal shows the layer bytes read as it goes; piped, only results.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deep_check_on_a_terminal_shows_its_progress() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let host = registry.host();
+    let layer = tokio::task::spawn_blocking(support::busybox::busybox_layer)
+        .await
+        .unwrap();
+    support::busybox::push_runnable(&host, "deep/app", "1", &[&layer], &["/bin/sh"]).await;
+    let image = format!("{host}/deep/app:1");
+    let out = prepull(&containerd, &["pull", "--plain-http", &host, &image]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let socket = containerd.socket().display().to_string();
+    let (code, screen) =
+        support::run::on_terminal(&["verify", "--deep", "--all", "--containerd", &socket]).await;
+    assert_eq!(code, Some(0), "{screen}");
+    assert!(
+        screen.contains("deep check: layers read") && screen.contains(&format!("ok {image} (")),
+        "{screen:?}"
+    );
+    let out = prepull(&containerd, &["verify", "--deep", "--all"]).await;
+    assert!(!text(&out).contains("layers read"), "{}", text(&out));
+}

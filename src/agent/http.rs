@@ -185,6 +185,12 @@ impl Endpoints {
         let mut cold = Vec::new();
         for image in &status.images {
             let why = match image.state {
+                ImageState::Warm | ImageState::Stale if image.start_error.is_some() => {
+                    Some(format!(
+                        "cannot start: {}",
+                        image.start_kind.unwrap_or("its command")
+                    ))
+                }
                 ImageState::Warm | ImageState::Stale => {
                     // Still there? Removed or collected since the pass is not warm.
                     let present = match Reference::parse(&image.image) {

@@ -11,6 +11,11 @@
 //!
 //! Every problem is reported with the file and the entry (`images[2]`), and a list with any
 //! problem is refused whole, so a typo never unpins or drops what the last good list held.
+//!
+//! Whoever writes the ConfigMap writes what every node parses, so a list is bounded before it
+//! is parsed: at most [`MAX_LIST_BYTES`] (a ConfigMap's own limit) and [`MAX_NESTING`] levels
+//! deep (a list needs four; YAML nested thousands deep costs its parser quadratic time). The
+//! agent parses it on a blocking thread ([`List::load_blocking`]), off its async loop.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -57,21 +62,57 @@ pub enum ListError {
     },
 }
 
+/// The largest list read: a ConfigMap holds at most 1 MiB.
+pub const MAX_LIST_BYTES: u64 = 1 << 20;
+/// The deepest nesting a list may have (as [`nesting_depth`] counts it); a list needs four.
+pub const MAX_NESTING: usize = 32;
+
 impl List {
-    /// Reads and checks a list file.
+    /// Reads and checks a list file. Reads at most [`MAX_LIST_BYTES`] (and one more to know).
     pub fn load(path: &Path) -> Result<List, ListError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ListError::Io {
+        use std::io::Read as _;
+        let io = |source| ListError::Io {
             path: path.to_path_buf(),
             source,
-        })?;
-        List::parse(&text).map_err(|problems| ListError::Invalid {
+        };
+        let invalid = |problems| ListError::Invalid {
             path: path.to_path_buf(),
             problems,
-        })
+        };
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .map_err(io)?
+            .take(MAX_LIST_BYTES + 1)
+            .read_to_string(&mut text)
+            .map_err(io)?;
+        if text.len() as u64 > MAX_LIST_BYTES {
+            return Err(invalid(vec![format!(
+                "larger than {MAX_LIST_BYTES} bytes (a ConfigMap's limit); list fewer images"
+            )]));
+        }
+        List::parse(&text).map_err(invalid)
+    }
+
+    /// [`List::load`] on a blocking thread, so a large list never stalls the async workers.
+    pub async fn load_blocking(path: &Path) -> Result<List, ListError> {
+        let owned = path.to_path_buf();
+        match tokio::task::spawn_blocking(move || List::load(&owned)).await {
+            Ok(loaded) => loaded,
+            Err(e) => Err(ListError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::other(e.to_string()),
+            }),
+        }
     }
 
     /// Parses list text; on failure, every problem found.
     pub fn parse(text: &str) -> Result<List, Vec<String>> {
+        if nesting_depth(text) > MAX_NESTING {
+            return Err(vec![format!(
+                "nested more than {MAX_NESTING} levels deep; a list is a mapping with an \
+                 `images:` list of names or `image:`/`pin:` mappings"
+            )]);
+        }
         // Nothing at all is refused: an empty ConfigMap value is a templating or
         // `--from-file` accident far more often than a wish to drop every image (and every pin).
         const SAY_EMPTY: &str = "write `images: []` to keep no images on purpose";
@@ -192,6 +233,50 @@ impl List {
     }
 }
 
+/// How deep `text` may nest, over-estimated in one pass without parsing: the indentation
+/// levels open, plus each `- ` entry and `key: ` on the line, plus the flow brackets (`[`, `{`)
+/// open outside quotes and comments. Stops counting past [`MAX_NESTING`].
+fn nesting_depth(text: &str) -> usize {
+    let mut indents: Vec<usize> = Vec::new();
+    let mut flow = 0usize;
+    let mut deepest = 0usize;
+    for line in text.lines() {
+        let trimmed = line.trim_start_matches(' ');
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        if flow == 0 {
+            let indent = line.len() - trimmed.len();
+            while indents.last().is_some_and(|&i| i >= indent) {
+                indents.pop();
+            }
+            indents.push(indent);
+        }
+        let mut on_line = 0usize;
+        let mut quote: Option<char> = None;
+        let mut previous = ' ';
+        let mut chars = trimmed.chars().peekable();
+        while let Some(c) = chars.next() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, '"' | '\'') => quote = Some(c),
+                (None, '#') if previous == ' ' => break,
+                (None, '[' | '{') => flow += 1,
+                (None, ']' | '}') => flow = flow.saturating_sub(1),
+                (None, '-' | '?' | ':') if chars.peek().is_none_or(|n| *n == ' ') => on_line += 1,
+                _ => {}
+            }
+            previous = c;
+            deepest = deepest.max(indents.len() + on_line + flow);
+            if deepest > MAX_NESTING {
+                return deepest;
+            }
+        }
+    }
+    deepest
+}
+
 /// A YAML value in a message: short, on one line.
 fn show(v: &Value) -> String {
     let text = match v {
@@ -244,6 +329,55 @@ mod tests {
             List::parse("pin: false\nimages: []  # none on purpose\n").unwrap(),
             List::default()
         );
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_parsing() {
+        for deep in [
+            format!("images: {}{}", "[".repeat(75_000), "]".repeat(75_000)),
+            format!("images: {}", "{a: ".repeat(40_000)),
+            format!("images:\n{}", "- ".repeat(75_000)),
+            (0..200)
+                .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
+                .collect::<String>(),
+        ] {
+            let started = std::time::Instant::now();
+            let problems = List::parse(&deep).unwrap_err();
+            assert!(
+                problems[0].contains("nested more than 32 levels"),
+                "{problems:?}"
+            );
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(1),
+                "{:?}",
+                started.elapsed()
+            );
+        }
+        // Ordinary lists are far from the bound, however written.
+        for ordinary in [
+            "images:\n  - nginx\n  - image: busybox # [not {flow}\n    pin: false\n",
+            "{images: [nginx, {image: \"busybox:1\", pin: false}], pin: true}",
+            "images:\n- - nested\n",
+        ] {
+            assert!(
+                nesting_depth(ordinary) <= 8,
+                "{ordinary}: {}",
+                nesting_depth(ordinary)
+            );
+        }
+    }
+
+    #[test]
+    fn a_list_larger_than_a_configmap_is_refused_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("list.yaml");
+        let mut text = String::from("images:\n");
+        while text.len() as u64 <= MAX_LIST_BYTES {
+            text.push_str("  - registry.example.com/team/app:1\n");
+        }
+        std::fs::write(&path, text).unwrap();
+        let e = List::load(&path).unwrap_err().to_string();
+        assert!(e.contains("larger than 1048576 bytes"), "{e}");
     }
 
     #[test]

@@ -86,13 +86,13 @@ impl Collector for NodeState {
 
         let mut warm = encoder.encode_descriptor(
             "prepull_image_warm",
-            "1 when a pod using the listed image starts without the network (warm or stale)",
+            "1 when a pod using the listed image starts without the network (warm or stale, and its command resolves in its layers)",
             None,
             MetricType::Gauge,
         )?;
         for image in &status.images {
             let labels = [("image", image.image.as_str())];
-            let value = i64::from(image.state.usable());
+            let value = i64::from(image.ready());
             ConstGauge::new(value).encode(warm.encode_family(&labels)?)?;
         }
 

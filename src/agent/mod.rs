@@ -29,6 +29,7 @@ pub use status::{ImageState, ImageStatus, Status};
 use crate::metrics::{metrics, RepairResult};
 use crate::pull::{PullError, PullReport, Puller};
 use crate::repair::{self, Protection};
+use crate::rootfs::{self, Startable};
 use crate::store::{Store, StoreError};
 use crate::watch::Fingerprint;
 use pins::Pins;
@@ -58,6 +59,11 @@ pub struct AgentOptions {
     pub verify_every: Option<Duration>,
     /// How long a pass under way may take to finish once a stop is requested.
     pub grace: Duration,
+    /// How long a pass waits for one image's pull. An image still pulling then fails this
+    /// pass (the others go on, and the status is written); the bytes it stored stay in
+    /// containerd, and the next pass resumes from them, so a large image on a slow link
+    /// completes over several passes while one slow registry never holds a pass hostage.
+    pub max_pull_time: Duration,
 }
 
 /// The agent.
@@ -74,9 +80,13 @@ pub struct Agent {
     protection: Option<Protection>,
 }
 
+/// How long the start checks' lease outlives an agent that dies while they run.
+const START_CHECK_LEASE: Duration = Duration::from_secs(600);
+
 /// How one image's pull in a pass ended, and (when it failed) the complete image the node
 /// holds for it.
-type Checked = (Result<PullReport, PullError>, Option<PullReport>);
+/// A pull's result, what the node holds when it failed, and the bytes it downloaded.
+type Checked = (Result<PullReport, PullError>, Option<PullReport>, u64);
 
 /// What the verify before a pass found wrong in one entry's image.
 struct Found {
@@ -218,7 +228,7 @@ impl Agent {
     /// of them a pod could use.
     async fn reload_list(&mut self) -> bool {
         self.list_seen = Fingerprint::of(std::slice::from_ref(&self.options.list));
-        match List::load(&self.options.list) {
+        match List::load_blocking(&self.options.list).await {
             Ok(list) => {
                 tracing::info!(
                     list = %self.options.list.display(),
@@ -287,7 +297,8 @@ impl Agent {
             .collect();
         let results = self.pull_all(&list, &damaged).await;
         let pins = Pins::new(&self.store, &self.options.pin_owner);
-        let (images, resolved) = self.record(&pins, &list, results, damage, verified).await;
+        let (mut images, resolved) = self.record(&pins, &list, results, damage, verified).await;
+        self.check_starts(&mut images).await;
         // The mending pulls have ended: the lease holding the damaged images goes (see
         // `repair` for why one rule holds for every caller).
         if let Some(protection) = self.protection.take() {
@@ -364,25 +375,42 @@ impl Agent {
         for (i, entry) in list.entries.iter().cloned().enumerate() {
             let (puller, limit) = (self.puller.clone(), limit.clone());
             let thorough = damaged.contains(&entry.reference.to_string());
+            let max_pull_time = self.options.max_pull_time;
             tasks.spawn(async move {
                 let _permit = limit.acquire_owned().await;
-                let result = if thorough {
-                    puller.pull_thoroughly(&entry.reference).await
-                } else {
-                    puller.pull(&entry.reference).await
+                let progress = Arc::new(crate::pull::PullProgress::default());
+                let pull = async {
+                    if thorough {
+                        let progress = progress.clone();
+                        puller
+                            .pull_thoroughly_reporting(&entry.reference, progress)
+                            .await
+                    } else {
+                        puller
+                            .pull_reporting(&entry.reference, progress.clone())
+                            .await
+                    }
                 };
+                let result = tokio::time::timeout(max_pull_time, pull)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(PullError::TooSlow {
+                            image: entry.reference.to_string(),
+                            after: max_pull_time,
+                        })
+                    });
                 // What the node holds when the check failed: a present image is stale, not gone.
                 let present = match &result {
                     Ok(_) => None,
                     Err(_) => puller.on_node(&entry.reference).await,
                 };
-                (i, result, present)
+                (i, result, present, progress.fetched())
             });
         }
         let mut results: Vec<Option<Checked>> = list.entries.iter().map(|_| None).collect();
         while let Some(joined) = tasks.join_next().await {
             match joined {
-                Ok((i, result, present)) => results[i] = Some((result, present)),
+                Ok((i, result, present, fetched)) => results[i] = Some((result, present, fetched)),
                 Err(e) => tracing::error!(error = %e, "an image's pull task ended abnormally"),
             }
         }
@@ -414,18 +442,18 @@ impl Agent {
             };
             let previous = previous.as_ref();
             let digest = match &result {
-                Some((Ok(report), _)) => Some(report.digest.to_string()),
+                Some((Ok(report), ..)) => Some(report.digest.to_string()),
                 _ => None,
             };
             resolved.insert(name.clone(), digest);
             let mut status = match &result {
-                Some((result, present)) if blocked.is_some() => {
+                Some((result, present, _)) if blocked.is_some() => {
                     let present = result.as_ref().ok().or(present.as_ref());
                     let reason = blocked.as_deref().unwrap_or_default();
                     let outcome = Outcome::Unmendable { reason, present };
                     ImageStatus::after_pass(entry, previous, found, outcome, now)
                 }
-                Some((Ok(report), _)) => {
+                Some((Ok(report), ..)) => {
                     let pinned = pins.apply(entry, &report.names).await;
                     let outcome = match &pinned {
                         Ok(()) => Outcome::Warm(report),
@@ -433,7 +461,7 @@ impl Agent {
                     };
                     ImageStatus::after_pass(entry, previous, found, outcome, now)
                 }
-                Some((Err(error), present)) => {
+                Some((Err(error), present, fetched)) => {
                     // A present image keeps (or gets) its pin even while its registry is away.
                     if let Some(present) = present {
                         if let Err(e) = pins.apply(entry, &present.names).await {
@@ -442,7 +470,11 @@ impl Agent {
                     }
                     let present = present.as_ref();
                     let outcome = Outcome::Failed { error, present };
-                    ImageStatus::after_pass(entry, previous, found, outcome, now)
+                    ImageStatus {
+                        // What the failed pull cost the network, resumed from by the next.
+                        bytes_fetched: *fetched,
+                        ..ImageStatus::after_pass(entry, previous, found, outcome, now)
+                    }
                 }
                 // The task died: nothing is known of this pass; the status stays as it was.
                 None => previous
@@ -510,6 +542,53 @@ impl Agent {
         let protection =
             repair::discard_bad_blobs(&self.store, &damaged.iter().collect::<Vec<_>>()).await?;
         Ok((damage, protection))
+    }
+
+    /// For each image on the node, whether a pod starts from it: its own command resolved in
+    /// its unpacked layers (see [`crate::start_check`]). One read-only view per image; an image
+    /// whose check cannot be made (containerd failed) is not marked, and the log says why.
+    async fn check_starts(&self, images: &mut [ImageStatus]) {
+        let Some(snapshotter) = self.puller.snapshotter() else {
+            return;
+        };
+        let lease = match self
+            .store
+            .create_lease("start-check", START_CHECK_LEASE)
+            .await
+        {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %crate::error_chain(&e), "cannot check whether images start");
+                return;
+            }
+        };
+        for image in images.iter_mut().filter(|i| i.state.usable()) {
+            let Some(top) = image.digest.as_ref().and_then(|d| d.parse().ok()) else {
+                continue;
+            };
+            let checked = async {
+                let unpacked =
+                    crate::start_check::unpacked(&self.store, &top, self.puller.platform()).await?;
+                crate::start_check::check(&self.store, &lease, snapshotter, &unpacked).await
+            };
+            match checked.await {
+                Ok(Some(Startable::No(finding))) if finding != rootfs::Finding::NoCommand => {
+                    tracing::warn!(image = %image.image, kind = finding.kind(), error = %finding, "a pod could not start from this image");
+                    image.start_kind = Some(finding.kind());
+                    image.start_error = Some(finding.to_string());
+                }
+                Ok(_) => {
+                    image.start_kind = None;
+                    image.start_error = None;
+                }
+                Err(e) => {
+                    tracing::warn!(image = %image.image, error = %crate::error_chain(&e), "cannot check whether the image starts");
+                }
+            }
+        }
+        if let Err(e) = self.store.delete_lease(lease).await {
+            tracing::warn!(error = %crate::error_chain(&e), "cannot delete the start check's lease; it expires by itself");
+        }
     }
 
     /// Publishes the status to the endpoints and writes the status file, if there is one.

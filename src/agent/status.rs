@@ -105,6 +105,14 @@ pub struct ImageStatus {
     /// The last damage the periodic verify found, and whether it was mended.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub damage: Option<Damage>,
+    /// Why a pod could not start from it even though it is on the node (its own command does
+    /// not resolve to a file the kernel runs: missing, emptied, for another architecture), as
+    /// the last pass found; see `start_kind`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_error: Option<String>,
+    /// The kind of `start_error` (`not-found`, `empty`, `wrong-architecture`…).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_kind: Option<&'static str>,
 }
 
 /// How one image's check in a pass ended.
@@ -154,6 +162,12 @@ pub fn timestamp(t: SystemTime) -> String {
 }
 
 impl ImageStatus {
+    /// Whether a pod using the image starts without the network: it is usable (warm or stale)
+    /// and its command resolves in its unpacked layers.
+    pub fn ready(&self) -> bool {
+        self.state.usable() && self.start_error.is_none()
+    }
+
     /// Whether damage is open on the image: found, and not mended yet.
     pub fn damage_open(&self) -> bool {
         self.damage.as_ref().is_some_and(|d| d.mended.is_none())
@@ -177,6 +191,8 @@ impl ImageStatus {
             kind: None,
             error: None,
             damage: None,
+            start_error: None,
+            start_kind: None,
         }
     }
 
@@ -217,6 +233,8 @@ impl ImageStatus {
             kind: None,
             error: None,
             damage: None,
+            start_error: None,
+            start_kind: None,
         };
         let status = match outcome {
             Outcome::Warm(report) => ImageStatus::warm(base, report, &mut damage, &at),

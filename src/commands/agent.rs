@@ -88,6 +88,13 @@ pub struct AgentArgs {
     #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = humantime::parse_duration)]
     pub stop_grace: Duration,
 
+    /// How long a pass waits for one image's pull. An image still pulling then fails this pass
+    /// (the others go on and the status is written); what it stored stays in containerd and the
+    /// next pass resumes from there, so a large image on a slow link completes over several
+    /// passes, and one slow registry never holds a pass hostage. See also --min-progress.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub max_pull_time: Duration,
+
     /// Serve /livez, /readyz, /warmz, /status and /metrics here (HTTP). `/warmz` answers 200
     /// only when every listed image is warm: gate node readiness on it, not on `/readyz`. Port 0
     /// picks a free port; the status file's `listen` says which.
@@ -184,6 +191,7 @@ async fn build(args: &AgentArgs) -> anyhow::Result<Agent> {
         images_at_once: args.images_at_once.get(),
         verify_every: (!args.verify_every.is_zero()).then_some(args.verify_every),
         grace: args.stop_grace,
+        max_pull_time: args.max_pull_time,
     };
     Ok(Agent::new(puller, store, options))
 }

@@ -76,7 +76,7 @@ async fn diagnose(args: &DoctorArgs) -> anyhow::Result<Report> {
     let (found, step) = doctor::credentials::check(&args.puller.credential_config()?, &reference);
     steps.push(step);
     let options = args.puller.registry_options();
-    let (reachable, network) = doctor::network::check(&options.hosts, &reference).await;
+    let (reachable, network) = doctor::network::check(&options, &reference).await;
     steps.extend(network);
     let platform = args.puller.platform.clone().unwrap_or_else(Platform::host);
     let fetched = if reachable {
@@ -99,16 +99,23 @@ async fn diagnose(args: &DoctorArgs) -> anyhow::Result<Report> {
         Document::Manifest(m, _) => Some(m.content_size()),
         Document::Index(..) => None,
     });
-    steps.push(node_step(args, &reference, size).await);
-    steps.push(doctor::kubelet::check(&args.kubelet_config, &reference));
+    let (node, usage) = node_step(args, &reference, size).await;
+    steps.push(node);
+    steps.push(doctor::kubelet::check(
+        &args.kubelet_config,
+        &reference,
+        usage,
+    ));
     Ok(Report::new(&args.image, steps))
 }
 
+/// The node step, and how much of containerd's filesystem pinned images take (for the
+/// kubelet's image GC thresholds), when containerd can be asked.
 async fn node_step(
     args: &DoctorArgs,
     reference: &crate::reference::Reference,
     size: Option<u64>,
-) -> Step {
+) -> (Step, Option<doctor::kubelet::Usage>) {
     let socket = &args.puller.containerd.socket;
     let built = async {
         let puller = args.puller.build_with(false, true).await?;
@@ -116,13 +123,19 @@ async fn node_step(
         anyhow::Ok((puller, store))
     };
     match built.await {
-        Ok((puller, store)) => doctor::node::check(&puller, &store, socket, reference, size).await,
-        Err(e) => Step::found(
-            "node",
-            Verdict::Fail,
-            "containerd",
-            format!("containerd at {} cannot be used: {e:#}", socket.display()),
-            "check that containerd runs and that --containerd names its socket",
+        Ok((puller, store)) => {
+            let step = doctor::node::check(&puller, &store, socket, reference, size).await;
+            (step, doctor::node::pinned_usage(&puller, &store).await)
+        }
+        Err(e) => (
+            Step::found(
+                "node",
+                Verdict::Fail,
+                "containerd",
+                format!("containerd at {} cannot be used: {e:#}", socket.display()),
+                "check that containerd runs and that --containerd names its socket",
+            ),
+            None,
         ),
     }
 }

@@ -94,3 +94,47 @@ fn draw(lines: &[(ProgressBar, Arc<PullProgress>)]) {
         }
     }
 }
+
+/// One line counting bytes read out of a known total (`verify --deep` reading layers), on a
+/// terminal only.
+pub struct Reading {
+    bar: ProgressBar,
+    ticker: tokio::task::JoinHandle<()>,
+}
+
+impl Reading {
+    /// A line labelled `what` following `read` up to `total`, when `output` is text and stderr
+    /// a terminal; `None` otherwise.
+    pub fn start(
+        what: &str,
+        total: u64,
+        read: Arc<std::sync::atomic::AtomicU64>,
+        output: Output,
+    ) -> Option<Reading> {
+        if output != Output::Text || !std::io::stderr().is_terminal() {
+            return None;
+        }
+        let style = ProgressStyle::with_template(
+            "{prefix} {bar:24} {binary_bytes:>10}/{binary_total_bytes:<10} {binary_bytes_per_sec:>12} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr())
+            .with_style(style)
+            .with_prefix(what.to_string());
+        let ticking = bar.clone();
+        let ticker = tokio::spawn(async move {
+            let mut every = tokio::time::interval(TICK);
+            loop {
+                every.tick().await;
+                ticking.set_position(read.load(std::sync::atomic::Ordering::Relaxed).min(total));
+            }
+        });
+        Some(Reading { bar, ticker })
+    }
+
+    /// Stops the line, leaving it at its last count.
+    pub fn finish(self) {
+        self.ticker.abort();
+        self.bar.finish_and_clear();
+    }
+}

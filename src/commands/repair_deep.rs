@@ -8,7 +8,7 @@ use std::num::{NonZeroU64, NonZeroUsize};
 use tokio_util::sync::CancellationToken;
 
 use super::pull::counted;
-use super::verify::{check_all, check_json, deep_all, print_check_deep, DeepOutcome};
+use super::verify::{check_all, check_json, deep_all, print_check_deep, DeepOutcome, StartOutcome};
 use super::Output;
 use crate::deep_verify::DeepReport;
 use crate::digest::Digest;
@@ -16,6 +16,9 @@ use crate::reference::Reference;
 use crate::repair::{self, SnapshotOutcome, SnapshotRepair};
 use crate::store::Store;
 use crate::verify::{group_records, Checker, ImageCheck};
+
+/// Repair does not run the start check: `prepull verify` reports it.
+const NOT_CHECKED: StartOutcome = StartOutcome::NotChecked;
 
 /// Findings quoted per image in text output; JSON has them all.
 const QUOTED: usize = 3;
@@ -104,7 +107,7 @@ impl DeepRepair<'_> {
                     } else {
                         "ok"
                     };
-                    print_check_deep(check, status, other, self.output);
+                    print_check_deep(check, status, other, &NOT_CHECKED, self.output);
                 }
             }
         }
@@ -130,7 +133,7 @@ impl DeepRepair<'_> {
             } else {
                 "ok"
             };
-            print_check_deep(check, status, outcome, self.output);
+            print_check_deep(check, status, outcome, &NOT_CHECKED, self.output);
         }
         if let Output::Text = self.output {
             let mended = done
@@ -160,6 +163,7 @@ impl DeepRepair<'_> {
             self.rate,
             checks,
             stop,
+            self.output,
         )
         .await
     }
@@ -277,7 +281,7 @@ impl DeepRepair<'_> {
                     d.with.as_deref().unwrap_or("?")
                 );
                 if let (Some((check, outcome)), "damaged") = (again, status) {
-                    print_check_deep(check, "damaged", outcome, Output::Text);
+                    print_check_deep(check, "damaged", outcome, &NOT_CHECKED, Output::Text);
                 }
             }
             (Ok(r), _) => {
@@ -293,7 +297,7 @@ impl DeepRepair<'_> {
                     r.unpacked.join(", "),
                 );
                 if let (Some((check, outcome)), "damaged") = (again, status) {
-                    print_check_deep(check, "damaged", outcome, Output::Text);
+                    print_check_deep(check, "damaged", outcome, &NOT_CHECKED, Output::Text);
                 }
             }
         }

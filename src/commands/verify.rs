@@ -227,6 +227,7 @@ pub async fn run_verify(args: VerifyArgs, stop: CancellationToken) -> anyhow::Re
                 args.max_read_rate,
                 &checks,
                 &stop,
+                args.check.output,
             )
             .await?
             else {
@@ -236,15 +237,21 @@ pub async fn run_verify(args: VerifyArgs, stop: CancellationToken) -> anyhow::Re
         }
         _ => checks.iter().map(|_| DeepOutcome::NotRun).collect(),
     };
+    let start = match &snapshotter {
+        Some(snapshotter) => start_all(&store, snapshotter, &checks).await,
+        None => checks.iter().map(|_| StartOutcome::NotChecked).collect(),
+    };
     let mut bad = 0;
-    for (check, deep) in checks.iter().zip(&deep) {
-        let status = if check.problems.is_empty() && !deep.is_bad() {
-            "ok"
-        } else {
-            bad += 1;
-            "damaged"
+    for ((check, deep), start) in checks.iter().zip(&deep).zip(&start) {
+        let status = match (check.problems.is_empty() && !deep.is_bad(), start) {
+            (true, StartOutcome::Cannot(_)) => "cannot-start",
+            (true, _) => "ok",
+            (false, _) => "damaged",
         };
-        print_check_deep(check, status, deep, args.check.output);
+        if status != "ok" {
+            bad += 1;
+        }
+        print_check_deep(check, status, deep, start, args.check.output);
     }
     for name in &missing {
         bad += 1;
@@ -271,6 +278,77 @@ pub async fn run_verify(args: VerifyArgs, stop: CancellationToken) -> anyhow::Re
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Whether an image's own command starts from its unpacked layers.
+pub(super) enum StartOutcome {
+    /// Not checked (no snapshots asked for, no unpacked manifest, or no command in the config).
+    NotChecked,
+    /// It starts: the file `execve` gets.
+    Starts(String),
+    /// It does not: why.
+    Cannot(crate::rootfs::Finding),
+    /// The check could not be made: why.
+    Failed(String),
+}
+
+impl StartOutcome {
+    fn json(&self) -> serde_json::Value {
+        match self {
+            StartOutcome::NotChecked => serde_json::json!({ "checked": false }),
+            StartOutcome::Starts(path) => {
+                serde_json::json!({ "checked": true, "starts": true, "path": path })
+            }
+            StartOutcome::Cannot(finding) => serde_json::json!({
+                "checked": true,
+                "starts": false,
+                "kind": finding.kind(),
+                "why": finding.to_string(),
+            }),
+            StartOutcome::Failed(why) => serde_json::json!({ "checked": false, "error": why }),
+        }
+    }
+}
+
+/// The start check of every image without other problems: its first unpacked manifest's
+/// command resolved in its layers (see [`crate::start_check`]).
+async fn start_all(store: &Store, snapshotter: &str, checks: &[ImageCheck]) -> Vec<StartOutcome> {
+    let lease = match store
+        .create_lease("start-check", std::time::Duration::from_secs(600))
+        .await
+    {
+        Ok(l) => l,
+        Err(e) => {
+            let why = crate::error_chain(&e);
+            return checks
+                .iter()
+                .map(|_| StartOutcome::Failed(why.clone()))
+                .collect();
+        }
+    };
+    let mut outcomes = Vec::with_capacity(checks.len());
+    for check in checks {
+        let Some(unpacked) = check.unpacked.first().filter(|_| check.problems.is_empty()) else {
+            outcomes.push(StartOutcome::NotChecked);
+            continue;
+        };
+        outcomes.push(
+            match crate::start_check::check(store, &lease, snapshotter, unpacked).await {
+                Ok(None) => StartOutcome::NotChecked,
+                Ok(Some(crate::rootfs::Startable::Yes { path })) => StartOutcome::Starts(path),
+                // A pod running such an image names its own command, which is not checked here.
+                Ok(Some(crate::rootfs::Startable::No(crate::rootfs::Finding::NoCommand))) => {
+                    StartOutcome::NotChecked
+                }
+                Ok(Some(crate::rootfs::Startable::No(finding))) => StartOutcome::Cannot(finding),
+                Err(e) => StartOutcome::Failed(crate::error_chain(&e)),
+            },
+        );
+    }
+    if let Err(e) = store.delete_lease(lease).await {
+        tracing::warn!(error = %e, "cannot delete the start check's lease; it expires by itself");
+    }
+    outcomes
 }
 
 /// Runs `prepull repair`; `stop` interrupts its deep check (--deep).
@@ -396,9 +474,23 @@ pub(super) async fn deep_all(
     rate: Option<NonZeroU64>,
     checks: &[ImageCheck],
     stop: &CancellationToken,
+    output: Output,
 ) -> anyhow::Result<Option<Vec<DeepOutcome>>> {
     let mut ctx = deep::Context::new(stop.child_token());
     ctx.limiter = rate.map(|r| Arc::new(RateLimiter::new(r)));
+    let total: u64 = checks
+        .iter()
+        .filter(|c| c.problems.is_empty())
+        .flat_map(|c| &c.unpacked)
+        .flat_map(|u| &u.layers)
+        .map(|l| l.size)
+        .sum();
+    let display = super::progress::Reading::start(
+        "deep check: layers read",
+        total,
+        ctx.layer_bytes_read.clone(),
+        output,
+    );
     let verifier = DeepVerifier::new(store, snapshotter, concurrency, ctx).await?;
     let mut outcomes = Vec::with_capacity(checks.len());
     let mut interrupted = false;
@@ -441,6 +533,9 @@ pub(super) async fn deep_all(
         });
     }
     verifier.close().await;
+    if let Some(display) = display {
+        display.finish();
+    }
     if interrupted || stop.is_cancelled() {
         return Ok(None);
     }
@@ -542,10 +637,17 @@ pub(super) fn print_check_deep(
     check: &ImageCheck,
     status: &str,
     deep: &DeepOutcome,
+    start: &StartOutcome,
     output: Output,
 ) {
     match output {
         Output::Text => {
+            if let StartOutcome::Cannot(finding) = start {
+                println!("{status} {}: {finding}", check.names[0]);
+                if check.problems.is_empty() && !deep.is_bad() {
+                    return;
+                }
+            }
             match deep {
                 DeepOutcome::Checked(r) if r.is_sound() && check.problems.is_empty() => {
                     println!(
@@ -592,6 +694,7 @@ pub(super) fn print_check_deep(
         Output::Json => {
             let mut json = check_json(check, status, None);
             json["deep"] = deep.json();
+            json["start"] = start.json();
             println!("{json}");
         }
     }

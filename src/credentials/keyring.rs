@@ -189,53 +189,110 @@ fn is_default_registry(image: &str) -> bool {
 
 /// Go's `filepath.Match` on one host label: `*` (any run), `?` (one character), `[…]` classes
 /// with ranges and `^` negation, `\` escapes. A malformed pattern matches nothing.
+///
+/// Linear in the label for each position of the pattern (one backtrack point, the last `*`, as
+/// in the kubelet's matching), so a key with many `*` costs no more than the text times the
+/// pattern: a credential key cannot make a lookup take exponential time.
 pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
+    let Some(p) = tokens(pattern) else {
+        return false;
+    };
     let t: Vec<char> = text.chars().collect();
-    glob(&p, &t).unwrap_or(false)
+    let (mut pi, mut ti) = (0, 0);
+    // Where the last `*` was, and where in the text it is taken to end now.
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        match p.get(pi) {
+            Some(Token::Star) => {
+                star = Some((pi, ti));
+                pi += 1;
+            }
+            Some(token) if token.matches(t[ti]) => {
+                pi += 1;
+                ti += 1;
+            }
+            _ => match star {
+                // Let the last `*` take one more character and go on from there.
+                Some((sp, st)) => {
+                    star = Some((sp, st + 1));
+                    pi = sp + 1;
+                    ti = st + 1;
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi..].iter().all(|token| matches!(token, Token::Star))
 }
 
-fn glob(p: &[char], t: &[char]) -> Option<bool> {
-    match p.first() {
-        None => Some(t.is_empty()),
-        Some('*') => {
-            for skip in 0..=t.len() {
-                if glob(&p[1..], &t[skip..])? {
-                    return Some(true);
+/// One element of a label pattern.
+enum Token {
+    /// `*`
+    Star,
+    /// `?`
+    Any,
+    /// A character, escaped or not.
+    Literal(char),
+    /// `[…]`: inclusive ranges (a single character is a range of one), negated with `^`.
+    Class {
+        negated: bool,
+        ranges: Vec<(char, char)>,
+    },
+}
+
+impl Token {
+    fn matches(&self, c: char) -> bool {
+        match self {
+            Token::Star | Token::Any => true,
+            Token::Literal(l) => *l == c,
+            Token::Class { negated, ranges } => {
+                ranges.iter().any(|(lo, hi)| *lo <= c && c <= *hi) != *negated
+            }
+        }
+    }
+}
+
+/// A pattern's tokens; `None` when it is malformed (Go's `ErrBadPattern`).
+fn tokens(pattern: &str) -> Option<Vec<Token>> {
+    let mut chars = pattern.chars().peekable();
+    let mut out = Vec::new();
+    while let Some(c) = chars.next() {
+        out.push(match c {
+            '*' => Token::Star,
+            '?' => Token::Any,
+            '\\' => Token::Literal(chars.next()?),
+            '[' => {
+                let negated = chars.next_if_eq(&'^').is_some();
+                let mut ranges = Vec::new();
+                loop {
+                    if !ranges.is_empty() && chars.next_if_eq(&']').is_some() {
+                        break;
+                    }
+                    let lo = class_char(&mut chars)?;
+                    let hi = if chars.next_if_eq(&'-').is_some() {
+                        class_char(&mut chars)?
+                    } else {
+                        lo
+                    };
+                    if hi < lo {
+                        return None;
+                    }
+                    ranges.push((lo, hi));
                 }
+                Token::Class { negated, ranges }
             }
-            Some(false)
-        }
-        Some('?') => Some(!t.is_empty() && glob(&p[1..], &t[1..])?),
-        Some('[') => {
-            let close = p.iter().skip(2).position(|c| *c == ']')? + 2;
-            let class = &p[1..close];
-            let (negate, class) = match class.first() {
-                Some('^') => (true, &class[1..]),
-                _ => (false, class),
-            };
-            let c = *t.first()?;
-            let mut hit = false;
-            let mut i = 0;
-            while i < class.len() {
-                if i + 2 < class.len() && class[i + 1] == '-' {
-                    hit |= class[i] <= c && c <= class[i + 2];
-                    i += 3;
-                } else {
-                    hit |= class[i] == c;
-                    i += 1;
-                }
-            }
-            if hit == negate {
-                return Some(false);
-            }
-            glob(&p[close + 1..], &t[1..])
-        }
-        Some('\\') => {
-            let lit = *p.get(1)?;
-            Some(t.first() == Some(&lit) && glob(&p[2..], &t[1..])?)
-        }
-        Some(c) => Some(t.first() == Some(c) && glob(&p[1..], &t[1..])?),
+            c => Token::Literal(c),
+        });
+    }
+    Some(out)
+}
+
+/// One character of a class: escaped with `\`, else anything but `-` and `]`.
+fn class_char(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Option<char> {
+    match chars.next()? {
+        '\\' => chars.next(),
+        '-' | ']' => None,
+        c => Some(c),
     }
 }
 
@@ -385,6 +442,50 @@ mod tests {
         assert!(m.iter().any(|x| x.contains("port 443")));
         assert!(m.iter().any(|x| x.contains("/other")));
         assert!(k.near_misses("elsewhere.io/x").is_empty());
+    }
+
+    #[test]
+    fn globs_match_as_go_does() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("*", "anything", true),
+            ("*", "", true),
+            ("a*b*c", "axxbyyc", true),
+            ("a*b*c", "axxbyy", false),
+            ("*-good", "prefix-good", true),
+            ("r?g", "reg", true),
+            ("r?g", "rg", false),
+            ("[a-c]reg", "breg", true),
+            ("[^a-c]reg", "breg", false),
+            ("[^a-c]reg", "dreg", true),
+            ("[ab-]x", "ax", false),
+            ("\\*x", "*x", true),
+            ("\\*x", "ax", false),
+            ("[", "[", false),
+            ("[]", "]", false),
+            ("[a", "a", false),
+            ("ab\\", "ab", false),
+            ("*a*a*a", "aaa", true),
+            ("*a*a*a", "aa", false),
+        ];
+        for (pattern, text, want) in cases {
+            assert_eq!(glob_match(pattern, text), *want, "{pattern} vs {text}");
+        }
+    }
+
+    #[test]
+    fn many_stars_match_in_linear_time() {
+        // Exponential backtracking took minutes on this; linear matching takes microseconds.
+        let key = format!("{}.example.com", "*a".repeat(10) + "*b");
+        let host = format!("{}.example.com/app", "a".repeat(60));
+        let started = std::time::Instant::now();
+        assert!(found(&ring(&[&key]), &host).is_empty());
+        assert!(!glob_match(&"*a".repeat(30), &"a".repeat(29)));
+        assert!(glob_match(&"*a".repeat(30), &"a".repeat(200)));
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]

@@ -281,14 +281,9 @@ impl Plugins {
                         )
                     }));
                     out.extend(keyring.lookup(image));
-                    if !ttl.is_zero() {
-                        cache.insert(
-                            (i, key),
-                            Cached {
-                                keyring,
-                                until: Instant::now() + ttl,
-                            },
-                        );
+                    if let Some(until) = Instant::now().checked_add(ttl).filter(|_| !ttl.is_zero())
+                    {
+                        cache.insert((i, key), Cached { keyring, until });
                     }
                 }
                 Err(e) => {
@@ -300,8 +295,22 @@ impl Plugins {
     }
 }
 
+/// The most of a plugin's standard output read: a response is a few kilobytes.
+const MAX_STDOUT: usize = 1 << 20;
+/// The most of a plugin's standard error kept for messages (the rest is read and dropped).
+const MAX_STDERR: usize = 4 << 10;
+/// How long a plugin's output may go on after it exited (a child it left holding the pipe).
+const OUTPUT_AFTER_EXIT: Duration = Duration::from_secs(1);
+
+/// What one pipe of a plugin gave: at most the cap's bytes, and whether it wrote more.
+type Drained = (Vec<u8>, bool);
+
 impl Provider {
+    /// Runs the plugin for `image`, in its own process group: its output is read while it runs
+    /// (a plugin printing more than a pipe holds never blocks), capped, and the whole group is
+    /// killed when it times out and once it has exited, so no child of it outlives it.
     fn run(&self, image: &str, timeout: Duration) -> Result<Response, String> {
+        use std::os::unix::process::CommandExt as _;
         let request = serde_json::json!({
             "apiVersion": PLUGIN_API,
             "kind": "CredentialProviderRequest",
@@ -313,35 +322,58 @@ impl Provider {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            .process_group(0)
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", self.binary.display()))?;
+        let group = Group(i32::try_from(child.id()).unwrap_or(0));
+        let stdout = child.stdout.take().map(|out| drain(out, MAX_STDOUT));
+        let stderr = child.stderr.take().map(|err| drain(err, MAX_STDERR));
         if let Some(mut stdin) = child.stdin.take() {
+            // The request is far smaller than a pipe holds: this write never blocks.
             let _ = stdin.write_all(request.to_string().as_bytes());
         }
         let started = Instant::now();
-        loop {
+        let status = loop {
             match child.try_wait() {
-                Ok(Some(_)) => break,
+                Ok(Some(status)) => break status,
                 Ok(None) if started.elapsed() > timeout => {
-                    let _ = child.kill();
+                    group.kill();
                     let _ = child.wait();
                     return Err(format!(
-                        "timed out after {} and was killed",
+                        "timed out after {} and was killed with its process group",
                         humantime::format_duration(timeout)
                     ));
                 }
                 Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-                Err(e) => return Err(e.to_string()),
+                Err(e) => {
+                    group.kill();
+                    let _ = child.wait();
+                    return Err(e.to_string());
+                }
             }
-        }
-        let output = child.wait_with_output().map_err(|e| e.to_string())?;
-        if !output.status.success() {
+        };
+        group.kill();
+        let collect = |pipe: Option<std::sync::mpsc::Receiver<Drained>>| {
+            pipe.and_then(|p| p.recv_timeout(OUTPUT_AFTER_EXIT).ok())
+        };
+        let (stdout, stderr) = (collect(stdout), collect(stderr));
+        if !status.success() {
             // The plugin's stderr is its own diagnostics, not credentials.
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            return Err(format!("exited with {}: {}", output.status, stderr.trim()));
+            let stderr = stderr.map(|(bytes, _)| bytes).unwrap_or_default();
+            let stderr = crate::printable::printable(String::from_utf8_lossy(&stderr).trim());
+            return Err(format!("exited with {status}: {stderr}"));
         }
+        let stdout = match stdout {
+            Some((_, true)) => {
+                return Err(format!(
+                    "printed more than {MAX_STDOUT} bytes, more than any CredentialProviderResponse"
+                ))
+            }
+            Some((bytes, false)) => bytes,
+            None => return Err("its output did not end after it exited".to_string()),
+        };
         // Only where and what kind of error: serde quotes rejected values, which may be secrets.
-        let response: Response = serde_json::from_slice(&output.stdout).map_err(|e| {
+        let response: Response = serde_json::from_slice(&stdout).map_err(|e| {
             format!(
                 "invalid CredentialProviderResponse ({:?} error at line {} column {})",
                 e.classify(),
@@ -364,12 +396,74 @@ impl Provider {
                 response.cache_key_type
             ));
         }
+        if let Some(d) = response.cache_duration.as_deref() {
+            if go_duration(d).is_none() {
+                return Err(format!(
+                    "invalid cacheDuration {d:?}: expected a duration like 6h0m0s, at most {}h",
+                    MAX_GO_DURATION_SECS / 3600
+                ));
+            }
+        }
         Ok(response)
     }
 }
 
+/// A plugin's process group (the plugin leads it).
+struct Group(i32);
+
+impl Group {
+    /// Kills every process left in the group; a group already gone is fine.
+    fn kill(&self) {
+        if self.0 > 0 {
+            // SAFETY: kill(2) with a negative pid signals a process group; no memory involved.
+            unsafe {
+                libc::kill(-self.0, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Reads `from` to its end on a thread of its own, keeping at most `cap` bytes; the result
+/// arrives on the channel when the pipe closes.
+fn drain(
+    mut from: impl std::io::Read + Send + 'static,
+    cap: usize,
+) -> std::sync::mpsc::Receiver<Drained> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("plugin-output".into())
+        .spawn(move || {
+            let mut kept = Vec::new();
+            let mut over = false;
+            let mut buf = [0u8; 8192];
+            loop {
+                match from.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        let room = cap - kept.len();
+                        if n > room {
+                            over = true;
+                        }
+                        kept.extend_from_slice(&buf[..n.min(room)]);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+            let _ = tx.send((kept, over));
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start a thread to read a credential plugin's output");
+    }
+    rx
+}
+
+/// The longest duration Go represents (`time.Duration` is an `int64` of nanoseconds).
+const MAX_GO_DURATION_SECS: u64 = 9_223_372_036;
+
 /// A Go duration string (`6h0m0s`, `90m`, `1.5h`, `0s`), as Kubernetes and containerd configs
-/// write them.
+/// write them. Anything Go's `time.ParseDuration` refuses, including durations longer than Go
+/// can represent, is `None`.
 pub(crate) fn go_duration(s: &str) -> Option<Duration> {
     if s == "0" {
         return Some(Duration::ZERO);
@@ -398,7 +492,10 @@ pub(crate) fn go_duration(s: &str) -> Option<Duration> {
         total += value * secs;
         rest = &rest[unit_len..];
     }
-    Some(Duration::from_secs_f64(total))
+    if !total.is_finite() || total > MAX_GO_DURATION_SECS as f64 {
+        return None;
+    }
+    Duration::try_from_secs_f64(total).ok()
 }
 
 #[cfg(test)]
@@ -415,5 +512,21 @@ mod tests {
         assert_eq!(go_duration("12"), None);
         assert_eq!(go_duration("1d"), None);
         assert_eq!(go_duration(""), None);
+    }
+
+    #[test]
+    fn out_of_range_durations_are_refused_not_a_panic() {
+        for huge in [
+            "99999999999999999999h",
+            "2562048h",
+            &format!("{}s", "9".repeat(400)),
+            "1e9h",
+        ] {
+            assert_eq!(go_duration(huge), None, "{huge}");
+        }
+        assert_eq!(
+            go_duration("2562047h"),
+            Some(Duration::from_secs(2_562_047 * 3600))
+        );
     }
 }

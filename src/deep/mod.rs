@@ -55,6 +55,8 @@ pub struct Context {
     pub max_entries: usize,
     /// Findings kept per comparison.
     pub max_findings: usize,
+    /// Layer blob bytes read so far, for a progress display.
+    pub layer_bytes_read: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Context {
@@ -65,6 +67,7 @@ impl Context {
             limiter: None,
             max_entries: MAX_ENTRIES,
             max_findings: MAX_FINDINGS,
+            layer_bytes_read: Arc::default(),
         }
     }
 

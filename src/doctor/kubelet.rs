@@ -11,6 +11,20 @@ use serde::Deserialize;
 use super::{Step, Verdict};
 use crate::reference::Reference;
 
+/// The kubelet's default `imageGCHighThresholdPercent`.
+const GC_HIGH_DEFAULT: u64 = 85;
+
+/// What pinned images take of the image filesystem (the kubelet's GC can never remove them).
+#[derive(Clone, Copy, Debug)]
+pub struct Usage {
+    /// Pinned images.
+    pub pinned_images: usize,
+    /// Their content bytes, at most.
+    pub pinned_bytes: u64,
+    /// The size of containerd's filesystem.
+    pub filesystem_bytes: u64,
+}
+
 /// The most of the kubelet's config file read.
 const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
@@ -22,10 +36,52 @@ struct KubeletConfiguration {
     image_pull_credentials_verification_policy: Option<String>,
     #[serde(default)]
     preloaded_images_verification_allowlist: Vec<String>,
+    #[serde(default)]
+    image_g_c_high_threshold_percent: Option<u64>,
 }
 
-/// Reads the kubelet's config file `path` and says what its settings mean for `reference`.
-pub fn check(path: &Path, reference: &Reference) -> Step {
+/// Reads the kubelet's config file `path` and says what its settings mean for `reference`, and
+/// whether pinned images (`usage`) leave the kubelet's image GC room to work.
+pub fn check(path: &Path, reference: &Reference, usage: Option<Usage>) -> Step {
+    let step = verification(path, reference);
+    if step.status != Verdict::Ok {
+        return step;
+    }
+    let threshold = read_config(path)
+        .ok()
+        .and_then(|c| c.image_g_c_high_threshold_percent)
+        .unwrap_or(GC_HIGH_DEFAULT);
+    match usage {
+        Some(u)
+            if u.filesystem_bytes > 0
+                && u.pinned_bytes.saturating_mul(100) / u.filesystem_bytes >= threshold =>
+        {
+            let percent = u.pinned_bytes.saturating_mul(100) / u.filesystem_bytes;
+            Step::found(
+                "kubelet",
+                Verdict::Warning,
+                "gc-threshold",
+                format!(
+                    "{} pinned images take up to {percent}% of containerd's filesystem, at or                      above imageGCHighThresholdPercent ({threshold}%): the kubelet's image GC                      cannot remove them, cannot get below its threshold, and the node goes into                      disk pressure instead",
+                    u.pinned_images
+                ),
+                "pin fewer images (pin: false in the prepull list for the large ones), or give                  the node a larger disk",
+            )
+        }
+        _ => step,
+    }
+}
+
+fn read_config(path: &Path) -> Result<KubeletConfiguration, String> {
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_CONFIG_BYTES).read_to_string(&mut text))
+        .map_err(|e| e.to_string())?;
+    serde_yaml_ng::from_str(&text).map_err(|e| e.to_string())
+}
+
+/// What the kubelet's pull credential verification policy means for `reference`.
+fn verification(path: &Path, reference: &Reference) -> Step {
     let mut text = String::new();
     let read =
         std::fs::File::open(path).and_then(|f| f.take(MAX_CONFIG_BYTES).read_to_string(&mut text));
@@ -122,7 +178,7 @@ mod tests {
         let path = dir.path().join("config.yaml");
         std::fs::write(&path, config).unwrap();
         let reference = Reference::parse("registry.example.com/team/app:1").unwrap();
-        check(&path, &reference)
+        check(&path, &reference, None)
     }
 
     #[test]
@@ -141,7 +197,37 @@ mod tests {
         let missing = check(
             Path::new("/nonexistent/config.yaml"),
             &Reference::parse("a/b:1").unwrap(),
+            None,
         );
         assert_eq!(missing.status, Verdict::Skipped);
+    }
+
+    #[test]
+    fn pinned_images_above_the_gc_threshold_are_a_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(
+            &path,
+            "kind: KubeletConfiguration\nimageGCHighThresholdPercent: 70\n",
+        )
+        .unwrap();
+        let reference = Reference::parse("registry.example.com/team/app:1").unwrap();
+        let usage = |pinned_bytes| {
+            Some(Usage {
+                pinned_images: 3,
+                pinned_bytes,
+                filesystem_bytes: 100,
+            })
+        };
+        assert_eq!(check(&path, &reference, usage(50)).status, Verdict::Ok);
+        let over = check(&path, &reference, usage(75));
+        assert_eq!(over.cause, Some("gc-threshold"), "{over:?}");
+        assert!(over.summary.contains("70%"), "{over:?}");
+        std::fs::write(&path, "kind: KubeletConfiguration\n").unwrap();
+        assert_eq!(check(&path, &reference, usage(80)).status, Verdict::Ok);
+        assert_eq!(
+            check(&path, &reference, usage(90)).cause,
+            Some("gc-threshold")
+        );
     }
 }

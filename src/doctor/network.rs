@@ -5,14 +5,18 @@ use std::time::Duration;
 
 use super::{Step, Verdict};
 use crate::reference::Reference;
-use crate::registry::{Endpoint, Hosts};
+use std::sync::Arc;
+
+use crate::credentials::Keyring;
+use crate::registry::{Endpoint, Options, RegistryClient};
 
 /// How long a name lookup or a connection may take.
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One step per endpoint, in the order a pull tries them. `false` with them when the registry
 /// itself (the last endpoint) cannot be reached: the steps after need it.
-pub async fn check(hosts: &Hosts, reference: &Reference) -> (bool, Vec<Step>) {
+pub async fn check(options: &Options, reference: &Reference) -> (bool, Vec<Step>) {
+    let hosts = &options.hosts;
     let endpoints = match hosts.endpoints(reference.registry()) {
         Ok(e) => e,
         Err(e) => {
@@ -29,9 +33,28 @@ pub async fn check(hosts: &Hosts, reference: &Reference) -> (bool, Vec<Step>) {
     let mut steps = Vec::new();
     let mut reachable = true;
     let last = endpoints.len().saturating_sub(1);
+    // Asks each mirror's API root as the pull would (its TLS settings, no credentials).
+    let client = RegistryClient::new(options.clone(), Arc::new(Keyring::new())).ok();
     for (i, endpoint) in endpoints.iter().enumerate() {
         let fallback = i < last;
-        let step = match reach(endpoint).await {
+        let reached = match reach(endpoint).await {
+            Ok(summary) if endpoint.mirror => match &client {
+                Some(c) => match c.ping(reference.registry(), endpoint).await {
+                    Ok(status) if status < 500 => Ok(format!(
+                        "{summary}; answers {}/ with HTTP {status}",
+                        endpoint.api_path
+                    )),
+                    Ok(status) => Err((
+                        "connect",
+                        format!("answers {}/ with HTTP {status}", endpoint.api_path),
+                    )),
+                    Err(e) => Err(("connect", crate::error_chain(&e))),
+                },
+                None => Ok(summary),
+            },
+            other => other,
+        };
+        let step = match reached {
             Ok(summary) => Step::ok(name(endpoint), summary),
             Err((cause, why)) if fallback => Step::found(
                 name(endpoint),

@@ -7,6 +7,7 @@ use super::{Step, Verdict};
 use crate::image::labels;
 use crate::pull::Puller;
 use crate::reference::Reference;
+use crate::rootfs::{Finding, Startable};
 use crate::store::Store;
 use crate::verify::{group_records, CheckOptions, Checker};
 
@@ -85,11 +86,80 @@ pub async fn check(
         }
         Err(e) => details.push(format!("CRI could not be asked: {e}")),
     }
+    if let Some(snapshotter) = puller.snapshotter() {
+        match starts(store, snapshotter, &present.digest, puller).await {
+            Ok(Some(Startable::No(finding))) if finding != Finding::NoCommand => {
+                return Step::found(
+                    "node",
+                    Verdict::Fail,
+                    "cannot-start",
+                    format!("{name} is on the node, but a pod cannot start from it: {finding}"),
+                    format!(
+                        "prepull verify --deep {name} shows what differs from its layers; prepull                          repair mends damage; an image built for another architecture or without                          its command must be rebuilt"
+                    ),
+                )
+                .with_details(details);
+            }
+            Ok(Some(Startable::Yes { path })) => details.push(format!(
+                "its command resolves to {path}, which the kernel can run"
+            )),
+            Ok(_) => {
+                details.push("the image names no command: the pod's own is not checked".into())
+            }
+            Err(e) => details.push(format!("whether it starts could not be checked: {e}")),
+        }
+    }
     Step::ok(
         "node",
         format!("{name} is on the node, complete and sound: a pod starts without the registry"),
     )
     .with_details(details)
+}
+
+/// How much of containerd's filesystem the pinned images take: their content (config and
+/// layers, each image counted whole, so shared layers count more than once: an upper bound)
+/// against the filesystem's size. `None` when there is no free-space check to ask or
+/// containerd cannot list them.
+pub async fn pinned_usage(puller: &Puller, store: &Store) -> Option<super::kubelet::Usage> {
+    let (_, total) = puller.space()?.usage().ok()?;
+    let pinned = store.images_with_label(labels::CRI_PINNED).await.ok()?;
+    let targets: std::collections::BTreeSet<_> = pinned
+        .into_iter()
+        .filter(|r| r.labels.get(labels::CRI_PINNED).map(String::as_str) == Some(labels::PINNED))
+        .filter_map(|r| r.target.map(|t| t.digest))
+        .collect();
+    let mut bytes = 0u64;
+    for target in &targets {
+        if let Ok(chosen) = store.manifest_for(target, puller.platform()).await {
+            bytes = bytes.saturating_add(chosen.manifest.content_size());
+        }
+    }
+    Some(super::kubelet::Usage {
+        pinned_images: targets.len(),
+        pinned_bytes: bytes,
+        filesystem_bytes: total,
+    })
+}
+
+/// Whether the image's own command starts from its unpacked layers.
+async fn starts(
+    store: &Store,
+    snapshotter: &str,
+    top: &crate::digest::Digest,
+    puller: &Puller,
+) -> Result<Option<Startable>, String> {
+    let lease = store
+        .create_lease("doctor", std::time::Duration::from_secs(600))
+        .await
+        .map_err(|e| crate::error_chain(&e))?;
+    let checked = async {
+        let unpacked = crate::start_check::unpacked(store, top, puller.platform()).await?;
+        crate::start_check::check(store, &lease, snapshotter, &unpacked).await
+    }
+    .await
+    .map_err(|e| crate::error_chain(&e));
+    let _ = store.delete_lease(lease).await;
+    checked
 }
 
 /// The image is not (completely) on the node: a half-there record fails; otherwise the pull at

@@ -67,17 +67,37 @@ pub fn choose_manifest(index: &Index, wanted: &Platform) -> Result<(usize, Platf
             manifests[k].0,
             candidates[k].clone().unwrap_or_else(|| wanted.clone()),
         )),
-        None => Err(NoPlatform {
-            platform: wanted.clone(),
-            available: candidates
+        None => {
+            let platforms = candidates
                 .iter()
                 .flatten()
                 .map(Platform::to_string)
                 .filter(|p| p != "unknown/unknown")
                 .collect::<Vec<_>>()
-                .join(", "),
-        }),
+                .join(", ");
+            let available = if !platforms.is_empty() {
+                crate::printable::printable(&platforms)
+            } else if only_nested_indexes(index) {
+                "only nested indexes, which prepull does not pull".to_string()
+            } else {
+                "no image manifests".to_string()
+            };
+            Err(NoPlatform {
+                platform: wanted.clone(),
+                available,
+            })
+        }
     }
+}
+
+/// Whether every entry of `index` is itself an index (a nested index, which neither containerd's
+/// CRI nor prepull pulls), and there is at least one.
+pub fn only_nested_indexes(index: &Index) -> bool {
+    !index.manifests.is_empty()
+        && index
+            .manifests
+            .iter()
+            .all(|d| matches!(d.media_type.as_str(), oci::OCI_INDEX | oci::DOCKER_LIST))
 }
 
 /// The diff IDs of `manifest`'s layers from its config's bytes: one per layer, or the image
@@ -133,6 +153,34 @@ mod tests {
         let expected = Digest::sha256(format!("{a} {b}").as_bytes());
         assert_eq!(chain[1], expected);
         assert!(chain_ids(&[]).is_empty());
+    }
+
+    #[test]
+    fn an_index_of_indexes_says_so_and_never_lists_nothing() {
+        let d = Digest::sha256(b"x");
+        let index = |media_type: &str| -> Index {
+            serde_json::from_str(&format!(
+                r#"{{"manifests":[{{"mediaType":"{media_type}","digest":"{d}","size":2}}]}}"#
+            ))
+            .unwrap()
+        };
+        let wanted = Platform::new("linux", "amd64", None);
+        let nested = index(oci::OCI_INDEX);
+        assert!(only_nested_indexes(&nested));
+        let e = choose_manifest(&nested, &wanted).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "no manifest for platform linux/amd64 (the image has: only nested indexes, which \
+             prepull does not pull)"
+        );
+        let other = index("application/vnd.example.thing");
+        assert!(!only_nested_indexes(&other));
+        let e = choose_manifest(&other, &wanted).unwrap_err();
+        assert!(
+            e.to_string()
+                .ends_with("(the image has: no image manifests)"),
+            "{e}"
+        );
     }
 
     #[test]

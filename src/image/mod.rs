@@ -10,4 +10,6 @@ pub mod graph;
 pub mod labels;
 pub mod names;
 
-pub use graph::{chain_ids, choose_manifest, diff_ids, ConfigError, NoPlatform};
+pub use graph::{
+    chain_ids, choose_manifest, diff_ids, only_nested_indexes, ConfigError, NoPlatform,
+};

@@ -56,6 +56,15 @@ pub enum PullError {
         #[source]
         source: crate::space::SpaceError,
     },
+    /// The pull took longer than a pass waits for one image; what it stored is kept and
+    /// resumed from by the next pull.
+    #[error("cannot pull {image}: still pulling after {} (--max-pull-time); the next pass resumes from the bytes stored so far", humantime::format_duration(*after))]
+    TooSlow {
+        /// The image as requested.
+        image: String,
+        /// How long it was given.
+        after: std::time::Duration,
+    },
     /// The image's own documents contradict each other.
     #[error("cannot pull {image}: {problem}")]
     Malformed {
@@ -76,6 +85,7 @@ impl PullError {
                 UnpackError::Store { source, .. } => source.is_retryable(),
                 UnpackError::DiffId { .. } => false,
             },
+            PullError::TooSlow { .. } => true,
             PullError::NoPlatform { .. }
             | PullError::Malformed { .. }
             | PullError::DiskSpace { .. } => false,
@@ -94,6 +104,7 @@ impl PullError {
             },
             PullError::Malformed { .. } => ErrorKind::BadManifest,
             PullError::DiskSpace { .. } => ErrorKind::DiskSpace,
+            PullError::TooSlow { .. } => ErrorKind::Network,
         }
     }
 

@@ -239,6 +239,7 @@ async fn copy_body(
             .bytes
             .fetch_add(chunk.len() as u64, Ordering::Relaxed);
         fetch.counters.progress.advance(chunk.len() as u64);
+        fetch.counters.progress.downloaded(chunk.len() as u64);
         crate::metrics::metrics().downloaded(fetch.reference.registry(), chunk.len() as u64);
         if let Some(k) = kept.as_mut() {
             k.extend_from_slice(&chunk);

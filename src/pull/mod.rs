@@ -125,6 +125,11 @@ impl Puller {
         self.options.unpack.as_deref()
     }
 
+    /// The platform picked from multi-platform images.
+    pub fn platform(&self) -> &Platform {
+        &self.options.platform
+    }
+
     /// The free-space check pulls make, if they make one (it knows containerd's filesystem).
     pub fn space(&self) -> Option<&crate::space::SpaceCheck> {
         self.options.space.as_ref()
@@ -149,6 +154,15 @@ impl Puller {
     /// its records say it is warm: for mending an image whose content was found damaged.
     pub async fn pull_thoroughly(&self, reference: &Reference) -> Result<PullReport, PullError> {
         self.pull_with(reference, false, Arc::default()).await
+    }
+
+    /// [`Puller::pull_thoroughly`], telling `progress` how far it has got as it goes.
+    pub async fn pull_thoroughly_reporting(
+        &self,
+        reference: &Reference,
+        progress: Arc<PullProgress>,
+    ) -> Result<PullReport, PullError> {
+        self.pull_with(reference, false, progress).await
     }
 
     /// The complete image the node holds under `reference`, found without the network: the

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 pub struct PullProgress {
     total: AtomicU64,
     done: AtomicU64,
+    fetched: AtomicU64,
     stage: AtomicU8,
 }
 
@@ -33,6 +34,11 @@ impl PullProgress {
         self.done.load(Ordering::Relaxed).min(self.total())
     }
 
+    /// Bytes downloaded so far: what a pull that failed part way cost the network.
+    pub fn fetched(&self) -> u64 {
+        self.fetched.load(Ordering::Relaxed)
+    }
+
     /// Where the pull is.
     pub fn stage(&self) -> Stage {
         match self.stage.load(Ordering::Relaxed) {
@@ -49,6 +55,10 @@ impl PullProgress {
 
     pub(super) fn advance(&self, bytes: u64) {
         self.done.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub(super) fn downloaded(&self, bytes: u64) {
+        self.fetched.fetch_add(bytes, Ordering::Relaxed);
     }
 
     pub(super) fn finish(&self) {

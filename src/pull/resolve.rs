@@ -139,6 +139,15 @@ impl Puller {
         image: &str,
         index: &oci::Index,
     ) -> Result<(usize, Platform), PullError> {
+        if image::only_nested_indexes(index) {
+            return Err(PullError::Malformed {
+                image: image.to_string(),
+                problem: "its index lists only other indexes (nested indexes), which prepull \
+                          does not pull, as containerd's CRI does not; point the image at an \
+                          index of image manifests or at one manifest"
+                    .to_string(),
+            });
+        }
         image::choose_manifest(index, &self.options.platform).map_err(|e| PullError::NoPlatform {
             image: image.to_string(),
             platform: e.platform,

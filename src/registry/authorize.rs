@@ -336,9 +336,9 @@ pub(super) struct Authorizer {
 
 impl Authorizer {
     /// An authorizer drawing on `credentials`.
-    pub fn new(credentials: Arc<dyn CredentialSource>) -> Authorizer {
+    pub fn new(credentials: Arc<dyn CredentialSource>, progress: super::MinProgress) -> Authorizer {
         Authorizer {
-            tokens: TokenCache::default(),
+            tokens: TokenCache::new(progress),
             credentials,
             schemes: Mutex::default(),
             working: Mutex::default(),
@@ -408,6 +408,18 @@ impl Authorizer {
             Step::Again { stale: None } | Step::Next => Ok(()),
             Step::GiveUp => Err(attempt.refused()),
         }
+    }
+
+    /// A token from `realm` asked for without credentials, for a redirect target (see
+    /// `redirect`): no credential of any registry goes to a realm a redirect target names.
+    pub async fn anonymous_token(
+        &self,
+        http: &reqwest::Client,
+        host: &str,
+        realm: &Realm,
+        scope: &str,
+    ) -> Result<super::token::Token, RegistryError> {
+        self.tokens.token(http, host, realm, scope, None).await
     }
 
     /// The registry accepted the attempt's credential: it is tried first from now on.

@@ -9,7 +9,8 @@ use futures_util::Stream;
 use reqwest::header::{HeaderMap, CONTENT_RANGE, RANGE};
 use reqwest::{Method, StatusCode};
 
-use super::request::{network, Need, Op};
+use super::body::Watched;
+use super::request::{Need, Op};
 use super::{RegistryClient, RegistryError};
 use crate::digest::Verifier;
 use crate::oci::Descriptor;
@@ -54,6 +55,7 @@ impl RegistryClient {
                         host,
                         reference.repository().to_string(),
                         format!("GET foreign blob {}", descriptor.digest),
+                        self.options.min_progress,
                     ));
                 }
                 Err(why) => tracing::warn!(
@@ -80,6 +82,7 @@ impl RegistryClient {
             reference.registry().to_string(),
             reference.repository().to_string(),
             action,
+            self.options.min_progress,
         ))
     }
 
@@ -97,12 +100,10 @@ impl RegistryClient {
         }
         let mut headers = HeaderMap::new();
         range(&mut headers);
-        let response = self
-            .http
-            .get(parsed)
-            .headers(headers)
-            .send()
+        let window = self.options.min_progress.window;
+        let response = tokio::time::timeout(window, self.http.get(parsed).headers(headers).send())
             .await
+            .map_err(|_| format!("no answer within {}", humantime::format_duration(window)))?
             .map_err(|e| format!("{}", e.without_url()))?;
         let status = response.status();
         if !status.is_success() {
@@ -129,6 +130,7 @@ fn verified_stream(
     registry: String,
     repository: String,
     action: String,
+    progress: super::MinProgress,
 ) -> (BlobStream, u64) {
     let ranged = offset > 0
         && offset < descriptor.size
@@ -146,13 +148,13 @@ fn verified_stream(
     } else {
         (Verifier::new(&descriptor.digest, descriptor.size), 0)
     };
+    let inner = Box::pin(Watched::new(response, progress, &registry, &action));
     let stream = Box::pin(VerifiedBody {
-        inner: Box::pin(response.bytes_stream()),
+        inner,
         verifier: Some(verifier),
         what: format!("blob {}", descriptor.digest),
         registry,
         repository,
-        action,
     });
     (stream, start)
 }
@@ -188,12 +190,11 @@ fn corrupt(
 
 /// A blob body checked chunk by chunk; see [`BlobStream`].
 struct VerifiedBody {
-    inner: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    inner: Pin<Box<Watched>>,
     /// `None` once the stream has ended (cleanly or not).
     verifier: Option<Verifier>,
     registry: String,
     repository: String,
-    action: String,
     what: String,
 }
 
@@ -224,7 +225,7 @@ impl Stream for VerifiedBody {
             },
             Poll::Ready(Some(Err(e))) => {
                 this.verifier = None;
-                Poll::Ready(Some(Err(network(&this.registry, &this.action, e))))
+                Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(None) => match this.verifier.take().map(Verifier::finish) {
                 Some(Err(e)) => Poll::Ready(Some(Err(this.fail(e)))),

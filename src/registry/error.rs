@@ -20,6 +20,19 @@ pub enum RegistryError {
         #[source]
         source: reqwest::Error,
     },
+    /// The server answered too slowly: no response head within a window of the request, or a
+    /// window that brought fewer body bytes than [`super::MinProgress`] asks for.
+    #[error("registry {registry}: {action}: the server sent {received} bytes in the last {}, below the minimum of {progress} (--min-progress); a server this slow is given up on and asked again later", humantime::format_duration(progress.window))]
+    Stalled {
+        /// The host spoken to.
+        registry: String,
+        /// What was being done.
+        action: String,
+        /// Bytes received in the window that came up short.
+        received: u64,
+        /// The rule it broke.
+        progress: super::MinProgress,
+    },
     /// The registry ended the TLS connection over the client certificate (mutual TLS): it
     /// requires one and none is configured, or it refused the one presented.
     #[error("registry {registry}: {action} failed: {}; {fix}", super::tls::client_certificate_problem(alert, certificate.as_deref()))]
@@ -168,7 +181,7 @@ impl RegistryError {
     /// The failure's kind, a bounded label for status, metrics and summaries.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            RegistryError::Network { .. } => ErrorKind::Network,
+            RegistryError::Network { .. } | RegistryError::Stalled { .. } => ErrorKind::Network,
             RegistryError::Status { status: 404, .. } => ErrorKind::NotFound,
             RegistryError::Status { status: 429, .. } => ErrorKind::RateLimited,
             RegistryError::Status {
@@ -200,6 +213,7 @@ impl RegistryError {
         matches!(
             self,
             RegistryError::Network { .. }
+                | RegistryError::Stalled { .. }
                 | RegistryError::ClientCertificate { .. }
                 | RegistryError::Tls { .. }
         )
@@ -208,7 +222,9 @@ impl RegistryError {
     /// Whether trying again later may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            RegistryError::Network { .. } | RegistryError::Corrupt { .. } => true,
+            RegistryError::Network { .. }
+            | RegistryError::Stalled { .. }
+            | RegistryError::Corrupt { .. } => true,
             RegistryError::Status { status, .. } => *status == 429 || *status >= 500,
             _ => false,
         }

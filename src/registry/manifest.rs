@@ -6,7 +6,7 @@ use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_TYPE};
 use reqwest::Method;
 
-use super::request::{network, Need, Op};
+use super::request::{Need, Op};
 use super::{RegistryClient, RegistryError};
 use crate::digest::{Digest, VerifyError};
 use crate::oci::{self, Descriptor, Document};
@@ -148,7 +148,7 @@ impl RegistryClient {
             reference,
             tag_or_digest,
         };
-        let body = read_capped(response, &asked, &action).await?;
+        let body = read_capped(response, &asked, &action, self.options.min_progress).await?;
         let digest = asked.verify(target, header_digest.as_deref(), &body)?;
         let document = Document::parse(&body, content_type.as_deref()).map_err(|source| {
             asked.error(|registry, repository, reference| RegistryError::Document {
@@ -237,36 +237,26 @@ impl Asked<'_> {
     }
 }
 
-/// The body of a manifest response, refused once it is larger than [`oci::MAX_MANIFEST_BYTES`].
+/// The body of a manifest response, refused once it is larger than [`oci::MAX_MANIFEST_BYTES`]
+/// (reading stops there) and read under `progress`.
 async fn read_capped(
-    mut response: reqwest::Response,
+    response: reqwest::Response,
     asked: &Asked<'_>,
     action: &str,
+    progress: super::MinProgress,
 ) -> Result<Vec<u8>, RegistryError> {
-    let too_large = || {
-        asked.error(|registry, repository, reference| RegistryError::TooLarge {
-            registry,
-            repository,
-            reference,
-            limit: oci::MAX_MANIFEST_BYTES,
-        })
-    };
-    if response
-        .content_length()
-        .is_some_and(|n| n > oci::MAX_MANIFEST_BYTES)
-    {
-        return Err(too_large());
+    let cap = usize::try_from(oci::MAX_MANIFEST_BYTES).unwrap_or(usize::MAX);
+    let registry = asked.reference.registry();
+    let body = super::body::read_capped(response, cap, progress, registry, action).await?;
+    if body.truncated {
+        return Err(
+            asked.error(|registry, repository, reference| RegistryError::TooLarge {
+                registry,
+                repository,
+                reference,
+                limit: oci::MAX_MANIFEST_BYTES,
+            }),
+        );
     }
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| network(asked.reference.registry(), action, e))?
-    {
-        body.extend_from_slice(&chunk);
-        if body.len() as u64 > oci::MAX_MANIFEST_BYTES {
-            return Err(too_large());
-        }
-    }
-    Ok(body)
+    Ok(body.bytes)
 }

@@ -11,6 +11,9 @@
 //!   bearer tokens and `WWW-Authenticate` parsing; `pull_scope`: credentials looked up once per
 //!   pull;
 //! - `blob`: verified blob streams, `Range` resume and foreign layer URLs;
+//! - `body`: every answer read under a size cap and [`MinProgress`], whoever sends it;
+//! - `redirect`: what a redirect target (S3, a CDN) may ask for: never the registry's
+//!   credentials;
 //! - `hosts`: containerd's `hosts.toml` (mirrors, capabilities, per-host settings);
 //!   `unreachable`: mirrors skipped while they do not answer;
 //! - `tls`: TLS settings and files, and what a TLS failure means and how to fix it;
@@ -20,11 +23,13 @@
 
 mod authorize;
 mod blob;
+mod body;
 pub mod challenge;
 mod error;
 mod hosts;
 mod manifest;
 mod pull_scope;
+mod redirect;
 mod request;
 mod tls;
 mod token;
@@ -35,6 +40,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use blob::BlobStream;
+pub use body::MinProgress;
 pub use error::RegistryError;
 pub use hosts::{Endpoint, Hosts, HostsError};
 pub use manifest::FetchedManifest;
@@ -56,6 +62,8 @@ pub struct Options {
     /// How a request to a registry's last host is retried; `None`: [`crate::retry::REQUEST`].
     /// (`prepull doctor` asks once, to report what the registry said.)
     pub request_policy: Option<crate::retry::Backoff>,
+    /// The least progress every request must make (see [`MinProgress`]).
+    pub min_progress: MinProgress,
 }
 
 /// A client for every registry of a run.
@@ -81,11 +89,12 @@ impl RegistryClient {
         let http = client_builder(&options)
             .build()
             .map_err(RegistryError::Client)?;
+        let progress = options.min_progress;
         Ok(RegistryClient {
             http,
             endpoint_clients: Mutex::default(),
             options,
-            auth: authorize::Authorizer::new(credentials),
+            auth: authorize::Authorizer::new(credentials, progress),
             rate_limits: Mutex::default(),
             unreachable: unreachable::Unreachable::default(),
         })

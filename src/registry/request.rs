@@ -8,8 +8,13 @@ use std::time::{Duration, Instant};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 
-use super::{lock, tls, Endpoint, HostsError, Options, RegistryClient, RegistryError, Tls};
+use super::body::read_capped;
+use super::redirect;
+use super::{
+    lock, tls, Endpoint, HostsError, MinProgress, Options, RegistryClient, RegistryError, Tls,
+};
 use crate::metrics::metrics;
+use crate::printable::printable;
 use crate::reference::Reference;
 use crate::retry::{self, Backoff};
 
@@ -190,6 +195,12 @@ impl RegistryClient {
             let response = self
                 .send_authorized(&http, endpoint, reference, &request, headers, authorization)
                 .await?;
+            let progress = self.options.min_progress;
+            if !response.status().is_success() && redirect::redirected(&request.url, &response) {
+                return self
+                    .redirect_failed(&http, reference, &request.action, headers, response)
+                    .await;
+            }
             let step = match response.status() {
                 status if status.is_success() => {
                     self.auth.accepted(&attempt);
@@ -198,10 +209,11 @@ impl RegistryClient {
                 StatusCode::UNAUTHORIZED => {
                     self.auth.on_unauthorized(&mut attempt, response.headers())
                 }
-                StatusCode::FORBIDDEN => attempt
-                    .on_forbidden(status_error(reference, &request.action, response).await)?,
+                StatusCode::FORBIDDEN => attempt.on_forbidden(
+                    status_error(reference, &request.action, response, progress).await,
+                )?,
                 _ => {
-                    let e = status_error(reference, &request.action, response).await;
+                    let e = status_error(reference, &request.action, response, progress).await;
                     let hosts = &self.options.hosts;
                     return Err(tls::explain_status(
                         hosts,
@@ -272,8 +284,31 @@ impl RegistryClient {
         build: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, RegistryError> {
         let mut attempts = policy.start();
+        let progress = self.options.min_progress;
         loop {
-            let sent = build().send().await;
+            // The response head must come within one window (see `MinProgress`); a server that
+            // trickles its headers is treated like one that does not answer.
+            let Ok(sent) = tokio::time::timeout(progress.window, build().send()).await else {
+                metrics().request(registry, method.as_str(), None);
+                let attempt = attempts.number();
+                let Some(delay) = attempts.next_delay() else {
+                    return Err(RegistryError::Stalled {
+                        registry: registry.to_string(),
+                        action: action.to_string(),
+                        received: 0,
+                        progress,
+                    });
+                };
+                tracing::warn!(
+                    registry,
+                    action,
+                    attempt,
+                    window_s = progress.window.as_secs(),
+                    "no answer within the window; retrying"
+                );
+                tokio::time::sleep(delay).await;
+                continue;
+            };
             let code = sent.as_ref().ok().map(|r| r.status().as_u16());
             metrics().request(registry, method.as_str(), code);
             let transient = match &sent {
@@ -326,6 +361,22 @@ impl RegistryClient {
         }
     }
 
+    /// Asks `endpoint` for its API root once, without credentials, with its own TLS settings:
+    /// the HTTP status it answers (`200`, or `401` with a challenge, for a registry), or why it
+    /// did not answer (a TLS failure explained as for any request to it).
+    pub async fn ping(&self, registry: &str, endpoint: &Endpoint) -> Result<u16, RegistryError> {
+        let http = self.client_for(endpoint)?;
+        let url = format!("{}{}/", endpoint.origin, endpoint.api_path);
+        let action = format!("GET {}/", endpoint.api_path);
+        match http.get(&url).timeout(Duration::from_secs(10)).send().await {
+            Ok(response) => Ok(response.status().as_u16()),
+            Err(e) => {
+                let e = network(&endpoint.host, &action, e);
+                Err(tls::explain_transport_error(&self.options.hosts, registry, endpoint, e).await)
+            }
+        }
+    }
+
     /// The HTTP client for an endpoint's TLS settings and connect timeout.
     pub(super) fn client_for(&self, endpoint: &Endpoint) -> Result<reqwest::Client, RegistryError> {
         if endpoint.tls == Tls::default() && endpoint.dial_timeout.is_none() {
@@ -374,9 +425,10 @@ pub(super) async fn status_error(
     reference: &Reference,
     action: &str,
     response: reqwest::Response,
+    progress: MinProgress,
 ) -> RegistryError {
     let status = response.status().as_u16();
-    let (code, message) = error_body(response).await;
+    let (code, message) = error_body(response, progress, reference.registry(), action).await;
     if status == 401 || status == 403 {
         return RegistryError::Unauthorized {
             registry: reference.registry().to_string(),
@@ -405,9 +457,18 @@ pub(super) async fn status_error(
     }
 }
 
+/// The most of an error body read: what is beyond is not read at all.
+const MAX_ERROR_BODY: usize = 64 << 10;
+
 /// The first distribution error's code and message in an error body; a short plain-text body is
-/// the message.
-async fn error_body(response: reqwest::Response) -> (Option<String>, Option<String>) {
+/// the message. At most [`MAX_ERROR_BODY`] bytes are read, under `progress`; what the server
+/// says is kept [`printable`].
+pub(super) async fn error_body(
+    response: reqwest::Response,
+    progress: MinProgress,
+    registry: &str,
+    action: &str,
+) -> (Option<String>, Option<String>) {
     #[derive(serde::Deserialize)]
     struct Errors {
         #[serde(default)]
@@ -420,13 +481,22 @@ async fn error_body(response: reqwest::Response) -> (Option<String>, Option<Stri
         #[serde(default)]
         message: Option<String>,
     }
-    // Error bodies are small; cap what we read anyway.
-    let body = response.bytes().await.unwrap_or_default();
-    let first = serde_json::from_slice::<Errors>(&body[..body.len().min(64 << 10)])
+    // A body that breaks off or trickles explains nothing: the status speaks alone.
+    let body = match read_capped(response, MAX_ERROR_BODY, progress, registry, action).await {
+        Ok(capped) => capped.bytes,
+        Err(e) => {
+            tracing::debug!(registry, action, error = %e, "error body not read");
+            Vec::new()
+        }
+    };
+    let first = serde_json::from_slice::<Errors>(&body)
         .ok()
         .and_then(|e| e.errors.into_iter().next());
     match first {
-        Some(e) => (e.code, e.message),
+        Some(e) => (
+            e.code.as_deref().map(printable),
+            e.message.as_deref().map(printable),
+        ),
         // A short plain-text body is the server's explanation (Go's TLS server answers plain
         // HTTP so); longer ones are pages not worth a log line.
         None => (
@@ -435,7 +505,7 @@ async fn error_body(response: reqwest::Response) -> (Option<String>, Option<Stri
                 .ok()
                 .map(str::trim)
                 .filter(|t| !t.is_empty() && t.len() <= 200 && !t.contains('<'))
-                .map(str::to_string),
+                .map(printable),
         ),
     }
 }
@@ -465,7 +535,9 @@ pub(super) fn client_builder(options: &Options) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .user_agent(concat!("prepull/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(30))
-        .read_timeout(Duration::from_secs(120))
+        // `MinProgress` judges each window first; a read that hangs on past two is a dead
+        // connection whatever the windows say.
+        .read_timeout(options.min_progress.window.saturating_mul(2))
         .pool_max_idle_per_host(options.pool_per_host.unwrap_or(32))
         .http2_adaptive_window(true)
         // Blob redirects (to S3, a CDN) are followed afresh on every request, so presigned

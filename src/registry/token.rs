@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+use super::body::read_capped;
 use super::challenge::Challenge;
-use super::{lock, RegistryError};
+use super::{lock, MinProgress, RegistryError};
 use crate::credentials::{Credential, Secret};
 
 /// A bearer token; its value is never printed.
@@ -82,6 +83,8 @@ type Slot = Arc<tokio::sync::Mutex<Option<Token>>>;
 /// Tokens per (realm, service, scope, credential).
 #[derive(Default)]
 pub struct TokenCache {
+    /// The progress token endpoints must make, as registries must.
+    progress: MinProgress,
     slots: Mutex<HashMap<Key, Slot>>,
     /// Token endpoints that answered an OAuth2 POST with 400, 401, 404 or 405 and then
     /// accepted a GET: they are asked with a GET from then on.
@@ -94,11 +97,20 @@ struct TokenResponse {
     token: Option<String>,
     #[serde(default)]
     access_token: Option<String>,
+    /// Seconds; zero or negative (which containerd accepts) say no lifetime.
     #[serde(default)]
-    expires_in: Option<u64>,
+    expires_in: Option<i64>,
 }
 
 impl TokenCache {
+    /// An empty cache whose token endpoints must make `progress`.
+    pub fn new(progress: MinProgress) -> TokenCache {
+        TokenCache {
+            progress,
+            ..TokenCache::default()
+        }
+    }
+
     /// A fresh token, from the cache or fetched once for all waiters.
     pub async fn token(
         &self,
@@ -155,7 +167,7 @@ impl TokenCache {
         let post_first = matches!(secret, Some(Secret::IdentityToken { .. }))
             && !lock(&self.get_only).contains(&realm.realm);
         let answer = if post_first {
-            let answer = post(http, registry, realm, scope, secret).await?;
+            let answer = post(http, registry, realm, scope, secret, self.progress).await?;
             match answer.status.as_u16() {
                 400 | 401 | 404 | 405 => {
                     tracing::debug!(
@@ -163,7 +175,7 @@ impl TokenCache {
                         status = answer.status.as_u16(),
                         "token endpoint refused the OAuth2 POST; asking with a GET"
                     );
-                    let retry = get(http, registry, realm, scope, secret).await?;
+                    let retry = get(http, registry, realm, scope, secret, self.progress).await?;
                     if retry.status.is_success() {
                         lock(&self.get_only).insert(realm.realm.clone());
                     }
@@ -172,7 +184,7 @@ impl TokenCache {
                 _ => answer,
             }
         } else {
-            get(http, registry, realm, scope, secret).await?
+            get(http, registry, realm, scope, secret, self.progress).await?
         };
         answer.token(registry, realm, started)
     }
@@ -201,6 +213,7 @@ async fn post(
     realm: &Realm,
     scope: &str,
     secret: Option<&Secret>,
+    progress: MinProgress,
 ) -> Result<Answer, RegistryError> {
     let token = match secret {
         Some(Secret::IdentityToken { token, .. }) => token.as_str(),
@@ -215,7 +228,13 @@ async fn post(
     if let Some(service) = &realm.service {
         form.push(("service", service));
     }
-    send(registry, realm, http.post(&realm.realm).form(&form)).await
+    send(
+        registry,
+        realm,
+        http.post(&realm.realm).form(&form),
+        progress,
+    )
+    .await
 }
 
 async fn get(
@@ -224,6 +243,7 @@ async fn get(
     realm: &Realm,
     scope: &str,
     secret: Option<&Secret>,
+    progress: MinProgress,
 ) -> Result<Answer, RegistryError> {
     let mut query: Vec<(&str, &str)> = vec![("scope", scope)];
     if let Some(service) = &realm.service {
@@ -243,34 +263,56 @@ async fn get(
         }
         Some(Secret::RegistryToken(_)) | None => {}
     }
-    send(registry, realm, request).await
+    send(registry, realm, request, progress).await
 }
 
+/// Sends a token request and reads the answer: its head within one window, then at most
+/// [`MAX_TOKEN_RESPONSE`] bytes of body under `progress`, read chunk by chunk (a body without
+/// `Content-Length` is bounded as much as one with it).
 async fn send(
     registry: &str,
     realm: &Realm,
     request: reqwest::RequestBuilder,
+    progress: MinProgress,
 ) -> Result<Answer, RegistryError> {
-    let response = request
-        .send()
+    let response = tokio::time::timeout(progress.window, request.send())
         .await
+        .map_err(|_| {
+            token_error(
+                registry,
+                realm,
+                format!(
+                    "no answer within {}",
+                    humantime::format_duration(progress.window)
+                ),
+            )
+        })?
         .map_err(|e| token_error(registry, realm, format!("{}", e.without_url())))?;
     let status = response.status();
-    if response
-        .content_length()
-        .is_some_and(|n| n > MAX_TOKEN_RESPONSE as u64)
-    {
+    let body = read_capped(response, MAX_TOKEN_RESPONSE, progress, registry, "token request")
+        .await
+        .map_err(|e| match e {
+            RegistryError::Stalled { received, .. } => token_error(
+                registry,
+                realm,
+                format!("HTTP {}: the response stalled ({received} bytes in the last window, below {progress})", status.as_u16()),
+            ),
+            other => token_error(registry, realm, crate::error_chain(&other)),
+        })?;
+    if body.truncated {
         return Err(token_error(
             registry,
             realm,
-            format!("HTTP {}: response too large for a token", status.as_u16()),
+            format!(
+                "HTTP {}: response larger than {MAX_TOKEN_RESPONSE} bytes, too large for a token",
+                status.as_u16()
+            ),
         ));
     }
-    let body = response
-        .bytes()
-        .await
-        .map_err(|e| token_error(registry, realm, format!("{}", e.without_url())))?;
-    Ok(Answer { status, body })
+    Ok(Answer {
+        status,
+        body: bytes::Bytes::from(body.bytes),
+    })
 }
 
 impl Answer {
@@ -299,7 +341,11 @@ impl Answer {
             .ok_or_else(|| fail("token response has neither token nor access_token".into()))?;
         // The spec's default lifetime is 60 s, and shorter values are treated as 60 s.
         // Capped at a day: a token server's nonsense cannot overflow the clock.
-        let lifetime = Duration::from_secs(parsed.expires_in.unwrap_or(60).clamp(60, 86_400));
+        let expires_in = parsed
+            .expires_in
+            .and_then(|s| u64::try_from(s).ok())
+            .unwrap_or(60);
+        let lifetime = Duration::from_secs(expires_in.clamp(60, 86_400));
         Ok(Token {
             value,
             refresh_at: started + lifetime.mul_f64(0.9),
@@ -310,6 +356,39 @@ impl Answer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn answer(body: &str) -> Result<Token, RegistryError> {
+        let realm = Realm {
+            realm: "https://auth.example/token".into(),
+            service: None,
+        };
+        Answer {
+            status: reqwest::StatusCode::OK,
+            body: bytes::Bytes::from(body.to_string()),
+        }
+        .token("reg.example", &realm, Instant::now())
+    }
+
+    #[test]
+    fn a_negative_or_zero_lifetime_is_no_lifetime_given() {
+        let started = Instant::now();
+        for body in [
+            r#"{"token":"t","expires_in":-1}"#,
+            r#"{"token":"t","expires_in":-9223372036854775808}"#,
+            r#"{"token":"t","expires_in":0}"#,
+            r#"{"token":"t"}"#,
+        ] {
+            let token = answer(body).unwrap_or_else(|e| panic!("{body}: {e}"));
+            // The default 60 s, refreshed at 90%.
+            let left = token.refresh_at.duration_since(started);
+            assert!(
+                left >= Duration::from_secs(53) && left <= Duration::from_secs(55),
+                "{body}: {left:?}"
+            );
+        }
+        let long = answer(r#"{"access_token":"t","expires_in":3600}"#).unwrap();
+        assert!(long.refresh_at.duration_since(started) >= Duration::from_secs(3200));
+    }
 
     #[test]
     fn token_debug_hides_value() {

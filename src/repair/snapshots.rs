@@ -576,6 +576,9 @@ async fn node_images(store: &Store) -> Result<Vec<(String, Digest, Unpacked)>, S
                     manifest: target.clone(),
                     layers: manifest.layers.clone(),
                     diff_ids,
+                    // Only unpacked here: the start check is not run.
+                    process: None,
+                    architecture: None,
                 },
             ));
         }

@@ -125,6 +125,9 @@ impl StoreError {
             StoreError::InvalidNamespace(_) | StoreError::Mounts { .. } => ErrorKind::Config,
             StoreError::Mismatch { .. } => ErrorKind::Corrupt,
             StoreError::Busy { .. } => ErrorKind::Busy,
+            StoreError::Rpc { status, .. } if is_out_of_space(status.message()) => {
+                ErrorKind::DiskSpace
+            }
             StoreError::NotFound { .. } | StoreError::Rpc { .. } => ErrorKind::Containerd,
         }
     }
@@ -153,6 +156,13 @@ fn is_ref_locked(message: &str) -> bool {
             .nth(1)
             .is_some_and(|w| w.starts_with("locked"))
     })
+}
+
+/// containerd passes the filesystem's `ENOSPC` (or `EDQUOT`) on in its message when its disk is
+/// full: that is disk space to free, not a containerd fault.
+fn is_out_of_space(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("no space left on device") || m.contains("disk quota exceeded")
 }
 
 /// tonic reports a connection that broke mid-call as `Unknown`/`Cancelled` with the transport's
@@ -211,5 +221,25 @@ mod tests {
             tonic::Status::unknown("the referenced layer is locked down by policy"),
         );
         assert!(matches!(e, StoreError::Rpc { .. }));
+    }
+
+    #[test]
+    fn a_full_disk_is_disk_space_not_a_containerd_fault() {
+        let e = StoreError::rpc(
+            "Content.Write",
+            "x",
+            tonic::Status::unknown(
+                "failed to copy: write /var/lib/containerd/io.containerd.content.v1.content/\
+                 ingest/abc/data: no space left on device",
+            ),
+        );
+        assert_eq!(e.kind(), ErrorKind::DiskSpace);
+        assert!(!e.is_retryable());
+        let e = StoreError::rpc(
+            "Diff.Apply",
+            "x",
+            tonic::Status::unknown("invalid tar header"),
+        );
+        assert_eq!(e.kind(), ErrorKind::Containerd);
     }
 }

@@ -148,8 +148,19 @@ pub async fn push_runnable(
     layers: &[&FileLayer],
     cmd: &[&str],
 ) -> PushedImage {
+    push_runnable_for(registry_host, repo, tag, layers, cmd, node_platform()).await
+}
+
+/// [`push_runnable`] with a config that names `platform` (whatever the layers hold).
+pub async fn push_runnable_for(
+    registry_host: &str,
+    repo: &str,
+    tag: &str,
+    layers: &[&FileLayer],
+    cmd: &[&str],
+    platform: Platform,
+) -> PushedImage {
     let family = MediaFamily::Oci;
-    let platform = node_platform();
     let base = Url::parse(&format!("http://{registry_host}/")).expect("registry host");
     let client = reqwest::Client::builder()
         .no_proxy()

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod busybox;
 pub mod containerd;
 pub mod cri;
+pub mod hostile;
 pub mod image;
 pub mod layer;
 pub mod oci_archive;
@@ -20,6 +21,7 @@ pub mod proxy;
 pub mod registry;
 pub mod run;
 pub mod scrape;
+pub mod snapshots;
 pub mod tls;
 pub mod volume;
 
@@ -28,6 +30,8 @@ pub mod volume;
 pub use auth::{PostSupport, RequestKind, TokenServer, TokenServerOptions};
 #[allow(unused_imports)]
 pub use containerd::{Containerd, ContainerdOptions};
+#[allow(unused_imports)]
+pub use hostile::{Hostile, Reply, Seen};
 #[allow(unused_imports)]
 pub use image::{
     push_image, push_index, Blob, ImageSpec, MediaFamily, Platform, PushedImage, PushedIndex,

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use prepull::cri::v1::{security_profile, LinuxContainerResources, SecurityProfile};
 use prepull::cri::v1::{
     Capability, ContainerConfig, ContainerMetadata, ContainerState, ContainerStatus,
     ContainerStatusRequest, CreateContainerRequest, ImageSpec, Int64Value, LinuxContainerConfig,
@@ -64,6 +65,10 @@ pub struct ContainerSpec {
     pub drop_all_capabilities: bool,
     /// `allowPrivilegeEscalation: false`.
     pub no_new_privileges: bool,
+    /// `seccompProfile: {type: RuntimeDefault}`.
+    pub seccomp_runtime_default: bool,
+    /// `resources.limits.cpu` in millicores, as the kubelet turns it into a CFS quota.
+    pub cpu_limit_millis: Option<i64>,
 }
 
 impl ContainerSpec {
@@ -118,9 +123,17 @@ impl ContainerSpec {
                         drop_capabilities: vec!["ALL".into()],
                         ..Default::default()
                     }),
+                    seccomp: self.seccomp_runtime_default.then(|| SecurityProfile {
+                        profile_type: security_profile::ProfileType::RuntimeDefault as i32,
+                        localhost_ref: String::new(),
+                    }),
                     ..Default::default()
                 }),
-                ..Default::default()
+                resources: self.cpu_limit_millis.map(|millis| LinuxContainerResources {
+                    cpu_period: 100_000,
+                    cpu_quota: millis * 100,
+                    ..Default::default()
+                }),
             }),
             ..Default::default()
         }

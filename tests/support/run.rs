@@ -149,3 +149,23 @@ impl Prepull {
         out
     }
 }
+
+/// Runs `prepull <args>` on a pseudo-terminal (160 columns), as a person at a terminal would:
+/// its exit code and everything it drew (stdout and stderr together, escape codes included).
+/// `script` (util-linux) provides the terminal. Arguments must not need shell quoting.
+pub async fn on_terminal(args: &[&str]) -> (Option<i32>, String) {
+    let command = format!(
+        "stty cols 160 rows 40; {} {}",
+        bin().display(),
+        args.join(" ")
+    );
+    let out = tokio::process::Command::new("script")
+        .args(["-qefc", &command, "/dev/null"])
+        .output()
+        .await
+        .expect("run script (util-linux)");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}

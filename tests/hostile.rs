@@ -1,0 +1,540 @@
+//! Hostile registries, token realms and redirect targets against a real containerd (and a real
+//! registry where one takes part): none of them can exhaust prepull's memory, freeze a pull or a
+//! pass, take the registry's credentials, or write to the operator's terminal.
+
+use testbench as support;
+
+use std::process::Output;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use support::proxy::Action;
+use support::{
+    push_image_with, Containerd, Hostile, ImageSpec, Prepull, Proxy, Registry, RegistryOptions,
+    Reply,
+};
+
+const KIB: usize = 1024;
+const MIB: u64 = 1 << 20;
+
+/// Runs `prepull` to its end, or kills it after `limit` and fails naming what it printed.
+async fn run_within(prepull: Prepull, limit: Duration) -> Output {
+    let mut command = prepull.command();
+    command.kill_on_drop(true);
+    match tokio::time::timeout(limit, command.output()).await {
+        Ok(out) => out.expect("run prepull"),
+        Err(_) => panic!("prepull still running after {limit:?}"),
+    }
+}
+
+fn pull(containerd: &Containerd, host: &str, image: &str) -> Prepull {
+    Prepull::new("pull")
+        .containerd(containerd)
+        .plain_http(host)
+        .arg("--no-node-credentials")
+        .arg(image)
+}
+
+/// A 401 Bearer challenge naming `realm`.
+fn bearer_challenge(realm: &str) -> Reply {
+    Reply::Full {
+        status: 401,
+        headers: vec![(
+            "www-authenticate".into(),
+            format!(r#"Bearer realm="{realm}",service="hostile""#),
+        )],
+        body: Vec::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_endless_error_body_is_read_only_up_to_its_cap() {
+    let containerd = Containerd::start().await;
+    let hostile = Hostile::start(|_| Reply::Endless {
+        status: 404,
+        headers: vec![("content-type".into(), "application/json".into())],
+        chunk: vec![b' '; 64 * KIB],
+    })
+    .await;
+    let host = hostile.host();
+    let out = run_within(
+        pull(&containerd, &host, &format!("{host}/team/app:1")),
+        Duration::from_secs(30),
+    )
+    .await;
+    let text = support::text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("HTTP 404"), "{text}");
+    // The cap is 64 KiB; what the connection buffers on top stays far below a MiB or two.
+    assert!(
+        hostile.bytes_sent() < 4 * MIB,
+        "the server handed out {} bytes",
+        hostile.bytes_sent()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_endless_token_response_is_refused_at_its_cap() {
+    let containerd = Containerd::start().await;
+    let hostile = Arc::new(std::sync::OnceLock::<String>::new());
+    let realm = hostile.clone();
+    let server = Hostile::start(move |seen| {
+        if seen.path.starts_with("/token") {
+            // JSON that never ends and says how long it is nowhere.
+            Reply::Endless {
+                status: 200,
+                headers: vec![("content-type".into(), "application/json".into())],
+                chunk: b"{\"token\":\""
+                    .iter()
+                    .copied()
+                    .chain([b'a'; 8190])
+                    .collect(),
+            }
+        } else {
+            bearer_challenge(&format!("http://{}/token", realm.get().unwrap()))
+        }
+    })
+    .await;
+    hostile.set(server.host()).unwrap();
+    let host = server.host();
+    let out = run_within(
+        pull(&containerd, &host, &format!("{host}/team/app:1")),
+        Duration::from_secs(30),
+    )
+    .await;
+    let text = support::text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("too large for a token"), "{text}");
+    assert!(
+        server.bytes_sent() < 8 * MIB,
+        "the token realm handed out {} bytes",
+        server.bytes_sent()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redirect_target_gets_no_credentials_and_its_realm_is_asked_anonymously() {
+    let (containerd, registry) = tokio::join!(
+        Containerd::start(),
+        Registry::start_with(RegistryOptions::default().htpasswd_user("alice", "s3cret-pass"))
+    );
+    let image = push_image_with(
+        &registry.push_target(),
+        "team/app",
+        "1",
+        &ImageSpec::new(&[32 * KIB, 16 * KIB]),
+    )
+    .await;
+    let proxy = Proxy::start(&registry.host()).await;
+
+    // The redirect target: challenges for a token from its own realm, then serves the blob
+    // (read from the registry's storage) to whoever shows its token.
+    let storage = registry.storage_dir().to_path_buf();
+    let target_host = Arc::new(std::sync::OnceLock::<String>::new());
+    let target_realm = target_host.clone();
+    let target = Hostile::start(move |seen| {
+        let realm = format!("http://{}/token", target_realm.get().unwrap());
+        if seen.path.starts_with("/token") {
+            return Reply::status(200, r#"{"token":"minted-by-the-target","expires_in":-1}"#);
+        }
+        if seen.authorization.as_deref() != Some("Bearer minted-by-the-target") {
+            return bearer_challenge(&realm);
+        }
+        let digest = seen.path.trim_start_matches("/blob/");
+        let (algo, hex) = digest.split_once(':').unwrap();
+        let data = storage
+            .join("docker/registry/v2/blobs")
+            .join(algo)
+            .join(&hex[..2])
+            .join(hex)
+            .join("data");
+        Reply::status(200, std::fs::read(data).unwrap())
+    })
+    .await;
+    target_host.set(target.host()).unwrap();
+    let location = target.url();
+    proxy.set_hook(move |request| match request.path.split_once("/blobs/") {
+        Some((_, digest)) if request.method == "GET" => Action::RespondWith {
+            status: 307,
+            headers: vec![("location".into(), format!("{location}/blob/{digest}"))],
+            body: Vec::new(),
+        },
+        _ => Action::Forward,
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let auth_file = dir.path().join("config.json");
+    let pair = base64::engine::general_purpose::STANDARD.encode("alice:s3cret-pass");
+    std::fs::write(
+        &auth_file,
+        format!(r#"{{"auths":{{"{}":{{"auth":"{pair}"}}}}}}"#, proxy.host()),
+    )
+    .unwrap();
+    let host = proxy.host();
+    let out = run_within(
+        pull(&containerd, &host, &format!("{host}/team/app:1"))
+            .arg("--auth-file")
+            .arg(&auth_file),
+        Duration::from_secs(60),
+    )
+    .await;
+    let text = support::text(&out);
+
+    // The registry's credentials went to the registry only, and nothing the target minted
+    // came back to it.
+    let to_target = target.seen();
+    assert!(
+        to_target.iter().all(|s| s
+            .authorization
+            .as_deref()
+            .is_none_or(|a| a == "Bearer minted-by-the-target")),
+        "the target saw credentials: {to_target:#?}"
+    );
+    let token_requests: Vec<_> = to_target
+        .iter()
+        .filter(|s| s.path.starts_with("/token"))
+        .collect();
+    assert!(
+        !token_requests.is_empty(),
+        "the target's realm was asked: {to_target:#?}"
+    );
+    let to_registry = proxy.records();
+    assert!(
+        to_registry
+            .iter()
+            .all(|r| !r.authorization.as_deref().unwrap_or("").contains("minted")),
+        "the target's token reached the registry: {to_registry:#?}"
+    );
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    containerd.assert_image_complete(&format!("{host}/team/app:1"));
+    assert_eq!(image.layers.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registrys_words_are_printed_escaped() {
+    let containerd = Containerd::start().await;
+    let forged = "gone\u{1b}[2J\u{1b}[31m\nerror: forged line\r\u{7}";
+    let body = serde_json::json!({
+        "errors": [{"code": "MANIFEST_UNKNOWN\u{1b}[0m", "message": forged}]
+    })
+    .to_string();
+    let hostile = Hostile::start(move |_| Reply::status(404, body.clone())).await;
+    let host = hostile.host();
+    for format in ["plain", "json"] {
+        let out = run_within(
+            pull(&containerd, &host, &format!("{host}/team/app:1")).args(["--log-format", format]),
+            Duration::from_secs(30),
+        )
+        .await;
+        let text = support::text(&out);
+        assert_eq!(out.status.code(), Some(1), "{text}");
+        assert!(text.contains("HTTP 404"), "{text}");
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{7}') && !text.contains('\r'),
+            "{format}: control characters reached the output: {text:?}"
+        );
+        assert!(
+            !text.lines().any(|l| l.starts_with("error: forged")),
+            "{format}: a forged line: {text}"
+        );
+        assert!(
+            text.contains("\\u{1b}[2J"),
+            "{format}: shown escaped: {text}"
+        );
+    }
+}
+
+/// What the status file says of each image, by name.
+fn status_images(path: &std::path::Path) -> Vec<serde_json::Value> {
+    let status: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path).expect("the status file")).expect("JSON");
+    status["images"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn trickling_registries_cannot_hold_a_pass_hostage() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let upstream = registry.host();
+    for repo in ["good/app", "trickle/one", "trickle/two"] {
+        support::push_image(&upstream, repo, "1", &ImageSpec::new(&[16 * KIB])).await;
+    }
+    support::push_image(&upstream, "slow/blob", "1", &ImageSpec::new(&[1 << 20])).await;
+    let proxy = Proxy::start(&upstream).await;
+    proxy.set_hook(|request| {
+        let get = request.method == "GET";
+        if get && request.path.starts_with("/v2/trickle/") && request.path.contains("/manifests/") {
+            // A byte a second: a 500-byte manifest would take minutes.
+            Action::Shape(support::Shape {
+                bytes_per_sec: Some(1),
+                cut_after: None,
+            })
+        } else if get && request.path.starts_with("/v2/slow/") && request.path.contains("/blobs/") {
+            // Above the minimum progress, but the 1 MiB layer would take minutes.
+            Action::Shape(support::Shape {
+                bytes_per_sec: Some(4 * 1024),
+                cut_after: None,
+            })
+        } else {
+            Action::Forward
+        }
+    });
+    let host = proxy.host();
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("list.yaml");
+    std::fs::write(
+        &list,
+        format!(
+            "pin: false\nimages:\n  - {host}/good/app:1\n  - {host}/trickle/one:1\n  - \
+             {host}/trickle/two:1\n  - {host}/slow/blob:1\n"
+        ),
+    )
+    .unwrap();
+    let status_file = dir.path().join("status.json");
+    let started = std::time::Instant::now();
+    let out = run_within(
+        Prepull::new("agent")
+            .args(["--once", "--no-listen", "--no-node-credentials"])
+            .containerd(&containerd)
+            .plain_http(&host)
+            .args(["--max-pull-time", "8s"])
+            .env("PREPULL_MIN_PROGRESS", "1KiB/2s")
+            .arg("--list")
+            .arg(&list)
+            .arg("--status-file")
+            .arg(&status_file),
+        Duration::from_secs(50),
+    )
+    .await;
+    let took = started.elapsed();
+    let text = support::text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let images = status_images(&status_file);
+    let by_name = |repo: &str| {
+        images
+            .iter()
+            .find(|i| i["image"].as_str().is_some_and(|n| n.contains(repo)))
+            .cloned()
+            .unwrap_or_else(|| panic!("no {repo} in {images:#?}"))
+    };
+    assert_eq!(by_name("good/app")["state"], "warm", "{images:#?}");
+    for repo in ["trickle/one", "trickle/two"] {
+        let image = by_name(repo);
+        assert_eq!(image["state"], "failed", "{image:#}");
+        assert_eq!(image["kind"], "network", "{image:#}");
+        assert!(
+            image["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("below the minimum")),
+            "{image:#}"
+        );
+    }
+    let slow = by_name("slow/blob");
+    assert_eq!(slow["state"], "failed", "{slow:#}");
+    assert!(
+        slow["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("--max-pull-time")),
+        "{slow:#}"
+    );
+    assert!(took < Duration::from_secs(45), "the pass took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unknown_manifest_media_type_is_refused_and_no_record_written() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let upstream = registry.host();
+    let image = support::push_image(&upstream, "team/odd", "1", &ImageSpec::new(&[8 * KIB])).await;
+    let mut manifest: serde_json::Value = serde_json::from_slice(&image.manifest_bytes).unwrap();
+    manifest["mediaType"] = "application/vnd.example.thing.v1+json".into();
+    let odd = serde_json::to_vec(&manifest).unwrap();
+    let proxy = Proxy::start(&upstream).await;
+    proxy.set_hook(move |request| {
+        if !request.path.contains("/manifests/") {
+            Action::Forward
+        } else if request.method == "HEAD" {
+            Action::Respond {
+                status: 405,
+                body: Vec::new(),
+            }
+        } else {
+            Action::RespondWith {
+                status: 200,
+                headers: vec![(
+                    "content-type".into(),
+                    "application/vnd.example.thing.v1+json".into(),
+                )],
+                body: odd.clone(),
+            }
+        }
+    });
+    let host = proxy.host();
+    let name = format!("{host}/team/odd:1");
+    let out = run_within(
+        pull(&containerd, &host, &name).args(["--no-unpack", "--output", "json"]),
+        Duration::from_secs(30),
+    )
+    .await;
+    let text = support::text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("unsupported media type") && text.contains("bad-manifest"),
+        "{text}"
+    );
+    let records = containerd.ctr_ok(&["-n", "k8s.io", "images", "ls", "-q"]);
+    assert!(!records.contains("team/odd"), "records written: {records}");
+}
+
+/// A credential-provider plugin `script` (shell) configured for `*.example.com`.
+fn plugin(dir: &std::path::Path, script: &str) -> prepull::credentials::Plugins {
+    use std::os::unix::fs::PermissionsExt as _;
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let path = bin.join("hostile-plugin");
+    std::fs::write(&path, format!("#!/bin/sh\n{script}")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = dir.join("config.yaml");
+    std::fs::write(
+        &config,
+        "apiVersion: kubelet.config.k8s.io/v1\nkind: CredentialProviderConfig\nproviders:\n  - \
+         name: hostile-plugin\n    matchImages: [\"*.example.com\"]\n    defaultCacheDuration: \
+         1m\n    apiVersion: credentialprovider.kubelet.k8s.io/v1\n",
+    )
+    .unwrap();
+    prepull::credentials::Plugins::load(&config, &bin).expect("plugin config")
+}
+
+const RESPONSE: &str = r#"{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderResponse","cacheKeyType":"Registry","auth":{"reg.example.com":{"username":"u","password":"p"}}}"#;
+
+#[test]
+fn a_plugin_printing_more_than_a_pipe_holds_is_read_while_it_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    // 256 KiB of diagnostics on stderr, then the response: a pipe holds 64 KiB.
+    let plugins = plugin(
+        dir.path(),
+        &format!("cat >/dev/null\nhead -c 262144 /dev/zero | tr '\\0' x >&2\necho '{RESPONSE}'\n"),
+    )
+    .with_timeout(Duration::from_secs(20));
+    let started = std::time::Instant::now();
+    let found = plugins.lookup("reg.example.com/team/app");
+    assert_eq!(
+        found.len(),
+        1,
+        "{:?}",
+        plugins.near_misses("reg.example.com/team/app")
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the plugin ran for {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_plugin_that_times_out_is_killed_with_its_children() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("child.pid");
+    let plugins = plugin(
+        dir.path(),
+        &format!("sleep 300 &\necho $! > {}\nwait\n", pid_file.display()),
+    )
+    .with_timeout(Duration::from_millis(500));
+    let started = std::time::Instant::now();
+    assert!(plugins.lookup("reg.example.com/team/app").is_empty());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let why = plugins.near_misses("reg.example.com/team/app").join("; ");
+    assert!(why.contains("timed out"), "{why}");
+    let child: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // Killed: gone, or a zombie waiting for init to reap it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = std::fs::read_to_string(format!("/proc/{child}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim().to_string()));
+        match state {
+            None => break,
+            Some(s) if s.starts_with('Z') => break,
+            Some(s) => assert!(
+                std::time::Instant::now() < deadline,
+                "the plugin's child {child} still runs: {s}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_plugin_answering_an_out_of_range_cache_duration_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let response = RESPONSE.replace(
+        r#""cacheKeyType""#,
+        r#""cacheDuration":"99999999999999999999h","cacheKeyType""#,
+    );
+    let plugins = plugin(dir.path(), &format!("cat >/dev/null\necho '{response}'\n"))
+        .with_timeout(Duration::from_secs(20));
+    assert!(plugins.lookup("reg.example.com/team/app").is_empty());
+    let why = plugins.near_misses("reg.example.com/team/app").join("; ");
+    assert!(why.contains("invalid cacheDuration"), "{why}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_pull_reports_the_bytes_it_fetched() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let host = registry.host();
+    let image = support::push_image(&host, "team/app", "1", &ImageSpec::new(&[256 * KIB])).await;
+    // The registry serves the layer with its last byte flipped: fetched whole, then refused.
+    let layer = &image.layers[0];
+    let path = registry.blob_data_path(&layer.digest);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+    let name = format!("{host}/team/app:1");
+
+    let out = run_within(
+        pull(&containerd, &host, &name).args(["--output", "json"]),
+        Duration::from_secs(60),
+    )
+    .await;
+    let text = support::text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let line: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).expect("one JSON line");
+    assert_eq!(line["kind"], "corrupt", "{line:#}");
+    assert!(
+        line["bytes_fetched"].as_u64() >= Some(layer.size),
+        "{line:#}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("list.yaml");
+    std::fs::write(&list, format!("pin: false\nimages:\n  - {name}\n")).unwrap();
+    let status_file = dir.path().join("status.json");
+    let out = run_within(
+        Prepull::new("agent")
+            .args(["--once", "--no-listen", "--no-node-credentials"])
+            .containerd(&containerd)
+            .plain_http(&host)
+            .arg("--list")
+            .arg(&list)
+            .arg("--status-file")
+            .arg(&status_file),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", support::text(&out));
+    let images = status_images(&status_file);
+    assert_eq!(images[0]["state"], "failed", "{images:#?}");
+    assert!(
+        images[0]["bytes_fetched"].as_u64() >= Some(layer.size),
+        "{images:#?}"
+    );
+}
