@@ -85,7 +85,7 @@ pub enum Finding {
     /// The command is a file of 0 bytes, as a layer unpacked just before a power loss leaves it.
     #[error(
         "{path} is empty (0 bytes), as a layer unpacked before a power loss leaves it: the \
-         container would fail with 'exec format error'; remove the image and pull it again"
+         container would fail with 'exec format error'; prepull repair --deep unpacks it again"
     )]
     Empty {
         /// The command's path.
