@@ -95,6 +95,13 @@ impl DeepReport {
         self.findings.is_empty() && self.findings_omitted == 0
     }
 
+    /// Adds what `other` found (another platform manifest of the same image).
+    pub fn absorb(&mut self, other: DeepReport) {
+        self.layers += other.layers;
+        self.findings.extend(other.findings);
+        self.findings_omitted += other.findings_omitted;
+    }
+
     /// The lowest layer with a finding: every snapshot from its chain ID up must be unpacked
     /// again.
     pub fn lowest_damaged(&self) -> Option<&LayerId> {

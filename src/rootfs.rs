@@ -1087,7 +1087,7 @@ mod tests {
             }
         );
         assert!(
-            f.to_string().contains("0 bytes") && f.to_string().contains("pull it again"),
+            f.to_string().contains("0 bytes") && f.to_string().contains("prepull repair --deep"),
             "{f}"
         );
         let f = finding(l.check(&cmd(&["/bin/plain"])));

@@ -675,7 +675,7 @@ async fn two_lists_on_one_node_never_release_each_others_pins() {
     let l = labels(&store, &boot).await;
     assert!(
         !l.keys()
-            .any(|k| k == PINNED || k.starts_with("prepull.io/")),
+            .any(|k| k == PINNED || k.starts_with("prepull.io/pinned")),
         "{l:?}"
     );
 
@@ -1414,6 +1414,16 @@ async fn metrics_tell_an_operator_what_the_node_holds_and_what_failed() {
     assert_eq!(state(&m, "warm"), 2.0, "the last good list stays in force");
 }
 
+/// A runnable busybox image, `team/app:v1` on `host`, and its reference.
+async fn runnable_app(host: &str) -> (support::PushedImage, String) {
+    let layer = tokio::task::spawn_blocking(support::busybox::busybox_layer)
+        .await
+        .unwrap();
+    let cmd = ["/bin/sh", "-c", "true"];
+    let app = support::busybox::push_runnable(host, "team/app", "v1", &[&layer], &cmd).await;
+    (app, format!("{host}/team/app:v1"))
+}
+
 /// A listed image whose binary was emptied on disk (as a power loss leaves a file being
 /// unpacked): the next pass says a pod cannot start from it and why, and /warmz and
 /// prepull_image_warm stop counting it as warm.
@@ -1421,21 +1431,13 @@ async fn metrics_tell_an_operator_what_the_node_holds_and_what_failed() {
 async fn an_image_whose_command_cannot_start_is_not_warm() {
     let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
     let host = registry.host();
-    let layer = tokio::task::spawn_blocking(support::busybox::busybox_layer)
-        .await
-        .unwrap();
-    let cmd = ["/bin/sh", "-c", "true"];
-    let app = support::busybox::push_runnable(&host, "team/app", "v1", &[&layer], &cmd).await;
-    let app_ref = format!("{host}/team/app:v1");
+    let (app, app_ref) = runnable_app(&host).await;
     let root = tempfile::tempdir().unwrap();
     let mut list = list_volume(root.path(), &format!("images:\n  - {app_ref}\n"));
-    let (mut agent, status_file) = spawn_agent(
-        &containerd,
-        &host,
-        &list.file(LIST),
-        root.path(),
-        &["--listen=127.0.0.1:0"],
-    );
+    // No deep check: it would find the emptied file first and unpack it again.
+    let args = ["--listen=127.0.0.1:0", "--deep-verify-every", "0s"];
+    let (mut agent, status_file) =
+        spawn_agent(&containerd, &host, &list.file(LIST), root.path(), &args);
     let addr = listen_address(&status_file, &mut agent).await;
     let s = wait_for_pass(&status_file, 1, &mut agent).await;
     assert_eq!(s["warm"], 1, "{s:#}");
@@ -1459,4 +1461,63 @@ async fn an_image_whose_command_cannot_start_is_not_warm() {
     );
     let m = scrape(&addr).await;
     assert_eq!(m.value("prepull_image_warm", &[("image", &app_ref)]), 0.0);
+}
+
+/// The agent's scheduled deep check: a listed image's unpacked files are compared with its
+/// layers (its record then says when, and in which boot), and a binary emptied on disk is found
+/// and unpacked again from the local blobs by the next pass, the status saying what was found
+/// and when it was mended.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_deep_check_finds_and_mends_an_emptied_file() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let host = registry.host();
+    let (app, app_ref) = runnable_app(&host).await;
+    let root = tempfile::tempdir().unwrap();
+    let mut list = list_volume(root.path(), &format!("images:\n  - {app_ref}\n"));
+    let args = ["--deep-verify-every", "1s", "--listen=127.0.0.1:0"];
+    let (mut agent, status_file) =
+        spawn_agent(&containerd, &host, &list.file(LIST), root.path(), &args);
+    let addr = listen_address(&status_file, &mut agent).await;
+    wait_for_pass(&status_file, 1, &mut agent).await;
+    // The next pass checks it (it was not on the node before the first) and records that.
+    list.update(&[(LIST, &format!("images:\n  - {app_ref}\n# 2\n"))]);
+    wait_for_pass(&status_file, 2, &mut agent).await;
+    let store = Store::connect(containerd.socket(), "k8s.io").await.unwrap();
+    let checked = labels(&store, &app_ref).await;
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    assert!(
+        checked
+            .get("prepull.io/deep-verified")
+            .is_some_and(|v| v.starts_with(boot.trim())),
+        "{checked:?}"
+    );
+
+    // A power loss empties the binary pods run.
+    let dir = support::snapshots::top_layer_dir(&containerd, &app.diff_ids).await;
+    std::fs::File::create(dir.join("bin/busybox")).unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    list.update(&[(LIST, &format!("images:\n  - {app_ref}\n# 3\n"))]);
+    let s = wait_for_pass(&status_file, 3, &mut agent).await;
+    let image = &s["images"][0];
+    assert_eq!(image["state"], "warm", "{s:#}");
+    let problems = image["damage"]["problems"].to_string();
+    assert!(problems.contains("bin/busybox"), "{s:#}");
+    assert!(image["damage"]["mended"].is_string(), "{s:#}");
+    assert!(image["start_error"].is_null(), "{s:#}");
+    let dir = support::snapshots::top_layer_dir(&containerd, &app.diff_ids).await;
+    let size = std::fs::metadata(dir.join("bin/busybox")).unwrap().len();
+    assert_eq!(size, std::fs::metadata("/bin/busybox").unwrap().len());
+    let m = scrape(&addr).await;
+    let found: f64 = m
+        .samples
+        .iter()
+        .filter(|s| {
+            s.name == "prepull_verify_damage_total"
+                && s.labels
+                    .get("kind")
+                    .is_some_and(|k| k.starts_with("snapshot_"))
+        })
+        .map(|s| s.value)
+        .sum();
+    assert!(found >= 1.0, "{:?}", m.samples);
 }

@@ -7,6 +7,7 @@
 //! splay), and soon after the list file changes. After each pass the status file tells what is
 //! warm, what is not, and why.
 
+pub mod deep;
 pub mod http;
 pub mod list;
 pub mod metrics;
@@ -59,6 +60,9 @@ pub struct AgentOptions {
     pub verify_every: Option<Duration>,
     /// How long a pass under way may take to finish once a stop is requested.
     pub grace: Duration,
+    /// When listed images' snapshots are compared file by file with their layers (and mended);
+    /// `None` never.
+    pub deep: Option<deep::DeepSchedule>,
     /// How long a pass waits for one image's pull. An image still pulling then fails this
     /// pass (the others go on, and the status is written); the bytes it stored stay in
     /// containerd, and the next pass resumes from them, so a large image on a slow link
@@ -89,11 +93,11 @@ const START_CHECK_LEASE: Duration = Duration::from_secs(600);
 type Checked = (Result<PullReport, PullError>, Option<PullReport>, u64);
 
 /// What the verify before a pass found wrong in one entry's image.
-struct Found {
+pub(crate) struct Found {
     /// One line per problem.
-    problems: Vec<String>,
+    pub(crate) problems: Vec<String>,
     /// Why it cannot be mended on this node (a bad blob another namespace holds), if so.
-    blocked: Option<String>,
+    pub(crate) blocked: Option<String>,
 }
 
 /// What the verify before a pass found, per entry.
@@ -280,7 +284,8 @@ impl Agent {
             return;
         };
         let started = Instant::now();
-        let (damage, verified) = self.verify_if_due(&list).await;
+        let (mut damage, verified) = self.verify_if_due(&list).await;
+        self.deep_check_due(&list, &mut damage).await;
         // Damaged now, or still open from an earlier verify: pulled checking every blob (the
         // warm shortcut trusts records, and records survive a removed blob).
         let damaged: HashSet<String> = list
@@ -358,6 +363,30 @@ impl Agent {
             Err(e) => {
                 tracing::warn!(error = %crate::error_chain(&e), "cannot verify the stored images");
                 (HashMap::new(), false)
+            }
+        }
+    }
+
+    /// Compares the snapshots of listed images that are due (see [`deep`]) with their layers and
+    /// mends them; what was found joins the verify's findings.
+    async fn deep_check_due(&self, list: &List, damage: &mut Damage) {
+        let (Some(schedule), Some(snapshotter)) = (self.options.deep, self.puller.snapshotter())
+        else {
+            return;
+        };
+        let names: Vec<String> = list
+            .entries
+            .iter()
+            .map(|e| e.reference.to_string())
+            .collect();
+        match deep::check_due(&self.store, snapshotter, &names, schedule).await {
+            Ok(found) => {
+                for (name, f) in found {
+                    damage.entry(name).or_insert(f);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %crate::error_chain(&e), "cannot compare the listed images' snapshots with their layers")
             }
         }
     }

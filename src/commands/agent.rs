@@ -82,6 +82,18 @@ pub struct AgentArgs {
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = humantime::parse_duration)]
     pub verify_every: Duration,
 
+    /// Compare each listed image's unpacked files (what pods run from) with its layers this
+    /// often, and always first after the node booted again (a power loss leaves files being
+    /// unpacked empty); damaged snapshots are unpacked again from the local blobs before the
+    /// pass. When each image was last checked is kept on its image record. `0s` never.
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub deep_verify_every: Duration,
+
+    /// Bytes read per second by the deep check (layers and snapshot files together), so it does
+    /// not compete with pods for the disk.
+    #[arg(long, value_name = "BYTES", default_value = "32MiB", value_parser = super::verify::parse_rate)]
+    pub deep_verify_rate: std::num::NonZeroU64,
+
     /// After SIGTERM, how long the pass under way may take to finish before it is abandoned
     /// (what it leaves is resumed by the next start). Keep it below the pod's
     /// terminationGracePeriodSeconds (30 s by default). A second signal stops at once.
@@ -190,6 +202,10 @@ async fn build(args: &AgentArgs) -> anyhow::Result<Agent> {
         status_file: args.status_file.clone(),
         images_at_once: args.images_at_once.get(),
         verify_every: (!args.verify_every.is_zero()).then_some(args.verify_every),
+        deep: (!args.deep_verify_every.is_zero()).then_some(crate::agent::deep::DeepSchedule {
+            every: args.deep_verify_every,
+            rate: Some(args.deep_verify_rate),
+        }),
         grace: args.stop_grace,
         max_pull_time: args.max_pull_time,
     };

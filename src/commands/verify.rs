@@ -149,7 +149,7 @@ pub struct RepairArgs {
 }
 
 /// `64MiB`, `1GB`, `1048576`: bytes per second, as other sizes are written.
-fn parse_rate(s: &str) -> Result<NonZeroU64, String> {
+pub(super) fn parse_rate(s: &str) -> Result<NonZeroU64, String> {
     match s.parse::<crate::space::Reserve>()? {
         crate::space::Reserve::Bytes(b) => NonZeroU64::new(b)
             .ok_or_else(|| format!("{s:?}: a read rate must be more than 0 bytes per second")),
@@ -509,11 +509,7 @@ pub(super) async fn deep_all(
         let mut failed = None;
         for unpacked in &check.unpacked {
             match verifier.check(unpacked).await {
-                Ok(r) => {
-                    report.layers += r.layers;
-                    report.findings.extend(r.findings);
-                    report.findings_omitted += r.findings_omitted;
-                }
+                Ok(r) => report.absorb(r),
                 Err(e) if e.is_cancelled() => {
                     interrupted = true;
                     break;

@@ -56,6 +56,27 @@ pub enum FindingKind {
 }
 
 impl FindingKind {
+    /// The kind as a bounded label (metrics): `snapshot_` and the kind in snake case.
+    pub fn label(self) -> &'static str {
+        match self {
+            FindingKind::Missing => "snapshot_missing_path",
+            FindingKind::Added => "snapshot_added_path",
+            FindingKind::Type => "snapshot_type",
+            FindingKind::Size => "snapshot_size",
+            FindingKind::Content => "snapshot_content",
+            FindingKind::Mode => "snapshot_mode",
+            FindingKind::Owner => "snapshot_owner",
+            FindingKind::LinkTarget => "snapshot_link_target",
+            FindingKind::HardLink => "snapshot_hard_link",
+            FindingKind::Device => "snapshot_device",
+            FindingKind::Whiteout => "snapshot_whiteout",
+            FindingKind::Opaque => "snapshot_opaque",
+            FindingKind::DirectoryMissing => "snapshot_directory_missing",
+            FindingKind::DirectoryEmpty => "snapshot_directory_empty",
+            FindingKind::Unreadable => "snapshot_unreadable",
+        }
+    }
+
     /// Short words for the kind, as printed.
     pub fn describe(self) -> &'static str {
         match self {
