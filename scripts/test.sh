@@ -4,10 +4,10 @@
 # against real containerd and registry processes that the tests start themselves. Run as root.
 #
 # The full suite runs against the system's containerd (Debian bookworm's 1.6) with the `native`
-# snapshotter; then the containerd-facing suites (pull, store, resume, offline_pod, agent, verify)
-# run again against each newer series scripts/containerd-versions.sh installed
+# snapshotter; then the containerd-facing suites (pull, store, resume, offline_pod, agent, verify,
+# verify_deep, repair_deep) run again against each newer series scripts/containerd-versions.sh installed
 # (PREPULL_TEST_CONTAINERD=<series>): 1.x with `native`, 2.x with `overlayfs`, what real nodes run
-# (PREPULL_TEST_SNAPSHOTTER), plus verify with `native` on 2.x. Arguments go to the first, full run
+# (PREPULL_TEST_SNAPSHOTTER), plus verify, verify_deep and repair_deep with `native` on 2.x. Arguments go to the first, full run
 # only. PREPULL_TEST_VERSIONS="1.7" picks the extra series ("" skips them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,7 +36,8 @@ if [ -z "${PREPULL_TEST_VERSIONS+set}" ]; then
     PREPULL_TEST_VERSIONS=$(awk '{print $1}' "$cache/installed" | tr '\n' ' ')
 fi
 failed=()
-suites=(--test pull --test store --test resume --test offline_pod --test agent --test verify)
+suites=(--test pull --test store --test resume --test offline_pod --test agent --test verify
+    --test verify_deep --test repair_deep)
 for series in $PREPULL_TEST_VERSIONS; do
     what=$(awk -v s="$series" '$1 == s {print $2 ", Debian " $3}' "$cache/installed")
     # Real nodes run containerd 2.x with overlayfs; 1.6 (above) and 1.7 keep native covered.
@@ -44,17 +45,17 @@ for series in $PREPULL_TEST_VERSIONS; do
         1.*) snapshotter=native ;;
         *) snapshotter=overlayfs ;;
     esac
-    echo "=== containerd $series (${what:-not installed}), snapshotter $snapshotter: pull, store, resume, offline_pod, agent, verify"
+    echo "=== containerd $series (${what:-not installed}), snapshotter $snapshotter: ${suites[*]}"
     # --no-fail-fast: report every suite of this series, then go on to the next series.
     if ! PREPULL_TEST_CONTAINERD=$series PREPULL_TEST_SNAPSHOTTER=$snapshotter \
         cargo test --locked --no-fail-fast "${suites[@]}"; then
         failed+=("$series/$snapshotter")
     fi
     if [ "$snapshotter" != native ]; then
-        # verify reads snapshots back, and is small: check it on native too.
-        echo "=== containerd $series, snapshotter native: verify"
+        # verify and repair read snapshots back: check them on native too.
+        echo "=== containerd $series, snapshotter native: verify, verify_deep, repair_deep"
         if ! PREPULL_TEST_CONTAINERD=$series PREPULL_TEST_SNAPSHOTTER=native \
-            cargo test --locked --no-fail-fast --test verify; then
+            cargo test --locked --no-fail-fast --test verify --test verify_deep --test repair_deep; then
             failed+=("$series/native")
         fi
     fi
