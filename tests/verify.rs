@@ -634,3 +634,26 @@ async fn a_deep_check_on_a_terminal_shows_its_progress() {
     let out = prepull(&containerd, &["verify", "--deep", "--all"]).await;
     assert!(!text(&out).contains("layers read"), "{}", text(&out));
 }
+
+/// `repair` on a terminal shows the pull that mends an image as it goes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repair_on_a_terminal_shows_the_pull_that_mends() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let host = registry.host();
+    let image = push_image(&host, "team/app", "v1", &ImageSpec::new(&[256 * KIB])).await;
+    let reference = format!("{host}/team/app:v1");
+    let out = prepull(&containerd, &["pull", "--plain-http", &host, &reference]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    flip_byte(&blob_path(&containerd, &image.layers[0].digest), 100);
+    let socket = containerd.socket().display().to_string();
+    let (code, screen) =
+        support::run::on_terminal(&["repair", "--containerd", &socket, "--plain-http", &host])
+            .await;
+    assert_eq!(code, Some(0), "{screen}");
+    let line = screen
+        .split(['\n', '\r'])
+        .rfind(|l| l.contains(&reference) && l.contains("done"))
+        .unwrap_or_else(|| panic!("no progress line for {reference}: {screen:?}"));
+    assert!(line.contains("KiB/"), "{line:?}");
+    assert!(screen.contains("repaired"), "{screen:?}");
+}

@@ -405,13 +405,23 @@ pub async fn run_repair(args: RepairArgs, stop: CancellationToken) -> anyhow::Re
             }
         }
         let result = match &step.action {
-            Ok(name) => match repair::mend(&store, &puller, &checker, name).await {
-                Ok(result) => result,
-                Err(e) => {
-                    outcome = Err(e);
-                    break;
+            Ok(name) => {
+                // On a terminal, the pull that mends it shows its progress.
+                let shown: Vec<Reference> = Reference::parse(name).into_iter().collect();
+                let (display, mut progress) = super::progress::Pulls::start(&shown, output);
+                let progress = progress.pop().unwrap_or_default();
+                let mended = repair::mend(&store, &puller, &checker, name, progress).await;
+                if let Some(display) = display {
+                    display.finish(&[!matches!(mended, Ok(Ok(())))]);
                 }
-            },
+                match mended {
+                    Ok(result) => result,
+                    Err(e) => {
+                        outcome = Err(e);
+                        break;
+                    }
+                }
+            }
             Err(why) => Err(why.clone()),
         };
         let (status, error) = match &result {

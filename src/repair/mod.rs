@@ -126,12 +126,13 @@ pub async fn mend(
     puller: &Puller,
     checker: &Checker<'_>,
     name: &str,
+    progress: std::sync::Arc<crate::pull::PullProgress>,
 ) -> Result<Result<(), String>, StoreError> {
     let reference = match Reference::parse(name) {
         Ok(r) => r,
         Err(e) => return Ok(Err(e.to_string())),
     };
-    let report = match puller.pull_thoroughly(&reference).await {
+    let report = match puller.pull_thoroughly_reporting(&reference, progress).await {
         Ok(report) => report,
         Err(e) => return Ok(Err(crate::error_chain(&e))),
     };
