@@ -11,16 +11,18 @@
 
 use testbench as support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
 use prepull::digest::Digest;
-use prepull::store::{Store, ViewDirs};
+use prepull::store::Store;
 use support::busybox::{busybox_layer, push_runnable, Entry, FileLayer};
+use support::damage::empty_dir;
 use support::pod::{ContainerSpec, Pod};
 use support::process::Deadline;
-use support::{text, Containerd, ContainerdOptions, Prepull, PushedImage, Registry};
+use support::snapshots::{layer_dirs, Dirs};
+use support::{text, Containerd, ContainerdOptions, Prepull, Registry};
 
 /// From StartContainer until the script has printed its lines and exited.
 const RUN_WAIT: Duration = Duration::from_secs(60);
@@ -38,157 +40,32 @@ async fn prepull(containerd: &Containerd, args: &[&str]) -> Output {
 /// Three layers: busybox with a marker; a secret, a message and a directory; a layer deleting
 /// the secret (a whiteout), replacing the message and making the directory opaque.
 fn layers(case: &str) -> Vec<FileLayer> {
-    let data = std::fs::read(support::busybox::BUSYBOX).unwrap();
-    let base = FileLayer::build(&[
-        Entry::Dir {
-            path: "bin".into(),
-            mode: 0o755,
-        },
-        Entry::File {
-            path: "bin/busybox".into(),
-            mode: 0o755,
-            data,
-        },
-        Entry::Symlink {
-            path: "bin/sh".into(),
-            target: "busybox".into(),
-        },
-        Entry::Dir {
-            path: "etc".into(),
-            mode: 0o755,
-        },
-        Entry::File {
-            path: "etc/case".into(),
-            mode: 0o644,
-            data: case.as_bytes().to_vec(),
-        },
-        Entry::Dir {
-            path: "tmp".into(),
-            mode: 0o1777,
-        },
-    ]);
+    let base = {
+        // The busybox layer's entries plus a marker.
+        let mut entries = support::busybox::busybox_entries();
+        entries.push(Entry::file("etc/case", 0o644, case.as_bytes()));
+        FileLayer::build(&entries)
+    };
     let motd = format!("welcome to {case}\n");
-    let middle = tar_layer(&[
-        ("etc/", None),
-        ("etc/secret", Some(format!("secret of {case}\n").as_bytes())),
-        ("etc/motd", Some(b"first message\n")),
-        ("var/", None),
-        ("var/old", Some(b"hidden by the next layer\n")),
+    let middle = FileLayer::build(&[
+        Entry::dir("etc"),
+        Entry::file(
+            "etc/secret",
+            0o644,
+            format!("secret of {case}\n").as_bytes(),
+        ),
+        Entry::file("etc/motd", 0o644, b"first message\n"),
+        Entry::dir("var"),
+        Entry::file("var/old", 0o644, b"hidden by the next layer\n"),
     ]);
-    let top = tar_layer(&[
-        ("etc/.wh.secret", Some(b"")),
-        ("etc/motd", Some(motd.as_bytes())),
-        ("var/", None),
-        ("var/.wh..wh..opq", Some(b"")),
-        ("var/new", Some(b"only this\n")),
+    let top = FileLayer::build(&[
+        Entry::file("etc/.wh.secret", 0o644, b""),
+        Entry::file("etc/motd", 0o644, motd.as_bytes()),
+        Entry::dir("var"),
+        Entry::file("var/.wh..wh..opq", 0o644, b""),
+        Entry::file("var/new", 0o644, b"only this\n"),
     ]);
     vec![base, middle, top]
-}
-
-/// A layer of directories (`None`) and files.
-fn tar_layer(entries: &[(&str, Option<&[u8]>)]) -> FileLayer {
-    use std::io::Write;
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, data) in entries {
-        let mut h = tar::Header::new_gnu();
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
-        match data {
-            None => {
-                h.set_entry_type(tar::EntryType::Directory);
-                h.set_mode(0o755);
-                h.set_size(0);
-                b.append_data(&mut h, path, std::io::empty())
-            }
-            Some(data) => {
-                h.set_entry_type(tar::EntryType::Regular);
-                h.set_mode(0o644);
-                h.set_size(data.len() as u64);
-                b.append_data(&mut h, path, *data)
-            }
-        }
-        .unwrap();
-    }
-    let tar = b.into_inner().unwrap();
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(&tar).unwrap();
-    let gzip = gz.finish().unwrap();
-    FileLayer {
-        digest: Digest::sha256(&gzip).to_string(),
-        diff_id: Digest::sha256(&tar).to_string(),
-        gzip,
-    }
-}
-
-/// Where a layer's files are, found through views (released before returning).
-struct Dirs {
-    /// overlayfs: each layer's own directory; native: each snapshot's full directory.
-    per_layer: Vec<PathBuf>,
-    /// Whether each snapshot holds its whole chain (native).
-    cumulative: bool,
-}
-
-impl Dirs {
-    /// The directory where a pod sees `layer`'s files: its own (overlayfs) or the top
-    /// snapshot's (native).
-    fn of(&self, layer: usize) -> &Path {
-        if self.cumulative {
-            self.per_layer.last().unwrap()
-        } else {
-            &self.per_layer[layer]
-        }
-    }
-}
-
-async fn dirs(store: &Store, snapshotter: &str, image: &PushedImage) -> Dirs {
-    let diff_ids: Vec<Digest> = image.diff_ids.iter().map(|d| d.parse().unwrap()).collect();
-    let chain = prepull::image::chain_ids(&diff_ids);
-    let lease = store
-        .create_lease("test-dirs", Duration::from_secs(600))
-        .await
-        .unwrap();
-    let mut per_layer = Vec::new();
-    let mut cumulative = false;
-    let top = store
-        .view_snapshot(&lease, snapshotter, &chain[2].to_string())
-        .await
-        .unwrap();
-    match &top.dirs {
-        ViewDirs::Layers(d) => per_layer = d.clone(),
-        ViewDirs::Bind(_) => {
-            cumulative = true;
-            for c in &chain {
-                let v = store
-                    .view_snapshot(&lease, snapshotter, &c.to_string())
-                    .await
-                    .unwrap();
-                match &v.dirs {
-                    ViewDirs::Bind(d) => per_layer.push(d.clone()),
-                    other => panic!("a native view shows {other:?}"),
-                }
-                store.release_view(v).await.unwrap();
-            }
-        }
-    }
-    store.release_view(top).await.unwrap();
-    store.delete_lease(lease).await.unwrap();
-    assert_eq!(per_layer.len(), 3, "{per_layer:?}");
-    Dirs {
-        per_layer,
-        cumulative,
-    }
-}
-
-fn empty_dir(dir: &Path) {
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() && !p.is_symlink() {
-            std::fs::remove_dir_all(p).unwrap();
-        } else {
-            std::fs::remove_file(p).unwrap();
-        }
-    }
 }
 
 /// A damage and the layer the repair must start from.
@@ -372,7 +249,10 @@ async fn repair_deep_mends_damaged_snapshots_offline_and_spares_those_in_use() {
             sibling_layers = vec![
                 built[0].clone(),
                 built[1].clone(),
-                tar_layer(&[("etc/", None), ("etc/sibling", Some(b"sibling\n"))]),
+                FileLayer::build(&[
+                    Entry::dir("etc"),
+                    Entry::file("etc/sibling", 0o644, b"sibling\n"),
+                ]),
             ];
         }
         if *name == "truncated" {
@@ -415,9 +295,9 @@ async fn repair_deep_mends_damaged_snapshots_offline_and_spares_those_in_use() {
     busy_pod.start(&sleeper).await.unwrap();
 
     for (case, (_, image)) in CASES.iter().zip(&images) {
-        (case.damage)(&dirs(&store, &snapshotter, image).await);
+        (case.damage)(&layer_dirs(&store, &snapshotter, &image.diff_ids).await);
     }
-    let in_use_dirs = dirs(&store, &snapshotter, &in_use_image).await;
+    let in_use_dirs = layer_dirs(&store, &snapshotter, &in_use_image.diff_ids).await;
     let zeroed_motd = in_use_dirs.of(2).join("etc/motd");
     std::fs::write(&zeroed_motd, b"\0\0\0\0").unwrap();
 

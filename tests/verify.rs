@@ -4,12 +4,13 @@
 
 use testbench as support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
 
 use prepull::digest::Digest;
 use prepull::store::{Opened, Store, Stored};
+use support::damage::flip_byte;
 use support::{push_image, text, Containerd, ImageSpec, Prepull, PushedImage, Registry};
 
 const KIB: usize = 1024;
@@ -29,20 +30,6 @@ fn blob_path(containerd: &Containerd, digest: &str) -> PathBuf {
         .root()
         .join("io.containerd.content.v1.content/blobs/sha256")
         .join(hex)
-}
-
-fn flip_byte(path: &Path, at: u64) {
-    use std::io::{Read, Seek, SeekFrom, Write};
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    f.seek(SeekFrom::Start(at)).unwrap();
-    let mut b = [0u8];
-    f.read_exact(&mut b).unwrap();
-    f.seek(SeekFrom::Start(at)).unwrap();
-    f.write_all(&[b[0] ^ 0x40]).unwrap();
 }
 
 fn digest(s: &str) -> Digest {

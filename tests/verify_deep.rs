@@ -8,14 +8,15 @@
 
 use testbench as support;
 
-use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
 use prepull::digest::Digest;
-use prepull::store::{Store, ViewDirs};
+use prepull::store::Store;
 use support::busybox::{push_runnable, Entry, FileLayer};
-use support::{text, Containerd, Prepull, PushedImage, Registry};
+use support::damage::{empty_dir, flip_byte};
+use support::snapshots::{layer_dirs, Dirs};
+use support::{text, Containerd, Prepull, Registry};
 
 async fn prepull(containerd: &Containerd, args: &[&str]) -> Output {
     Prepull::new(args[0])
@@ -31,191 +32,32 @@ async fn prepull(containerd: &Containerd, args: &[&str]) -> Output {
 fn layers(case: &str) -> Vec<FileLayer> {
     let base = {
         // The busybox layer's entries plus a marker.
-        let data = std::fs::read(support::busybox::BUSYBOX).unwrap();
-        FileLayer::build(&[
-            Entry::Dir {
-                path: "bin".into(),
-                mode: 0o755,
-            },
-            Entry::File {
-                path: "bin/busybox".into(),
-                mode: 0o755,
-                data,
-            },
-            Entry::Symlink {
-                path: "bin/sh".into(),
-                target: "busybox".into(),
-            },
-            Entry::Dir {
-                path: "etc".into(),
-                mode: 0o755,
-            },
-            Entry::File {
-                path: "etc/case".into(),
-                mode: 0o644,
-                data: case.as_bytes().to_vec(),
-            },
-            Entry::Dir {
-                path: "tmp".into(),
-                mode: 0o1777,
-            },
-        ])
+        let mut entries = support::busybox::busybox_entries();
+        entries.push(Entry::file("etc/case", 0o644, case.as_bytes()));
+        FileLayer::build(&entries)
     };
     let motd = format!("welcome to {case}\n");
-    let middle = tar_layer(&[
-        T::Dir("etc"),
-        T::File("etc/secret", 0o600, format!("secret of {case}").as_bytes()),
-        T::File("etc/motd", 0o644, b"first message\n"),
+    let middle = FileLayer::build(&[
+        Entry::dir("etc"),
+        Entry::file("etc/secret", 0o600, format!("secret of {case}").as_bytes()),
+        Entry::file("etc/motd", 0o644, b"first message\n"),
         // A hard link within the layer, whose target the next layer replaces.
-        T::Hard("etc/motd.orig", "etc/motd", 0o644),
-        T::Dir("var"),
-        T::File("var/old", 0o644, b"hidden by the next layer"),
+        Entry::hard_link("etc/motd.orig", "etc/motd", 0o644),
+        Entry::dir("var"),
+        Entry::file("var/old", 0o644, b"hidden by the next layer"),
     ]);
-    let top = tar_layer(&[
-        T::File("etc/.wh.secret", 0o644, b""),
-        T::File("etc/motd", 0o644, motd.as_bytes()),
-        T::Dir("bin"),
-        T::File("bin/hello", 0o755, b"#!/bin/sh\necho hello\n"),
-        T::Hard("bin/hello-again", "bin/hello", 0o755),
+    let top = FileLayer::build(&[
+        Entry::file("etc/.wh.secret", 0o644, b""),
+        Entry::file("etc/motd", 0o644, motd.as_bytes()),
+        Entry::dir("bin"),
+        Entry::file("bin/hello", 0o755, b"#!/bin/sh\necho hello\n"),
+        Entry::hard_link("bin/hello-again", "bin/hello", 0o755),
         // An opaque directory: nothing of var/ below shows through.
-        T::Dir("var"),
-        T::File("var/.wh..wh..opq", 0o644, b""),
-        T::File("var/new", 0o644, b"only this"),
+        Entry::dir("var"),
+        Entry::file("var/.wh..wh..opq", 0o644, b""),
+        Entry::file("var/new", 0o644, b"only this"),
     ]);
     vec![base, middle, top]
-}
-
-/// An entry of the layers built here (the bench's builder has no hard links).
-enum T<'a> {
-    Dir(&'a str),
-    File(&'a str, u32, &'a [u8]),
-    /// A hard link, with its target's mode (containerd applies the link's mode to the file).
-    Hard(&'a str, &'a str, u32),
-}
-
-fn tar_layer(entries: &[T]) -> FileLayer {
-    use std::io::Write;
-    let mut b = tar::Builder::new(Vec::new());
-    for e in entries {
-        let mut h = tar::Header::new_gnu();
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
-        match e {
-            T::Dir(p) => {
-                h.set_entry_type(tar::EntryType::Directory);
-                h.set_mode(0o755);
-                h.set_size(0);
-                b.append_data(&mut h, format!("{p}/"), std::io::empty())
-            }
-            T::File(p, mode, data) => {
-                h.set_entry_type(tar::EntryType::Regular);
-                h.set_mode(*mode);
-                h.set_size(data.len() as u64);
-                b.append_data(&mut h, p, *data)
-            }
-            T::Hard(p, target, mode) => {
-                h.set_entry_type(tar::EntryType::Link);
-                h.set_mode(*mode);
-                h.set_size(0);
-                b.append_link(&mut h, p, target)
-            }
-        }
-        .unwrap();
-    }
-    let tar = b.into_inner().unwrap();
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(&tar).unwrap();
-    let gzip = gz.finish().unwrap();
-    FileLayer {
-        digest: Digest::sha256(&gzip).to_string(),
-        diff_id: Digest::sha256(&tar).to_string(),
-        gzip,
-    }
-}
-
-/// Where a layer's files are, found through views (released before returning).
-struct Dirs {
-    /// overlayfs: each layer's own directory; native: each snapshot's full directory.
-    per_layer: Vec<PathBuf>,
-    /// Whether each snapshot holds its whole chain (native).
-    cumulative: bool,
-}
-
-impl Dirs {
-    /// The directory where a pod would see `layer`'s files: its own (overlayfs) or the top
-    /// snapshot's (native).
-    fn of(&self, layer: usize) -> &Path {
-        if self.cumulative {
-            self.per_layer.last().unwrap()
-        } else {
-            &self.per_layer[layer]
-        }
-    }
-}
-
-async fn dirs(store: &Store, snapshotter: &str, image: &PushedImage) -> Dirs {
-    let diff_ids: Vec<Digest> = image.diff_ids.iter().map(|d| d.parse().unwrap()).collect();
-    let chain = prepull::image::chain_ids(&diff_ids);
-    let lease = store
-        .create_lease("test-dirs", Duration::from_secs(600))
-        .await
-        .unwrap();
-    let mut per_layer = Vec::new();
-    let mut cumulative = false;
-    let top = store
-        .view_snapshot(&lease, snapshotter, &chain[2].to_string())
-        .await
-        .unwrap();
-    match &top.dirs {
-        ViewDirs::Layers(d) => per_layer = d.clone(),
-        ViewDirs::Bind(_) => {
-            cumulative = true;
-            for c in &chain {
-                let v = store
-                    .view_snapshot(&lease, snapshotter, &c.to_string())
-                    .await
-                    .unwrap();
-                match &v.dirs {
-                    ViewDirs::Bind(d) => per_layer.push(d.clone()),
-                    other => panic!("a native view shows {other:?}"),
-                }
-                store.release_view(v).await.unwrap();
-            }
-        }
-    }
-    store.release_view(top).await.unwrap();
-    store.delete_lease(lease).await.unwrap();
-    assert_eq!(per_layer.len(), 3, "{per_layer:?}");
-    Dirs {
-        per_layer,
-        cumulative,
-    }
-}
-
-fn flip_byte(path: &Path, at: u64) {
-    use std::io::{Read, Seek, SeekFrom, Write};
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    f.seek(SeekFrom::Start(at)).unwrap();
-    let mut b = [0u8];
-    f.read_exact(&mut b).unwrap();
-    f.seek(SeekFrom::Start(at)).unwrap();
-    f.write_all(&[b[0] ^ 0x40]).unwrap();
-}
-
-fn empty_dir(dir: &Path) {
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() && !p.is_symlink() {
-            std::fs::remove_dir_all(p).unwrap();
-        } else {
-            std::fs::remove_file(p).unwrap();
-        }
-    }
 }
 
 /// A damage, applied to the image's directories; the layer and path the check must name.
@@ -376,7 +218,7 @@ async fn deep_verify_names_each_damaged_layer_and_path() {
     );
 
     for (case, (name, image, _)) in CASES.iter().zip(&images[1..]) {
-        let d = dirs(&store, &snapshotter, image).await;
+        let d = layer_dirs(&store, &snapshotter, &image.diff_ids).await;
         (case.damage)(&d);
         let out = prepull(&containerd, &["verify", "--deep", name]).await;
         let t = text(&out);

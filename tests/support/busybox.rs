@@ -35,6 +35,41 @@ pub enum Entry {
         path: String,
         target: String,
     },
+    /// A hard link to `target` (an earlier entry of the same layer), with the mode containerd
+    /// then gives the file they share.
+    HardLink {
+        path: String,
+        target: String,
+        mode: u32,
+    },
+}
+
+impl Entry {
+    /// A directory, mode 0755.
+    pub fn dir(path: &str) -> Entry {
+        Entry::Dir {
+            path: path.into(),
+            mode: 0o755,
+        }
+    }
+
+    /// A regular file.
+    pub fn file(path: &str, mode: u32, data: &[u8]) -> Entry {
+        Entry::File {
+            path: path.into(),
+            mode,
+            data: data.to_vec(),
+        }
+    }
+
+    /// A hard link to `target`.
+    pub fn hard_link(path: &str, target: &str, mode: u32) -> Entry {
+        Entry::HardLink {
+            path: path.into(),
+            target: target.into(),
+            mode,
+        }
+    }
 }
 
 /// A gzip'd tar layer built in memory (these layers are a few MiB at most).
@@ -68,6 +103,12 @@ impl FileLayer {
                     header.set_size(data.len() as u64);
                     tar.append_data(&mut header, path, data.as_slice())
                 }
+                Entry::HardLink { path, target, mode } => {
+                    header.set_entry_type(tar::EntryType::Link);
+                    header.set_mode(*mode);
+                    header.set_size(0);
+                    tar.append_link(&mut header, path, target)
+                }
                 Entry::Symlink { path, target } => {
                     header.set_entry_type(tar::EntryType::Symlink);
                     header.set_mode(0o777);
@@ -92,17 +133,19 @@ impl FileLayer {
 /// A root filesystem holding Debian's static busybox as `/bin/busybox`, `/bin/sh` pointing at it,
 /// and the usual empty directories.
 pub fn busybox_layer() -> FileLayer {
+    FileLayer::build(&busybox_entries())
+}
+
+/// The entries of [`busybox_layer`], for layers that hold more beside them.
+pub fn busybox_entries() -> Vec<Entry> {
     let path = Path::new(BUSYBOX);
     let data = std::fs::read(path).unwrap_or_else(|e| {
         panic!(
             "cannot read {BUSYBOX} ({e}): install Debian's busybox-static (scripts/setup.sh does)"
         )
     });
-    FileLayer::build(&[
-        Entry::Dir {
-            path: "bin".into(),
-            mode: 0o755,
-        },
+    vec![
+        Entry::dir("bin"),
         Entry::File {
             path: "bin/busybox".into(),
             mode: 0o755,
@@ -113,15 +156,12 @@ pub fn busybox_layer() -> FileLayer {
             path: "bin/sh".into(),
             target: "busybox".into(),
         },
-        Entry::Dir {
-            path: "etc".into(),
-            mode: 0o755,
-        },
+        Entry::dir("etc"),
         Entry::Dir {
             path: "tmp".into(),
             mode: 0o1777,
         },
-    ])
+    ]
 }
 
 /// The node's own platform: busybox is a native binary, and CRI only runs images of it.

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod busybox;
 pub mod containerd;
 pub mod cri;
+pub mod damage;
 pub mod hostile;
 pub mod image;
 pub mod layer;

@@ -1,7 +1,7 @@
 //! Where an image's unpacked files are on disk, found the way prepull finds them: through a
 //! read-only view of its top snapshot (never by guessing snapshot directory numbers).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use prepull::digest::Digest;
@@ -38,4 +38,68 @@ pub async fn top_layer_dir(containerd: &Containerd, diff_ids: &[String]) -> Path
     store.release_view(view).await.expect("remove the view");
     store.delete_lease(lease).await.expect("delete the lease");
     dir
+}
+
+/// Where each layer's files are, found through views (released before returning).
+pub struct Dirs {
+    /// overlayfs: each layer's own directory; native: each snapshot's full directory.
+    pub per_layer: Vec<PathBuf>,
+    /// Whether each snapshot holds its whole chain (native).
+    pub cumulative: bool,
+}
+
+impl Dirs {
+    /// The directory where a pod sees `layer`'s files: its own (overlayfs) or the top
+    /// snapshot's (native).
+    pub fn of(&self, layer: usize) -> &Path {
+        if self.cumulative {
+            self.per_layer.last().expect("layers")
+        } else {
+            &self.per_layer[layer]
+        }
+    }
+}
+
+/// The directories of every layer of the image whose diff IDs are `diff_ids`.
+pub async fn layer_dirs(store: &Store, snapshotter: &str, diff_ids: &[String]) -> Dirs {
+    let diff_ids: Vec<Digest> = diff_ids.iter().map(|d| d.parse().unwrap()).collect();
+    let chain = prepull::image::chain_ids(&diff_ids);
+    let lease = store
+        .create_lease("test-dirs", Duration::from_secs(600))
+        .await
+        .unwrap();
+    let mut per_layer = Vec::new();
+    let mut cumulative = false;
+    let top = store
+        .view_snapshot(
+            &lease,
+            snapshotter,
+            &chain.last().expect("layers").to_string(),
+        )
+        .await
+        .unwrap();
+    match &top.dirs {
+        ViewDirs::Layers(d) => per_layer = d.clone(),
+        ViewDirs::Bind(_) => {
+            cumulative = true;
+            for c in &chain {
+                let v = store
+                    .view_snapshot(&lease, snapshotter, &c.to_string())
+                    .await
+                    .unwrap();
+                match &v.dirs {
+                    ViewDirs::Bind(d) => per_layer.push(d.clone()),
+                    other => panic!("a native view shows {other:?}"),
+                }
+                store.release_view(v).await.unwrap();
+            }
+        }
+    }
+    store.release_view(top).await.unwrap();
+    store.delete_lease(lease).await.unwrap();
+    assert_eq!(per_layer.len(), chain.len(), "{per_layer:?}");
+    Dirs {
+        per_layer,
+        cumulative,
+    }
 }
