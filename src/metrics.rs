@@ -158,12 +158,13 @@ impl Metrics {
         self.pull_seconds.get_or_create(&result).observe(seconds);
     }
 
-    /// `bytes` of blobs came from `registry`.
-    pub fn downloaded(&self, registry: &str, bytes: u64) {
+    /// The counter of blob bytes from `registry`, to count a blob's chunks as they arrive with
+    /// one atomic add each (the label is looked up once per blob, not per chunk).
+    pub fn downloaded_from(&self, registry: &str) -> Counter {
         let labels = RegistryLabel {
             registry: registry.to_string(),
         };
-        self.downloaded.get_or_create(&labels).inc_by(bytes);
+        self.downloaded.get_or_create(&labels).clone()
     }
 
     /// `registry` answered a `method` request with `code` (`None`: no answer came).
@@ -291,7 +292,7 @@ mod tests {
         m.pull(PullResult::Failed, Some(ErrorKind::Unauthorized), 0.3);
         m.request("registry.test.invalid", "GET", Some(429));
         m.request("registry.test.invalid", "HEAD", None);
-        m.downloaded("registry.test.invalid", 1234);
+        m.downloaded_from("registry.test.invalid").inc_by(1234);
         let text = encode(Nothing);
         assert!(text.contains(r#"prepull_pulls_total{result="failed",kind="unauthorized"}"#));
         assert!(text.contains(

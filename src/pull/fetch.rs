@@ -217,6 +217,7 @@ async fn copy_body(
 ) -> Result<Option<Vec<u8>>, PullError> {
     let store_err = PullError::store(fetch.reference);
     let mut kept = keep.then(|| Vec::with_capacity(blob.size as usize));
+    let downloaded = crate::metrics::metrics().downloaded_from(fetch.reference.registry());
     while let Some(chunk) = body.next().await {
         let chunk = match chunk {
             Ok(c) => c,
@@ -240,7 +241,7 @@ async fn copy_body(
             .fetch_add(chunk.len() as u64, Ordering::Relaxed);
         fetch.counters.progress.advance(chunk.len() as u64);
         fetch.counters.progress.downloaded(chunk.len() as u64);
-        crate::metrics::metrics().downloaded(fetch.reference.registry(), chunk.len() as u64);
+        downloaded.inc_by(chunk.len() as u64);
         if let Some(k) = kept.as_mut() {
             k.extend_from_slice(&chunk);
         }
