@@ -53,8 +53,11 @@ pub struct CheckArgs {
         manifests, config and layers are read back from containerd and hashed against their \
         digests; blobs containerd lists but cannot read, and blobs missing altogether, are \
         reported; the snapshot of every layer must exist in the snapshotter CRI uses. Ingests \
-        idle for --stale-ingest-age are reported as stale. Nothing is changed: `prepull repair` \
-        mends what this finds. Exit status 0 when all is sound, 1 when something is not.\n\n\
+        idle for --stale-ingest-age are reported as stale. Each sound image's own command \
+        (Entrypoint and Cmd, searched in its PATH) must resolve in its unpacked layers to a \
+        non-empty executable for its architecture, else it is reported cannot-start. Nothing is \
+        changed: `prepull repair` mends what this finds. Exit status 0 when all is sound, 1 when \
+        something is not.\n\n\
         With --deep, each image's unpacked snapshots (what pods run from) are also compared file \
         by file with the layers they were unpacked from: type, size, content, mode, owner, \
         symlink targets, hard links, devices, whiteouts; files added; snapshot directories gone \
