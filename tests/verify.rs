@@ -644,3 +644,17 @@ async fn a_repair_on_a_terminal_shows_the_pull_that_mends() {
     assert!(line.contains("KiB/"), "{line:?}");
     assert!(screen.contains("repaired"), "{screen:?}");
 }
+
+/// `--help` shows each subcommand's whole description, not only its one-line summary.
+#[tokio::test]
+async fn help_shows_the_whole_description() {
+    for (command, says) in [
+        ("verify", "cannot-start"),
+        ("doctor", "kubelet's order"),
+        ("pull", "Credentials are tried in this order"),
+    ] {
+        let out = Prepull::new(command).arg("--help").success().await;
+        let help = String::from_utf8_lossy(&out.stdout).replace('\n', " ");
+        assert!(help.contains(says), "prepull {command} --help: {help}");
+    }
+}

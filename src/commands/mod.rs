@@ -38,24 +38,17 @@ pub enum LogFormat {
     Json,
 }
 
-/// Subcommands.
+/// Subcommands. Each one's help (its one-line `about` and its `long_about`) is on its
+/// arguments' struct: a doc comment here would hide the `long_about` from `--help`.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Pull images into containerd now, so CRI and the kubelet find them present.
     Pull(Box<pull::PullArgs>),
-    /// Remove the pin from images, so kubelet image GC may reclaim them again.
     Unpin(unpin::UnpinArgs),
-    /// Keep the images of a prepull list warm on this node (the DaemonSet's mode).
     Agent(Box<agent::AgentArgs>),
-    /// Check the node's images: every blob read back and hashed, every layer's snapshot present.
     Verify(verify::VerifyArgs),
-    /// Mend the node's images: remove what is corrupt and pull it again.
     Repair(Box<verify::RepairArgs>),
-    /// Show what the agent on this node keeps warm, what it does not, and why.
     Status(status::StatusArgs),
-    /// Say whether every image of a list is on this node, ready to start without the network.
     Check(check::CheckArgs),
-    /// Explain an ErrImagePull / ImagePullBackOff: walk every step of one image's pull here.
     Doctor(Box<doctor::DoctorArgs>),
 }
 
