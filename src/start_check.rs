@@ -63,15 +63,20 @@ pub async fn unpacked(
 }
 
 /// Whether `image`'s own command starts from its unpacked layers in `snapshotter`. The view is
-/// made under `lease` and removed before returning. `None` when the image's config says nothing
-/// about its process (nothing to check).
+/// made under `lease` and removed before returning. `None` when the image names no command
+/// (a pod running it gives its own, which is not checked here).
 pub async fn check(
     store: &Store,
     lease: &Lease,
     snapshotter: &str,
     image: &Unpacked,
 ) -> Result<Option<Startable>, StartCheckError> {
-    let Some(process) = image.process.clone() else {
+    let Some(process) = image.process.clone().filter(|p| {
+        p.entrypoint
+            .iter()
+            .chain(&p.cmd)
+            .any(|argv| !argv.is_empty())
+    }) else {
         return Ok(None);
     };
     let chain = image::chain_ids(&image.diff_ids);

@@ -30,7 +30,7 @@ pub use status::{ImageState, ImageStatus, Status};
 use crate::metrics::{metrics, RepairResult};
 use crate::pull::{PullError, PullReport, Puller};
 use crate::repair::{self, Protection};
-use crate::rootfs::{self, Startable};
+use crate::rootfs::Startable;
 use crate::store::{Store, StoreError};
 use crate::watch::Fingerprint;
 use pins::Pins;
@@ -601,7 +601,7 @@ impl Agent {
                 crate::start_check::check(&self.store, &lease, snapshotter, &unpacked).await
             };
             match checked.await {
-                Ok(Some(Startable::No(finding))) if finding != rootfs::Finding::NoCommand => {
+                Ok(Some(Startable::No(finding))) => {
                     tracing::warn!(image = %image.image, kind = finding.kind(), error = %finding, "a pod could not start from this image");
                     image.start_kind = Some(finding.kind());
                     image.start_error = Some(finding.to_string());

@@ -339,10 +339,6 @@ async fn start_all(store: &Store, snapshotter: &str, checks: &[ImageCheck]) -> V
             match crate::start_check::check(store, &lease, snapshotter, unpacked).await {
                 Ok(None) => StartOutcome::NotChecked,
                 Ok(Some(crate::rootfs::Startable::Yes { path })) => StartOutcome::Starts(path),
-                // A pod running such an image names its own command, which is not checked here.
-                Ok(Some(crate::rootfs::Startable::No(crate::rootfs::Finding::NoCommand))) => {
-                    StartOutcome::NotChecked
-                }
                 Ok(Some(crate::rootfs::Startable::No(finding))) => StartOutcome::Cannot(finding),
                 Err(e) => StartOutcome::Failed(crate::error_chain(&e)),
             },

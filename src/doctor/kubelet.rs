@@ -62,10 +62,14 @@ pub fn check(path: &Path, reference: &Reference, usage: Option<Usage>) -> Step {
                 Verdict::Warning,
                 "gc-threshold",
                 format!(
-                    "{} pinned images take up to {percent}% of containerd's filesystem, at or                      above imageGCHighThresholdPercent ({threshold}%): the kubelet's image GC                      cannot remove them, cannot get below its threshold, and the node goes into                      disk pressure instead",
+                    "{} pinned images take up to {percent}% of containerd's filesystem, at or \
+                    above imageGCHighThresholdPercent ({threshold}%): the kubelet's image GC \
+                    cannot remove them, cannot get below its threshold, and the node goes into \
+                    disk pressure instead",
                     u.pinned_images
                 ),
-                "pin fewer images (pin: false in the prepull list for the large ones), or give                  the node a larger disk",
+                "pin fewer images (pin: false in the prepull list for the large ones), or give \
+                    the node a larger disk",
             )
         }
         _ => step,

@@ -7,7 +7,7 @@ use super::{Step, Verdict};
 use crate::image::labels;
 use crate::pull::Puller;
 use crate::reference::Reference;
-use crate::rootfs::{Finding, Startable};
+use crate::rootfs::Startable;
 use crate::store::Store;
 use crate::verify::{group_records, CheckOptions, Checker};
 
@@ -88,14 +88,16 @@ pub async fn check(
     }
     if let Some(snapshotter) = puller.snapshotter() {
         match starts(store, snapshotter, &present.digest, puller).await {
-            Ok(Some(Startable::No(finding))) if finding != Finding::NoCommand => {
+            Ok(Some(Startable::No(finding))) => {
                 return Step::found(
                     "node",
                     Verdict::Fail,
                     "cannot-start",
                     format!("{name} is on the node, but a pod cannot start from it: {finding}"),
                     format!(
-                        "prepull verify --deep {name} shows what differs from its layers; prepull                          repair mends damage; an image built for another architecture or without                          its command must be rebuilt"
+                        "prepull verify --deep {name} shows what differs from its layers; prepull \
+                         repair mends damage; an image built for another architecture or without \
+                         its command must be rebuilt"
                     ),
                 )
                 .with_details(details);
