@@ -1,7 +1,7 @@
 //! One workload's measurements, in the order that keeps them comparable: the emulated WAN (W5)
 //! or the counting proxy (W6) put in front of the registry, the fsync floor, then rounds in which
-//! prepull and ctr alternate (and the modes alternate within each round), with a progress line
-//! per run.
+//! prepull and its peers (ctr; in pull mode CRI PullImage) alternate (and the modes alternate
+//! within each round), with a progress line per run.
 
 use std::path::Path;
 use std::time::Duration;
@@ -29,7 +29,7 @@ pub async fn run_workload(
     let mut samples = Vec::with_capacity(2 * modes.len() * w.runs);
     for run in 1..=w.runs {
         for mode in modes {
-            for tool in [Tool::Prepull, Tool::Ctr] {
+            for tool in Tool::compared(*mode, w.id == WorkloadId::W4) {
                 let s = bench.sample(&w, *mode, tool, run).await?;
                 log_sample(&w, run, &s);
                 samples.push(s);

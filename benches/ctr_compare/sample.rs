@@ -12,6 +12,12 @@ use crate::support;
 pub enum Tool {
     Prepull,
     Ctr,
+    /// CRI `ImageService/PullImage`, the kubelet's own pull, one image at a time (the kubelet's
+    /// default, `serializeImagePulls: true`). Pull mode only: CRI always unpacks.
+    Cri,
+    /// CRI `PullImage`, four images at a time (`serializeImagePulls: false`,
+    /// `maxParallelImagePulls: 4`). Only where a workload has many images (W4).
+    Cri4,
 }
 
 impl Tool {
@@ -19,6 +25,27 @@ impl Tool {
         match self {
             Tool::Prepull => "prepull",
             Tool::Ctr => "ctr",
+            Tool::Cri => "cri",
+            Tool::Cri4 => "cri x4",
+        }
+    }
+
+    /// The tools a run of `mode` compares, prepull first; `many_images`: the workload pulls many
+    /// images, so CRI four at a time is compared too.
+    pub fn compared(mode: Mode, many_images: bool) -> Vec<Tool> {
+        match mode {
+            Mode::Fetch => vec![Tool::Prepull, Tool::Ctr],
+            Mode::Pull if many_images => vec![Tool::Prepull, Tool::Ctr, Tool::Cri, Tool::Cri4],
+            Mode::Pull => vec![Tool::Prepull, Tool::Ctr, Tool::Cri],
+        }
+    }
+
+    /// How many CRI `PullImage` calls run at once.
+    pub fn cri_parallel(self) -> Option<usize> {
+        match self {
+            Tool::Cri => Some(1),
+            Tool::Cri4 => Some(4),
+            Tool::Prepull | Tool::Ctr => None,
         }
     }
 }
@@ -55,6 +82,8 @@ impl Mode {
             (Mode::Pull, Tool::Prepull) => "prepull pull --snapshotter S",
             (Mode::Fetch, Tool::Ctr) => "ctr content fetch",
             (Mode::Pull, Tool::Ctr) => "ctr images pull --snapshotter S",
+            (_, Tool::Cri) => "CRI PullImage, one image at a time",
+            (_, Tool::Cri4) => "CRI PullImage, four images at a time",
         }
     }
 }

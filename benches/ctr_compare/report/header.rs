@@ -8,7 +8,7 @@ use crate::command::{command_line, GNU_TIME};
 use crate::proc::{load_average, mem_total, QUIET_SHARE, QUIET_WINDOW};
 use crate::results::WorkloadResult;
 use crate::run::Bench;
-use crate::sample::{Tool, DISTURBED_SHARE};
+use crate::sample::{Mode, Tool, DISTURBED_SHARE};
 use crate::workload::WorkloadId;
 
 pub fn write(md: &mut String, results: &[WorkloadResult], bench: &Bench, cx: &Context) {
@@ -21,7 +21,10 @@ pub fn write(md: &mut String, results: &[WorkloadResult], bench: &Bench, cx: &Co
 
 /// The title, the machine, its load before and after, and the prepull binary.
 fn machine(md: &mut String, bench: &Bench, cx: &Context, nproc: &str) {
-    let _ = writeln!(md, "# prepull vs ctr: pulling images into containerd");
+    let _ = writeln!(
+        md,
+        "# prepull vs ctr and CRI PullImage: pulling images into containerd"
+    );
     let _ = writeln!(md);
     let _ = writeln!(
         md,
@@ -64,8 +67,8 @@ fn modes(md: &mut String, bench: &Bench, cx: &Context) {
             md,
             "> **This prepull unpacks layers by default** (it has `--no-unpack`), so the bench compares like with like in two modes: \
              **fetch** = `prepull pull --no-unpack` vs `ctr content fetch` (content store + image record), and \
-             **pull** = `prepull pull` vs `ctr images pull`, both unpacking into the `{}` snapshotter (CRI's in these containerds). \
-             W4 in pull mode is a loop of 100 `ctr images pull`.",
+             **pull** = `prepull pull` vs `ctr images pull` and CRI `PullImage` (the kubelet's own pull), all unpacking into the `{}` snapshotter (CRI's in these containerds). \
+             W4 in pull mode is a loop of 100 `ctr images pull`, and CRI PullImage one image at a time (the kubelet's default, `serializeImagePulls: true`) and four at a time.",
             cx.snapshotter
         );
     } else {
@@ -86,7 +89,7 @@ fn setup(md: &mut String, results: &[WorkloadResult], bench: &Bench, cx: &Contex
         "Setup: one docker-registry on loopback (plain HTTP), synthetic images with random layers (gzip level 0); \
          every run gets a fresh containerd (snapshotter `{}`, empty content store), started before and removed after the timed part, \
          and is checked afterwards (every blob in the content store; in pull mode, a committed snapshot per layer). \
-         Runs alternate prepull, ctr, prepull, ctr, … (and the modes alternate within each round). Commands:",
+         Runs alternate prepull, ctr, CRI (pull mode), prepull, … (and the modes alternate within each round). Commands:",
         cx.snapshotter
     );
     let _ = writeln!(md);
@@ -98,6 +101,14 @@ fn setup(md: &mut String, results: &[WorkloadResult], bench: &Bench, cx: &Contex
             mode.name(),
             mode.command(Tool::Prepull, bench.prepull_unpacks),
             mode.command(Tool::Ctr, bench.prepull_unpacks).trim_start_matches("ctr "),
+        );
+    }
+    if cx.modes.contains(&Mode::Pull) {
+        let _ = writeln!(
+            md,
+            "- pull, CRI: `runtime.v1.ImageService/PullImage` with the image as the pod names it, called from the bench process over containerd's socket \
+             (no client process: its client RSS is n/a and client CPU 0; containerd does the pull). On containerd 2.x this is the CRI image service's \
+             own pull (transfer service or its local pull, as the daemon's config decides), what the kubelet gets."
         );
     }
     let _ = writeln!(
@@ -137,7 +148,7 @@ fn method(md: &mut String, bench: &Bench, nproc: &str) {
          \"Busy before\" and \"Waited\" in the raw tables show how that went. \
          A run counts as *disturbed* when \"other\" CPU exceeded {disturbed:.0}% of the machine's capacity during it; \"Top other\" in the raw tables names the processes behind it. \
          With {cores} cores, a run cannot be faster than (client + containerd + registry CPU) / {cores}. \
-         ctr/prepull > 1 means prepull is faster; x floor = median / the fsync floor's median.",
+         time / prepull's > 1 means prepull is faster than that peer; x floor = median / the fsync floor's median.",
         cores = nproc,
         wait = bench.quiet_wait.as_secs(),
         share = QUIET_SHARE * 100.0,

@@ -68,10 +68,22 @@ fn cpu_medians(r: &WorkloadResult, mode: Mode, tool: Tool) -> String {
     )
 }
 
-/// ctr's median time over prepull's, in bold with `decimals` decimals (> 1: prepull is faster).
-fn speedup(r: &WorkloadResult, mode: Mode, decimals: usize) -> String {
-    r.median_wall(mode, Tool::Ctr)
+/// A peer's median time over prepull's, in bold with `decimals` decimals (> 1: prepull is
+/// faster); empty on prepull's own row.
+fn speedup(r: &WorkloadResult, mode: Mode, tool: Tool, decimals: usize) -> String {
+    if tool == Tool::Prepull {
+        return String::new();
+    }
+    r.median_wall(mode, tool)
         .zip(r.median_wall(mode, Tool::Prepull))
         .map(|(c, p)| format!("**{:.*}**", decimals, c / p))
         .unwrap_or_else(|| "n/a".into())
+}
+
+/// The tools `r` has runs of in `mode`, prepull first.
+fn tools(r: &WorkloadResult, mode: Mode) -> Vec<Tool> {
+    Tool::compared(mode, true)
+        .into_iter()
+        .filter(|t| r.of(mode, *t).next().is_some())
+        .collect()
 }

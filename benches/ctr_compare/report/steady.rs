@@ -2,10 +2,12 @@
 
 use std::fmt::Write as _;
 
-use super::{cpu_medians, speedup, Context};
+use super::{cpu_medians, speedup, tools, Context};
 use crate::results::{stats, WorkloadResult};
-use crate::sample::Tool;
 use crate::workload::WorkloadId;
+
+/// Decimals of the time-over-prepull's column.
+const DECIMALS: usize = 1;
 
 pub fn write(md: &mut String, results: &[WorkloadResult], cx: &Context) {
     let Some(r) = results.iter().find(|r| r.workload.id == WorkloadId::W6) else {
@@ -24,12 +26,11 @@ pub fn write(md: &mut String, results: &[WorkloadResult], cx: &Context) {
     let _ = writeln!(md);
     let _ = writeln!(
         md,
-        "| Mode | Tool | Median s | Min s | Max s | ctr/prepull | Requests per pass | CPU s client / containerd / registry+proxy / other |"
+        "| Mode | Tool | Median s | Min s | Max s | time / prepull's | Requests per pass | CPU s client / containerd / registry+proxy / other |"
     );
     let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---|---:|");
     for mode in &cx.modes {
-        let ratio = speedup(r, *mode, 1);
-        for tool in [Tool::Prepull, Tool::Ctr] {
+        for tool in tools(r, *mode) {
             let Some(st) = stats(&r.walls(*mode, tool)) else {
                 continue;
             };
@@ -41,11 +42,7 @@ pub fn write(md: &mut String, results: &[WorkloadResult], cx: &Context) {
                 st.median,
                 st.min,
                 st.max,
-                if tool == Tool::Prepull {
-                    ratio.as_str()
-                } else {
-                    ""
-                },
+                speedup(r, *mode, tool, DECIMALS),
                 r.request_mixes(*mode, tool),
                 cpu_medians(r, *mode, tool),
             );

@@ -4,11 +4,13 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use super::{cpu_medians, speedup, Context};
+use super::{cpu_medians, speedup, tools, Context};
 use crate::results::{mbps, stats, WorkloadResult};
-use crate::sample::Tool;
 use crate::wan::LinkInfo;
 use crate::workload::WorkloadId;
+
+/// Decimals of the time-over-prepull's column.
+const DECIMALS: usize = 2;
 
 pub fn write(md: &mut String, results: &[WorkloadResult], cx: &Context) {
     let Some(r) = results.iter().find(|r| r.workload.id == WorkloadId::W5) else {
@@ -55,12 +57,11 @@ fn link(md: &mut String, r: &WorkloadResult, info: &LinkInfo) {
 fn table(md: &mut String, r: &WorkloadResult, cx: &Context) {
     let _ = writeln!(
         md,
-        "| Mode | Tool | Median s | Min s | Max s | MB/s | Share of link | ctr/prepull | CPU s client / containerd / registry / other |"
+        "| Mode | Tool | Median s | Min s | Max s | MB/s | Share of link | time / prepull's | CPU s client / containerd / registry / other |"
     );
     let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for mode in &cx.modes {
-        let ratio = speedup(r, *mode, 2);
-        for tool in [Tool::Prepull, Tool::Ctr] {
+        for tool in tools(r, *mode) {
             let Some(st) = stats(&r.walls(*mode, tool)) else {
                 continue;
             };
@@ -76,11 +77,7 @@ fn table(md: &mut String, r: &WorkloadResult, cx: &Context) {
                 r.link_share(*mode, tool)
                     .map(|x| format!("{:.0}%", x * 100.0))
                     .unwrap_or_else(|| "n/a".into()),
-                if tool == Tool::Prepull {
-                    ratio.as_str()
-                } else {
-                    ""
-                },
+                speedup(r, *mode, tool, DECIMALS),
                 cpu_medians(r, *mode, tool),
             );
         }

@@ -1,10 +1,14 @@
-//! The two clients as the timed runs invoke them: `prepull pull` once with every image, `ctr`
-//! once per image, each under `perf record` when profiling.
+//! The clients as the timed runs invoke them: `prepull pull` once with every image, `ctr` once
+//! per image, each under `perf record` when profiling; CRI `PullImage` (the kubelet's pull) from
+//! this process over containerd's socket, one image at a time or four at a time.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use futures_util::StreamExt as _;
+use prepull::cri::v1::{ImageSpec, PullImageRequest};
+use prepull::cri::ImageServiceClient;
 
 use super::Bench;
 use crate::command::{timed, ChildRun};
@@ -27,6 +31,10 @@ impl Bench {
                 .await
                 .map(|(r, b)| (r, Some(b))),
             Tool::Ctr => self.run_ctr(c, w, mode).await.map(|r| (r, None)),
+            Tool::Cri | Tool::Cri4 => {
+                let parallel = tool.cri_parallel().unwrap_or(1);
+                run_cri(c, w, parallel).await.map(|r| (r, None))
+            }
         }
     }
 
@@ -141,3 +149,42 @@ impl Bench {
         Ok(total)
     }
 }
+
+/// CRI `PullImage` for every image of `w`, `parallel` at a time, as the kubelet asks it: from
+/// this process, so there is no client process to measure: no client RSS, and client CPU 0 (the
+/// calls' own CPU counts as "other"). containerd does the work, measured as for the other tools.
+async fn run_cri(c: &Containerd, w: &Workload, parallel: usize) -> anyhow::Result<ChildRun> {
+    let channel = prepull::cri::connect(c.socket())
+        .await
+        .with_context(|| format!("cannot connect to CRI at {}", c.socket().display()))?;
+    let started = Instant::now();
+    let pulls = futures_util::stream::iter(w.images.iter().map(|image| {
+        let mut client = ImageServiceClient::new(channel.clone());
+        async move {
+            let request = PullImageRequest {
+                image: Some(ImageSpec {
+                    image: image.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            match tokio::time::timeout(CRI_PULL_TIMEOUT, client.pull_image(request)).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(status)) => bail!("CRI PullImage {image} failed: {status}"),
+                Err(_) => bail!("CRI PullImage {image} took over {CRI_PULL_TIMEOUT:?}"),
+            }
+        }
+    }))
+    .buffer_unordered(parallel);
+    let results: Vec<anyhow::Result<()>> = pulls.collect().await;
+    results.into_iter().collect::<anyhow::Result<()>>()?;
+    Ok(ChildRun {
+        wall: started.elapsed(),
+        rss_kib: None,
+        cpu_secs: Some(0.0),
+        stdout: String::new(),
+    })
+}
+
+/// Bounds one CRI pull, so a wedged containerd fails the run instead of hanging the bench.
+const CRI_PULL_TIMEOUT: Duration = Duration::from_secs(600);
