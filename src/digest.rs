@@ -189,6 +189,36 @@ pub enum VerifyError {
         /// The digest of the bytes received.
         got: Digest,
     },
+    /// The store that hashed the bytes refused them as `expected`, without saying what they
+    /// hash to.
+    #[error("the bytes are not {expected}: {reason}")]
+    Refused {
+        /// The descriptor's digest.
+        expected: Digest,
+        /// What the store said.
+        reason: String,
+    },
+}
+
+impl VerifyError {
+    /// The mismatch containerd reports when it refuses to commit bytes as `expected` (its
+    /// message: `unexpected commit digest <got>, expected <expected>`).
+    pub fn refused_by_store(expected: &Digest, message: &str) -> VerifyError {
+        let got = message
+            .split_once("unexpected commit digest ")
+            .and_then(|(_, rest)| rest.split([',', ' ']).next())
+            .and_then(|d| d.parse::<Digest>().ok());
+        match got {
+            Some(got) => VerifyError::Mismatch {
+                expected: expected.clone(),
+                got,
+            },
+            None => VerifyError::Refused {
+                expected: expected.clone(),
+                reason: crate::printable::printable(message),
+            },
+        }
+    }
 }
 
 /// Checks a byte stream against a descriptor's digest and exact size as it passes.
@@ -210,6 +240,13 @@ impl Verifier {
             size,
             seen: 0,
         }
+    }
+
+    /// Verifies the exact size only, for a stream whose digest is checked by whoever stores it
+    /// (containerd's `Commit` with the expected digest refuses other bytes): hashing here too
+    /// would cost every byte a second SHA-256 for no added guarantee.
+    pub fn size_only(expected: &Digest, size: u64) -> Verifier {
+        Verifier::resumed(expected, size, 0)
     }
 
     /// Verifies the tail of a blob from byte `offset` on: exact size only (see `hasher`).
@@ -319,6 +356,36 @@ mod tests {
                 got: 6
             })
         );
+    }
+
+    #[test]
+    fn size_only_checks_the_size_and_not_the_digest() {
+        let d = Digest::sha256(b"0123456789");
+        let mut v = Verifier::size_only(&d, 10);
+        assert!(!v.checks_digest());
+        v.update(b"abcdefghij").unwrap();
+        v.finish().unwrap();
+        let mut long = Verifier::size_only(&d, 10);
+        assert!(long.update(b"abcdefghijk").is_err());
+    }
+
+    #[test]
+    fn containerds_commit_refusal_names_what_the_bytes_are() {
+        let expected = Digest::sha256(b"a");
+        let got = Digest::sha256(b"b");
+        let message =
+            format!("unexpected commit digest {got}, expected {expected}: failed precondition");
+        assert_eq!(
+            VerifyError::refused_by_store(&expected, &message),
+            VerifyError::Mismatch {
+                expected: expected.clone(),
+                got
+            }
+        );
+        let other =
+            VerifyError::refused_by_store(&expected, "unexpected commit size 3, expected 4\x1b[2J");
+        assert!(matches!(other, VerifyError::Refused { .. }), "{other:?}");
+        assert!(!other.to_string().contains('\x1b'), "{other}");
     }
 
     #[test]

@@ -455,6 +455,55 @@ async fn second_pull_downloads_no_blob_bytes() {
     support::cri::wait_for_image(containerd.socket(), &reference, CRI_WAIT).await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn many_tags_share_a_bounded_set_of_connections_to_the_registry() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    const TAGS: usize = 24;
+    const CAP: u64 = 3;
+    let pushes = (0..TAGS).map(|i| {
+        let host = registry.host();
+        async move {
+            push_image(
+                &host,
+                &format!("conn/app{i}"),
+                "v1",
+                &ImageSpec::new(&[16 * KIB, 8 * KIB]),
+            )
+            .await
+        }
+    });
+    futures_util::future::join_all(pushes).await;
+    let proxy = Proxy::start(&registry.host()).await;
+    let host = proxy.host();
+    let references: Vec<String> = (0..TAGS)
+        .map(|i| format!("{host}/conn/app{i}:v1"))
+        .collect();
+    let images: Vec<&str> = references.iter().map(String::as_str).collect();
+    let cap = CAP.to_string();
+    let extra = ["--max-connections-per-registry", cap.as_str()];
+
+    // A cold pull and a warm pass: each request waits for one of the registry's connections.
+    for pass in ["cold", "warm"] {
+        proxy.clear();
+        let (out, results) = pull_json(&containerd, &host, &extra, &images).await;
+        assert_success(&out);
+        assert_eq!(results.len(), TAGS);
+        let requests = proxy.records().len();
+        let seen = proxy.connections();
+        assert!(
+            seen.peak_requests <= CAP,
+            "{pass}: at most {CAP} requests at once: {seen:?} for {requests} requests"
+        );
+        // Each of the CAP slots holds one busy connection, and the pool keeps at most CAP idle
+        // ones: a connection handed back while the next request starts may mean one more.
+        assert!(
+            seen.accepted <= 2 * CAP,
+            "{pass}: connections are reused, not opened per request: {seen:?} for {requests} requests"
+        );
+        assert!(requests >= TAGS, "{pass}: {requests} requests");
+    }
+}
+
 /// Flips one byte of a layer in the registry's own storage: the registry serves it as is.
 fn flip_byte(path: &Path, at: u64) {
     use std::io::{Read, Seek, SeekFrom, Write};

@@ -143,6 +143,12 @@ pub struct PullerArgs {
     #[arg(long, value_name = "N", default_value = "8")]
     pub max_concurrent_downloads: NonZeroUsize,
 
+    /// Connections open to one registry host at once (requests in flight there): a pass over
+    /// hundreds of tags reuses these instead of opening one connection per tag, which small
+    /// mirrors and connection-limited registries drop. Idle ones are kept for reuse.
+    #[arg(long, value_name = "N", default_value = "16")]
+    pub max_connections_per_registry: NonZeroUsize,
+
     /// The least progress every registry request must make: its answer within one window,
     /// then at least BYTES of body in every window. A server slower than that (one trickling
     /// a byte a second) is given up on and asked again later. The default, 64 KiB every 2
@@ -225,6 +231,7 @@ impl PullerArgs {
                 plain_http: self.plain_http.iter().cloned().collect::<HashSet<_>>(),
             },
             min_progress: self.min_progress,
+            connections_per_host: self.max_connections_per_registry,
             ..Default::default()
         }
     }

@@ -11,10 +11,10 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 
 use super::{PullError, PullProgress, Puller};
-use crate::digest::Digest;
+use crate::digest::{Digest, VerifyError};
 use crate::oci::{self, Descriptor};
 use crate::reference::Reference;
-use crate::registry::{BlobStream, RegistryError};
+use crate::registry::{BlobCheck, OpenedBlob, RegistryError};
 use crate::retry;
 use crate::store::{ref_key, ContentWriter, Lease, Opened, StoreError};
 
@@ -189,32 +189,41 @@ impl Puller {
         if keep {
             writer.restart();
         }
-        let (body, start) = self
+        // A kept blob is used from memory, so it is hashed here; the others are hashed once, by
+        // containerd as it stores them (its commit refuses any other digest).
+        let check = if keep {
+            BlobCheck::Digest
+        } else {
+            BlobCheck::SizeOnly
+        };
+        let opened = self
             .registry
-            .blob(fetch.reference, blob, writer.offset())
+            .blob(fetch.reference, blob, writer.offset(), check)
             .await
             .map_err(PullError::registry(fetch.reference))?;
-        if start != writer.offset() {
+        if opened.start != writer.offset() {
             writer.restart();
         }
-        if start > 0 {
-            tracing::info!(blob = %blob.digest, offset = start, "resuming download");
+        if opened.start > 0 {
+            tracing::info!(blob = %blob.digest, offset = opened.start, "resuming download");
         }
-        let kept = copy_body(fetch, blob, body, writer, keep).await?;
+        let kept = copy_body(fetch, blob, opened, writer, keep).await?;
         fetch.counters.fetched.fetch_add(1, Ordering::Relaxed);
         Ok(kept.map(Bytes::from))
     }
 }
 
-/// Streams `body` into `writer` and commits it, keeping a copy in memory with `keep`. A failed
-/// stream leaves the ingest for the next attempt, unless its bytes were bad.
+/// Streams the opened blob into `writer` and commits it, keeping a copy in memory with `keep`.
+/// A failed stream leaves the ingest for the next attempt, unless its bytes were bad: bad
+/// bytes found by containerd at commit are the serving host's fault, reported as such.
 async fn copy_body(
     fetch: &Fetch<'_>,
     blob: &Descriptor,
-    mut body: BlobStream,
+    opened: OpenedBlob,
     mut writer: Box<ContentWriter>,
     keep: bool,
 ) -> Result<Option<Vec<u8>>, PullError> {
+    let OpenedBlob { mut body, host, .. } = opened;
     let store_err = PullError::store(fetch.reference);
     let mut kept = keep.then(|| Vec::with_capacity(blob.size as usize));
     let downloaded = crate::metrics::metrics().downloaded_from(fetch.reference.registry());
@@ -247,9 +256,18 @@ async fn copy_body(
         }
         writer.write(&chunk).await.map_err(&store_err)?;
     }
-    writer
-        .commit(fetch.labels.clone())
-        .await
-        .map_err(&store_err)?;
-    Ok(kept)
+    match writer.commit(fetch.labels.clone()).await {
+        Ok(()) => Ok(kept),
+        // containerd hashed the bytes and refused them (it aborted the ingest): the host sent
+        // something else than the blob.
+        Err(StoreError::Mismatch { message, .. }) => Err(PullError::registry(fetch.reference)(
+            RegistryError::Corrupt {
+                registry: host,
+                repository: fetch.reference.repository().to_string(),
+                what: format!("blob {}", blob.digest),
+                source: VerifyError::refused_by_store(&blob.digest, &message),
+            },
+        )),
+        Err(e) => Err(store_err(e)),
+    }
 }

@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures_util::future::try_join_all;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Semaphore};
 
 use super::fetch::{Counters, Fetch};
 use super::resolve::{check_config, Resolved};
@@ -21,6 +21,12 @@ use crate::image::{self, labels};
 use crate::oci::{self, Descriptor};
 use crate::reference::Reference;
 use crate::store::{Lease, Store, StoreError};
+
+/// Layers of one image downloading at once (within the run's `--max-concurrent-downloads`),
+/// lowest first: what containerd's CRI pull does (its `max_concurrent_downloads` is 3). More
+/// share the bandwidth so that all of them finish late, together, and unpacking (one layer after
+/// another, each on its parent) cannot start before; other images use the remaining slots.
+const LAYERS_IN_FLIGHT: usize = 3;
 
 /// Why a layer could not be unpacked.
 #[derive(Debug, thiserror::Error)]
@@ -215,8 +221,18 @@ impl Puller {
             let _ = config_tx.send(bytes);
             Ok::<_, PullError>(())
         };
+        // Lowest layers first, a few at a time: layer 0 then completes early and unpacking runs
+        // while the layers above it download, instead of every layer finishing together and
+        // unpacking only after. The semaphore is fair and the futures ask for it in layer order.
+        // Content only: nothing waits for the lowest layers, so all may go at once.
+        let in_flight = match self.options.unpack {
+            Some(_) => LAYERS_IN_FLIGHT,
+            None => manifest.layers.len().max(1),
+        };
+        let in_flight = Semaphore::new(in_flight);
         let fetch_layers = try_join_all(manifest.layers.iter().zip(layer_txs).map(
             |(layer, done)| async {
+                let _turn = in_flight.acquire().await;
                 self.fetch_blob(&fetch, layer).await?;
                 let _ = done.send(());
                 Ok::<_, PullError>(())

@@ -17,15 +17,38 @@ use crate::oci::Descriptor;
 use crate::reference::Reference;
 
 /// A blob body that yields verified chunks: the stream ends with an error instead of its last
-/// item if the bytes do not match the descriptor's size and digest, so a consumer that commits
-/// only after a clean end never commits bad bytes.
+/// item if the bytes do not match the descriptor's size (and, with [`BlobCheck::Digest`], its
+/// digest), so a consumer that commits only after a clean end never commits bad bytes.
 pub type BlobStream = Pin<Box<dyn Stream<Item = Result<Bytes, RegistryError>> + Send>>;
 
+/// What a [`BlobStream`] checks as the bytes pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlobCheck {
+    /// Exact size and digest.
+    Digest,
+    /// Exact size only: for bytes written into a store that refuses to commit them under any
+    /// other digest (containerd's `Content.Write` commit with the expected digest), where
+    /// hashing here would only hash every byte twice. The consumer turns the store's refusal
+    /// into [`RegistryError::Corrupt`] naming [`OpenedBlob::host`].
+    SizeOnly,
+}
+
+/// An opened blob: its body, the offset it really starts at, and the host serving it (the
+/// registry, or a foreign layer URL's host).
+pub struct OpenedBlob {
+    /// The body, checked as [`BlobCheck`] says.
+    pub body: BlobStream,
+    /// Where the body starts: the offset asked for, or 0 when the server ignored `Range`.
+    pub start: u64,
+    /// Who serves the bytes, as [`RegistryError::Corrupt`] names it.
+    pub host: String,
+}
+
 impl RegistryClient {
-    /// Opens a blob for streaming from byte `offset` (0 for all of it). Chunks are verified
-    /// against `descriptor` as they pass. Returns the offset the stream really starts at: a
-    /// registry that ignores `Range` answers `200` with the whole blob, and the stream then
-    /// starts at 0 and is verified in full.
+    /// Opens a blob for streaming from byte `offset` (0 for all of it). Chunks are checked
+    /// against `descriptor` as they pass, as `check` says. The stream really starts at
+    /// [`OpenedBlob::start`]: a registry that ignores `Range` answers `200` with the whole blob,
+    /// and the stream then starts at 0 and is checked in full.
     ///
     /// A descriptor with `urls` (a foreign or non-distributable layer) is fetched from those
     /// URLs first, in order and without credentials, as containerd does; the registry is asked
@@ -35,7 +58,8 @@ impl RegistryClient {
         reference: &Reference,
         descriptor: &Descriptor,
         offset: u64,
-    ) -> Result<(BlobStream, u64), RegistryError> {
+        check: BlobCheck,
+    ) -> Result<OpenedBlob, RegistryError> {
         let resume = offset > 0 && offset < descriptor.size;
         let range = |h: &mut HeaderMap| {
             if resume {
@@ -50,11 +74,14 @@ impl RegistryClient {
                     let host = response.url().host_str().unwrap_or_default().to_string();
                     return Ok(verified_stream(
                         response,
-                        descriptor,
-                        offset,
-                        host,
-                        reference.repository().to_string(),
-                        format!("GET foreign blob {}", descriptor.digest),
+                        Served {
+                            descriptor,
+                            offset,
+                            check,
+                            host,
+                            repository: reference.repository().to_string(),
+                            action: format!("GET foreign blob {}", descriptor.digest),
+                        },
                         self.options.min_progress,
                     ));
                 }
@@ -77,11 +104,14 @@ impl RegistryClient {
             .await?;
         Ok(verified_stream(
             response,
-            descriptor,
-            offset,
-            reference.registry().to_string(),
-            reference.repository().to_string(),
-            action,
+            Served {
+                descriptor,
+                offset,
+                check,
+                host: reference.registry().to_string(),
+                repository: reference.repository().to_string(),
+                action,
+            },
             self.options.min_progress,
         ))
     }
@@ -121,17 +151,32 @@ impl RegistryClient {
     }
 }
 
-/// The stream of a blob response, verified against `descriptor`, and where it starts: at
-/// `offset` when the server honoured the `Range` asked for, else at 0.
-fn verified_stream(
-    response: reqwest::Response,
-    descriptor: &Descriptor,
+/// One blob response: what was asked for (the descriptor, from which offset, checked how) and
+/// who serves it.
+struct Served<'a> {
+    descriptor: &'a Descriptor,
     offset: u64,
-    registry: String,
+    check: BlobCheck,
+    host: String,
     repository: String,
     action: String,
+}
+
+/// The stream of a blob response, checked against its descriptor, starting at the offset asked
+/// for when the server honoured the `Range`, else at 0.
+fn verified_stream(
+    response: reqwest::Response,
+    served: Served<'_>,
     progress: super::MinProgress,
-) -> (BlobStream, u64) {
+) -> OpenedBlob {
+    let Served {
+        descriptor,
+        offset,
+        check,
+        host,
+        repository,
+        action,
+    } = served;
     let ranged = offset > 0
         && offset < descriptor.size
         && response.status() == StatusCode::PARTIAL_CONTENT
@@ -140,23 +185,25 @@ fn verified_stream(
             .get(CONTENT_RANGE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with(&format!("bytes {offset}-")));
-    let (verifier, start) = if ranged {
-        (
+    let (verifier, start) = match (ranged, check) {
+        (true, _) => (
             Verifier::resumed(&descriptor.digest, descriptor.size, offset),
             offset,
-        )
-    } else {
-        (Verifier::new(&descriptor.digest, descriptor.size), 0)
+        ),
+        (false, BlobCheck::SizeOnly) => {
+            (Verifier::size_only(&descriptor.digest, descriptor.size), 0)
+        }
+        (false, BlobCheck::Digest) => (Verifier::new(&descriptor.digest, descriptor.size), 0),
     };
-    let inner = Box::pin(Watched::new(response, progress, &registry, &action));
-    let stream = Box::pin(VerifiedBody {
+    let inner = Box::pin(Watched::new(response, progress, &host, &action));
+    let body = Box::pin(VerifiedBody {
         inner,
         verifier: Some(verifier),
         what: format!("blob {}", descriptor.digest),
-        registry,
+        registry: host.clone(),
         repository,
     });
-    (stream, start)
+    OpenedBlob { body, start, host }
 }
 
 /// A URL fit for a log line: scheme, host and path, without the query string, which may carry

@@ -10,11 +10,13 @@ use std::fmt;
 use std::future::Future as _;
 use std::pin::Pin;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::Stream;
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::request::network;
 use super::RegistryError;
@@ -79,6 +81,23 @@ impl FromStr for MinProgress {
     }
 }
 
+/// A request's claim on one of its host's connection slots, held from before it is sent until
+/// its body has been read (or dropped): carried in the response's extensions, then by
+/// [`Watched`]. Empty where no slot was asked for.
+#[derive(Clone)]
+pub(super) struct ConnectionSlot {
+    /// Released when the last clone is dropped.
+    _permit: Arc<OwnedSemaphorePermit>,
+}
+
+impl ConnectionSlot {
+    pub(super) fn new(permit: OwnedSemaphorePermit) -> ConnectionSlot {
+        ConnectionSlot {
+            _permit: Arc::new(permit),
+        }
+    }
+}
+
 /// A response body as a stream of chunks that ends with [`RegistryError::Stalled`] when a
 /// window passes without the bytes [`MinProgress`] asks for, and with
 /// [`RegistryError::Network`] when the connection breaks.
@@ -93,17 +112,21 @@ pub(super) struct Watched {
     live: bool,
     registry: String,
     action: String,
+    /// The response's connection slot, given back when the body ends.
+    slot: Option<ConnectionSlot>,
 }
 
 impl Watched {
     /// Watches `response`'s body; `registry` and `action` name it in errors.
     pub fn new(
-        response: reqwest::Response,
+        mut response: reqwest::Response,
         progress: MinProgress,
         registry: &str,
         action: &str,
     ) -> Watched {
+        let slot = response.extensions_mut().remove::<ConnectionSlot>();
         Watched {
+            slot,
             inner: Box::pin(response.bytes_stream()),
             progress,
             deadline: Box::pin(tokio::time::sleep(progress.window)),
@@ -112,6 +135,12 @@ impl Watched {
             registry: registry.to_string(),
             action: action.to_string(),
         }
+    }
+
+    /// The body has ended, cleanly or not: its connection slot is free again.
+    fn end(&mut self) {
+        self.live = false;
+        self.slot = None;
     }
 
     /// The window has ended: the next one starts if this one brought enough, else the stream
@@ -123,7 +152,7 @@ impl Watched {
             self.deadline.as_mut().reset(next);
             return None;
         }
-        self.live = false;
+        self.end();
         Some(RegistryError::Stalled {
             registry: self.registry.clone(),
             action: self.action.clone(),
@@ -152,11 +181,11 @@ impl Stream for Watched {
                 Poll::Ready(Some(Ok(chunk)))
             }
             Poll::Ready(Some(Err(e))) => {
-                this.live = false;
+                this.end();
                 Poll::Ready(Some(Err(network(&this.registry, &this.action, e))))
             }
             Poll::Ready(None) => {
-                this.live = false;
+                this.end();
                 Poll::Ready(None)
             }
             Poll::Pending => {

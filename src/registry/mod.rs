@@ -36,10 +36,13 @@ mod token;
 mod unreachable;
 
 use std::collections::HashMap;
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use blob::BlobStream;
+use tokio::sync::Semaphore;
+
+pub use blob::{BlobCheck, BlobStream, OpenedBlob};
 pub use body::MinProgress;
 pub use error::RegistryError;
 pub use hosts::{Endpoint, Hosts, HostsError};
@@ -50,21 +53,40 @@ pub use token::Realm;
 
 use crate::credentials::CredentialSource;
 use crate::reference::Reference;
+use body::ConnectionSlot;
 use request::client_builder;
 
 /// How to reach registries.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Options {
     /// Where each registry is reached: mirrors, plain HTTP, TLS settings.
     pub hosts: Hosts,
-    /// Idle connections kept per host.
-    pub pool_per_host: Option<usize>,
+    /// Requests in flight to one host at once, so connections open to it (each request holds
+    /// its connection until its body is read); as many idle ones are kept for reuse.
+    pub connections_per_host: NonZeroUsize,
     /// How a request to a registry's last host is retried; `None`: [`crate::retry::REQUEST`].
     /// (`prepull doctor` asks once, to report what the registry said.)
     pub request_policy: Option<crate::retry::Backoff>,
     /// The least progress every request must make (see [`MinProgress`]).
     pub min_progress: MinProgress,
 }
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            hosts: Hosts::default(),
+            connections_per_host: CONNECTIONS_PER_HOST,
+            request_policy: None,
+            min_progress: MinProgress::default(),
+        }
+    }
+}
+
+/// [`Options::connections_per_host`] unless told otherwise.
+pub const CONNECTIONS_PER_HOST: NonZeroUsize = match NonZeroUsize::new(16) {
+    Some(n) => n,
+    None => unreachable!(),
+};
 
 /// A client for every registry of a run.
 pub struct RegistryClient {
@@ -78,6 +100,8 @@ pub struct RegistryClient {
     rate_limits: Mutex<HashMap<String, u64>>,
     /// Mirrors that did not answer lately, skipped while their back-off runs.
     unreachable: unreachable::Unreachable,
+    /// Per host, the slots for requests in flight (see [`Options::connections_per_host`]).
+    connections: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
 impl RegistryClient {
@@ -97,7 +121,18 @@ impl RegistryClient {
             auth: authorize::Authorizer::new(credentials, progress),
             rate_limits: Mutex::default(),
             unreachable: unreachable::Unreachable::default(),
+            connections: Mutex::default(),
         })
+    }
+
+    /// Waits for a free connection slot to `host`; the request holds it until its body is read.
+    async fn connection_slot(&self, host: &str) -> Option<ConnectionSlot> {
+        let slots = lock(&self.connections)
+            .entry(host.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.options.connections_per_host.get())))
+            .clone();
+        // The semaphore is never closed, so a slot always comes.
+        slots.acquire_owned().await.ok().map(ConnectionSlot::new)
     }
 
     /// Starts a pull of `reference`: until the scope is dropped, the credentials for each host

@@ -288,7 +288,8 @@ impl RegistryClient {
         loop {
             // The response head must come within one window (see `MinProgress`); a server that
             // trickles its headers is treated like one that does not answer.
-            let Ok(sent) = tokio::time::timeout(progress.window, build().send()).await else {
+            let slot = self.connection_slot(registry).await;
+            let Ok(mut sent) = tokio::time::timeout(progress.window, build().send()).await else {
                 metrics().request(registry, method.as_str(), None);
                 let attempt = attempts.number();
                 let Some(delay) = attempts.next_delay() else {
@@ -309,6 +310,9 @@ impl RegistryClient {
                 tokio::time::sleep(delay).await;
                 continue;
             };
+            if let (Ok(response), Some(slot)) = (sent.as_mut(), slot) {
+                response.extensions_mut().insert(slot);
+            }
             let code = sent.as_ref().ok().map(|r| r.status().as_u16());
             metrics().request(registry, method.as_str(), code);
             let transient = match &sent {
@@ -538,7 +542,7 @@ pub(super) fn client_builder(options: &Options) -> reqwest::ClientBuilder {
         // `MinProgress` judges each window first; a read that hangs on past two is a dead
         // connection whatever the windows say.
         .read_timeout(options.min_progress.window.saturating_mul(2))
-        .pool_max_idle_per_host(options.pool_per_host.unwrap_or(32))
+        .pool_max_idle_per_host(options.connections_per_host.get())
         .http2_adaptive_window(true)
         // Blob redirects (to S3, a CDN) are followed afresh on every request, so presigned
         // URLs are never reused; reqwest drops `Authorization` when the host changes, and

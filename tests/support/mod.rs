@@ -40,7 +40,7 @@ pub use image::{
 #[allow(unused_imports)]
 pub use image::{push_image_with, push_index_with, tag_image, PushAuth, PushTarget};
 #[allow(unused_imports)]
-pub use proxy::{Action, DeadHost, Proxy, Record, Shape, TcpRelay};
+pub use proxy::{Action, Connections, DeadHost, Proxy, Record, Shape, TcpRelay};
 #[allow(unused_imports)]
 pub use registry::{Registry, RegistryOptions};
 #[allow(unused_imports)]

@@ -111,6 +111,61 @@ struct Shared {
     client: reqwest::Client,
     log: Mutex<Vec<Arc<Entry>>>,
     hook: RwLock<Option<Hook>>,
+    connections: Arc<Gauge>,
+    requests: Arc<Gauge>,
+}
+
+/// Things that begin and end (client connections, requests being answered): how many began since
+/// the last [`Proxy::clear`], are going on now, and the most at once since then.
+#[derive(Default)]
+struct Gauge {
+    began: AtomicU64,
+    now: AtomicU64,
+    peak: AtomicU64,
+}
+
+impl Gauge {
+    /// One more begins; it ends when the guard is dropped.
+    fn begin(self: &Arc<Self>) -> Ongoing {
+        self.began.fetch_add(1, Ordering::SeqCst);
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        Ongoing(self.clone())
+    }
+
+    fn reset(&self) {
+        self.began.store(0, Ordering::SeqCst);
+        self.peak
+            .store(self.now.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+
+    fn read(&self) -> (u64, u64) {
+        (
+            self.began.load(Ordering::SeqCst),
+            self.peak.load(Ordering::SeqCst),
+        )
+    }
+}
+
+/// Something a [`Gauge`] counts as going on, until dropped.
+struct Ongoing(Arc<Gauge>);
+
+impl Drop for Ongoing {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// What [`Proxy::connections`] reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Connections {
+    /// Client connections accepted.
+    pub accepted: u64,
+    /// The most client connections open at the same time (busy or idle).
+    pub peak: u64,
+    /// The most requests being answered at the same time (from their head until the last byte
+    /// of their body is handed to the socket).
+    pub peak_requests: u64,
 }
 
 pub struct Proxy {
@@ -136,6 +191,8 @@ impl Proxy {
                 .expect("build upstream HTTP client"),
             log: Mutex::new(Vec::new()),
             hook: RwLock::new(None),
+            connections: Arc::default(),
+            requests: Arc::default(),
         });
         let task = tokio::spawn(accept_loop(listener, shared.clone()));
         Proxy { addr, shared, task }
@@ -167,12 +224,27 @@ impl Proxy {
             .collect()
     }
 
+    /// Forgets the requests and connections seen so far (connections still open stay counted
+    /// as open).
     pub fn clear(&self) {
         self.shared
             .log
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+        self.shared.connections.reset();
+        self.shared.requests.reset();
+    }
+
+    /// Client connections since the start or the last [`Proxy::clear`].
+    pub fn connections(&self) -> Connections {
+        let (accepted, peak) = self.shared.connections.read();
+        let (_, peak_requests) = self.shared.requests.read();
+        Connections {
+            accepted,
+            peak,
+            peak_requests,
+        }
     }
 
     /// Total response body bytes of GETs whose path contains `/blobs/sha256:`.
@@ -217,9 +289,11 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             inner: stream,
             flushes: flushes.clone(),
         });
+        let open = shared.connections.begin();
         connections.spawn(async move {
             let service = service_fn(move |req| handle(shared.clone(), flushes.clone(), req));
             let _ = http1::Builder::new().serve_connection(io, service).await;
+            drop(open);
         });
     }
 }
@@ -304,6 +378,7 @@ async fn handle(
     flushes: Arc<Flushes>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    let answering = shared.requests.begin();
     let info = RequestInfo {
         method: req.method().to_string(),
         path: req
@@ -331,7 +406,7 @@ async fn handle(
             body,
         } => respond(status, &headers, body),
     };
-    Ok(record(&shared, &info, response))
+    Ok(record(&shared, &info, response, answering))
 }
 
 fn respond(status: u16, headers: &[(String, String)], body: Vec<u8>) -> Response<ProxyBody> {
@@ -464,6 +539,7 @@ fn record(
     shared: &Shared,
     info: &RequestInfo,
     response: Response<ProxyBody>,
+    answering: Ongoing,
 ) -> Response<ProxyBody> {
     let entry = Arc::new(Entry {
         method: info.method.clone(),
@@ -490,6 +566,7 @@ fn record(
         let counted = CountingStream {
             inner: body.into_data_stream(),
             entry,
+            _answering: answering,
         };
         BodyExt::boxed(StreamBody::new(counted.map(|r| r.map(Frame::data))))
     })
@@ -499,6 +576,8 @@ fn record(
 struct CountingStream<S> {
     inner: S,
     entry: Arc<Entry>,
+    /// The request counts as being answered until its body is done (this stream dropped).
+    _answering: Ongoing,
 }
 
 impl<S: Stream<Item = Result<Bytes, BoxError>> + Unpin> Stream for CountingStream<S> {
