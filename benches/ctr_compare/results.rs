@@ -131,4 +131,13 @@ impl WorkloadResult {
             .collect::<Vec<_>>()
             .join("; ")
     }
+
+    /// The most connections any run of `tool` opened to the registry, and the most requests
+    /// any had in flight at once (W6, behind the proxy).
+    pub fn max_connections(&self, mode: Mode, tool: Tool) -> Option<(u64, u64)> {
+        self.of(mode, tool)
+            .filter_map(|s| s.connections)
+            .map(|c| (c.accepted, c.peak_requests))
+            .reduce(|a, b| (a.0.max(b.0), a.1.max(b.1)))
+    }
 }

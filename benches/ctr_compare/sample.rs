@@ -109,6 +109,9 @@ pub struct Sample {
     pub top_others: String,
     /// What the timed part asked of the registry (W6, behind the recording proxy).
     pub requests: Option<Requests>,
+    /// The connections the timed part opened to the registry, and the most requests at once
+    /// (W6, counted by the recording proxy).
+    pub connections: Option<support::Connections>,
     /// CPU seconds (user + system) during the timed part: the client (sum over W4's ctr loop),
     /// containerd and the registry. On 2 cores these say where the wall time goes.
     pub cpu: Cpu,

@@ -21,14 +21,15 @@ pub fn write(md: &mut String, results: &[WorkloadResult], cx: &Context) {
     let _ = writeln!(md);
     let _ = writeln!(
         md,
-        "Requests are counted by the proxy for the timed pass only; a row lists each distinct mix of requests and how many runs made it."
+        "Requests are counted by the proxy for the timed pass only; a row lists each distinct mix of requests and how many runs made it. \
+         Connections: the most client connections a run opened to the proxy, and the most requests it had in flight at once."
     );
     let _ = writeln!(md);
     let _ = writeln!(
         md,
-        "| Mode | Tool | Median s | Min s | Max s | time / prepull's | Requests per pass | CPU s client / containerd / registry+proxy / other |"
+        "| Mode | Tool | Median s | Min s | Max s | time / prepull's | Requests per pass | Connections opened / requests at once (max over runs) | CPU s client / containerd / registry+proxy / other |"
     );
-    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---|---:|");
+    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---|---:|---:|");
     for mode in &cx.modes {
         for tool in tools(r, *mode) {
             let Some(st) = stats(&r.walls(*mode, tool)) else {
@@ -36,7 +37,7 @@ pub fn write(md: &mut String, results: &[WorkloadResult], cx: &Context) {
             };
             let _ = writeln!(
                 md,
-                "| {} | {} | {:.2} | {:.2} | {:.2} | {} | {} | {} |",
+                "| {} | {} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} |",
                 mode.name(),
                 tool.name(),
                 st.median,
@@ -44,6 +45,9 @@ pub fn write(md: &mut String, results: &[WorkloadResult], cx: &Context) {
                 st.max,
                 speedup(r, *mode, tool, DECIMALS),
                 r.request_mixes(*mode, tool),
+                r.max_connections(*mode, tool)
+                    .map(|(opened, at_once)| format!("{opened} / {at_once}"))
+                    .unwrap_or_else(|| "n/a".into()),
                 cpu_medians(r, *mode, tool),
             );
         }

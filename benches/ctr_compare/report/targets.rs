@@ -187,6 +187,17 @@ fn w6_rows(r: &WorkloadResult, cx: &Context) -> Vec<Row> {
                 exact,
             ));
         }
+        if let Some((opened, at_once)) = r.max_connections(*mode, Tool::Prepull) {
+            let cap = prepull::registry::CONNECTIONS_PER_HOST.get() as u64;
+            rows.push((
+                format!(
+                    "W6 {}: the {tags} tags over at most {cap} requests at once (prepull's default `--max-connections-per-registry`), connections reused",
+                    mode.name()
+                ),
+                format!("{at_once} at once over {opened} connections (most of any run)"),
+                at_once <= cap && opened <= 2 * cap,
+            ));
+        }
         if let Some(p) = r.median_wall(*mode, Tool::Prepull) {
             rows.push((
                 format!(

@@ -134,9 +134,12 @@ impl Bench {
         let result = self.run_tool(&c, w, mode, tool).await;
         self.profile_stop(attached).await?;
         let (child, reported_bytes) = result.map_err(failed)?;
-        let requests = match &w.via {
-            Via::Proxy(proxy) => Some(Requests::of(&proxy.records())),
-            Via::Loopback | Via::Wan(_) => None,
+        let (requests, connections) = match &w.via {
+            Via::Proxy(proxy) => (
+                Some(Requests::of(&proxy.records())),
+                Some(proxy.connections()),
+            ),
+            Via::Loopback | Via::Wan(_) => (None, None),
         };
         let (cpu, top_others) = cpu_before.since(&pids, &procs_before, child.cpu_secs);
         let containerd_rss_kib = pids.containerd.and_then(peak_rss_kib);
@@ -163,6 +166,7 @@ impl Bench {
             busy_share,
             top_others,
             requests,
+            connections,
             cpu,
         })
     }
