@@ -28,6 +28,8 @@ cargo clippy --locked --workspace --all-targets -- -D warnings
 # The agent's container image, which tests/deploy.rs starts through CRI.
 echo "=== the agent's image (scripts/build-image.sh)"
 scripts/build-image.sh
+echo "=== deploy/ rendered with kustomize, every component combination, validated offline"
+scripts/validate-deploy.sh
 
 echo "=== containerd 1.6 (system: $(containerd --version | awk '{print $3}')), snapshotter native: full suite"
 PREPULL_TEST_SNAPSHOTTER=native cargo test --locked "$@"

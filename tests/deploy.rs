@@ -190,83 +190,73 @@ async fn the_daemonset_arguments_run_the_agent() {
     }
 }
 
-/// The DaemonSet's pod played on a real node, as close as this machine gets without a cluster:
-/// the agent's own image (scripts/build-image.sh) pushed to a registry and pre-pulled with
-/// prepull, then started through CRI with the DaemonSet's arguments, volume mounts (the list as
-/// a ConfigMap volume, the optional pull secret absent, containerd's run directory and root,
-/// certs.d) and security context (root without capabilities, a read-only root filesystem, no
-/// privilege escalation). Inside it the agent warms its list against the node's containerd,
-/// answers its probes, follows a list edit, and stops cleanly on SIGTERM. Two arguments differ
-/// from the manifest: the port is one the system picks (the node's network is shared with the
-/// rest of this machine) and the free-space reserve is 64 MiB (this machine's disk is not a
-/// node's); the splay is 0 so the first pass starts at once.
-#[tokio::test(flavor = "multi_thread")]
-async fn the_daemonset_pod_runs_from_its_image_with_its_own_spec() {
-    let archive = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("target/image")
-        .join(concat!("prepull-", env!("CARGO_PKG_VERSION"), ".oci.tar"));
-    let docs = manifests();
-    let pod_spec = &find(&docs, "DaemonSet")["spec"]["template"]["spec"];
-    let container = &pod_spec["containers"][0];
-    let security = &container["securityContext"];
+/// A node ready for the DaemonSet's pod: a plain-HTTP registry holding the agent's image
+/// (scripts/build-image.sh) and a sandbox image, and a containerd that pre-pulled both with
+/// prepull itself.
+struct Node {
+    registry: Registry,
+    containerd: Containerd,
+    agent_image: String,
+}
 
-    // The registry holds the agent's image, a pause image and the listed images.
-    let registry = Registry::start().await;
-    let host = registry.host();
-    let layer = tokio::task::spawn_blocking(support::busybox::busybox_layer)
-        .await
-        .unwrap();
-    let pause = format!("{host}/node/pause:1");
-    support::busybox::push_runnable(
-        &host,
-        "node/pause",
-        "1",
-        &[&layer],
-        &["/bin/busybox", "sleep", "3600"],
-    )
-    .await;
-    let agent_image = format!("{host}/prepull:test");
-    support::oci_archive::push_oci_archive(&host, "prepull", "test", &archive).await;
-    let spec = ImageSpec::new(&[8 * 1024]);
-    push_image(&host, "team/app", "v1", &spec).await;
-    push_image(&host, "team/db", "v1", &spec).await;
-    let (app, db) = (format!("{host}/team/app:v1"), format!("{host}/team/db:v1"));
-    let containerd = Containerd::start_with(support::ContainerdOptions {
-        sandbox_image: Some(pause.clone()),
-        ..Default::default()
-    })
-    .await;
-    // The node pre-pulls the agent's image (and its sandbox image) with prepull itself.
-    for image in [&pause, &agent_image] {
-        support::Prepull::new("pull")
-            .containerd(&containerd)
-            .plain_http(&host)
-            .arg(image)
-            .success()
-            .await;
-    }
-
-    // The volumes, laid out as the kubelet lays them out. certs.d names the registry (plain
-    // HTTP, on the node's loopback: reachable because the pod shares the node's network).
-    let root = tempfile::tempdir().unwrap();
-    let mut list = KubeletVolume::new(
-        root.path().join("list"),
-        &[("list.yaml", &format!("images:\n  - {app}\n"))],
-    );
-    let certs = root.path().join("certs.d");
-    registry.write_hosts_toml(&certs);
-    for dir in ["pull-secret", "status"] {
-        std::fs::create_dir_all(root.path().join(dir)).unwrap();
-    }
-    let host_path = |volume: &str| -> PathBuf {
-        match volume {
-            "containerd-run" => containerd.socket().parent().unwrap().to_path_buf(),
-            "containerd-content" => containerd.root().join("io.containerd.content.v1.content"),
-            "certs-d" => certs.clone(),
-            "list" => list.dir().to_path_buf(),
-            other => root.path().join(other),
+impl Node {
+    async fn start() -> Node {
+        let archive = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("target/image")
+            .join(concat!("prepull-", env!("CARGO_PKG_VERSION"), ".oci.tar"));
+        assert!(
+            archive.exists(),
+            "{} is missing: run scripts/build-image.sh first",
+            archive.display()
+        );
+        let registry = Registry::start().await;
+        let host = registry.host();
+        let layer = tokio::task::spawn_blocking(support::busybox::busybox_layer)
+            .await
+            .unwrap();
+        let pause = format!("{host}/node/pause:1");
+        support::busybox::push_runnable(
+            &host,
+            "node/pause",
+            "1",
+            &[&layer],
+            &["/bin/busybox", "sleep", "3600"],
+        )
+        .await;
+        let agent_image = format!("{host}/prepull:test");
+        support::oci_archive::push_oci_archive(&host, "prepull", "test", &archive).await;
+        let containerd = Containerd::start_with(support::ContainerdOptions {
+            sandbox_image: Some(pause.clone()),
+            ..Default::default()
+        })
+        .await;
+        for image in [&pause, &agent_image] {
+            support::Prepull::new("pull")
+                .containerd(&containerd)
+                .plain_http(&host)
+                .arg(image)
+                .success()
+                .await;
         }
-    };
+        Node {
+            registry,
+            containerd,
+            agent_image,
+        }
+    }
+}
+
+/// The container the kubelet creates from `container` (the DaemonSet's, as YAML) running
+/// `image`: its arguments, its volume mounts (each volume's host path from `host_path`) and its
+/// security context. Two arguments differ from the manifest: the port is one the system picks
+/// (the node's network is shared with the rest of this machine) and the free-space reserve is
+/// 64 MiB (this machine's disk is not a node's); the splay is 0 so the first pass starts at once.
+fn container_spec(
+    container: &Value,
+    image: &str,
+    host_path: impl Fn(&str) -> PathBuf,
+) -> support::pod::ContainerSpec {
+    let security = &container["securityContext"];
     let mounts = container["volumeMounts"]
         .as_sequence()
         .unwrap()
@@ -293,9 +283,15 @@ async fn the_daemonset_pod_runs_from_its_image_with_its_own_spec() {
             _ => a,
         })
         .collect();
-    let spec = support::pod::ContainerSpec {
+    // The CRI container carries no environment of its own: the manifest's must not set any.
+    assert!(
+        container["env"].is_null(),
+        "the agent's container sets env {:?}: this test does not pass it on",
+        container["env"]
+    );
+    support::pod::ContainerSpec {
         name: "prepull".into(),
-        image: agent_image.clone(),
+        image: image.into(),
         args,
         mounts,
         run_as_user: security["runAsUser"].as_i64(),
@@ -308,7 +304,74 @@ async fn the_daemonset_pod_runs_from_its_image_with_its_own_spec() {
             .as_str()
             .and_then(|c| c.strip_suffix('m'))
             .and_then(|m| m.parse().ok()),
-    };
+    }
+}
+
+/// Polls the agent's status file until `done` holds, for up to 90 s; the last status either way.
+async fn wait_for_status(
+    status_file: &Path,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> Result<serde_json::Value, serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let status: serde_json::Value = std::fs::read(status_file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        if done(&status) {
+            return Ok(status);
+        }
+        if Instant::now() > deadline {
+            return Err(status);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The DaemonSet's pod played on a real node, as close as this machine gets without a cluster:
+/// the agent's own image (scripts/build-image.sh) pushed to a registry and pre-pulled with
+/// prepull, then started through CRI with the DaemonSet's arguments, volume mounts (the list as
+/// a ConfigMap volume, the optional pull secret absent, containerd's run directory and root,
+/// certs.d) and security context (root without capabilities, a read-only root filesystem, no
+/// privilege escalation). Inside it the agent warms its list against the node's containerd,
+/// answers its probes, follows a list edit, and stops cleanly on SIGTERM.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemonset_pod_runs_from_its_image_with_its_own_spec() {
+    let docs = manifests();
+    let pod_spec = &find(&docs, "DaemonSet")["spec"]["template"]["spec"];
+    let container = &pod_spec["containers"][0];
+
+    // The registry holds the agent's image, a pause image and the listed images.
+    let Node {
+        registry,
+        containerd,
+        agent_image,
+    } = Node::start().await;
+    let host = registry.host();
+    let spec = ImageSpec::new(&[8 * 1024]);
+    push_image(&host, "team/app", "v1", &spec).await;
+    push_image(&host, "team/db", "v1", &spec).await;
+    let (app, db) = (format!("{host}/team/app:v1"), format!("{host}/team/db:v1"));
+
+    // The volumes, laid out as the kubelet lays them out. certs.d names the registry (plain
+    // HTTP, on the node's loopback: reachable because the pod shares the node's network).
+    let root = tempfile::tempdir().unwrap();
+    let mut list = KubeletVolume::new(
+        root.path().join("list"),
+        &[("list.yaml", &format!("images:\n  - {app}\n"))],
+    );
+    let certs = root.path().join("certs.d");
+    registry.write_hosts_toml(&certs);
+    for dir in ["pull-secret", "status"] {
+        std::fs::create_dir_all(root.path().join(dir)).unwrap();
+    }
+    let spec = container_spec(container, &agent_image, |volume| match volume {
+        "containerd-run" => containerd.socket().parent().unwrap().to_path_buf(),
+        "containerd-content" => containerd.root().join("io.containerd.content.v1.content"),
+        "certs-d" => certs.clone(),
+        "list" => list.dir().to_path_buf(),
+        other => root.path().join(other),
+    });
     assert!(
         spec.read_only_root
             && spec.drop_all_capabilities
@@ -335,31 +398,15 @@ async fn the_daemonset_pod_runs_from_its_image_with_its_own_spec() {
     let log_file = pod.log("prepull");
     let log = || support::process::log_tail(&log_file, 30);
     let status_file = root.path().join("status/status.json");
-    let wait_for_warm = |warm: u64| {
-        let status_file = status_file.clone();
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(90);
-            loop {
-                let status: serde_json::Value = std::fs::read(&status_file)
-                    .ok()
-                    .and_then(|b| serde_json::from_slice(&b).ok())
-                    .unwrap_or_default();
-                if status["warm"].as_u64() == Some(warm) {
-                    return Ok(status);
-                }
-                if Instant::now() > deadline {
-                    return Err(status);
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    };
-    let status = wait_for_warm(1).await.unwrap_or_else(|s| {
-        panic!(
-            "the agent in its pod did not warm the list: {s:#}\n{}",
-            log()
-        )
-    });
+    let warm = |n: u64| move |s: &serde_json::Value| s["warm"].as_u64() == Some(n);
+    let status = wait_for_status(&status_file, warm(1))
+        .await
+        .unwrap_or_else(|s| {
+            panic!(
+                "the agent in its pod did not warm the list: {s:#}\n{}",
+                log()
+            )
+        });
     assert_eq!(status["images"][0]["image"], app.as_str());
 
     // Its probes answer from inside the pod, on the node's network.
@@ -375,7 +422,7 @@ async fn the_daemonset_pod_runs_from_its_image_with_its_own_spec() {
 
     // A list edit reaches the pod through the ConfigMap volume's symlink swap.
     list.update(&[("list.yaml", &format!("images:\n  - {app}\n  - {db}\n"))]);
-    wait_for_warm(2)
+    wait_for_status(&status_file, warm(2))
         .await
         .unwrap_or_else(|s| panic!("the agent did not follow the list edit: {s:#}\n{}", log()));
     let store = prepull::store::Store::connect(containerd.socket(), "k8s.io")
@@ -394,5 +441,145 @@ async fn the_daemonset_pod_runs_from_its_image_with_its_own_spec() {
     pod.stop(&id, 30).await;
     let stopped = pod.status(&id).await;
     assert_eq!(stopped.exit_code, 0, "{stopped:?}\n{}", log());
+    pod.remove().await;
+}
+
+/// deploy/ with `components` as `kubectl kustomize` renders it (kubectl from the virtualenv
+/// scripts/setup.sh makes, as scripts/validate-deploy.sh runs it).
+fn rendered(components: &[&str]) -> Vec<Value> {
+    let tools = std::env::var("PREPULL_DEPLOY_TOOLS")
+        .unwrap_or_else(|_| "/var/cache/prepull-test/deploy-tools".into());
+    let kubectl = Path::new(&tools).join("bin/kubectl");
+    assert!(
+        kubectl.exists(),
+        "{} is missing: run scripts/setup.sh",
+        kubectl.display()
+    );
+    // kustomize takes relative paths only, so the kustomization lives inside the repository.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/deploy-test")
+        .join(format!("{}-{}", components.join("+"), std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut kustomization = "resources: [../../../deploy]\n".to_string();
+    if !components.is_empty() {
+        kustomization.push_str("components:\n");
+    }
+    for component in components {
+        kustomization.push_str(&format!("  - ../../../deploy/components/{component}\n"));
+    }
+    std::fs::write(dir.join("kustomization.yaml"), kustomization).unwrap();
+    let output = std::process::Command::new(&kubectl)
+        .arg("kustomize")
+        .arg(&dir)
+        .output()
+        .expect("run kubectl kustomize");
+    assert!(
+        output.status.success(),
+        "kubectl kustomize {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    serde_yaml_ng::Deserializer::from_slice(&output.stdout)
+        .map(|d| Value::deserialize(d).expect("each document is YAML"))
+        .collect()
+}
+
+/// A registry whose certificate is signed by a CA installed on the node only (in the node's CA
+/// bundle, as update-ca-certificates puts it there; neither public nor in certs.d): the agent
+/// in its pod trusts it through the node-ca-bundle component's mount of the node's
+/// certificates, as containerd on that node does.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pod_trusts_a_registry_signed_by_a_ca_installed_on_the_node() {
+    let docs = rendered(&["node-ca-bundle"]);
+    let daemonset = find(&docs, "DaemonSet");
+    let container = &daemonset["spec"]["template"]["spec"]["containers"][0];
+    let node = Node::start().await;
+
+    let ca = support::TestCa::new();
+    let private = Registry::start_with(support::RegistryOptions::default().tls(&ca)).await;
+    let pushed = support::image::push_image_with(
+        &private.push_target(),
+        "team/app",
+        "v1",
+        &ImageSpec::new(&[8 * 1024]),
+    )
+    .await;
+    let app = format!("{}/team/app:v1", private.host());
+    // Not trusted by the public roots: without the node's bundle, TLS to it fails.
+    let public_only = reqwest::Client::builder().no_proxy().build().unwrap();
+    let refused = public_only
+        .get(format!("{}/v2/", private.url()))
+        .send()
+        .await;
+    assert!(
+        refused.is_err(),
+        "the registry's CA must not be publicly trusted: {refused:?}"
+    );
+
+    // The node: its CA bundle is the system's plus the private CA; certs.d names the registry
+    // (HTTPS, no CA of its own).
+    let root = tempfile::tempdir().unwrap();
+    let node_certs = root.path().join("node-etc-ssl-certs");
+    std::fs::create_dir_all(&node_certs).unwrap();
+    let system = std::fs::read_to_string("/etc/ssl/certs/ca-certificates.crt").unwrap();
+    std::fs::write(
+        node_certs.join("ca-certificates.crt"),
+        format!("{system}{}", ca.cert_pem()),
+    )
+    .unwrap();
+    let certs = root.path().join("certs.d");
+    let hosts = certs.join(private.host());
+    std::fs::create_dir_all(&hosts).unwrap();
+    std::fs::write(
+        hosts.join("hosts.toml"),
+        format!("server = \"{}\"\n", private.url()),
+    )
+    .unwrap();
+    let list = KubeletVolume::new(
+        root.path().join("list"),
+        &[("list.yaml", &format!("images:\n  - {app}\n"))],
+    );
+    for dir in ["pull-secret", "status"] {
+        std::fs::create_dir_all(root.path().join(dir)).unwrap();
+    }
+    let containerd = &node.containerd;
+    let spec = container_spec(container, &node.agent_image, |volume| match volume {
+        "containerd-run" => containerd.socket().parent().unwrap().to_path_buf(),
+        "containerd-content" => containerd.root().join("io.containerd.content.v1.content"),
+        "certs-d" => certs.clone(),
+        "list" => list.dir().to_path_buf(),
+        "node-ca" => node_certs.clone(),
+        other => root.path().join(other),
+    });
+    assert!(
+        spec.mounts
+            .iter()
+            .any(|(host, _, read_only)| host == &node_certs && *read_only),
+        "the component mounts the node's certificates read-only: {:?}",
+        spec.mounts
+    );
+
+    let logs = tempfile::tempdir().unwrap();
+    let mut pod = support::pod::Pod::run(containerd, "prepull-node-ca", logs.path()).await;
+    let id = pod.create_with(&spec).await.expect("CreateContainer");
+    pod.start(&id).await.expect("StartContainer");
+    let log_file = pod.log("prepull");
+    let log = || support::process::log_tail(&log_file, 30);
+    let status = wait_for_status(&root.path().join("status/status.json"), |s| {
+        s["passes"].as_u64().unwrap_or(0) >= 1
+    })
+    .await
+    .unwrap_or_else(|s| panic!("no pass in the pod: {s:#}\n{}", log()));
+    assert_eq!(
+        status["warm"],
+        1,
+        "the registry signed by the node's CA works from the pod: {status:#}\n{}",
+        log()
+    );
+    assert_eq!(
+        status["images"][0]["digest"],
+        pushed.manifest.digest.as_str()
+    );
     pod.remove().await;
 }
