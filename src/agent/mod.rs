@@ -248,6 +248,17 @@ impl Agent {
                             ..known.clone()
                         }),
                         None => {
+                            // Records a pull was killed while writing are written first,
+                            // from the ones that are there: cheap, and no network.
+                            match self.puller.mend_records(&entry.reference).await {
+                                Ok(written) if !written.is_empty() => {
+                                    tracing::info!(image = %name, records = ?written, "wrote image records a stopped pull left missing")
+                                }
+                                Ok(_) => {}
+                                Err(e) => {
+                                    tracing::warn!(image = %name, error = %crate::error_chain(&e), "cannot write the image's missing records")
+                                }
+                            }
                             let present = self.puller.on_node(&entry.reference).await;
                             images.push(ImageStatus::before_check(entry, present.as_ref()));
                         }

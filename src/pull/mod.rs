@@ -180,6 +180,15 @@ impl Puller {
         self.on_node_check().find(reference).await
     }
 
+    /// Writes the records of the image `reference` names that a pull stopped while writing
+    /// them left missing, without the network (see [`OnNode::mend_records`]).
+    pub async fn mend_records(
+        &self,
+        reference: &Reference,
+    ) -> Result<Vec<String>, crate::store::StoreError> {
+        self.on_node_check().mend_records(reference).await
+    }
+
     /// [`Puller::pull_with`], counted in [`crate::metrics`] by how it ended.
     async fn pull_with(
         &self,
