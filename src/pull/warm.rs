@@ -36,10 +36,16 @@ impl OnNode<'_> {
 
     /// Writes the records of the image `reference` names that are missing (a pull stopped
     /// while writing them), each pointing where the record of `reference` points and labelled
-    /// as it is, without the network. Nothing is written unless that record is there and the
-    /// documents it points at are readable. Returns the names written.
+    /// as it is, without the network. Nothing is written unless that record is there, marks an
+    /// image CRI manages, and the documents it points at are readable. Returns the names written.
     pub async fn mend_records(&self, reference: &Reference) -> Result<Vec<String>, StoreError> {
-        let Some(record) = self.store.image(&reference.to_string()).await? else {
+        // Only images CRI manages have (and need) all three records.
+        let Some(record) = self
+            .store
+            .image(&reference.to_string())
+            .await?
+            .filter(|r| r.labels.contains_key(labels::CRI_MANAGED))
+        else {
             return Ok(Vec::new());
         };
         let Some(target) = record.target else {
