@@ -17,8 +17,9 @@
 //! What a failed run keeps: everything its lease holds (partial downloads in ingests, which the
 //! next run resumes from byte-exact; committed blobs; unpacked layers), until a run that
 //! completes the image releases it. A run that failed for disk space releases its lease at once
-//! instead, waiting for containerd's garbage collection, so a full filesystem is given back: its
-//! partial downloads are lost, and the next run downloads them again.
+//! instead, waiting for containerd's garbage collection (and having it go over the snapshotter
+//! again, see [`collect_snapshots`]), so a full filesystem is given back: its partial downloads
+//! are lost, and the next run downloads them again.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, OnceLock};
@@ -251,6 +252,27 @@ pub async fn release_left_behind(store: &Store, image: &Reference) -> Result<usi
         }
     }
     Ok(count)
+}
+
+/// Has containerd's garbage collection go over `snapshotter` once more, now that the space
+/// given back lets it write: a collection that ran while the disk was full can fail to remove
+/// a partial unpack from the snapshotter (its own records cannot be written), and containerd
+/// looks at a snapshotter again only when a snapshot of it goes. So one does: an empty
+/// snapshot, taken and removed under a lease of its own.
+pub async fn collect_snapshots(store: &Store, snapshotter: &str) -> Result<(), StoreError> {
+    let lease = store
+        .create_lease("collect-snapshots", std::time::Duration::from_secs(600))
+        .await?;
+    let key = format!("prepull-collect-{:016x}", rand::random::<u64>());
+    let made = store
+        .prepare_snapshot(&lease, snapshotter, &key, "", HashMap::new())
+        .await;
+    let removed = match made {
+        Ok(_) => store.remove_snapshot(snapshotter, &key).await,
+        Err(e) => Err(e),
+    };
+    let collected = store.delete_lease_collecting(lease).await;
+    removed.and(collected)
 }
 
 #[cfg(test)]

@@ -308,6 +308,11 @@ impl Puller {
                 tracing::warn!(image = %reference, error = %e, "cannot release leases earlier runs of the image left behind")
             }
         }
+        if let (true, Some(snapshotter)) = (give_back, self.options.unpack.as_deref()) {
+            if let Err(e) = lease::collect_snapshots(&self.store, snapshotter).await {
+                tracing::warn!(image = %reference, error = %e, "cannot have containerd collect the partial unpack; its next garbage collection does");
+            }
+        }
         result
     }
 
