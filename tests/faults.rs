@@ -85,6 +85,16 @@ fn verify(containerd: &Containerd, image: &str) -> Prepull {
     Prepull::new("verify").containerd(containerd).arg(image)
 }
 
+/// What holds the space under containerd's `root`: bytes per directory, two levels down.
+fn held_under(root: &std::path::Path) -> String {
+    let out = std::process::Command::new("du")
+        .args(["-B1", "--max-depth=3"])
+        .arg(root)
+        .output()
+        .expect("run du");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A containerd whose root is a 64 MiB tmpfs, and a registry.
 async fn on_a_small_disk() -> (Containerd, Registry) {
     tokio::join!(
@@ -347,7 +357,10 @@ async fn a_pull_that_fills_the_disk_says_so_counts_its_bytes_and_gives_the_space
         }
         assert!(
             !deadline.expired(),
-            "the space is given back: {free_after} bytes free after, {free_before} before"
+            "the space is given back: {free_after} bytes free after, {free_before} before; \
+             held: {}\nsnapshots: {}",
+            held_under(containerd.root()),
+            containerd.ctr_ok(&["-n", "k8s.io", "snapshots", "ls"]),
         );
         deadline.tick().await;
     }
