@@ -10,6 +10,13 @@
 //! - [`INGEST_LOCK`]: waiting for another writer of the same blob (containerd's ref lock), which
 //!   is no failure: it is bounded by time ([`INGEST_LOCK_PATIENCE`]), not by attempts.
 //!
+//! Around them all, a pull outlives containerd restarting: when containerd stops answering, the
+//! pull waits for it to answer again, up to [`CONTAINERD_RESTART_WAIT`] (`--containerd-restart-wait`)
+//! each time, at most [`CONTAINERD_RESTARTS`] times, then goes on where containerd's content stands:
+//! committed blobs and snapshots are kept, downloads resume from their ingests' offsets, and an
+//! interrupted unpack starts that layer again. containerd's systemd unit restarts it 5 s after a
+//! crash (`RestartSec=5`), and it takes a few seconds to start: 30 s covers that with room.
+//!
 //! The bound per blob that follows, and is meant: a registry that keeps answering `503` gets
 //! `BLOB.attempts × REQUEST.attempts` = 5 × 4 = 20 `GET`s for one blob, with at most
 //! `BLOB.attempts × REQUEST.worst_case_wait() + BLOB.worst_case_wait()` = 5 × 3.5 s + 3 s = 20.5 s
@@ -66,6 +73,17 @@ pub const INGEST_LOCK: Backoff = Backoff {
 /// layer over a slow link, so long, but bounded, so a writer that died holding the lock does not
 /// stall the pull forever.
 pub const INGEST_LOCK_PATIENCE: Duration = Duration::from_secs(30 * 60);
+
+/// How long a pull waits for containerd to answer again after it stopped answering (the
+/// default of `--containerd-restart-wait`).
+pub const CONTAINERD_RESTART_WAIT: Duration = Duration::from_secs(30);
+
+/// How many times one pull waits for containerd to come back: a containerd that keeps going
+/// away fails the pull rather than holding it forever.
+pub const CONTAINERD_RESTARTS: u32 = 5;
+
+/// How often a pull asks whether containerd is back.
+pub const CONTAINERD_POLL: Duration = Duration::from_millis(250);
 
 impl Backoff {
     /// This policy with a single attempt: for a host with a fallback behind it, which fails fast

@@ -5,7 +5,11 @@
 //! pods below 15% free, so the default reserve is 15%: pre-pulling must never be what pushes a
 //! node into disk pressure. What an image needs is estimated from its manifest: the compressed
 //! blobs containerd does not hold yet, plus, when unpacking, their unpacked size (estimated at
-//! twice the compressed size, as layer sizes are only known after unpacking).
+//! twice the compressed size, as layer sizes are only known after unpacking). Layers containerd
+//! holds but that were never unpacked (pulled with `--no-unpack`, or by a pull that failed
+//! before unpacking them) count their unpacked size too: a layer blob is taken as unpacked once
+//! it carries the `containerd.io/uncompressed` label, which is set when it is applied (the label
+//! holds its diff ID, not a size, so the estimate stays twice the compressed size).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -129,24 +133,53 @@ impl SpaceCheck {
     /// Claims the space blobs of `sizes` need, if it is there after what other pulls in
     /// progress claimed. The claim holds until dropped.
     pub fn claim(&self, sizes: &[u64], unpack: bool) -> Result<Claim, SpaceError> {
+        self.claim_need(Need::blobs(sizes, unpack))
+    }
+
+    /// Claims the space `need` says an image will write, if it is there after what other pulls
+    /// in progress claimed. The claim holds until dropped.
+    pub fn claim_need(&self, need: Need) -> Result<Claim, SpaceError> {
         let mut claimed = self.claimed.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(e) = self.shortfall_after(sizes, unpack, *claimed) {
+        if let Some(e) = self.shortfall_after(need, *claimed) {
             return Err(e);
         }
-        let bytes = needed(sizes, unpack);
-        *claimed = claimed.saturating_add(bytes);
+        *claimed = claimed.saturating_add(need.written);
         Ok(Claim {
             claimed: self.claimed.clone(),
-            bytes,
+            bytes: need.written,
         })
     }
 }
 
-fn needed(sizes: &[u64], unpack: bool) -> u64 {
-    sizes
-        .iter()
-        .fold(0u64, |a, b| a.saturating_add(*b))
-        .saturating_mul(if unpack { 1 + UNPACK_ESTIMATE } else { 1 })
+/// What an image will write to containerd's filesystem, estimated.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Need {
+    /// Compressed bytes to download.
+    pub download: u64,
+    /// All bytes to write: the downloads, and the estimated unpacked size of what is unpacked.
+    pub written: u64,
+    /// Whether `written` includes unpacking.
+    pub unpacks: bool,
+}
+
+impl Need {
+    /// Blobs of `sizes` to download, each unpacked too with `unpack`.
+    pub fn blobs(sizes: &[u64], unpack: bool) -> Need {
+        let download = sizes.iter().fold(0u64, |a, b| a.saturating_add(*b));
+        Need {
+            download,
+            written: download.saturating_mul(if unpack { 1 + UNPACK_ESTIMATE } else { 1 }),
+            unpacks: unpack && download > 0,
+        }
+    }
+
+    /// Adds a layer of `compressed` bytes that is on the node but still to be unpacked.
+    pub fn unpack_present(&mut self, compressed: u64) {
+        self.written = self
+            .written
+            .saturating_add(compressed.saturating_mul(UNPACK_ESTIMATE));
+        self.unpacks |= compressed > 0;
+    }
 }
 
 /// Not enough space for an image.
@@ -176,7 +209,7 @@ pub struct SpaceError {
 }
 
 impl SpaceCheck {
-    fn shortfall_after(&self, sizes: &[u64], unpack: bool, claimed: u64) -> Option<SpaceError> {
+    fn shortfall_after(&self, need: Need, claimed: u64) -> Option<SpaceError> {
         let (free, total) = match filesystem(&self.path) {
             Ok(v) => v,
             Err(e) => {
@@ -192,8 +225,7 @@ impl SpaceCheck {
                 return None;
             }
         };
-        let blobs: u64 = sizes.iter().fold(0u64, |a, b| a.saturating_add(*b));
-        let needed = needed(sizes, unpack);
+        let needed = need.written;
         if needed == 0 {
             // Nothing to write: a warm image never fails for lack of space.
             return None;
@@ -207,8 +239,8 @@ impl SpaceCheck {
             reserve,
             reserve_flag: self.reserve,
             needed,
-            blobs,
-            unpacked: unpack,
+            blobs: need.download,
+            unpacked: need.unpacks,
         })
     }
 }
@@ -388,6 +420,13 @@ mod tests {
         );
         let e = check.claim(&[too_big], true).unwrap_err();
         assert_eq!(e.needed, too_big * 3);
+        // A layer on the node but not unpacked still needs its unpacked size.
+        let mut unpack_only = Need::blobs(&[], true);
+        assert_eq!(unpack_only.written, 0);
+        unpack_only.unpack_present(too_big);
+        let e = check.claim_need(unpack_only).unwrap_err();
+        assert_eq!((e.needed, e.blobs), (too_big * 2, 0));
+        assert!(e.to_string().contains("unpacked estimated at 2x"), "{e}");
         assert!(e.to_string().contains("--min-free-space"), "{e}");
         let strict = SpaceCheck {
             reserve: Reserve::Percent(99.9),

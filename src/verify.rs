@@ -168,6 +168,16 @@ pub struct ImageCheck {
 }
 
 impl ImageCheck {
+    /// Whether all that is wrong is records missing (a pull killed while writing them): the
+    /// content is whole, and `prepull repair` writes them again without the network.
+    pub fn records_incomplete(&self) -> bool {
+        !self.problems.is_empty()
+            && self
+                .problems
+                .iter()
+                .all(|p| matches!(p, Problem::MissingRecord { .. }))
+    }
+
     /// A name to pull the image by again: its repository at its digest, from a record's name or
     /// from where its content came from.
     pub fn pull_name(&self) -> Option<String> {
@@ -346,7 +356,8 @@ impl<'a> Checker<'a> {
         Ok(Some(present))
     }
 
-    /// CRI names each image it manages by tag, digest reference and ID: each must exist.
+    /// CRI names each image it manages by tag, digest reference and ID: the ID and a digest
+    /// reference must exist beside the tags.
     async fn check_records(
         &self,
         check: &mut ImageCheck,
@@ -360,11 +371,15 @@ impl<'a> Checker<'a> {
         if !managed {
             return Ok(());
         }
+        // One digest reference is expected, not one per tag: another name given to the image
+        // (`ctr images tag`, a retag in another repository) has none, and needs none.
+        let by_digest = records.iter().any(|r| names::is_digest_reference(&r.name));
         let mut expected: Vec<String> = records
             .iter()
-            .filter(|r| !names::is_id(&r.name) && !names::is_digest_reference(&r.name))
-            .filter_map(|r| crate::reference::Reference::parse(&r.name).ok())
+            .filter(|r| !by_digest && !names::is_id(&r.name))
+            .find_map(|r| crate::reference::Reference::parse(&r.name).ok())
             .map(|r| r.with_digest(target.clone()).to_string())
+            .into_iter()
             .collect();
         if configs.len() == 1 {
             expected.push(configs[0].to_string());

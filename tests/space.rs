@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::Output;
 
 use serde_json::Value;
+use support::disk::{free_bytes, write_filler};
 use support::{
     push_image, text, Containerd, ContainerdOptions, ImageSpec, Prepull, Proxy, Registry,
 };
@@ -40,19 +41,6 @@ async fn pull(
         .to_string();
     let json = serde_json::from_str(&line).unwrap_or(Value::Null);
     (out, json)
-}
-
-fn free_bytes(path: &std::path::Path) -> u64 {
-    let out = std::process::Command::new("df")
-        .args(["--output=avail", "-B1"])
-        .arg(path)
-        .output()
-        .expect("run df");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .nth(1)
-        .and_then(|l| l.trim().parse().ok())
-        .expect("df prints the available bytes")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -114,20 +102,7 @@ async fn images_that_would_fill_the_disk_are_refused_before_downloading() {
     let free = free_bytes(containerd.root());
     let reserve = (64 * MIB) as u64 * 15 / 100;
     let filler = free - reserve - 8 * MIB as u64;
-    let file = std::fs::File::create(containerd.root().join("filler")).unwrap();
-    file.set_len(0).unwrap();
-    {
-        use std::io::Write;
-        let mut w = std::io::BufWriter::new(file);
-        let chunk = vec![0xa5u8; MIB];
-        let mut left = filler;
-        while left > 0 {
-            let n = left.min(MIB as u64) as usize;
-            w.write_all(&chunk[..n]).unwrap();
-            left -= n as u64;
-        }
-        w.flush().unwrap();
-    }
+    write_filler(&containerd.root().join("filler"), filler);
     proxy.clear();
     let (out, json) = pull(&containerd, &proxy, &["--no-unpack"], &other).await;
     assert_eq!(out.status.code(), Some(1), "{json}");

@@ -140,7 +140,7 @@ async fn verify_finds_every_kind_of_damage_and_repair_mends_it() {
             b.config.digest
         ),
         format!(
-            "damaged {rc}: its image record {} is missing",
+            "records-incomplete {rc}: its image record {} is missing",
             c.config.digest
         ),
         "stale ingest layer-orphan".to_string(),

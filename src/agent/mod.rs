@@ -118,6 +118,7 @@ impl Agent {
         let status = Status {
             list: options.list.display().to_string(),
             pin_owner: options.pin_owner.to_string(),
+            agent_started: Some(timestamp(SystemTime::now())),
             ..Status::default()
         };
         let (published, _) = tokio::sync::watch::channel(status.clone());
@@ -248,6 +249,17 @@ impl Agent {
                             ..known.clone()
                         }),
                         None => {
+                            // Records a pull was killed while writing are written first,
+                            // from the ones that are there: cheap, and no network.
+                            match self.puller.mend_records(&entry.reference).await {
+                                Ok(written) if !written.is_empty() => {
+                                    tracing::info!(image = %name, records = ?written, "wrote image records a stopped pull left missing")
+                                }
+                                Ok(_) => {}
+                                Err(e) => {
+                                    tracing::warn!(image = %name, error = %crate::error_chain(&e), "cannot write the image's missing records")
+                                }
+                            }
                             let present = self.puller.on_node(&entry.reference).await;
                             images.push(ImageStatus::before_check(entry, present.as_ref()));
                         }
@@ -284,6 +296,13 @@ impl Agent {
             return;
         };
         let started = Instant::now();
+        // Said in the file before anything else is done: an agent killed mid-pass leaves a
+        // status that shows the previous pass's results as the previous pass's.
+        self.status.pass_under_way = Some(status::PassUnderWay {
+            number: self.status.passes + 1,
+            started: timestamp(SystemTime::now()),
+        });
+        self.write_status();
         let (mut damage, verified) = self.verify_if_due(&list).await;
         self.deep_check_due(&list, &mut damage).await;
         // Damaged now, or still open from an earlier verify: pulled checking every blob (the
@@ -321,6 +340,7 @@ impl Agent {
         self.status.set_images(images);
         self.status.released = released;
         self.status.passes += 1;
+        self.status.pass_under_way = None;
         self.status.last_pass_seconds = started.elapsed().as_secs_f64();
         let now = SystemTime::now();
         self.status.last_pass = Some(timestamp(now));
@@ -621,7 +641,8 @@ impl Agent {
     }
 
     /// Publishes the status to the endpoints and writes the status file, if there is one.
-    fn write_status(&self) {
+    fn write_status(&mut self) {
+        self.status.written = Some(timestamp(SystemTime::now()));
         self.published.send_replace(self.status.clone());
         let Some(path) = &self.options.status_file else {
             return;

@@ -330,6 +330,20 @@ pub struct Status {
     /// Why the list on disk is not the one in use, if it is not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub list_error: Option<String>,
+    /// When this file was written (RFC 3339): the agent writes it when its list loads, when a
+    /// pass starts and when one ends, so a file much older than `--interval` comes from an
+    /// agent that stopped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub written: Option<String>,
+    /// When the agent that wrote this file started (RFC 3339): pass numbers count from 1 again
+    /// in each agent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_started: Option<String>,
+    /// The pass under way when this file was written, if one was: the per-image states are
+    /// still those of pass `passes` (ended at `last_pass`). Left in place by an agent killed
+    /// mid-pass.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pass_under_way: Option<PassUnderWay>,
     /// When the last pass finished (RFC 3339).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_pass: Option<String>,
@@ -371,6 +385,15 @@ pub struct Status {
     /// Images left out of `images` to keep the file within its size bound (0: none).
     #[serde(skip_serializing_if = "is_zero")]
     pub images_omitted: usize,
+}
+
+/// A pass that started and has not ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PassUnderWay {
+    /// Its number (the first pass of an agent is 1).
+    pub number: u64,
+    /// When it started (RFC 3339).
+    pub started: String,
 }
 
 fn is_zero(n: &usize) -> bool {

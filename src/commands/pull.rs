@@ -139,6 +139,14 @@ pub struct PullerArgs {
     )]
     pub min_free_space: crate::space::Reserve,
 
+    /// How long a pull waits for containerd to answer again when it stops answering mid-pull
+    /// (containerd restarting: its systemd unit brings it back 5 s after a crash). The pull
+    /// then goes on from what containerd holds: committed blobs and layers are kept and
+    /// downloads resume from their partial bytes. Waited for at most 5 times per pull; `0s`
+    /// fails the pull at once.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub containerd_restart_wait: std::time::Duration,
+
     /// Blobs downloaded at once, across all images.
     #[arg(long, value_name = "N", default_value = "8")]
     pub max_concurrent_downloads: NonZeroUsize,
@@ -179,6 +187,7 @@ impl PullerArgs {
             pin,
             unpack: None,
             space: None,
+            containerd_wait: self.containerd_restart_wait,
             ..PullOptions::default()
         };
         let config = credentials::CredentialConfig {

@@ -159,6 +159,15 @@ fn print_table(status: &Value, images: &[Value], cri: bool) {
         status["corrupt"],
         status["missing"],
     );
+    if let Some(pass) = status["pass_under_way"].as_object() {
+        println!(
+            "pass {} under way since {} (written {}): the states below are from pass {}",
+            pass.get("number").unwrap_or(&Value::Null),
+            pass.get("started").and_then(Value::as_str).unwrap_or("-"),
+            text(&status["written"]),
+            status["passes"],
+        );
+    }
     if let Some(e) = status["list_error"].as_str() {
         println!("list error: {e}");
     }

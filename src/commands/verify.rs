@@ -52,8 +52,11 @@ pub struct CheckArgs {
         Each image (its tag, digest and ID records together) is checked once: its index and \
         manifests, config and layers are read back from containerd and hashed against their \
         digests; blobs containerd lists but cannot read, and blobs missing altogether, are \
-        reported; the snapshot of every layer must exist in the snapshotter CRI uses. Ingests \
-        idle for --stale-ingest-age are reported as stale. Each sound image's own command \
+        reported; the snapshot of every layer must exist in the snapshotter CRI uses. An image \
+        whose content is whole but some of whose records (digest reference, ID) are missing, as \
+        a pull stopped while writing them leaves it, is reported records-incomplete: `prepull \
+        repair IMAGE` writes them without the network. Ingests idle for --stale-ingest-age are \
+        reported as stale. Each sound image's own command \
         (Entrypoint and Cmd, searched in its PATH) must resolve in its unpacked layers to a \
         non-empty executable for its architecture, else it is reported cannot-start. Nothing is \
         changed: `prepull repair` mends what this finds. Exit status 0 when all is sound, 1 when \
@@ -103,8 +106,9 @@ pub struct VerifyArgs {
 #[command(
     about = "Mend the node's images: remove what is corrupt and pull it again",
     long_about = "Mend the node's images: remove what is corrupt and pull it again.\n\n\
-        Checks as `prepull verify` does, then: aborts stale ingests; removes blobs that are \
-        corrupt, unreadable or malformed; pulls each damaged image again by its tag (or digest \
+        Checks as `prepull verify` does, then: aborts stale ingests; writes the records of \
+        records-incomplete images from their other records, without the network; removes blobs \
+        that are corrupt, unreadable or malformed; pulls each damaged image again by its tag (or digest \
         reference, or the repository it came from), which fetches only what is missing and \
         unpacks missing snapshots; and checks again. An IMAGE with no record on the node is \
         pulled, restoring its records. Pins and other labels on the records are kept. The lease \
@@ -249,12 +253,21 @@ pub async fn run_verify(args: VerifyArgs, stop: CancellationToken) -> anyhow::Re
         let status = match (check.problems.is_empty() && !deep.is_bad(), start) {
             (true, StartOutcome::Cannot(_)) => "cannot-start",
             (true, _) => "ok",
+            (false, _) if check.records_incomplete() && !deep.is_bad() => RECORDS_INCOMPLETE,
             (false, _) => "damaged",
         };
         if status != "ok" {
             bad += 1;
         }
         print_check_deep(check, status, deep, start, args.check.output);
+        if let (RECORDS_INCOMPLETE, Output::Text) = (status, args.check.output) {
+            let name = &check.names[0];
+            println!(
+                "{status} {name}: records incomplete (a pull was stopped while writing them; its \
+                 content is whole): run `prepull repair {name}`, which writes them without the \
+                 network, or `prepull pull {name}`"
+            );
+        }
     }
     for name in &missing {
         bad += 1;
@@ -282,6 +295,9 @@ pub async fn run_verify(args: VerifyArgs, stop: CancellationToken) -> anyhow::Re
         ExitCode::FAILURE
     })
 }
+
+/// The status of an image whose content is whole but some of whose records are missing.
+const RECORDS_INCOMPLETE: &str = "records-incomplete";
 
 /// Whether an image's own command starts from its unpacked layers.
 pub(super) enum StartOutcome {
@@ -391,16 +407,26 @@ pub async fn run_repair(args: RepairArgs, stop: CancellationToken) -> anyhow::Re
     let mut failed = 0;
     let mut outcome = Ok(());
     for step in repair::plan(checks, missing, &shared) {
-        // Snapshots missing while every blob is sound are unpacked from the blobs, offline.
-        if let (Some(before), Some(snapshotter)) = (&step.before, &snapshotter) {
-            if repair::unpack_missing(&store, snapshotter, before).await? {
-                let after = checker
-                    .check(&before.target, &store_records(&store, before).await?)
-                    .await?;
-                if after.problems.is_empty() {
-                    print_outcome(&step.shown, "repaired", Some(before), None, output);
-                    continue;
-                }
+        // Mended without the network where it can be: records a stopped pull did not write are
+        // written from the others; snapshots missing while every blob is sound are unpacked
+        // from the blobs.
+        if let Some(before) = &step.before {
+            let offline = match &snapshotter {
+                _ if before.records_incomplete() => repair::mend_records(&store, before).await? > 0,
+                Some(snapshotter) => repair::unpack_missing(&store, snapshotter, before).await?,
+                None => false,
+            };
+            let after = match offline {
+                true => Some(
+                    checker
+                        .check(&before.target, &store_records(&store, before).await?)
+                        .await?,
+                ),
+                false => None,
+            };
+            if after.is_some_and(|a| a.problems.is_empty()) {
+                print_outcome(&step.shown, "repaired", Some(before), None, output);
+                continue;
             }
         }
         let result = match &step.action {

@@ -7,12 +7,16 @@
 //! One file per step: [`warm`] (the shortcut for an image the node already holds), [`resolve`]
 //! (top document, platform, child manifest), [`space`] (claiming free space), [`fetch`] (blob
 //! writes, ingest-lock waits, attempts), [`unpack`] (layers into snapshots as they arrive),
-//! [`commit`] (documents with GC labels, image records) and [`error`]; [`progress`] is what a
-//! display reads while a pull runs.
+//! [`commit`] (documents with GC labels, image records), [`lease`] (the pull's lease, and those
+//! dead runs left behind) and [`error`]; [`progress`] is what a display reads while a pull runs.
+//!
+//! containerd restarting mid-pull does not fail it: the pull waits for containerd to answer
+//! again (see [`crate::retry`] for how long) and goes on from what containerd holds.
 
 mod commit;
 mod error;
 mod fetch;
+pub mod lease;
 mod progress;
 mod resolve;
 mod space;
@@ -56,6 +60,9 @@ pub struct PullOptions {
     pub pin: bool,
     /// Refuse images that would leave less free space than this on containerd's filesystem.
     pub space: Option<crate::space::SpaceCheck>,
+    /// How long a pull waits for containerd to answer again when it stops answering mid-pull
+    /// (it restarts); zero fails the pull at once.
+    pub containerd_wait: Duration,
 }
 
 impl Default for PullOptions {
@@ -67,6 +74,7 @@ impl Default for PullOptions {
             unpack: Some("overlayfs".to_string()),
             pin: false,
             space: None,
+            containerd_wait: crate::retry::CONTAINERD_RESTART_WAIT,
         }
     }
 }
@@ -172,6 +180,15 @@ impl Puller {
         self.on_node_check().find(reference).await
     }
 
+    /// Writes the records of the image `reference` names that a pull stopped while writing
+    /// them left missing, without the network (see [`OnNode::mend_records`]).
+    pub async fn mend_records(
+        &self,
+        reference: &Reference,
+    ) -> Result<Vec<String>, crate::store::StoreError> {
+        self.on_node_check().mend_records(reference).await
+    }
+
     /// [`Puller::pull_with`], counted in [`crate::metrics`] by how it ended.
     async fn pull_with(
         &self,
@@ -180,7 +197,9 @@ impl Puller {
         progress: Arc<PullProgress>,
     ) -> Result<PullReport, PullError> {
         let started = Instant::now();
-        let result = self.pull_uncounted(reference, shortcut, &progress).await;
+        let result = self
+            .pull_outliving_restarts(reference, shortcut, &progress)
+            .await;
         if let (Ok(report), Stage::Resolving) = (&result, progress.stage()) {
             // Found warm: all of it is on the node.
             progress.begin(report.size);
@@ -196,14 +215,116 @@ impl Puller {
         result
     }
 
-    #[tracing::instrument(name = "pull", skip_all, fields(image = %reference))]
-    async fn pull_uncounted(
+    /// Pulls, waiting for containerd each time it stops answering and going on from where its
+    /// content stands, under one lease throughout; then settles the lease (see [`lease`]).
+    async fn pull_outliving_restarts(
         &self,
         reference: &Reference,
         shortcut: bool,
         progress: &Arc<PullProgress>,
     ) -> Result<PullReport, PullError> {
         let started = Instant::now();
+        let counters = Counters {
+            progress: progress.clone(),
+            ..Counters::default()
+        };
+        let mut held = None;
+        let mut restarts = crate::retry::CONTAINERD_RESTARTS;
+        let result = loop {
+            match self
+                .pull_uncounted(reference, shortcut, &counters, &mut held, started)
+                .await
+            {
+                Err(e) if restarts > 0 && e.kind() == crate::ErrorKind::ContainerdUnreachable => {
+                    restarts -= 1;
+                    if !self.containerd_back(reference, &e).await {
+                        break Err(e);
+                    }
+                }
+                other => break other,
+            }
+        };
+        self.settle(reference, held, result).await
+    }
+
+    /// Waits up to [`PullOptions::containerd_wait`] for containerd to answer again after
+    /// `error`; whether it did.
+    async fn containerd_back(&self, reference: &Reference, error: &PullError) -> bool {
+        let patience = self.options.containerd_wait;
+        if patience.is_zero() {
+            return false;
+        }
+        tracing::warn!(
+            image = %reference,
+            error = %crate::error_chain(error),
+            wait_s = patience.as_secs(),
+            "containerd stopped answering; waiting for it to come back"
+        );
+        let give_up = Instant::now() + patience;
+        loop {
+            if self.store.version().await.is_ok() {
+                tracing::info!(image = %reference, "containerd answers again; going on from what it holds");
+                return true;
+            }
+            if Instant::now() >= give_up {
+                tracing::warn!(image = %reference, wait_s = patience.as_secs(), "containerd did not come back in time (--containerd-restart-wait)");
+                return false;
+            }
+            tokio::time::sleep(crate::retry::CONTAINERD_POLL).await;
+        }
+    }
+
+    /// Ends the pull's hold on its lease (see [`lease`] for what a failed run keeps): a
+    /// completed image no longer needs it, nor the leases dead runs of it left behind; a run
+    /// that failed for disk space gives back what it and those runs held.
+    async fn settle(
+        &self,
+        reference: &Reference,
+        held: Option<lease::HeldLease>,
+        result: Result<PullReport, PullError>,
+    ) -> Result<PullReport, PullError> {
+        let give_back = match &result {
+            Ok(_) => false,
+            Err(e) if e.kind() == crate::ErrorKind::DiskSpace => true,
+            // Kept for the next run to resume from; released by the run that completes it.
+            Err(_) => return result,
+        };
+        if let Some(held) = held {
+            let released = lease::release(&self.store, held, give_back).await;
+            match (released, &result) {
+                (Err(e), Ok(_)) => return Err(PullError::store(reference)(e)),
+                (Err(e), Err(_)) => {
+                    tracing::warn!(image = %reference, error = %e, "cannot release the failed pull's lease; it expires by itself")
+                }
+                (Ok(()), _) => {}
+            }
+        }
+        match lease::release_left_behind(&self.store, reference).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(image = %reference, leases = n, "released leases earlier runs of the image left behind")
+            }
+            Err(e) => {
+                tracing::warn!(image = %reference, error = %e, "cannot release leases earlier runs of the image left behind")
+            }
+        }
+        if let (true, Some(snapshotter)) = (give_back, self.options.unpack.as_deref()) {
+            if let Err(e) = lease::collect_snapshots(&self.store, snapshotter).await {
+                tracing::warn!(image = %reference, error = %e, "cannot have containerd collect the partial unpack; its next garbage collection does");
+            }
+        }
+        result
+    }
+
+    #[tracing::instrument(name = "pull", skip_all, fields(image = %reference))]
+    async fn pull_uncounted(
+        &self,
+        reference: &Reference,
+        shortcut: bool,
+        counters: &Counters,
+        held: &mut Option<lease::HeldLease>,
+        started: Instant,
+    ) -> Result<PullReport, PullError> {
         // Credentials are looked up once per host for the whole pull, not per request.
         let _credentials = self.registry.begin_pull(reference);
         let image = match self.resolve(reference, shortcut, started).await? {
@@ -212,26 +333,24 @@ impl Puller {
         };
         // Held until the pull is done, so concurrent pulls do not count the same free space.
         let _space = self.claim_space(reference, &image.manifest).await?;
-        let store_err = PullError::store(reference);
-        let lease = self
-            .store
-            .create_lease("pull", self.options.lease_expiry)
-            .await
-            .map_err(&store_err)?;
-        progress.begin(image.manifest.content_size());
-        let counters = Counters {
-            progress: progress.clone(),
-            ..Counters::default()
+        let held = match held {
+            Some(h) => h,
+            None => held.insert(
+                lease::take(&self.store, reference, self.options.lease_expiry)
+                    .await
+                    .map_err(PullError::store(reference))?,
+            ),
         };
+        let lease = held.lease();
+        counters.progress.begin(image.manifest.content_size());
         let source = labels::distribution_source(reference);
-        self.fetch_and_unpack(reference, &image, &lease, &source, &counters)
+        self.fetch_and_unpack(reference, &image, lease, &source, counters)
             .await?;
-        self.commit_documents(reference, &image, &lease, &source)
+        self.commit_documents(reference, &image, lease, &source)
             .await?;
         let names = self.write_records(reference, &image).await?;
-        self.store.delete_lease(lease).await.map_err(&store_err)?;
 
-        let report = self.report(reference, &image, names, &counters, started);
+        let report = self.report(reference, &image, names, counters, started);
         tracing::info!(
             digest = %report.digest,
             bytes_fetched = report.bytes_fetched,
@@ -252,6 +371,7 @@ impl Puller {
         counters: &Counters,
         started: Instant,
     ) -> PullReport {
+        let fetched = counters.fetched.load(Ordering::Relaxed);
         PullReport {
             reference: reference.clone(),
             digest: image.top.digest.clone(),
@@ -261,8 +381,13 @@ impl Puller {
             layers: image.manifest.layers.len(),
             size: image.manifest.content_size(),
             snapshotter: self.options.unpack.clone(),
-            blobs_fetched: counters.fetched.load(Ordering::Relaxed),
-            blobs_present: counters.present.load(Ordering::Relaxed),
+            blobs_fetched: fetched,
+            // A pull that went on after containerd restarted finds what it fetched before
+            // present: counted once, as fetched.
+            blobs_present: counters
+                .present
+                .load(Ordering::Relaxed)
+                .min((image.manifest.layers.len() + 1).saturating_sub(fetched)),
             bytes_fetched: counters.bytes.load(Ordering::Relaxed),
             elapsed: started.elapsed(),
         }

@@ -8,7 +8,7 @@ use crate::digest::Digest;
 use crate::image::{labels, names};
 use crate::platform::Platform;
 use crate::reference::{Reference, Target};
-use crate::store::Store;
+use crate::store::{ImageRecord, Store, StoreError};
 
 /// What "the node holds this image, complete" means, found without the network: the records CRI
 /// names the image by point at one top document with the labels a pull writes, the documents
@@ -32,6 +32,43 @@ impl OnNode<'_> {
         let record = self.store.image(&reference.to_string()).await.ok()??;
         let top = record.target?.digest;
         self.at(reference, &top, Instant::now()).await
+    }
+
+    /// Writes the records of the image `reference` names that are missing (a pull stopped
+    /// while writing them), each pointing where the record of `reference` points and labelled
+    /// as it is, without the network. Nothing is written unless that record is there, marks an
+    /// image CRI manages, and the documents it points at are readable. Returns the names written.
+    pub async fn mend_records(&self, reference: &Reference) -> Result<Vec<String>, StoreError> {
+        // Only images CRI manages have (and need) all three records.
+        let Some(record) = self
+            .store
+            .image(&reference.to_string())
+            .await?
+            .filter(|r| r.labels.contains_key(labels::CRI_MANAGED))
+        else {
+            return Ok(Vec::new());
+        };
+        let Some(target) = record.target else {
+            return Ok(Vec::new());
+        };
+        let Ok(chosen) = self.store.manifest_for(&target.digest, self.platform).await else {
+            return Ok(Vec::new());
+        };
+        let config = &chosen.manifest.config.digest;
+        let mut written = Vec::new();
+        for name in names::record_names(reference, &target.digest, config) {
+            if self.store.image(&name).await?.is_some() {
+                continue;
+            }
+            let missing = ImageRecord {
+                name,
+                target: target.clone(),
+                labels: record.labels.clone(),
+            };
+            self.store.put_image(&missing).await?;
+            written.push(missing.name);
+        }
+        Ok(written)
     }
 
     /// The image `reference` names at `top`, if the node holds it complete.

@@ -16,6 +16,9 @@
 //!    names. The cost: when a pull failed, content only a removed blob held may be collected,
 //!    and the next repair downloads it again.
 //!
+//! Records a pull was killed while writing ([`ImageCheck::records_incomplete`]) are written
+//! again by [`mend_records`] from the records that are there, without the network.
+//!
 //! Snapshots the deep check found damaged are mended without the network by [`snapshots`]
 //! ([`mend_snapshots`]): the chain is removed from the lowest damaged layer up and unpacked
 //! again from the local blobs, unless a container runs on it.
@@ -28,7 +31,7 @@ use std::time::Duration;
 use crate::digest::Digest;
 use crate::pull::Puller;
 use crate::reference::Reference;
-use crate::store::{Lease, Store, StoreError};
+use crate::store::{ImageRecord, Lease, Store, StoreError};
 use crate::verify::{Checker, ImageCheck, Problem};
 
 pub use snapshots::{
@@ -149,6 +152,37 @@ pub async fn mend(
     } else {
         Err(still.join("; "))
     })
+}
+
+/// Writes the records `check` found missing, each pointing where the image's other records
+/// point and labelled as they are (CRI's `managed`, pins): nothing is fetched. Returns how
+/// many were written; 0 when no record of the image is left to copy.
+pub async fn mend_records(store: &Store, check: &ImageCheck) -> Result<usize, StoreError> {
+    let mut model = None;
+    for name in &check.names {
+        if let Some(record) = store.image(name).await? {
+            model = Some(record);
+            break;
+        }
+    }
+    let Some((target, labels)) = model.and_then(|r| Some((r.target?, r.labels))) else {
+        return Ok(0);
+    };
+    let mut written = 0;
+    for problem in &check.problems {
+        if let Problem::MissingRecord { name } = problem {
+            store
+                .put_image(&ImageRecord {
+                    name: name.clone(),
+                    target: target.clone(),
+                    labels: labels.clone(),
+                })
+                .await?;
+            tracing::info!(record = name, target = %target.digest, "wrote the missing image record");
+            written += 1;
+        }
+    }
+    Ok(written)
 }
 
 /// A bad blob that another namespace holds as well. containerd keeps one file per blob for all

@@ -57,6 +57,19 @@ pub enum StoreError {
         /// What the transport said.
         message: String,
     },
+    /// containerd's filesystem is full (`ENOSPC`, `EDQUOT`), whatever code containerd sent it
+    /// with: disk space to free, not a containerd fault.
+    #[error(
+        "containerd {op} {what}: containerd's filesystem is full; free space there ({message})"
+    )]
+    OutOfSpace {
+        /// The RPC.
+        op: &'static str,
+        /// The object.
+        what: String,
+        /// What containerd said.
+        message: String,
+    },
     /// A snapshot's mounts are not the kind its files can be found from (`bind` or `overlay`).
     #[error("cannot find the files of {snapshotter} snapshot {snapshot} from its mounts ({why}); the deep check understands the overlayfs and native snapshotters")]
     Mounts {
@@ -87,6 +100,13 @@ impl StoreError {
         status: tonic::Status,
     ) -> StoreError {
         let what = what.into();
+        if is_out_of_space(status.message()) {
+            return StoreError::OutOfSpace {
+                op,
+                what,
+                message: status.message().to_string(),
+            };
+        }
         match status.code() {
             tonic::Code::NotFound => StoreError::NotFound { op, what },
             tonic::Code::FailedPrecondition => StoreError::Mismatch {
@@ -125,9 +145,7 @@ impl StoreError {
             StoreError::InvalidNamespace(_) | StoreError::Mounts { .. } => ErrorKind::Config,
             StoreError::Mismatch { .. } => ErrorKind::Corrupt,
             StoreError::Busy { .. } => ErrorKind::Busy,
-            StoreError::Rpc { status, .. } if is_out_of_space(status.message()) => {
-                ErrorKind::DiskSpace
-            }
+            StoreError::OutOfSpace { .. } => ErrorKind::DiskSpace,
             StoreError::NotFound { .. } | StoreError::Rpc { .. } => ErrorKind::Containerd,
         }
     }
@@ -235,6 +253,20 @@ mod tests {
         );
         assert_eq!(e.kind(), ErrorKind::DiskSpace);
         assert!(!e.is_retryable());
+        // Whatever the code: a commit or an unpack that hit the full disk is disk space too.
+        for status in [
+            tonic::Status::failed_precondition(
+                "failed commit on ref \"layer-sha256:ab\": write /var/lib/containerd/x: no space left on device",
+            ),
+            tonic::Status::not_found("mkdir /var/lib/containerd/snapshots/7: no space left on device"),
+            tonic::Status::internal("write meta.db: disk quota exceeded"),
+        ] {
+            let e = StoreError::rpc("Diff.Apply", "x", status);
+            assert!(matches!(e, StoreError::OutOfSpace { .. }), "{e:?}");
+            assert_eq!(e.kind(), ErrorKind::DiskSpace);
+            assert!(!e.is_retryable());
+            assert!(e.to_string().contains("free space there"), "{e}");
+        }
         let e = StoreError::rpc(
             "Diff.Apply",
             "x",

@@ -4,7 +4,9 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use containerd_client::services::v1::leases_client::LeasesClient;
-use containerd_client::services::v1::{AddResourceRequest, CreateRequest, DeleteRequest, Resource};
+use containerd_client::services::v1::{
+    AddResourceRequest, CreateRequest, DeleteRequest, ListRequest, Resource,
+};
 
 use super::{Store, StoreError};
 use crate::image::labels;
@@ -22,10 +24,30 @@ impl Lease {
     }
 }
 
+/// A lease as containerd lists it.
+#[derive(Clone, Debug)]
+pub struct ListedLease {
+    /// The lease.
+    pub lease: Lease,
+    /// Its labels (`containerd.io/gc.expire` among them).
+    pub labels: HashMap<String, String>,
+}
+
 impl Store {
     /// Creates a lease that containerd drops by itself after `expire`, so a crashed pull never
     /// pins content forever.
     pub async fn create_lease(&self, purpose: &str, expire: Duration) -> Result<Lease, StoreError> {
+        self.create_labelled_lease(purpose, expire, HashMap::new())
+            .await
+    }
+
+    /// [`Store::create_lease`] with the labels `with` besides its expiry: who holds it, and for what.
+    pub async fn create_labelled_lease(
+        &self,
+        purpose: &str,
+        expire: Duration,
+        mut with: HashMap<String, String>,
+    ) -> Result<Lease, StoreError> {
         let nanos = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default()
@@ -33,9 +55,10 @@ impl Store {
         let id = format!("prepull-{purpose}-{nanos:x}-{:08x}", rand::random::<u32>());
         let expiry = humantime::format_rfc3339_seconds(SystemTime::now() + expire).to_string();
         let mut client = LeasesClient::new(self.channel.clone());
+        with.insert(labels::GC_EXPIRE.to_string(), expiry);
         let request = CreateRequest {
             id: id.clone(),
-            labels: HashMap::from([(labels::GC_EXPIRE.to_string(), expiry)]),
+            labels: with,
         };
         client
             .create(self.request(request, None))
@@ -47,6 +70,33 @@ impl Store {
     /// Deletes a lease; what it protected is then kept only by references from image records.
     pub async fn delete_lease(&self, lease: Lease) -> Result<(), StoreError> {
         self.delete_lease_with(lease, false).await
+    }
+
+    /// Deletes a lease and waits for containerd's garbage collection to run, so the disk space
+    /// only it held is free when this returns.
+    pub async fn delete_lease_collecting(&self, lease: Lease) -> Result<(), StoreError> {
+        self.delete_lease_with(lease, true).await
+    }
+
+    /// The leases in the namespace that carry `label`, whatever its value.
+    pub async fn leases_with_label(&self, label: &str) -> Result<Vec<ListedLease>, StoreError> {
+        let mut client = LeasesClient::new(self.channel.clone());
+        let request = ListRequest {
+            filters: vec![format!("labels.\"{label}\"")],
+        };
+        let listed = client
+            .list(self.request(request, None))
+            .await
+            .map_err(|s| StoreError::rpc("Leases.List", label, s))?;
+        Ok(listed
+            .into_inner()
+            .leases
+            .into_iter()
+            .map(|l| ListedLease {
+                lease: Lease { id: l.id },
+                labels: l.labels,
+            })
+            .collect())
     }
 
     /// Adds a resource to a lease: `("content", digest)` or

@@ -25,7 +25,7 @@ pub use error::StoreError;
 pub use graph::{Chosen, GraphError};
 pub use images::{ImageRecord, StoredImage};
 pub use inspect::{BlobChunks, Ingest, Stored};
-pub use leases::Lease;
+pub use leases::{Lease, ListedLease};
 pub use snapshots::{view_dirs, SnapshotInfo, SnapshotKind, SnapshotView, ViewDirs};
 
 /// A connection to one containerd namespace.

@@ -464,6 +464,14 @@ impl Containerd {
     /// upgrade, and waits until it is ready. Its log goes on in `containerd.restart.log`.
     pub async fn restart(&mut self) {
         self.kill();
+        self.start_again().await;
+    }
+
+    /// Starts the daemon again after [`Containerd::kill`], on the same root, state and socket
+    /// (as systemd does after a crash), and waits until it is ready. Its log goes on in
+    /// `containerd.restart.log`.
+    pub async fn start_again(&mut self) {
+        assert!(self.child.is_none(), "containerd still runs: kill it first");
         let config = self.dir.path().join("config.toml");
         let log = self.dir.path().join("containerd.restart.log");
         self.child = Some(process::spawn_logged(

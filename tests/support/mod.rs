@@ -12,6 +12,7 @@ pub mod busybox;
 pub mod containerd;
 pub mod cri;
 pub mod damage;
+pub mod disk;
 pub mod hostile;
 pub mod image;
 pub mod layer;
