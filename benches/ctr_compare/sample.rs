@@ -18,6 +18,10 @@ pub enum Tool {
     /// CRI `PullImage`, four images at a time (`serializeImagePulls: false`,
     /// `maxParallelImagePulls: 4`). Only where a workload has many images (W4).
     Cri4,
+    /// CRI `PullImage` one at a time with CRI told to flush each layer to disk before
+    /// committing its snapshot (`image_pull_with_sync_fs = true`), as prepull does: the like for
+    /// like peer for a pull that survives a power cut.
+    CriSync,
 }
 
 impl Tool {
@@ -27,6 +31,7 @@ impl Tool {
             Tool::Ctr => "ctr",
             Tool::Cri => "cri",
             Tool::Cri4 => "cri x4",
+            Tool::CriSync => "cri sync_fs",
         }
     }
 
@@ -35,15 +40,21 @@ impl Tool {
     pub fn compared(mode: Mode, many_images: bool) -> Vec<Tool> {
         match mode {
             Mode::Fetch => vec![Tool::Prepull, Tool::Ctr],
-            Mode::Pull if many_images => vec![Tool::Prepull, Tool::Ctr, Tool::Cri, Tool::Cri4],
-            Mode::Pull => vec![Tool::Prepull, Tool::Ctr, Tool::Cri],
+            Mode::Pull if many_images => vec![
+                Tool::Prepull,
+                Tool::Ctr,
+                Tool::Cri,
+                Tool::Cri4,
+                Tool::CriSync,
+            ],
+            Mode::Pull => vec![Tool::Prepull, Tool::Ctr, Tool::Cri, Tool::CriSync],
         }
     }
 
     /// How many CRI `PullImage` calls run at once.
     pub fn cri_parallel(self) -> Option<usize> {
         match self {
-            Tool::Cri => Some(1),
+            Tool::Cri | Tool::CriSync => Some(1),
             Tool::Cri4 => Some(4),
             Tool::Prepull | Tool::Ctr => None,
         }
@@ -84,6 +95,9 @@ impl Mode {
             (Mode::Pull, Tool::Ctr) => "ctr images pull --snapshotter S",
             (_, Tool::Cri) => "CRI PullImage, one image at a time",
             (_, Tool::Cri4) => "CRI PullImage, four images at a time",
+            (_, Tool::CriSync) => {
+                "CRI PullImage, one image at a time, image_pull_with_sync_fs = true"
+            }
         }
     }
 }

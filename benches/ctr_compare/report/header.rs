@@ -108,7 +108,9 @@ fn setup(md: &mut String, results: &[WorkloadResult], bench: &Bench, cx: &Contex
             md,
             "- pull, CRI: `runtime.v1.ImageService/PullImage` with the image as the pod names it, called from the bench process over containerd's socket \
              (no client process: its client RSS is n/a and client CPU 0; containerd does the pull). On containerd 2.x this is the CRI image service's \
-             own pull (transfer service or its local pull, as the daemon's config decides), what the kubelet gets."
+             own pull (transfer service or its local pull, as the daemon's config decides), what the kubelet gets. \
+             **cri sync_fs**: the same with `image_pull_with_sync_fs = true` in CRI's config, so CRI flushes each layer's files before committing its snapshot, \
+             as prepull always does (on containerd 2.x that setting also makes CRI use its local pull instead of the transfer service): the like-for-like peer for durability."
         );
     }
     let _ = writeln!(

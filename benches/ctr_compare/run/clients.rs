@@ -31,7 +31,7 @@ impl Bench {
                 .await
                 .map(|(r, b)| (r, Some(b))),
             Tool::Ctr => self.run_ctr(c, w, mode).await.map(|r| (r, None)),
-            Tool::Cri | Tool::Cri4 => {
+            Tool::Cri | Tool::Cri4 | Tool::CriSync => {
                 let parallel = tool.cri_parallel().unwrap_or(1);
                 run_cri(c, w, parallel).await.map(|r| (r, None))
             }

@@ -16,7 +16,7 @@ use crate::proc::{
     ProcCpu,
 };
 use crate::sample::{Cpu, Mode, Requests, Sample, Tool};
-use crate::support::Containerd;
+use crate::support::{Containerd, ContainerdOptions};
 use crate::verify::verify_run;
 use crate::workload::{Via, Workload};
 use profiler::{Attached, Profiler};
@@ -100,7 +100,12 @@ impl Bench {
         tool: Tool,
         run: usize,
     ) -> anyhow::Result<Sample> {
-        let c = Containerd::start().await;
+        // CRI flushing each layer, as prepull does, is a setting of the daemon.
+        let c = Containerd::start_with(ContainerdOptions {
+            cri_sync_fs: tool == Tool::CriSync,
+            ..ContainerdOptions::default()
+        })
+        .await;
         let failed = |e: anyhow::Error| {
             anyhow!(
                 "[{}] run {run} {} {} failed: {e:#}\n--- tail of containerd log ---\n{}",
