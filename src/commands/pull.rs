@@ -154,7 +154,12 @@ pub struct PullerArgs {
     /// Connections open to one registry host at once (requests in flight there): a pass over
     /// hundreds of tags reuses these instead of opening one connection per tag, which small
     /// mirrors and connection-limited registries drop. Idle ones are kept for reuse.
-    #[arg(long, value_name = "N", default_value = "16")]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value = "16",
+        env = "PREPULL_MAX_CONNECTIONS_PER_REGISTRY"
+    )]
     pub max_connections_per_registry: NonZeroUsize,
 
     /// The least progress every registry request must make: its answer within one window,
