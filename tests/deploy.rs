@@ -333,8 +333,10 @@ async fn wait_for_status(
 /// prepull, then started through CRI with the DaemonSet's arguments, volume mounts (the list as
 /// a ConfigMap volume, the optional pull secret absent, containerd's run directory and root,
 /// certs.d) and security context (root without capabilities, a read-only root filesystem, no
-/// privilege escalation). Inside it the agent warms its list against the node's containerd,
-/// answers its probes, follows a list edit, and stops cleanly on SIGTERM.
+/// privilege escalation). Inside it the agent warms its list against the node's containerd
+/// (one image only through a mirror on the node's loopback, which the pod reaches because it
+/// shares the node's network: why the DaemonSet sets `hostNetwork`), answers its probes,
+/// follows a list edit, and stops cleanly on SIGTERM.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_daemonset_pod_runs_from_its_image_with_its_own_spec() {
     let docs = manifests();
@@ -352,16 +354,31 @@ async fn the_daemonset_pod_runs_from_its_image_with_its_own_spec() {
     push_image(&host, "team/app", "v1", &spec).await;
     push_image(&host, "team/db", "v1", &spec).await;
     let (app, db) = (format!("{host}/team/app:v1"), format!("{host}/team/db:v1"));
+    // An image whose registry the node reaches only through a mirror on its own loopback (as
+    // a node-local P2P mirror such as Spegel serves it): `.invalid` never resolves.
+    let mirrored = "upstream.invalid/team/app:v1".to_string();
 
     // The volumes, laid out as the kubelet lays them out. certs.d names the registry (plain
-    // HTTP, on the node's loopback: reachable because the pod shares the node's network).
+    // HTTP, on the node's loopback: reachable because the pod shares the node's network) and
+    // the loopback mirror of upstream.invalid.
     let root = tempfile::tempdir().unwrap();
     let mut list = KubeletVolume::new(
         root.path().join("list"),
-        &[("list.yaml", &format!("images:\n  - {app}\n"))],
+        &[(
+            "list.yaml",
+            &format!("images:\n  - {app}\n  - {mirrored}\n"),
+        )],
     );
     let certs = root.path().join("certs.d");
     registry.write_hosts_toml(&certs);
+    std::fs::create_dir_all(certs.join("upstream.invalid")).unwrap();
+    std::fs::write(
+        certs.join("upstream.invalid/hosts.toml"),
+        format!(
+            "server = \"https://upstream.invalid\"\n\n[host.\"http://{host}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+        ),
+    )
+    .unwrap();
     for dir in ["pull-secret", "status"] {
         std::fs::create_dir_all(root.path().join(dir)).unwrap();
     }
@@ -399,15 +416,22 @@ async fn the_daemonset_pod_runs_from_its_image_with_its_own_spec() {
     let log = || support::process::log_tail(&log_file, 30);
     let status_file = root.path().join("status/status.json");
     let warm = |n: u64| move |s: &serde_json::Value| s["warm"].as_u64() == Some(n);
-    let status = wait_for_status(&status_file, warm(1))
+    let status = wait_for_status(&status_file, warm(2))
         .await
         .unwrap_or_else(|s| {
             panic!(
-                "the agent in its pod did not warm the list: {s:#}\n{}",
+                "the agent in its pod did not warm the list (the second image only through the mirror on the node's loopback): {s:#}\n{}",
                 log()
             )
         });
     assert_eq!(status["images"][0]["image"], app.as_str());
+    assert_eq!(status["images"][1]["image"], mirrored.as_str());
+    assert!(
+        support::cri::image_status(containerd.socket(), &mirrored)
+            .await
+            .is_some(),
+        "CRI knows the mirrored image by its upstream name"
+    );
 
     // Its probes answer from inside the pod, on the node's network.
     let listen = status["listen"]
@@ -421,8 +445,11 @@ async fn the_daemonset_pod_runs_from_its_image_with_its_own_spec() {
     }
 
     // A list edit reaches the pod through the ConfigMap volume's symlink swap.
-    list.update(&[("list.yaml", &format!("images:\n  - {app}\n  - {db}\n"))]);
-    wait_for_status(&status_file, warm(2))
+    list.update(&[(
+        "list.yaml",
+        &format!("images:\n  - {app}\n  - {mirrored}\n  - {db}\n"),
+    )]);
+    wait_for_status(&status_file, warm(3))
         .await
         .unwrap_or_else(|s| panic!("the agent did not follow the list edit: {s:#}\n{}", log()));
     let store = prepull::store::Store::connect(containerd.socket(), "k8s.io")
