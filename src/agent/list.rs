@@ -236,7 +236,7 @@ impl List {
 /// How deep `text` may nest, over-estimated in one pass without parsing: the indentation
 /// levels open, plus each `- ` entry and `key: ` on the line, plus the flow brackets (`[`, `{`)
 /// open outside quotes and comments. Stops counting past [`MAX_NESTING`].
-fn nesting_depth(text: &str) -> usize {
+pub(crate) fn nesting_depth(text: &str) -> usize {
     let mut indents: Vec<usize> = Vec::new();
     let mut flow = 0usize;
     let mut deepest = 0usize;
