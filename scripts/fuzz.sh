@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Runs every fuzz target of fuzz/ (cargo fuzz, libFuzzer, the nightly toolchain) for a bounded
 # time each, starting from the committed seeds (fuzz/corpus/<target>) plus what earlier runs on
-# this machine found (fuzz/target/run/corpus/<target>, where new inputs go).
+# this machine found (<target dir>/run/corpus/<target>, where new inputs go).
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]     (default 30 s, every target)
+#
+# PREPULL_FUZZ_TARGET_DIR (default fuzz/target) holds the build and the grown corpora: a cold
+# build of the instrumented targets takes 10-20 minutes on two cores, a warm one about one.
 #
 # A crash, a panic, an input slower than PREPULL_FUZZ_TIMEOUT seconds (default 10) or one using
 # more than PREPULL_FUZZ_RSS_MB (default 2048) counts as a finding: the run goes on with the
@@ -18,6 +21,7 @@ shift || true
 toolchain=${PREPULL_FUZZ_TOOLCHAIN:-nightly}
 timeout=${PREPULL_FUZZ_TIMEOUT:-10}
 rss_mb=${PREPULL_FUZZ_RSS_MB:-2048}
+target_dir=$(realpath -m "${PREPULL_FUZZ_TARGET_DIR:-fuzz/target}")
 
 # The longest input each target is given: each format's realistic size, so that mutations are
 # spent on structure (a list, a manifest and a layer get room to nest and to hold many entries).
@@ -55,9 +59,9 @@ for target in "${targets[@]}"; do
 done
 
 echo "=== building the fuzz targets (release, debug assertions, AddressSanitizer)"
-cargo +"$toolchain" fuzz build
+cargo +"$toolchain" fuzz build --target-dir "$target_dir"
 
-work=$root/fuzz/target/run
+work=$target_dir/run
 mkdir -p "$work"
 # The targets that read files write them here; it goes when the run ends.
 scratch=$(mktemp -d "$work/tmp.XXXXXX")
@@ -73,7 +77,8 @@ for target in "${targets[@]}"; do
     stamp=$(mktemp "$work/stamp.XXXXXX")
     echo "=== fuzzing $target for ${per_target} s (log: $log)"
     status=0
-    TMPDIR=$scratch cargo +"$toolchain" fuzz run "$target" "$corpus" "corpus/$target" -- \
+    TMPDIR=$scratch cargo +"$toolchain" fuzz run --target-dir "$target_dir" "$target" \
+        "$corpus" "corpus/$target" -- \
         -max_total_time="$per_target" -max_len="${max_len[$target]}" -timeout="$timeout" \
         -rss_limit_mb="$rss_mb" -malloc_limit_mb="$rss_mb" -artifact_prefix="$artifacts/" \
         -print_final_stats=1 >"$log" 2>&1 || status=$?
@@ -87,7 +92,7 @@ for target in "${targets[@]}"; do
         tail -5 "$log" >&2
         for input in $found; do
             echo "reproducer: $input" >&2
-            echo "  replay with: (cd fuzz && cargo +$toolchain fuzz run $target $input)" >&2
+            echo "  replay with: (cd fuzz && cargo +$toolchain fuzz run --target-dir $target_dir $target $input)" >&2
         done
         if [ -z "$found" ]; then
             echo "$target exited with $status without writing a reproducer; see $log" >&2
