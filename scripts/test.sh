@@ -25,6 +25,13 @@ echo "=== cargo fmt --check, cargo clippy -D warnings"
 cargo fmt --all --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
 
+# Every parser of untrusted input fuzzed for a bounded time (fuzz/, the nightly toolchain): a
+# crash, a panic or a slow input fails the run and names its reproducer. 9 targets at
+# PREPULL_FUZZ_SECONDS each (30: 4.5 min); the instrumented build and the corpora the runs grow
+# are kept in the cache, so only a cold cache pays the full build.
+echo "=== fuzz targets (scripts/fuzz.sh)"
+PREPULL_FUZZ_TARGET_DIR=${PREPULL_FUZZ_TARGET_DIR:-$cache/fuzz} scripts/fuzz.sh "${PREPULL_FUZZ_SECONDS:-30}"
+
 # The agent's container image, which tests/deploy.rs starts through CRI.
 echo "=== the agent's image (scripts/build-image.sh)"
 scripts/build-image.sh

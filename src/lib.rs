@@ -33,6 +33,8 @@ pub mod deep;
 pub mod deep_verify;
 pub mod digest;
 pub mod doctor;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod image;
 pub mod kind;
 pub mod metrics;

@@ -234,47 +234,143 @@ impl List {
 }
 
 /// How deep `text` may nest, over-estimated in one pass without parsing: the indentation
-/// levels open, plus each `- ` entry and `key: ` on the line, plus the flow brackets (`[`, `{`)
-/// open outside quotes and comments. Stops counting past [`MAX_NESTING`].
-fn nesting_depth(text: &str) -> usize {
+/// levels open, plus each `- `, `? ` and `: ` indicator on the line, plus the flow brackets
+/// (`[`, `{`) open. Stops counting past [`MAX_NESTING`].
+///
+/// Lines end where YAML's do (`\n`, `\r`, NEL, LS, PS). Whether a character is inside a quoted
+/// scalar or a comment is not always clear without parsing (a quote inside a plain scalar such
+/// as `it's` is a character like any other; a quoted scalar may go on over lines), so every
+/// reading that may be the parser's is followed at once ([`Readings`]). Whatever opens nesting
+/// counts unless every reading is in a comment; a closing bracket and a lower indentation only
+/// count where every reading is outside quotes and comments. So the count is never below what
+/// the parser nests, whatever the text hides in quotes and comments.
+pub(crate) fn nesting_depth(text: &str) -> usize {
     let mut indents: Vec<usize> = Vec::new();
     let mut flow = 0usize;
     let mut deepest = 0usize;
-    for line in text.lines() {
+    let mut readings = Readings::PLAIN;
+    for line in text.split(['\n', '\r', '\u{85}', '\u{2028}', '\u{2029}']) {
         let trimmed = line.trim_start_matches(' ');
-        if trimmed.is_empty() || trimmed.starts_with('#') {
+        let plain = readings == Readings::PLAIN;
+        if trimmed.is_empty() || (plain && trimmed.starts_with('#')) {
+            readings.end_line();
             continue;
         }
-        if flow == 0 {
-            let indent = line.len() - trimmed.len();
+        let indent = line.len() - trimmed.len();
+        if plain && flow == 0 {
             while indents.last().is_some_and(|&i| i >= indent) {
                 indents.pop();
             }
+        }
+        // In a flow collection or a quoted scalar a line may be indented less than its parent:
+        // a lower indentation there closes nothing.
+        if indents.last().is_none_or(|&i| i < indent) {
             indents.push(indent);
         }
         let mut on_line = 0usize;
-        let mut quote: Option<char> = None;
-        let mut previous = ' ';
+        let mut previous: Option<char> = None;
         let mut chars = trimmed.chars().peekable();
         while let Some(c) = chars.next() {
-            match (quote, c) {
-                (Some(q), c) if c == q => quote = None,
-                (Some(_), _) => {}
-                (None, '"' | '\'') => quote = Some(c),
-                (None, '#') if previous == ' ' => break,
-                (None, '[' | '{') => flow += 1,
-                (None, ']' | '}') => flow = flow.saturating_sub(1),
-                (None, '-' | '?' | ':') if chars.peek().is_none_or(|n| *n == ' ') => on_line += 1,
-                _ => {}
+            let next_is_blank = chars.peek().is_none_or(|n| matches!(n, ' ' | '\t'));
+            if !readings.all_in_comment() {
+                match c {
+                    '[' | '{' => flow += 1,
+                    ']' | '}' if readings == Readings::PLAIN => flow = flow.saturating_sub(1),
+                    '-' | '?' | ':' if next_is_blank => on_line += 1,
+                    _ => {}
+                }
             }
-            previous = c;
+            readings.step(c, previous);
+            previous = Some(c);
             deepest = deepest.max(indents.len() + on_line + flow);
             if deepest > MAX_NESTING {
                 return deepest;
             }
         }
+        readings.end_line();
     }
     deepest
+}
+
+/// The readings a character of the list may have, as the parser may read it: a set of
+/// [`Readings::OUTSIDE`], [`Readings::COMMENT`], [`Readings::SINGLE`]…
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Readings(u8);
+
+impl Readings {
+    /// Outside quotes and comments.
+    const OUTSIDE: u8 = 1;
+    /// In a comment, to the end of the line.
+    const COMMENT: u8 = 2;
+    /// In a single-quoted scalar.
+    const SINGLE: u8 = 4;
+    /// In a double-quoted scalar.
+    const DOUBLE: u8 = 8;
+    /// In a double-quoted scalar, just after a backslash.
+    const ESCAPED: u8 = 16;
+
+    /// Outside, and only outside.
+    const PLAIN: Readings = Readings(Readings::OUTSIDE);
+
+    fn all_in_comment(self) -> bool {
+        self.0 == Readings::COMMENT
+    }
+
+    /// The readings after `c`, `previous` being the character before it on the line (`None`
+    /// at its start, after the indentation).
+    fn step(&mut self, c: char, previous: Option<char>) {
+        // After a blank (or at the start of a line) a `#` is a comment and a quote may open a
+        // scalar (or be part of a plain scalar going on from the line before). After an
+        // indicator, a bracket or a quote, the parser may be at a token's start; after a
+        // word's character, a quote or `#` is part of the word (`it's`).
+        let blank = previous.is_none_or(|p| matches!(p, ' ' | '\t'));
+        let boundary = blank
+            || previous
+                .is_some_and(|p| matches!(p, '[' | '{' | ',' | ':' | ']' | '}' | '"' | '\''));
+        let mut next = 0;
+        if self.0 & Readings::OUTSIDE != 0 {
+            next |= match c {
+                '#' if blank => Readings::COMMENT,
+                '#' if boundary => Readings::OUTSIDE | Readings::COMMENT,
+                '\'' if boundary => Readings::OUTSIDE | Readings::SINGLE,
+                '"' if boundary => Readings::OUTSIDE | Readings::DOUBLE,
+                _ => Readings::OUTSIDE,
+            };
+        }
+        if self.0 & Readings::COMMENT != 0 {
+            next |= Readings::COMMENT;
+        }
+        if self.0 & Readings::SINGLE != 0 {
+            next |= if c == '\'' {
+                Readings::OUTSIDE
+            } else {
+                Readings::SINGLE
+            };
+        }
+        if self.0 & Readings::DOUBLE != 0 {
+            next |= match c {
+                '"' => Readings::OUTSIDE,
+                '\\' => Readings::ESCAPED,
+                _ => Readings::DOUBLE,
+            };
+        }
+        if self.0 & Readings::ESCAPED != 0 {
+            next |= Readings::DOUBLE;
+        }
+        self.0 = next;
+    }
+
+    /// The readings on the next line: comments end there, quoted scalars go on.
+    fn end_line(&mut self) {
+        let mut next = self.0 & (Readings::OUTSIDE | Readings::SINGLE | Readings::DOUBLE);
+        if self.0 & Readings::COMMENT != 0 {
+            next |= Readings::OUTSIDE;
+        }
+        if self.0 & Readings::ESCAPED != 0 {
+            next |= Readings::DOUBLE;
+        }
+        self.0 = next;
+    }
 }
 
 /// A YAML value in a message: short, on one line.
@@ -365,6 +461,44 @@ mod tests {
                 nesting_depth(ordinary)
             );
         }
+    }
+
+    #[test]
+    fn nesting_hidden_behind_quotes_comments_or_line_breaks_is_counted() {
+        let deep = 75_000;
+        let open_close = format!("{}x{}", "[".repeat(deep), "]".repeat(deep));
+        for hidden in [
+            // A quote inside a plain scalar opens nothing.
+            format!("images: [nginx]\nit's: {open_close}\n"),
+            format!("images: [nginx]\na\"b: {open_close}\n"),
+            // A double-quoted scalar going on over lines, its closing brackets text.
+            format!("x: {}", "[[[[[ \"\n]]]]]\", ".repeat(deep / 5)),
+            // An escaped quote does not end a double-quoted scalar.
+            format!("x: {}", "[[[[[ \"\\\" # ]]]]]\", ".repeat(deep / 5)),
+            // A carriage return ends a line as a newline does.
+            (0..200)
+                .map(|i| format!("{}k{i}:\r", " ".repeat(i)))
+                .collect(),
+        ] {
+            let started = std::time::Instant::now();
+            let problems = List::parse(&hidden).unwrap_err();
+            assert!(
+                problems[0].contains("nested more than 32 levels"),
+                "{:?}: {problems:?}",
+                &hidden[..60]
+            );
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(1),
+                "{:?}",
+                started.elapsed()
+            );
+        }
+        // Quotes, comments and flow mappings of an ordinary list open nothing for good.
+        let entries = (0..100)
+            .map(|i| format!("  - {{image: \"reg.example/app{i}:1\", pin: false}} # it's [{i}\n"))
+            .collect::<String>();
+        let list = List::parse(&format!("images:\n{entries}")).unwrap();
+        assert_eq!(list.entries.len(), 100);
     }
 
     #[test]

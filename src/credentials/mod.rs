@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 pub use dockerconfig::{load_auth_file, AuthFileError, Entries, Problem};
 pub use keyring::{glob_match, Keyring};
-pub(crate) use plugin::go_duration;
+pub(crate) use plugin::{go_duration, Answer as PluginAnswer};
 pub use plugin::{PluginConfigError, Plugins, DEFAULT_TIMEOUT as DEFAULT_PLUGIN_TIMEOUT};
 pub use reload::{CredentialConfig, LoadError, Loaded, Reloading};
 

@@ -233,7 +233,7 @@ impl Plugins {
             }
             let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
             let registry = image.split('/').next().unwrap_or("").to_string();
-            let hit = [image.to_string(), registry.clone(), String::new()]
+            let hit = [image.to_string(), registry, String::new()]
                 .into_iter()
                 .find_map(|k| {
                     cache
@@ -245,7 +245,9 @@ impl Plugins {
                 out.extend(found);
                 continue;
             }
-            let result = provider.run(image, self.timeout);
+            let result = provider.run(image, self.timeout).and_then(|stdout| {
+                Answer::read(&stdout, image, &provider.name, provider.default_cache)
+            });
             {
                 let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
                 match &result {
@@ -254,36 +256,19 @@ impl Plugins {
                 };
             }
             match result {
-                Ok(response) => {
-                    let key = match response.cache_key_type.as_str() {
-                        "Image" => image.to_string(),
-                        "Registry" => registry,
-                        _ => String::new(),
-                    };
-                    let ttl = match response.cache_duration.as_deref() {
-                        Some(d) => go_duration(d).unwrap_or(provider.default_cache),
-                        None => provider.default_cache,
-                    };
-                    let mut keyring = Keyring::new();
-                    keyring.push_layer(response.auth.into_iter().map(|(k, a)| {
-                        (
-                            k.clone(),
-                            Credential {
-                                source: format!(
-                                    "credential provider {}: auth[{k:?}]",
-                                    provider.name
-                                ),
-                                secret: Secret::Basic {
-                                    username: a.username,
-                                    password: a.password,
-                                },
-                            },
-                        )
-                    }));
-                    out.extend(keyring.lookup(image));
-                    if let Some(until) = Instant::now().checked_add(ttl).filter(|_| !ttl.is_zero())
+                Ok(answer) => {
+                    out.extend(answer.keyring.lookup(image));
+                    if let Some(until) = Instant::now()
+                        .checked_add(answer.ttl)
+                        .filter(|_| !answer.ttl.is_zero())
                     {
-                        cache.insert((i, key), Cached { keyring, until });
+                        cache.insert(
+                            (i, answer.cache_key),
+                            Cached {
+                                keyring: answer.keyring,
+                                until,
+                            },
+                        );
                     }
                 }
                 Err(e) => {
@@ -308,8 +293,9 @@ type Drained = (Vec<u8>, bool);
 impl Provider {
     /// Runs the plugin for `image`, in its own process group: its output is read while it runs
     /// (a plugin printing more than a pipe holds never blocks), capped, and the whole group is
-    /// killed when it times out and once it has exited, so no child of it outlives it.
-    fn run(&self, image: &str, timeout: Duration) -> Result<Response, String> {
+    /// killed when it times out and once it has exited, so no child of it outlives it. Returns
+    /// its standard output ([`Answer::read`] reads it).
+    fn run(&self, image: &str, timeout: Duration) -> Result<Vec<u8>, String> {
         use std::os::unix::process::CommandExt as _;
         let request = serde_json::json!({
             "apiVersion": PLUGIN_API,
@@ -363,17 +349,39 @@ impl Provider {
             let stderr = crate::printable::printable(String::from_utf8_lossy(&stderr).trim());
             return Err(format!("exited with {status}: {stderr}"));
         }
-        let stdout = match stdout {
-            Some((_, true)) => {
-                return Err(format!(
-                    "printed more than {MAX_STDOUT} bytes, more than any CredentialProviderResponse"
-                ))
-            }
-            Some((bytes, false)) => bytes,
-            None => return Err("its output did not end after it exited".to_string()),
-        };
+        match stdout {
+            Some((_, true)) => Err(format!(
+                "printed more than {MAX_STDOUT} bytes, more than any CredentialProviderResponse"
+            )),
+            Some((bytes, false)) => Ok(bytes),
+            None => Err("its output did not end after it exited".to_string()),
+        }
+    }
+}
+
+/// What a plugin answered, as [`Plugins::lookup`] caches it.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    /// The cache key its `cacheKeyType` asks for: the image, its registry, or `""` (global).
+    pub cache_key: String,
+    /// How long it is kept: its `cacheDuration`, else the provider's default; zero: not cached.
+    pub ttl: Duration,
+    /// The credentials it gives, by registry key.
+    pub keyring: Keyring,
+}
+
+impl Answer {
+    /// Reads the standard output of provider `name` run for `image`: a
+    /// `CredentialProviderResponse`, checked as the kubelet checks it. A message never quotes
+    /// the output, which holds secrets.
+    pub(crate) fn read(
+        stdout: &[u8],
+        image: &str,
+        name: &str,
+        default_cache: Duration,
+    ) -> Result<Answer, String> {
         // Only where and what kind of error: serde quotes rejected values, which may be secrets.
-        let response: Response = serde_json::from_slice(&stdout).map_err(|e| {
+        let response: Response = serde_json::from_slice(stdout).map_err(|e| {
             format!(
                 "invalid CredentialProviderResponse ({:?} error at line {} column {})",
                 e.classify(),
@@ -387,24 +395,39 @@ impl Provider {
                 response.api_version, response.kind
             ));
         }
-        if !matches!(
-            response.cache_key_type.as_str(),
-            "Image" | "Registry" | "Global"
-        ) {
-            return Err(format!(
-                "invalid cacheKeyType {:?}",
-                response.cache_key_type
-            ));
-        }
-        if let Some(d) = response.cache_duration.as_deref() {
-            if go_duration(d).is_none() {
-                return Err(format!(
+        let cache_key = match response.cache_key_type.as_str() {
+            "Image" => image.to_string(),
+            "Registry" => image.split('/').next().unwrap_or("").to_string(),
+            "Global" => String::new(),
+            other => return Err(format!("invalid cacheKeyType {other:?}")),
+        };
+        let ttl = match response.cache_duration.as_deref() {
+            None => default_cache,
+            Some(d) => go_duration(d).ok_or_else(|| {
+                format!(
                     "invalid cacheDuration {d:?}: expected a duration like 6h0m0s, at most {}h",
                     MAX_GO_DURATION_SECS / 3600
-                ));
-            }
-        }
-        Ok(response)
+                )
+            })?,
+        };
+        let mut keyring = Keyring::new();
+        keyring.push_layer(response.auth.into_iter().map(|(k, a)| {
+            (
+                k.clone(),
+                Credential {
+                    source: format!("credential provider {name}: auth[{k:?}]"),
+                    secret: Secret::Basic {
+                        username: a.username,
+                        password: a.password,
+                    },
+                },
+            )
+        }));
+        Ok(Answer {
+            cache_key,
+            ttl,
+            keyring,
+        })
     }
 }
 
@@ -527,6 +550,50 @@ mod tests {
         assert_eq!(
             go_duration("2562047h"),
             Some(Duration::from_secs(2_562_047 * 3600))
+        );
+    }
+
+    fn response(cache_key_type: &str, cache_duration: Option<&str>) -> Vec<u8> {
+        let mut r = serde_json::json!({
+            "apiVersion": PLUGIN_API,
+            "kind": "CredentialProviderResponse",
+            "cacheKeyType": cache_key_type,
+            "auth": {"*.example.com": {"username": "u", "password": "a-secret-password"}},
+        });
+        if let Some(d) = cache_duration {
+            r["cacheDuration"] = d.into();
+        }
+        r.to_string().into_bytes()
+    }
+
+    #[test]
+    fn an_answer_is_cached_by_its_key_type_for_its_duration() {
+        let image = "reg.example.com/team/app";
+        let default = Duration::from_secs(7);
+        let read = |t: &str, d: Option<&str>| Answer::read(&response(t, d), image, "p", default);
+        let a = read("Image", Some("1h30m")).unwrap();
+        assert_eq!(a.cache_key, image);
+        assert_eq!(a.ttl, Duration::from_secs(5400));
+        assert_eq!(a.keyring.lookup(image).len(), 1);
+        assert!(a.keyring.lookup("other.io/app").is_empty());
+        let r = read("Registry", None).unwrap();
+        assert_eq!((r.cache_key.as_str(), r.ttl), ("reg.example.com", default));
+        assert_eq!(read("Global", Some("0s")).unwrap().cache_key, "");
+        assert!(read("Global", Some("0s")).unwrap().ttl.is_zero());
+    }
+
+    #[test]
+    fn a_bad_answer_is_an_error_that_shows_no_secret() {
+        let image = "reg.example.com/app";
+        let read = |bytes: &[u8]| Answer::read(bytes, image, "p", Duration::ZERO).unwrap_err();
+        let e = read(&response("Image", Some("99999999999999999999h")));
+        assert!(e.contains("invalid cacheDuration"), "{e}");
+        assert!(read(&response("Repository", None)).contains("invalid cacheKeyType"));
+        let broken = br#"{"apiVersion": 5, "auth": {"x": {"password": "a-secret-password"}}}"#;
+        let e = read(broken);
+        assert!(
+            e.contains("invalid CredentialProviderResponse") && !e.contains("secret"),
+            "{e}"
         );
     }
 }

@@ -49,6 +49,7 @@ pub use hosts::{Endpoint, Hosts, HostsError};
 pub use manifest::FetchedManifest;
 pub use pull_scope::PullScope;
 pub use tls::Tls;
+pub(crate) use token::read_token_body;
 pub use token::Realm;
 
 use crate::credentials::CredentialSource;

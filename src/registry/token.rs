@@ -315,6 +315,22 @@ async fn send(
     })
 }
 
+/// A token server's successful answer with `body`, read as the token flow reads it: the
+/// `Authorization` header value and how long the token is used before it is refreshed.
+pub(crate) fn read_token_body(
+    registry: &str,
+    realm: &Realm,
+    body: &[u8],
+) -> Result<(String, Duration), RegistryError> {
+    let started = Instant::now();
+    let token = Answer {
+        status: reqwest::StatusCode::OK,
+        body: bytes::Bytes::copy_from_slice(body),
+    }
+    .token(registry, realm, started)?;
+    Ok((token.header(), token.refresh_at.duration_since(started)))
+}
+
 impl Answer {
     fn token(
         self,
