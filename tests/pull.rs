@@ -456,6 +456,55 @@ async fn second_pull_downloads_no_blob_bytes() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_images_layers_download_lowest_first_a_few_at_a_time() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let image = push_image(
+        &registry.host(),
+        "order/app",
+        "v1",
+        &ImageSpec::new(&[1024 * KIB; 6]).gzip_level(0),
+    )
+    .await;
+    // Every blob paced, so that layers let go at once would all be in flight together.
+    let proxy = Proxy::start(&registry.host()).await;
+    proxy.set_hook(|req| {
+        if req.path.contains("/blobs/") {
+            support::Action::Shape(support::Shape {
+                bytes_per_sec: Some(4 << 20),
+                cut_after: None,
+            })
+        } else {
+            support::Action::Forward
+        }
+    });
+    let host = proxy.host();
+    let reference = format!("{host}/order/app:v1");
+    proxy.clear();
+    let (out, _) = pull_json(&containerd, &host, &[], &[&reference]).await;
+    assert_success(&out);
+
+    // Three layers and the config at most, never all six layers (the downloads limit is 8).
+    let seen = proxy.connections();
+    assert!(seen.peak_requests <= 4, "{seen:?}: {:?}", proxy.records());
+    let layer_gets: Vec<String> = proxy
+        .records()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.contains("/blobs/"))
+        .map(|r| r.path.rsplit('/').next().unwrap_or_default().to_string())
+        .filter(|d| image.layers.iter().any(|l| &l.digest == d))
+        .collect();
+    let wanted: Vec<String> = image.layers.iter().map(|l| l.digest.clone()).collect();
+    assert_eq!(
+        layer_gets[..3]
+            .iter()
+            .collect::<std::collections::HashSet<_>>(),
+        wanted[..3].iter().collect::<std::collections::HashSet<_>>(),
+        "the three lowest layers go first"
+    );
+    assert_eq!(layer_gets.len(), wanted.len());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn many_tags_share_a_bounded_set_of_connections_to_the_registry() {
     let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
     const TAGS: usize = 24;

@@ -286,9 +286,9 @@ impl RegistryClient {
         let mut attempts = policy.start();
         let progress = self.options.min_progress;
         loop {
+            let slot = self.connection_slot(registry).await;
             // The response head must come within one window (see `MinProgress`); a server that
             // trickles its headers is treated like one that does not answer.
-            let slot = self.connection_slot(registry).await;
             let Ok(mut sent) = tokio::time::timeout(progress.window, build().send()).await else {
                 metrics().request(registry, method.as_str(), None);
                 let attempt = attempts.number();
@@ -307,6 +307,8 @@ impl RegistryClient {
                     window_s = progress.window.as_secs(),
                     "no answer within the window; retrying"
                 );
+                // The slot is not held while backing off.
+                drop(slot);
                 tokio::time::sleep(delay).await;
                 continue;
             };
