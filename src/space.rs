@@ -10,6 +10,10 @@
 //! before unpacking them) count their unpacked size too: a layer blob is taken as unpacked once
 //! it carries the `containerd.io/uncompressed` label, which is set when it is applied (the label
 //! holds its diff ID, not a size, so the estimate stays twice the compressed size).
+//!
+//! The estimate can be far off: a layer of zeros unpacks to a thousand times its compressed
+//! size. So free space is also watched while each layer is applied, and an unpack that takes the
+//! filesystem below the reserve is stopped and what it wrote removed (see `pull::unpack`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -28,7 +32,8 @@ pub enum Reserve {
 }
 
 impl Reserve {
-    fn bytes(self, total: u64) -> u64 {
+    /// The bytes that must stay free on a filesystem of `total` bytes.
+    pub fn bytes(self, total: u64) -> u64 {
         match self {
             Reserve::Bytes(b) => b,
             Reserve::Percent(p) => (total as f64 * p / 100.0) as u64,

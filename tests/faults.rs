@@ -602,3 +602,86 @@ async fn layers_on_the_node_but_not_unpacked_count_their_unpacking_against_the_r
     assert!(snapshots.is_empty(), "nothing unpacked: {snapshots:?}");
     assert_eq!(proxy.blob_bytes(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_layer_unpacking_far_beyond_its_size_is_stopped_at_the_reserve_and_given_back() {
+    let (containerd, registry) = tokio::join!(
+        Containerd::start_with(ContainerdOptions {
+            root_tmpfs_bytes: Some(192 * MIB as u64),
+            ..Default::default()
+        }),
+        Registry::start()
+    );
+    // A few hundred KiB of gzip that unpack to 256 MiB: past the whole filesystem, let alone
+    // the twice-compressed estimate the space check claims for it.
+    let bomb = support::busybox::FileLayer::zeros("data/zeros", 256 * MIB as u64);
+    assert!(bomb.gzip.len() < MIB, "{} bytes", bomb.gzip.len());
+    let image =
+        support::busybox::push_runnable(&registry.host(), "bomb/app", "v1", &[&bomb], &["true"])
+            .await;
+    let reference = format!("{}/bomb/app:v1", registry.host());
+    let root = containerd.root().to_path_buf();
+    let reserve = 64 * MIB as u64;
+    let free_before = free_bytes(&root);
+
+    // Free space as the unpack goes, looked at far more often than the pull does.
+    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let (watching, root) = (watching.clone(), root.clone());
+        std::thread::spawn(move || {
+            let fs = prepull::space::SpaceCheck::new(root, prepull::space::Reserve::Bytes(0));
+            let mut least = u64::MAX;
+            while watching.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok((free, _)) = fs.usage() {
+                    least = least.min(free);
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            least
+        })
+    };
+    let out = pull(&containerd, &registry.host(), &reference)
+        .arg("--containerd-root")
+        .arg(&root)
+        .args(["--min-free-space", "64MiB"])
+        .output()
+        .await;
+    watching.store(false, std::sync::atomic::Ordering::Relaxed);
+    let least_free = sampler.join().expect("the sampler");
+
+    let result = json(&out);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(result["kind"], "disk-space", "{result}");
+    let error = result["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("unpacks to far more than estimated")
+            && error.contains(&image.layers[0].digest)
+            && error.contains("--min-free-space 64.0 MiB"),
+        "the error names the layer and the reserve: {error}"
+    );
+    // Stopped soon after crossing the reserve, long before the filesystem filled.
+    assert!(
+        least_free > reserve / 2,
+        "the unpack went on to {least_free} bytes free, the reserve being {reserve}"
+    );
+    let store = store(&containerd).await;
+    assert!(
+        store.image(&reference).await.unwrap().is_none(),
+        "no record of the image"
+    );
+    let deadline = Deadline::after(Duration::from_secs(20));
+    loop {
+        let snapshots = store.snapshots(containerd.snapshotter()).await.unwrap();
+        let free_after = free_bytes(&root);
+        if snapshots.is_empty() && free_after + 2 * MIB as u64 >= free_before {
+            break;
+        }
+        assert!(
+            !deadline.expired(),
+            "what the unpack wrote is given back: {free_after} bytes free after, {free_before} \
+             before; snapshots {snapshots:?}; held: {}",
+            held_under(&root),
+        );
+        deadline.tick().await;
+    }
+}

@@ -83,7 +83,7 @@ impl PullError {
             PullError::Store { source, .. } => source.is_retryable(),
             PullError::Unpack { source, .. } => match source {
                 UnpackError::Store { source, .. } => source.is_retryable(),
-                UnpackError::DiffId { .. } => false,
+                UnpackError::DiffId { .. } | UnpackError::Expanded { .. } => false,
             },
             PullError::TooSlow { .. } => true,
             PullError::NoPlatform { .. }
@@ -100,6 +100,7 @@ impl PullError {
             PullError::NoPlatform { .. } => ErrorKind::NoPlatform,
             PullError::Unpack { source, .. } => match source {
                 UnpackError::DiffId { .. } => ErrorKind::Corrupt,
+                UnpackError::Expanded { .. } => ErrorKind::DiskSpace,
                 UnpackError::Store { source, .. } => source.kind(),
             },
             PullError::Malformed { .. } => ErrorKind::BadManifest,

@@ -20,6 +20,7 @@ use crate::digest::Digest;
 use crate::image::{self, labels};
 use crate::oci::{self, Descriptor};
 use crate::reference::Reference;
+use crate::space::{human_bytes, SpaceCheck};
 use crate::store::{Lease, Store, StoreError};
 
 /// Layers of one image downloading at once (within the run's `--max-concurrent-downloads`),
@@ -40,6 +41,28 @@ pub enum UnpackError {
         expected: Digest,
         /// What containerd computed.
         got: Digest,
+    },
+    /// The layer unpacked to so much more than estimated that containerd's filesystem fell
+    /// below the free-space reserve: the unpack was stopped and its snapshot removed.
+    #[error(
+        "layer {layer} ({} compressed) unpacks to far more than estimated: containerd's \
+         filesystem ({}) fell to {} free while it was unpacked, below the {} it must keep \
+         (--min-free-space {}); the unpack was stopped and what it wrote removed. Free space on \
+         the node, or lower --min-free-space",
+        human_bytes(*compressed), space.path.display(), human_bytes(*free),
+        human_bytes(*reserve), space.reserve
+    )]
+    Expanded {
+        /// The layer blob.
+        layer: Digest,
+        /// Its compressed size.
+        compressed: u64,
+        /// The filesystem watched, and its reserve.
+        space: SpaceCheck,
+        /// Free bytes when the unpack was stopped.
+        free: u64,
+        /// Bytes that must stay free.
+        reserve: u64,
     },
     /// containerd failed.
     #[error("unpacking layer {layer} into snapshotter {snapshotter} failed")]
@@ -63,6 +86,10 @@ pub(super) struct LayerUnpack<'a> {
     pub(super) diff_id: &'a Digest,
     pub(super) parent: Option<&'a Digest>,
     pub(super) chain: &'a Digest,
+    /// The free-space reserve watched while the layer is applied: a layer can unpack to a
+    /// thousand times its compressed size (a file of zeros), far past the estimate the space
+    /// claimed for it (see [`crate::space`]).
+    pub(super) space: Option<&'a SpaceCheck>,
 }
 
 impl LayerUnpack<'_> {
@@ -105,10 +132,24 @@ impl LayerUnpack<'_> {
             return Ok(());
         };
         let result = async {
-            let got = store
-                .apply_layer(self.lease, self.layer, mounts)
-                .await
-                .map_err(self.fail())?;
+            let apply = store.apply_layer(self.lease, self.layer, mounts);
+            let got = match self.space {
+                // Dropping the apply cancels the call: containerd stops writing.
+                Some(space) => tokio::select! {
+                    got = apply => got,
+                    (free, reserve) = below_reserve(space) => {
+                        return Err(UnpackError::Expanded {
+                            layer: self.layer.digest.clone(),
+                            compressed: self.layer.size,
+                            space: space.clone(),
+                            free,
+                            reserve,
+                        })
+                    }
+                },
+                None => apply.await,
+            }
+            .map_err(self.fail())?;
             self.commit(&key, got, labels).await
         }
         .await;
@@ -162,6 +203,32 @@ impl LayerUnpack<'_> {
     }
 }
 
+/// Returns once containerd's filesystem has less free than `space`'s reserve: the free bytes and
+/// the reserve. Looks more often the nearer free space is to the reserve (as often as a fast disk
+/// could cross what is left), so a layer is stopped soon after it crosses. Never returns when
+/// the filesystem cannot be inspected.
+async fn below_reserve(space: &SpaceCheck) -> (u64, u64) {
+    /// A write rate no node disk beats: what is left of the margin is looked at before a disk
+    /// this fast could have filled it.
+    const FASTEST_WRITE: u64 = 4 << 30;
+    loop {
+        let Ok((free, total)) = space.usage() else {
+            return std::future::pending().await;
+        };
+        let reserve = space.reserve.bytes(total);
+        if free < reserve {
+            return (free, reserve);
+        }
+        let margin = free - reserve;
+        let wait = std::time::Duration::from_secs_f64(margin as f64 / FASTEST_WRITE as f64);
+        tokio::time::sleep(wait.clamp(
+            std::time::Duration::from_millis(2),
+            std::time::Duration::from_millis(500),
+        ))
+        .await;
+    }
+}
+
 /// Unpacks `layers` (base first, with their `diff_ids` from the config) into `snapshotter` from
 /// the blobs the content store holds, without the network: each layer's snapshot is leased by
 /// `lease` before it is looked at, and snapshots that exist are kept. What a repair runs once it
@@ -183,6 +250,9 @@ pub async fn unpack_local(
             diff_id,
             parent: i.checked_sub(1).map(|p| &chain[p]),
             chain: &chain[i],
+            // These layers were unpacked on this node before: their size is known not to
+            // surprise, and a repair is not refused for the reserve.
+            space: None,
         }
         .run()
         .await?;
@@ -296,6 +366,7 @@ impl Puller {
                 diff_id: &diff_ids[i],
                 parent: i.checked_sub(1).map(|p| &chain[p]),
                 chain: &chain[i],
+                space: self.options.space.as_ref(),
             };
             layer.run().await.map_err(|source| PullError::Unpack {
                 image: image.to_string(),

@@ -130,6 +130,71 @@ impl FileLayer {
     }
 }
 
+impl FileLayer {
+    /// A layer holding one file `path` of `size` zero bytes: it compresses about a thousand to
+    /// one, so a blob of a few hundred KiB unpacks to hundreds of MiB. Streamed through the
+    /// system's `gzip`, never whole in memory.
+    pub fn zeros(path: &str, size: u64) -> FileLayer {
+        use std::io::{Read as _, Seek as _};
+        use std::process::{Command, Stdio};
+        let mut out = tempfile::tempfile().expect("create a temp file for a layer");
+        let mut child = Command::new("gzip")
+            .args(["-9", "-n", "-c"])
+            .stdin(Stdio::piped())
+            .stdout(out.try_clone().expect("clone layer file handle"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run gzip (Debian package gzip): {e}"));
+        let mut stdin = std::io::BufWriter::with_capacity(1 << 20, child.stdin.take().unwrap());
+        let mut tar_hash = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut put = |bytes: &[u8]| {
+            tar_hash.update(bytes);
+            stdin
+                .write_all(bytes)
+                .expect("write the layer tar into gzip");
+        };
+        let mut header = tar::Header::new_gnu();
+        header.set_path(path).expect("a tar path");
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_mode(0o644);
+        header.set_size(size);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        header.set_cksum();
+        put(header.as_bytes());
+        let zeros = vec![0u8; 1 << 20];
+        let mut left = size.next_multiple_of(512) + 1024;
+        while left > 0 {
+            let n = left.min(zeros.len() as u64) as usize;
+            put(&zeros[..n]);
+            left -= n as u64;
+        }
+        stdin.flush().expect("write the layer tar into gzip");
+        drop(stdin);
+        assert!(
+            child.wait().expect("wait for gzip").success(),
+            "gzip failed"
+        );
+        out.rewind().expect("rewind the layer");
+        let mut gzip = Vec::new();
+        out.read_to_end(&mut gzip).expect("read the layer");
+        let diff_id = tar_hash.finish();
+        let diff_id = format!(
+            "sha256:{}",
+            diff_id
+                .as_ref()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
+        FileLayer {
+            digest: sha256_digest(&gzip),
+            diff_id,
+            gzip,
+        }
+    }
+}
+
 /// A root filesystem holding Debian's static busybox as `/bin/busybox`, `/bin/sh` pointing at it,
 /// and the usual empty directories.
 pub fn busybox_layer() -> FileLayer {
