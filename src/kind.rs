@@ -34,6 +34,8 @@ pub enum ErrorKind {
     BadManifest,
     /// The image has no manifest for the node's platform.
     NoPlatform,
+    /// The tag resolved to another digest than the list's `expect:` for it.
+    UnexpectedDigest,
     /// Pulling would leave containerd's filesystem with less free space than the reserve.
     DiskSpace,
     /// prepull's own configuration is unusable (hosts.toml, a CA or certificate file).
@@ -48,7 +50,7 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind, in documentation order.
-    pub const ALL: [ErrorKind; 15] = [
+    pub const ALL: [ErrorKind; 16] = [
         ErrorKind::Unauthorized,
         ErrorKind::NotFound,
         ErrorKind::RateLimited,
@@ -59,6 +61,7 @@ impl ErrorKind {
         ErrorKind::Corrupt,
         ErrorKind::BadManifest,
         ErrorKind::NoPlatform,
+        ErrorKind::UnexpectedDigest,
         ErrorKind::DiskSpace,
         ErrorKind::Config,
         ErrorKind::ContainerdUnreachable,
@@ -79,6 +82,7 @@ impl ErrorKind {
             ErrorKind::Corrupt => "corrupt",
             ErrorKind::BadManifest => "bad-manifest",
             ErrorKind::NoPlatform => "no-platform",
+            ErrorKind::UnexpectedDigest => "unexpected-digest",
             ErrorKind::DiskSpace => "disk-space",
             ErrorKind::Config => "config",
             ErrorKind::ContainerdUnreachable => "containerd-unreachable",

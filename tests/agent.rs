@@ -1521,3 +1521,89 @@ async fn the_deep_check_finds_and_mends_an_emptied_file() {
         .sum();
     assert!(found >= 1.0, "{:?}", m.samples);
 }
+
+/// `expect:` holds a tag to a digest: the index's or the node's platform manifest's is
+/// accepted; a tag moved elsewhere is refused before a blob is fetched, reported as such, and
+/// the node keeps the image it held (stale, pinned) until the list says otherwise.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tag_resolving_to_another_digest_than_expected_is_refused_and_the_node_keeps_its_image() {
+    let (containerd, registry, proxy, images) = behind_a_proxy(&["team/app"]).await;
+    let host = proxy.host();
+    let app = &images[0];
+    let index = support::push_index(
+        &registry.host(),
+        "team/multi",
+        "v1",
+        support::MediaFamily::Oci,
+        &[
+            ImageSpec::new(&[8 * KIB]).platform(support::busybox::node_platform()),
+            ImageSpec::new(&[8 * KIB]).platform(support::Platform::linux_arm64()),
+        ],
+        false,
+    )
+    .await;
+    let (app_ref, multi_ref) = (
+        format!("{host}/team/app:v1"),
+        format!("{host}/team/multi:v1"),
+    );
+    let list_text = |app_digest: &str| {
+        format!(
+            "images:\n  - image: {app_ref}\n    expect: {app_digest}\n  - image: {multi_ref}\n    \
+             expect: {}\n",
+            index.images[0].manifest.digest
+        )
+    };
+    let root = tempfile::tempdir().unwrap();
+    let mut list = list_volume(root.path(), &list_text(&app.manifest.digest));
+    let (mut agent, status_file) =
+        spawn_agent(&containerd, &host, &list.file(LIST), root.path(), &[]);
+    let s = wait_for_pass(&status_file, 1, &mut agent).await;
+    assert_eq!(
+        (s["warm"].as_u64(), s["failed"].as_u64()),
+        (Some(2), Some(0)),
+        "the top digest and the platform manifest's both satisfy `expect:`: {s:#}"
+    );
+
+    // The tag moves upstream; the list still expects the old digest.
+    let moved = push_image(
+        &registry.host(),
+        "team/app",
+        "v1",
+        &ImageSpec::new(&[8 * KIB]),
+    )
+    .await;
+    proxy.clear();
+    list.update(&[(
+        LIST,
+        &format!("{}# again\n", list_text(&app.manifest.digest)),
+    )]);
+    let s = wait_for_pass(&status_file, 2, &mut agent).await;
+    let app_s = &s["images"][0];
+    assert_eq!(app_s["state"], "stale", "{s:#}");
+    assert_eq!(app_s["kind"], "unexpected-digest", "{s:#}");
+    assert_eq!(app_s["digest"], app.manifest.digest.as_str(), "{s:#}");
+    let error = app_s["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&moved.manifest.digest)
+            && error.contains(&format!("expects {}", app.manifest.digest)),
+        "the error names both digests: {error}"
+    );
+    assert_eq!(proxy.blob_bytes(), 0, "no blob of the moved tag is fetched");
+    let store = Store::connect(containerd.socket(), "k8s.io").await.unwrap();
+    let held = store
+        .image(&app_ref)
+        .await
+        .unwrap()
+        .expect("the record is kept");
+    assert_eq!(
+        held.target.map(|t| t.digest.to_string()),
+        Some(app.manifest.digest.clone())
+    );
+    assert!(labels(&store, &app_ref).await.contains_key(PINNED));
+
+    // The operator accepts the move: the node follows.
+    list.update(&[(LIST, &list_text(&moved.manifest.digest))]);
+    let s = wait_for_pass(&status_file, 3, &mut agent).await;
+    assert_eq!(s["images"][0]["state"], "warm", "{s:#}");
+    assert_eq!(s["images"][0]["digest"], moved.manifest.digest.as_str());
+}

@@ -7,6 +7,10 @@
 //!   - registry.example.com/team/app:1.4
 //!   - image: registry.example.com/team/batch:2.0
 //!     pin: false
+//!   # The tag must resolve to this digest (its index's, or the node's platform manifest's):
+//!   # anything else is refused and reported, and the node keeps what it holds.
+//!   - image: registry.example.com/team/api:3.1
+//!     expect: sha256:0b3a…
 //! ```
 //!
 //! Every problem is reported with the file and the entry (`images[2]`), and a list with any
@@ -22,7 +26,8 @@ use std::path::{Path, PathBuf};
 
 use serde_yaml_ng::Value;
 
-use crate::reference::Reference;
+use crate::digest::Digest;
+use crate::reference::{Reference, Target};
 
 /// One image of the list.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,6 +36,9 @@ pub struct Entry {
     pub reference: Reference,
     /// Whether its records carry the CRI pin.
     pub pin: bool,
+    /// The digest its tag must resolve to (`expect:`): the top document's (an index's) or the
+    /// node's platform manifest's.
+    pub expect: Option<Digest>,
 }
 
 /// A parsed list.
@@ -173,15 +181,27 @@ impl List {
         let mut seen = HashSet::new();
         for (i, item) in images.into_iter().enumerate() {
             let at = format!("images[{i}]");
-            let (name, pin) = match item {
-                Value::String(s) => (s, default_pin),
+            let (name, pin, expect) = match item {
+                Value::String(s) => (s, default_pin, None),
                 Value::Mapping(m) => {
                     let mut name = None;
                     let mut pin = default_pin;
+                    let mut expect = None;
                     for (key, value) in m {
                         match (key.as_str(), value) {
                             (Some("image"), Value::String(s)) => name = Some(s),
                             (Some("pin"), Value::Bool(b)) => pin = b,
+                            (Some("expect"), Value::String(s)) => match s.parse::<Digest>() {
+                                Ok(d) => expect = Some(d),
+                                Err(e) => problems.push(format!(
+                                    "{at}: `expect` must be the digest the tag resolves to \
+                                     (sha256:<64 hex digits>): {e}"
+                                )),
+                            },
+                            (Some("expect"), other) => problems.push(format!(
+                                "{at}: `expect` must be a digest (sha256:…), not {}",
+                                show(&other)
+                            )),
                             (Some("pin"), other) => problems.push(format!(
                                 "{at}: `pin` must be true or false, not {}",
                                 show(&other)
@@ -191,13 +211,13 @@ impl List {
                                 show(&other)
                             )),
                             (_, _) => problems.push(format!(
-                                "{at}: unknown key {}: an entry has `image` and `pin`",
+                                "{at}: unknown key {}: an entry has `image`, `pin` and `expect`",
                                 show(&key)
                             )),
                         }
                     }
                     match name {
-                        Some(n) => (n, pin),
+                        Some(n) => (n, pin, expect),
                         None => {
                             problems.push(format!("{at}: has no `image`"));
                             continue;
@@ -214,8 +234,17 @@ impl List {
             };
             match Reference::parse(&name) {
                 Ok(reference) => {
-                    if seen.insert(reference.to_string()) {
-                        entries.push(Entry { reference, pin });
+                    if let (Some(_), Target::Digest(d)) = (&expect, reference.target()) {
+                        problems.push(format!(
+                            "{at}: `expect` is for tags, and {name:?} already names its digest \
+                             {d}; drop one of them"
+                        ));
+                    } else if seen.insert(reference.to_string()) {
+                        entries.push(Entry {
+                            reference,
+                            pin,
+                            expect,
+                        });
                     } else {
                         problems.push(format!(
                             "{at}: {name:?} is listed twice (as {reference}); keep one"
@@ -409,6 +438,40 @@ mod tests {
 
         let unpinned = List::parse("pin: false\nimages: [busybox]").unwrap();
         assert!(!unpinned.entries[0].pin);
+    }
+
+    #[test]
+    fn an_entry_may_expect_a_digest_for_its_tag() {
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let list = List::parse(&format!(
+            "images:\n  - image: reg.example/app:1.4\n    expect: {digest}\n  - reg.example/b:1\n"
+        ))
+        .unwrap();
+        assert_eq!(list.entries[0].expect, Some(digest.parse().unwrap()));
+        assert_eq!(list.entries[1].expect, None);
+
+        for (bad, says) in [
+            (
+                "expect: sha256:abc",
+                "images[0]: `expect` must be the digest",
+            ),
+            ("expect: 42", "images[0]: `expect` must be a digest"),
+            ("expect: md5:0123", "images[0]: `expect` must be the digest"),
+        ] {
+            let problems = List::parse(&format!(
+                "images:\n  - image: reg.example/app:1\n    {bad}\n"
+            ))
+            .unwrap_err();
+            assert!(problems[0].starts_with(says), "{bad}: {problems:?}");
+        }
+        let by_digest = List::parse(&format!(
+            "images:\n  - image: reg.example/app@{digest}\n    expect: {digest}\n"
+        ))
+        .unwrap_err();
+        assert!(
+            by_digest[0].contains("`expect` is for tags"),
+            "{by_digest:?}"
+        );
     }
 
     #[test]

@@ -428,18 +428,12 @@ impl Agent {
             tasks.spawn(async move {
                 let _permit = limit.acquire_owned().await;
                 let progress = Arc::new(crate::pull::PullProgress::default());
-                let pull = async {
-                    if thorough {
-                        let progress = progress.clone();
-                        puller
-                            .pull_thoroughly_reporting(&entry.reference, progress)
-                            .await
-                    } else {
-                        puller
-                            .pull_reporting(&entry.reference, progress.clone())
-                            .await
-                    }
-                };
+                let pull = puller.pull_expecting(
+                    &entry.reference,
+                    entry.expect.as_ref(),
+                    thorough,
+                    progress.clone(),
+                );
                 let result = tokio::time::timeout(max_pull_time, pull)
                     .await
                     .unwrap_or_else(|_| {

@@ -499,6 +499,7 @@ mod tests {
         Entry {
             reference: Reference::parse("registry.example.com/app:1").unwrap(),
             pin: true,
+            expect: None,
         }
     }
 

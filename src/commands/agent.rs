@@ -43,7 +43,9 @@ const MIN_INTERVAL: Duration = Duration::from_secs(30);
         images:\n    \
         - registry.example.com/team/app:1.4\n    \
         - image: registry.example.com/team/batch:2.0\n      \
-        pin: false",
+        pin: false\n    \
+        - image: registry.example.com/team/api:3.1\n      \
+        expect: sha256:…     # refused, and reported, if the tag resolves elsewhere",
     after_help = "Examples:\n  \
         prepull agent --list /etc/prepull/list.yaml --status-file /run/prepull/status.json\n  \
         prepull agent --once --list /etc/prepull/list.yaml   # one pass, e.g. at node bootstrap"

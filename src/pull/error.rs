@@ -65,6 +65,24 @@ pub enum PullError {
         /// How long it was given.
         after: std::time::Duration,
     },
+    /// The tag resolved to another digest than the one expected for it.
+    #[error(
+        "cannot pull {image}: the tag resolves to {got}{}, but the list expects {expected}; \
+         nothing was pulled and the node keeps what it holds. A mirror or pull-through cache \
+         serving a stale copy, a registry that rewrote the manifest, or the tag moved: if it \
+         moved on purpose, update `expect:`",
+        manifest.as_ref().map(|m| format!(" (its manifest for this node: {m})")).unwrap_or_default()
+    )]
+    UnexpectedDigest {
+        /// The image as requested.
+        image: String,
+        /// The digest the list expects.
+        expected: crate::digest::Digest,
+        /// What the tag resolved to.
+        got: crate::digest::Digest,
+        /// The platform manifest chosen from it, when it is an index.
+        manifest: Option<crate::digest::Digest>,
+    },
     /// The image's own documents contradict each other.
     #[error("cannot pull {image}: {problem}")]
     Malformed {
@@ -87,6 +105,7 @@ impl PullError {
             },
             PullError::TooSlow { .. } => true,
             PullError::NoPlatform { .. }
+            | PullError::UnexpectedDigest { .. }
             | PullError::Malformed { .. }
             | PullError::DiskSpace { .. } => false,
         }
@@ -98,6 +117,7 @@ impl PullError {
             PullError::Registry { source, .. } => source.kind(),
             PullError::Store { source, .. } => source.kind(),
             PullError::NoPlatform { .. } => ErrorKind::NoPlatform,
+            PullError::UnexpectedDigest { .. } => ErrorKind::UnexpectedDigest,
             PullError::Unpack { source, .. } => match source {
                 UnpackError::DiffId { .. } => ErrorKind::Corrupt,
                 UnpackError::Expanded { .. } => ErrorKind::DiskSpace,

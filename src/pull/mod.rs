@@ -146,7 +146,7 @@ impl Puller {
     /// Pulls one image. An image whose records already say it is complete costs a `HEAD` and a
     /// few reads of small documents.
     pub async fn pull(&self, reference: &Reference) -> Result<PullReport, PullError> {
-        self.pull_with(reference, true, Arc::default()).await
+        self.pull_with(reference, None, true, Arc::default()).await
     }
 
     /// [`Puller::pull`], telling `progress` how far it has got as it goes.
@@ -155,13 +155,13 @@ impl Puller {
         reference: &Reference,
         progress: Arc<PullProgress>,
     ) -> Result<PullReport, PullError> {
-        self.pull_with(reference, true, progress).await
+        self.pull_with(reference, None, true, progress).await
     }
 
     /// Pulls one image checking every blob's presence and every layer's snapshot, even when
     /// its records say it is warm: for mending an image whose content was found damaged.
     pub async fn pull_thoroughly(&self, reference: &Reference) -> Result<PullReport, PullError> {
-        self.pull_with(reference, false, Arc::default()).await
+        self.pull_with(reference, None, false, Arc::default()).await
     }
 
     /// [`Puller::pull_thoroughly`], telling `progress` how far it has got as it goes.
@@ -170,7 +170,20 @@ impl Puller {
         reference: &Reference,
         progress: Arc<PullProgress>,
     ) -> Result<PullReport, PullError> {
-        self.pull_with(reference, false, progress).await
+        self.pull_with(reference, None, false, progress).await
+    }
+
+    /// Pulls one image whose tag must resolve to `expect` (its top document's digest, or the
+    /// node's platform manifest's): anything else is refused before a blob is fetched, and the
+    /// node keeps what it holds. `thorough` as [`Puller::pull_thoroughly`].
+    pub async fn pull_expecting(
+        &self,
+        reference: &Reference,
+        expect: Option<&Digest>,
+        thorough: bool,
+        progress: Arc<PullProgress>,
+    ) -> Result<PullReport, PullError> {
+        self.pull_with(reference, expect, !thorough, progress).await
     }
 
     /// The complete image the node holds under `reference`, found without the network: the
@@ -193,12 +206,13 @@ impl Puller {
     async fn pull_with(
         &self,
         reference: &Reference,
+        expect: Option<&Digest>,
         shortcut: bool,
         progress: Arc<PullProgress>,
     ) -> Result<PullReport, PullError> {
         let started = Instant::now();
         let result = self
-            .pull_outliving_restarts(reference, shortcut, &progress)
+            .pull_outliving_restarts(reference, expect, shortcut, &progress)
             .await;
         if let (Ok(report), Stage::Resolving) = (&result, progress.stage()) {
             // Found warm: all of it is on the node.
@@ -220,6 +234,7 @@ impl Puller {
     async fn pull_outliving_restarts(
         &self,
         reference: &Reference,
+        expect: Option<&Digest>,
         shortcut: bool,
         progress: &Arc<PullProgress>,
     ) -> Result<PullReport, PullError> {
@@ -232,7 +247,7 @@ impl Puller {
         let mut restarts = crate::retry::CONTAINERD_RESTARTS;
         let result = loop {
             match self
-                .pull_uncounted(reference, shortcut, &counters, &mut held, started)
+                .pull_uncounted(reference, expect, shortcut, &counters, &mut held, started)
                 .await
             {
                 Err(e) if restarts > 0 && e.kind() == crate::ErrorKind::ContainerdUnreachable => {
@@ -320,6 +335,7 @@ impl Puller {
     async fn pull_uncounted(
         &self,
         reference: &Reference,
+        expect: Option<&Digest>,
         shortcut: bool,
         counters: &Counters,
         held: &mut Option<lease::HeldLease>,
@@ -327,7 +343,7 @@ impl Puller {
     ) -> Result<PullReport, PullError> {
         // Credentials are looked up once per host for the whole pull, not per request.
         let _credentials = self.registry.begin_pull(reference);
-        let image = match self.resolve(reference, shortcut, started).await? {
+        let image = match self.resolve(reference, expect, shortcut, started).await? {
             Resolution::Warm(report) => return Ok(report),
             Resolution::Pull(image) => image,
         };

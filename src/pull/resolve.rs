@@ -41,9 +41,11 @@ impl Puller {
     /// Resolves `reference` to its top document and the manifest for this node. A tag costs one
     /// HEAD; documents containerd already holds are read from it, so a warm node re-checking its
     /// images makes no GET at all. With `shortcut`, an image the node holds whole ends here.
+    /// With `expect`, the top document's digest or the chosen manifest's must be it.
     pub(super) async fn resolve(
         &self,
         reference: &Reference,
+        expect: Option<&Digest>,
         shortcut: bool,
         started: Instant,
     ) -> Result<Resolution, PullError> {
@@ -55,7 +57,9 @@ impl Puller {
             .map_err(&registry_err)?
         {
             Some(digest) => {
-                if shortcut {
+                // An image expected by its platform manifest's digest is checked below, on
+                // the documents.
+                if shortcut && expect.is_none_or(|e| e == &digest) {
                     if let Some(report) = self.already_warm(reference, &digest, started).await {
                         return Ok(Resolution::Warm(report));
                     }
@@ -69,7 +73,21 @@ impl Puller {
                 .map_err(&registry_err)?,
         };
         tracing::debug!(digest = %top.digest, media_type = top.media_type(), "resolved");
-        self.manifest_of(reference, top).await.map(Resolution::Pull)
+        let resolved = self.manifest_of(reference, top).await?;
+        match expect {
+            Some(e) if e != &resolved.top.digest && e != &resolved.chosen.digest => {
+                Err(PullError::UnexpectedDigest {
+                    image: reference.to_string(),
+                    expected: e.clone(),
+                    got: resolved.top.digest.clone(),
+                    manifest: resolved
+                        .position
+                        .is_some()
+                        .then(|| resolved.chosen.digest.clone()),
+                })
+            }
+            _ => Ok(Resolution::Pull(resolved)),
+        }
     }
 
     /// The manifest of `top` for this node: `top` itself, or the index entry for the platform.
