@@ -111,6 +111,8 @@ pub struct Metrics {
     downloaded: Family<RegistryLabel, Counter>,
     requests: Family<RequestLabels, Counter>,
     rate_limit: Family<RegistryLabel, Gauge>,
+    rate_limit_limit: Family<RegistryLabel, Gauge>,
+    budget_waits: Family<RegistryLabel, Counter>,
     space_refusals: Counter,
     list_errors: Counter,
     damage: Family<KindLabel, Counter>,
@@ -129,6 +131,8 @@ impl Default for Metrics {
             downloaded: Family::default(),
             requests: Family::default(),
             rate_limit: Family::default(),
+            rate_limit_limit: Family::default(),
+            budget_waits: Family::default(),
             space_refusals: Counter::default(),
             list_errors: Counter::default(),
             damage: Family::default(),
@@ -177,13 +181,26 @@ impl Metrics {
         self.requests.get_or_create(&labels).inc();
     }
 
-    /// `registry` said this many pulls are left in its rate-limit window.
-    pub fn rate_limit_remaining(&self, registry: &str, remaining: u64) {
+    /// `registry` said this many requests are left in its rate-limit window, of `limit`.
+    pub fn rate_limit(&self, registry: &str, remaining: u64, limit: Option<u64>) {
         let labels = RegistryLabel {
             registry: registry.to_string(),
         };
-        let value = i64::try_from(remaining).unwrap_or(i64::MAX);
-        self.rate_limit.get_or_create(&labels).set(value);
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.rate_limit.get_or_create(&labels).set(gauge(remaining));
+        if let Some(limit) = limit {
+            self.rate_limit_limit
+                .get_or_create(&labels)
+                .set(gauge(limit));
+        }
+    }
+
+    /// A manifest was not fetched from `registry`: its budget is down to the reserve.
+    pub fn budget_wait(&self, registry: &str) {
+        let labels = RegistryLabel {
+            registry: registry.to_string(),
+        };
+        self.budget_waits.get_or_create(&labels).inc();
     }
 
     /// A pull was refused because the image would not fit in the free space.
@@ -235,6 +252,17 @@ impl Metrics {
             "prepull_registry_rate_limit_remaining",
             "The last ratelimit-remaining a registry sent (pulls left in its window)",
             self.rate_limit.clone(),
+        );
+        registry.register(
+            "prepull_registry_rate_limit_limit",
+            "The last ratelimit-limit a registry sent (pulls allowed per window)",
+            self.rate_limit_limit.clone(),
+        );
+        registry.register(
+            "prepull_registry_budget_waits",
+            "Manifests not fetched because the registry's announced budget was down to \
+             --registry-budget-reserve (the image waits for a later pass)",
+            self.budget_waits.clone(),
         );
         registry.register(
             "prepull_space_refusals",

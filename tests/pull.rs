@@ -1373,3 +1373,80 @@ async fn a_terminal_sees_progress_and_a_pipe_sees_results_only() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains(&reference));
 }
+
+/// A registry announcing a request budget (Docker Hub's `ratelimit-limit`/`ratelimit-remaining`)
+/// down to the share kept for the kubelet's own pulls gets no manifest `GET` from prepull: the
+/// image waits, reported `rate-limited` with the figures, while the free `HEAD` check of an
+/// image the node holds goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registry_budget_down_to_the_reserve_gets_no_manifest_requests_but_head_checks_go_on() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let spec = ImageSpec::new(&[16 << 10]);
+    let v1 = push_image(&registry.host(), "hub/app", "v1", &spec).await;
+    let v2 = push_image(&registry.host(), "hub/app", "v2", &spec).await;
+    let proxy = Proxy::start(&registry.host()).await;
+    let host = proxy.host();
+    // Tag HEADs are answered here, with the budget the test says; everything else goes upstream.
+    let announce = |remaining: u64| {
+        let tags = [
+            ("/v2/hub/app/manifests/v1", v1.manifest.clone()),
+            ("/v2/hub/app/manifests/v2", v2.manifest.clone()),
+        ];
+        move |req: &support::proxy::RequestInfo| match tags.iter().find(|(p, _)| req.path == *p) {
+            Some((_, manifest)) if req.method == "HEAD" => support::Action::RespondWith {
+                status: 200,
+                headers: vec![
+                    ("docker-content-digest".into(), manifest.digest.clone()),
+                    ("content-type".into(), manifest.media_type.clone()),
+                    ("ratelimit-limit".into(), "100;w=21600".into()),
+                    ("ratelimit-remaining".into(), format!("{remaining};w=21600")),
+                ],
+                body: Vec::new(),
+            },
+            _ => support::Action::Forward,
+        }
+    };
+    let (v1_ref, v2_ref) = (format!("{host}/hub/app:v1"), format!("{host}/hub/app:v2"));
+    let manifest_gets = |proxy: &Proxy| {
+        proxy
+            .records()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path.contains("/manifests/"))
+            .count()
+    };
+
+    proxy.set_hook(announce(80));
+    let (out, _) = pull_json(&containerd, &host, &[], &[&v1_ref]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", support::text(&out));
+
+    // 15 of 100 left, 20 kept: v2's manifest is not asked for.
+    proxy.set_hook(announce(15));
+    proxy.clear();
+    let (out, results) = pull_json(&containerd, &host, &[], &[&v2_ref]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", support::text(&out));
+    assert_eq!(results[0]["kind"], "rate-limited", "{results:?}");
+    let error = results[0]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("15 requests left of 100 per 6h")
+            && error.contains("--registry-budget-reserve 20%"),
+        "the error gives the figures and the flag: {error}"
+    );
+    assert_eq!(manifest_gets(&proxy), 0, "{:?}", proxy.records());
+    assert!(!has_record(&containerd, &v2_ref).await);
+
+    // The image the node holds is checked with a HEAD, which is free: still warm.
+    let (out, results) = pull_json(&containerd, &host, &[], &[&v1_ref]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", support::text(&out));
+    assert_eq!(results[0]["bytes_fetched"], 0, "{results:?}");
+
+    // Keeping nothing spends the budget down to what the registry allows.
+    let (out, _) = pull_json(
+        &containerd,
+        &host,
+        &["--registry-budget-reserve", "0"],
+        &[&v2_ref],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", support::text(&out));
+    assert!(manifest_gets(&proxy) > 0);
+}

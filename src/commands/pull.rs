@@ -173,6 +173,19 @@ pub struct PullerArgs {
         env = "PREPULL_MIN_PROGRESS"
     )]
     pub min_progress: registry::MinProgress,
+
+    /// What is kept of a registry's announced request budget (its `ratelimit-limit` and
+    /// `ratelimit-remaining` headers: Docker Hub's pull quota) for the kubelet's own pulls: a
+    /// share of the limit (`20%`) or a number of requests; `0` keeps nothing. At the reserve,
+    /// manifests are not fetched from that registry (the image waits for a later pass, reported
+    /// `rate-limited`); HEAD checks of images the node holds, which are not counted, go on.
+    #[arg(
+        long,
+        value_name = "PERCENT|N",
+        default_value = "20%",
+        env = "PREPULL_REGISTRY_BUDGET_RESERVE"
+    )]
+    pub registry_budget_reserve: registry::BudgetReserve,
 }
 
 impl PullerArgs {
@@ -246,6 +259,7 @@ impl PullerArgs {
             },
             min_progress: self.min_progress,
             connections_per_host: self.max_connections_per_registry,
+            budget_reserve: self.registry_budget_reserve,
             ..Default::default()
         }
     }

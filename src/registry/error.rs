@@ -172,6 +172,23 @@ pub enum RegistryError {
         /// What is wrong.
         detail: String,
     },
+    /// The host's announced request budget is down to what is kept for the kubelet's own pulls:
+    /// its manifests wait for a later pass.
+    #[error(
+        "registry {registry}: {action} not sent: {low} (--registry-budget-reserve {reserve}); \
+         the image waits for a later pass, when the registry's budget has recovered (checks of \
+         images the node holds go on: HEAD requests are not counted)"
+    )]
+    BudgetLow {
+        /// The host.
+        registry: String,
+        /// What was to be done.
+        action: String,
+        /// What the host said of its budget.
+        low: super::BudgetLow,
+        /// The reserve, as configured.
+        reserve: super::BudgetReserve,
+    },
     /// The HTTP client could not be built (bad TLS settings).
     #[error("cannot set up the HTTP client: {0}")]
     Client(#[source] reqwest::Error),
@@ -183,7 +200,9 @@ impl RegistryError {
         match self {
             RegistryError::Network { .. } | RegistryError::Stalled { .. } => ErrorKind::Network,
             RegistryError::Status { status: 404, .. } => ErrorKind::NotFound,
-            RegistryError::Status { status: 429, .. } => ErrorKind::RateLimited,
+            RegistryError::Status { status: 429, .. } | RegistryError::BudgetLow { .. } => {
+                ErrorKind::RateLimited
+            }
             RegistryError::Status {
                 status: 401 | 403, ..
             } => ErrorKind::Unauthorized,

@@ -24,6 +24,7 @@
 mod authorize;
 mod blob;
 mod body;
+mod budget;
 pub mod challenge;
 mod error;
 mod hosts;
@@ -44,6 +45,7 @@ use tokio::sync::Semaphore;
 
 pub use blob::{BlobCheck, BlobStream, OpenedBlob};
 pub use body::MinProgress;
+pub use budget::{BudgetReserve, Low as BudgetLow};
 pub use error::RegistryError;
 pub use hosts::{Endpoint, Hosts, HostsError};
 pub use manifest::FetchedManifest;
@@ -70,6 +72,9 @@ pub struct Options {
     pub request_policy: Option<crate::retry::Backoff>,
     /// The least progress every request must make (see [`MinProgress`]).
     pub min_progress: MinProgress,
+    /// What is kept of a registry's announced request budget for the kubelet's own pulls (see
+    /// `budget`).
+    pub budget_reserve: BudgetReserve,
 }
 
 impl Default for Options {
@@ -79,6 +84,7 @@ impl Default for Options {
             connections_per_host: CONNECTIONS_PER_HOST,
             request_policy: None,
             min_progress: MinProgress::default(),
+            budget_reserve: BudgetReserve::default(),
         }
     }
 }
@@ -97,8 +103,8 @@ pub struct RegistryClient {
     options: Options,
     /// Schemes, tokens and credentials: what authorizing requests remembers.
     auth: authorize::Authorizer,
-    /// Last `ratelimit-remaining` per registry.
-    rate_limits: Mutex<HashMap<String, u64>>,
+    /// What each host announced of its request budget.
+    budgets: budget::Budgets,
     /// Mirrors that did not answer lately, skipped while their back-off runs.
     unreachable: unreachable::Unreachable,
     /// Per host, the slots for requests in flight (see [`Options::connections_per_host`]).
@@ -115,12 +121,13 @@ impl RegistryClient {
             .build()
             .map_err(RegistryError::Client)?;
         let progress = options.min_progress;
+        let budgets = budget::Budgets::new(options.budget_reserve);
         Ok(RegistryClient {
             http,
             endpoint_clients: Mutex::default(),
             options,
             auth: authorize::Authorizer::new(credentials, progress),
-            rate_limits: Mutex::default(),
+            budgets,
             unreachable: unreachable::Unreachable::default(),
             connections: Mutex::default(),
         })
@@ -145,7 +152,7 @@ impl RegistryClient {
 
     /// The last `ratelimit-remaining` a registry reported (Docker Hub's pull quota).
     pub fn rate_limit_remaining(&self, registry: &str) -> Option<u64> {
-        lock(&self.rate_limits).get(registry).copied()
+        self.budgets.remaining(registry)
     }
 }
 

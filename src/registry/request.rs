@@ -35,11 +35,15 @@ struct Request {
     url: String,
     /// How a failed send is retried ([`Backoff::once`]: fail fast, another host is next).
     policy: Backoff,
+    /// Whether registries count it against their request budget.
+    counted: bool,
 }
 
 impl Request {
     /// `method` of `suffix` in the reference's repository at `endpoint`.
     fn to(endpoint: &Endpoint, reference: &Reference, what: &Op<'_>, policy: Backoff) -> Request {
+        // What registries count against a budget: manifests fetched (see `budget`).
+        let counted = what.method == Method::GET && what.suffix.starts_with("manifests/");
         let action = if endpoint.mirror {
             format!("{} via mirror {}", what.action, endpoint.host)
         } else {
@@ -50,6 +54,7 @@ impl Request {
             method: what.method.clone(),
             url: endpoint.url(reference.registry(), reference.repository(), what.suffix),
             policy,
+            counted,
         }
     }
 }
@@ -180,6 +185,17 @@ impl RegistryClient {
         request: Request,
         headers: &impl Fn(&mut HeaderMap),
     ) -> Result<reqwest::Response, RegistryError> {
+        if request.counted {
+            if let Some(low) = self.budgets.low(&endpoint.host) {
+                metrics().budget_wait(&endpoint.host);
+                return Err(RegistryError::BudgetLow {
+                    registry: endpoint.host.clone(),
+                    action: request.action,
+                    low,
+                    reserve: self.budgets.reserve(),
+                });
+            }
+        }
         let http = self.client_for(endpoint)?;
         let mut attempt = self.auth.attempt(endpoint, reference).await;
         loop {
@@ -319,7 +335,7 @@ impl RegistryClient {
             metrics().request(registry, method.as_str(), code);
             let transient = match &sent {
                 Ok(r) => {
-                    self.note_rate_limit(registry, r.headers());
+                    self.budgets.note(registry, r.headers());
                     r.status() == StatusCode::TOO_MANY_REQUESTS || r.status().is_server_error()
                 }
                 // An untrusted certificate, a plain-HTTP peer or a refused client certificate
@@ -351,19 +367,6 @@ impl RegistryClient {
                     tokio::time::sleep(delay).await;
                 }
             }
-        }
-    }
-
-    fn note_rate_limit(&self, registry: &str, headers: &HeaderMap) {
-        let remaining = headers
-            .get("ratelimit-remaining")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        if let Some(n) = remaining {
-            lock(&self.rate_limits).insert(registry.to_string(), n);
-            metrics().rate_limit_remaining(registry, n);
-            tracing::debug!(registry, remaining = n, "registry rate limit");
         }
     }
 
