@@ -1607,3 +1607,100 @@ async fn a_tag_resolving_to_another_digest_than_expected_is_refused_and_the_node
     assert_eq!(s["images"][0]["state"], "warm", "{s:#}");
     assert_eq!(s["images"][0]["digest"], moved.manifest.digest.as_str());
 }
+
+/// Pinned images are invisible to the kubelet's image GC, which frees down to its low threshold:
+/// the agent pins only while the node's pinned images stay within that share of containerd's
+/// filesystem (read from the kubelet's config), keeps the rest unpinned with the reason, and
+/// exports the budget.
+#[tokio::test(flavor = "multi_thread")]
+async fn images_past_the_kubelets_gc_threshold_are_kept_unpinned_and_say_why() {
+    const MIB: usize = 1 << 20;
+    let (containerd, registry) = tokio::join!(
+        Containerd::start_with(support::ContainerdOptions {
+            root_tmpfs_bytes: Some(256 * MIB as u64),
+            ..Default::default()
+        }),
+        Registry::start()
+    );
+    let host = registry.host();
+    let mut refs = Vec::new();
+    for app in ["a", "b", "c"] {
+        let spec = ImageSpec::new(&[16 * MIB]).gzip_level(0);
+        push_image(&host, &format!("big/{app}"), "v1", &spec).await;
+        refs.push(format!("{host}/big/{app}:v1"));
+    }
+    let root = tempfile::tempdir().unwrap();
+    // Half of 256 MiB: two images of 16 MiB (48 MiB each, unpacked at twice) fit, not a third.
+    let kubelet_config = root.path().join("kubelet-config.yaml");
+    std::fs::write(
+        &kubelet_config,
+        "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n\
+         imageGCHighThresholdPercent: 60\nimageGCLowThresholdPercent: 50\n",
+    )
+    .unwrap();
+    let list = list_volume(
+        root.path(),
+        &format!(
+            "images:\n{}",
+            refs.iter()
+                .map(|r| format!("  - {r}\n"))
+                .collect::<String>()
+        ),
+    );
+    let kubelet_config = kubelet_config.to_string_lossy().into_owned();
+    let containerd_root = containerd.root().to_string_lossy().into_owned();
+    let (mut agent, status_file) = spawn_agent(
+        &containerd,
+        &host,
+        &list.file(LIST),
+        root.path(),
+        &[
+            "--kubelet-config",
+            &kubelet_config,
+            "--containerd-root",
+            &containerd_root,
+            "--min-free-space",
+            "8MiB",
+            "--images-at-once",
+            "1",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let s = wait_for_pass(&status_file, 1, &mut agent).await;
+    assert_eq!(s["warm"], 3, "all three are on the node: {s:#}");
+    let budget = &s["pin_budget"];
+    assert_eq!(budget["percent"], 50, "{s:#}");
+    assert!(
+        budget["source"]
+            .as_str()
+            .is_some_and(|t| t.contains("imageGCLowThresholdPercent in")),
+        "{s:#}"
+    );
+    let (limit, pinned) = (
+        budget["budget_bytes"].as_u64().unwrap(),
+        budget["pinned_bytes"].as_u64().unwrap(),
+    );
+    assert!(pinned <= limit && pinned >= 2 * 48 * MIB as u64, "{s:#}");
+
+    let store = Store::connect(containerd.socket(), "k8s.io").await.unwrap();
+    let mut pinned_images = Vec::new();
+    for (i, r) in refs.iter().enumerate() {
+        if labels(&store, r).await.contains_key(PINNED) {
+            pinned_images.push(i);
+        }
+    }
+    assert_eq!(pinned_images, [0, 1], "the first two in list order: {s:#}");
+    let why = s["images"][2]["unpinned"].as_str().unwrap_or_default();
+    assert!(
+        why.starts_with("not pinned") && why.contains("imageGCLowThresholdPercent"),
+        "{why}"
+    );
+    assert!(s["images"][0]["unpinned"].is_null(), "{s:#}");
+
+    let addr = listen_address(&status_file, &mut agent).await;
+    let m = scrape(&addr).await;
+    assert_eq!(m.value("prepull_pin_budget_bytes", &[]), limit as f64);
+    assert_eq!(m.value("prepull_pinned_node_bytes", &[]), pinned as f64);
+    assert_eq!(m.value("prepull_images_unpinned_over_budget", &[]), 1.0);
+}

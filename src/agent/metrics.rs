@@ -126,6 +126,31 @@ impl Collector for NodeState {
             bytes,
         )?;
 
+        if let Some(budget) = &status.pin_budget {
+            gauge(
+                &mut encoder,
+                "prepull_pin_budget_bytes",
+                "Bytes pinned images may take on containerd's filesystem (--pin-budget: the \
+                 kubelet's imageGCLowThresholdPercent by default)",
+                budget.budget_bytes,
+            )?;
+            gauge(
+                &mut encoder,
+                "prepull_pinned_node_bytes",
+                "What every image pinned on the node takes, estimated (each blob once, layers \
+                 also unpacked), as of the last pass",
+                budget.pinned_bytes,
+            )?;
+        }
+        let over_budget = status.images.iter().filter(|i| i.unpinned.is_some());
+        gauge(
+            &mut encoder,
+            "prepull_images_unpinned_over_budget",
+            "Listed images to pin that are on the node unpinned: pinning them would pass the pin \
+             budget",
+            over_budget.count() as u64,
+        )?;
+
         if let Some((free, total)) = self.filesystem {
             gauge(
                 &mut encoder,

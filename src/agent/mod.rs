@@ -11,6 +11,7 @@ pub mod deep;
 pub mod http;
 pub mod list;
 pub mod metrics;
+pub mod pin_budget;
 pub mod pins;
 pub mod schedule;
 pub mod status;
@@ -68,6 +69,8 @@ pub struct AgentOptions {
     /// containerd, and the next pass resumes from them, so a large image on a slow link
     /// completes over several passes while one slow registry never holds a pass hostage.
     pub max_pull_time: Duration,
+    /// How much of containerd's filesystem pinned images may take (see [`pin_budget`]).
+    pub pin_budget: pin_budget::PinBudgetConfig,
 }
 
 /// The agent.
@@ -321,7 +324,9 @@ impl Agent {
             .collect();
         let results = self.pull_all(&list, &damaged).await;
         let pins = Pins::new(&self.store, &self.options.pin_owner);
-        let (mut images, resolved) = self.record(&pins, &list, results, damage, verified).await;
+        let (mut images, resolved, pin_budget) =
+            self.record(&pins, &list, results, damage, verified).await;
+        self.status.pin_budget = pin_budget;
         self.check_starts(&mut images).await;
         // The mending pulls have ended: the lease holding the damaged images goes (see
         // `repair` for why one rule holds for every caller).
@@ -469,10 +474,15 @@ impl Agent {
         results: Vec<Option<Checked>>,
         mut damage: Damage,
         verified: bool,
-    ) -> (Vec<ImageStatus>, HashMap<String, Option<String>>) {
+    ) -> (
+        Vec<ImageStatus>,
+        HashMap<String, Option<String>>,
+        Option<pin_budget::PinBudget>,
+    ) {
         let now = SystemTime::now();
         let mut images = Vec::with_capacity(list.entries.len());
         let mut resolved = HashMap::new();
+        let mut ledger = self.pin_ledger().await;
         for (entry, result) in list.entries.iter().zip(results) {
             let name = entry.reference.to_string();
             let (found, blocked, previous) = match damage.remove(&name) {
@@ -497,18 +507,29 @@ impl Agent {
                     ImageStatus::after_pass(entry, previous, found, outcome, now)
                 }
                 Some((Ok(report), ..)) => {
-                    let pinned = pins.apply(entry, &report.names).await;
+                    let over = admit(&mut ledger, entry, report).await.err();
+                    let pinned = match over {
+                        Some(_) => Ok(()),
+                        None => pins.apply(entry, &report.names).await,
+                    };
                     let outcome = match &pinned {
                         Ok(()) => Outcome::Warm(report),
                         Err(e) => Outcome::WarmUnpinned(report, e),
                     };
-                    ImageStatus::after_pass(entry, previous, found, outcome, now)
+                    ImageStatus {
+                        unpinned: over,
+                        ..ImageStatus::after_pass(entry, previous, found, outcome, now)
+                    }
                 }
                 Some((Err(error), present, fetched)) => {
                     // A present image keeps (or gets) its pin even while its registry is away.
+                    let mut unpinned = None;
                     if let Some(present) = present {
-                        if let Err(e) = pins.apply(entry, &present.names).await {
-                            tracing::warn!(image = %name, error = %crate::error_chain(&e), "cannot pin the image on the node");
+                        unpinned = admit(&mut ledger, entry, present).await.err();
+                        if unpinned.is_none() {
+                            if let Err(e) = pins.apply(entry, &present.names).await {
+                                tracing::warn!(image = %name, error = %crate::error_chain(&e), "cannot pin the image on the node");
+                            }
                         }
                     }
                     let present = present.as_ref();
@@ -516,6 +537,7 @@ impl Agent {
                     ImageStatus {
                         // What the failed pull cost the network, resumed from by the next.
                         bytes_fetched: *fetched,
+                        unpinned,
                         ..ImageStatus::after_pass(entry, previous, found, outcome, now)
                     }
                 }
@@ -536,9 +558,33 @@ impl Agent {
                     "image not warm"
                 );
             }
+            if let Some(why) = &status.unpinned {
+                tracing::warn!(image = %status.image, reason = %why, "image kept unpinned");
+            }
             images.push(status);
         }
-        (images, resolved)
+        (images, resolved, ledger.map(|l| l.budget))
+    }
+
+    /// The pinned images' ledger for this pass, when containerd's filesystem can be measured
+    /// (there is a free-space check) and containerd lists its images.
+    async fn pin_ledger(&self) -> Option<pin_budget::Ledger<'_>> {
+        let (_, total) = self.puller.space()?.usage().ok()?;
+        let opened = pin_budget::Ledger::open(
+            &self.store,
+            self.puller.platform(),
+            self.puller.snapshotter().is_some(),
+            total,
+            &self.options.pin_budget,
+        )
+        .await;
+        match opened {
+            Ok(ledger) => Some(ledger),
+            Err(e) => {
+                tracing::warn!(error = %crate::error_chain(&e), "cannot measure the pinned images; pinning without the budget this pass");
+                None
+            }
+        }
     }
 
     /// Reads every listed image back and hashes it; blobs that are corrupt or unreadable are
@@ -687,5 +733,18 @@ fn open_damage(
             (None, blocked, Some(previous))
         }
         None => (None, None, Some(previous)),
+    }
+}
+
+/// Whether `entry`'s image (`report`) may be pinned within the pin budget: always for an entry
+/// that is not pinned or without a budget.
+async fn admit(
+    ledger: &mut Option<pin_budget::Ledger<'_>>,
+    entry: &list::Entry,
+    report: &crate::pull::PullReport,
+) -> Result<(), String> {
+    match ledger {
+        Some(ledger) if entry.pin => ledger.admit(report).await,
+        _ => Ok(()),
     }
 }

@@ -113,6 +113,9 @@ pub struct ImageStatus {
     /// The kind of `start_error` (`not-found`, `empty`, `wrong-architecture`…).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub start_kind: Option<&'static str>,
+    /// Why an entry to pin is on the node unpinned: pinning it would pass the pin budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unpinned: Option<String>,
 }
 
 /// How one image's check in a pass ended.
@@ -193,6 +196,7 @@ impl ImageStatus {
             damage: None,
             start_error: None,
             start_kind: None,
+            unpinned: None,
         }
     }
 
@@ -235,6 +239,7 @@ impl ImageStatus {
             damage: None,
             start_error: None,
             start_kind: None,
+            unpinned: None,
         };
         let status = match outcome {
             Outcome::Warm(report) => ImageStatus::warm(base, report, &mut damage, &at),
@@ -377,6 +382,10 @@ pub struct Status {
     pub corrupt: usize,
     /// Pins released in the last pass (images that left the list or moved on).
     pub released: usize,
+    /// The pin budget and what the node's pinned images take of it, as of the last pass
+    /// (none without a free-space check to measure the filesystem).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pin_budget: Option<super::pin_budget::PinBudget>,
     /// When listed images were last read back and hashed (RFC 3339).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_verify: Option<String>,

@@ -109,6 +109,21 @@ pub struct AgentArgs {
     #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
     pub max_pull_time: Duration,
 
+    /// How much of containerd's filesystem pinned images may take: `kubelet` (the kubelet's
+    /// imageGCLowThresholdPercent from --kubelet-config, else its default 80%: its image GC
+    /// frees down to that share and cannot remove pinned images) or a percentage. An image past
+    /// it is kept unpinned, with the reason in its status; pinned images stay pinned.
+    #[arg(long, value_name = "kubelet|PERCENT", default_value = "kubelet")]
+    pub pin_budget: crate::agent::pin_budget::PinBudgetSetting,
+
+    /// The kubelet's configuration file (its --config), for its image GC thresholds.
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/var/lib/kubelet/config.yaml"
+    )]
+    pub kubelet_config: PathBuf,
+
     /// Serve /livez, /readyz, /warmz, /status and /metrics here (HTTP). `/warmz` answers 200
     /// only when every listed image is warm: gate node readiness on it, not on `/readyz`. Port 0
     /// picks a free port; the status file's `listen` says which.
@@ -210,6 +225,10 @@ async fn build(args: &AgentArgs) -> anyhow::Result<Agent> {
         }),
         grace: args.stop_grace,
         max_pull_time: args.max_pull_time,
+        pin_budget: crate::agent::pin_budget::PinBudgetConfig {
+            kubelet_config: args.kubelet_config.clone(),
+            percent: args.pin_budget.percent(),
+        },
     };
     Ok(Agent::new(puller, store, options))
 }

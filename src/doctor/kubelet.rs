@@ -38,6 +38,18 @@ struct KubeletConfiguration {
     preloaded_images_verification_allowlist: Vec<String>,
     #[serde(default)]
     image_g_c_high_threshold_percent: Option<u64>,
+    #[serde(default)]
+    image_g_c_low_threshold_percent: Option<u64>,
+}
+
+/// The kubelet's default `imageGCLowThresholdPercent`: image GC frees down to it.
+pub const GC_LOW_DEFAULT: u64 = 80;
+
+/// The kubelet's `imageGCLowThresholdPercent` from its config file `path`: what its image GC
+/// frees the image filesystem down to. `Ok(None)` when the file does not set it; an error when
+/// it cannot be read or is not a `KubeletConfiguration`.
+pub fn gc_low_threshold(path: &Path) -> Result<Option<u64>, String> {
+    read_config(path).map(|c| c.image_g_c_low_threshold_percent)
 }
 
 /// Reads the kubelet's config file `path` and says what its settings mean for `reference`, and

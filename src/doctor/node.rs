@@ -124,12 +124,7 @@ pub async fn check(
 /// containerd cannot list them.
 pub async fn pinned_usage(puller: &Puller, store: &Store) -> Option<super::kubelet::Usage> {
     let (_, total) = puller.space()?.usage().ok()?;
-    let pinned = store.images_with_label(labels::CRI_PINNED).await.ok()?;
-    let targets: std::collections::BTreeSet<_> = pinned
-        .into_iter()
-        .filter(|r| r.labels.get(labels::CRI_PINNED).map(String::as_str) == Some(labels::PINNED))
-        .filter_map(|r| r.target.map(|t| t.digest))
-        .collect();
+    let targets = crate::agent::pin_budget::pinned_targets(store).await.ok()?;
     let mut bytes = 0u64;
     for target in &targets {
         if let Ok(chosen) = store.manifest_for(target, puller.platform()).await {
