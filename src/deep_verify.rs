@@ -234,24 +234,30 @@ impl<'a> DeepVerifier<'a> {
         layers: &[LayerId],
         dirs: Vec<PathBuf>,
     ) -> Result<DeepReport, DeepVerifyError> {
-        let jobs = layers.iter().zip(dirs).map(|(layer, dir)| {
-            let layer = layer.clone();
-            let diff_id = image.diff_ids[layer.index].clone();
-            let ctx = self.ctx.clone();
-            let blob = BlobReader::open(self.store, &layer.digest, &ctx);
-            async move {
-                let index = layer.index;
-                tokio::task::spawn_blocking(move || {
-                    deep::check_layer(&layer, &diff_id, blob, &dir, &ctx)
-                })
-                .await
-                .map_err(|e| DeepVerifyError::Task {
-                    index,
-                    why: e.to_string(),
-                })?
-                .map_err(DeepVerifyError::from)
-            }
-        });
+        // Collected first: a lazy iterator's closure held across the awaits below would keep
+        // this future from being sendable to a task of its own (the agent's deep check).
+        let jobs: Vec<_> = layers
+            .iter()
+            .zip(dirs)
+            .map(|(layer, dir)| {
+                let layer = layer.clone();
+                let diff_id = image.diff_ids[layer.index].clone();
+                let ctx = self.ctx.clone();
+                let blob = BlobReader::open(self.store, &layer.digest, &ctx);
+                async move {
+                    let index = layer.index;
+                    tokio::task::spawn_blocking(move || {
+                        deep::check_layer(&layer, &diff_id, blob, &dir, &ctx)
+                    })
+                    .await
+                    .map_err(|e| DeepVerifyError::Task {
+                        index,
+                        why: e.to_string(),
+                    })?
+                    .map_err(DeepVerifyError::from)
+                }
+            })
+            .collect();
         let results: Vec<_> = stream::iter(jobs)
             .buffered(self.concurrency.get())
             .collect()

@@ -1,8 +1,13 @@
 //! The agent's deep check: each listed image's unpacked snapshots compared file by file with its
 //! layers (see [`crate::deep_verify`]) on a schedule (`--deep-verify-every`), and always first
 //! after the node booted again, since a power loss is when files being unpacked end up empty.
-//! Damage found is mended from the local blobs ([`crate::repair::mend_snapshots`]) before the
-//! pass's pulls, and reported in the image's status.
+//! Damage found is mended from the local blobs ([`crate::repair::mend_snapshots`]) and reported
+//! in the image's status by the next pass.
+//!
+//! The long-running agent runs it as a task of its own beside the passes ([`DeepTask`]), at
+//! `--deep-verify-rate`: reading many GB of snapshots takes minutes, and the passes' pulls do not
+//! wait for it. Only the mending, which removes and unpacks snapshots, waits for a pass's pulls
+//! to end (and a pass for a mending). A one-shot agent (`--once`) checks before its pass.
 //!
 //! When an image was last checked, and in which boot, is kept on its image record in containerd
 //! ([`CHECKED`]): it survives the agent's restarts, and a node's reboot is told by the kernel's
@@ -63,6 +68,8 @@ pub(crate) async fn check_due(
     snapshotter: &str,
     names: &[String],
     schedule: DeepSchedule,
+    cancel: &CancellationToken,
+    snapshots: &tokio::sync::Mutex<()>,
 ) -> Result<HashMap<String, Found>, StoreError> {
     let boot = boot_id();
     let now = SystemTime::now();
@@ -74,11 +81,14 @@ pub(crate) async fn check_due(
             hash_layers: false,
         },
     );
-    let mut ctx = deep::Context::new(CancellationToken::new());
+    let mut ctx = deep::Context::new(cancel.clone());
     ctx.limiter = schedule.rate.map(|r| Arc::new(RateLimiter::new(r)));
     let verifier = DeepVerifier::new(store, snapshotter, NonZeroUsize::MIN, ctx).await?;
     let mut found = HashMap::new();
     for name in names {
+        if cancel.is_cancelled() {
+            break;
+        }
         let Some((target, records)) = groups
             .iter()
             .find(|(_, records)| records.iter().any(|r| &r.name == name))
@@ -107,6 +117,9 @@ pub(crate) async fn check_due(
                 }
             }
         }
+        if cancel.is_cancelled() {
+            break;
+        }
         let mut sound = report.is_sound();
         if !sound {
             for finding in &report.findings {
@@ -114,6 +127,8 @@ pub(crate) async fn check_due(
             }
             let problems: Vec<String> = report.findings.iter().map(ToString::to_string).collect();
             tracing::warn!(image = %name, problems = %problems.join("; "), "the image's unpacked files differ from its layers; unpacking them again");
+            // Not while a pass pulls: its unpacks build on the same snapshots.
+            let _snapshots = snapshots.lock().await;
             let blocked = match repair::mend_snapshots(store, snapshotter, &check, &report).await {
                 Ok(r) => match &r.outcome {
                     SnapshotOutcome::Mended | SnapshotOutcome::Sound => {
@@ -148,6 +163,55 @@ pub(crate) async fn check_due(
     }
     verifier.close().await;
     Ok(found)
+}
+
+/// The agent's deep check as a task of its own: it looks for listed images that are due every
+/// `recheck` (and at once when the list changes), checks and mends them, and leaves what it
+/// found in `found` for the next pass to report (the agent starts one soon when it sees some).
+pub(crate) struct DeepTask {
+    pub store: Store,
+    pub snapshotter: String,
+    pub schedule: DeepSchedule,
+    /// The listed images' names, as the list in force has them.
+    pub names: tokio::sync::watch::Receiver<Vec<String>>,
+    /// Damage found and not yet reported by a pass.
+    pub found: Arc<std::sync::Mutex<HashMap<String, Found>>>,
+    /// Held by mending and by a pass's pulls.
+    pub snapshots: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// How often the task looks for images that are due, at most: each image's own due time is
+/// kept on its record, so looking costs a listing of the image records.
+const RECHECK: Duration = Duration::from_secs(600);
+
+impl DeepTask {
+    /// Runs until `stop`.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let recheck = self.schedule.every.clamp(Duration::from_secs(1), RECHECK);
+        loop {
+            let names = self.names.borrow_and_update().clone();
+            let checked = check_due(
+                &self.store,
+                &self.snapshotter,
+                &names,
+                self.schedule,
+                &stop,
+                &self.snapshots,
+            )
+            .await;
+            match checked {
+                Ok(found) => super::lock(&self.found).extend(found),
+                Err(e) => {
+                    tracing::warn!(error = %crate::error_chain(&e), "cannot compare the listed images' snapshots with their layers")
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(recheck) => {}
+                changed = self.names.changed() => if changed.is_err() { return },
+            }
+        }
+    }
 }
 
 fn unix(t: SystemTime) -> u64 {

@@ -85,6 +85,20 @@ pub struct Agent {
     last_verify: Option<Instant>,
     /// The lease holding damaged images while a pass mends them.
     protection: Option<Protection>,
+    /// The deep check's findings not yet reported by a pass (see [`deep::DeepTask`]).
+    deep_found: Arc<std::sync::Mutex<Damage>>,
+    /// The listed images' names, for the deep check's task.
+    deep_names: tokio::sync::watch::Sender<Vec<String>>,
+    /// Whether the deep check runs as its own task (else before each pass).
+    deep_task: bool,
+    /// Held while snapshots are written: by a pass's pulls, and by the deep check's mending.
+    snapshots: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Locks a map shared with the deep check's task; a panic while holding it cannot leave it
+/// inconsistent (whole inserts and drains), so a poisoned lock is used as it is.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// How long the start checks' lease outlives an agent that dies while they run.
@@ -135,7 +149,32 @@ impl Agent {
             published,
             last_verify: None,
             protection: None,
+            deep_found: Arc::default(),
+            deep_names: tokio::sync::watch::channel(Vec::new()).0,
+            deep_task: false,
+            snapshots: Arc::default(),
         }
+    }
+
+    /// Starts the deep check as a task of its own, when one is asked for and images are
+    /// unpacked; it ends when the returned token is cancelled.
+    fn spawn_deep_check(&mut self) -> Option<CancellationToken> {
+        let (Some(schedule), Some(snapshotter)) = (self.options.deep, self.puller.snapshotter())
+        else {
+            return None;
+        };
+        let task = deep::DeepTask {
+            store: self.store.clone(),
+            snapshotter: snapshotter.to_string(),
+            schedule,
+            names: self.deep_names.subscribe(),
+            found: self.deep_found.clone(),
+            snapshots: self.snapshots.clone(),
+        };
+        let stop = CancellationToken::new();
+        tokio::spawn(task.run(stop.clone()));
+        self.deep_task = true;
+        Some(stop)
     }
 
     /// Runs passes until `passes` have run (`None`: forever) or `stop` is cancelled. A stop
@@ -143,6 +182,11 @@ impl Agent {
     /// it leaves undone is resumed by the next agent: leases expire, ingests resume).
     pub async fn run(&mut self, passes: Option<u64>, stop: &CancellationToken) -> Stopped {
         self.reload_list().await;
+        // A one-shot agent checks before its pass; a lasting one beside its passes.
+        let _deep = match passes {
+            None => self.spawn_deep_check().map(CancellationToken::drop_guard),
+            Some(_) => None,
+        };
         let mut schedule = Schedule::new(self.options.interval, self.options.splay);
         if !self.options.splay.is_zero() {
             tracing::info!(
@@ -161,6 +205,10 @@ impl Agent {
                     Wake::Stop => return Stopped::Requested,
                     Wake::Check => {
                         if self.list_changed() && self.reload_list().await {
+                            schedule.list_changed();
+                        }
+                        // Damage the deep check found (and mended) is reported soon.
+                        if !lock(&self.deep_found).is_empty() {
                             schedule.list_changed();
                         }
                     }
@@ -269,6 +317,12 @@ impl Agent {
                     }
                 }
                 self.status.set_images(images);
+                self.deep_names.send_replace(
+                    list.entries
+                        .iter()
+                        .map(|e| e.reference.to_string())
+                        .collect(),
+                );
                 self.list = Some(list);
                 self.status.list_in_force = true;
                 self.status.list_error = None;
@@ -322,7 +376,10 @@ impl Agent {
                         .is_some_and(ImageStatus::damage_open)
             })
             .collect();
-        let results = self.pull_all(&list, &damaged).await;
+        let results = {
+            let _snapshots = self.snapshots.lock().await;
+            self.pull_all(&list, &damaged).await
+        };
         let pins = Pins::new(&self.store, &self.options.pin_owner);
         let (mut images, resolved, pin_budget) =
             self.record(&pins, &list, results, damage, verified).await;
@@ -392,27 +449,47 @@ impl Agent {
         }
     }
 
-    /// Compares the snapshots of listed images that are due (see [`deep`]) with their layers and
-    /// mends them; what was found joins the verify's findings.
+    /// The deep check's findings for the listed images (see [`deep`]): what its task found since
+    /// the last pass, or, for a one-shot agent, a check of the images that are due now. They
+    /// join the verify's findings.
     async fn deep_check_due(&self, list: &List, damage: &mut Damage) {
-        let (Some(schedule), Some(snapshotter)) = (self.options.deep, self.puller.snapshotter())
-        else {
-            return;
-        };
         let names: Vec<String> = list
             .entries
             .iter()
             .map(|e| e.reference.to_string())
             .collect();
-        match deep::check_due(&self.store, snapshotter, &names, schedule).await {
-            Ok(found) => {
-                for (name, f) in found {
-                    damage.entry(name).or_insert(f);
+        let found = if self.deep_task {
+            let mut found = lock(&self.deep_found);
+            names
+                .iter()
+                .filter_map(|n| found.remove(n).map(|f| (n.clone(), f)))
+                .collect()
+        } else {
+            let (Some(schedule), Some(snapshotter)) =
+                (self.options.deep, self.puller.snapshotter())
+            else {
+                return;
+            };
+            let cancel = CancellationToken::new();
+            match deep::check_due(
+                &self.store,
+                snapshotter,
+                &names,
+                schedule,
+                &cancel,
+                &self.snapshots,
+            )
+            .await
+            {
+                Ok(found) => found,
+                Err(e) => {
+                    tracing::warn!(error = %crate::error_chain(&e), "cannot compare the listed images' snapshots with their layers");
+                    return;
                 }
             }
-            Err(e) => {
-                tracing::warn!(error = %crate::error_chain(&e), "cannot compare the listed images' snapshots with their layers")
-            }
+        };
+        for (name, f) in found {
+            damage.entry(name).or_insert(f);
         }
     }
 

@@ -86,8 +86,10 @@ pub struct AgentArgs {
 
     /// Compare each listed image's unpacked files (what pods run from) with its layers this
     /// often, and always first after the node booted again (a power loss leaves files being
-    /// unpacked empty); damaged snapshots are unpacked again from the local blobs before the
-    /// pass. When each image was last checked is kept on its image record. `0s` never.
+    /// unpacked empty). The check runs beside the passes (pulls never wait for it; `--once`
+    /// checks before its pass); damaged snapshots are unpacked again from the local blobs and a
+    /// pass soon reports them. When each image was last checked is kept on its image record.
+    /// `0s` never.
     #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = humantime::parse_duration)]
     pub deep_verify_every: Duration,
 
