@@ -558,3 +558,120 @@ async fn a_failed_pull_reports_the_bytes_it_fetched() {
         "{images:#?}"
     );
 }
+
+/// `certs.d/<host>/ca.crt` for a registry served with `ca`'s certificate; the directory to pass
+/// as `--hosts-dir`.
+fn trusting(ca: &support::TestCa, host: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join(host)).unwrap();
+    std::fs::write(dir.path().join(host).join("ca.crt"), ca.cert_pem()).unwrap();
+    dir
+}
+
+/// A docker config file holding `entry` for `host`.
+fn auth_file(dir: &std::path::Path, host: &str, entry: &str) -> std::path::PathBuf {
+    let path = dir.join(format!("config-{}.json", rand_suffix()));
+    std::fs::write(&path, format!(r#"{{"auths":{{"{host}":{{{entry}}}}}}}"#)).unwrap();
+    path
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_https_registry_naming_a_plain_http_realm_gets_no_credentials_sent_there() {
+    use support::auth::{Access, TokenAuth};
+    // The realm: plain HTTP on loopback, recording what it is sent; it mints anonymous pull
+    // tokens the registry accepts.
+    let server = support::TokenServer::start(support::TokenServerOptions::default()).await;
+    let minter = server.minter();
+    let realm = Hostile::start(move |_| {
+        let minted = minter.mint(
+            "",
+            &[Access::new("team/app", &["pull"])],
+            Duration::from_secs(300),
+        );
+        Reply::status(200, format!(r#"{{"token":"{}"}}"#, minted.token))
+    })
+    .await;
+    let realm_url = format!("{}/token", realm.url());
+    let ca = support::TestCa::new();
+    let (containerd, registry) = tokio::join!(
+        Containerd::start(),
+        Registry::start_with(RegistryOptions::default().tls(&ca).token(TokenAuth {
+            realm: realm_url.clone(),
+            ..server.registry_auth()
+        }))
+    );
+    push_image_with(
+        &registry.push_target(),
+        "team/app",
+        "1",
+        &ImageSpec::new(&[16 * KIB]),
+    )
+    .await;
+    let host = registry.host();
+    let hosts_dir = trusting(&ca, &host);
+    let image = format!("{host}/team/app:1");
+    let https_pull = || {
+        Prepull::new("pull")
+            .containerd(&containerd)
+            .arg("--no-node-credentials")
+            .arg("--hosts-dir")
+            .arg(hosts_dir.path())
+            .args(["--output", "json"])
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let pair = base64::engine::general_purpose::STANDARD.encode("alice:s3cret-pass");
+    for (what, entry) in [
+        ("a password", format!(r#""auth":"{pair}""#)),
+        (
+            "a refresh token",
+            r#""username":"<token>","identitytoken":"s3cret-refresh""#.to_string(),
+        ),
+    ] {
+        let file = auth_file(dir.path(), &host, &entry);
+        let out = run_within(
+            https_pull().arg("--auth-file").arg(&file).arg(&image),
+            Duration::from_secs(60),
+        )
+        .await;
+        let text = support::text(&out);
+        let seen = realm.seen();
+        assert!(
+            seen.iter().all(|s| s.authorization.is_none()),
+            "{what}: the plain-HTTP realm got credentials: {seen:#?}"
+        );
+        // Nor a refresh token in a POST body: the realm is not asked at all.
+        assert!(
+            seen.is_empty(),
+            "{what}: the realm was asked with a secret: {seen:#?}"
+        );
+        assert_eq!(out.status.code(), Some(1), "{what}: {text}");
+        let line: serde_json::Value =
+            serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim())
+                .unwrap_or_else(|e| panic!("{what}: one JSON line ({e}): {text}"));
+        assert_eq!(line["kind"], "config", "{what}: {line:#}");
+        let error = line["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(&format!(
+                "registry {host}: credentials not sent to the token realm {realm_url}"
+            )) && error.contains("reached over HTTPS")
+                && error.contains("as an https:// URL"),
+            "{what}: {error}"
+        );
+        assert!(!text.contains("s3cret"), "{what}: a secret printed: {text}");
+    }
+
+    // Anonymous: no secret to lose, so the realm is asked, and the pull succeeds.
+    let out = run_within(https_pull().arg(&image), Duration::from_secs(60)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", support::text(&out));
+    let seen = realm.seen();
+    assert!(!seen.is_empty(), "the realm was asked anonymously");
+    assert!(seen.iter().all(|s| s.authorization.is_none()), "{seen:#?}");
+    containerd.assert_image_complete(&image);
+}
