@@ -568,17 +568,11 @@ fn trusting(ca: &support::TestCa, host: &str) -> tempfile::TempDir {
     dir
 }
 
-/// A docker config file holding `entry` for `host`.
-fn auth_file(dir: &std::path::Path, host: &str, entry: &str) -> std::path::PathBuf {
-    let path = dir.join(format!("config-{}.json", rand_suffix()));
+/// A docker config file `dir/name` holding `entry` for `host`.
+fn auth_file(dir: &std::path::Path, name: &str, host: &str, entry: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
     std::fs::write(&path, format!(r#"{{"auths":{{"{host}":{{{entry}}}}}}}"#)).unwrap();
     path
-}
-
-fn rand_suffix() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -634,7 +628,12 @@ async fn an_https_registry_naming_a_plain_http_realm_gets_no_credentials_sent_th
             r#""username":"<token>","identitytoken":"s3cret-refresh""#.to_string(),
         ),
     ] {
-        let file = auth_file(dir.path(), &host, &entry);
+        let file = auth_file(
+            dir.path(),
+            &format!("{}.json", what.replace(' ', "-")),
+            &host,
+            &entry,
+        );
         let out = run_within(
             https_pull().arg("--auth-file").arg(&file).arg(&image),
             Duration::from_secs(60),

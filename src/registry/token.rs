@@ -2,6 +2,8 @@
 //!
 //! Concurrent requests that need the same token wait for one fetch (single flight); tokens are
 //! refreshed once 90% of their lifetime has passed. Token values never appear in Debug output.
+//! A password or refresh token goes to a realm only where [`Realm::refuses_secrets`] allows:
+//! over HTTPS, or over plain HTTP to a plain-HTTP registry's own host.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
