@@ -38,7 +38,9 @@ pub enum ErrorKind {
     UnexpectedDigest,
     /// Pulling would leave containerd's filesystem with less free space than the reserve.
     DiskSpace,
-    /// prepull's own configuration is unusable (hosts.toml, a CA or certificate file).
+    /// prepull's own configuration is unusable (hosts.toml, a CA or certificate file), or a
+    /// registry's setup is one prepull will not send credentials into (a token realm over plain
+    /// HTTP): either way the credentials may be right and only a change of setup helps.
     Config,
     /// containerd's socket cannot be reached, or the connection to it broke.
     ContainerdUnreachable,

@@ -558,3 +558,463 @@ async fn a_failed_pull_reports_the_bytes_it_fetched() {
         "{images:#?}"
     );
 }
+
+/// `certs.d/<host>/ca.crt` for a registry served with `ca`'s certificate; the directory to pass
+/// as `--hosts-dir`.
+fn trusting(ca: &support::TestCa, host: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join(host)).unwrap();
+    std::fs::write(dir.path().join(host).join("ca.crt"), ca.cert_pem()).unwrap();
+    dir
+}
+
+/// A docker config file `dir/name` holding `entry` for `host`.
+fn auth_file(dir: &std::path::Path, name: &str, host: &str, entry: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, format!(r#"{{"auths":{{"{host}":{{{entry}}}}}}}"#)).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_https_registry_naming_a_plain_http_realm_gets_no_credentials_sent_there() {
+    use support::auth::{Access, TokenAuth};
+    // The realm: plain HTTP on loopback, recording what it is sent; it mints anonymous pull
+    // tokens the registry accepts.
+    let server = support::TokenServer::start(support::TokenServerOptions::default()).await;
+    let minter = server.minter();
+    let realm = Hostile::start(move |_| {
+        let minted = minter.mint(
+            "",
+            &[Access::new("team/app", &["pull"])],
+            Duration::from_secs(300),
+        );
+        Reply::status(200, format!(r#"{{"token":"{}"}}"#, minted.token))
+    })
+    .await;
+    let realm_url = format!("{}/token", realm.url());
+    let ca = support::TestCa::new();
+    let (containerd, registry) = tokio::join!(
+        Containerd::start(),
+        Registry::start_with(RegistryOptions::default().tls(&ca).token(TokenAuth {
+            realm: realm_url.clone(),
+            ..server.registry_auth()
+        }))
+    );
+    push_image_with(
+        &registry.push_target(),
+        "team/app",
+        "1",
+        &ImageSpec::new(&[16 * KIB]),
+    )
+    .await;
+    let host = registry.host();
+    let hosts_dir = trusting(&ca, &host);
+    let image = format!("{host}/team/app:1");
+    let https_pull = || {
+        Prepull::new("pull")
+            .containerd(&containerd)
+            .arg("--no-node-credentials")
+            .arg("--hosts-dir")
+            .arg(hosts_dir.path())
+            .args(["--output", "json"])
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let pair = base64::engine::general_purpose::STANDARD.encode("alice:s3cret-pass");
+    for (what, entry) in [
+        ("a password", format!(r#""auth":"{pair}""#)),
+        (
+            "a refresh token",
+            r#""username":"<token>","identitytoken":"s3cret-refresh""#.to_string(),
+        ),
+    ] {
+        let file = auth_file(
+            dir.path(),
+            &format!("{}.json", what.replace(' ', "-")),
+            &host,
+            &entry,
+        );
+        let out = run_within(
+            https_pull().arg("--auth-file").arg(&file).arg(&image),
+            Duration::from_secs(60),
+        )
+        .await;
+        let text = support::text(&out);
+        let seen = realm.seen();
+        assert!(
+            seen.iter().all(|s| s.authorization.is_none()),
+            "{what}: the plain-HTTP realm got credentials: {seen:#?}"
+        );
+        // Nor a refresh token in a POST body: the realm is not asked at all.
+        assert!(
+            seen.is_empty(),
+            "{what}: the realm was asked with a secret: {seen:#?}"
+        );
+        assert_eq!(out.status.code(), Some(1), "{what}: {text}");
+        let line: serde_json::Value =
+            serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim())
+                .unwrap_or_else(|e| panic!("{what}: one JSON line ({e}): {text}"));
+        assert_eq!(line["kind"], "config", "{what}: {line:#}");
+        let error = line["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(&format!(
+                "registry {host}: credentials not sent to the token realm {realm_url}"
+            )) && error.contains("reached over HTTPS")
+                && error.contains("as an https:// URL"),
+            "{what}: {error}"
+        );
+        assert!(!text.contains("s3cret"), "{what}: a secret printed: {text}");
+    }
+
+    // Anonymous: no secret to lose, so the realm is asked, and the pull succeeds.
+    let out = run_within(https_pull().arg(&image), Duration::from_secs(60)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", support::text(&out));
+    let seen = realm.seen();
+    assert!(!seen.is_empty(), "the realm was asked anonymously");
+    assert!(seen.iter().all(|s| s.authorization.is_none()), "{seen:#?}");
+    containerd.assert_image_complete(&image);
+}
+
+/// The one JSON line `prepull pull --output json` printed for a failed image.
+fn failed_line(out: &Output) -> serde_json::Value {
+    let text = support::text(out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim())
+        .unwrap_or_else(|e| panic!("one JSON line ({e}): {text}"))
+}
+
+/// `HEAD` is not allowed (so the tag is fetched with a `GET`), anything else is `answer`'s.
+fn no_head(
+    answer: impl Fn(&support::Seen) -> Reply + Send + Sync + 'static,
+) -> impl Fn(&support::Seen) -> Reply + Send + Sync + 'static {
+    move |seen| {
+        if seen.method == "HEAD" {
+            Reply::status(405, "")
+        } else {
+            answer(seen)
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_endless_manifest_is_refused_at_4_mib() {
+    let containerd = Containerd::start().await;
+    let hostile = Hostile::start(no_head(|_| Reply::Endless {
+        status: 200,
+        headers: vec![(
+            "content-type".into(),
+            "application/vnd.oci.image.manifest.v1+json".into(),
+        )],
+        chunk: vec![b' '; 64 * KIB],
+    }))
+    .await;
+    let host = hostile.host();
+    let started = std::time::Instant::now();
+    let out = run_within(
+        pull(&containerd, &host, &format!("{host}/team/app:1")).args(["--output", "json"]),
+        Duration::from_secs(30),
+    )
+    .await;
+    let line = failed_line(&out);
+    assert_eq!(line["kind"], "bad-manifest", "{line:#}");
+    assert!(
+        line["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("is larger than 4194304 bytes")),
+        "{line:#}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    // Read up to the cap, then the connection is closed: the server can hand out no more than
+    // the cap and the connection's kernel buffers.
+    let bound = 4 * MIB + socket_buffers_max() + MIB;
+    assert!(
+        hostile.bytes_sent() < bound,
+        "the server handed out {} bytes (bound {bound})",
+        hostile.bytes_sent()
+    );
+}
+
+/// An OCI manifest with one layer and a config described as `config_size` bytes of `config`.
+fn manifest_with_config(config: &str, config_size: u64) -> Vec<u8> {
+    serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config,
+            "size": config_size,
+        },
+        "layers": [{
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": prepull::digest::Digest::sha256(b"a layer").to_string(),
+            "size": 7,
+        }],
+    })
+    .to_string()
+    .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_config_over_16_mib_is_never_fetched_and_one_longer_than_described_is_cut_off() {
+    let containerd = Containerd::start().await;
+    let config = prepull::digest::Digest::sha256(b"{}").to_string();
+    let huge = manifest_with_config(&config, (16 << 20) + 1);
+    let small = manifest_with_config(&config, 1024);
+    let layer = prepull::digest::Digest::sha256(b"a layer").to_string();
+    let hostile = Hostile::start(no_head(move |seen| {
+        let manifest = |body: &Vec<u8>| Reply::Full {
+            status: 200,
+            headers: vec![(
+                "content-type".into(),
+                "application/vnd.oci.image.manifest.v1+json".into(),
+            )],
+            body: body.clone(),
+        };
+        if seen.path.ends_with("/manifests/huge") {
+            manifest(&huge)
+        } else if seen.path.ends_with("/manifests/endless") {
+            manifest(&small)
+        } else if seen.path.ends_with(&layer) {
+            Reply::status(200, "a layer")
+        } else {
+            // The config, endlessly.
+            Reply::Endless {
+                status: 200,
+                headers: Vec::new(),
+                chunk: vec![b' '; 64 * KIB],
+            }
+        }
+    }))
+    .await;
+    let host = hostile.host();
+
+    let out = run_within(
+        pull(&containerd, &host, &format!("{host}/team/huge:huge")).args(["--output", "json"]),
+        Duration::from_secs(30),
+    )
+    .await;
+    let line = failed_line(&out);
+    assert_eq!(line["kind"], "bad-manifest", "{line:#}");
+    assert!(
+        line["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("claims 16777217 bytes, more than the 16777216 allowed")),
+        "{line:#}"
+    );
+    let asked = hostile.seen();
+    assert!(
+        !asked.iter().any(|s| s.path.contains("/blobs/")),
+        "a blob was asked for: {asked:#?}"
+    );
+
+    let out = run_within(
+        pull(&containerd, &host, &format!("{host}/team/endless:endless"))
+            .args(["--output", "json"]),
+        Duration::from_secs(60),
+    )
+    .await;
+    let line = failed_line(&out);
+    assert_eq!(line["kind"], "corrupt", "{line:#}");
+    assert!(
+        line["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("longer than the expected 1024 bytes")),
+        "{line:#}"
+    );
+    // Each attempt reads one chunk past the size and closes its connection.
+    let attempts = hostile
+        .seen()
+        .iter()
+        .filter(|s| s.path.contains(&format!("/blobs/{config}")))
+        .count() as u64;
+    let bound = attempts * (socket_buffers_max() + MIB);
+    assert!(
+        attempts >= 1 && hostile.bytes_sent() < bound,
+        "the server handed out {} bytes in {attempts} attempts (bound {bound})",
+        hostile.bytes_sent()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redirect_chain_longer_than_10_is_refused() {
+    let containerd = Containerd::start().await;
+    let hostile = Hostile::start(|seen| {
+        // Every request is sent one hop further, forever.
+        let next = match seen.path.strip_prefix("/hop/") {
+            Some(n) => n.parse::<u64>().unwrap_or(0) + 1,
+            None => 1,
+        };
+        Reply::Full {
+            status: 307,
+            headers: vec![("location".into(), format!("/hop/{next}"))],
+            body: Vec::new(),
+        }
+    })
+    .await;
+    let host = hostile.host();
+    let out = run_within(
+        pull(&containerd, &host, &format!("{host}/team/app:1")),
+        Duration::from_secs(30),
+    )
+    .await;
+    let text = support::text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("more than 10 redirects"), "{text}");
+    let seen = hostile.seen();
+    let chains = seen.iter().filter(|s| s.path.starts_with("/v2/")).count();
+    let hops = seen.len() - chains;
+    assert!(
+        chains >= 1 && hops <= 10 * chains,
+        "{hops} hops in {chains} chains"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redirect_from_https_to_plain_http_is_refused() {
+    let containerd = Containerd::start().await;
+    let target = Hostile::start(|_| Reply::status(404, "")).await;
+    let location = target.url();
+    let ca = support::TestCa::new();
+    let registry = Hostile::start_tls(&ca, move |seen| Reply::Full {
+        status: 307,
+        headers: vec![("location".into(), format!("{location}{}", seen.path))],
+        body: Vec::new(),
+    })
+    .await;
+    assert!(registry.url().starts_with("https://"));
+    let host = registry.host();
+    let hosts_dir = trusting(&ca, &host);
+    let out = run_within(
+        Prepull::new("pull")
+            .containerd(&containerd)
+            .arg("--no-node-credentials")
+            .arg("--hosts-dir")
+            .arg(hosts_dir.path())
+            .arg(format!("{host}/team/app:1")),
+        Duration::from_secs(30),
+    )
+    .await;
+    let text = support::text(&out);
+    let seen = target.seen();
+    assert!(
+        seen.is_empty(),
+        "the plain-HTTP target was asked: {seen:#?}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("refusing a redirect from HTTPS to plain HTTP"),
+        "{text}"
+    );
+    assert!(!registry.seen().is_empty(), "the registry was asked");
+}
+
+#[test]
+fn a_plugin_printing_more_than_1_mib_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    // 2 MiB of blanks before a valid response: JSON a reader without a cap would accept.
+    let plugins = plugin(
+        dir.path(),
+        &format!("cat >/dev/null\nhead -c 2097152 /dev/zero | tr '\\0' ' '\necho '{RESPONSE}'\n"),
+    )
+    .with_timeout(Duration::from_secs(20));
+    assert!(plugins.lookup("reg.example.com/team/app").is_empty());
+    let why = plugins.near_misses("reg.example.com/team/app").join("; ");
+    assert!(why.contains("printed more than 1048576 bytes"), "{why}");
+    // The same response without the padding is taken.
+    let plugins = plugin(dir.path(), &format!("cat >/dev/null\necho '{RESPONSE}'\n"))
+        .with_timeout(Duration::from_secs(20));
+    assert_eq!(plugins.lookup("reg.example.com/team/app").len(), 1);
+}
+
+/// What `GET /livez` on `addr` got: the status line, or `None` when the connection was closed
+/// (or reset) without an answer.
+async fn probe(addr: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = b"GET /livez HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n";
+    stream.write_all(request).await.ok()?;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "{addr} neither answered nor closed in 5 s");
+    let text = String::from_utf8_lossy(&answer);
+    text.lines()
+        .next()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slowloris_clients_cannot_keep_the_agents_endpoint_from_answering_others() {
+    use tokio::io::AsyncWriteExt as _;
+    let containerd = Containerd::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("list.yaml");
+    std::fs::write(&list, "images: []\n").unwrap();
+    let status_file = dir.path().join("status.json");
+    let mut command = Prepull::new("agent")
+        .containerd(&containerd)
+        .args(["--no-node-credentials", "--splay", "0s", "--interval", "1h"])
+        .arg("--listen=127.0.0.1:0")
+        .arg("--list")
+        .arg(&list)
+        .arg("--status-file")
+        .arg(&status_file)
+        .command();
+    let mut agent = command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the agent");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let addr = loop {
+        let listen = std::fs::read(&status_file)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|s| s["listen"].as_str().map(str::to_string));
+        if let Some(addr) = listen {
+            break addr;
+        }
+        assert!(agent.try_wait().unwrap().is_none(), "the agent exited");
+        assert!(std::time::Instant::now() < deadline, "no listen address");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(probe(&addr).await.as_deref(), Some("HTTP/1.1 200 OK"));
+
+    // As many clients as the endpoint serves at once, each sending a request head a byte at a
+    // time, never finishing it.
+    let started = std::time::Instant::now();
+    let mut slow = tokio::task::JoinSet::new();
+    for _ in 0..64 {
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        stream
+            .write_all(b"GET /livez HTTP/1.1\r\nHost: agent\r\nX-Slow: ")
+            .await
+            .unwrap();
+        slow.spawn(async move {
+            while stream.write_all(b"a").await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+    }
+    // Every slot is taken: a newcomer is closed at once, unanswered.
+    assert_eq!(probe(&addr).await, None, "the 65th connection was served");
+    // Until the slow clients run out of time to send their heads (10 s).
+    let answered = loop {
+        if let Some(status) = probe(&addr).await {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the endpoint answered nobody for {:?}",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(answered, "HTTP/1.1 200 OK");
+    slow.abort_all();
+}

@@ -39,8 +39,26 @@ const WARMTH_TTL: Duration = Duration::from_secs(5);
 /// How long the live lookup behind `/warmz` may take.
 const WARMTH_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Connections served at once; more are closed at once (probes need one or two).
-const MAX_CONNECTIONS: usize = 64;
+/// How the endpoints keep clients that hold connections (slow, stuck or hostile) from starving
+/// the others: the kubelet's probes need one or two connections, answered within seconds.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    /// Connections served at once; more are closed at once.
+    connections: usize,
+    /// How long a client may take to send a request head, and an idle connection may wait for
+    /// its next one.
+    head: Duration,
+    /// How long one connection may last, however busy its client keeps it.
+    connection: Duration,
+}
+
+/// 64 connections, 10 s to send a request head, 30 s a connection: a client sending its head a
+/// byte at a time holds a slot 10 s at most, one sending request after request 30 s.
+const LIMITS: Limits = Limits {
+    connections: 64,
+    head: Duration::from_secs(10),
+    connection: Duration::from_secs(30),
+};
 
 /// How long containerd may take to answer `/readyz`'s version call.
 const CONTAINERD_TIMEOUT: Duration = Duration::from_secs(2);
@@ -227,8 +245,26 @@ impl Endpoints {
 
 /// Serves the endpoints on `listener` until `stop` is cancelled.
 pub async fn serve(listener: TcpListener, endpoints: Arc<Endpoints>, stop: CancellationToken) {
+    let answer = move |path: String| {
+        let endpoints = endpoints.clone();
+        async move { endpoints.answer(&path).await }
+    };
+    serve_within(listener, LIMITS, stop, answer).await;
+}
+
+/// Serves `answer` (the status, content type and body for a request's path) on `listener`
+/// under `limits` until `stop` is cancelled.
+async fn serve_within<F, A>(
+    listener: TcpListener,
+    limits: Limits,
+    stop: CancellationToken,
+    answer: F,
+) where
+    F: Fn(String) -> A + Clone + Send + Sync + 'static,
+    A: std::future::Future<Output = (StatusCode, &'static str, String)> + Send + 'static,
+{
     let mut connections = tokio::task::JoinSet::new();
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.connections));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -246,13 +282,13 @@ pub async fn serve(listener: TcpListener, endpoints: Arc<Endpoints>, stop: Cance
             drop(stream);
             continue;
         };
-        let endpoints = endpoints.clone();
+        let answer = answer.clone();
         connections.spawn(async move {
             let _slot = slot;
             let service = hyper::service::service_fn(move |request: Request<_>| {
-                let endpoints = endpoints.clone();
+                let answered = answer(request.uri().path().to_string());
                 async move {
-                    let (code, content_type, body) = endpoints.answer(request.uri().path()).await;
+                    let (code, content_type, body) = answered.await;
                     let response = Response::builder()
                         .status(code)
                         .header("content-type", content_type)
@@ -263,12 +299,154 @@ pub async fn serve(listener: TcpListener, endpoints: Arc<Endpoints>, stop: Cance
             });
             let served = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
+                .header_read_timeout(limits.head)
                 .serve_connection(TokioIo::new(stream), service);
-            // A probe connection that never finishes must not hold a task forever.
-            let _ = tokio::time::timeout(Duration::from_secs(30), served).await;
+            // A connection that never finishes must not hold a slot forever.
+            let _ = tokio::time::timeout(limits.connection, served).await;
         });
         // Reap finished connections as they go.
         while connections.try_join_next().is_some() {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpStream;
+
+    use super::*;
+
+    const REQUEST: &[u8] = b"GET /livez HTTP/1.1\r\nHost: agent\r\n\r\n";
+
+    /// Serves "ok" under `limits` on a loopback port; the server stops when the token drops.
+    async fn server(limits: Limits) -> (String, tokio_util::sync::DropGuard) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+        let addr = listener.local_addr().expect("its address").to_string();
+        let stop = CancellationToken::new();
+        let answer = |_path: String| async { (StatusCode::OK, "text/plain", "ok\n".to_string()) };
+        tokio::spawn(serve_within(listener, limits, stop.clone(), answer));
+        (addr, stop.drop_guard())
+    }
+
+    /// Reads one answer to [`REQUEST`] on `stream`: `true` when it came, `false` when the
+    /// connection was closed (or reset) first.
+    async fn answered(stream: &mut TcpStream) -> bool {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        loop {
+            let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+                .await
+                .expect("an answer or a close within 10 s");
+            match read {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+            if got.ends_with(b"\r\n\r\nok\n") {
+                return true;
+            }
+        }
+    }
+
+    /// Whether a new connection gets an answer to [`REQUEST`].
+    async fn probe(addr: &str) -> bool {
+        let Ok(mut stream) = TcpStream::connect(addr).await else {
+            return false;
+        };
+        stream.write_all(REQUEST).await.is_ok() && answered(&mut stream).await
+    }
+
+    /// A client sending a request head a byte every 100 ms, never finishing it.
+    async fn slowloris(addr: &str) -> tokio::task::JoinHandle<Duration> {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream
+            .write_all(b"GET /livez HTTP/1.1\r\nX-Slow: ")
+            .await
+            .expect("send");
+        let started = Instant::now();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            // Until the server closes the connection: how long that took.
+            loop {
+                if stream.write_all(b"a").await.is_err() {
+                    return started.elapsed();
+                }
+                let read = tokio::time::timeout(Duration::from_millis(100), stream.read(&mut buf));
+                if let Ok(Ok(0) | Err(_)) = read.await {
+                    return started.elapsed();
+                }
+            }
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn clients_slow_to_send_their_heads_hold_the_slots_only_until_the_head_timeout() {
+        let limits = Limits {
+            connections: 3,
+            head: Duration::from_millis(800),
+            connection: Duration::from_secs(60),
+        };
+        let (addr, _stop) = server(limits).await;
+        assert!(probe(&addr).await);
+        let started = Instant::now();
+        let mut slow = Vec::new();
+        for _ in 0..limits.connections {
+            slow.push(slowloris(&addr).await);
+        }
+        // Every slot is taken: a newcomer is closed unanswered.
+        assert!(
+            !probe(&addr).await,
+            "more connections than the limit served"
+        );
+        for client in slow {
+            let held = client.await.expect("the slow client");
+            assert!(
+                held < limits.head + Duration::from_secs(2),
+                "a client never finishing its head held its connection {held:?}"
+            );
+        }
+        assert!(
+            probe(&addr).await,
+            "served again once the slow clients were cut"
+        );
+        assert!(started.elapsed() < limits.head + Duration::from_secs(4));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_kept_busy_is_cut_at_the_connection_limit() {
+        let limits = Limits {
+            connections: 1,
+            head: Duration::from_secs(60),
+            connection: Duration::from_millis(800),
+        };
+        let (addr, _stop) = server(limits).await;
+        let mut busy = TcpStream::connect(&addr).await.expect("connect");
+        let started = Instant::now();
+        // Request after request on one connection, each answered, each head sent at once.
+        let mut requests = 0;
+        loop {
+            if busy.write_all(REQUEST).await.is_err() || !answered(&mut busy).await {
+                break;
+            }
+            requests += 1;
+            if requests == 1 {
+                assert!(
+                    !probe(&addr).await,
+                    "more connections than the limit served"
+                );
+            }
+            assert!(
+                started.elapsed() < limits.connection + Duration::from_secs(3),
+                "a busy connection lasted {:?}",
+                started.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(requests > 1, "{requests} requests answered");
+        assert!(
+            probe(&addr).await,
+            "served again once the busy connection was cut"
+        );
     }
 }

@@ -553,6 +553,41 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_plugin_is_named_by_a_plain_file_name_in_the_bin_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        // Files the names below would reach if they were joined to the bin dir as they are.
+        std::fs::write(dir.path().join("x"), "#!/bin/sh\n").unwrap();
+        std::fs::write(bin.join("ecr-credential-provider"), "#!/bin/sh\n").unwrap();
+        let load = |name: &str| {
+            let config = dir.path().join("config.yaml");
+            std::fs::write(
+                &config,
+                format!(
+                    "apiVersion: {CONFIG_API}\nkind: CredentialProviderConfig\nproviders:\n  - \
+                     name: {name:?}\n    matchImages: [\"*.example.com\"]\n    apiVersion: \
+                     {PLUGIN_API}\n"
+                ),
+            )
+            .unwrap();
+            Plugins::load(&config, &bin)
+        };
+        for name in ["../x", "/bin/sh", "sub/../../x", "..", ".", ""] {
+            let e = load(name).expect_err(name).to_string();
+            assert!(
+                e.contains("name must be a plain file name in the bin dir"),
+                "{name:?}: {e}"
+            );
+        }
+        let plugins = load("ecr-credential-provider").expect("a plain name");
+        assert_eq!(
+            plugins.providers[0].binary,
+            bin.join("ecr-credential-provider")
+        );
+    }
+
     fn response(cache_key_type: &str, cache_duration: Option<&str>) -> Vec<u8> {
         let mut r = serde_json::json!({
             "apiVersion": PLUGIN_API,

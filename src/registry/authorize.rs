@@ -58,6 +58,9 @@ pub(super) struct AuthTarget {
     /// The host spoken to (the registry or a mirror): schemes, tokens and the credential that
     /// worked belong to it.
     pub host: String,
+    /// `scheme://host[:port]` of the host spoken to: whether it was configured as plain HTTP
+    /// decides where its credentials may go.
+    pub origin: String,
     /// The image's registry, for the error.
     pub registry: String,
     /// The repository.
@@ -73,6 +76,7 @@ impl AuthTarget {
         let repository = reference.repository();
         AuthTarget {
             host: endpoint.host.clone(),
+            origin: endpoint.origin.clone(),
             registry: reference.registry().to_string(),
             repository: repository.to_string(),
             lookup: if endpoint.mirror {
@@ -463,12 +467,30 @@ impl Authorizer {
                 ))
             }
             (_, Some(Scheme::Basic)) => None,
-            (_, Some(Scheme::Bearer(realm))) => Some(
-                self.tokens
-                    .token(http, &target.host, realm, &target.scope(), credential)
-                    .await?
-                    .header(),
-            ),
+            (secret, Some(Scheme::Bearer(realm))) => {
+                // Checked here, before any token request: the realm is the registry's word, and
+                // a secret must not follow it where the registry's configuration does not allow.
+                let sends_secret = matches!(
+                    secret,
+                    Some(Secret::Basic { .. } | Secret::IdentityToken { .. })
+                );
+                if let Some(problem) = realm
+                    .refuses_secrets(&target.host, &target.origin)
+                    .filter(|_| sends_secret)
+                {
+                    return Err(RegistryError::InsecureRealm {
+                        registry: target.host.clone(),
+                        realm: realm.realm.clone(),
+                        problem,
+                    });
+                }
+                Some(
+                    self.tokens
+                        .token(http, &target.host, realm, &target.scope(), credential)
+                        .await?
+                        .header(),
+                )
+            }
         };
         value
             .map(|v| {
@@ -491,6 +513,7 @@ mod tests {
     fn target() -> AuthTarget {
         AuthTarget {
             host: "reg.example".into(),
+            origin: "https://reg.example".into(),
             registry: "reg.example".into(),
             repository: "team/app".into(),
             lookup: "reg.example/team/app".into(),
@@ -741,6 +764,73 @@ mod tests {
             Challenged::from_headers(&HeaderMap::new()),
             Challenged::default()
         );
+    }
+
+    /// A realm on a closed loopback port: a token request to it fails at once.
+    fn closed_http_realm() -> Scheme {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        Scheme::Bearer(Realm {
+            realm: format!("http://127.0.0.1:{port}/token"),
+            service: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn no_secret_goes_to_a_plain_http_realm_for_an_https_registry_but_anonymous_requests_do()
+    {
+        let auth = Authorizer::new(
+            Arc::new(crate::credentials::Keyring::new()),
+            Default::default(),
+        );
+        let http = reqwest::Client::new();
+        let scheme = closed_http_realm();
+        let identity = Credential {
+            source: "identity".into(),
+            secret: Secret::IdentityToken {
+                username: "<token>".into(),
+                token: "a-refresh-token".into(),
+            },
+        };
+        for credential in [&*basic("password"), &identity] {
+            let e = auth
+                .header(&http, &target(), Some(&scheme), Some(credential))
+                .await
+                .expect_err("refused");
+            assert!(
+                matches!(e, RegistryError::InsecureRealm { .. }),
+                "{}: {e}",
+                credential.source
+            );
+            assert_eq!(e.kind(), crate::kind::ErrorKind::Config);
+            let text = e.to_string();
+            assert!(
+                text.starts_with("registry reg.example: credentials not sent to the token realm http://127.0.0.1:")
+                    && text.contains("auth.token.realm")
+                    && !text.contains("p-password")
+                    && !text.contains("a-refresh-token"),
+                "{text}"
+            );
+        }
+        // Without a secret the realm is asked (and here does not answer).
+        let e = auth
+            .header(&http, &target(), Some(&scheme), None)
+            .await
+            .expect_err("nothing listens");
+        assert!(matches!(e, RegistryError::Token { .. }), "{e}");
+        // A registry configured as plain HTTP on the realm's host may send its secrets there.
+        let plain = AuthTarget {
+            host: "127.0.0.1:5000".into(),
+            origin: "http://127.0.0.1:5000".into(),
+            ..target()
+        };
+        let e = auth
+            .header(&http, &plain, Some(&scheme), Some(&basic("password")))
+            .await
+            .expect_err("nothing listens");
+        assert!(matches!(e, RegistryError::Token { .. }), "{e}");
     }
 
     #[test]

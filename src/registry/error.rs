@@ -103,6 +103,17 @@ pub enum RegistryError {
         /// Status or parse problem.
         detail: String,
     },
+    /// A token realm prepull will not send credentials to: plain HTTP for a host reached over
+    /// HTTPS, or on another host than a plain-HTTP one (see [`super::Realm`]'s rule).
+    #[error("registry {registry}: credentials not sent to the token realm {realm}: {problem}")]
+    InsecureRealm {
+        /// The host whose challenge named the realm.
+        registry: String,
+        /// The token realm URL.
+        realm: String,
+        /// Why, and what to fix.
+        problem: String,
+    },
     /// A manifest or blob did not match its digest or size.
     #[error("registry {registry}: {what} in repository {repository} is corrupt: {source}")]
     Corrupt {
@@ -220,7 +231,10 @@ impl RegistryError {
             RegistryError::TooLarge { .. } | RegistryError::Document { .. } => {
                 ErrorKind::BadManifest
             }
+            // Not a refusal: the credentials may be right, and nothing but the registry's or
+            // prepull's setup changes the answer, so it is counted where setup errors are.
             RegistryError::Client(_)
+            | RegistryError::InsecureRealm { .. }
             | RegistryError::Hosts { .. }
             | RegistryError::TlsConfig { .. } => ErrorKind::Config,
         }

@@ -260,3 +260,142 @@ async fn read_capped(
     }
     Ok(body.bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+
+    const CAP: usize = oci::MAX_MANIFEST_BYTES as usize;
+
+    fn reference() -> Reference {
+        "reg.example/team/app:1".parse().expect("a reference")
+    }
+
+    /// A response whose body is `chunks` of `chunk` bytes (endless for `None`), counting the
+    /// bytes the reader pulled from it.
+    fn streamed(chunk: usize, chunks: Option<usize>, pulled: Arc<AtomicU64>) -> reqwest::Response {
+        let body =
+            futures_util::stream::iter(std::iter::repeat_n((), chunks.unwrap_or(usize::MAX))).map(
+                move |()| {
+                    pulled.fetch_add(chunk as u64, Ordering::SeqCst);
+                    Ok::<_, std::io::Error>(Bytes::from(vec![b' '; chunk]))
+                },
+            );
+        reqwest::Response::from(hyper::Response::new(reqwest::Body::wrap_stream(body)))
+    }
+
+    async fn read(response: reqwest::Response) -> Result<Vec<u8>, RegistryError> {
+        let reference = reference();
+        let asked = Asked {
+            reference: &reference,
+            tag_or_digest: "1",
+        };
+        read_capped(response, &asked, "GET manifest 1", Default::default()).await
+    }
+
+    use futures_util::StreamExt as _;
+
+    #[tokio::test]
+    async fn a_manifest_over_4_mib_is_refused_and_an_endless_one_read_no_further() {
+        // Exactly the cap, in chunks: taken.
+        let pulled = Arc::new(AtomicU64::new(0));
+        let body = read(streamed(64 << 10, Some(CAP / (64 << 10)), pulled)).await;
+        assert_eq!(body.map(|b| b.len()).ok(), Some(CAP));
+        // One byte more: refused.
+        let pulled = Arc::new(AtomicU64::new(0));
+        let e = read(streamed(CAP + 1, Some(1), pulled)).await.unwrap_err();
+        assert!(
+            matches!(e, RegistryError::TooLarge { limit, .. } if limit == 4 << 20),
+            "{e}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "registry reg.example: manifest 1 in repository team/app is larger than 4194304 bytes"
+        );
+        // Announced as larger (a known length): refused.
+        let announced = reqwest::Response::from(hyper::Response::new(reqwest::Body::from(vec![
+                b' ';
+                CAP + 1
+            ])));
+        assert!(matches!(
+            read(announced).await,
+            Err(RegistryError::TooLarge { .. })
+        ));
+        // Endless: refused once past the cap, having pulled at most one chunk more.
+        let pulled = Arc::new(AtomicU64::new(0));
+        let e = read(streamed(64 << 10, None, pulled.clone()))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RegistryError::TooLarge { .. }), "{e}");
+        let n = pulled.load(Ordering::SeqCst);
+        assert!(n <= (CAP + (64 << 10)) as u64, "pulled {n} bytes");
+    }
+
+    fn verify(target: &Target, header: Option<&str>, body: &[u8]) -> Result<Digest, RegistryError> {
+        let reference = reference();
+        Asked {
+            reference: &reference,
+            tag_or_digest: "x",
+        }
+        .verify(target, header, body)
+    }
+
+    #[test]
+    fn a_manifest_fetched_by_digest_must_hash_to_that_digest() {
+        let body = br#"{"schemaVersion":2}"#;
+        let want = Digest::sha256(body);
+        assert_eq!(
+            verify(&Target::Digest(want.clone()), None, body).ok(),
+            Some(want.clone())
+        );
+        // Another body, whatever Docker-Content-Digest claims.
+        let other = br#"{"schemaVersion":2} "#;
+        let header = Digest::sha256(other).to_string();
+        let e = verify(&Target::Digest(want.clone()), Some(&header), other).unwrap_err();
+        match e {
+            RegistryError::Corrupt {
+                source: VerifyError::Mismatch { expected, got },
+                ..
+            } => {
+                assert_eq!(expected, want);
+                assert_eq!(got, Digest::sha256(other));
+            }
+            other => panic!("not a mismatch: {other}"),
+        }
+        // The digest's own algorithm is used.
+        let sha512 = Digest::of(crate::digest::Algorithm::Sha512, body);
+        assert_eq!(
+            verify(&Target::Digest(sha512.clone()), None, body).ok(),
+            Some(sha512)
+        );
+    }
+
+    #[test]
+    fn a_tags_docker_content_digest_must_match_the_body() {
+        let tag = Target::Tag("1".into());
+        let body = br#"{"schemaVersion":2}"#;
+        let digest = Digest::sha256(body);
+        assert_eq!(verify(&tag, None, body).ok(), Some(digest.clone()));
+        assert_eq!(
+            verify(&tag, Some(&digest.to_string()), body).ok(),
+            Some(digest.clone())
+        );
+        let claimed = Digest::sha256(b"another manifest").to_string();
+        let e = verify(&tag, Some(&claimed), body).unwrap_err();
+        assert!(
+            matches!(&e, RegistryError::DigestHeader { header, computed, .. }
+                if *header == claimed && *computed == digest),
+            "{e}"
+        );
+        assert_eq!(e.kind(), crate::kind::ErrorKind::Corrupt);
+        // A sha512 header is checked with sha512.
+        let sha512 = Digest::of(crate::digest::Algorithm::Sha512, body);
+        assert_eq!(
+            verify(&tag, Some(&sha512.to_string()), body).ok(),
+            Some(sha512)
+        );
+    }
+}

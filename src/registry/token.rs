@@ -2,6 +2,8 @@
 //!
 //! Concurrent requests that need the same token wait for one fetch (single flight); tokens are
 //! refreshed once 90% of their lifetime has passed. Token values never appear in Debug output.
+//! A password or refresh token goes to a realm only where [`Realm::refuses_secrets`] allows:
+//! over HTTPS, or over plain HTTP to a plain-HTTP registry's own host.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -56,6 +58,48 @@ impl Realm {
             realm: c.param("realm")?.to_string(),
             service: c.param("service").map(str::to_string),
         })
+    }
+}
+
+impl Realm {
+    /// Why a secret (a password or a refresh token) may not be sent to this realm on behalf of
+    /// the host at `origin` (`https://reg.example:5000`, or `http://…` for a host configured as
+    /// plain HTTP), naming what to fix; `None` when it may.
+    ///
+    /// Secrets go to a token realm over HTTPS only. A registry reached over HTTPS promised its
+    /// credentials an encrypted path, and its challenge naming an `http://` realm would hand them
+    /// to anyone on the way there (Docker and containerd do not check; a security review would
+    /// ask them to). The one exception is a host configured as plain HTTP (`--plain-http`, or an
+    /// `http://` server or host in `hosts.toml`): its credentials cross the network unencrypted
+    /// to that host anyway, so a plain-HTTP realm on the same host (any port) exposes nothing
+    /// more, while one on another host would carry them, unencrypted, to a party the
+    /// configuration never named.
+    ///
+    /// Anonymous token requests carry no secret and are not checked: an eavesdropper learns a
+    /// token anyone could have asked for.
+    pub(super) fn refuses_secrets(&self, host: &str, origin: &str) -> Option<String> {
+        let realm = reqwest::Url::parse(&self.realm).ok()?;
+        // An https realm is fine; any other scheme than http fails when it is asked.
+        if realm.scheme() != "http" {
+            return None;
+        }
+        const FIX: &str = "configure the registry's token realm as an https:// URL \
+                           (docker-registry: auth.token.realm)";
+        let endpoint = reqwest::Url::parse(origin).ok();
+        match endpoint.as_ref().filter(|e| e.scheme() == "http") {
+            None => Some(format!(
+                "{host} is reached over HTTPS and its challenge names a plain-HTTP realm, where \
+                 the password or refresh token would cross the network unencrypted; {FIX}"
+            )),
+            Some(e) if e.host() == realm.host() => None,
+            Some(e) => Some(format!(
+                "{host} is configured as plain HTTP, which lets credentials go unencrypted to {} \
+                 only, and the realm is on {}; {FIX}, or serve it on {}",
+                e.host_str().unwrap_or_default(),
+                realm.host_str().unwrap_or_default(),
+                e.host_str().unwrap_or_default(),
+            )),
+        }
     }
 }
 
@@ -404,6 +448,39 @@ mod tests {
         }
         let long = answer(r#"{"access_token":"t","expires_in":3600}"#).unwrap();
         assert!(long.refresh_at.duration_since(started) >= Duration::from_secs(3200));
+    }
+
+    #[test]
+    fn secrets_go_to_https_realms_and_to_plain_http_ones_only_on_a_plain_http_hosts_own_host() {
+        let realm = |url: &str| Realm {
+            realm: url.into(),
+            service: None,
+        };
+        let refused = |url: &str, origin: &str| realm(url).refuses_secrets("reg:5000", origin);
+        // HTTPS realms, wherever they are.
+        for origin in ["https://reg:5000", "http://reg:5000"] {
+            assert_eq!(refused("https://auth.example/token", origin), None);
+            assert_eq!(refused("https://reg:5001/token", origin), None);
+        }
+        // A registry reached over HTTPS: no plain-HTTP realm, not even on its own host.
+        for url in ["http://reg:5000/token", "HTTP://auth.example/token"] {
+            let why = refused(url, "https://reg:5000").expect(url);
+            assert!(
+                why.starts_with("reg:5000 is reached over HTTPS") && why.contains("https://"),
+                "{why}"
+            );
+        }
+        // A registry configured as plain HTTP: its own host, on any port, and no other.
+        assert_eq!(refused("http://reg:5000/token", "http://reg:5000"), None);
+        assert_eq!(refused("http://REG:5001/token", "http://reg:5000"), None);
+        assert_eq!(refused("http://[::1]:1/t", "http://[::1]:5000"), None);
+        let why = refused("http://auth.example/token", "http://reg:5000").expect("another host");
+        assert!(
+            why.contains("unencrypted to reg only, and the realm is on auth.example")
+                && why.contains("or serve it on reg"),
+            "{why}"
+        );
+        assert!(refused("http://127.0.0.2/t", "http://127.0.0.1:5000").is_some());
     }
 
     #[test]

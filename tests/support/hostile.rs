@@ -1,6 +1,7 @@
 //! A hostile HTTP server on loopback: a registry, a token realm or a redirect target that
 //! answers what a test's handler says, including bodies that never end and bodies that trickle.
 //! It records every request (with its `Authorization`) and counts the body bytes it handed out.
+//! [`Hostile::start_tls`] serves HTTPS with a certificate from a test CA.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -20,6 +21,8 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
+
+use super::tls::TestCa;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -78,6 +81,8 @@ struct Shared {
 /// The server; it stops when dropped.
 pub struct Hostile {
     addr: SocketAddr,
+    /// `https` when it serves TLS, else `http`.
+    scheme: &'static str,
     shared: Arc<Shared>,
     task: JoinHandle<()>,
 }
@@ -85,6 +90,38 @@ pub struct Hostile {
 impl Hostile {
     /// Listens on a free loopback port and answers every request with `handler`.
     pub async fn start(handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Hostile {
+        Hostile::start_with(handler, None).await
+    }
+
+    /// As [`Hostile::start`], over HTTPS with a certificate for `127.0.0.1` and `localhost`
+    /// signed by `ca`.
+    pub async fn start_tls(
+        ca: &TestCa,
+        handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
+    ) -> Hostile {
+        use tokio_rustls::rustls;
+        use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let dir = tempfile::tempdir().expect("a dir for the server certificate");
+        let cert = ca.issue_server(&["127.0.0.1", "localhost"], dir.path(), "hostile");
+        let chain = vec![CertificateDer::from_pem_file(&cert.cert_path).expect("the certificate")];
+        let key = PrivateKeyDer::from_pem_file(&cert.key_path).expect("the key");
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("a server TLS config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        Hostile::start_with(handler, Some(acceptor)).await
+    }
+
+    async fn start_with(
+        handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Hostile {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind a loopback port");
@@ -94,8 +131,14 @@ impl Hostile {
             seen: Mutex::new(Vec::new()),
             sent: AtomicU64::new(0),
         });
-        let task = tokio::spawn(accept(listener, shared.clone()));
-        Hostile { addr, shared, task }
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let task = tokio::spawn(accept(listener, shared.clone(), tls));
+        Hostile {
+            addr,
+            scheme,
+            shared,
+            task,
+        }
     }
 
     /// `127.0.0.1:PORT`
@@ -103,9 +146,9 @@ impl Hostile {
         self.addr.to_string()
     }
 
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT`, or `https://…` for a TLS server.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// Every request so far.
@@ -129,18 +172,36 @@ impl Drop for Hostile {
     }
 }
 
-async fn accept(listener: TcpListener, shared: Arc<Shared>) {
+async fn accept(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let mut connections = JoinSet::new();
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let shared = shared.clone();
+        let tls = tls.clone();
         connections.spawn(async move {
             let service = service_fn(move |request| answer(shared.clone(), request));
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let builder = http1::Builder::new();
+            let _ = match tls {
+                None => {
+                    builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await
+                }
+                Some(tls) => match tls.accept(stream).await {
+                    Ok(stream) => {
+                        builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await
+                    }
+                    Err(_) => Ok(()),
+                },
+            };
         });
     }
 }
