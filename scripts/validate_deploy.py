@@ -164,6 +164,13 @@ def invariants(objects):
     if pod.get("automountServiceAccountToken") is not False:
         errors.append("spec.template.spec.automountServiceAccountToken must stay false: the agent "
                       "holds no API credentials (a sidecar that needs a token mounts its own)")
+    agent_env = (containers[0].get("env") or []) if containers else []
+    node_name = [e for e in agent_env if e.get("name") == "NODE_NAME"]
+    if not node_name or node_name[0].get("valueFrom", {}).get("fieldRef", {}) \
+            .get("fieldPath") != "spec.nodeName":
+        errors.append("the agent's container must get NODE_NAME from the downward API (fieldRef "
+                      "spec.nodeName): without it each node's passes fall at random in the "
+                      "--splay window instead of at the node's own slot")
     for container in containers:
         where = f"container {container.get('name')}"
         for mount in container.get("volumeMounts", []):

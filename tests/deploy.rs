@@ -35,10 +35,37 @@ fn the_shipped_list_is_valid() {
     assert!(!parsed.entries.is_empty());
 }
 
+/// The name of the node the tests play: what the downward API hands the agent as `NODE_NAME`.
+const NODE: &str = "worker-a1.cluster.internal";
+
+/// The container's environment as the kubelet resolves it on [`NODE`]. The manifest may set one
+/// variable only, `NODE_NAME` from the downward API's `spec.nodeName`: anything else would be
+/// something this test does not pass on.
+fn resolved_env(container: &Value) -> Vec<(String, String)> {
+    let env = container["env"]
+        .as_sequence()
+        .unwrap_or_else(|| panic!("the agent's container sets env: {:?}", container["env"]));
+    assert_eq!(
+        env.len(),
+        1,
+        "the agent's container sets only NODE_NAME: {env:?}"
+    );
+    assert_eq!(env[0]["name"], "NODE_NAME", "{env:?}");
+    assert_eq!(
+        env[0]["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName",
+        "NODE_NAME comes from the downward API: {env:?}"
+    );
+    assert!(env[0]["value"].is_null(), "{env:?}");
+    vec![("NODE_NAME".to_string(), NODE.to_string())]
+}
+
 /// Maps a path inside the container to where this test put it.
 fn remap(root: &Path, path: &str) -> PathBuf {
     root.join(path.trim_start_matches('/'))
 }
+
+/// The splay the manifest's agent runs with here (the first pass comes within it).
+const SPLAY: Duration = Duration::from_secs(3);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_daemonset_arguments_run_the_agent() {
@@ -115,8 +142,9 @@ async fn the_daemonset_arguments_run_the_agent() {
             run_args.push("--listen=127.0.0.1:0".to_string());
             continue;
         }
+        // A short splay: the first pass comes within it, at the node's slot.
         if flag == "--splay" {
-            run_args.push("--splay=0s".into());
+            run_args.push(format!("--splay={}s", SPLAY.as_secs()));
             continue;
         }
         // The test's containerd lives on this machine's disk, however full it is.
@@ -130,6 +158,7 @@ async fn the_daemonset_arguments_run_the_agent() {
     let status_file = status_file.expect("the DaemonSet writes a status file");
     let mut agent = support::run::command()
         .args(&run_args)
+        .envs(resolved_env(container))
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(root.path().join("agent.log")).unwrap())
         .kill_on_drop(true)
@@ -158,6 +187,16 @@ async fn the_daemonset_arguments_run_the_agent() {
     assert_eq!(
         status["images"][0]["digest"],
         image.manifest.digest.as_str()
+    );
+    // The node's name reached the agent, and set its slot in the splay window.
+    assert_eq!(status["node_name"], NODE, "{status:#}");
+    let slot = prepull::agent::schedule::Slot::for_node(NODE).offset(SPLAY);
+    let shown = status["slot_seconds"]
+        .as_f64()
+        .expect("the status shows the slot");
+    assert!(
+        (shown - slot.as_secs_f64()).abs() < 0.001,
+        "slot {shown} s, expected {slot:?}"
     );
     // JSON logs, as configured, and the missing optional secret was reported, not fatal.
     let first = log().lines().next().unwrap_or_default().to_string();
@@ -251,6 +290,7 @@ impl Node {
 /// security context. Two arguments differ from the manifest: the port is one the system picks
 /// (the node's network is shared with the rest of this machine) and the free-space reserve is
 /// 64 MiB (this machine's disk is not a node's); the splay is 0 so the first pass starts at once.
+/// Its environment is the manifest's, resolved on [`NODE`].
 fn container_spec(
     container: &Value,
     image: &str,
@@ -283,16 +323,11 @@ fn container_spec(
             _ => a,
         })
         .collect();
-    // The CRI container carries no environment of its own: the manifest's must not set any.
-    assert!(
-        container["env"].is_null(),
-        "the agent's container sets env {:?}: this test does not pass it on",
-        container["env"]
-    );
     support::pod::ContainerSpec {
         name: "prepull".into(),
         image: image.into(),
         args,
+        envs: resolved_env(container),
         mounts,
         run_as_user: security["runAsUser"].as_i64(),
         read_only_root: security["readOnlyRootFilesystem"].as_bool() == Some(true),
@@ -426,6 +461,10 @@ async fn the_daemonset_pod_runs_from_its_image_with_its_own_spec() {
         });
     assert_eq!(status["images"][0]["image"], app.as_str());
     assert_eq!(status["images"][1]["image"], mirrored.as_str());
+    assert_eq!(
+        status["node_name"], NODE,
+        "the pod's NODE_NAME reached the agent"
+    );
     assert!(
         support::cri::image_status(containerd.socket(), &mirrored)
             .await

@@ -2,10 +2,11 @@
 //!
 //! A pass pulls each listed image (a warm image costs one `HEAD` and no download), pins the
 //! records of pinned entries, and releases the pins prepull set for images that left the list or
-//! whose tag moved on. Passes run after a random delay (the splay, so a thousand nodes started
-//! together do not hit the registry together), then every interval (plus a random part of the
-//! splay), and soon after the list file changes. After each pass the status file tells what is
-//! warm, what is not, and why.
+//! whose tag moved on. Passes run after a delay within the splay (so a thousand nodes started
+//! together do not hit the registry together: at the node's slot, from a hash of its name, or
+//! random without one; see [`schedule`]), then every interval (plus the wait for the slot), and
+//! soon after the list file changes. After each pass the status file tells what is warm, what
+//! is not, and why.
 
 pub mod deep;
 pub mod http;
@@ -35,7 +36,7 @@ use crate::rootfs::Startable;
 use crate::store::{Store, StoreError};
 use crate::watch::Fingerprint;
 use pins::Pins;
-use schedule::{Schedule, Wake};
+use schedule::{Schedule, Slot, Wake};
 use status::{timestamp, Outcome};
 
 /// How the agent runs.
@@ -47,9 +48,12 @@ pub struct AgentOptions {
     pub pin_owner: PinOwner,
     /// Time between passes.
     pub interval: Duration,
-    /// Up to this much random delay before the first pass, after a list change, and added to
-    /// each interval.
+    /// Up to this much delay before the first pass, after a list change, and added to each
+    /// interval: the wait for the node's slot when it has a name, else random.
     pub splay: Duration,
+    /// The node's name (`spec.nodeName`), which gives its passes a fixed slot in the splay
+    /// window; `None`: random waits.
+    pub node_name: Option<String>,
     /// How often the list file is checked for changes.
     pub watch_every: Duration,
     /// Where the status is written after each pass (JSON), if anywhere.
@@ -132,9 +136,13 @@ pub enum Stopped {
 impl Agent {
     /// An agent pulling with `puller` into `store` (the same containerd and namespace).
     pub fn new(puller: Puller, store: Store, options: AgentOptions) -> Agent {
+        let slot = options.node_name.as_deref().map(Slot::for_node);
         let status = Status {
             list: options.list.display().to_string(),
             pin_owner: options.pin_owner.to_string(),
+            node_name: options.node_name.clone(),
+            slot_seconds: slot
+                .map(|s| (s.offset(options.splay).as_secs_f64() * 1000.0).round() / 1000.0),
             agent_started: Some(timestamp(SystemTime::now())),
             ..Status::default()
         };
@@ -187,15 +195,22 @@ impl Agent {
             None => self.spawn_deep_check().map(CancellationToken::drop_guard),
             Some(_) => None,
         };
-        let mut schedule = Schedule::new(self.options.interval, self.options.splay);
+        let slot = self.options.node_name.as_deref().map(Slot::for_node);
+        let mut schedule = Schedule::new(self.options.interval, self.options.splay, slot);
         if !self.options.splay.is_zero() {
-            tracing::info!(
-                delay_ms = schedule
-                    .next()
-                    .saturating_duration_since(Instant::now())
-                    .as_millis() as u64,
-                "first pass after the splay delay"
-            );
+            let delay_ms = schedule
+                .next()
+                .saturating_duration_since(Instant::now())
+                .as_millis() as u64;
+            match schedule.slot() {
+                Some(slot) => tracing::info!(
+                    delay_ms,
+                    node = slot.node(),
+                    slot_ms = slot.offset(self.options.splay).as_millis() as u64,
+                    "first pass at the node's slot in the splay window"
+                ),
+                None => tracing::info!(delay_ms, "first pass after a random splay delay"),
+            }
         }
         loop {
             // Wait for the next pass, noticing list changes meanwhile.

@@ -326,6 +326,14 @@ pub struct Status {
     pub list: String,
     /// The name this agent's pins carry (`prepull.io/pinned-by.<owner>`).
     pub pin_owner: String,
+    /// The node's name (`--node-name`), if given: it sets the node's slot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    /// Where in each splay window of the wall clock (Unix time modulo `--splay`) this node's
+    /// passes start, in seconds, when its name gives it a slot (plus a jitter of up to 1% of the
+    /// splay).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slot_seconds: Option<f64>,
     /// Where the agent serves its endpoints (`--listen`), if it does.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,

@@ -33,9 +33,13 @@ const MIN_INTERVAL: Duration = Duration::from_secs(30);
         its list's (`prepull.io/pinned-by.<owner>`, see --pin-owner), and releases them when an \
         image leaves the list or its tag moves on; pins set by anyone else, another list \
         included, are never released. A list with no images is refused unless it says \
-        `images: []`. The first pass starts after a random delay of up to --splay, \
-        later ones every --interval (plus up to --splay), and a changed list file (a ConfigMap \
-        update swaps its `..data` symlink) triggers a pass within --splay. A list that cannot be \
+        `images: []`. The first pass starts within --splay, later ones every --interval (plus \
+        up to --splay), and a changed list file (a ConfigMap update swaps its `..data` symlink) \
+        triggers a pass within --splay. With --node-name (the DaemonSet sets it from \
+        spec.nodeName) the node has a slot in that window, from a SHA-256 of its name: its \
+        passes start when the wall clock (Unix time modulo --splay) reaches it, so a fleet \
+        spreads evenly over the window, keeps its order every interval, and a restarted agent \
+        keeps its slot; without a name each wait is random. A list that cannot be \
         used is reported and the previous one stays in force. Credential files are followed the \
         same way.\n\n\
         List format (YAML):\n\n  \
@@ -66,10 +70,18 @@ pub struct AgentArgs {
     #[arg(long, value_name = "NAME", value_parser = parse_owner)]
     pub pin_owner: Option<PinOwner>,
 
-    /// Up to this much random delay before the first pass, after a list change, and on top of
-    /// each interval, so that many nodes do not hit a registry at the same moment.
+    /// Up to this much delay before the first pass, after a list change, and on top of each
+    /// interval, so that many nodes do not hit a registry at the same moment: the wait for the
+    /// node's slot with --node-name, else random.
     #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = humantime::parse_duration)]
     pub splay: Duration,
+
+    /// This node's name (the DaemonSet sets NODE_NAME from spec.nodeName). It gives the node
+    /// a fixed slot in the --splay window (a SHA-256 of the name, plus a jitter of at most 1% of
+    /// the window), the same at every interval and after a restart; the status shows it
+    /// (`node_name`, `slot_seconds`). Without it, each wait is random.
+    #[arg(long, value_name = "NAME", env = "NODE_NAME", value_parser = parse_node_name)]
+    pub node_name: Option<String>,
 
     /// Write the status after each pass here (JSON: what is warm, what is not, and why).
     #[arg(long, value_name = "FILE")]
@@ -162,6 +174,25 @@ fn parse_interval(text: &str) -> Result<Duration, String> {
     Ok(interval)
 }
 
+/// The longest node name Kubernetes accepts (a DNS subdomain).
+const MAX_NODE_NAME: usize = 253;
+
+fn parse_node_name(text: &str) -> Result<String, String> {
+    if text.trim().is_empty() {
+        return Err("the node name is empty (is NODE_NAME set from spec.nodeName?)".into());
+    }
+    if text.len() > MAX_NODE_NAME {
+        return Err(format!(
+            "the node name is {} bytes long; Kubernetes node names have at most {MAX_NODE_NAME}",
+            text.len()
+        ));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(format!("the node name {text:?} holds control characters"));
+    }
+    Ok(text.to_string())
+}
+
 fn parse_owner(text: &str) -> Result<PinOwner, String> {
     PinOwner::new(text).map_err(|e| e.to_string())
 }
@@ -217,6 +248,7 @@ async fn build(args: &AgentArgs) -> anyhow::Result<Agent> {
         } else {
             args.splay
         },
+        node_name: args.node_name.clone(),
         watch_every: Duration::from_secs(2),
         status_file: args.status_file.clone(),
         images_at_once: args.images_at_once.get(),

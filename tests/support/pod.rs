@@ -9,11 +9,11 @@ use std::time::Duration;
 use prepull::cri::v1::{security_profile, LinuxContainerResources, SecurityProfile};
 use prepull::cri::v1::{
     Capability, ContainerConfig, ContainerMetadata, ContainerState, ContainerStatus,
-    ContainerStatusRequest, CreateContainerRequest, ImageSpec, Int64Value, LinuxContainerConfig,
-    LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, Mount,
-    NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest,
-    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
-    StopContainerRequest, StopPodSandboxRequest,
+    ContainerStatusRequest, CreateContainerRequest, ImageSpec, Int64Value, KeyValue,
+    LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
+    LinuxSandboxSecurityContext, Mount, NamespaceMode, NamespaceOption, PodSandboxConfig,
+    PodSandboxMetadata, PodSandboxStatusRequest, RemoveContainerRequest, RemovePodSandboxRequest,
+    RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
 };
 use prepull::cri::RuntimeServiceClient;
 use tonic::transport::Channel;
@@ -55,6 +55,8 @@ pub struct ContainerSpec {
     pub image: String,
     /// `args` (the image's entrypoint stays).
     pub args: Vec<String>,
+    /// `env`, with values resolved (the downward API's as the kubelet resolves them).
+    pub envs: Vec<(String, String)>,
     /// `(host path, container path, read-only)`.
     pub mounts: Vec<(PathBuf, String, bool)>,
     /// `runAsUser`.
@@ -102,6 +104,14 @@ impl ContainerSpec {
                 ..Default::default()
             }),
             args: self.args.clone(),
+            envs: self
+                .envs
+                .iter()
+                .map(|(key, value)| KeyValue {
+                    key: key.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
             mounts: self
                 .mounts
                 .iter()
