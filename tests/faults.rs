@@ -602,3 +602,86 @@ async fn layers_on_the_node_but_not_unpacked_count_their_unpacking_against_the_r
     assert!(snapshots.is_empty(), "nothing unpacked: {snapshots:?}");
     assert_eq!(proxy.blob_bytes(), 0);
 }
+
+/// A run killed after it committed an image's whole snapshot chain, but before it labelled the
+/// config with the chain (the label that keeps the chain once the run's lease is gone), leaves
+/// the chain held by its lease alone. The run that completes the image finds the chain there:
+/// it must still hold and label it, or releasing the dead run's lease collects the layers the
+/// image records it just wrote stand on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chain_a_killed_run_unpacked_but_never_labelled_outlives_its_lease() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let image = push_image(
+        &registry.host(),
+        "killed/unlabelled",
+        "v1",
+        &ImageSpec::new(&[MIB, MIB, MIB]),
+    )
+    .await;
+    let host = registry.host();
+    let reference = format!("{host}/killed/unlabelled:v1");
+    pull(&containerd, &host, &reference).success().await;
+
+    // What the killed run leaves: everything under its lease (its process gone), the chain
+    // committed, the config without the chain's label, no image records.
+    let store = store(&containerd).await;
+    let me = lease::Holder::current().expect("this process, as /proc describes it");
+    let mut gone = std::process::Command::new("true")
+        .spawn()
+        .expect("run true");
+    let gone_pid = gone.id();
+    gone.wait().expect("reap true");
+    let mut labels: HashMap<String, String> = me
+        .labels()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    labels.insert(lease::PID.into(), gone_pid.to_string());
+    labels.insert(lease::IMAGE.into(), reference.clone());
+    let dead = store
+        .create_labelled_lease("pull", Duration::from_secs(3600), labels)
+        .await
+        .unwrap();
+    let diff_ids: Vec<prepull::digest::Digest> =
+        image.diff_ids.iter().map(|d| d.parse().unwrap()).collect();
+    let chain = prepull::image::chain_ids(&diff_ids);
+    let snapshots = format!("snapshots/{}", containerd.snapshotter());
+    for id in &chain {
+        store
+            .lease_resource(&dead, &snapshots, &id.to_string())
+            .await
+            .unwrap();
+    }
+    for blob in image.layers.iter().chain([&image.config, &image.manifest]) {
+        store
+            .lease_resource(&dead, "content", &blob.digest)
+            .await
+            .unwrap();
+    }
+    let snapshot_label = format!(
+        "{}{}",
+        prepull::image::labels::GC_REF_SNAPSHOT,
+        containerd.snapshotter()
+    );
+    store
+        .set_labels(
+            &image.config.digest.parse().unwrap(),
+            HashMap::from([(snapshot_label, String::new())]),
+        )
+        .await
+        .unwrap();
+    for name in [
+        reference.clone(),
+        format!("{host}/killed/unlabelled@{}", image.manifest.digest),
+        image.config.digest.clone(),
+    ] {
+        store.delete_image(&name).await.unwrap();
+    }
+
+    pull(&containerd, &host, &reference).success().await;
+    assert!(
+        pull_leases(&containerd).await.is_empty(),
+        "the dead run's lease is released"
+    );
+    verify(&containerd, &reference).success().await;
+}

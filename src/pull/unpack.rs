@@ -276,13 +276,25 @@ impl Puller {
             return Ok(());
         };
         let store_err = PullError::store(&image);
-        // A warm node: the whole chain is there, nothing to unpack.
+        let root = labels::snapshot_ref(snapshotter, top);
+        // A warm node: the whole chain is there, nothing to unpack. The chain may be held by
+        // nothing but the lease of a run that died before it labelled the config (releasing
+        // that lease would collect it), so it is leased before it is looked at, as each layer
+        // is, and the config is labelled with it all the same.
+        self.store
+            .lease_resource(lease, &format!("snapshots/{snapshotter}"), &top.to_string())
+            .await
+            .map_err(&store_err)?;
         let exists = self
             .store
             .snapshot_exists(snapshotter, &top.to_string())
             .await;
         if exists.map_err(&store_err)? {
-            return Ok(());
+            return self
+                .store
+                .set_labels(&manifest.config.digest, root)
+                .await
+                .map_err(&store_err);
         }
         for (i, done) in layers.into_iter().enumerate() {
             if done.await.is_err() {
@@ -302,7 +314,6 @@ impl Puller {
                 source,
             })?;
         }
-        let root = labels::snapshot_ref(snapshotter, top);
         self.store
             .set_labels(&manifest.config.digest, root)
             .await
