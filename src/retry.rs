@@ -14,10 +14,11 @@
 //!
 //! Around them all, a pull outlives containerd restarting: when containerd stops answering, the
 //! pull waits for it to answer again, up to [`CONTAINERD_RESTART_WAIT`] (`--containerd-restart-wait`)
-//! each time, at most [`CONTAINERD_RESTARTS`] times, then goes on where containerd's content stands:
-//! committed blobs and snapshots are kept, downloads resume from their ingests' offsets, and an
-//! interrupted unpack starts that layer again. containerd's systemd unit restarts it 5 s after a
-//! crash (`RestartSec=5`), and it takes a few seconds to start: 30 s covers that with room.
+//! each time, at most [`CONTAINERD_RESTARTS`] times in a row without progress between them, then
+//! goes on where containerd's content stands: committed blobs and snapshots are kept, downloads
+//! resume from their ingests' offsets, and an interrupted unpack starts that layer again.
+//! containerd's systemd unit restarts it 5 s after a crash (`RestartSec=5`), and it takes a few
+//! seconds to start: 30 s covers that with room.
 //!
 //! The bound per blob that follows, and is meant: a registry that keeps answering `503` (or
 //! breaking connections before 64 KiB) gets `BLOB.attempts × REQUEST.attempts` = 5 × 4 = 20
@@ -90,8 +91,11 @@ pub const INGEST_LOCK_PATIENCE: Duration = Duration::from_secs(30 * 60);
 /// default of `--containerd-restart-wait`).
 pub const CONTAINERD_RESTART_WAIT: Duration = Duration::from_secs(30);
 
-/// How many times one pull waits for containerd to come back: a containerd that keeps going
-/// away fails the pull rather than holding it forever.
+/// How many times in a row one pull waits for containerd to come back without moving on in
+/// between (a blob committed, a layer unpacked, or [`BLOB_PROGRESS`] more bytes downloaded): a
+/// containerd that keeps going away before the pull gets anywhere fails the pull rather than
+/// holding it forever, while a long pull outlives any number of restarts it makes progress
+/// between.
 pub const CONTAINERD_RESTARTS: u32 = 5;
 
 /// How often a pull asks whether containerd is back.

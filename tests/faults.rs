@@ -685,3 +685,36 @@ async fn a_chain_a_killed_run_unpacked_but_never_labelled_outlives_its_lease() {
     );
     verify(&containerd, &reference).success().await;
 }
+
+/// A pull waits for containerd at most 5 times in a row without moving on in between; one that
+/// moves on after each restart outlives more of them (here 6, each once the download went on
+/// two mebibytes, each away longer than a blob's own retries wait).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pull_that_moves_on_between_restarts_outlives_more_than_5() {
+    let (mut containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let image = push_image(
+        &registry.host(),
+        "restart/often",
+        "v1",
+        &ImageSpec::new(&[24 * MIB]).gzip_level(0),
+    )
+    .await;
+    let layer = image.layers[0].clone();
+    let proxy = slow_proxy(&registry, &layer.digest, 4 * MIB as u64).await;
+    let reference = format!("{}/restart/often:v1", proxy.host());
+    let child = spawn(pull(&containerd, &proxy.host(), &reference));
+    let away = prepull::retry::BLOB.worst_case_wait() + Duration::from_millis(500);
+    for restart in 1..=6 {
+        wait_for_ingest(&containerd, &layer.digest, restart * 2 * MIB as u64).await;
+        containerd.kill();
+        tokio::time::sleep(away).await;
+        containerd.start_again().await;
+    }
+    let out = child.wait_with_output().await.expect("prepull ends");
+    assert!(
+        out.status.success(),
+        "the pull outlives 6 restarts: {}",
+        text(&out)
+    );
+    verify(&containerd, &reference).success().await;
+}

@@ -63,8 +63,22 @@ pub(super) struct Counters {
     pub(super) fetched: AtomicUsize,
     pub(super) present: AtomicUsize,
     pub(super) bytes: AtomicU64,
+    /// Layers this pull unpacked (not those it found unpacked).
+    pub(super) unpacked: AtomicUsize,
     /// What a progress display reads.
     pub(super) progress: Arc<PullProgress>,
+}
+
+impl Counters {
+    /// Where the pull stands, coarsely: blobs committed, layers unpacked, and the bytes
+    /// downloaded in steps of [`retry::BLOB_PROGRESS`]. It changes only when the pull moves on.
+    pub(super) fn milestones(&self) -> (usize, usize, u64) {
+        (
+            self.fetched.load(Ordering::Relaxed),
+            self.unpacked.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed) / retry::BLOB_PROGRESS,
+        )
+    }
 }
 
 impl Puller {

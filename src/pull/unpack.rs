@@ -7,6 +7,7 @@
 //! below it, is committed, while later layers are still downloading.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -74,8 +75,8 @@ impl LayerUnpack<'_> {
         }
     }
 
-    /// Unpacks the layer, unless its snapshot exists.
-    pub(super) async fn run(&self) -> Result<(), UnpackError> {
+    /// Unpacks the layer, unless its snapshot exists; whether it unpacked it.
+    pub(super) async fn run(&self) -> Result<bool, UnpackError> {
         let (store, snapshotter, chain) = (self.store, self.snapshotter, self.chain.to_string());
         // Leased before it is looked at: a snapshot nothing references any more (its child was
         // removed) may be garbage collected at any moment, and this pull is about to build on it.
@@ -88,7 +89,7 @@ impl LayerUnpack<'_> {
             .await
             .map_err(self.fail())?
         {
-            return Ok(());
+            return Ok(false);
         }
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -102,7 +103,7 @@ impl LayerUnpack<'_> {
             .await
             .map_err(self.fail())?
         else {
-            return Ok(());
+            return Ok(false);
         };
         let result = async {
             let got = store
@@ -117,7 +118,7 @@ impl LayerUnpack<'_> {
                 tracing::warn!(error = %e, key, "could not remove the abandoned snapshot");
             }
         }
-        result
+        result.map(|()| true)
     }
 
     /// Commits the applied snapshot `key` under the chain ID, once its diff ID is the config's.
@@ -242,7 +243,7 @@ impl Puller {
             &name,
             &image.chosen.digest,
             manifest,
-            lease,
+            &fetch,
             config_rx,
             layer_rxs,
         );
@@ -257,10 +258,11 @@ impl Puller {
         image: &str,
         manifest_digest: &Digest,
         manifest: &oci::Manifest,
-        lease: &Lease,
+        fetch: &Fetch<'_>,
         config: oneshot::Receiver<Option<Bytes>>,
         layers: Vec<oneshot::Receiver<()>>,
     ) -> Result<(), PullError> {
+        let lease = fetch.lease;
         // A closed channel means that fetch failed; its own error is the one reported.
         let Ok(config_bytes) = config.await else {
             return Ok(());
@@ -309,10 +311,13 @@ impl Puller {
                 parent: i.checked_sub(1).map(|p| &chain[p]),
                 chain: &chain[i],
             };
-            layer.run().await.map_err(|source| PullError::Unpack {
+            let unpacked = layer.run().await.map_err(|source| PullError::Unpack {
                 image: image.to_string(),
                 source,
             })?;
+            if unpacked {
+                fetch.counters.unpacked.fetch_add(1, Ordering::Relaxed);
+            }
         }
         self.store
             .set_labels(&manifest.config.digest, root)
