@@ -7,8 +7,10 @@
 # snapshotter; then the containerd-facing suites (pull, store, resume, offline_pod, agent, verify,
 # verify_deep, repair_deep) run again against each newer series scripts/containerd-versions.sh installed
 # (PREPULL_TEST_CONTAINERD=<series>): 1.x with `native`, 2.x with `overlayfs`, what real nodes run
-# (PREPULL_TEST_SNAPSHOTTER), plus verify, verify_deep and repair_deep with `native` on 2.x. Arguments go to the first, full run
-# only. PREPULL_TEST_VERSIONS="1.7" picks the extra series ("" skips them).
+# (PREPULL_TEST_SNAPSHOTTER), plus verify, verify_deep and repair_deep with `native` on 2.x, and
+# the fault campaigns (tests/campaign.rs, printing their figures) on 2.x with `overlayfs`.
+# Arguments go to the first, full run only. PREPULL_TEST_VERSIONS="1.7" picks the extra series
+# ("" skips them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -61,6 +63,13 @@ for series in $PREPULL_TEST_VERSIONS; do
         failed+=("$series/$snapshotter")
     fi
     if [ "$snapshotter" != native ]; then
+        # Faults in loops, on what real nodes run; their figures (faults, runs, bytes fetched
+        # again, time) and seeds are printed (PREPULL_CAMPAIGN_SEED=<seed> replays a plan).
+        echo "=== containerd $series, snapshotter $snapshotter: fault campaigns (tests/campaign.rs)"
+        if ! PREPULL_TEST_CONTAINERD=$series PREPULL_TEST_SNAPSHOTTER=$snapshotter \
+            cargo test --locked --test campaign -- --nocapture; then
+            failed+=("$series/$snapshotter campaigns")
+        fi
         # verify and repair read snapshots back: check them on native too.
         echo "=== containerd $series, snapshotter native: verify, verify_deep, repair_deep"
         if ! PREPULL_TEST_CONTAINERD=$series PREPULL_TEST_SNAPSHOTTER=native \

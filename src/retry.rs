@@ -6,19 +6,23 @@
 //!   failed before any answer, a `5xx`, a `429`). It never sees a body.
 //! - [`BLOB`]: one blob until containerd commits it (a stream that broke mid-body, bad bytes,
 //!   containerd restarting). Every blob attempt resumes from the bytes containerd already holds,
-//!   so each attempt makes progress, and each opens the blob with a fresh [`REQUEST`] loop.
+//!   and each opens the blob with a fresh [`REQUEST`] loop. Only attempts in a row that moved the
+//!   ingest less than [`BLOB_PROGRESS`] count against the bound: one that brought more was
+//!   progress, so a link that keeps breaking mid-layer still completes the layer.
 //! - [`INGEST_LOCK`]: waiting for another writer of the same blob (containerd's ref lock), which
 //!   is no failure: it is bounded by time ([`INGEST_LOCK_PATIENCE`]), not by attempts.
 //!
 //! Around them all, a pull outlives containerd restarting: when containerd stops answering, the
 //! pull waits for it to answer again, up to [`CONTAINERD_RESTART_WAIT`] (`--containerd-restart-wait`)
-//! each time, at most [`CONTAINERD_RESTARTS`] times, then goes on where containerd's content stands:
-//! committed blobs and snapshots are kept, downloads resume from their ingests' offsets, and an
-//! interrupted unpack starts that layer again. containerd's systemd unit restarts it 5 s after a
-//! crash (`RestartSec=5`), and it takes a few seconds to start: 30 s covers that with room.
+//! each time, at most [`CONTAINERD_RESTARTS`] times in a row without progress between them, then
+//! goes on where containerd's content stands: committed blobs and snapshots are kept, downloads
+//! resume from their ingests' offsets, and an interrupted unpack starts that layer again.
+//! containerd's systemd unit restarts it 5 s after a crash (`RestartSec=5`), and it takes a few
+//! seconds to start: 30 s covers that with room.
 //!
-//! The bound per blob that follows, and is meant: a registry that keeps answering `503` gets
-//! `BLOB.attempts × REQUEST.attempts` = 5 × 4 = 20 `GET`s for one blob, with at most
+//! The bound per blob that follows, and is meant: a registry that keeps answering `503` (or
+//! breaking connections before 64 KiB) gets `BLOB.attempts × REQUEST.attempts` = 5 × 4 = 20
+//! `GET`s for one blob in a row without progress, with at most
 //! `BLOB.attempts × REQUEST.worst_case_wait() + BLOB.worst_case_wait()` = 5 × 3.5 s + 3 s = 20.5 s
 //! of backoff between them. A registry that asks for more with `Retry-After` is waited for up to
 //! [`MAX_RETRY_AFTER`] per request retry, so at most 5 × 3 × 60 s + 3 s ≈ 15 min per blob. A
@@ -52,13 +56,22 @@ pub const REQUEST: Backoff = Backoff {
 /// capped, so one busy registry cannot hold a pull (and its download slot) for hours.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
-/// One blob into containerd: 5 attempts, 200 ms doubling to 5 s. Each attempt resumes, so the
-/// first waits are short.
+/// One blob into containerd: 5 attempts in a row without progress (see [`BLOB_PROGRESS`]),
+/// 200 ms doubling to 5 s. Each attempt resumes, so the first waits are short.
 pub const BLOB: Backoff = Backoff {
     first: Duration::from_millis(200),
     max: Duration::from_secs(5),
     attempts: 5,
 };
+
+/// How much further an attempt must have got a blob's ingest for it to count as progress rather
+/// than a failure: the next attempt, resuming from there, starts a fresh count of [`BLOB`]'s
+/// attempts. A link that keeps breaking mid-layer then still brings the layer in, while a host
+/// that keeps failing before this much is given up on: a blob of N bytes gets at most
+/// 5 × (N / 64 KiB + 1) attempts. 64 KiB is what `--min-progress` asks of a request by default.
+/// An attempt that starts the blob over (a kept blob, a host that ignores `Range`) is no
+/// progress, however far it got.
+pub const BLOB_PROGRESS: u64 = 64 << 10;
 
 /// Waiting for another writer of the same blob: 50 ms doubling to 2 s, so a short CRI write is
 /// noticed at once, and a long one is polled every 2 s or less. Not bounded by attempts: see
@@ -78,8 +91,11 @@ pub const INGEST_LOCK_PATIENCE: Duration = Duration::from_secs(30 * 60);
 /// default of `--containerd-restart-wait`).
 pub const CONTAINERD_RESTART_WAIT: Duration = Duration::from_secs(30);
 
-/// How many times one pull waits for containerd to come back: a containerd that keeps going
-/// away fails the pull rather than holding it forever.
+/// How many times in a row one pull waits for containerd to come back without moving on in
+/// between (a blob committed, a layer unpacked, or [`BLOB_PROGRESS`] more bytes downloaded): a
+/// containerd that keeps going away before the pull gets anywhere fails the pull rather than
+/// holding it forever, while a long pull outlives any number of restarts it makes progress
+/// between.
 pub const CONTAINERD_RESTARTS: u32 = 5;
 
 /// How often a pull asks whether containerd is back.

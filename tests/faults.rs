@@ -685,3 +685,119 @@ async fn a_layer_unpacking_far_beyond_its_size_is_stopped_at_the_reserve_and_giv
         deadline.tick().await;
     }
 }
+
+/// A run killed after it committed an image's whole snapshot chain, but before it labelled the
+/// config with the chain (the label that keeps the chain once the run's lease is gone), leaves
+/// the chain held by its lease alone. The run that completes the image finds the chain there:
+/// it must still hold and label it, or releasing the dead run's lease collects the layers the
+/// image records it just wrote stand on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chain_a_killed_run_unpacked_but_never_labelled_outlives_its_lease() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let image = push_image(
+        &registry.host(),
+        "killed/unlabelled",
+        "v1",
+        &ImageSpec::new(&[MIB, MIB, MIB]),
+    )
+    .await;
+    let host = registry.host();
+    let reference = format!("{host}/killed/unlabelled:v1");
+    pull(&containerd, &host, &reference).success().await;
+
+    // What the killed run leaves: everything under its lease (its process gone), the chain
+    // committed, the config without the chain's label, no image records.
+    let store = store(&containerd).await;
+    let me = lease::Holder::current().expect("this process, as /proc describes it");
+    let mut gone = std::process::Command::new("true")
+        .spawn()
+        .expect("run true");
+    let gone_pid = gone.id();
+    gone.wait().expect("reap true");
+    let mut labels: HashMap<String, String> = me
+        .labels()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    labels.insert(lease::PID.into(), gone_pid.to_string());
+    labels.insert(lease::IMAGE.into(), reference.clone());
+    let dead = store
+        .create_labelled_lease("pull", Duration::from_secs(3600), labels)
+        .await
+        .unwrap();
+    let diff_ids: Vec<prepull::digest::Digest> =
+        image.diff_ids.iter().map(|d| d.parse().unwrap()).collect();
+    let chain = prepull::image::chain_ids(&diff_ids);
+    let snapshots = format!("snapshots/{}", containerd.snapshotter());
+    for id in &chain {
+        store
+            .lease_resource(&dead, &snapshots, &id.to_string())
+            .await
+            .unwrap();
+    }
+    for blob in image.layers.iter().chain([&image.config, &image.manifest]) {
+        store
+            .lease_resource(&dead, "content", &blob.digest)
+            .await
+            .unwrap();
+    }
+    let snapshot_label = format!(
+        "{}{}",
+        prepull::image::labels::GC_REF_SNAPSHOT,
+        containerd.snapshotter()
+    );
+    store
+        .set_labels(
+            &image.config.digest.parse().unwrap(),
+            HashMap::from([(snapshot_label, String::new())]),
+        )
+        .await
+        .unwrap();
+    for name in [
+        reference.clone(),
+        format!("{host}/killed/unlabelled@{}", image.manifest.digest),
+        image.config.digest.clone(),
+    ] {
+        store.delete_image(&name).await.unwrap();
+    }
+
+    pull(&containerd, &host, &reference).success().await;
+    assert!(
+        pull_leases(&containerd).await.is_empty(),
+        "the dead run's lease is released"
+    );
+    verify(&containerd, &reference).success().await;
+}
+
+/// A pull waits for containerd at most 5 times in a row without moving on in between; one that
+/// moves on after each restart outlives more of them (here 6, each once the download went on
+/// two mebibytes, each away longer than a blob's own retries wait).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pull_that_moves_on_between_restarts_outlives_more_than_5() {
+    let (mut containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let image = push_image(
+        &registry.host(),
+        "restart/often",
+        "v1",
+        &ImageSpec::new(&[24 * MIB]).gzip_level(0),
+    )
+    .await;
+    let layer = image.layers[0].clone();
+    let proxy = slow_proxy(&registry, &layer.digest, 4 * MIB as u64).await;
+    let reference = format!("{}/restart/often:v1", proxy.host());
+    let child = spawn(pull(&containerd, &proxy.host(), &reference));
+    let away = prepull::retry::BLOB.worst_case_wait() + Duration::from_millis(500);
+    for restart in 1..=6 {
+        wait_for_ingest(&containerd, &layer.digest, restart * 2 * MIB as u64).await;
+        containerd.kill();
+        tokio::time::sleep(away).await;
+        containerd.start_again().await;
+    }
+    let out = child.wait_with_output().await.expect("prepull ends");
+    assert!(
+        out.status.success(),
+        "the pull outlives 6 restarts: {}",
+        text(&out)
+    );
+    verify(&containerd, &reference).success().await;
+}

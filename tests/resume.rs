@@ -402,3 +402,92 @@ async fn connections_cut_at_random_offsets_resume_exactly_where_they_broke() {
         );
     }
 }
+
+/// Cuts every GET of `digest` at the next of `cuts` past where it starts.
+fn cut_at(proxy: &Proxy, digest: &str, cuts: Vec<u64>) {
+    let pending = Arc::new(Mutex::new(cuts));
+    let digest = digest.to_string();
+    proxy.set_hook(move |req| {
+        if !req.path.ends_with(&digest) {
+            return Action::Forward;
+        }
+        let start = req
+            .headers
+            .get("range")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|r| r.strip_prefix("bytes="))
+            .and_then(|r| r.split('-').next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+        let mut pending = pending.lock().unwrap();
+        pending.retain(|c| *c > start);
+        match pending.first().copied() {
+            Some(cut) => Action::Shape(Shape {
+                bytes_per_sec: None,
+                cut_after: Some(cut - start),
+            }),
+            None => Action::Forward,
+        }
+    });
+}
+
+/// A blob is given up on after 5 attempts in a row that got it nowhere, not after 5 attempts:
+/// a layer whose every connection breaks, but only after bringing a mebibyte more, completes in
+/// one run however many times it breaks; one whose connections break before 64 KiB does not.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blob_is_given_up_on_only_after_attempts_in_a_row_that_brought_nothing() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let far = push_image(
+        &registry.host(),
+        "breaks/far",
+        "v1",
+        &ImageSpec::new(&[10 * MIB]).gzip_level(0),
+    )
+    .await;
+    let near = push_image(
+        &registry.host(),
+        "breaks/near",
+        "v1",
+        &ImageSpec::new(&[MIB]).gzip_level(0),
+    )
+    .await;
+    let proxy = Proxy::start(&registry.host()).await;
+    let host = proxy.host();
+    let gets = |digest: &str| {
+        proxy
+            .records()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path.ends_with(digest))
+            .count()
+    };
+
+    // Broken 8 times, a mebibyte further each time: 9 GETs, nothing fetched twice.
+    let layer = far.layers[0].clone();
+    cut_at(
+        &proxy,
+        &layer.digest,
+        (1..=8).map(|m| m * MIB as u64).collect(),
+    );
+    pull_json(&containerd, &host, &format!("{host}/breaks/far:v1"))
+        .success()
+        .await;
+    assert_eq!(gets(&layer.digest), 9);
+    assert_eq!(layer_bytes(&proxy, &layer.digest), layer.size);
+
+    // Broken every 16 KiB: 5 attempts, then the pull fails and says why.
+    let layer = near.layers[0].clone();
+    cut_at(
+        &proxy,
+        &layer.digest,
+        (1..64).map(|k| k * (16 << 10)).collect(),
+    );
+    let out = pull_json(&containerd, &host, &format!("{host}/breaks/near:v1"))
+        .code(1)
+        .await;
+    assert_eq!(gets(&layer.digest), 5, "{}", text(&out));
+    assert!(
+        text(&out).contains(&layer.digest),
+        "the failure names the blob: {}",
+        text(&out)
+    );
+}

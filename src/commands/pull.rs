@@ -142,8 +142,8 @@ pub struct PullerArgs {
     /// How long a pull waits for containerd to answer again when it stops answering mid-pull
     /// (containerd restarting: its systemd unit brings it back 5 s after a crash). The pull
     /// then goes on from what containerd holds: committed blobs and layers are kept and
-    /// downloads resume from their partial bytes. Waited for at most 5 times per pull; `0s`
-    /// fails the pull at once.
+    /// downloads resume from their partial bytes. Waited for at most 5 times in a row without
+    /// the pull moving on in between; `0s` fails the pull at once.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     pub containerd_restart_wait: std::time::Duration,
 

@@ -1,6 +1,6 @@
 //! Fetching blobs: each streamed from the registry into a containerd ingest, verified before it
 //! is committed, resumed from the ingest's offset after a failure, and retried a bounded number
-//! of times; a blob another writer holds is waited for.
+//! of times in a row without progress; a blob another writer holds is waited for.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -63,8 +63,22 @@ pub(super) struct Counters {
     pub(super) fetched: AtomicUsize,
     pub(super) present: AtomicUsize,
     pub(super) bytes: AtomicU64,
+    /// Layers this pull unpacked (not those it found unpacked).
+    pub(super) unpacked: AtomicUsize,
     /// What a progress display reads.
     pub(super) progress: Arc<PullProgress>,
+}
+
+impl Counters {
+    /// Where the pull stands, coarsely: blobs committed, layers unpacked, and the bytes
+    /// downloaded in steps of [`retry::BLOB_PROGRESS`]. It changes only when the pull moves on.
+    pub(super) fn milestones(&self) -> (usize, usize, u64) {
+        (
+            self.fetched.load(Ordering::Relaxed),
+            self.unpacked.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed) / retry::BLOB_PROGRESS,
+        )
+    }
 }
 
 impl Puller {
@@ -121,8 +135,20 @@ impl Puller {
         let mut attempts = retry::BLOB.start();
         let mut source = std::borrow::Cow::Borrowed(blob);
         let mut busy = BusyWait::new();
+        // The furthest an attempt found the ingest when it opened it.
+        let mut furthest = 0;
         loop {
-            match self.write_blob_once(fetch, &source, keep).await {
+            let mut opened_at = 0;
+            let attempt = self
+                .write_blob_once(fetch, &source, keep, &mut opened_at)
+                .await;
+            // The attempt before this one moved the ingest on: it was progress, not a failure,
+            // and the attempts are counted afresh (see `retry::BLOB_PROGRESS`).
+            if opened_at >= furthest + retry::BLOB_PROGRESS {
+                attempts = retry::BLOB.start();
+            }
+            furthest = furthest.max(opened_at);
+            match attempt {
                 // Another writer took the ingest mid-stream (e.g. a concurrent pull of a blob
                 // another namespace already holds): not a failure of this attempt. Its writer
                 // finishes, and the blob is then simply present.
@@ -163,11 +189,13 @@ impl Puller {
 
     /// One attempt: opens the blob's ingest (resuming what an earlier attempt left), streams the
     /// rest from the registry and commits it. `None` (or the bytes, with `keep`) when done.
+    /// `opened_at` is set to where the attempt resumes the ingest from (0 when it starts over).
     async fn write_blob_once(
         &self,
         fetch: &Fetch<'_>,
         blob: &Descriptor,
         keep: bool,
+        opened_at: &mut u64,
     ) -> Result<Option<Bytes>, PullError> {
         let store_err = PullError::store(fetch.reference);
         let key = ref_key(&blob.media_type, &blob.digest);
@@ -189,6 +217,7 @@ impl Puller {
         if keep {
             writer.restart();
         }
+        *opened_at = writer.offset();
         // A kept blob is used from memory, so it is hashed here; the others are hashed once, by
         // containerd as it stores them (its commit refuses any other digest).
         let check = if keep {
@@ -203,6 +232,7 @@ impl Puller {
             .map_err(PullError::registry(fetch.reference))?;
         if opened.start != writer.offset() {
             writer.restart();
+            *opened_at = 0;
         }
         if opened.start > 0 {
             tracing::info!(blob = %blob.digest, offset = opened.start, "resuming download");

@@ -245,12 +245,22 @@ impl Puller {
         };
         let mut held = None;
         let mut restarts = crate::retry::CONTAINERD_RESTARTS;
+        let mut stood = counters.milestones();
         let result = loop {
             match self
                 .pull_uncounted(reference, expect, shortcut, &counters, &mut held, started)
                 .await
             {
-                Err(e) if restarts > 0 && e.kind() == crate::ErrorKind::ContainerdUnreachable => {
+                Err(e) if e.kind() == crate::ErrorKind::ContainerdUnreachable => {
+                    // Only restarts with no progress between them count: a long pull outlives
+                    // any number of restarts as long as it moves on after each.
+                    if counters.milestones() != stood {
+                        stood = counters.milestones();
+                        restarts = crate::retry::CONTAINERD_RESTARTS;
+                    }
+                    if restarts == 0 {
+                        break Err(e);
+                    }
                     restarts -= 1;
                     if !self.containerd_back(reference, &e).await {
                         break Err(e);

@@ -7,6 +7,7 @@
 //! below it, is committed, while later layers are still downloading.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -101,8 +102,8 @@ impl LayerUnpack<'_> {
         }
     }
 
-    /// Unpacks the layer, unless its snapshot exists.
-    pub(super) async fn run(&self) -> Result<(), UnpackError> {
+    /// Unpacks the layer, unless its snapshot exists; whether it unpacked it.
+    pub(super) async fn run(&self) -> Result<bool, UnpackError> {
         let (store, snapshotter, chain) = (self.store, self.snapshotter, self.chain.to_string());
         // Leased before it is looked at: a snapshot nothing references any more (its child was
         // removed) may be garbage collected at any moment, and this pull is about to build on it.
@@ -115,7 +116,7 @@ impl LayerUnpack<'_> {
             .await
             .map_err(self.fail())?
         {
-            return Ok(());
+            return Ok(false);
         }
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -129,7 +130,7 @@ impl LayerUnpack<'_> {
             .await
             .map_err(self.fail())?
         else {
-            return Ok(());
+            return Ok(false);
         };
         let result = async {
             let apply = store.apply_layer(self.lease, self.layer, mounts);
@@ -158,7 +159,7 @@ impl LayerUnpack<'_> {
                 tracing::warn!(error = %e, key, "could not remove the abandoned snapshot");
             }
         }
-        result
+        result.map(|()| true)
     }
 
     /// Commits the applied snapshot `key` under the chain ID, once its diff ID is the config's.
@@ -312,7 +313,7 @@ impl Puller {
             &name,
             &image.chosen.digest,
             manifest,
-            lease,
+            &fetch,
             config_rx,
             layer_rxs,
         );
@@ -327,10 +328,11 @@ impl Puller {
         image: &str,
         manifest_digest: &Digest,
         manifest: &oci::Manifest,
-        lease: &Lease,
+        fetch: &Fetch<'_>,
         config: oneshot::Receiver<Option<Bytes>>,
         layers: Vec<oneshot::Receiver<()>>,
     ) -> Result<(), PullError> {
+        let lease = fetch.lease;
         // A closed channel means that fetch failed; its own error is the one reported.
         let Ok(config_bytes) = config.await else {
             return Ok(());
@@ -346,13 +348,25 @@ impl Puller {
             return Ok(());
         };
         let store_err = PullError::store(&image);
-        // A warm node: the whole chain is there, nothing to unpack.
+        let root = labels::snapshot_ref(snapshotter, top);
+        // A warm node: the whole chain is there, nothing to unpack. The chain may be held by
+        // nothing but the lease of a run that died before it labelled the config (releasing
+        // that lease would collect it), so it is leased before it is looked at, as each layer
+        // is, and the config is labelled with it all the same.
+        self.store
+            .lease_resource(lease, &format!("snapshots/{snapshotter}"), &top.to_string())
+            .await
+            .map_err(&store_err)?;
         let exists = self
             .store
             .snapshot_exists(snapshotter, &top.to_string())
             .await;
         if exists.map_err(&store_err)? {
-            return Ok(());
+            return self
+                .store
+                .set_labels(&manifest.config.digest, root)
+                .await
+                .map_err(&store_err);
         }
         for (i, done) in layers.into_iter().enumerate() {
             if done.await.is_err() {
@@ -368,12 +382,14 @@ impl Puller {
                 chain: &chain[i],
                 space: self.options.space.as_ref(),
             };
-            layer.run().await.map_err(|source| PullError::Unpack {
+            let unpacked = layer.run().await.map_err(|source| PullError::Unpack {
                 image: image.to_string(),
                 source,
             })?;
+            if unpacked {
+                fetch.counters.unpacked.fetch_add(1, Ordering::Relaxed);
+            }
         }
-        let root = labels::snapshot_ref(snapshotter, top);
         self.store
             .set_labels(&manifest.config.digest, root)
             .await

@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod busybox;
+pub mod campaign;
 pub mod containerd;
 pub mod cri;
 pub mod damage;
