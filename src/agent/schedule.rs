@@ -5,9 +5,10 @@
 //! Without a node name each wait is random, drawn anew every time. With one (`--node-name`, the
 //! DaemonSet's `spec.nodeName`) the node has a **slot**: a fixed point of the splay window taken
 //! from a SHA-256 of its name, and its passes start when the wall clock (Unix time modulo the
-//! splay) reaches that point. A fleet started together then spreads evenly over the window
-//! (names hash uniformly), each node keeps its place relative to the others at every interval,
-//! and a restarted agent comes back to the same place. Each wait adds a small random jitter (at
+//! splay) reaches that point. A fleet started together then spreads over the window as random
+//! waits would (names hash uniformly: N nodes are N uniform points, not an even grid, so a burst
+//! as large as random waits give remains possible), but each node keeps its place relative to
+//! the others at every interval, and a restarted agent comes back to the same place. Each wait adds a small random jitter (at
 //! most [`JITTER_SHARE`] of the splay, wrapped inside the window): two clusters whose nodes
 //! share names (`worker-1`) and a registry would otherwise arrive in the same instant.
 

@@ -38,8 +38,9 @@ const MIN_INTERVAL: Duration = Duration::from_secs(30);
         triggers a pass within --splay. With --node-name (the DaemonSet sets it from \
         spec.nodeName) the node has a slot in that window, from a SHA-256 of its name: its \
         passes start when the wall clock (Unix time modulo --splay) reaches it, so a fleet \
-        spreads evenly over the window, keeps its order every interval, and a restarted agent \
-        keeps its slot; without a name each wait is random. A list that cannot be \
+        spreads over the window as uniformly as random waits do, keeps its order every \
+        interval, and a restarted agent keeps its slot; without a name each wait is random. A \
+        list that cannot be \
         used is reported and the previous one stays in force. Credential files are followed the \
         same way.\n\n\
         List format (YAML):\n\n  \

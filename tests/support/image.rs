@@ -245,6 +245,24 @@ pub async fn push_image_with(
     image
 }
 
+/// Pushes an image rebuilt on `base` (already in `repo`): `base`'s layers first, reused as they
+/// are, then new layers per `spec`, a new config, and the manifest tagged `tag`. Moving a tag
+/// to it is what a new release of an application on the same base image looks like.
+pub async fn push_image_over(
+    registry_host: &str,
+    repo: &str,
+    tag: &str,
+    base: &PushedImage,
+    spec: &ImageSpec,
+) -> PushedImage {
+    let pusher = Pusher::new(&PushTarget::plain(registry_host), repo);
+    let image = pusher.push_image_blobs_over(Some(base), spec).await;
+    pusher
+        .put_manifest(tag, &image.manifest.media_type, &image.manifest_bytes)
+        .await;
+    image
+}
+
 /// Tags an already pushed image `tag` in `repo` as well: two references sharing every blob.
 pub async fn tag_image(registry_host: &str, repo: &str, tag: &str, image: &PushedImage) {
     Pusher::new(&PushTarget::plain(registry_host), repo)
@@ -368,9 +386,18 @@ impl Pusher {
 
     /// Layers, then config, then the manifest document (not yet uploaded).
     async fn push_image_blobs(&self, spec: &ImageSpec) -> PushedImage {
+        self.push_image_blobs_over(None, spec).await
+    }
+
+    /// [`Pusher::push_image_blobs`], the layers following `base`'s (already uploaded) if given.
+    async fn push_image_blobs_over(
+        &self,
+        base: Option<&PushedImage>,
+        spec: &ImageSpec,
+    ) -> PushedImage {
         let family = spec.family;
-        let mut layers = Vec::with_capacity(spec.layer_sizes.len());
-        let mut diff_ids = Vec::with_capacity(spec.layer_sizes.len());
+        let mut layers: Vec<Blob> = base.map(|b| b.layers.clone()).unwrap_or_default();
+        let mut diff_ids: Vec<String> = base.map(|b| b.diff_ids.clone()).unwrap_or_default();
         let spawn_build = |size: usize| {
             let level = spec.gzip_level;
             tokio::task::spawn_blocking(move || build_layer(size, level))

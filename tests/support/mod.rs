@@ -40,7 +40,9 @@ pub use image::{
     push_image, push_index, Blob, ImageSpec, MediaFamily, Platform, PushedImage, PushedIndex,
 };
 #[allow(unused_imports)]
-pub use image::{push_image_with, push_index_with, tag_image, PushAuth, PushTarget};
+pub use image::{
+    push_image_over, push_image_with, push_index_with, tag_image, PushAuth, PushTarget,
+};
 #[allow(unused_imports)]
 pub use proxy::{Action, Connections, DeadHost, Proxy, Record, Shape, TcpRelay};
 #[allow(unused_imports)]

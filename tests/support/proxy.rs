@@ -6,6 +6,11 @@
 //! A cut ([`Shape::cut_after`]) is exact: the client receives exactly that many body bytes, then
 //! the connection closes. hyper drops whatever it still buffers when a body fails, so the cut
 //! waits until the connection has written everything before it (see [`Flushes`]).
+//!
+//! Each record carries when its request arrived and when its body was done (for request rates
+//! over time and requests in flight), and, when a source resolver is set
+//! ([`Proxy::set_source_resolver`]), which client sent it: the resolver names the process behind
+//! each connection's peer address.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -44,6 +49,12 @@ pub struct Record {
     pub authorization: Option<String>,
     /// The request's `Range` header, e.g. `bytes=1234-`.
     pub range: Option<String>,
+    /// When the request's head arrived.
+    pub at: std::time::Instant,
+    /// When its response body was done (handed to the socket, or dropped), if it is.
+    pub ended: Option<std::time::Instant>,
+    /// Who sent it, as the source resolver named the connection's client.
+    pub source: Option<String>,
 }
 
 impl Record {
@@ -64,6 +75,8 @@ pub struct RequestInfo {
     pub method: String,
     pub path: String,
     pub headers: HeaderMap,
+    /// Who sent it, as the source resolver named the connection's client.
+    pub source: Option<String>,
 }
 
 /// What to do with a request.
@@ -71,6 +84,9 @@ pub struct RequestInfo {
 pub enum Action {
     /// Pass it to the upstream registry.
     Forward,
+    /// Pass it to the upstream registry and add these headers to its answer (e.g. rate-limit
+    /// headers a public registry sends).
+    ForwardWith { headers: Vec<(String, String)> },
     /// Answer it here without contacting upstream.
     Respond { status: u16, body: Vec<u8> },
     /// Answer it here with extra headers (e.g. a `WWW-Authenticate` challenge, `Retry-After`).
@@ -94,6 +110,10 @@ pub struct Shape {
 
 pub type Hook = Arc<dyn Fn(&RequestInfo) -> Action + Send + Sync>;
 
+/// Names the client behind a connection from its peer address and the proxy's own address (e.g.
+/// the process owning that socket); `None` when it cannot tell.
+pub type SourceResolver = Arc<dyn Fn(SocketAddr, SocketAddr) -> Option<String> + Send + Sync>;
+
 /// A record whose byte count grows while its body streams.
 struct Entry {
     method: String,
@@ -102,6 +122,9 @@ struct Entry {
     authorization: Option<String>,
     range: Option<String>,
     bytes: AtomicU64,
+    at: std::time::Instant,
+    ended: Mutex<Option<std::time::Instant>>,
+    source: Option<String>,
 }
 
 struct Shared {
@@ -111,6 +134,7 @@ struct Shared {
     client: reqwest::Client,
     log: Mutex<Vec<Arc<Entry>>>,
     hook: RwLock<Option<Hook>>,
+    resolver: RwLock<Option<SourceResolver>>,
     connections: Arc<Gauge>,
     requests: Arc<Gauge>,
 }
@@ -191,6 +215,7 @@ impl Proxy {
                 .expect("build upstream HTTP client"),
             log: Mutex::new(Vec::new()),
             hook: RwLock::new(None),
+            resolver: RwLock::new(None),
             connections: Arc::default(),
             requests: Arc::default(),
         });
@@ -220,6 +245,9 @@ impl Proxy {
                 response_body_bytes: e.bytes.load(Ordering::SeqCst),
                 authorization: e.authorization.clone(),
                 range: e.range.clone(),
+                at: e.at,
+                ended: *e.ended.lock().unwrap_or_else(|p| p.into_inner()),
+                source: e.source.clone(),
             })
             .collect()
     }
@@ -265,6 +293,19 @@ impl Proxy {
     pub fn clear_hook(&self) {
         *self.shared.hook.write().unwrap_or_else(|p| p.into_inner()) = None;
     }
+
+    /// Names the client of each connection accepted from now on (see [`SourceResolver`]); its
+    /// requests carry the name in [`Record::source`] and [`RequestInfo::source`].
+    pub fn set_source_resolver(
+        &self,
+        resolver: impl Fn(SocketAddr, SocketAddr) -> Option<String> + Send + Sync + 'static,
+    ) {
+        *self
+            .shared
+            .resolver
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(resolver));
+    }
 }
 
 impl Drop for Proxy {
@@ -277,13 +318,19 @@ impl Drop for Proxy {
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     let mut connections = JoinSet::new();
     loop {
-        let (stream, _) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(conn) => conn,
             Err(_) => continue,
         };
         // Reap finished connections so the set does not grow without bound.
         while connections.try_join_next().is_some() {}
         let shared = shared.clone();
+        let resolver = shared
+            .resolver
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let local = stream.local_addr().ok();
         let flushes = Arc::new(Flushes::default());
         let io = TokioIo::new(Tracked {
             inner: stream,
@@ -291,7 +338,19 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         });
         let open = shared.connections.begin();
         connections.spawn(async move {
-            let service = service_fn(move |req| handle(shared.clone(), flushes.clone(), req));
+            // Named while the client still holds the connection (it is serving nothing yet).
+            let source: Option<Arc<str>> = match (resolver, local) {
+                (Some(resolve), Some(local)) => {
+                    tokio::task::spawn_blocking(move || resolve(peer, local))
+                        .await
+                        .ok()
+                        .flatten()
+                        .map(Arc::from)
+                }
+                _ => None,
+            };
+            let service =
+                service_fn(move |req| handle(shared.clone(), flushes.clone(), source.clone(), req));
             let _ = http1::Builder::new().serve_connection(io, service).await;
             drop(open);
         });
@@ -376,9 +435,11 @@ impl AsyncWrite for Tracked {
 async fn handle(
     shared: Arc<Shared>,
     flushes: Arc<Flushes>,
+    source: Option<Arc<str>>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let answering = shared.requests.begin();
+    let at = std::time::Instant::now();
     let info = RequestInfo {
         method: req.method().to_string(),
         path: req
@@ -387,6 +448,7 @@ async fn handle(
             .map(|p| p.to_string())
             .unwrap_or_else(|| "/".into()),
         headers: req.headers().clone(),
+        source: source.as_deref().map(str::to_string),
     };
     let hook = shared
         .hook
@@ -396,6 +458,18 @@ async fn handle(
     let action = hook.map(|h| h(&info)).unwrap_or(Action::Forward);
     let response = match action {
         Action::Forward => forward(&shared, req, &info).await,
+        Action::ForwardWith { headers } => {
+            let mut response = forward(&shared, req, &info).await;
+            for (name, value) in headers {
+                if let (Ok(name), Ok(value)) = (
+                    HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_str(&value),
+                ) {
+                    response.headers_mut().insert(name, value);
+                }
+            }
+            response
+        }
         Action::Shape(shape) => forward(&shared, req, &info)
             .await
             .map(|body| shaped(body, shape, flushes)),
@@ -406,7 +480,7 @@ async fn handle(
             body,
         } => respond(status, &headers, body),
     };
-    Ok(record(&shared, &info, response, answering))
+    Ok(record(&shared, &info, at, response, answering))
 }
 
 fn respond(status: u16, headers: &[(String, String)], body: Vec<u8>) -> Response<ProxyBody> {
@@ -538,6 +612,7 @@ async fn forward(
 fn record(
     shared: &Shared,
     info: &RequestInfo,
+    at: std::time::Instant,
     response: Response<ProxyBody>,
     answering: Ongoing,
 ) -> Response<ProxyBody> {
@@ -556,6 +631,9 @@ fn record(
             .and_then(|v| v.to_str().ok())
             .map(str::to_string),
         bytes: AtomicU64::new(0),
+        at,
+        ended: Mutex::new(None),
+        source: info.source.clone(),
     });
     shared
         .log
@@ -591,6 +669,13 @@ impl<S: Stream<Item = Result<Bytes, BoxError>> + Unpin> Stream for CountingStrea
                 .fetch_add(chunk.len() as u64, Ordering::SeqCst);
         }
         poll
+    }
+}
+
+impl<S> Drop for CountingStream<S> {
+    fn drop(&mut self) {
+        *self.entry.ended.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(std::time::Instant::now());
     }
 }
 

@@ -38,6 +38,10 @@ pub struct RegistryOptions {
     /// Require a TLS client certificate signed by this CA (`http.tls.clientcas`); needs `tls`.
     /// docker-registry then refuses handshakes without a certificate it can verify.
     pub client_ca: Option<TestCa>,
+    /// Run as a pull-through cache of this registry (`proxy.remoteurl`, e.g.
+    /// `http://127.0.0.1:5000`): blobs and manifests fetched once are served from the cache's
+    /// own storage; pushes are refused.
+    pub proxy_remote: Option<String>,
 }
 
 impl RegistryOptions {
@@ -53,6 +57,12 @@ impl RegistryOptions {
 
     pub fn tls(mut self, ca: &TestCa) -> Self {
         self.tls = Some(ca.clone());
+        self
+    }
+
+    /// A pull-through cache of the registry at `remote_url` (see [`RegistryOptions::proxy_remote`]).
+    pub fn pull_through(mut self, remote_url: &str) -> Self {
+        self.proxy_remote = Some(remote_url.to_string());
         self
     }
 
@@ -251,7 +261,12 @@ impl Registry {
         std::fs::create_dir_all(&storage).expect("create registry storage dir");
         let config = dir.path().join("config.yml");
         let log = dir.path().join("registry.log");
-        let extra = render_security(&opts, dir.path());
+        let mut extra = render_security(&opts, dir.path());
+        if let Some(remote) = &opts.proxy_remote {
+            extra
+                .1
+                .push_str(&format!("proxy:\n  remoteurl: {}\n", yaml_str(remote)));
+        }
         let bench_identity = opts.client_ca.as_ref().map(|ca| {
             ca.issue_client(
                 "prepull bench",
@@ -522,6 +537,11 @@ impl Registry {
 
     pub fn is_running(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// The registry's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 }
 
