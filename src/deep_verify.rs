@@ -282,7 +282,7 @@ impl<'a> DeepVerifier<'a> {
         let count = layers.len();
         let findings = tokio::task::spawn_blocking(move || {
             let _runtime = handle.enter();
-            let mut tree = MergedTree::new();
+            let mut tree = MergedTree::new(&top);
             let mut findings = deep::Findings::new(ctx.max_findings);
             for (layer, diff_id) in layers.iter().zip(&diff_ids) {
                 let blob = BlobReader::open(&store, &layer.digest, &ctx);
@@ -294,7 +294,7 @@ impl<'a> DeepVerifier<'a> {
                     }
                 }
             }
-            let (top_findings, omitted) = deep::check_merged(&mut tree, &top, &ctx)?.into_parts();
+            let (top_findings, omitted) = deep::check_merged(&mut tree, &ctx)?.into_parts();
             let (mut all, mut more) = findings.into_parts();
             all.extend(top_findings);
             more += omitted;
