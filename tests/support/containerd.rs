@@ -559,6 +559,11 @@ impl Containerd {
         &self.layout.socket
     }
 
+    /// The daemon's process ID, while it runs (for benches reading its CPU time).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// containerd's `root`; the content store is `root/io.containerd.content.v1.content`.
     pub fn root(&self) -> &Path {
         &self.layout.root
