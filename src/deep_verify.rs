@@ -5,20 +5,24 @@
 //! Directories are never guessed: a view of the image's top snapshot (and, for `native`, of each
 //! snapshot below it) is made under a lease, its mounts name the directories, and the views are
 //! removed when the check ends, however it ends; the lease expires should the process die first.
+//!
+//! Asked to ([`DeepVerifier::check_and_hash`]), it also hashes each layer blob as it streams by,
+//! so that `verify --deep` reads every layer once, not once to hash it and again to compare it.
 
 use std::io::{self, Read};
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures_util::stream::{self, StreamExt};
 use serde::Serialize;
 
 use crate::deep::{self, Context, DeepError, Finding, LayerId, MergedTree};
-use crate::digest::Digest;
+use crate::digest::{Digest, Hasher};
 use crate::image;
 use crate::oci::Descriptor;
-use crate::store::{Lease, SnapshotView, Store, StoreError, ViewDirs};
+use crate::store::{Lease, SnapshotView, Store, StoreError, Stored, ViewDirs};
 
 /// How long the views' lease outlives a check that dies without removing them.
 const LEASE_EXPIRY: Duration = Duration::from_secs(3600);
@@ -87,6 +91,10 @@ pub struct DeepReport {
     pub findings: Vec<Finding>,
     /// Differences found beyond those kept.
     pub findings_omitted: usize,
+    /// The layer blobs read to their end and hashed as they streamed by, when asked
+    /// ([`DeepVerifier::check_and_hash`]).
+    #[serde(skip)]
+    pub blobs: Vec<(Digest, Stored)>,
 }
 
 impl DeepReport {
@@ -100,6 +108,7 @@ impl DeepReport {
         self.layers += other.layers;
         self.findings.extend(other.findings);
         self.findings_omitted += other.findings_omitted;
+        self.blobs.extend(other.blobs);
     }
 
     /// The lowest layer with a finding: every snapshot from its chain ID up must be unpacked
@@ -148,6 +157,20 @@ impl<'a> DeepVerifier<'a> {
 
     /// Compares the snapshots of `image` with its layers.
     pub async fn check(&self, image: &Unpacked) -> Result<DeepReport, DeepVerifyError> {
+        self.check_hashing(image, false).await
+    }
+
+    /// Compares the snapshots of `image` with its layers, and hashes each layer blob as it
+    /// reads it ([`DeepReport::blobs`]). A check that fails may leave blobs unread.
+    pub async fn check_and_hash(&self, image: &Unpacked) -> Result<DeepReport, DeepVerifyError> {
+        self.check_hashing(image, true).await
+    }
+
+    async fn check_hashing(
+        &self,
+        image: &Unpacked,
+        hash: bool,
+    ) -> Result<DeepReport, DeepVerifyError> {
         let chain = image::chain_ids(&image.diff_ids);
         let Some(top) = chain.last() else {
             return Ok(DeepReport::default());
@@ -164,7 +187,9 @@ impl<'a> DeepVerifier<'a> {
             })
             .collect();
         let mut views = Vec::new();
-        let result = self.check_with_views(image, top, &layers, &mut views).await;
+        let result = self
+            .check_with_views(image, top, &layers, hash, &mut views)
+            .await;
         for view in views {
             if let Err(e) = self.store.release_view(view).await {
                 tracing::warn!(error = %e, "cannot remove a deep check view; its lease removes it");
@@ -178,15 +203,16 @@ impl<'a> DeepVerifier<'a> {
         image: &Unpacked,
         top: &Digest,
         layers: &[LayerId],
+        hash: bool,
         views: &mut Vec<SnapshotView>,
     ) -> Result<DeepReport, DeepVerifyError> {
         let view = self.view(top, views).await?;
         match view {
             ViewDirs::Layers(dirs) if dirs.len() == layers.len() => {
-                self.per_layer(image, layers, dirs).await
+                self.per_layer(image, layers, dirs, hash).await
             }
             ViewDirs::Bind(dir) if layers.len() == 1 => {
-                self.per_layer(image, layers, vec![dir]).await
+                self.per_layer(image, layers, vec![dir], hash).await
             }
             ViewDirs::Bind(top_dir) => {
                 let mut below = Vec::new();
@@ -198,7 +224,7 @@ impl<'a> DeepVerifier<'a> {
                         }
                     }
                 }
-                self.merged(image, layers, below, top_dir).await
+                self.merged(image, layers, below, top_dir, hash).await
             }
             ViewDirs::Layers(dirs) => Err(self.layout_error(top, dirs.len(), layers.len())),
         }
@@ -233,6 +259,7 @@ impl<'a> DeepVerifier<'a> {
         image: &Unpacked,
         layers: &[LayerId],
         dirs: Vec<PathBuf>,
+        hash: bool,
     ) -> Result<DeepReport, DeepVerifyError> {
         // Collected first: a lazy iterator's closure held across the awaits below would keep
         // this future from being sendable to a task of its own (the agent's deep check).
@@ -243,18 +270,19 @@ impl<'a> DeepVerifier<'a> {
                 let layer = layer.clone();
                 let diff_id = image.diff_ids[layer.index].clone();
                 let ctx = self.ctx.clone();
-                let blob = BlobReader::open(self.store, &layer.digest, &ctx);
+                let mut blob = BlobReader::open(self.store, &layer.digest, &ctx, hash);
                 async move {
                     let index = layer.index;
-                    tokio::task::spawn_blocking(move || {
-                        deep::check_layer(&layer, &diff_id, blob, &dir, &ctx)
+                    let (found, read) = tokio::task::spawn_blocking(move || {
+                        let found = deep::check_layer(&layer, &diff_id, &mut blob, &dir, &ctx);
+                        (found, blob.finish(&ctx).map(|read| (layer.digest, read)))
                     })
                     .await
                     .map_err(|e| DeepVerifyError::Task {
                         index,
                         why: e.to_string(),
-                    })?
-                    .map_err(DeepVerifyError::from)
+                    })?;
+                    Ok::<_, DeepVerifyError>((found?, read))
                 }
             })
             .collect();
@@ -264,10 +292,12 @@ impl<'a> DeepVerifier<'a> {
             .await;
         let mut report = DeepReport::default();
         for result in results {
-            let (findings, omitted) = result?.into_parts();
+            let (findings, read) = result?;
+            let (findings, omitted) = findings.into_parts();
             report.layers += 1;
             report.findings.extend(findings);
             report.findings_omitted += omitted;
+            report.blobs.extend(read);
         }
         Ok(report)
     }
@@ -279,6 +309,7 @@ impl<'a> DeepVerifier<'a> {
         layers: &[LayerId],
         below: Vec<PathBuf>,
         top: PathBuf,
+        hash: bool,
     ) -> Result<DeepReport, DeepVerifyError> {
         let ctx = self.ctx.clone();
         let layers = layers.to_vec();
@@ -286,13 +317,16 @@ impl<'a> DeepVerifier<'a> {
         let store = self.store.clone();
         let handle = tokio::runtime::Handle::current();
         let count = layers.len();
-        let findings = tokio::task::spawn_blocking(move || {
+        let (findings, omitted, blobs) = tokio::task::spawn_blocking(move || {
             let _runtime = handle.enter();
-            let mut tree = MergedTree::new();
+            let mut tree = MergedTree::new(&top);
             let mut findings = deep::Findings::new(ctx.max_findings);
+            let mut blobs = Vec::new();
             for (layer, diff_id) in layers.iter().zip(&diff_ids) {
-                let blob = BlobReader::open(&store, &layer.digest, &ctx);
-                tree.apply(layer, diff_id, blob, &ctx)?;
+                let mut blob = BlobReader::open(&store, &layer.digest, &ctx, hash);
+                let applied = tree.apply(layer, diff_id, &mut blob, &ctx);
+                blobs.extend(blob.finish(&ctx).map(|read| (layer.digest.clone(), read)));
+                applied?;
                 if let Some(dir) = below.get(layer.index) {
                     let (found, _) = deep::check_present(layer, dir, !tree.is_empty()).into_parts();
                     for f in found {
@@ -300,11 +334,11 @@ impl<'a> DeepVerifier<'a> {
                     }
                 }
             }
-            let (top_findings, omitted) = deep::check_merged(&mut tree, &top, &ctx)?.into_parts();
+            let (top_findings, omitted) = deep::check_merged(&mut tree, &ctx)?.into_parts();
             let (mut all, mut more) = findings.into_parts();
             all.extend(top_findings);
             more += omitted;
-            Ok::<_, DeepError>((all, more))
+            Ok::<_, DeepError>((all, more, blobs))
         })
         .await
         .map_err(|e| DeepVerifyError::Task {
@@ -313,28 +347,36 @@ impl<'a> DeepVerifier<'a> {
         })??;
         Ok(DeepReport {
             layers: count,
-            findings: findings.0,
-            findings_omitted: findings.1,
+            findings,
+            findings_omitted: omitted,
+            blobs,
         })
     }
 }
 
 /// A layer blob from containerd's content store as a blocking reader: a task reads the gRPC
-/// stream a few chunks ahead; the comparison's thread reads from it.
+/// stream a few chunks ahead (hashing it, when asked); the comparison's thread reads from it.
 struct BlobReader {
     chunks: tokio::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
     current: Vec<u8>,
     at: usize,
     /// Counts the bytes read, for a progress display.
     read: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Whether the blob is hashed.
+    hash: bool,
+    /// What the blob hashed to, once the task read it to its end.
+    hashed: Arc<OnceLock<Stored>>,
 }
 
 impl BlobReader {
-    /// Starts reading `digest` (call within the runtime).
-    fn open(store: &Store, digest: &Digest, ctx: &Context) -> BlobReader {
+    /// Starts reading `digest`, hashing it when `hash` (call within the runtime).
+    fn open(store: &Store, digest: &Digest, ctx: &Context, hash: bool) -> BlobReader {
         let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
         let (store, digest, cancel) = (store.clone(), digest.clone(), ctx.cancel.clone());
+        let hashed = Arc::new(OnceLock::new());
+        let done = hashed.clone();
         tokio::spawn(async move {
+            let mut hasher = hash.then(|| (Hasher::new(digest.algorithm()), 0u64));
             let mut chunks = match store.read_chunks(&digest).await {
                 Ok(c) => c,
                 Err(e) => {
@@ -348,8 +390,22 @@ impl BlobReader {
                     () = cancel.cancelled() => return,
                 };
                 let item = match next {
-                    Ok(Some(chunk)) => Ok(chunk),
-                    Ok(None) => return,
+                    Ok(Some(chunk)) => {
+                        if let Some((hasher, size)) = &mut hasher {
+                            hasher.update(&chunk);
+                            *size += chunk.len() as u64;
+                        }
+                        Ok(chunk)
+                    }
+                    Ok(None) => {
+                        if let Some((hasher, size)) = hasher {
+                            let _ = done.set(Stored::Read {
+                                digest: hasher.finish(),
+                                size,
+                            });
+                        }
+                        return;
+                    }
                     Err(e) => Err(io::Error::other(e)),
                 };
                 let failed = item.is_err();
@@ -364,6 +420,23 @@ impl BlobReader {
             current: Vec::new(),
             at: 0,
             read: ctx.layer_bytes_read.clone(),
+            hash,
+            hashed,
+        }
+    }
+
+    /// When hashing: reads what the comparison left of the blob (at the check's rate) and
+    /// returns what the whole blob hashed to; `None` when reading it failed or was cancelled.
+    fn finish(mut self, ctx: &Context) -> Option<Stored> {
+        if !self.hash || ctx.cancel.is_cancelled() {
+            return None;
+        }
+        loop {
+            match self.chunks.blocking_recv() {
+                Some(Ok(chunk)) => ctx.pace(chunk.len()),
+                Some(Err(_)) => return None,
+                None => return self.hashed.get().cloned(),
+            }
         }
     }
 }

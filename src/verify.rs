@@ -165,6 +165,9 @@ pub struct ImageCheck {
     pub bytes: u64,
     /// Its platform manifests whose every layer has its snapshot: what a deep check compares.
     pub unpacked: Vec<Unpacked>,
+    /// Layers found present with the right size whose hash is left for later
+    /// ([`LayerCheck::Later`]): what they are (`layer 2`…) and their descriptors.
+    pub unhashed: Vec<(String, Descriptor)>,
 }
 
 impl ImageCheck {
@@ -200,9 +203,21 @@ impl ImageCheck {
 pub struct CheckOptions {
     /// The snapshotter whose snapshots are checked; `None` skips snapshots.
     pub snapshotter: Option<String>,
-    /// Read and hash every layer (slow on big stores); otherwise layers are only checked for
-    /// presence and size. Documents and configs are always hashed.
-    pub hash_layers: bool,
+    /// How layer blobs are checked (documents and configs are always read back and hashed).
+    pub layers: LayerCheck,
+}
+
+/// How a check looks at layer blobs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerCheck {
+    /// Read back and hashed (slow on big stores).
+    Hash,
+    /// Present with the right size.
+    Size,
+    /// Present with the right size, the hash left for later ([`ImageCheck::unhashed`]): for a
+    /// deep check, which reads every layer it compares anyway and hashes it as it does, so that
+    /// no layer is read twice. [`hash_later`] hashes the rest.
+    Later,
 }
 
 /// Checks images in one containerd namespace.
@@ -248,6 +263,7 @@ impl<'a> Checker<'a> {
             blobs: 0,
             bytes: 0,
             unpacked: Vec::new(),
+            unhashed: Vec::new(),
         };
         check.source = self.source(target).await;
         let top_size = records
@@ -510,7 +526,8 @@ impl<'a> Checker<'a> {
         Ok(Some(bytes))
     }
 
-    /// Checks a layer blob: hashed in full, or present with the right size.
+    /// Checks a layer blob: hashed in full, or present with the right size (and, with
+    /// [`LayerCheck::Later`], listed to be hashed later).
     async fn blob(
         &self,
         check: &mut ImageCheck,
@@ -518,7 +535,7 @@ impl<'a> Checker<'a> {
         descriptor: &Descriptor,
     ) -> Result<(), StoreError> {
         let digest = &descriptor.digest;
-        if !self.options.hash_layers {
+        if self.options.layers != LayerCheck::Hash {
             match self.store.info(digest).await? {
                 None => check.problems.push(Problem::Missing {
                     what: what.to_string(),
@@ -531,43 +548,15 @@ impl<'a> Checker<'a> {
                         found: format!("containerd records {} bytes", info.size),
                     })
                 }
+                Some(_) if self.options.layers == LayerCheck::Later => {
+                    check.unhashed.push((what.to_string(), descriptor.clone()));
+                }
                 Some(_) => {}
             }
             return Ok(());
         }
-        let stored = match self.store.hash_blob(digest).await {
-            Ok(s) => s,
-            Err(e) => {
-                check.problems.push(Problem::Unchecked {
-                    what: what.to_string(),
-                    digest: digest.clone(),
-                    why: e.to_string(),
-                });
-                return Ok(());
-            }
-        };
-        match stored {
-            Stored::Absent => check.problems.push(Problem::Missing {
-                what: what.to_string(),
-                digest: digest.clone(),
-            }),
-            Stored::Unreadable(why) => check.problems.push(Problem::Unreadable {
-                what: what.to_string(),
-                digest: digest.clone(),
-                why,
-            }),
-            Stored::Read { digest: got, size } => {
-                check.blobs += 1;
-                check.bytes += size;
-                if &got != digest || size != descriptor.size {
-                    check.problems.push(Problem::Corrupt {
-                        what: what.to_string(),
-                        digest: digest.clone(),
-                        found: format!("{size} bytes hashing to {got}"),
-                    });
-                }
-            }
-        }
+        let stored = self.store.hash_blob(digest).await;
+        read_back(check, what, descriptor, stored);
         Ok(())
     }
 
@@ -575,6 +564,57 @@ impl<'a> Checker<'a> {
     async fn source(&self, target: &Digest) -> Option<String> {
         let info = self.store.info(target).await.ok()??;
         labels::source_of(&info.labels)
+    }
+}
+
+/// Hashes the layers of `check` whose hash was left for later ([`LayerCheck::Later`]) and that
+/// `now` selects, recording what they show.
+pub async fn hash_later(store: &Store, check: &mut ImageCheck, now: impl Fn(&Digest) -> bool) {
+    let (hash, keep) = std::mem::take(&mut check.unhashed)
+        .into_iter()
+        .partition::<Vec<_>, _>(|(_, d)| now(&d.digest));
+    check.unhashed = keep;
+    for (what, descriptor) in hash {
+        let stored = store.hash_blob(&descriptor.digest).await;
+        read_back(check, &what, &descriptor, stored);
+    }
+}
+
+/// Records what reading the layer blob `descriptor` (`what`: `layer 2`…) back found: by the
+/// check itself, or by a deep check that hashed it as it read it.
+pub fn read_back(
+    check: &mut ImageCheck,
+    what: &str,
+    descriptor: &Descriptor,
+    stored: Result<Stored, StoreError>,
+) {
+    let digest = &descriptor.digest;
+    match stored {
+        Err(e) => check.problems.push(Problem::Unchecked {
+            what: what.to_string(),
+            digest: digest.clone(),
+            why: e.to_string(),
+        }),
+        Ok(Stored::Absent) => check.problems.push(Problem::Missing {
+            what: what.to_string(),
+            digest: digest.clone(),
+        }),
+        Ok(Stored::Unreadable(why)) => check.problems.push(Problem::Unreadable {
+            what: what.to_string(),
+            digest: digest.clone(),
+            why,
+        }),
+        Ok(Stored::Read { digest: got, size }) => {
+            check.blobs += 1;
+            check.bytes += size;
+            if &got != digest || size != descriptor.size {
+                check.problems.push(Problem::Corrupt {
+                    what: what.to_string(),
+                    digest: digest.clone(),
+                    found: format!("{size} bytes hashing to {got}"),
+                });
+            }
+        }
     }
 }
 
@@ -637,6 +677,7 @@ mod tests {
             blobs: 0,
             bytes: 0,
             unpacked: vec![],
+            unhashed: vec![],
         };
         // Not the tag, which may have moved on upstream.
         assert_eq!(c.pull_name(), Some(format!("reg.io/app@{d}")));

@@ -343,3 +343,80 @@ async fn an_interrupted_deep_check_leaves_no_view_behind() {
     let leases = containerd.ctr_ok(&["-n", "k8s.io", "leases", "ls"]);
     assert!(!leases.contains("deep-verify"), "{leases}");
 }
+
+/// Where containerd keeps a blob.
+fn blob_path(containerd: &Containerd, digest: &str) -> std::path::PathBuf {
+    containerd
+        .root()
+        .join("io.containerd.content.v1.content/blobs/sha256")
+        .join(digest.strip_prefix("sha256:").unwrap())
+}
+
+/// `verify --deep` hashes each layer blob as it reads it for the comparison, instead of reading
+/// it twice: a corrupt blob is still reported as one, whether its bytes still unpack to the
+/// right files or break the comparison, and its snapshots are not judged by it.
+#[tokio::test(flavor = "multi_thread")]
+async fn deep_verify_reports_a_corrupt_layer_blob_as_corrupt() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let host = registry.host();
+    let mut images = Vec::new();
+    for name in ["blob-header", "blob-data"] {
+        let built = tokio::task::spawn_blocking(move || layers(name))
+            .await
+            .unwrap();
+        let refs: Vec<&FileLayer> = built.iter().collect();
+        let image = push_runnable(&host, &format!("deep/{name}"), "1", &refs, &["/bin/sh"]).await;
+        images.push((format!("{host}/deep/{name}:1"), image));
+    }
+    let mut pull = vec!["pull", "--plain-http", &host, "--no-node-credentials"];
+    pull.extend(images.iter().map(|(r, _)| r.as_str()));
+    let out = prepull(&containerd, &pull).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let out = prepull(&containerd, &["verify", "--deep", "--all"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // A byte of the gzip header's modification time: the blob still unpacks to the same tar,
+    // so the comparison finds nothing; only its digest shows the damage.
+    let (header, header_image) = &images[0];
+    flip_byte(&blob_path(&containerd, &header_image.layers[1].digest), 5);
+    // A byte inside the compressed data of the top layer: the comparison cannot read it.
+    let (data, data_image) = &images[1];
+    let top = &data_image.layers[2];
+    flip_byte(&blob_path(&containerd, &top.digest), top.size / 2);
+
+    let out = prepull(&containerd, &["verify", "--deep", "--all"]).await;
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    for expected in [
+        format!(
+            "damaged {header}: layer 1 {} is corrupt: {} bytes hashing to sha256:",
+            header_image.layers[1].digest, header_image.layers[1].size
+        ),
+        format!(
+            "damaged {data}: layer 2 {} is corrupt: {} bytes hashing to sha256:",
+            top.digest, top.size
+        ),
+    ] {
+        assert!(t.contains(&expected), "no {expected:?} in:\n{t}");
+    }
+    // The blobs are what to mend: their snapshots were not judged by them.
+    assert!(!t.contains("could not be compared"), "{t}");
+    assert!(!t.contains("match their snapshots"), "{t}");
+    let out = prepull(
+        &containerd,
+        &["verify", "--deep", "--output", "json", header],
+    )
+    .await;
+    let line: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(line["deep"]["checked"], false, "{line}");
+
+    // --quick hashes no layer: the header's damage goes unseen, and its files match.
+    let out = prepull(&containerd, &["verify", "--deep", "--quick", header]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("3 layers match their snapshots"),
+        "{}",
+        text(&out)
+    );
+}

@@ -39,10 +39,10 @@ fuzz_target!(|data: &[u8]| {
         chain_id: diff_id.clone(),
     };
     let _ = check_layer(&layer, &diff_id, data, snapshot(), &ctx);
-    let mut tree = MergedTree::new();
+    let mut tree = MergedTree::new(snapshot());
     if tree.apply(&layer, &diff_id, data, &ctx).is_ok() {
         let _ = tree.live_links().count();
-        let _ = check_merged(&mut tree, snapshot(), &ctx);
+        let _ = check_merged(&mut tree, &ctx);
     }
 });
 

@@ -26,7 +26,7 @@ use crate::deep_verify::{DeepReport, DeepVerifier};
 use crate::metrics::{metrics, RepairResult};
 use crate::repair::{self, SnapshotOutcome};
 use crate::store::{Store, StoreError};
-use crate::verify::{group_records, CheckOptions, Checker};
+use crate::verify::{group_records, CheckOptions, Checker, LayerCheck};
 
 /// The label on an image record saying when its snapshots were last found sound:
 /// `<boot ID> <Unix seconds>`.
@@ -78,7 +78,7 @@ pub(crate) async fn check_due(
         store,
         CheckOptions {
             snapshotter: Some(snapshotter.to_string()),
-            hash_layers: false,
+            layers: LayerCheck::Size,
         },
     );
     let mut ctx = deep::Context::new(cancel.clone());

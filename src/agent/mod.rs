@@ -683,12 +683,12 @@ impl Agent {
     /// removed (and containerd's garbage collected), so the pass that follows fetches them
     /// again. Returns what was wrong, per entry.
     async fn verify_listed(&self, list: &List) -> Result<(Damage, Protection), StoreError> {
-        use crate::verify::{group_records, CheckOptions, Checker};
+        use crate::verify::{group_records, CheckOptions, Checker, LayerCheck};
         let checker = Checker::new(
             &self.store,
             CheckOptions {
                 snapshotter: self.puller.snapshotter().map(str::to_string),
-                hash_layers: true,
+                layers: LayerCheck::Hash,
             },
         );
         let groups = group_records(self.store.images().await?);

@@ -50,8 +50,8 @@ impl DeepRepair<'_> {
         wanted: &[Reference],
         stop: &CancellationToken,
     ) -> anyhow::Result<Option<usize>> {
-        let (checks, _) = check_all(self.store, self.checker, wanted).await?;
-        let Some(outcomes) = self.deep(&checks, stop).await? else {
+        let (mut checks, _) = check_all(self.store, self.checker, wanted).await?;
+        let Some(outcomes) = self.deep(&mut checks, stop).await? else {
             return Ok(None);
         };
         let mut bad = 0;
@@ -153,7 +153,7 @@ impl DeepRepair<'_> {
 
     async fn deep(
         &self,
-        checks: &[ImageCheck],
+        checks: &mut [ImageCheck],
         stop: &CancellationToken,
     ) -> anyhow::Result<Option<Vec<DeepOutcome>>> {
         deep_all(
@@ -186,7 +186,7 @@ impl DeepRepair<'_> {
                 checks.push(self.checker.check(&target, &records).await?);
             }
         }
-        let Some(outcomes) = self.deep(&checks, stop).await? else {
+        let Some(outcomes) = self.deep(&mut checks, stop).await? else {
             return Ok(None);
         };
         Ok(Some(

@@ -18,7 +18,10 @@ use crate::reference::Reference;
 use crate::repair;
 use crate::space::human_bytes;
 use crate::store::{Ingest, Store, StoredImage};
-use crate::verify::{group_records, stale_ingests, CheckOptions, Checker, ImageCheck};
+use crate::verify::{
+    group_records, hash_later, read_back, stale_ingests, CheckOptions, Checker, ImageCheck,
+    LayerCheck,
+};
 
 /// What both commands check.
 #[derive(Debug, Args)]
@@ -64,8 +67,9 @@ pub struct CheckArgs {
         With --deep, each image's unpacked snapshots (what pods run from) are also compared file \
         by file with the layers they were unpacked from: type, size, content, mode, owner, \
         symlink targets, hard links, devices, whiteouts; files added; snapshot directories gone \
-        or emptied. It reads every layer and every file, so it takes time: --max-read-rate \
-        bounds the disk reads. Each difference names the image, the layer (index and digest), \
+        or emptied. It reads every layer once (hashed against its digest as it is compared, not \
+        read back beforehand) and every file, so it takes time: --max-read-rate bounds the \
+        disk reads. Each difference names the image, the layer (index and digest), \
         the path, and what was expected and found."
 )]
 pub struct VerifyArgs {
@@ -221,7 +225,7 @@ pub async fn run_verify(args: VerifyArgs, stop: CancellationToken) -> anyhow::Re
         Ok(ExitCode::from(130))
     };
     let wanted = parse_images(&args.check.images)?;
-    let (store, snapshotter, checks, missing, stale) = tokio::select! {
+    let (store, snapshotter, mut checks, missing, stale) = tokio::select! {
         r = check_phase(&args, &wanted) => r?,
         () = stop.cancelled() => return interrupted(),
     };
@@ -232,7 +236,7 @@ pub async fn run_verify(args: VerifyArgs, stop: CancellationToken) -> anyhow::Re
                 snapshotter,
                 args.deep_concurrency,
                 args.max_read_rate,
-                &checks,
+                &mut checks,
                 &stop,
                 args.check.output,
             )
@@ -383,7 +387,7 @@ pub async fn run_repair(args: RepairArgs, stop: CancellationToken) -> anyhow::Re
         &store,
         CheckOptions {
             snapshotter: snapshotter.clone(),
-            hash_layers: !args.check.quick,
+            layers: layer_check(args.check.quick),
         },
     );
     let output = args.check.output;
@@ -501,16 +505,23 @@ async fn store_records(store: &Store, check: &ImageCheck) -> anyhow::Result<Vec<
 
 /// The deep check of every checked image, in order; images with other problems are skipped
 /// (their blobs or snapshots are what to mend first).
+///
+/// Layers whose hash the check left for later ([`LayerCheck::Later`]) are hashed by the deep
+/// check as it reads them; those it does not read (an image it skips, a platform not unpacked)
+/// are hashed here first, so that the problems they show still come first.
 /// `None` when interrupted.
 pub(super) async fn deep_all(
     store: &Store,
     snapshotter: &str,
     concurrency: NonZeroUsize,
     rate: Option<NonZeroU64>,
-    checks: &[ImageCheck],
+    checks: &mut [ImageCheck],
     stop: &CancellationToken,
     output: Output,
 ) -> anyhow::Result<Option<Vec<DeepOutcome>>> {
+    for check in checks.iter_mut() {
+        hash_unread(store, check).await;
+    }
     let mut ctx = deep::Context::new(stop.child_token());
     ctx.limiter = rate.map(|r| Arc::new(RateLimiter::new(r)));
     let total: u64 = checks
@@ -529,21 +540,27 @@ pub(super) async fn deep_all(
     let verifier = DeepVerifier::new(store, snapshotter, concurrency, ctx).await?;
     let mut outcomes = Vec::with_capacity(checks.len());
     let mut interrupted = false;
-    for check in checks {
+    let problems_first =
+        || DeepOutcome::Skipped("the problems above come first: prepull repair mends them".into());
+    for check in checks.iter_mut() {
         if !check.problems.is_empty() {
-            outcomes.push(DeepOutcome::Skipped(
-                "the problems above come first: prepull repair mends them".into(),
-            ));
+            outcomes.push(problems_first());
             continue;
         }
         if check.unpacked.is_empty() {
             outcomes.push(DeepOutcome::Skipped("no unpacked image manifest".into()));
             continue;
         }
+        let hash = !check.unhashed.is_empty();
         let mut report = DeepReport::default();
         let mut failed = None;
         for unpacked in &check.unpacked {
-            match verifier.check(unpacked).await {
+            let result = if hash {
+                verifier.check_and_hash(unpacked).await
+            } else {
+                verifier.check(unpacked).await
+            };
+            match result {
                 Ok(r) => report.absorb(r),
                 Err(e) if e.is_cancelled() => {
                     interrupted = true;
@@ -558,6 +575,25 @@ pub(super) async fn deep_all(
         if interrupted {
             break;
         }
+        if hash {
+            // What the blobs hashed to as they were read; any left unread (the comparison
+            // failed) are hashed now: a corrupt blob is the problem to report, not what it made
+            // of the comparison.
+            for (digest, stored) in std::mem::take(&mut report.blobs) {
+                let (read, left) = std::mem::take(&mut check.unhashed)
+                    .into_iter()
+                    .partition::<Vec<_>, _>(|(_, d)| d.digest == digest);
+                check.unhashed = left;
+                for (what, descriptor) in read {
+                    read_back(check, &what, &descriptor, Ok(stored.clone()));
+                }
+            }
+            hash_later(store, check, |_| true).await;
+            if !check.problems.is_empty() {
+                outcomes.push(problems_first());
+                continue;
+            }
+        }
         outcomes.push(match failed {
             Some(why) => DeepOutcome::Failed(why),
             None => DeepOutcome::Checked(report),
@@ -571,6 +607,29 @@ pub(super) async fn deep_all(
         return Ok(None);
     }
     Ok(Some(outcomes))
+}
+
+/// Hashes the layers of `check` left for the deep check that it will not read: all of them
+/// when it will not compare the image, else those of no unpacked platform.
+async fn hash_unread(store: &Store, check: &mut ImageCheck) {
+    if check.unhashed.is_empty() {
+        return;
+    }
+    let compared: std::collections::HashSet<Digest> = if check.problems.is_empty() {
+        check
+            .unpacked
+            .iter()
+            .flat_map(|u| &u.layers)
+            .map(|l| l.digest.clone())
+            .collect()
+    } else {
+        Default::default()
+    };
+    hash_later(store, check, |d| !compared.contains(d)).await;
+    if !check.problems.is_empty() {
+        // The image will not be compared after all.
+        hash_later(store, check, |_| true).await;
+    }
 }
 
 type Checked = (
@@ -592,16 +651,30 @@ async fn check_phase(args: &VerifyArgs, wanted: &[Reference]) -> anyhow::Result<
             None => cri_snapshotter(&args.containerd.socket).await,
         })
     };
+    // The deep check reads every layer it compares: it hashes them then, not here first.
+    let layers = match layer_check(args.check.quick) {
+        LayerCheck::Hash if args.deep && snapshotter.is_some() => LayerCheck::Later,
+        other => other,
+    };
     let checker = Checker::new(
         &store,
         CheckOptions {
             snapshotter: snapshotter.clone(),
-            hash_layers: !args.check.quick,
+            layers,
         },
     );
     let (checks, missing) = check_all(&store, &checker, wanted).await?;
     let stale = stale_ingests(&store, args.check.stale_ingest_age).await?;
     Ok((store, snapshotter, checks, missing, stale))
+}
+
+/// Layers hashed, or with --quick checked for presence and size only.
+fn layer_check(quick: bool) -> LayerCheck {
+    if quick {
+        LayerCheck::Size
+    } else {
+        LayerCheck::Hash
+    }
 }
 
 fn parse_images(images: &[String]) -> anyhow::Result<Vec<Reference>> {

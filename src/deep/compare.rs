@@ -8,15 +8,14 @@
 use std::collections::hash_map::RandomState;
 use std::collections::HashSet;
 use std::ffi::CString;
-use std::fs::{self, File, Metadata};
+use std::fs::{self, Metadata};
 use std::hash::BuildHasher;
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest as _, Sha256};
-
+use super::content::{self, Buffers, Compared, Content};
 use super::expect::{expected, Change, Expected, LayerArchive, MergedTree, OPAQUE_MARKER};
 use super::finding::{Finding, FindingKind, Findings, LayerId};
 use super::tar_walk::Kind;
@@ -27,8 +26,9 @@ use crate::digest::Digest;
 const OPAQUE_XATTRS: [&str; 2] = ["trusted.overlay.opaque", "user.overlay.opaque"];
 
 /// Compares one layer's own directory (overlayfs keeps each layer's files apart) with the layer
-/// blob `blob`, entry by entry as the archive streams; then lists the directory for paths the
-/// layer does not have. Only a key per path is held, not the layer's file list.
+/// blob `blob`, entry by entry as the archive streams (a regular file's bytes read in step with
+/// its entry's); then lists the directory for paths the layer does not have. Only a key per path
+/// is held, not the layer's file list.
 pub fn check_layer<R: Read>(
     layer: &LayerId,
     diff_id: &Digest,
@@ -42,6 +42,7 @@ pub fn check_layer<R: Read>(
     };
     let mut keys = PathKeys::new(layer, ctx.max_entries);
     let mut lookup = Lookup::new(dir);
+    let mut buffers = Buffers::new();
     let mut archive = LayerArchive::open(layer, diff_id, blob, ctx)?;
     let base = layer.index == 0;
     while let Some(change) = archive.next_change()? {
@@ -52,7 +53,7 @@ pub fn check_layer<R: Read>(
                 let key = keys.key(&path);
                 findings.forget(key);
                 let on_disk = lookup.lstat(&path);
-                let expect = match &header.kind {
+                let compared = match &header.kind {
                     Kind::HardLink(target) => {
                         // containerd refuses links to a lower layer's file when unpacking
                         // into overlayfs: the target is this layer's. It chowns and chmods the
@@ -77,29 +78,29 @@ pub fn check_layer<R: Read>(
                         continue;
                     }
                     Kind::File => {
-                        let size_matches = matches!(
-                            &on_disk,
-                            Ok(Some(m)) if m.is_file() && m.len() == header.size
-                        );
-                        let sha256 = if size_matches {
-                            archive.hash_data()?
-                        } else {
-                            [0; 32]
+                        // A file of another size or type is reported as such: its bytes are
+                        // left for the archive to skip.
+                        let file = match &on_disk {
+                            Ok(Some(m)) if m.is_file() && m.len() == header.size => {
+                                Some(content::open(&dir.join(&path)))
+                            }
+                            _ => None,
                         };
-                        expected(&header, sha256)
+                        content::compare_entry(&mut archive, file, &mut buffers, ctx, false)?
+                            .content
                     }
-                    _ => expected(&header, [0; 32]),
+                    _ => Content::NotCompared,
                 };
                 compare_at(
-                    ctx,
                     layer,
                     &path,
                     &dir.join(&path),
                     on_disk,
-                    &expect,
+                    &expected(&header),
+                    &compared,
                     key,
                     &mut findings,
-                )?;
+                );
             }
             Change::Delete { path } => {
                 keys.insert_with_parents(&path)?;
@@ -114,15 +115,15 @@ pub fn check_layer<R: Read>(
                 };
                 let on_disk = lookup.lstat(&path);
                 compare_at(
-                    ctx,
                     layer,
                     &path,
                     &dir.join(&path),
                     on_disk,
                     &expect,
+                    &Content::NotCompared,
                     key,
                     &mut findings,
-                )?;
+                );
             }
             Change::Opaque { dir: opaque } => {
                 keys.insert_with_parents(&opaque)?;
@@ -143,13 +144,12 @@ pub fn check_layer<R: Read>(
 }
 
 /// Compares a snapshot holding the whole filesystem (`native` copies every layer below into
-/// each snapshot) with the merged expectation of its layers. Each finding names the layer that
-/// wrote the path; a path no layer has is the top layer's.
-pub fn check_merged(
-    tree: &mut MergedTree,
-    top: &Path,
-    ctx: &Context,
-) -> Result<Findings, DeepError> {
+/// each snapshot), the tree's top, with the merged expectation of its layers (whose regular
+/// files were compared as the layers were applied). Each finding names the layer that wrote the
+/// path; a path no layer has is the top layer's.
+pub fn check_merged(tree: &mut MergedTree, ctx: &Context) -> Result<Findings, DeepError> {
+    let top = tree.top().to_path_buf();
+    let top = top.as_path();
     let mut findings = Findings::new(ctx.max_findings);
     let layers = tree.layers().to_vec();
     let Some(top_layer) = layers.last() else {
@@ -208,16 +208,20 @@ pub fn check_merged(
             };
             let layer = &layers[node.layer.min(layers.len() - 1)];
             node.seen = true;
+            let content = node
+                .content
+                .as_deref()
+                .map_or(&Content::Same, |c| &c.content);
             compare_at(
-                ctx,
                 layer,
                 &path,
                 &entry.path(),
                 Ok(Some(meta.clone())),
                 &node.expected,
+                content,
                 0,
                 &mut findings,
-            )?;
+            );
             if !same_type(&node.expected, &meta) {
                 node.pruned = true;
             } else if meta.is_dir() {
@@ -325,18 +329,19 @@ fn directory_state(layer: &LayerId, dir: &Path, findings: &mut Findings) -> Opti
     }
 }
 
-/// Compares what `lstat` found at `full` with `expected`.
+/// Compares what `lstat` found at `full` with `expected` (and, for a regular file of the
+/// right size, what comparing its bytes found).
 #[allow(clippy::too_many_arguments)]
 fn compare_at(
-    ctx: &Context,
     layer: &LayerId,
     rel: &Path,
     full: &Path,
     on_disk: io::Result<Option<Metadata>>,
     expected: &Expected,
+    content: &Content,
     key: u64,
     findings: &mut Findings,
-) -> Result<(), DeepError> {
+) {
     let mut report = |kind: FindingKind, e: String, f: String| {
         findings.push(key, Finding::new(layer, rel, kind, e, f));
     };
@@ -356,7 +361,7 @@ fn compare_at(
                     "nothing".into(),
                 ),
             }
-            return Ok(());
+            return;
         }
         Err(e) => {
             report(
@@ -364,7 +369,7 @@ fn compare_at(
                 describe_expected(expected),
                 e.to_string(),
             );
-            return Ok(());
+            return;
         }
     };
     if !same_type(expected, &meta) {
@@ -373,7 +378,7 @@ fn compare_at(
             _ => FindingKind::Type,
         };
         report(kind, describe_expected(expected), describe(&meta));
-        return Ok(());
+        return;
     }
     let (mode, uid, gid) = (
         meta.mode() & 0o7777,
@@ -399,32 +404,21 @@ fn compare_at(
         }
     };
     match expected {
-        Expected::File {
-            size,
-            sha256,
-            meta: want,
-        } => {
+        Expected::File { size, meta: want } => {
             if meta.len() != *size {
                 report(
                     FindingKind::Size,
                     format!("{size} bytes"),
                     format!("{} bytes", meta.len()),
                 );
-            } else {
-                match hash_file(ctx, full) {
-                    Ok(found) if found == *sha256 => {}
-                    Ok(found) => report(
-                        FindingKind::Content,
-                        format!("sha256:{}", hex::encode(sha256)),
-                        format!("sha256:{}", hex::encode(found)),
-                    ),
-                    Err(_) if ctx.cancel.is_cancelled() => return Err(DeepError::Cancelled),
-                    Err(e) => report(
-                        FindingKind::Unreadable,
-                        format!("{size} bytes to read"),
-                        e.to_string(),
-                    ),
-                }
+            } else if let Content::Unreadable(e) = content {
+                report(
+                    FindingKind::Unreadable,
+                    format!("{size} bytes to read"),
+                    e.clone(),
+                );
+            } else if let Some((expected, found)) = content.describe(*size) {
+                report(FindingKind::Content, expected, found);
             }
             owner_and_mode(&mut report, want, true);
         }
@@ -481,7 +475,6 @@ fn compare_at(
             }
         }
     }
-    Ok(())
 }
 
 fn same_type(expected: &Expected, meta: &Metadata) -> bool {
@@ -559,26 +552,101 @@ fn unreadable(layer: &LayerId, rel: &Path, e: &io::Error) -> Finding {
     )
 }
 
-/// SHA-256 of a file's content, read at the check's rate, never through a symlink.
-fn hash_file(ctx: &Context, path: &Path) -> io::Result<[u8; 32]> {
-    let mut file = File::options()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_NONBLOCK)
-        .open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 64 << 10];
-    loop {
-        if ctx.cancel.is_cancelled() {
-            return Err(io::Error::other("the deep check was cancelled"));
+/// The top snapshot of a chain whose snapshots each hold the whole filesystem (`native`): its
+/// regular files compared with the layers' entries as [`MergedTree::apply`] streams them.
+pub(crate) struct TopFiles<'r> {
+    lookup: Lookup<'r>,
+    buffers: Buffers,
+}
+
+impl<'r> TopFiles<'r> {
+    pub(crate) fn new(top: &'r Path) -> TopFiles<'r> {
+        TopFiles {
+            lookup: Lookup::new(top),
+            buffers: Buffers::new(),
         }
-        let n = match file.read(&mut buf) {
-            Ok(0) => return Ok(hasher.finalize().into()),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+    }
+
+    /// The archive's current entry, a regular file of `size` bytes at `path`, compared with
+    /// the file there. Its SHA-256 is kept when the file does not hold its bytes: a later layer
+    /// may replace the path and link another to this entry's file.
+    pub(crate) fn compare_file(
+        &mut self,
+        path: &Path,
+        size: u64,
+        archive: &mut LayerArchive<'_>,
+        ctx: &Context,
+    ) -> Result<Compared, DeepError> {
+        let file = match self.lookup.lstat(path) {
+            Ok(Some(m)) if m.is_file() && m.len() == size => {
+                Some(content::open(&self.lookup.root.join(path)))
+            }
+            // Another type, another size or nothing: the walk of the snapshot reports it.
+            _ => None,
         };
-        ctx.pace(n);
-        hasher.update(&buf[..n]);
+        content::compare_entry(archive, file, &mut self.buffers, ctx, true)
+    }
+
+    /// What the hard link `path` to `target` (a file of `size` bytes, whose own comparison
+    /// found `target_content`, `None` for the same bytes) holds; `None` for the layer's bytes.
+    pub(crate) fn compare_link(
+        &mut self,
+        path: &Path,
+        target: &Path,
+        size: u64,
+        target_content: Option<&Compared>,
+        ctx: &Context,
+    ) -> Result<Option<Box<Compared>>, DeepError> {
+        let not_compared = || {
+            Ok(Some(Box::new(Compared {
+                content: Content::NotCompared,
+                sha256: None,
+            })))
+        };
+        let link = match self.lookup.lstat(path) {
+            Ok(Some(m)) if m.is_file() && m.len() == size => m,
+            _ => return not_compared(),
+        };
+        if let Ok(Some(to)) = self.lookup.lstat(target) {
+            if (to.dev(), to.ino()) == (link.dev(), link.ino()) {
+                return Ok(target_content.map(|c| Box::new(c.clone())));
+            }
+        }
+        // A separate file: the link was broken (reported as such), or a later layer replaced
+        // the target's path. Compare it with the target's file when that holds the layer's
+        // bytes, or else with their hash.
+        let root = self.lookup.root;
+        let content = match target_content {
+            None => match (
+                content::open(&root.join(target)),
+                content::open(&root.join(path)),
+            ) {
+                (Ok(mut expected), Ok(mut found)) => {
+                    content::compare_files(&mut expected, &mut found, &mut self.buffers, ctx)?
+                }
+                (Err(e), _) | (_, Err(e)) => Content::Unreadable(e.to_string()),
+            },
+            Some(Compared {
+                sha256: Some(expected),
+                ..
+            }) => {
+                let found = content::open(&root.join(path))
+                    .and_then(|mut f| content::hash_file(&mut f, &mut self.buffers, ctx));
+                match found {
+                    Ok(found) if found == *expected => Content::Same,
+                    Ok(found) => Content::HashDiffers {
+                        expected: *expected,
+                        found,
+                    },
+                    Err(_) if ctx.cancel.is_cancelled() => return Err(DeepError::Cancelled),
+                    Err(e) => Content::Unreadable(e.to_string()),
+                }
+            }
+            Some(_) => return not_compared(),
+        };
+        // A link holding the layer's bytes stands for them, as its target does.
+        let sha256 = target_content.and_then(|c| c.sha256);
+        Ok((content != Content::Same).then(|| Box::new(Compared { content, sha256 })))
     }
 }
 

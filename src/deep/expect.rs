@@ -9,9 +9,11 @@ use std::ops::Bound;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use flate2::read::MultiGzDecoder;
+use flate2::bufread::MultiGzDecoder;
 use sha2::{Digest as _, Sha256};
 
+use super::compare::TopFiles;
+use super::content::{Compared, Content};
 use super::tar_walk::{Header, Kind, TarError, TarReader};
 use super::{Context, DeepError, LayerId};
 use crate::digest::Digest;
@@ -38,12 +40,11 @@ pub struct Meta {
 /// What a path must be on disk.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Expected {
-    /// A regular file of this size and SHA-256.
+    /// A regular file of this size and the bytes of its entry (compared as the entry streams
+    /// by, see [`super::content`]).
     File {
         /// Length in bytes.
         size: u64,
-        /// SHA-256 of its content.
-        sha256: [u8; 32],
         /// Ownership and mode.
         meta: Meta,
     },
@@ -86,7 +87,7 @@ pub enum Change {
     Put {
         /// The path.
         path: PathBuf,
-        /// What it must be (a regular file's hash is known once its data is read).
+        /// What it must be (a regular file's data follows in the archive).
         header: Header,
     },
     /// Deletes `path` (a `.wh.` entry).
@@ -132,8 +133,8 @@ impl Change {
     }
 }
 
-/// The expectation for a non-file entry, or for a file whose content hashes to `sha256`.
-pub fn expected(header: &Header, sha256: [u8; 32]) -> Expected {
+/// The expectation for an entry (a regular file's bytes are compared apart).
+pub fn expected(header: &Header) -> Expected {
     let meta = Meta {
         mode: header.mode,
         uid: header.uid,
@@ -142,7 +143,6 @@ pub fn expected(header: &Header, sha256: [u8; 32]) -> Expected {
     match &header.kind {
         Kind::File | Kind::HardLink(_) => Expected::File {
             size: header.size,
-            sha256,
             meta,
         },
         Kind::Dir => Expected::Dir(meta),
@@ -234,17 +234,9 @@ impl<'c> LayerArchive<'c> {
         }
     }
 
-    /// SHA-256 of the current entry's data.
-    pub fn hash_data(&mut self) -> Result<[u8; 32], DeepError> {
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 64 << 10];
-        loop {
-            match self.tar.read_data(&mut buf) {
-                Ok(0) => return Ok(hasher.finalize().into()),
-                Ok(n) => hasher.update(&buf[..n]),
-                Err(e) => return Err(self.archive_error(e)),
-            }
-        }
+    /// Reads the current entry's data; 0 at its end.
+    pub fn read_data(&mut self, buf: &mut [u8]) -> Result<usize, DeepError> {
+        self.tar.read_data(buf).map_err(|e| self.archive_error(e))
     }
 
     /// Reads the rest of the archive and checks that it is the layer the config names.
@@ -313,6 +305,9 @@ pub struct Node {
     pub layer: usize,
     /// What it must be.
     pub expected: Expected,
+    /// For a regular file, what comparing its bytes found when they were not the same (`None`:
+    /// the same, or not a file).
+    pub content: Option<Box<Compared>>,
     /// Set by the comparison once the path was found on disk.
     pub seen: bool,
     /// Set by the comparison when the path was reported as a whole (its type is wrong): paths
@@ -336,8 +331,12 @@ pub struct HardLink {
 /// layers replace earlier paths, whiteouts delete them and what is below them), each path
 /// remembering the layer that wrote it. For snapshotters such as `native`, whose snapshots each
 /// hold a full copy of their chain. Holds at most [`Context::max_entries`] paths.
-#[derive(Debug, Default)]
+///
+/// Regular files are compared with the top snapshot's as their entries stream by (the data is
+/// not kept): a later layer replacing the path replaces what was found too.
+#[derive(Debug)]
 pub struct MergedTree {
+    top: PathBuf,
     nodes: BTreeMap<PathBuf, Node>,
     links: Vec<HardLink>,
     generation: u64,
@@ -345,9 +344,20 @@ pub struct MergedTree {
 }
 
 impl MergedTree {
-    /// An empty tree.
-    pub fn new() -> MergedTree {
-        MergedTree::default()
+    /// An empty tree for the chain whose top snapshot is the directory `top`.
+    pub fn new(top: impl Into<PathBuf>) -> MergedTree {
+        MergedTree {
+            top: top.into(),
+            nodes: BTreeMap::new(),
+            links: Vec::new(),
+            generation: 0,
+            layers: Vec::new(),
+        }
+    }
+
+    /// The top snapshot's directory.
+    pub fn top(&self) -> &Path {
+        &self.top
     }
 
     /// Applies the next layer, read from `blob` (layers must come base first).
@@ -360,26 +370,24 @@ impl MergedTree {
     ) -> Result<(), DeepError> {
         let index = layer.index;
         self.layers.push(layer.clone());
+        let top_dir = self.top.clone();
+        let mut top = TopFiles::new(&top_dir);
         let mut archive = LayerArchive::open(layer, diff_id, blob, ctx)?;
         while let Some(change) = archive.next_change()? {
             match change {
                 Change::Root => {}
                 Change::Delete { path } => {
                     self.remove_below(&path, None);
-                    self.insert(ctx, layer, path, Expected::Absent)?;
+                    self.insert(ctx, layer, path, Expected::Absent, None)?;
                 }
                 Change::Opaque { dir } => self.remove_below(&dir, Some(index)),
                 Change::Put { path, header } => {
                     self.imply_parents(ctx, layer, &path)?;
-                    let sha256 = if header.kind == Kind::File {
-                        archive.hash_data()?
-                    } else {
-                        [0; 32]
-                    };
-                    let expected = match &header.kind {
+                    let (expected, content) = match &header.kind {
                         Kind::HardLink(target) => match self.nodes.get_mut(target) {
                             Some(node) if node.expected != Expected::Absent => {
-                                if let Expected::File { meta, .. } = &mut node.expected {
+                                let mut content = None;
+                                if let Expected::File { meta, size } = &mut node.expected {
                                     // containerd chowns and chmods the link after making it:
                                     // the link's header decides the shared file's owner and mode.
                                     *meta = Meta {
@@ -392,8 +400,15 @@ impl MergedTree {
                                         target: target.clone(),
                                         generation: node.generation,
                                     });
+                                    content = top.compare_link(
+                                        &path,
+                                        target,
+                                        *size,
+                                        node.content.as_deref(),
+                                        ctx,
+                                    )?;
                                 }
-                                node.expected.clone()
+                                (node.expected.clone(), content)
                             }
                             // A link to nothing: containerd fails to unpack such a layer, so
                             // its snapshot cannot exist.
@@ -412,7 +427,14 @@ impl MergedTree {
                                 });
                             }
                         },
-                        _ => expected(&header, sha256),
+                        Kind::File => {
+                            let compared =
+                                top.compare_file(&path, header.size, &mut archive, ctx)?;
+                            let content =
+                                (compared.content != Content::Same).then(|| Box::new(compared));
+                            (expected(&header), content)
+                        }
+                        _ => (expected(&header), None),
                     };
                     let replaces_dir = matches!(
                         self.nodes.get(&path).map(|n| &n.expected),
@@ -421,7 +443,7 @@ impl MergedTree {
                     if replaces_dir && !matches!(expected, Expected::Dir(_)) {
                         self.remove_below(&path, None);
                     }
-                    self.insert(ctx, layer, path, expected)?;
+                    self.insert(ctx, layer, path, expected, content)?;
                 }
             }
         }
@@ -467,6 +489,7 @@ impl MergedTree {
         layer: &LayerId,
         path: PathBuf,
         expected: Expected,
+        content: Option<Box<Compared>>,
     ) -> Result<(), DeepError> {
         if self.nodes.len() + self.links.len() >= ctx.max_entries && !self.nodes.contains_key(&path)
         {
@@ -482,6 +505,7 @@ impl MergedTree {
             Node {
                 layer: layer.index,
                 expected,
+                content,
                 seen: false,
                 pruned: false,
                 generation: self.generation,
@@ -510,7 +534,7 @@ impl MergedTree {
         for parent in missing.into_iter().rev() {
             // A file or link in the way is replaced by the directory.
             self.remove_below(&parent, None);
-            self.insert(ctx, layer, parent, Expected::ImpliedDir)?;
+            self.insert(ctx, layer, parent, Expected::ImpliedDir, None)?;
         }
         Ok(())
     }

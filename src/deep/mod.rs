@@ -4,23 +4,27 @@
 //! Pods run from snapshots, not from blobs. A power cut can leave a committed snapshot with
 //! zeroed or truncated files; a hand-run `rm`, `chmod` or editor can change one. None of that
 //! shows in the blobs' digests. This module reads each layer's tar (gzip'd, zstd'd or not) as a stream
-//! and compares every entry with what is on disk: type, size, content hash, mode, owner,
-//! symlink target, hard links, device numbers, whiteouts and opaque directories, plus paths on
-//! disk that no layer has, and snapshot directories that are gone or empty.
+//! and compares every entry with what is on disk: type, size, content (the file read in step
+//! with the entry and compared byte for byte), mode, owner, symlink target, hard links, device
+//! numbers, whiteouts and opaque directories, plus paths on disk that no layer has, and snapshot
+//! directories that are gone or empty.
 //!
 //! It knows nothing of containerd: given a reader for each layer blob and the directories, it
 //! returns [`Finding`]s. Two layouts exist:
 //! - one directory per layer (overlayfs): [`check_layer`] streams the layer against its own
 //!   directory, holding a key per path, not the file list;
 //! - one directory holding the whole filesystem (native copies the chain into each snapshot):
-//!   [`MergedTree`] applies the layers in order (later ones replace, whiteouts delete) and
-//!   [`check_merged`] compares the top snapshot with it, naming the layer that wrote each path;
-//!   [`check_present`] checks that the snapshots below exist.
+//!   [`MergedTree`] applies the layers in order (later ones replace, whiteouts delete),
+//!   comparing each regular file's bytes with the top snapshot's as they stream by, and
+//!   [`check_merged`] compares the rest of the top snapshot with it, naming the layer that wrote
+//!   each path; [`check_present`] checks that the snapshots below exist.
 //!
-//! Start with [`expect`] (layer entries to expectations), then [`compare`] (the disk side).
+//! Start with [`expect`] (layer entries to expectations), then [`compare`] (the disk side) and
+//! [`content`] (a file's bytes against its entry's).
 //! Modification times are not compared: unpacking sets them, nothing relies on them.
 
 pub mod compare;
+pub mod content;
 pub mod expect;
 pub mod finding;
 pub mod rate;

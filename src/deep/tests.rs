@@ -454,11 +454,11 @@ fn native() -> (tempfile::TempDir, Vec<Layer>) {
 
 fn native_check(layers: &[Layer], dir: &Path) -> Vec<Finding> {
     let c = ctx();
-    let mut tree = MergedTree::new();
+    let mut tree = MergedTree::new(dir);
     for l in layers {
         tree.apply(&l.id, &l.diff_id, &l.blob[..], &c).unwrap();
     }
-    check_merged(&mut tree, dir, &c).unwrap().into_parts().0
+    check_merged(&mut tree, &c).unwrap().into_parts().0
 }
 
 #[test]
@@ -570,13 +570,11 @@ fn findings_are_capped_and_counted() {
         max_findings: 10,
         ..ctx()
     };
-    let mut tree = MergedTree::new();
+    let mut tree = MergedTree::new(dir.path());
     for l in &layers {
         tree.apply(&l.id, &l.diff_id, &l.blob[..], &c).unwrap();
     }
-    let (kept, omitted) = check_merged(&mut tree, dir.path(), &c)
-        .unwrap()
-        .into_parts();
+    let (kept, omitted) = check_merged(&mut tree, &c).unwrap().into_parts();
     assert_eq!((kept.len(), omitted), (10, 20));
 }
 
@@ -636,5 +634,141 @@ fn an_overlay_hard_link_gives_its_mode_to_the_file_it_shares() {
     assert_eq!(
         kinds(&found),
         vec![(FindingKind::Mode, "/bin/tool-again".into())]
+    );
+}
+
+/// Flips the bits of the byte at `offset` of the file at `path`, in place.
+fn flip_byte(path: &Path, offset: u64) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, offset).unwrap();
+    file.write_all_at(&[!byte[0]], offset).unwrap();
+}
+
+/// Bytes that are not all alike, more than the comparison reads at a time.
+fn big_file() -> &'static [u8] {
+    let bytes: Vec<u8> = (0..600_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    Box::leak(bytes.into_boxed_slice())
+}
+
+#[test]
+fn a_differing_file_is_named_with_the_offset_of_its_first_difference() {
+    let entries = [E::Dir("opt", 0o755), E::File("opt/big", 0o644, big_file())];
+    for overlay in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        unpack(dir.path(), &entries, overlay);
+        let layer = build(0, &entries, true);
+        let check = |dir: &Path| {
+            if overlay {
+                overlay_check(&layer, dir)
+            } else {
+                native_check(std::slice::from_ref(&layer), dir)
+            }
+        };
+        assert_eq!(kinds(&check(dir.path())), vec![], "overlay: {overlay}");
+        flip_byte(&dir.path().join("opt/big"), 500_000);
+        let found = check(dir.path());
+        assert_eq!(
+            kinds(&found),
+            vec![(FindingKind::Content, "/opt/big".into())],
+            "overlay: {overlay}"
+        );
+        assert_eq!(found[0].expected, "the layer's 600000 bytes");
+        let expected = big_file()[500_000];
+        assert_eq!(
+            found[0].found,
+            format!(
+                "different bytes from offset 500000 on (0x{:02x} where the layer has 0x{expected:02x})",
+                !expected
+            ),
+            "overlay: {overlay}"
+        );
+    }
+}
+
+#[test]
+fn a_native_hard_link_whose_target_a_later_layer_replaced_keeps_the_earlier_bytes() {
+    const FIRST: &[E] = &[
+        E::Dir("etc", 0o755),
+        E::File("etc/motd", 0o644, b"first message\n"),
+        E::Hard("etc/motd.orig", "etc/motd", 0o644),
+    ];
+    // The same size, other bytes: the base layer's entry differs from what its path holds.
+    const SECOND: &[E] = &[E::File("etc/motd", 0o644, b"other message\n")];
+    let dir = tempfile::tempdir().unwrap();
+    unpack(dir.path(), FIRST, false);
+    unpack(dir.path(), SECOND, false);
+    let layers = vec![build(0, FIRST, true), build(1, SECOND, false)];
+    assert_eq!(kinds(&native_check(&layers, dir.path())), vec![]);
+    std::fs::write(dir.path().join("etc/motd.orig"), b"first MESSAGE\n").unwrap();
+    let found = native_check(&layers, dir.path());
+    assert_eq!(
+        kinds(&found),
+        vec![(FindingKind::Content, "/etc/motd.orig".into())]
+    );
+    assert_eq!(found[0].layer, layers[0].id);
+    assert!(found[0].found.starts_with("sha256:"), "{:?}", found[0]);
+}
+
+#[test]
+fn a_broken_native_hard_link_with_other_bytes_is_named_twice() {
+    const LINKED: &[E] = &[
+        E::Dir("bin", 0o755),
+        E::File("bin/tool", 0o755, b"tool"),
+        E::Hard("bin/tool-again", "bin/tool", 0o755),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    unpack(dir.path(), LINKED, false);
+    let layers = vec![build(0, LINKED, false)];
+    std::fs::remove_file(dir.path().join("bin/tool-again")).unwrap();
+    std::fs::write(dir.path().join("bin/tool-again"), b"toot").unwrap();
+    std::fs::set_permissions(
+        dir.path().join("bin/tool-again"),
+        PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let found = native_check(&layers, dir.path());
+    assert_eq!(
+        kinds(&found),
+        vec![
+            (FindingKind::Content, "/bin/tool-again".into()),
+            (FindingKind::HardLink, "/bin/tool-again".into())
+        ]
+    );
+    assert_eq!(
+        found[0].found,
+        "different bytes from offset 3 on (0x74 where the layer has 0x6c)"
+    );
+}
+
+#[test]
+fn a_native_hard_link_is_compared_whole_when_its_target_differs_past_the_first_chunk() {
+    let mut other = big_file().to_vec();
+    other[500_000] ^= 0xff;
+    let first = [
+        E::Dir("opt", 0o755),
+        E::File("opt/big", 0o644, big_file()),
+        E::Hard("opt/big.orig", "opt/big", 0o644),
+    ];
+    let second = [E::File(
+        "opt/big",
+        0o644,
+        Box::leak(other.into_boxed_slice()),
+    )];
+    let dir = tempfile::tempdir().unwrap();
+    unpack(dir.path(), &first, false);
+    unpack(dir.path(), &second, false);
+    let layers = vec![build(0, &first, true), build(1, &second, true)];
+    // The base layer's bytes before the difference are read back from opt/big to hash them.
+    assert_eq!(kinds(&native_check(&layers, dir.path())), vec![]);
+    flip_byte(&dir.path().join("opt/big.orig"), 10);
+    assert_eq!(
+        kinds(&native_check(&layers, dir.path())),
+        vec![(FindingKind::Content, "/opt/big.orig".into())]
     );
 }

@@ -9,7 +9,7 @@ use crate::pull::Puller;
 use crate::reference::Reference;
 use crate::rootfs::Startable;
 use crate::store::Store;
-use crate::verify::{group_records, CheckOptions, Checker};
+use crate::verify::{group_records, CheckOptions, Checker, LayerCheck};
 
 /// What the node holds for `reference`. `size`: the content bytes a pull would need, when the
 /// registry said.
@@ -42,7 +42,7 @@ pub async fn check(
         store,
         CheckOptions {
             snapshotter: puller.snapshotter().map(str::to_string),
-            hash_layers: true,
+            layers: LayerCheck::Hash,
         },
     );
     let groups = match store.images().await {

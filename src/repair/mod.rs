@@ -325,6 +325,7 @@ mod tests {
             blobs: 0,
             bytes: 0,
             unpacked: vec![],
+            unhashed: vec![],
         }
     }
 

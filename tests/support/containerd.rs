@@ -559,7 +559,7 @@ impl Containerd {
         &self.layout.socket
     }
 
-    /// The daemon's process id, while it runs.
+    /// The daemon's process ID, while it runs (for benches reading its CPU time).
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
