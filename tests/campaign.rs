@@ -763,39 +763,7 @@ async fn fifty_connections_cut_at_random_offsets_under_one_pull() {
 
     // Each GET of a layer (from the start, or resumed with a Range) is cut at the next planned
     // offset past where it starts.
-    let pending = std::sync::Arc::new(std::sync::Mutex::new(plan.clone()));
-    let hook_pending = pending.clone();
-    proxy.set_hook(move |request| {
-        let Some(digest) = request
-            .path
-            .rsplit('/')
-            .next()
-            .filter(|d| d.starts_with("sha256:"))
-        else {
-            return Action::Forward;
-        };
-        let start = request
-            .headers
-            .get("range")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|r| r.strip_prefix("bytes="))
-            .and_then(|r| r.split('-').next())
-            .and_then(|n| n.parse::<u64>().ok())
-            .unwrap_or(0);
-        let mut pending = hook_pending.lock().unwrap();
-        let Some(cuts) = pending.get_mut(digest) else {
-            return Action::Forward;
-        };
-        cuts.retain(|c| *c > start);
-        if cuts.is_empty() {
-            return Action::Forward;
-        }
-        let cut = cuts.remove(0);
-        Action::Shape(Shape {
-            bytes_per_sec: None,
-            cut_after: Some(cut - start),
-        })
-    });
+    let pending = proxy.cut_blobs_at(plan.clone());
 
     let pulling = Instant::now();
     let out = tokio::time::timeout(

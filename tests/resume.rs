@@ -285,39 +285,7 @@ async fn connections_cut_at_random_offsets_resume_exactly_where_they_broke() {
             (layer.digest.clone(), cuts)
         })
         .collect();
-    let pending = Arc::new(Mutex::new(plan.clone()));
-    let hook_pending = pending.clone();
-    proxy.set_hook(move |req| {
-        let Some(digest) = req
-            .path
-            .rsplit('/')
-            .next()
-            .filter(|d| d.starts_with("sha256:"))
-        else {
-            return Action::Forward;
-        };
-        let start = req
-            .headers
-            .get("range")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|r| r.strip_prefix("bytes="))
-            .and_then(|r| r.split('-').next())
-            .and_then(|n| n.parse::<u64>().ok())
-            .unwrap_or(0);
-        let mut pending = hook_pending.lock().unwrap();
-        let Some(cuts) = pending.get_mut(digest) else {
-            return Action::Forward;
-        };
-        cuts.retain(|c| *c > start);
-        if cuts.is_empty() {
-            return Action::Forward;
-        }
-        let cut = cuts.remove(0);
-        Action::Shape(Shape {
-            bytes_per_sec: None,
-            cut_after: Some(cut - start),
-        })
-    });
+    let pending = proxy.cut_blobs_at(plan.clone());
 
     let out = pull_json(&containerd, &host, &reference).output().await;
     let replay = format!(

@@ -60,13 +60,17 @@ pub struct Record {
 impl Record {
     /// The first byte a `Range: bytes=N-` request asks for; 0 without a range.
     pub fn range_start(&self) -> u64 {
-        self.range
-            .as_deref()
-            .and_then(|r| r.strip_prefix("bytes="))
-            .and_then(|r| r.split('-').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
+        range_start(self.range.as_deref())
     }
+}
+
+/// The first byte of a `Range: bytes=N-` header value; 0 without one.
+fn range_start(range: Option<&str>) -> u64 {
+    range
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.split('-').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 /// What the hook sees of a request.
@@ -287,6 +291,42 @@ impl Proxy {
     /// Installs the per-request hook (replacing any previous one).
     pub fn set_hook(&self, hook: impl Fn(&RequestInfo) -> Action + Send + Sync + 'static) {
         *self.shared.hook.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(hook));
+    }
+
+    /// Cuts blob GETs at planned offsets: each GET of a blob in `plan` (from its start, or
+    /// resumed with a `Range`) is cut at the next planned offset past where it starts. Returns
+    /// the cuts not made yet.
+    pub fn cut_blobs_at(
+        &self,
+        plan: std::collections::HashMap<String, Vec<u64>>,
+    ) -> Arc<Mutex<std::collections::HashMap<String, Vec<u64>>>> {
+        let pending = Arc::new(Mutex::new(plan));
+        let hook_pending = pending.clone();
+        self.set_hook(move |request| {
+            let Some(digest) = request
+                .path
+                .rsplit('/')
+                .next()
+                .filter(|d| d.starts_with("sha256:"))
+            else {
+                return Action::Forward;
+            };
+            let start = range_start(request.headers.get("range").and_then(|v| v.to_str().ok()));
+            let mut pending = hook_pending.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(cuts) = pending.get_mut(digest) else {
+                return Action::Forward;
+            };
+            cuts.retain(|c| *c > start);
+            if cuts.is_empty() {
+                return Action::Forward;
+            }
+            let cut = cuts.remove(0);
+            Action::Shape(Shape {
+                bytes_per_sec: None,
+                cut_after: Some(cut - start),
+            })
+        });
+        pending
     }
 
     /// Back to forwarding everything.
