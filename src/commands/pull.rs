@@ -186,6 +186,22 @@ pub struct PullerArgs {
         env = "PREPULL_REGISTRY_BUDGET_RESERVE"
     )]
     pub registry_budget_reserve: registry::BudgetReserve,
+
+    /// Who fetches layers into containerd. `prepull`: prepull streams each layer into
+    /// containerd's content store and unpacks it, flushing each layer. `containerd`:
+    /// containerd's transfer service (containerd 1.7 and 2.x) fetches and unpacks the layers of
+    /// the manifest prepull resolved and verified, from the same hosts directory, with only the
+    /// credentials prepull would send each host; prepull flushes the unpacked layers once per
+    /// image before writing the records CRI reads. Faster on containerd 2.x (no copy of every
+    /// byte through containerd's API); a failure there falls back to prepull's own fetch.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "WHO",
+        default_value = "prepull",
+        env = "PREPULL_FETCHER"
+    )]
+    pub fetcher: crate::pull::Fetcher,
 }
 
 impl PullerArgs {
@@ -206,6 +222,7 @@ impl PullerArgs {
             unpack: None,
             space: None,
             containerd_wait: self.containerd_restart_wait,
+            fetcher: self.fetcher,
             ..PullOptions::default()
         };
         let config = credentials::CredentialConfig {

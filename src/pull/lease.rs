@@ -213,6 +213,106 @@ pub async fn take(
     Ok(HeldLease { lease })
 }
 
+/// On a marker lease: the snapshotter of snapshots unpacked but not yet flushed to disk.
+pub const UNFLUSHED: &str = "prepull.io/unflushed";
+/// On a marker lease: the image whose unpack it marks (for logs).
+pub const UNFLUSHED_IMAGE: &str = "prepull.io/unflushed-image";
+/// On a marker lease, with a number after it: one snapshot (chain ID) it marks, base first.
+const UNFLUSHED_CHAIN: &str = "prepull.io/unflushed-chain.";
+
+/// How long a marker lease lasts: past any node's downtime, so the run after a power cut finds
+/// it. It holds no resources, so it keeps nothing from containerd's garbage collection.
+const UNFLUSHED_EXPIRY: std::time::Duration = std::time::Duration::from_secs(90 * 24 * 3600);
+
+/// Marks `chains` (snapshots of `snapshotter` about to be unpacked by containerd, which does not
+/// flush them) as not yet on disk, until [`flushed`]. A run after a power cut removes them
+/// ([`sweep_unflushed`]): their files may be empty, and a pull finding them would build on them.
+pub async fn mark_unflushed(
+    store: &Store,
+    image: &Reference,
+    snapshotter: &str,
+    chains: &[crate::digest::Digest],
+) -> Result<HeldLease, StoreError> {
+    let mut labels = HashMap::from([
+        (UNFLUSHED.to_string(), snapshotter.to_string()),
+        (UNFLUSHED_IMAGE.to_string(), image.to_string()),
+    ]);
+    labels.extend(
+        chains
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (format!("{UNFLUSHED_CHAIN}{i}"), c.to_string())),
+    );
+    if let Some(me) = Holder::current() {
+        labels.extend(me.labels().map(|(k, v)| (k.to_string(), v)));
+    }
+    let lease = store
+        .create_labelled_lease("unflushed", UNFLUSHED_EXPIRY, labels)
+        .await?;
+    held_here()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(lease.id().to_string());
+    Ok(HeldLease { lease })
+}
+
+/// The marked snapshots are on disk: the marker goes. A marker that cannot be deleted now is
+/// deleted by a later run of this boot (its snapshots are then left alone).
+pub async fn flushed(store: &Store, marker: HeldLease) {
+    let lease = marker.into_lease();
+    if let Err(e) = store.delete_lease(lease).await {
+        tracing::warn!(error = %e, "cannot delete the unflushed-snapshots marker; a later run does");
+    }
+}
+
+/// Goes over the markers left by runs that did not get to flush ([`mark_unflushed`]): those of
+/// an earlier boot (a power cut or crash of the node may have emptied their files) have their
+/// snapshots removed, top first, so they are unpacked again; those of a dead process of this
+/// boot are simply deleted (the kernel still holds and writes back their files). Markers of
+/// live processes, or of another PID namespace in this boot, are left. Returns how many
+/// snapshots were removed.
+pub async fn sweep_unflushed(store: &Store) -> Result<usize, StoreError> {
+    let Some(me) = Holder::current() else {
+        return Ok(0);
+    };
+    let mut removed = 0;
+    for listed in store.leases_with_label(UNFLUSHED).await? {
+        let Some(holder) = Holder::from_labels(&listed.labels) else {
+            continue;
+        };
+        match holder.holds(me, listed.lease.id(), running, is_held_here) {
+            Held::Live | Held::Unknown => continue,
+            Held::LeftBehind => {}
+        }
+        if holder.boot != me.boot {
+            let snapshotter = &listed.labels[UNFLUSHED];
+            let image = listed.labels.get(UNFLUSHED_IMAGE).map(String::as_str);
+            let mut chains: Vec<(usize, &String)> = listed
+                .labels
+                .iter()
+                .filter_map(|(k, v)| Some((k.strip_prefix(UNFLUSHED_CHAIN)?.parse().ok()?, v)))
+                .collect();
+            chains.sort();
+            for (_, chain) in chains.into_iter().rev() {
+                if !store.snapshot_exists(snapshotter, chain).await? {
+                    continue;
+                }
+                match store.remove_snapshot(snapshotter, chain).await {
+                    Ok(()) => {
+                        removed += 1;
+                        tracing::warn!(image, snapshotter, snapshot = chain, "removed a snapshot unpacked but not flushed before the node went down; it is unpacked again");
+                    }
+                    Err(e) => {
+                        tracing::warn!(image, snapshotter, snapshot = chain, error = %e, "cannot remove a snapshot that may not have reached disk before the node went down (in use?); `prepull verify --deep` checks its files")
+                    }
+                }
+            }
+        }
+        store.delete_lease(listed.lease).await?;
+    }
+    Ok(removed)
+}
+
 /// Ends a pull's hold on its lease: deleted, or with `collect`, deleted with containerd's
 /// garbage collection run to completion (what only it held is gone when this returns).
 pub async fn release(store: &Store, held: HeldLease, collect: bool) -> Result<(), StoreError> {

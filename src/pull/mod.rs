@@ -20,6 +20,7 @@ pub mod lease;
 mod progress;
 mod resolve;
 mod space;
+mod transfer;
 mod unpack;
 mod warm;
 
@@ -43,6 +44,7 @@ use fetch::Counters;
 pub use progress::{PullProgress, Stage};
 use resolve::{Resolution, Resolved};
 pub use unpack::{unpack_local, UnpackError};
+pub use transfer::{transfer_record, TRANSFER_RECORDS};
 pub use warm::OnNode;
 
 /// How pulls behave.
@@ -63,6 +65,20 @@ pub struct PullOptions {
     /// How long a pull waits for containerd to answer again when it stops answering mid-pull
     /// (it restarts); zero fails the pull at once.
     pub containerd_wait: Duration,
+    /// Who fetches the layers: prepull, or containerd's transfer service (see [`transfer`]).
+    pub fetcher: Fetcher,
+}
+
+/// Who fetches an image's layers into containerd.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Fetcher {
+    /// prepull streams each layer into containerd's content store and has it unpacked.
+    #[default]
+    Prepull,
+    /// containerd's transfer service (containerd 1.7 and 2.x) fetches and unpacks the layers
+    /// prepull resolved, with prepull's credentials, mirrors and checks; prepull flushes them
+    /// once per image. Falls back to prepull's fetch where containerd cannot.
+    Containerd,
 }
 
 impl Default for PullOptions {
@@ -75,6 +91,7 @@ impl Default for PullOptions {
             pin: false,
             space: None,
             containerd_wait: crate::retry::CONTAINERD_RESTART_WAIT,
+            fetcher: Fetcher::default(),
         }
     }
 }
@@ -114,6 +131,13 @@ pub struct Puller {
     store: Store,
     options: PullOptions,
     downloads: Arc<Semaphore>,
+    /// containerd answered that it has no transfer service: not asked again.
+    transfer_unsupported: std::sync::atomic::AtomicBool,
+    /// Whether this containerd's transfer service is one prepull uses (asked once).
+    transfer_version_checked: tokio::sync::OnceCell<bool>,
+    /// Unflushed snapshots of earlier boots were looked for (once per process: see
+    /// [`lease::sweep_unflushed`]).
+    swept: tokio::sync::OnceCell<()>,
 }
 
 impl Puller {
@@ -125,6 +149,9 @@ impl Puller {
             store,
             options,
             downloads,
+            transfer_unsupported: Default::default(),
+            transfer_version_checked: tokio::sync::OnceCell::new(),
+            swept: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -368,10 +395,33 @@ impl Puller {
             ),
         };
         let lease = held.lease();
+        if self.options.unpack.is_some() {
+            self.swept
+                .get_or_try_init(|| async {
+                    lease::sweep_unflushed(&self.store).await.map(drop)
+                })
+                .await
+                .map_err(PullError::store(reference))?;
+        }
         counters.progress.begin(image.manifest.content_size());
         let source = labels::distribution_source(reference);
-        self.fetch_and_unpack(reference, &image, lease, &source, counters)
-            .await?;
+        let transferred = match self.options.fetcher {
+            Fetcher::Containerd => {
+                self.transfer_and_unpack(reference, &image, lease, &source, counters)
+                    .await?
+            }
+            Fetcher::Prepull => Err(transfer::Declined::NotHere),
+        };
+        match transferred {
+            Ok(()) => {}
+            Err(why) => {
+                if let transfer::Declined::Failed(e) = why {
+                    tracing::debug!(image = %reference, error = %crate::error_chain(&e), "fetching the layers after containerd's fetch failed");
+                }
+                self.fetch_and_unpack(reference, &image, lease, &source, counters)
+                    .await?;
+            }
+        }
         self.commit_documents(reference, &image, lease, &source)
             .await?;
         let names = self.write_records(reference, &image).await?;

@@ -208,7 +208,7 @@ impl LayerUnpack<'_> {
 /// the reserve. Looks more often the nearer free space is to the reserve (as often as a fast disk
 /// could cross what is left), so a layer is stopped soon after it crosses. Never returns when
 /// the filesystem cannot be inspected.
-async fn below_reserve(space: &SpaceCheck) -> (u64, u64) {
+pub(super) async fn below_reserve(space: &SpaceCheck) -> (u64, u64) {
     /// A write rate no node disk beats: what is left of the margin is looked at before a disk
     /// this fast could have filled it.
     const FASTEST_WRITE: u64 = 4 << 30;
@@ -397,7 +397,7 @@ impl Puller {
     }
 
     /// The config's bytes: as fetched, or read from containerd when it already had them.
-    async fn config_bytes(
+    pub(super) async fn config_bytes(
         &self,
         image: &str,
         manifest: &oci::Manifest,

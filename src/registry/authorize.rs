@@ -426,6 +426,40 @@ impl Authorizer {
         self.tokens.token(http, host, realm, scope, None).await
     }
 
+    /// What containerd's own fetch of `reference` from `endpoint` may be given (see
+    /// [`crate::store::TransferAuth`]): the credential prepull would send there first, only once
+    /// prepull itself has seen how the host authorizes, and never a secret the host's token
+    /// realm may not have (the rule [`Realm::refuses_secrets`] applies to prepull's own
+    /// requests). A registry token (sent as it is) cannot be handed over: containerd then goes
+    /// on without credentials.
+    pub async fn hand_over(
+        &self,
+        endpoint: &Endpoint,
+        reference: &Reference,
+    ) -> Option<crate::store::TransferAuth> {
+        use crate::store::TransferAuth;
+        let attempt = self.attempt(endpoint, reference).await;
+        let target = attempt.target();
+        let secret = &attempt.candidate()?.secret;
+        let scheme = lock(&self.schemes).get(&target.host).cloned()?;
+        if let Scheme::Bearer(realm) = &scheme {
+            if let Some(problem) = realm.refuses_secrets(&target.host, &target.origin) {
+                tracing::warn!(host = target.host, realm = realm.realm, problem, "credentials not handed to containerd: its token realm may not have them");
+                return None;
+            }
+        }
+        match (secret, scheme) {
+            (Secret::Basic { username, password }, _) => Some(TransferAuth::Credentials {
+                username: username.clone(),
+                password: password.clone(),
+            }),
+            (Secret::IdentityToken { token, .. }, Scheme::Bearer(_)) => {
+                Some(TransferAuth::Refresh(token.clone()))
+            }
+            _ => None,
+        }
+    }
+
     /// The registry accepted the attempt's credential: it is tried first from now on.
     pub fn accepted(&self, attempt: &AuthAttempt) {
         if let Some(c) = attempt.candidate() {

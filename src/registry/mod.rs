@@ -150,6 +150,35 @@ impl RegistryClient {
         self.auth.begin_pull(reference)
     }
 
+    /// For containerd fetching `reference` itself: per host it may fetch from (mirrors and the
+    /// registry, as `host[:port]`), the credentials it may be given (see
+    /// `Authorizer::hand_over`).
+    pub async fn hand_over(
+        &self,
+        reference: &Reference,
+    ) -> Result<HashMap<String, crate::store::TransferAuth>, RegistryError> {
+        let endpoints = self
+            .options
+            .hosts
+            .endpoints(reference.registry())
+            .map_err(|source| RegistryError::Hosts {
+                registry: reference.registry().to_string(),
+                source,
+            })?;
+        let mut auth = HashMap::new();
+        for endpoint in endpoints {
+            if let Some(a) = self.auth.hand_over(&endpoint, reference).await {
+                auth.insert(endpoint.host.clone(), a);
+            }
+        }
+        Ok(auth)
+    }
+
+    /// The hosts directory and plain-HTTP registries prepull reaches registries by.
+    pub fn hosts(&self) -> &Hosts {
+        &self.options.hosts
+    }
+
     /// The last `ratelimit-remaining` a registry reported (Docker Hub's pull quota).
     pub fn rate_limit_remaining(&self, registry: &str) -> Option<u64> {
         self.budgets.remaining(registry)

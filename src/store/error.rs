@@ -80,6 +80,16 @@ pub enum StoreError {
         /// What the mounts were, and what was wrong with them.
         why: String,
     },
+    /// This containerd does not have the service asked for (the transfer service before 1.7).
+    #[error("containerd {op} {what}: not supported by this containerd ({message})")]
+    Unsupported {
+        /// The RPC.
+        op: &'static str,
+        /// The object.
+        what: String,
+        /// What containerd said.
+        message: String,
+    },
     /// Any other gRPC failure.
     #[error("containerd {op} {what}: {} ({:?})", status.message(), status.code())]
     Rpc {
@@ -146,7 +156,9 @@ impl StoreError {
             StoreError::Mismatch { .. } => ErrorKind::Corrupt,
             StoreError::Busy { .. } => ErrorKind::Busy,
             StoreError::OutOfSpace { .. } => ErrorKind::DiskSpace,
-            StoreError::NotFound { .. } | StoreError::Rpc { .. } => ErrorKind::Containerd,
+            StoreError::NotFound { .. }
+            | StoreError::Unsupported { .. }
+            | StoreError::Rpc { .. } => ErrorKind::Containerd,
         }
     }
 

@@ -13,6 +13,7 @@ mod inspect;
 mod introspect;
 mod leases;
 mod snapshots;
+mod transfer;
 
 use std::path::{Path, PathBuf};
 
@@ -27,6 +28,7 @@ pub use images::{ImageRecord, StoredImage};
 pub use inspect::{BlobChunks, Ingest, Stored};
 pub use leases::{Lease, ListedLease};
 pub use snapshots::{view_dirs, SnapshotInfo, SnapshotKind, SnapshotView, ViewDirs};
+pub use transfer::{TransferAuth, TransferPull};
 
 /// A connection to one containerd namespace.
 #[derive(Clone)]

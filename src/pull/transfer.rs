@@ -1,0 +1,270 @@
+//! `--fetcher containerd`: containerd fetches and unpacks the layers itself (its transfer
+//! service, containerd 1.7 and 2.x), which spares every byte the trip through `Content.Write`.
+//!
+//! prepull keeps what it guarantees:
+//! - **What is fetched**: prepull resolves the tag, checks `expect:`, fetches and verifies the
+//!   manifest and config and commits them; containerd is asked for the platform manifest *by
+//!   digest* and finds both documents present, so it only fetches the layers, and verifies each
+//!   against its digest as it commits it and each layer's diff ID as it unpacks it.
+//! - **Where credentials go**: containerd reads the same hosts directory (mirrors, CAs) and is
+//!   given, per host, only the credential prepull itself would send there, and only once prepull
+//!   has seen how that host authorizes and that its token realm may have it (see
+//!   [`crate::registry::RegistryClient::hand_over`]).
+//! - **Durability**: containerd does not flush what it unpacks. Before any record CRI finds the
+//!   image by exists, prepull flushes the snapshotter's filesystem once for the whole image
+//!   ([`crate::store::Store::sync_snapshotter`]). Until then, a marker lease names the snapshots
+//!   the transfer creates: a run after a power cut (another boot) removes those snapshots before
+//!   anything trusts them (see [`super::lease::sweep_unflushed`]).
+//! - **Free space**: watched while containerd unpacks, as for prepull's own unpack: the transfer
+//!   is cancelled below the reserve.
+//!
+//! containerd's transfer service writes an image record of its own when it is done; it is given
+//! a name no pod can use (under `prepull.invalid/`, a reserved domain), deleted once prepull's
+//! records exist. Any failure of the transfer (a registry's refusal, a containerd without the
+//! service, a host it cannot reach) hands the image to prepull's own fetch, which goes on from
+//! what containerd holds and reports the failure with its kind.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
+use super::fetch::{Counters, Fetch};
+use super::resolve::{check_config, Resolved};
+use super::unpack::{below_reserve, LayerUnpack};
+use super::{lease, PullError, Puller};
+use crate::image::{self, labels};
+use crate::reference::Reference;
+use crate::store::{Lease, StoreError, TransferPull};
+
+/// The image record containerd's transfer writes for `reference` at `digest`: under a reserved
+/// domain (RFC 2606), so no pod's image is ever it.
+pub fn transfer_record(reference: &Reference, digest: &crate::digest::Digest) -> String {
+    format!("{TRANSFER_RECORDS}{}@{digest}", reference.name())
+}
+
+/// Where the transfer's own records are named.
+pub const TRANSFER_RECORDS: &str = "prepull.invalid/transfer/";
+
+/// Why the transfer was not used or did not finish: the image goes on with prepull's fetch.
+pub(super) enum Declined {
+    /// Not for this image (content only, or its layers are unpacked already).
+    NotHere,
+    /// The transfer failed; prepull's fetch goes on from what containerd holds.
+    Failed(PullError),
+}
+
+impl Puller {
+    /// Whether containerd's transfer service is used: containerd 2.x has it as prepull needs
+    /// it (1.7's leaves out, among others, the scheme of plain-HTTP registries); asked once.
+    async fn transfer_usable(&self) -> bool {
+        if self.transfer_unsupported.load(Ordering::Relaxed) {
+            return false;
+        }
+        let usable = *self
+            .transfer_version_checked
+            .get_or_init(|| async {
+                let version = self.store.version().await.unwrap_or_default();
+                let major = version
+                    .trim_start_matches('v')
+                    .split('.')
+                    .next()
+                    .and_then(|m| m.parse::<u32>().ok());
+                let usable = major.is_some_and(|m| m >= 2);
+                if !usable {
+                    tracing::info!(containerd = version, "--fetcher containerd needs containerd 2.0 or later; prepull fetches layers itself");
+                }
+                usable
+            })
+            .await;
+        usable
+    }
+
+    /// Has containerd fetch and unpack the layers of `image` (see the module doc). `Ok` when
+    /// the image's layers are all committed and unpacked and durable; [`Declined`] when
+    /// prepull's own fetch is to do it; a [`PullError`] that prepull's fetch could not do better
+    /// on (free space) ends the pull.
+    pub(super) async fn transfer_and_unpack(
+        &self,
+        reference: &Reference,
+        image: &Resolved,
+        lease: &Lease,
+        source: &HashMap<String, String>,
+        counters: &Counters,
+    ) -> Result<Result<(), Declined>, PullError> {
+        let Some(snapshotter) = self.options.unpack.as_deref() else {
+            return Ok(Err(Declined::NotHere));
+        };
+        if !self.transfer_usable().await {
+            return Ok(Err(Declined::NotHere));
+        }
+        let store_err = PullError::store(reference);
+        let name = reference.to_string();
+        let manifest = &image.manifest;
+        let fetch = Fetch {
+            reference,
+            lease,
+            labels: source,
+            counters,
+        };
+        // The config, verified by prepull: the diff IDs come from it.
+        let config = self.fetch_config(&fetch, &manifest.config).await?;
+        let config = self.config_bytes(&name, manifest, config).await?;
+        let diff_ids = check_config(&name, &image.chosen.digest, manifest, Some(&config))?;
+        let chain = image::chain_ids(&diff_ids);
+        let Some(top) = chain.last() else {
+            return Ok(Err(Declined::NotHere));
+        };
+        let snapshots = format!("snapshots/{snapshotter}");
+        self.store
+            .lease_resource(lease, &snapshots, &top.to_string())
+            .await
+            .map_err(&store_err)?;
+        if self
+            .store
+            .snapshot_exists(snapshotter, &top.to_string())
+            .await
+            .map_err(&store_err)?
+        {
+            return Ok(Err(Declined::NotHere));
+        }
+        // The manifest, committed now, so containerd finds it rather than fetching it again
+        // (a manifest GET is what registries count as a pull).
+        self.put_document(
+            lease,
+            &image.chosen,
+            labels::manifest_refs(source, manifest),
+        )
+        .await
+        .map_err(&store_err)?;
+        let mut present = Vec::with_capacity(manifest.layers.len());
+        for layer in &manifest.layers {
+            present.push(
+                self.store
+                    .info(&layer.digest)
+                    .await
+                    .map_err(&store_err)?
+                    .is_some(),
+            );
+        }
+        let mut missing = Vec::new();
+        for c in &chain {
+            if !self
+                .store
+                .snapshot_exists(snapshotter, &c.to_string())
+                .await
+                .map_err(&store_err)?
+            {
+                missing.push(c.clone());
+            }
+        }
+        let marker = lease::mark_unflushed(&self.store, reference, snapshotter, &missing)
+            .await
+            .map_err(&store_err)?;
+        let record = transfer_record(reference, &image.chosen.digest);
+        let auth = self
+            .registry
+            .hand_over(reference)
+            .await
+            .map_err(PullError::registry(reference))?;
+        let hosts = self.registry.hosts();
+        let plain_http = hosts.plain_http.contains(reference.registry());
+        let target = format!("{}@{}", reference.name(), image.chosen.digest);
+        let pull = TransferPull {
+            reference: &target,
+            hosts_dir: hosts.dir.as_deref(),
+            default_scheme: plain_http.then_some("http"),
+            platform: &image.platform,
+            snapshotter,
+            record: &record,
+            auth,
+        };
+        tracing::debug!(image = %reference, manifest = %image.chosen.digest, "containerd fetches the layers");
+        let transfer = self.store.transfer_pull(lease, pull);
+        let transferred = match self.options.space.as_ref() {
+            // Dropping the transfer cancels it: containerd stops fetching and unpacking.
+            Some(space) => tokio::select! {
+                t = transfer => t,
+                (free, reserve) = below_reserve(space) => {
+                    let _ = self.store.delete_image(&record).await;
+                    return Err(PullError::Unpack {
+                        image: name,
+                        source: super::UnpackError::Expanded {
+                            layer: manifest.layers.last().map(|l| l.digest.clone()).unwrap_or_else(|| manifest.config.digest.clone()),
+                            compressed: manifest.layers.iter().map(|l| l.size).sum(),
+                            space: space.clone(),
+                            free,
+                            reserve,
+                        },
+                    });
+                }
+            },
+            None => transfer.await,
+        };
+        match transferred {
+            Ok(()) => {}
+            Err(e @ StoreError::OutOfSpace { .. }) => return Err(store_err(e)),
+            Err(e) => {
+                if matches!(e, StoreError::Unsupported { .. }) {
+                    self.transfer_unsupported.store(true, Ordering::Relaxed);
+                    tracing::info!(error = %e, "containerd has no transfer service; prepull fetches layers itself");
+                } else {
+                    tracing::warn!(image = %reference, error = %crate::error_chain(&e), "containerd's fetch failed; prepull fetches the layers itself");
+                }
+                let _ = self.store.delete_image(&record).await;
+                // Layers it unpacked before it failed are found, and built on, by prepull's
+                // fetch: flushed first, as any unpacked layer is before it is trusted.
+                match self.store.sync_snapshotter(lease, snapshotter).await {
+                    Ok(()) => lease::flushed(&self.store, marker).await,
+                    Err(sync) => tracing::warn!(image = %reference, error = %sync, "cannot flush what containerd unpacked; a run after a power cut removes it"),
+                }
+                return Ok(Err(Declined::Failed(store_err(e))));
+            }
+        }
+        for (layer, was_present) in manifest.layers.iter().zip(present) {
+            if was_present {
+                counters.present.fetch_add(1, Ordering::Relaxed);
+            } else {
+                counters.fetched.fetch_add(1, Ordering::Relaxed);
+                counters.bytes.fetch_add(layer.size, Ordering::Relaxed);
+                counters.progress.downloaded(layer.size);
+            }
+            counters.progress.advance(layer.size);
+        }
+        // What containerd did not unpack (a snapshotter its transfer service is not configured
+        // to unpack into) is unpacked here, each layer flushed as prepull's own unpack does.
+        for (i, (layer, diff_id)) in manifest.layers.iter().zip(&diff_ids).enumerate() {
+            let unpacked = LayerUnpack {
+                store: &self.store,
+                lease,
+                snapshotter,
+                layer,
+                diff_id,
+                parent: i.checked_sub(1).map(|p| &chain[p]),
+                chain: &chain[i],
+                space: self.options.space.as_ref(),
+            }
+            .run()
+            .await
+            .map_err(|source| PullError::Unpack {
+                image: name.clone(),
+                source,
+            })?;
+            if unpacked {
+                counters.unpacked.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        // One flush for every layer containerd unpacked, before any record CRI reads exists.
+        self.store
+            .sync_snapshotter(lease, snapshotter)
+            .await
+            .map_err(&store_err)?;
+        lease::flushed(&self.store, marker).await;
+        if let Err(e) = self.store.delete_image(&record).await {
+            tracing::warn!(image = %reference, record, error = %e, "cannot delete the transfer's own image record");
+        }
+        self.store
+            .set_labels(&manifest.config.digest, labels::snapshot_ref(snapshotter, top))
+            .await
+            .map_err(&store_err)?;
+        Ok(Ok(()))
+    }
+}
