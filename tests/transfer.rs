@@ -71,8 +71,7 @@ fn auth_file(dir: &Path, host: &str, user: &str, password: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn containerd_fetches_the_layers_with_the_matched_credentials_and_the_image_lands_complete()
-{
+async fn containerd_fetches_the_layers_with_the_matched_credentials_and_the_image_lands_complete() {
     let (containerd, registry) = tokio::join!(
         Containerd::start(),
         Registry::start_with(RegistryOptions::default().htpasswd_user("alice", "alice-pw"))
@@ -125,7 +124,10 @@ async fn containerd_fetches_the_layers_with_the_matched_credentials_and_the_imag
     // and 2.x; not at all on 1.6.
     let by_containerd = *layer_gets.lock().unwrap();
     if containerd_fetches {
-        assert!(by_containerd >= 3, "{by_containerd} layer GETs by containerd");
+        assert!(
+            by_containerd >= 3,
+            "{by_containerd} layer GETs by containerd"
+        );
     } else {
         assert_eq!(by_containerd, 0);
     }
@@ -163,11 +165,16 @@ async fn containerd_fetches_the_layers_with_the_matched_credentials_and_the_imag
         .collect();
     assert!(names.contains(&reference), "{names:?}");
     assert!(
-        !names.iter().any(|n| n.starts_with(prepull::pull::TRANSFER_RECORDS)),
+        !names
+            .iter()
+            .any(|n| n.starts_with(prepull::pull::TRANSFER_RECORDS)),
         "containerd's own record of the transfer is gone: {names:?}"
     );
     let leases = containerd.ctr_ok(&["-n", "k8s.io", "leases", "ls"]);
-    assert!(!leases.contains("prepull-"), "no lease or marker left: {leases}");
+    assert!(
+        !leases.contains("prepull-"),
+        "no lease or marker left: {leases}"
+    );
     let status = support::cri::wait_for_image(containerd.socket(), &reference, CRI_WAIT).await;
     assert_eq!(status.id, image.config.digest);
     containerd.assert_image_complete(&reference);
@@ -242,7 +249,9 @@ async fn a_layer_containerd_cannot_fetch_is_fetched_by_prepull() {
         .map(|i| i.name)
         .collect();
     assert!(
-        !names.iter().any(|n| n.starts_with(prepull::pull::TRANSFER_RECORDS)),
+        !names
+            .iter()
+            .any(|n| n.starts_with(prepull::pull::TRANSFER_RECORDS)),
         "{names:?}"
     );
 }
@@ -251,8 +260,13 @@ async fn a_layer_containerd_cannot_fetch_is_fetched_by_prepull() {
 async fn snapshots_unpacked_before_a_power_cut_and_never_flushed_are_unpacked_again() {
     let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
     let host = registry.host();
-    let first = push_image(&host, "team/first", "v1", &ImageSpec::new(&[32 * KIB, 16 * KIB]))
-        .await;
+    let first = push_image(
+        &host,
+        "team/first",
+        "v1",
+        &ImageSpec::new(&[32 * KIB, 16 * KIB]),
+    )
+    .await;
     push_image(&host, "team/second", "v1", &ImageSpec::new(&[8 * KIB])).await;
     let reference = format!("{host}/team/first:v1");
     pull(&containerd, &host, &["--no-node-credentials"], &reference).await;
@@ -265,9 +279,18 @@ async fn snapshots_unpacked_before_a_power_cut_and_never_flushed_are_unpacked_ag
     let labels = HashMap::from([
         ("prepull.io/unflushed".to_string(), snapshotter.clone()),
         ("prepull.io/unflushed-image".to_string(), reference.clone()),
-        ("prepull.io/unflushed-chain.0".to_string(), chain[1].to_string()),
-        ("prepull.io/boot".to_string(), "0b5e55ed-0000-4000-8000-000000000000".to_string()),
-        ("prepull.io/pid-namespace".to_string(), "pid:[4026531836]".to_string()),
+        (
+            "prepull.io/unflushed-chain.0".to_string(),
+            chain[1].to_string(),
+        ),
+        (
+            "prepull.io/boot".to_string(),
+            "0b5e55ed-0000-4000-8000-000000000000".to_string(),
+        ),
+        (
+            "prepull.io/pid-namespace".to_string(),
+            "pid:[4026531836]".to_string(),
+        ),
         ("prepull.io/pid".to_string(), "4242".to_string()),
         ("prepull.io/process-started".to_string(), "1000".to_string()),
     ]);
@@ -282,7 +305,10 @@ async fn snapshots_unpacked_before_a_power_cut_and_never_flushed_are_unpacked_ag
             Duration::from_secs(3600),
             HashMap::from([
                 ("prepull.io/unflushed".to_string(), snapshotter.clone()),
-                ("prepull.io/unflushed-chain.0".to_string(), chain[0].to_string()),
+                (
+                    "prepull.io/unflushed-chain.0".to_string(),
+                    chain[0].to_string(),
+                ),
                 ("prepull.io/boot".to_string(), boot_id()),
                 ("prepull.io/pid-namespace".to_string(), pid_namespace()),
                 ("prepull.io/pid".to_string(), std::process::id().to_string()),

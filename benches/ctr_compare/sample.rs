@@ -11,6 +11,9 @@ use crate::support;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tool {
     Prepull,
+    /// prepull with `--fetcher containerd`: containerd's transfer service fetches and unpacks
+    /// the layers prepull resolved; prepull flushes once per image. Pull mode, containerd 2.x.
+    PrepullContainerd,
     Ctr,
     /// CRI `ImageService/PullImage`, the kubelet's own pull, one image at a time (the kubelet's
     /// default, `serializeImagePulls: true`). Pull mode only: CRI always unpacks.
@@ -28,6 +31,7 @@ impl Tool {
     pub fn name(self) -> &'static str {
         match self {
             Tool::Prepull => "prepull",
+            Tool::PrepullContainerd => "prepull --fetcher containerd",
             Tool::Ctr => "ctr",
             Tool::Cri => "cri",
             Tool::Cri4 => "cri x4",
@@ -38,6 +42,14 @@ impl Tool {
     /// The tools a run of `mode` compares, prepull first; `many_images`: the workload pulls many
     /// images, so CRI four at a time is compared too.
     pub fn compared(mode: Mode, many_images: bool) -> Vec<Tool> {
+        let mut tools = Tool::compared_on_any(mode, many_images);
+        if mode == Mode::Pull && crate::support::containerd::Series::from_env().major >= 2 {
+            tools.insert(1, Tool::PrepullContainerd);
+        }
+        tools
+    }
+
+    fn compared_on_any(mode: Mode, many_images: bool) -> Vec<Tool> {
         match mode {
             Mode::Fetch => vec![Tool::Prepull, Tool::Ctr],
             Mode::Pull if many_images => vec![
@@ -56,7 +68,7 @@ impl Tool {
         match self {
             Tool::Cri | Tool::CriSync => Some(1),
             Tool::Cri4 => Some(4),
-            Tool::Prepull | Tool::Ctr => None,
+            Tool::Prepull | Tool::PrepullContainerd | Tool::Ctr => None,
         }
     }
 }
@@ -91,6 +103,7 @@ impl Mode {
             (Mode::Fetch, Tool::Prepull) if prepull_unpacks => "prepull pull --no-unpack",
             (Mode::Fetch, Tool::Prepull) => "prepull pull",
             (Mode::Pull, Tool::Prepull) => "prepull pull --snapshotter S",
+            (_, Tool::PrepullContainerd) => "prepull pull --snapshotter S --fetcher containerd",
             (Mode::Fetch, Tool::Ctr) => "ctr content fetch",
             (Mode::Pull, Tool::Ctr) => "ctr images pull --snapshotter S",
             (_, Tool::Cri) => "CRI PullImage, one image at a time",

@@ -67,6 +67,9 @@ pub(super) struct Counters {
     pub(super) unpacked: AtomicUsize,
     /// What a progress display reads.
     pub(super) progress: Arc<PullProgress>,
+    /// With `--fetcher containerd`: what containerd's fetch had brought of each layer (bytes,
+    /// committed) when the pull last looked.
+    pub(super) transferred: std::sync::Mutex<HashMap<Digest, (u64, bool)>>,
 }
 
 impl Counters {
@@ -225,11 +228,21 @@ impl Puller {
         } else {
             BlobCheck::SizeOnly
         };
-        let opened = self
+        let opened = match self
             .registry
             .blob(fetch.reference, blob, writer.offset(), check)
             .await
-            .map_err(PullError::registry(fetch.reference))?;
+        {
+            // The ingest holds as many bytes as the registry has (a blob served short, left
+            // by another writer such as containerd's own fetch): nothing to resume, so the
+            // blob is fetched whole, and its length judged as it streams.
+            Err(RegistryError::Status { status: 416, .. }) if writer.offset() > 0 => {
+                writer.restart();
+                self.registry.blob(fetch.reference, blob, 0, check).await
+            }
+            other => other,
+        }
+        .map_err(PullError::registry(fetch.reference))?;
         if opened.start != writer.offset() {
             writer.restart();
             *opened_at = 0;

@@ -43,8 +43,8 @@ pub use error::PullError;
 use fetch::Counters;
 pub use progress::{PullProgress, Stage};
 use resolve::{Resolution, Resolved};
-pub use unpack::{unpack_local, UnpackError};
 pub use transfer::{transfer_record, TRANSFER_RECORDS};
+pub use unpack::{unpack_local, UnpackError};
 pub use warm::OnNode;
 
 /// How pulls behave.
@@ -131,6 +131,8 @@ pub struct Puller {
     store: Store,
     options: PullOptions,
     downloads: Arc<Semaphore>,
+    /// Transfers (`--fetcher containerd`) under way at once.
+    transfers: Arc<Semaphore>,
     /// containerd answered that it has no transfer service: not asked again.
     transfer_unsupported: std::sync::atomic::AtomicBool,
     /// Whether this containerd's transfer service is one prepull uses (asked once).
@@ -144,11 +146,18 @@ impl Puller {
     /// A puller sharing one registry client and one download limit across its pulls.
     pub fn new(registry: Arc<RegistryClient>, store: Store, options: PullOptions) -> Puller {
         let downloads = Arc::new(Semaphore::new(options.max_concurrent_downloads.get()));
+        let transfers = Arc::new(Semaphore::new(
+            options
+                .max_concurrent_downloads
+                .get()
+                .div_ceil(unpack::LAYERS_IN_FLIGHT),
+        ));
         Puller {
             registry,
             store,
             options,
             downloads,
+            transfers,
             transfer_unsupported: Default::default(),
             transfer_version_checked: tokio::sync::OnceCell::new(),
             swept: tokio::sync::OnceCell::new(),
@@ -397,9 +406,7 @@ impl Puller {
         let lease = held.lease();
         if self.options.unpack.is_some() {
             self.swept
-                .get_or_try_init(|| async {
-                    lease::sweep_unflushed(&self.store).await.map(drop)
-                })
+                .get_or_try_init(|| async { lease::sweep_unflushed(&self.store).await.map(drop) })
                 .await
                 .map_err(PullError::store(reference))?;
         }

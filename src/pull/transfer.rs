@@ -32,8 +32,9 @@ use super::resolve::{check_config, Resolved};
 use super::unpack::{below_reserve, LayerUnpack};
 use super::{lease, PullError, Puller};
 use crate::image::{self, labels};
+use crate::oci::Descriptor;
 use crate::reference::Reference;
-use crate::store::{Lease, StoreError, TransferPull};
+use crate::store::{ref_key, Lease, StoreError, TransferPull};
 
 /// The image record containerd's transfer writes for `reference` at `digest`: under a reserved
 /// domain (RFC 2606), so no pod's image is ever it.
@@ -52,7 +53,66 @@ pub(super) enum Declined {
     Failed(PullError),
 }
 
+/// Why a transfer stopped short.
+enum Stopped {
+    /// containerd failed it.
+    Store(StoreError),
+    /// It was cancelled: containerd's filesystem fell below the free-space reserve.
+    Space {
+        space: crate::space::SpaceCheck,
+        free: u64,
+        reserve: u64,
+    },
+}
+
 impl Puller {
+    /// Counts what containerd's fetch brought of `layers` since the pull last looked: bytes
+    /// of their ingests (containerd's fetch writes them under the same refs as prepull's) and
+    /// of layers committed since, which also count as fetched. The first look finds what is
+    /// already there: committed layers count as present, partial ones as a start. So a pull
+    /// that containerd restarts under sees it move on (see `super`'s restart rule).
+    async fn observe_layers(
+        &self,
+        layers: &[Descriptor],
+        counters: &Counters,
+    ) -> Result<(), StoreError> {
+        for layer in layers {
+            let committed = self.store.info(&layer.digest).await?.is_some();
+            let bytes = if committed {
+                layer.size
+            } else {
+                self.store
+                    .ingest_offset(&ref_key(&layer.media_type, &layer.digest))
+                    .await?
+                    .unwrap_or(0)
+                    .min(layer.size)
+            };
+            let before = counters
+                .transferred
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(layer.digest.clone(), (bytes, committed));
+            match before {
+                None => {
+                    if committed {
+                        counters.present.fetch_add(1, Ordering::Relaxed);
+                    }
+                    counters.progress.advance(bytes);
+                }
+                Some((was, was_committed)) => {
+                    let more = bytes.saturating_sub(was);
+                    counters.bytes.fetch_add(more, Ordering::Relaxed);
+                    counters.progress.downloaded(more);
+                    counters.progress.advance(more);
+                    if committed && !was_committed {
+                        counters.fetched.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Whether containerd's transfer service is used: containerd 2.x has it as prepull needs
     /// it (1.7's leaves out, among others, the scheme of plain-HTTP registries); asked once.
     async fn transfer_usable(&self) -> bool {
@@ -135,16 +195,9 @@ impl Puller {
         )
         .await
         .map_err(&store_err)?;
-        let mut present = Vec::with_capacity(manifest.layers.len());
-        for layer in &manifest.layers {
-            present.push(
-                self.store
-                    .info(&layer.digest)
-                    .await
-                    .map_err(&store_err)?
-                    .is_some(),
-            );
-        }
+        self.observe_layers(&manifest.layers, counters)
+            .await
+            .map_err(&store_err)?;
         let mut missing = Vec::new();
         for c in &chain {
             if !self
@@ -178,56 +231,75 @@ impl Puller {
             auth,
         };
         tracing::debug!(image = %reference, manifest = %image.chosen.digest, "containerd fetches the layers");
+        // A few images at a time, each fetching a few layers at once (containerd's
+        // `max_concurrent_downloads`, 3 by default): about --max-concurrent-downloads in all.
+        let _turn = self
+            .transfers
+            .acquire()
+            .await
+            .map_err(|_| PullError::Malformed {
+                image: name.clone(),
+                problem: "transfer limiter closed".into(),
+            })?;
         let transfer = self.store.transfer_pull(lease, pull);
         let transferred = match self.options.space.as_ref() {
             // Dropping the transfer cancels it: containerd stops fetching and unpacking.
             Some(space) => tokio::select! {
-                t = transfer => t,
-                (free, reserve) = below_reserve(space) => {
-                    let _ = self.store.delete_image(&record).await;
+                t = transfer => t.map_err(Stopped::Store),
+                (free, reserve) = below_reserve(space) => Err(Stopped::Space { space: space.clone(), free, reserve }),
+            },
+            None => transfer.await.map_err(Stopped::Store),
+        };
+        let failed = match transferred {
+            Ok(()) => None,
+            // containerd went away: the pull waits for it and tries again (see `super`); what
+            // it fetched meanwhile is counted then.
+            Err(Stopped::Store(e @ StoreError::Disconnected { .. })) => return Err(store_err(e)),
+            Err(stopped) => Some(stopped),
+        };
+        self.observe_layers(&manifest.layers, counters)
+            .await
+            .map_err(&store_err)?;
+        if let Some(stopped) = failed {
+            let _ = self.store.delete_image(&record).await;
+            // Layers it unpacked before it stopped are found, and built on, by the next fetch:
+            // flushed first, as any unpacked layer is before it is trusted.
+            match self.store.sync_snapshotter(lease, snapshotter).await {
+                Ok(()) => lease::flushed(&self.store, marker).await,
+                Err(sync) => {
+                    tracing::warn!(image = %reference, error = %sync, "cannot flush what containerd unpacked; a run after a power cut removes it")
+                }
+            }
+            let e = match stopped {
+                Stopped::Space {
+                    space,
+                    free,
+                    reserve,
+                } => {
                     return Err(PullError::Unpack {
                         image: name,
                         source: super::UnpackError::Expanded {
-                            layer: manifest.layers.last().map(|l| l.digest.clone()).unwrap_or_else(|| manifest.config.digest.clone()),
+                            layer: manifest.layers.last().map_or_else(
+                                || manifest.config.digest.clone(),
+                                |l| l.digest.clone(),
+                            ),
                             compressed: manifest.layers.iter().map(|l| l.size).sum(),
-                            space: space.clone(),
+                            space,
                             free,
                             reserve,
                         },
-                    });
+                    })
                 }
-            },
-            None => transfer.await,
-        };
-        match transferred {
-            Ok(()) => {}
-            Err(e @ StoreError::OutOfSpace { .. }) => return Err(store_err(e)),
-            Err(e) => {
-                if matches!(e, StoreError::Unsupported { .. }) {
-                    self.transfer_unsupported.store(true, Ordering::Relaxed);
-                    tracing::info!(error = %e, "containerd has no transfer service; prepull fetches layers itself");
-                } else {
-                    tracing::warn!(image = %reference, error = %crate::error_chain(&e), "containerd's fetch failed; prepull fetches the layers itself");
-                }
-                let _ = self.store.delete_image(&record).await;
-                // Layers it unpacked before it failed are found, and built on, by prepull's
-                // fetch: flushed first, as any unpacked layer is before it is trusted.
-                match self.store.sync_snapshotter(lease, snapshotter).await {
-                    Ok(()) => lease::flushed(&self.store, marker).await,
-                    Err(sync) => tracing::warn!(image = %reference, error = %sync, "cannot flush what containerd unpacked; a run after a power cut removes it"),
-                }
-                return Ok(Err(Declined::Failed(store_err(e))));
-            }
-        }
-        for (layer, was_present) in manifest.layers.iter().zip(present) {
-            if was_present {
-                counters.present.fetch_add(1, Ordering::Relaxed);
+                Stopped::Store(e @ StoreError::OutOfSpace { .. }) => return Err(store_err(e)),
+                Stopped::Store(e) => e,
+            };
+            if matches!(e, StoreError::Unsupported { .. }) {
+                self.transfer_unsupported.store(true, Ordering::Relaxed);
+                tracing::info!(error = %e, "containerd has no transfer service; prepull fetches layers itself");
             } else {
-                counters.fetched.fetch_add(1, Ordering::Relaxed);
-                counters.bytes.fetch_add(layer.size, Ordering::Relaxed);
-                counters.progress.downloaded(layer.size);
+                tracing::warn!(image = %reference, error = %crate::error_chain(&e), "containerd's fetch failed; prepull fetches the layers itself");
             }
-            counters.progress.advance(layer.size);
+            return Ok(Err(Declined::Failed(store_err(e))));
         }
         // What containerd did not unpack (a snapshotter its transfer service is not configured
         // to unpack into) is unpacked here, each layer flushed as prepull's own unpack does.
@@ -261,8 +333,19 @@ impl Puller {
         if let Err(e) = self.store.delete_image(&record).await {
             tracing::warn!(image = %reference, record, error = %e, "cannot delete the transfer's own image record");
         }
+        // Where each layer came from, as prepull's own fetch labels what it commits (a later
+        // pull of an image sharing the layer from elsewhere knows it may mount it from here).
+        for layer in &manifest.layers {
+            self.store
+                .set_labels(&layer.digest, source.clone())
+                .await
+                .map_err(&store_err)?;
+        }
         self.store
-            .set_labels(&manifest.config.digest, labels::snapshot_ref(snapshotter, top))
+            .set_labels(
+                &manifest.config.digest,
+                labels::snapshot_ref(snapshotter, top),
+            )
             .await
             .map_err(&store_err)?;
         Ok(Ok(()))

@@ -28,7 +28,7 @@ use crate::store::{Lease, Store, StoreError};
 /// lowest first: what containerd's CRI pull does (its `max_concurrent_downloads` is 3). More
 /// share the bandwidth so that all of them finish late, together, and unpacking (one layer after
 /// another, each on its parent) cannot start before; other images use the remaining slots.
-const LAYERS_IN_FLIGHT: usize = 3;
+pub(super) const LAYERS_IN_FLIGHT: usize = 3;
 
 /// Why a layer could not be unpacked.
 #[derive(Debug, thiserror::Error)]

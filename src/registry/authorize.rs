@@ -444,7 +444,12 @@ impl Authorizer {
         let scheme = lock(&self.schemes).get(&target.host).cloned()?;
         if let Scheme::Bearer(realm) = &scheme {
             if let Some(problem) = realm.refuses_secrets(&target.host, &target.origin) {
-                tracing::warn!(host = target.host, realm = realm.realm, problem, "credentials not handed to containerd: its token realm may not have them");
+                tracing::warn!(
+                    host = target.host,
+                    realm = realm.realm,
+                    problem,
+                    "credentials not handed to containerd: its token realm may not have them"
+                );
                 return None;
             }
         }

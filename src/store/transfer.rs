@@ -25,7 +25,7 @@ use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{ref_key, Lease, Opened, Store, StoreError};
+use super::{Lease, Opened, Store, StoreError};
 use crate::digest::Digest;
 use crate::oci::Descriptor;
 use crate::platform::Platform;
@@ -102,7 +102,11 @@ impl Store {
         let auth_stream = if pull.auth.is_empty() {
             None
         } else {
-            Some(self.answer_credentials(lease, pull.auth.clone()).await.map_err(&fail)?)
+            Some(
+                self.answer_credentials(lease, pull.auth.clone())
+                    .await
+                    .map_err(&fail)?,
+            )
         };
         let resolver = RegistryResolver {
             auth_stream: auth_stream
@@ -195,7 +199,11 @@ impl Store {
     /// can see that filesystem: an empty layer is applied with `sync_fs` to a throwaway
     /// snapshot, whose filesystem is the one every snapshot of `snapshotter` is on.
     /// containerd before 1.7.14 ignores `sync_fs`: there this only costs a few calls.
-    pub async fn sync_snapshotter(&self, lease: &Lease, snapshotter: &str) -> Result<(), StoreError> {
+    pub async fn sync_snapshotter(
+        &self,
+        lease: &Lease,
+        snapshotter: &str,
+    ) -> Result<(), StoreError> {
         let layer = Descriptor {
             media_type: EMPTY_LAYER_MEDIA_TYPE.to_string(),
             digest: Digest::sha256(&EMPTY_LAYER),
@@ -204,14 +212,21 @@ impl Store {
             urls: Vec::new(),
             annotations: Default::default(),
         };
-        let key = ref_key(&layer.media_type, &layer.digest);
+        // A ref of its own: concurrent pulls each write the empty layer (the first commit wins,
+        // the others find it present) instead of waiting on one ref's lock.
+        let key = format!("prepull-empty-layer-{:016x}", rand::random::<u64>());
         if let Opened::Writer(mut w) = self
             .open_writer(lease, &key, &layer.digest, layer.size)
             .await?
         {
             w.restart();
             w.write(&EMPTY_LAYER).await?;
-            w.commit(HashMap::new()).await?;
+            match w.commit(HashMap::new()).await {
+                // Another pull committed it meanwhile.
+                Err(StoreError::Rpc { status, .. })
+                    if status.code() == tonic::Code::AlreadyExists => {}
+                other => other?,
+            }
         }
         let key = format!("prepull-sync-{:016x}", rand::random::<u64>());
         let Some(mounts) = self
@@ -263,7 +278,10 @@ mod tests {
         let refresh = TransferAuth::Refresh("refresh-secret".into());
         let shown = format!("{creds:?} {refresh:?}");
         assert!(shown.contains("robot"), "{shown}");
-        assert!(!shown.contains("hunter2") && !shown.contains("refresh-secret"), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("refresh-secret"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -26,8 +26,8 @@ impl Bench {
         tool: Tool,
     ) -> anyhow::Result<(ChildRun, Option<u64>)> {
         match tool {
-            Tool::Prepull => self
-                .run_prepull(c, w, mode)
+            Tool::Prepull | Tool::PrepullContainerd => self
+                .run_prepull(c, w, mode, tool == Tool::PrepullContainerd)
                 .await
                 .map(|(r, b)| (r, Some(b))),
             Tool::Ctr => self.run_ctr(c, w, mode).await.map(|r| (r, None)),
@@ -56,6 +56,7 @@ impl Bench {
         c: &Containerd,
         w: &Workload,
         mode: Mode,
+        containerd_fetches: bool,
     ) -> anyhow::Result<(ChildRun, u64)> {
         let mut args: Vec<String> = vec![
             "pull".into(),
@@ -71,6 +72,9 @@ impl Bench {
             Mode::Fetch => {}
             // Named explicitly so both tools surely unpack into the same snapshotter.
             Mode::Pull => args.extend(["--snapshotter".into(), c.snapshotter().to_string()]),
+        }
+        if containerd_fetches {
+            args.extend(["--fetcher".into(), "containerd".into()]);
         }
         args.extend(w.images.iter().cloned());
         let run = self.timed_client(&self.prepull, args).await?;
