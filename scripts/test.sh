@@ -47,7 +47,7 @@ if [ -z "${PREPULL_TEST_VERSIONS+set}" ]; then
     PREPULL_TEST_VERSIONS=$(awk '{print $1}' "$cache/installed" | tr '\n' ' ')
 fi
 failed=()
-suites=(--test pull --test store --test resume --test offline_pod --test agent --test verify
+suites=(--test pull --test store --test resume --test offline_pod --test agent --test verify --test transfer
     --test verify_deep --test repair_deep)
 for series in $PREPULL_TEST_VERSIONS; do
     what=$(awk -v s="$series" '$1 == s {print $2 ", Debian " $3}' "$cache/installed")

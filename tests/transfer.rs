@@ -368,3 +368,83 @@ fn process_started() -> String {
     let after = &stat[stat.rfind(')').unwrap() + 2..];
     after.split(' ').nth(19).unwrap().to_string()
 }
+
+/// containerd's HTTP client drops the `Authorization` header on a redirect to another host name
+/// (Go's rule), so a registry's token does not follow a blob to its storage host. (It keeps it
+/// for the same host name on another port: prepull's own fetch does not; see docs/security.md.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blob_redirected_to_a_storage_host_gets_no_registry_token_from_containerd() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let image = push_image(
+        &registry.host(),
+        "redirect/app",
+        "v1",
+        &ImageSpec::new(&[64 * KIB]),
+    )
+    .await;
+    let layer = image.layers[0].digest.clone();
+    let storage = Proxy::start(&registry.host()).await;
+    let storage_agents = Arc::new(Mutex::new(Vec::new()));
+    let seen = storage_agents.clone();
+    storage.set_hook(move |req| {
+        seen.lock().unwrap().push(from_containerd(req));
+        Action::Forward
+    });
+    let front = Proxy::start(&registry.host()).await;
+    let host = front.host();
+    let realm = format!("{}/token", front.url());
+    // Another host name for the same loopback address.
+    let storage_url = storage.url().replace("127.0.0.1", "localhost");
+    front.set_hook(move |req| {
+        if req.path.starts_with("/token") {
+            return Action::RespondWith {
+                status: 200,
+                headers: vec![],
+                body: br#"{"token":"registry-token"}"#.to_vec(),
+            };
+        }
+        let authorized = req
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            == Some("Bearer registry-token");
+        if !authorized {
+            return Action::RespondWith {
+                status: 401,
+                headers: vec![(
+                    "www-authenticate".into(),
+                    format!(r#"Bearer realm="{realm}",service="s""#),
+                )],
+                body: vec![],
+            };
+        }
+        if req.path.ends_with(&layer) {
+            return Action::RespondWith {
+                status: 307,
+                headers: vec![(
+                    "location".into(),
+                    format!("{storage_url}{}?X-Amz-Signature=presigned", req.path),
+                )],
+                body: vec![],
+            };
+        }
+        Action::Forward
+    });
+    let reference = format!("{host}/redirect/app:v1");
+    let r = pull(&containerd, &host, &["--no-node-credentials"], &reference).await;
+    assert_eq!(r["status"], "pulled", "{r}");
+    let at_storage = storage.records();
+    assert_eq!(at_storage.len(), 1, "{at_storage:?}");
+    assert!(at_storage[0].path.contains(&image.layers[0].digest));
+    assert_eq!(
+        at_storage[0].authorization, None,
+        "the token stayed with the registry"
+    );
+    assert_eq!(
+        *storage_agents.lock().unwrap(),
+        vec![has_transfer(&containerd)],
+        "fetched by containerd where it fetches"
+    );
+    assert_eq!(at_storage[0].response_body_bytes, image.layers[0].size);
+    containerd.assert_image_complete(&reference);
+}
