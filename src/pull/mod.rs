@@ -135,6 +135,8 @@ pub struct Puller {
     transfers: Arc<Semaphore>,
     /// containerd answered that it has no transfer service: not asked again.
     transfer_unsupported: std::sync::atomic::AtomicBool,
+    /// containerd's transfer service refused to unpack into the snapshotter: it only fetches.
+    transfer_cannot_unpack: std::sync::atomic::AtomicBool,
     /// Whether this containerd's transfer service is one prepull uses (asked once).
     transfer_version_checked: tokio::sync::OnceCell<bool>,
     /// Unflushed snapshots of earlier boots were looked for (once per process: see
@@ -159,6 +161,7 @@ impl Puller {
             downloads,
             transfers,
             transfer_unsupported: Default::default(),
+            transfer_cannot_unpack: Default::default(),
             transfer_version_checked: tokio::sync::OnceCell::new(),
             swept: tokio::sync::OnceCell::new(),
         }

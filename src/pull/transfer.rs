@@ -226,7 +226,8 @@ impl Puller {
             hosts_dir: hosts.dir.as_deref(),
             default_scheme: plain_http.then_some("http"),
             platform: &image.platform,
-            snapshotter,
+            snapshotter: (!self.transfer_cannot_unpack.load(Ordering::Relaxed))
+                .then_some(snapshotter),
             record: &record,
             auth,
         };
@@ -241,7 +242,27 @@ impl Puller {
                 image: name.clone(),
                 problem: "transfer limiter closed".into(),
             })?;
-        let transfer = self.store.transfer_pull(lease, pull);
+        let transfer = async {
+            let pull_again = TransferPull {
+                snapshotter: None,
+                auth: pull.auth.clone(),
+                ..pull
+            };
+            match self.store.transfer_pull(lease, pull).await {
+                // This containerd's transfer service unpacks into no snapshotter, or not
+                // into this one (containerd 2.x with `native` and no `unpack_config`): it
+                // fetches, and prepull unpacks (each layer flushed) below.
+                Err(StoreError::Rpc { status, .. })
+                    if status.code() == tonic::Code::InvalidArgument
+                        && status.message().contains("unpack") =>
+                {
+                    self.transfer_cannot_unpack.store(true, Ordering::Relaxed);
+                    tracing::info!(snapshotter, reason = status.message(), "containerd's transfer service does not unpack into this snapshotter; it fetches, prepull unpacks");
+                    self.store.transfer_pull(lease, pull_again).await
+                }
+                other => other,
+            }
+        };
         let transferred = match self.options.space.as_ref() {
             // Dropping the transfer cancels it: containerd stops fetching and unpacking.
             Some(space) => tokio::select! {

@@ -71,8 +71,9 @@ pub struct TransferPull<'a> {
     pub default_scheme: Option<&'a str>,
     /// The platform to unpack for.
     pub platform: &'a Platform,
-    /// The snapshotter to unpack into.
-    pub snapshotter: &'a str,
+    /// The snapshotter to unpack into, or `None` to fetch only (a containerd whose transfer
+    /// service is not configured to unpack into the snapshotter refuses to unpack at all).
+    pub snapshotter: Option<&'a str>,
     /// The image record containerd writes when it is done (see [`crate::pull`] on why it is
     /// not one CRI finds pods' images by).
     pub record: &'a str,
@@ -134,10 +135,14 @@ impl Store {
             destination: Some(to_any(&ImageStore {
                 name: pull.record.to_string(),
                 platforms: vec![platform.clone()],
-                unpacks: vec![UnpackConfiguration {
-                    platform: Some(platform),
-                    snapshotter: pull.snapshotter.to_string(),
-                }],
+                unpacks: pull
+                    .snapshotter
+                    .map(|snapshotter| UnpackConfiguration {
+                        platform: Some(platform),
+                        snapshotter: snapshotter.to_string(),
+                    })
+                    .into_iter()
+                    .collect(),
                 ..ImageStore::default()
             })),
             options: Some(TransferOptions::default()),
