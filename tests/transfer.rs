@@ -318,6 +318,10 @@ async fn snapshots_unpacked_before_a_power_cut_and_never_flushed_are_unpacked_ag
         .await
         .unwrap();
 
+    // A record a transfer wrote for a run killed before deleting it.
+    let leftover = format!("{}leftover/app:v1", prepull::pull::TRANSFER_RECORDS);
+    containerd.ctr_ok(&["-n", "k8s.io", "images", "tag", &reference, &leftover]);
+
     // The next run that unpacks anything removes the top snapshot first...
     pull(
         &containerd,
@@ -338,6 +342,11 @@ async fn snapshots_unpacked_before_a_power_cut_and_never_flushed_are_unpacked_ag
     let leases = containerd.ctr_ok(&["-n", "k8s.io", "leases", "ls"]);
     assert!(leases.contains(live.id()), "{leases}");
     assert_eq!(leases.matches("prepull-unflushed").count(), 1, "{leases}");
+
+    assert!(
+        store.image(&leftover).await.unwrap().is_none(),
+        "the stopped run's transfer record is deleted"
+    );
 
     // ...and the image is unpacked again, not trusted as it was.
     let again = pull(&containerd, &host, &["--no-node-credentials"], &reference).await;

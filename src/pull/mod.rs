@@ -409,7 +409,10 @@ impl Puller {
         let lease = held.lease();
         if self.options.unpack.is_some() {
             self.swept
-                .get_or_try_init(|| async { lease::sweep_unflushed(&self.store).await.map(drop) })
+                .get_or_try_init(|| async {
+                    lease::sweep_unflushed(&self.store).await?;
+                    transfer::delete_transfer_records(&self.store).await
+                })
                 .await
                 .map_err(PullError::store(reference))?;
         }

@@ -45,6 +45,22 @@ pub fn transfer_record(reference: &Reference, digest: &crate::digest::Digest) ->
 /// Where the transfer's own records are named.
 pub const TRANSFER_RECORDS: &str = "prepull.invalid/transfer/";
 
+/// Deletes the records containerd's transfer wrote for runs that stopped before deleting them
+/// (killed between the transfer and their own records). Safe beside a transfer under way: its
+/// content is held by its pull's lease, not by the record.
+pub(super) async fn delete_transfer_records(store: &crate::store::Store) -> Result<(), StoreError> {
+    for image in store.images().await? {
+        if image.name.starts_with(TRANSFER_RECORDS) {
+            tracing::info!(
+                record = image.name,
+                "deleting a transfer record a stopped run left"
+            );
+            store.delete_image(&image.name).await?;
+        }
+    }
+    Ok(())
+}
+
 /// Why the transfer was not used or did not finish: the image goes on with prepull's fetch.
 pub(super) enum Declined {
     /// Not for this image (content only, or its layers are unpacked already).
