@@ -14,7 +14,8 @@
 //!   node's `hosts.toml`): one node alone first, then the fleet, each with a fresh cache;
 //! - 3: with 1b's fleet warm, the app's tag moved upstream and the list edited;
 //! - 4: a registry with a per-node budget of manifest GETs (Docker Hub's rule), once per budget;
-//! - 4s: the same with one budget for the whole fleet (nodes behind one NAT).
+//! - 4s: the same with one budget for the whole fleet (nodes behind one NAT), with the splay and
+//!   without it.
 //!
 //! Where to start: [`main`] reads as the bench's steps; a fleet and its watch are [`fleet`]; the
 //! numbers come from the proxies' records through [`traffic`]; [`report`] writes the tables.
@@ -69,7 +70,6 @@ async fn main() -> anyhow::Result<()> {
     let list_dir = support::process::tempdir("bench-fleet-list-");
     let mut bench = Bench::new(
         binary,
-        args.splay,
         args.warm_timeout,
         owners.clone(),
         upstream,
@@ -147,20 +147,34 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
+    // The shared budget also without a splay: every node's figures as stale as they get.
+    let shared_splays = if splay.is_zero() {
+        vec![splay]
+    } else {
+        vec![splay, Duration::ZERO]
+    };
     let budgets = [
-        (RunId::Budget, BudgetScope::PerNode, &args.budgets),
+        (
+            RunId::Budget,
+            BudgetScope::PerNode,
+            &args.budgets,
+            vec![splay],
+        ),
         (
             RunId::SharedBudget,
             BudgetScope::Shared,
             &args.shared_budgets,
+            shared_splays,
         ),
     ];
-    for (id, scope, list) in budgets {
-        if args.runs.contains(&id) {
+    for (id, scope, list, splays) in budgets {
+        if !args.runs.contains(&id) {
+            continue;
+        }
+        for splay in splays {
             for &budget in list {
-                results
-                    .budget
-                    .push(bench.budget_run(n, budget, scope).await?);
+                let run = bench.budget_run(n, budget, scope, splay).await?;
+                results.budget.push(run);
             }
         }
     }

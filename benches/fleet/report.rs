@@ -683,23 +683,30 @@ fn budget_detail(md: &mut String, run: &BudgetRun) {
     let (heading, counted) = match run.scope {
         BudgetScope::PerNode => (
             format!("a pull budget of {} manifest GETs per node", run.budget),
-            "each node's `GET …/manifests/…` against its own budget",
+            "each node's manifest GETs (`GET …/manifests/…`) against its own budget",
         ),
         BudgetScope::Shared => (
             format!(
                 "one pull budget of {} manifest GETs for the fleet",
                 run.budget
             ),
-            "every node's `GET …/manifests/…` against one budget (nodes behind one NAT)",
+            "the manifest GETs (`GET …/manifests/…`) of all nodes together against one budget, \
+             as for nodes behind one NAT",
         ),
     };
     let _ = writeln!(md, "## Run {}: {heading}\n", run.cold.label);
+    let started = if run.cold.splay.is_zero() {
+        "with no splay: every node's first requests at once".to_string()
+    } else {
+        format!("with `--splay {}s`", run.cold.splay.as_secs())
+    };
     let _ = writeln!(
         md,
-        "The upstream proxy counts {counted} (as Docker Hub counts pulls; HEADs and blobs are \
-         free), adds `ratelimit-limit: {b};w=21600` and `ratelimit-remaining` to every answer, \
-         and answers 429 `TOOMANYREQUESTS` with `Retry-After: 30` beyond the budget. The window \
-         never resets within the run. Converged: {}.\n",
+        "The agents were started together {started}. The upstream proxy counts {counted}, as \
+         Docker Hub counts pulls (HEADs and blobs are free), adds `ratelimit-limit: {b};w=21600` \
+         and `ratelimit-remaining` to every answer, and answers 429 `TOOMANYREQUESTS` with \
+         `Retry-After: 30` beyond the budget. The window never resets within the run. \
+         Converged: {}.\n",
         match run.cold.all_warm() {
             Some(at) => format!("yes, every node warm after {} s", secs(at)),
             None => format!(

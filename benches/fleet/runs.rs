@@ -117,7 +117,6 @@ impl BudgetRun {
 /// Everything the runs share.
 pub struct Bench {
     pub binary: PathBuf,
-    pub splay: Duration,
     pub warm_timeout: Duration,
     pub owners: Owners,
     pub upstream: Upstream,
@@ -131,7 +130,6 @@ pub struct Bench {
 impl Bench {
     pub fn new(
         binary: PathBuf,
-        splay: Duration,
         warm_timeout: Duration,
         owners: Owners,
         upstream: Upstream,
@@ -142,7 +140,6 @@ impl Bench {
         let list = KubeletVolume::new(list_dir, &[("list.yaml", &text)]);
         Bench {
             binary,
-            splay,
             warm_timeout,
             owners,
             upstream,
@@ -282,14 +279,16 @@ impl Bench {
         }
     }
 
-    /// A cold fleet against a registry that gives each client (or, `Shared`, the whole fleet)
-    /// `budget` manifest GETs (Docker Hub counts those; HEADs and blobs are free), answering 429
-    /// with `Retry-After` beyond it; then, if the fleet got warm, a list edit's pass.
+    /// A cold fleet started with `splay` against a registry that gives each client (or,
+    /// `Shared`, the whole fleet) `budget` manifest GETs (Docker Hub counts those; HEADs and
+    /// blobs are free), answering 429 with `Retry-After` beyond it; then, if the fleet got warm,
+    /// a list edit's pass.
     pub async fn budget_run(
         &mut self,
         n: usize,
         budget: u32,
         scope: BudgetScope,
+        splay: Duration,
     ) -> anyhow::Result<BudgetRun> {
         let spent: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
         let refused: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
@@ -338,14 +337,19 @@ impl Bench {
             });
         }
         let label = match scope {
-            BudgetScope::PerNode => format!("4 (budget {budget} per node)"),
-            BudgetScope::Shared => format!("4s (one budget of {budget} for the fleet)"),
+            BudgetScope::PerNode => format!("4 (budget {budget} per node"),
+            BudgetScope::Shared => format!("4s (one budget of {budget} for the fleet"),
+        };
+        let label = if splay.is_zero() {
+            format!("{label}, no splay)")
+        } else {
+            format!("{label})")
         };
         // Not converging is a possible outcome: each first pass is awaited (a refused request is
         // retried after its Retry-After, 3 times, so a pass may take a few minutes), warm or not.
-        let timeout = self.warm_timeout.min(self.splay + Duration::from_secs(180));
+        let timeout = self.warm_timeout.min(splay + Duration::from_secs(180));
         let result = self
-            .fleet_run(&label, n, true, self.splay, None, timeout, true)
+            .fleet_run(&label, n, true, splay, None, timeout, true)
             .await;
         let (cold, mut fleet) = match result {
             Ok(r) => r,
