@@ -20,16 +20,19 @@ pub enum RunId {
     Moved,
     /// A registry with a pull budget per client, as Docker Hub has.
     Budget,
+    /// The same with one budget for the whole fleet: nodes behind one NAT, one source address.
+    SharedBudget,
 }
 
 impl RunId {
-    pub const ALL: [RunId; 6] = [
+    pub const ALL: [RunId; 7] = [
         RunId::Random,
         RunId::Named,
         RunId::NoSplay,
         RunId::Cache,
         RunId::Moved,
         RunId::Budget,
+        RunId::SharedBudget,
     ];
 
     pub fn parse(text: &str) -> anyhow::Result<RunId> {
@@ -40,7 +43,8 @@ impl RunId {
             "2" => RunId::Cache,
             "3" => RunId::Moved,
             "4" => RunId::Budget,
-            other => bail!("unknown run {other:?}: use 1a, 1b, 1c, 2, 3, 4"),
+            "4s" => RunId::SharedBudget,
+            other => bail!("unknown run {other:?}: use 1a, 1b, 1c, 2, 3, 4, 4s"),
         })
     }
 }
@@ -59,19 +63,24 @@ pub struct Args {
     /// Manifest GETs each node may make in run 4 before the registry answers 429; one fleet
     /// per budget.
     pub budgets: Vec<u32>,
+    /// Manifest GETs the whole fleet may make in run 4s (one budget, as for nodes behind one
+    /// NAT); one fleet per budget.
+    pub shared_budgets: Vec<u32>,
     /// How long a fleet may take to get warm before the run is reported as not converged.
     pub warm_timeout: Duration,
     /// Where the report goes (default `benches/results/fleet.md`).
     pub report: Option<PathBuf>,
 }
 
-const USAGE: &str = "usage: cargo bench --bench fleet -- [--nodes N] [--splay SECS] [--runs 1a,1b,1c,2,3,4] [--rounds 3] [--budgets 2,1] [--warm-timeout SECS] [--report FILE]\n\
+const USAGE: &str = "usage: cargo bench --bench fleet -- [--nodes N] [--splay SECS] [--runs 1a,1b,1c,2,3,4,4s] [--rounds 3] [--budgets 2,1] [--shared-budgets 60,30] [--warm-timeout SECS] [--report FILE]\n\
     --nodes N           nodes (each its own containerd and agent) (default 20)\n\
     --splay SECS        the agents' --splay (default 10)\n\
     --runs LIST         1a: random splay; 1b: splay from node names; 1c: no splay; 2: through a pull-through cache;\n\
-                        3: a tag moved while warm (needs 1b); 4: a per-client GET budget (default: all)\n\
+                        3: a tag moved while warm (needs 1b); 4: a per-client GET budget; 4s: one GET budget for the fleet\n\
+                        (default: all)\n\
     --rounds N          rounds of 1a, 1b and the fleet parts of 2 (default 3)\n\
     --budgets LIST      run 4 once per budget: manifest GETs per node before its registry answers 429 (default 2,1)\n\
+    --shared-budgets LIST run 4s once per budget: manifest GETs of all nodes together before 429 (default 60,30)\n\
     --warm-timeout SECS how long a fleet may take to get warm (default 300)\n\
     --report FILE       write the report there instead of benches/results/fleet.md";
 
@@ -82,6 +91,7 @@ pub fn parse_args() -> anyhow::Result<Args> {
         runs: RunId::ALL.to_vec(),
         rounds: 3,
         budgets: vec![2, 1],
+        shared_budgets: vec![60, 30],
         warm_timeout: Duration::from_secs(300),
         report: None,
     };
@@ -101,6 +111,12 @@ pub fn parse_args() -> anyhow::Result<Args> {
             v.parse()
                 .with_context(|| format!("{name} {v:?} is not a whole number"))
         };
+        let budgets = |name: &str, v: String| -> anyhow::Result<Vec<u32>> {
+            v.split(',')
+                .filter(|s| !s.trim().is_empty())
+                .map(|b| number(name, b.trim().to_string()).map(|n| n as u32))
+                .collect()
+        };
         match key.as_str() {
             // cargo passes --bench to every harness = false bench.
             "--bench" => {}
@@ -117,12 +133,9 @@ pub fn parse_args() -> anyhow::Result<Args> {
                     bail!("--rounds must be at least 1");
                 }
             }
-            "--budgets" => {
-                args.budgets = value("--budgets")?
-                    .split(',')
-                    .filter(|s| !s.trim().is_empty())
-                    .map(|b| number("--budgets", b.trim().to_string()).map(|n| n as u32))
-                    .collect::<anyhow::Result<Vec<_>>>()?;
+            "--budgets" => args.budgets = budgets("--budgets", value("--budgets")?)?,
+            "--shared-budgets" => {
+                args.shared_budgets = budgets("--shared-budgets", value("--shared-budgets")?)?
             }
             "--warm-timeout" => {
                 args.warm_timeout =

@@ -40,6 +40,8 @@ pub struct NodeTimes {
     /// Each listed image's state (and failure kind) when the watch ended, and the pass under
     /// way then, if one was.
     pub states: String,
+    /// The failure kinds of the listed images when the watch ended (`rate-limited`, …).
+    pub failures: Vec<String>,
 }
 
 /// Memory of the fleet's processes, summed over nodes (KiB).
@@ -180,6 +182,12 @@ impl Fleet {
                 states.push(format!("pass {n} under way"));
             }
             t.states = states.join(", ");
+            t.failures = status["images"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i["kind"].as_str().map(str::to_string))
+                .collect();
             if t.warm.is_some() {
                 continue;
             }

@@ -4,7 +4,7 @@
 //! upstream docker-registry sits behind a counting proxy that names the node behind every
 //! connection.
 //!
-//! Run with `cargo bench --bench fleet [-- --nodes 20 --splay 10 --runs 1a,1b,2,3,4]`. Prints a
+//! Run with `cargo bench --bench fleet [-- --nodes 20 --splay 10 --runs 1a,1b,2,3,4,4s]`. Prints a
 //! markdown report and writes it to `benches/results/fleet.md`; progress goes to stderr.
 //!
 //! The runs (see [`runs`]):
@@ -13,7 +13,9 @@
 //! - 2: through a pull-through cache (a second docker-registry in proxy mode, a mirror in each
 //!   node's `hosts.toml`): one node alone first, then the fleet, each with a fresh cache;
 //! - 3: with 1b's fleet warm, the app's tag moved upstream and the list edited;
-//! - 4: a registry with a per-node budget of manifest GETs (Docker Hub's rule), once per budget.
+//! - 4: a registry with a per-node budget of manifest GETs (Docker Hub's rule), once per budget;
+//! - 4s: the same with one budget for the whole fleet (nodes behind one NAT), with the splay and
+//!   without it.
 //!
 //! Where to start: [`main`] reads as the bench's steps; a fleet and its watch are [`fleet`]; the
 //! numbers come from the proxies' records through [`traffic`]; [`report`] writes the tables.
@@ -37,7 +39,7 @@ use anyhow::{bail, Context as _};
 use args::RunId;
 use owners::Owners;
 use report::{Context, Results};
-use runs::Bench;
+use runs::{Bench, BudgetScope};
 use workload::{image_bytes, Cache, Images, Upstream, APP_LAYERS, TOOL_LAYERS};
 
 #[tokio::main]
@@ -68,7 +70,6 @@ async fn main() -> anyhow::Result<()> {
     let list_dir = support::process::tempdir("bench-fleet-list-");
     let mut bench = Bench::new(
         binary,
-        args.splay,
         args.warm_timeout,
         owners.clone(),
         upstream,
@@ -146,9 +147,35 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
-    if args.runs.contains(&RunId::Budget) {
-        for &budget in &args.budgets {
-            results.budget.push(bench.budget_run(n, budget).await?);
+    // The shared budget also without a splay: every node's figures as stale as they get.
+    let shared_splays = if splay.is_zero() {
+        vec![splay]
+    } else {
+        vec![splay, Duration::ZERO]
+    };
+    let budgets = [
+        (
+            RunId::Budget,
+            BudgetScope::PerNode,
+            &args.budgets,
+            vec![splay],
+        ),
+        (
+            RunId::SharedBudget,
+            BudgetScope::Shared,
+            &args.shared_budgets,
+            shared_splays,
+        ),
+    ];
+    for (id, scope, list, splays) in budgets {
+        if !args.runs.contains(&id) {
+            continue;
+        }
+        for splay in splays {
+            for &budget in list {
+                let run = bench.budget_run(n, budget, scope, splay).await?;
+                results.budget.push(run);
+            }
         }
     }
 

@@ -1,6 +1,7 @@
 //! The markdown report: the runs side by side, then each run's detail (requests by kind, the
 //! request rate over time, every node's timeline), the cache's comparison with one node, the
-//! moved tag per node, the budget per node, and the fleet's memory.
+//! moved tag per node, the pull budgets (per node, and one for the fleet) side by side and per
+//! node, and the fleet's memory.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -9,7 +10,8 @@ use std::time::{Duration, Instant};
 use testbench::Record;
 
 use crate::fleet::{Memory, NodeTimes};
-use crate::runs::{BudgetRun, FleetRun, MovedRun};
+use crate::node::BUDGET_RESERVE_PERCENT;
+use crate::runs::{BudgetRun, BudgetScope, FleetRun, MovedRun};
 use crate::traffic::{self, Kind, Tally};
 
 /// How the bench ran, for the report's head.
@@ -95,6 +97,9 @@ pub fn report(cx: &Context, r: &Results) -> String {
     if let Some(moved) = &r.moved {
         moved_detail(&mut md, moved, cx.splay);
     }
+    if !r.budget.is_empty() {
+        budget_summary(&mut md, &r.budget);
+    }
     for budget in &r.budget {
         budget_detail(&mut md, budget);
     }
@@ -124,6 +129,9 @@ fn node_first_requests(run: &FleetRun) -> Vec<Duration> {
 }
 
 fn summary(md: &mut String, cx: &Context, r: &Results) {
+    if fleet_runs(r).is_empty() {
+        return;
+    }
     let _ = writeln!(md, "## Runs 1 and 2 side by side\n");
     let _ = writeln!(
         md,
@@ -615,17 +623,88 @@ fn moved_detail(md: &mut String, run: &MovedRun, splay: Duration) {
     spread(md, &offsets, splay);
 }
 
-fn budget_detail(md: &mut String, run: &BudgetRun) {
+/// Run 4's budgets side by side: who got warm, who was held back, and what was spent of what
+/// the agents keep.
+fn budget_summary(md: &mut String, runs: &[BudgetRun]) {
+    let _ = writeln!(md, "## Run 4: pull budgets side by side\n");
     let _ = writeln!(
         md,
-        "## Run 4: a pull budget of {} manifest GETs per node\n",
-        run.budget
+        "A budget per node counts each node's manifest GETs apart (each node its own source \
+         address); one budget for the fleet counts every node's together, as a registry that \
+         counts per source address does for nodes behind one NAT. A cold node needs one manifest \
+         GET per listed image. Each agent keeps {BUDGET_RESERVE_PERCENT}% of the announced limit \
+         (`--registry-budget-reserve`) for the kubelet's own pulls: once a registry's last \
+         `ratelimit-remaining` is down to that, the agent fetches no manifest from it and \
+         reports the image `rate-limited` until a later pass. GETs are counted over the whole \
+         run, the re-check pass included.\n"
     );
     let _ = writeln!(
         md,
-        "The upstream proxy counts each node's `GET …/manifests/…` (as Docker Hub counts pulls; \
-         HEADs and blobs are free), adds `ratelimit-limit: {b};w=21600` and \
-         `ratelimit-remaining` to every answer, and answers 429 `TOOMANYREQUESTS` with \
+        "| run | nodes warm | nodes with an image `rate-limited` | manifest GETs answered | of a budget of | refused (429) | kept by each agent | lowest `ratelimit-remaining` sent | into the reserve | re-check after a list edit |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
+    for run in runs {
+        let times = &run.cold.times;
+        let warm = times.iter().filter(|t| t.warm.is_some()).count();
+        let limited = times
+            .iter()
+            .filter(|t| t.failures.iter().any(|k| k == "rate-limited"))
+            .count();
+        let spent: u32 = run.spent.values().sum();
+        let of = match run.scope {
+            BudgetScope::PerNode => format!(
+                "{} per node ({} in all)",
+                run.budget,
+                run.budget as usize * run.cold.nodes
+            ),
+            BudgetScope::Shared => format!("{} for the fleet", run.budget),
+        };
+        let refused: u64 = run.refused.values().sum();
+        let (lowest, kept) = (run.lowest_remaining(), run.kept());
+        let into = match kept.checked_sub(u64::from(lowest)) {
+            Some(0) | None => "no".to_string(),
+            Some(n) => format!("yes, by {n}"),
+        };
+        let recheck = run
+            .recheck
+            .as_ref()
+            .map_or("-".into(), |(_, records, _)| Tally::of(records).summary());
+        let _ = writeln!(
+            md,
+            "| {} | {warm} of {} | {limited} | {spent} | {of} | {refused} | {kept} | {lowest} | {into} | {recheck} |",
+            run.cold.label,
+            times.len(),
+        );
+    }
+    let _ = writeln!(md);
+}
+
+fn budget_detail(md: &mut String, run: &BudgetRun) {
+    let (heading, counted) = match run.scope {
+        BudgetScope::PerNode => (
+            format!("a pull budget of {} manifest GETs per node", run.budget),
+            "each node's manifest GETs (`GET …/manifests/…`) against its own budget",
+        ),
+        BudgetScope::Shared => (
+            format!(
+                "one pull budget of {} manifest GETs for the fleet",
+                run.budget
+            ),
+            "the manifest GETs (`GET …/manifests/…`) of all nodes together against one budget, \
+             as for nodes behind one NAT",
+        ),
+    };
+    let _ = writeln!(md, "## Run {}: {heading}\n", run.cold.label);
+    let started = if run.cold.splay.is_zero() {
+        "with no splay: every node's first requests at once".to_string()
+    } else {
+        format!("with `--splay {}s`", run.cold.splay.as_secs())
+    };
+    let _ = writeln!(
+        md,
+        "The agents were started together {started}. The upstream proxy counts {counted}, as \
+         Docker Hub counts pulls (HEADs and blobs are free), adds `ratelimit-limit: {b};w=21600` \
+         and `ratelimit-remaining` to every answer, and answers 429 `TOOMANYREQUESTS` with \
          `Retry-After: 30` beyond the budget. The window never resets within the run. \
          Converged: {}.\n",
         match run.cold.all_warm() {
@@ -638,6 +717,32 @@ fn budget_detail(md: &mut String, run: &BudgetRun) {
         },
         b = run.budget
     );
+    if run.scope == BudgetScope::Shared {
+        let mut answered: Vec<&Record> = run
+            .cold
+            .upstream
+            .iter()
+            .filter(|r| r.method == "GET" && Kind::of(&r.path) == Kind::Manifest && r.status != 429)
+            .collect();
+        answered.sort_by_key(|r| r.at);
+        let kept = run.kept();
+        let budget = u64::from(run.budget);
+        let reserve_at = answered
+            .get((budget.saturating_sub(kept) as usize).saturating_sub(1))
+            .map(|r| secs(r.at.saturating_duration_since(run.cold.origin)));
+        let _ = writeln!(
+            md,
+            "The fleet's manifest GETs, in the order they were answered: {} of {budget} \
+             answered (the agents may spend {} and keep {kept}){}.\n",
+            answered.len(),
+            budget.saturating_sub(kept),
+            match reserve_at {
+                Some(at) if answered.len() as u64 >= budget.saturating_sub(kept) =>
+                    format!("; the remainder reached the reserve at {at} s"),
+                _ => String::new(),
+            }
+        );
+    }
     let by_source = traffic::by_source(&run.cold.upstream);
     let recheck = run
         .recheck

@@ -1,7 +1,8 @@
 //! The runs: a fleet started together (random splay, then slots from node names), the same
 //! through a pull-through cache (one node alone first, then the fleet), a tag moved under the
-//! warm fleet, and a registry with a per-client pull budget. Each returns what the proxies
-//! counted and what the watch saw; [`crate::report`] turns that into tables.
+//! warm fleet, and a registry with a pull budget, per client or one for the whole fleet. Each
+//! returns what the proxies counted and what the watch saw; [`crate::report`] turns that into
+//! tables.
 
 use testbench as support;
 
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 use support::{Action, KubeletVolume, Record};
 
 use crate::fleet::{Fleet, Memory, NodeTimes};
-use crate::node::AgentConfig;
+use crate::node::{AgentConfig, BUDGET_RESERVE_PERCENT};
 use crate::owners::Owners;
 use crate::traffic::Kind;
 use crate::workload::{write_hosts, Cache, Images, Upstream};
@@ -75,21 +76,47 @@ pub struct MovedRun {
     pub nodes: usize,
 }
 
+/// Whose manifest GETs a pull budget counts together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BudgetScope {
+    /// Each node its own budget: each node its own source address.
+    PerNode,
+    /// One budget for the whole fleet: nodes behind one NAT, one source address.
+    Shared,
+}
+
 /// What a fleet under a pull budget did.
 pub struct BudgetRun {
-    /// Manifest GETs each node may make.
+    /// Manifest GETs each node (or, shared, the fleet) may make.
     pub budget: u32,
+    pub scope: BudgetScope,
     pub cold: FleetRun,
     /// The pass after a list edit, when the fleet got warm: `(origin, requests, times)`.
     pub recheck: Option<(Instant, Vec<Record>, Vec<NodeTimes>)>,
     /// Requests refused with 429, per node.
     pub refused: HashMap<String, u64>,
+    /// Manifest GETs answered over the whole run (the re-check included), per budget: per node,
+    /// or one entry for the fleet.
+    pub spent: HashMap<String, u32>,
+}
+
+impl BudgetRun {
+    /// What each agent keeps of the budget for the kubelet's own pulls: it fetches no manifest
+    /// once the announced remainder is down to this.
+    pub fn kept(&self) -> u64 {
+        (u64::from(self.budget) * BUDGET_RESERVE_PERCENT).div_ceil(100)
+    }
+
+    /// The lowest `ratelimit-remaining` any budget fell to.
+    pub fn lowest_remaining(&self) -> u32 {
+        let most = self.spent.values().copied().max().unwrap_or(0);
+        self.budget.saturating_sub(most)
+    }
 }
 
 /// Everything the runs share.
 pub struct Bench {
     pub binary: PathBuf,
-    pub splay: Duration,
     pub warm_timeout: Duration,
     pub owners: Owners,
     pub upstream: Upstream,
@@ -103,7 +130,6 @@ pub struct Bench {
 impl Bench {
     pub fn new(
         binary: PathBuf,
-        splay: Duration,
         warm_timeout: Duration,
         owners: Owners,
         upstream: Upstream,
@@ -114,7 +140,6 @@ impl Bench {
         let list = KubeletVolume::new(list_dir, &[("list.yaml", &text)]);
         Bench {
             binary,
-            splay,
             warm_timeout,
             owners,
             upstream,
@@ -254,10 +279,17 @@ impl Bench {
         }
     }
 
-    /// A cold fleet against a registry that gives each client `budget` manifest GETs (Docker
-    /// Hub counts those; HEADs and blobs are free), answering 429 with `Retry-After` beyond it;
-    /// then, if the fleet got warm, a list edit's pass.
-    pub async fn budget_run(&mut self, n: usize, budget: u32) -> anyhow::Result<BudgetRun> {
+    /// A cold fleet started with `splay` against a registry that gives each client (or,
+    /// `Shared`, the whole fleet) `budget` manifest GETs (Docker Hub counts those; HEADs and
+    /// blobs are free), answering 429 with `Retry-After` beyond it; then, if the fleet got warm,
+    /// a list edit's pass.
+    pub async fn budget_run(
+        &mut self,
+        n: usize,
+        budget: u32,
+        scope: BudgetScope,
+        splay: Duration,
+    ) -> anyhow::Result<BudgetRun> {
         let spent: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
         let refused: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
         {
@@ -266,8 +298,12 @@ impl Bench {
                 let source = request.source.clone().unwrap_or_else(|| "unknown".into());
                 let counted =
                     request.method == "GET" && Kind::of(&request.path) == Kind::Manifest;
+                let account = match scope {
+                    BudgetScope::PerNode => source.clone(),
+                    BudgetScope::Shared => "fleet".to_string(),
+                };
                 let mut spent = spent.lock().unwrap_or_else(|p| p.into_inner());
-                let used = spent.entry(source.clone()).or_default();
+                let used = spent.entry(account).or_default();
                 let limit = format!("{budget};w=21600");
                 if counted && *used >= budget {
                     *refused
@@ -300,12 +336,20 @@ impl Bench {
                 }
             });
         }
-        let label = format!("4 (budget {budget})");
+        let label = match scope {
+            BudgetScope::PerNode => format!("4 (budget {budget} per node"),
+            BudgetScope::Shared => format!("4s (one budget of {budget} for the fleet"),
+        };
+        let label = if splay.is_zero() {
+            format!("{label}, no splay)")
+        } else {
+            format!("{label})")
+        };
         // Not converging is a possible outcome: each first pass is awaited (a refused request is
         // retried after its Retry-After, 3 times, so a pass may take a few minutes), warm or not.
-        let timeout = self.warm_timeout.min(self.splay + Duration::from_secs(180));
+        let timeout = self.warm_timeout.min(splay + Duration::from_secs(180));
         let result = self
-            .fleet_run(&label, n, true, self.splay, None, timeout, true)
+            .fleet_run(&label, n, true, splay, None, timeout, true)
             .await;
         let (cold, mut fleet) = match result {
             Ok(r) => r,
@@ -341,11 +385,14 @@ impl Bench {
         fleet.stop_agents(&self.owners).await;
         self.upstream.proxy.clear_hook();
         let refused = refused.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let spent = spent.lock().unwrap_or_else(|p| p.into_inner()).clone();
         Ok(BudgetRun {
             budget,
+            scope,
             cold,
             recheck,
             refused,
+            spent,
         })
     }
 }
