@@ -188,6 +188,13 @@ impl Budgets {
     }
 }
 
+/// Whether an answer says the budget is spent (`ratelimit-remaining: 0`): a `429` carrying it is
+/// not worth asking again within the same pull, whatever its `Retry-After` (Docker Hub's comes
+/// back only when the window moves on, hours later).
+pub(super) fn spent(headers: &HeaderMap) -> bool {
+    header(headers, "ratelimit-remaining").is_some_and(|(n, _)| n == 0)
+}
+
 /// `name: N;w=SECONDS` (the window optional, other parameters ignored).
 fn header(headers: &HeaderMap, name: &str) -> Option<(u64, Option<Duration>)> {
     let value = headers.get(name)?.to_str().ok()?;
@@ -253,6 +260,13 @@ mod tests {
         let budgets = Budgets::new(BudgetReserve::Requests(5));
         budgets.note("r", &answer(Some("100;w=0"), "1;w=0"));
         assert_eq!(budgets.low("r"), None, "a window of 0 s is over at once");
+    }
+
+    #[test]
+    fn only_a_remaining_of_zero_is_spent() {
+        assert!(spent(&answer(Some("100;w=21600"), "0;w=21600")));
+        assert!(!spent(&answer(Some("100;w=21600"), "1;w=21600")));
+        assert!(!spent(&HeaderMap::new()));
     }
 
     #[test]

@@ -336,7 +336,12 @@ impl RegistryClient {
             let transient = match &sent {
                 Ok(r) => {
                     self.budgets.note(registry, r.headers());
-                    r.status() == StatusCode::TOO_MANY_REQUESTS || r.status().is_server_error()
+                    // A 429 that says the budget is spent is final for this pull: asking again
+                    // within it would only be refused again (the next pass is asked, once the
+                    // budget's window moves on).
+                    (r.status() == StatusCode::TOO_MANY_REQUESTS
+                        && !super::budget::spent(r.headers()))
+                        || r.status().is_server_error()
                 }
                 // An untrusted certificate, a plain-HTTP peer or a refused client certificate
                 // fails the same way again: no retry.
