@@ -39,22 +39,33 @@ async fn wait_for_pass(
     passes: u64,
     agent: &mut tokio::process::Child,
 ) -> serde_json::Value {
+    let what = format!("pass {passes}");
+    wait_for_status(path, agent, &what, |s| {
+        s["passes"].as_u64().unwrap_or(0) >= passes
+    })
+    .await
+}
+
+/// Waits (up to 90 s) until the status file says `what` (`done`).
+async fn wait_for_status(
+    path: &Path,
+    agent: &mut tokio::process::Child,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let s = status(path);
-        if s["passes"].as_u64().unwrap_or(0) >= passes {
+        if done(&s) {
             return s;
         }
         let log = || std::fs::read_to_string(path.with_file_name("agent.log")).unwrap_or_default();
         if let Ok(Some(code)) = agent.try_wait() {
-            panic!(
-                "the agent exited with {code} before pass {passes}:\n{}",
-                log()
-            );
+            panic!("the agent exited with {code} before {what}:\n{}", log());
         }
         assert!(
             Instant::now() < deadline,
-            "no pass {passes} within 90 s; status: {s:#}\n{}",
+            "no {what} within 90 s; status: {s:#}\n{}",
             log()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -893,22 +904,28 @@ async fn get(addr: &str, path: &str) -> (u16, String) {
 
 /// Polls `path` until it answers `code`, returning the body.
 async fn wait_for(addr: &str, path: &str, code: u16) -> String {
+    wait_for_answer(addr, path, code, "").await
+}
+
+/// Polls `path` until it answers `code` with a body holding `text`, returning the body.
+async fn wait_for_answer(addr: &str, path: &str, code: u16, text: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (got, body) = get(addr, path).await;
-        if got == code {
+        if got == code && body.contains(text) {
             return body;
         }
         assert!(
             Instant::now() < deadline,
-            "{path} still answers {got}, not {code}: {body}"
+            "{path} still answers {got}, not {code} with {text:?}: {body}"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
 /// An agent serving its endpoints on a port the system picked, keeping `app` and `db` warm from
-/// a registry behind a proxy that refuses `db` (401, with a rate-limit header) until told not to.
+/// a registry behind a fault proxy: by default one that refuses `db` (401, with a rate-limit
+/// header) until told not to.
 struct Serving {
     containerd: Containerd,
     _registry: Registry,
@@ -926,10 +943,7 @@ struct Serving {
 
 impl Serving {
     async fn start() -> Serving {
-        let (containerd, registry, proxy, images) = behind_a_proxy(&["team/app", "team/db"]).await;
-        let host = proxy.host();
-        let (app, db) = (format!("{host}/team/app:v1"), format!("{host}/team/db:v1"));
-        proxy.set_hook(|request| {
+        Serving::start_with(|request| {
             if request.path.contains("team/db") {
                 support::Action::RespondWith {
                     status: 401,
@@ -939,7 +953,18 @@ impl Serving {
             } else {
                 support::Action::Forward
             }
-        });
+        })
+        .await
+    }
+
+    /// With `hook` deciding what the proxy does from the agent's first request.
+    async fn start_with(
+        hook: impl Fn(&support::proxy::RequestInfo) -> support::Action + Send + Sync + 'static,
+    ) -> Serving {
+        let (containerd, registry, proxy, images) = behind_a_proxy(&["team/app", "team/db"]).await;
+        let host = proxy.host();
+        let (app, db) = (format!("{host}/team/app:v1"), format!("{host}/team/db:v1"));
+        proxy.set_hook(hook);
         let root = tempfile::tempdir().unwrap();
         let list = list_volume(root.path(), &format!("images:\n  - {app}\n  - {db}\n"));
         let (mut agent, status_file) = spawn_agent(
@@ -1078,6 +1103,83 @@ async fn warmth_and_readiness_endpoints_tell_the_truth() {
     );
     assert_eq!(get(&addr, "/readyz").await.0, 200);
     assert_eq!(get(&addr, "/nope").await.0, 404);
+}
+
+/// Each image's outcome is published as its pull ends, not when the whole pass does: while the
+/// registry answers one image's manifest with 429 and a long `Retry-After`, the other image is
+/// already warm in the status file, in `/warmz` and in the metrics, the pass still under way;
+/// the held-up image is reported once its own pull ends, with the pass.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_image_is_reported_as_its_pull_ends_while_the_pass_goes_on() {
+    // Every try at db's manifest waits 40 s: its pull holds the pass for two minutes.
+    let Serving {
+        proxy,
+        app,
+        db,
+        mut agent,
+        status_file,
+        addr,
+        containerd: _containerd,
+        _registry,
+        _root,
+        list: _list,
+        images: _,
+        host: _,
+    } = Serving::start_with(
+        |request| match request.path.contains("/team/db/manifests/") {
+            true => support::Action::RespondWith {
+                status: 429,
+                headers: vec![("Retry-After".into(), "40".into())],
+                body: br#"{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}"#.to_vec(),
+            },
+            false => support::Action::Forward,
+        },
+    )
+    .await;
+
+    let s = wait_for_status(&status_file, &mut agent, "app warm", |s| {
+        s["images"][0]["state"] == "warm"
+    })
+    .await;
+    assert_eq!(s["pass_under_way"]["number"], 1, "pass 1 goes on: {s:#}");
+    assert_eq!(s["passes"], 0, "{s:#}");
+    assert!(s["last_pass"].is_null(), "{s:#}");
+    assert_eq!(s["images"][0]["pass"], 1, "app's state is pass 1's: {s:#}");
+    assert!(s["images"][0]["digest"].is_string(), "{s:#}");
+    assert_eq!(s["images"][1]["state"], "missing", "{s:#}");
+    assert!(s["images"][1]["pass"].is_null(), "not checked yet: {s:#}");
+    assert_eq!(
+        (s["warm"].as_u64(), s["missing"].as_u64()),
+        (Some(1), Some(1))
+    );
+    // The endpoints say the same while the pass goes on.
+    let why = wait_for_answer(&addr, "/warmz", 503, "1 of 2 not warm").await;
+    assert!(why.contains(&format!("{db} (missing)")), "{why}");
+    assert!(!why.contains(&app), "{why}");
+    let m = scrape(&addr).await;
+    assert_eq!(m.value("prepull_passes_total", &[]), 0.0, "pass 1 goes on");
+    assert_eq!(m.value("prepull_image_warm", &[("image", &app)]), 1.0);
+    assert_eq!(m.value("prepull_image_warm", &[("image", &db)]), 0.0);
+    assert_eq!(m.value("prepull_images", &[("state", "warm")]), 1.0);
+    let out = prepull_status(&["--status-file".as_ref(), status_file.as_os_str()]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("pass 1 under way since")
+            && stdout.contains("1 of 2 images checked by it so far"),
+        "{stdout}"
+    );
+    let s = status(&status_file);
+    assert_eq!(s["pass_under_way"]["number"], 1, "pass 1 goes on: {s:#}");
+
+    // The registry lets db through: its next try ends the pass, both warm.
+    proxy.clear_hook();
+    let s = wait_for_pass(&status_file, 1, &mut agent).await;
+    assert!(s["pass_under_way"].is_null(), "{s:#}");
+    assert_eq!(s["warm"], 2, "{s:#}");
+    assert_eq!(s["images"][1]["pass"], 1, "{s:#}");
+    assert!(s["last_success"].is_string(), "{s:#}");
+    let body = wait_for(&addr, "/warmz", 200).await;
+    assert!(body.contains("all 2 listed images warm"), "{body}");
 }
 
 /// SIGTERM while a large image is downloading: the agent lets the pass run for --stop-grace,

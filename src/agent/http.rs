@@ -7,8 +7,9 @@
 //!   up `kubectl rollout status`.
 //! - `/warmz`: 200 only when a pod using any listed image starts without the network: every
 //!   image was found warm (or stale: present and usable, its registry just could not be asked)
-//!   by the last pass and is still on the node now (looked up in containerd, without the
-//!   network, at most every few seconds). Else 503 and one line naming what is not warm and why.
+//!   by its last check (a pass publishes each image's as its pull ends) and is still on the node
+//!   now (looked up in containerd, without the network, at most every few seconds). Else 503
+//!   and one line naming what is not warm and why.
 //! - `/status`: the status file's JSON.
 //! - `/metrics`: Prometheus metrics (OpenMetrics text): the process's counters
 //!   ([`crate::metrics`]) and the agent's state now ([`super::metrics`]).

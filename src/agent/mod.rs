@@ -5,8 +5,9 @@
 //! whose tag moved on. Passes run after a delay within the splay (so a thousand nodes started
 //! together do not hit the registry together: at the node's slot, from a hash of its name, or
 //! random without one; see [`schedule`]), then every interval (plus the wait for the slot), and
-//! soon after the list file changes. After each pass the status file tells what is warm, what
-//! is not, and why.
+//! soon after the list file changes. The status file tells what is warm, what is not, and why:
+//! each image's outcome as soon as its pull in a pass ends (a registry holding one image back
+//! does not hold back the others' news), the pins and the pass's own figures when it ends.
 
 pub mod deep;
 pub mod http;
@@ -22,6 +23,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -33,7 +35,7 @@ use crate::metrics::{metrics, RepairResult};
 use crate::pull::{PullError, PullReport, Puller};
 use crate::repair::{self, Protection};
 use crate::rootfs::Startable;
-use crate::store::{Store, StoreError};
+use crate::store::{Lease, Store, StoreError};
 use crate::watch::Fingerprint;
 use pins::Pins;
 use schedule::{Schedule, Slot, Wake};
@@ -56,7 +58,7 @@ pub struct AgentOptions {
     pub node_name: Option<String>,
     /// How often the list file is checked for changes.
     pub watch_every: Duration,
-    /// Where the status is written after each pass (JSON), if anywhere.
+    /// Where the status is written (JSON), if anywhere.
     pub status_file: Option<PathBuf>,
     /// Images pulled at once (their blobs share the puller's download limit).
     pub images_at_once: usize,
@@ -108,9 +110,43 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// How long the start checks' lease outlives an agent that dies while they run.
 const START_CHECK_LEASE: Duration = Duration::from_secs(600);
 
-/// How one image's pull in a pass ended, and (when it failed) the complete image the node
-/// holds for it.
-/// A pull's result, what the node holds when it failed, and the bytes it downloaded.
+/// The least time between two writes of the status while a pass's pulls end: at most four a
+/// second, however many end at once (checking a warm image takes one request).
+const PUBLISH_EVERY: Duration = Duration::from_millis(250);
+
+/// The lease the start checks' read-only views are made under during one pass: made for the
+/// first check, replaced once half its life is gone (a pass may outlast it), deleted when the
+/// pass's pulls end.
+#[derive(Default)]
+struct StartLease(Option<(Lease, Instant)>);
+
+impl StartLease {
+    /// The lease, made or replaced as needed.
+    async fn get(&mut self, store: &Store) -> Result<&Lease, StoreError> {
+        let held = match self.0.take() {
+            Some((lease, made)) if made.elapsed() < START_CHECK_LEASE / 2 => (lease, made),
+            old => {
+                StartLease(old).end(store).await;
+                let lease = store.create_lease("start-check", START_CHECK_LEASE).await?;
+                (lease, Instant::now())
+            }
+        };
+        Ok(&self.0.insert(held).0)
+    }
+
+    /// Deletes the lease, if one was made.
+    async fn end(self, store: &Store) {
+        let Some((lease, _)) = self.0 else {
+            return;
+        };
+        if let Err(e) = store.delete_lease(lease).await {
+            tracing::warn!(error = %crate::error_chain(&e), "cannot delete the start check's lease; it expires by itself");
+        }
+    }
+}
+
+/// How one image's pull in a pass ended: its result, the complete image the node holds for it
+/// when it failed, and the bytes it downloaded.
 type Checked = (Result<PullReport, PullError>, Option<PullReport>, u64);
 
 /// What the verify before a pass found wrong in one entry's image.
@@ -274,7 +310,7 @@ impl Agent {
         self.write_status();
     }
 
-    /// The status after the last pass.
+    /// The status as it stands (after the last pass, once its run has ended).
     pub fn status(&self) -> &Status {
         &self.status
     }
@@ -359,19 +395,20 @@ impl Agent {
         }
     }
 
-    /// One pass: reads listed images back when a verify is due, pulls every listed image, sets
-    /// the pins of those it got, releases the pins the list no longer wants, and writes the
-    /// status.
+    /// One pass: reads listed images back when a verify is due, pulls every listed image
+    /// (publishing each one's status as its pull ends), sets the pins of those it got, releases
+    /// the pins the list no longer wants, and writes the status.
     pub async fn pass(&mut self) {
         let Some(list) = self.list.clone() else {
             tracing::warn!("no usable prepull list yet; nothing to do");
             return;
         };
         let started = Instant::now();
+        let number = self.status.passes + 1;
         // Said in the file before anything else is done: an agent killed mid-pass leaves a
         // status that shows the previous pass's results as the previous pass's.
         self.status.pass_under_way = Some(status::PassUnderWay {
-            number: self.status.passes + 1,
+            number,
             started: timestamp(SystemTime::now()),
         });
         self.write_status();
@@ -392,14 +429,15 @@ impl Agent {
             })
             .collect();
         let results = {
-            let _snapshots = self.snapshots.lock().await;
-            self.pull_all(&list, &damaged).await
+            let _snapshots = self.snapshots.clone().lock_owned().await;
+            let pulls = self.spawn_pulls(&list, &damaged);
+            self.record_as_pulled(&list, pulls, damage, verified, number)
+                .await
         };
         let pins = Pins::new(&self.store, &self.options.pin_owner);
-        let (mut images, resolved, pin_budget) =
-            self.record(&pins, &list, results, damage, verified).await;
+        let mut images = self.status.images.clone();
+        let (resolved, pin_budget) = self.pin(&pins, &list, &results, &mut images).await;
         self.status.pin_budget = pin_budget;
-        self.check_starts(&mut images).await;
         // The mending pulls have ended: the lease holding the damaged images goes (see
         // `repair` for why one rule holds for every caller).
         if let Some(protection) = self.protection.take() {
@@ -508,16 +546,16 @@ impl Agent {
         }
     }
 
-    /// Pulls every entry, `images_at_once` at a time; an entry in `damaged` is pulled checking
-    /// every blob, not just its records. Each pull is its own task, so one waiting on a slow
-    /// credential plugin (which runs outside the async workers) does not hold up the others;
-    /// dropping this future (a stop past its grace period) aborts them with the set. `None` for
-    /// an entry whose task died.
-    async fn pull_all(&self, list: &List, damaged: &HashSet<String>) -> Vec<Option<Checked>> {
+    /// Starts the pull of every entry, `images_at_once` at a time; an entry in `damaged` is
+    /// pulled checking every blob, not just its records. Each pull is its own task, so one
+    /// waiting on a slow credential plugin (which runs outside the async workers) does not hold
+    /// up the others; dropping the set (a stop past its grace period) aborts them. Each task
+    /// ends with its entry's index and how its pull went.
+    fn spawn_pulls(&self, list: &List, damaged: &HashSet<String>) -> JoinSet<(usize, Checked)> {
         let limit = Arc::new(tokio::sync::Semaphore::new(
             self.options.images_at_once.max(1),
         ));
-        let mut tasks = tokio::task::JoinSet::new();
+        let mut tasks = JoinSet::new();
         for (i, entry) in list.entries.iter().cloned().enumerate() {
             let (puller, limit) = (self.puller.clone(), limit.clone());
             let thorough = damaged.contains(&entry.reference.to_string());
@@ -544,118 +582,161 @@ impl Agent {
                     Ok(_) => None,
                     Err(_) => puller.on_node(&entry.reference).await,
                 };
-                (i, result, present, progress.fetched())
+                (i, (result, present, progress.fetched()))
             });
         }
+        tasks
+    }
+
+    /// Records each entry's pull as it ends: its status (see [`Agent::judge`]) replaces the one
+    /// before and is published, so an image pulled seconds ago shows warm while the pass waits
+    /// for a slower one. Writes are coalesced to one per [`PUBLISH_EVERY`]. Returns how each
+    /// entry's pull went; `None` for an entry whose task died (its status stays as it was).
+    async fn record_as_pulled(
+        &mut self,
+        list: &List,
+        mut pulls: JoinSet<(usize, Checked)>,
+        mut damage: Damage,
+        verified: bool,
+        pass: u64,
+    ) -> Vec<Option<Checked>> {
         let mut results: Vec<Option<Checked>> = list.entries.iter().map(|_| None).collect();
-        while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok((i, result, present, fetched)) => results[i] = Some((result, present, fetched)),
-                Err(e) => tracing::error!(error = %e, "an image's pull task ended abnormally"),
+        let mut lease = StartLease::default();
+        let mut next_write = Instant::now();
+        let mut unwritten = false;
+        loop {
+            tokio::select! {
+                joined = pulls.join_next() => match joined {
+                    None => break,
+                    Some(Ok((i, checked))) => {
+                        let (Some(entry), Some(slot)) = (list.entries.get(i), results.get_mut(i))
+                        else {
+                            continue;
+                        };
+                        let found = damage.remove(&entry.reference.to_string());
+                        let status = self
+                            .judge(entry, &checked, found, verified, pass, &mut lease)
+                            .await;
+                        self.status.set_image(i, status);
+                        *slot = Some(checked);
+                        unwritten = true;
+                    }
+                    Some(Err(e)) => {
+                        tracing::error!(error = %e, "an image's pull task ended abnormally")
+                    }
+                },
+                () = tokio::time::sleep_until(next_write), if unwritten => {}
+            }
+            if unwritten && Instant::now() >= next_write {
+                self.write_status();
+                unwritten = false;
+                next_write = Instant::now() + PUBLISH_EVERY;
             }
         }
+        lease.end(&self.store).await;
         results
     }
 
-    /// Pins what each entry got and turns the pass's results into statuses. Also returns, per
-    /// entry, the digest it resolved to, or `None` when it could not be checked (its pins stay).
-    async fn record(
+    /// An entry's status from how its pull in this pass ended, before its pins are set (see
+    /// [`Agent::pin`]): `found` is the damage the verify before the pass found in it, if any.
+    /// A usable image's start is checked at once, so it is never shown warm before that is
+    /// known.
+    async fn judge(
+        &self,
+        entry: &Entry,
+        (result, present, fetched): &Checked,
+        found: Option<Found>,
+        verified: bool,
+        pass: u64,
+        lease: &mut StartLease,
+    ) -> ImageStatus {
+        let name = entry.reference.to_string();
+        let (found, blocked, previous) = match found {
+            Some(f) => (
+                Some(f.problems),
+                f.blocked,
+                self.status.image(&name).cloned(),
+            ),
+            None => open_damage(self.status.image(&name), verified),
+        };
+        let outcome = match (&blocked, result) {
+            (Some(reason), _) => Outcome::Unmendable {
+                reason,
+                present: result.as_ref().ok().or(present.as_ref()),
+            },
+            (None, Ok(report)) => Outcome::Warm(report),
+            (None, Err(error)) => Outcome::Failed {
+                error,
+                present: present.as_ref(),
+                fetched: *fetched,
+            },
+        };
+        let now = SystemTime::now();
+        let mut status = ImageStatus {
+            pass: Some(pass),
+            ..ImageStatus::after_pass(entry, previous.as_ref(), found, outcome, now)
+        };
+        if let Some(d) = status.damage.as_mut().filter(|d| d.mended.is_none()) {
+            d.blocked = blocked;
+        }
+        if status.state.usable() {
+            self.check_start(&mut status, lease).await;
+        }
+        if let Some(error) = &status.error {
+            tracing::warn!(
+                image = %status.image,
+                state = status.state.as_str(),
+                kind = status.kind.map(|k| k.as_str()),
+                error,
+                "image not warm"
+            );
+        }
+        status
+    }
+
+    /// Pins what each entry holds, in list order (the pin budget goes to the entries listed
+    /// first), and says in `images` (their statuses, in list order) which stay unpinned and
+    /// why. Returns, per entry, the digest it resolved to, or `None` when it could not be
+    /// checked (its pins stay), and the pin budget after.
+    async fn pin(
         &self,
         pins: &Pins<'_>,
         list: &List,
-        results: Vec<Option<Checked>>,
-        mut damage: Damage,
-        verified: bool,
+        results: &[Option<Checked>],
+        images: &mut [ImageStatus],
     ) -> (
-        Vec<ImageStatus>,
         HashMap<String, Option<String>>,
         Option<pin_budget::PinBudget>,
     ) {
-        let now = SystemTime::now();
-        let mut images = Vec::with_capacity(list.entries.len());
         let mut resolved = HashMap::new();
         let mut ledger = self.pin_ledger().await;
-        for (entry, result) in list.entries.iter().zip(results) {
+        for ((entry, result), status) in list.entries.iter().zip(results).zip(images) {
             let name = entry.reference.to_string();
-            let (found, blocked, previous) = match damage.remove(&name) {
-                Some(f) => (
-                    Some(f.problems),
-                    f.blocked,
-                    self.status.image(&name).cloned(),
-                ),
-                None => open_damage(self.status.image(&name), verified),
-            };
-            let previous = previous.as_ref();
-            let digest = match &result {
+            let digest = match result {
                 Some((Ok(report), ..)) => Some(report.digest.to_string()),
                 _ => None,
             };
             resolved.insert(name.clone(), digest);
-            let mut status = match &result {
-                Some((result, present, _)) if blocked.is_some() => {
-                    let present = result.as_ref().ok().or(present.as_ref());
-                    let reason = blocked.as_deref().unwrap_or_default();
-                    let outcome = Outcome::Unmendable { reason, present };
-                    ImageStatus::after_pass(entry, previous, found, outcome, now)
-                }
-                Some((Ok(report), ..)) => {
-                    let over = admit(&mut ledger, entry, report).await.err();
-                    let pinned = match over {
-                        Some(_) => Ok(()),
-                        None => pins.apply(entry, &report.names).await,
-                    };
-                    let outcome = match &pinned {
-                        Ok(()) => Outcome::Warm(report),
-                        Err(e) => Outcome::WarmUnpinned(report, e),
-                    };
-                    ImageStatus {
-                        unpinned: over,
-                        ..ImageStatus::after_pass(entry, previous, found, outcome, now)
-                    }
-                }
-                Some((Err(error), present, fetched)) => {
-                    // A present image keeps (or gets) its pin even while its registry is away.
-                    let mut unpinned = None;
-                    if let Some(present) = present {
-                        unpinned = admit(&mut ledger, entry, present).await.err();
-                        if unpinned.is_none() {
-                            if let Err(e) = pins.apply(entry, &present.names).await {
-                                tracing::warn!(image = %name, error = %crate::error_chain(&e), "cannot pin the image on the node");
-                            }
-                        }
-                    }
-                    let present = present.as_ref();
-                    let outcome = Outcome::Failed { error, present };
-                    ImageStatus {
-                        // What the failed pull cost the network, resumed from by the next.
-                        bytes_fetched: *fetched,
-                        unpinned,
-                        ..ImageStatus::after_pass(entry, previous, found, outcome, now)
-                    }
-                }
-                // The task died: nothing is known of this pass; the status stays as it was.
-                None => previous
-                    .cloned()
-                    .unwrap_or_else(|| ImageStatus::before_check(entry, None)),
+            // A present image keeps (or gets) its pin even while its registry is away; one the
+            // node cannot mend gets none.
+            let held = match result {
+                _ if status.unmendable() => None,
+                Some((Ok(report), ..)) => Some(report),
+                Some((Err(_), present, _)) => present.as_ref(),
+                None => None,
             };
-            if let Some(d) = status.damage.as_mut().filter(|d| d.mended.is_none()) {
-                d.blocked = blocked;
-            }
-            if let Some(error) = &status.error {
-                tracing::warn!(
-                    image = %status.image,
-                    state = status.state.as_str(),
-                    kind = status.kind.map(|k| k.as_str()),
-                    error,
-                    "image not warm"
-                );
-            }
+            let Some(held) = held else { continue };
+            status.unpinned = admit(&mut ledger, entry, held).await.err();
             if let Some(why) = &status.unpinned {
-                tracing::warn!(image = %status.image, reason = %why, "image kept unpinned");
+                tracing::warn!(image = %name, reason = %why, "image kept unpinned");
+            } else if let Err(e) = pins.apply(entry, &held.names).await {
+                tracing::warn!(image = %name, error = %crate::error_chain(&e), "cannot pin the image on the node");
+                if let Some((Ok(_), ..)) = result {
+                    status.pin_failed(&e);
+                }
             }
-            images.push(status);
         }
-        (images, resolved, ledger.map(|l| l.budget))
+        (resolved, ledger.map(|l| l.budget))
     }
 
     /// The pinned images' ledger for this pass, when containerd's filesystem can be measured
@@ -725,50 +806,35 @@ impl Agent {
         Ok((damage, protection))
     }
 
-    /// For each image on the node, whether a pod starts from it: its own command resolved in
-    /// its unpacked layers (see [`crate::start_check`]). One read-only view per image; an image
-    /// whose check cannot be made (containerd failed) is not marked, and the log says why.
-    async fn check_starts(&self, images: &mut [ImageStatus]) {
+    /// Whether a pod starts from `image` (on the node): its own command resolved in its unpacked
+    /// layers (see [`crate::start_check`]), in a read-only view made under `lease`. A check that
+    /// cannot be made (containerd failed) leaves the image unmarked, and the log says why.
+    async fn check_start(&self, image: &mut ImageStatus, lease: &mut StartLease) {
         let Some(snapshotter) = self.puller.snapshotter() else {
             return;
         };
-        let lease = match self
-            .store
-            .create_lease("start-check", START_CHECK_LEASE)
-            .await
-        {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(error = %crate::error_chain(&e), "cannot check whether images start");
-                return;
-            }
+        let Some(top) = image.digest.as_ref().and_then(|d| d.parse().ok()) else {
+            return;
         };
-        for image in images.iter_mut().filter(|i| i.state.usable()) {
-            let Some(top) = image.digest.as_ref().and_then(|d| d.parse().ok()) else {
-                continue;
-            };
-            let checked = async {
-                let unpacked =
-                    crate::start_check::unpacked(&self.store, &top, self.puller.platform()).await?;
-                crate::start_check::check(&self.store, &lease, snapshotter, &unpacked).await
-            };
-            match checked.await {
-                Ok(Some(Startable::No(finding))) => {
-                    tracing::warn!(image = %image.image, kind = finding.kind(), error = %finding, "a pod could not start from this image");
-                    image.start_kind = Some(finding.kind());
-                    image.start_error = Some(finding.to_string());
-                }
-                Ok(_) => {
-                    image.start_kind = None;
-                    image.start_error = None;
-                }
-                Err(e) => {
-                    tracing::warn!(image = %image.image, error = %crate::error_chain(&e), "cannot check whether the image starts");
-                }
+        let checked = async {
+            let lease = lease.get(&self.store).await?;
+            let unpacked =
+                crate::start_check::unpacked(&self.store, &top, self.puller.platform()).await?;
+            crate::start_check::check(&self.store, lease, snapshotter, &unpacked).await
+        };
+        match checked.await {
+            Ok(Some(Startable::No(finding))) => {
+                tracing::warn!(image = %image.image, kind = finding.kind(), error = %finding, "a pod could not start from this image");
+                image.start_kind = Some(finding.kind());
+                image.start_error = Some(finding.to_string());
             }
-        }
-        if let Err(e) = self.store.delete_lease(lease).await {
-            tracing::warn!(error = %crate::error_chain(&e), "cannot delete the start check's lease; it expires by itself");
+            Ok(_) => {
+                image.start_kind = None;
+                image.start_error = None;
+            }
+            Err(e) => {
+                tracing::warn!(image = %image.image, error = %crate::error_chain(&e), "cannot check whether the image starts");
+            }
         }
     }
 

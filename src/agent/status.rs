@@ -116,14 +116,16 @@ pub struct ImageStatus {
     /// Why an entry to pin is on the node unpinned: pinning it would pass the pin budget.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unpinned: Option<String>,
+    /// The pass that checked it last (none before its first check). While a pass is under way,
+    /// the images it has checked already carry its number.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pass: Option<u64>,
 }
 
 /// How one image's check in a pass ended.
 pub enum Outcome<'a> {
     /// Pulled, or confirmed warm.
     Warm(&'a PullReport),
-    /// Warm, but its pin could not be set.
-    WarmUnpinned(&'a PullReport, &'a StoreError),
     /// Found damaged in a way this node cannot mend (`reason`: what holds the bad content and
     /// what to do); `present` is what the node holds.
     Unmendable {
@@ -138,6 +140,8 @@ pub enum Outcome<'a> {
         error: &'a PullError,
         /// What is on the node.
         present: Option<&'a PullReport>,
+        /// Bytes it downloaded before it failed (the next pull resumes from them).
+        fetched: u64,
     },
 }
 
@@ -197,6 +201,7 @@ impl ImageStatus {
             start_error: None,
             start_kind: None,
             unpinned: None,
+            pass: None,
         }
     }
 
@@ -240,20 +245,10 @@ impl ImageStatus {
             start_error: None,
             start_kind: None,
             unpinned: None,
+            pass: None,
         };
         let status = match outcome {
             Outcome::Warm(report) => ImageStatus::warm(base, report, &mut damage, &at),
-            Outcome::WarmUnpinned(report, e) => ImageStatus {
-                kind: Some(e.kind()),
-                error: Some(capped(
-                    format!(
-                        "pulled, but the pin could not be set: {}",
-                        crate::error_chain(e)
-                    ),
-                    MAX_ERROR_CHARS,
-                )),
-                ..ImageStatus::warm(base, report, &mut damage, &at)
-            },
             Outcome::Unmendable { reason, present } => ImageStatus {
                 state: ImageState::Corrupt,
                 digest: present.map(|p| p.digest.to_string()),
@@ -266,7 +261,11 @@ impl ImageStatus {
                 )),
                 ..base
             },
-            Outcome::Failed { error, present } => ImageStatus {
+            Outcome::Failed {
+                error,
+                present,
+                fetched,
+            } => ImageStatus {
                 state: match (unmended, present) {
                     (true, _) => ImageState::Corrupt,
                     (false, Some(_)) => ImageState::Stale,
@@ -274,6 +273,7 @@ impl ImageStatus {
                 },
                 digest: present.map(|p| p.digest.to_string()),
                 size: present.map(|p| p.size),
+                bytes_fetched: fetched,
                 since: Some(since),
                 kind: Some(error.kind()),
                 error: Some(capped(crate::error_chain(error), MAX_ERROR_CHARS)),
@@ -281,6 +281,25 @@ impl ImageStatus {
             },
         };
         ImageStatus { damage, ..status }
+    }
+
+    /// A warm image whose pin could not be set: its error says so.
+    pub fn pin_failed(&mut self, e: &StoreError) {
+        self.kind = Some(e.kind());
+        self.error = Some(capped(
+            format!(
+                "pulled, but the pin could not be set: {}",
+                crate::error_chain(e)
+            ),
+            MAX_ERROR_CHARS,
+        ));
+    }
+
+    /// Whether damage found on it is open and cannot be mended on this node.
+    pub fn unmendable(&self) -> bool {
+        self.damage
+            .as_ref()
+            .is_some_and(|d| d.mended.is_none() && d.blocked.is_some())
     }
 
     /// Warm as `report` says, the damage (if any was still open) mended now.
@@ -344,17 +363,20 @@ pub struct Status {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub list_error: Option<String>,
     /// When this file was written (RFC 3339): the agent writes it when its list loads, when a
-    /// pass starts and when one ends, so a file much older than `--interval` comes from an
-    /// agent that stopped.
+    /// pass starts, as the pull of each image in a pass ends (at most a few times a second) and
+    /// when the pass ends, so a file much older than `--interval` comes from an agent that
+    /// stopped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub written: Option<String>,
     /// When the agent that wrote this file started (RFC 3339): pass numbers count from 1 again
     /// in each agent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent_started: Option<String>,
-    /// The pass under way when this file was written, if one was: the per-image states are
-    /// still those of pass `passes` (ended at `last_pass`). Left in place by an agent killed
-    /// mid-pass.
+    /// The pass under way when this file was written, if one was. Each image's status is the
+    /// outcome of its own last check: the images this pass has checked already carry its
+    /// number (`pass`), the others are still as pass `passes` (ended at `last_pass`) left them.
+    /// The pass-level fields (`passes`, `last_pass`, `last_success`, `released`, `pin_budget`)
+    /// change only when a pass ends, and so do pins. Left in place by an agent killed mid-pass.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pass_under_way: Option<PassUnderWay>,
     /// When the last pass finished (RFC 3339).
@@ -418,6 +440,16 @@ fn is_zero(n: &usize) -> bool {
 }
 
 impl Status {
+    /// Replaces the status of the `i`th image of the list in force (as its pull in a pass ends)
+    /// and recounts the states.
+    pub fn set_image(&mut self, i: usize, image: ImageStatus) {
+        let mut images = std::mem::take(&mut self.images);
+        if let Some(slot) = images.get_mut(i) {
+            *slot = image;
+        }
+        self.set_images(images);
+    }
+
     /// Replaces the per-image statuses and recounts the states.
     pub fn set_images(&mut self, images: Vec<ImageStatus>) {
         let count = |state| images.iter().filter(|i| i.state == state).count();
@@ -570,6 +602,7 @@ mod tests {
                 Outcome::Failed {
                     error: &error,
                     present: Some(&present),
+                    fetched: 0,
                 },
                 t,
             )
@@ -605,11 +638,13 @@ mod tests {
             Outcome::Failed {
                 error: &error,
                 present: None,
+                fetched: 4096,
             },
             at(0),
         );
         assert_eq!(s.state, ImageState::Failed);
         assert!(s.digest.is_none());
+        assert_eq!(s.bytes_fetched, 4096, "what the next pull resumes from");
         assert!(s.error.unwrap().contains("503"));
     }
 
@@ -624,6 +659,7 @@ mod tests {
             Outcome::Failed {
                 error: &error,
                 present: Some(&present),
+                fetched: 0,
             },
             at(0),
         );
@@ -670,6 +706,7 @@ mod tests {
             Outcome::Failed {
                 error: &error,
                 present: None,
+                fetched: 0,
             },
             at(0),
         );
@@ -736,6 +773,7 @@ mod tests {
                 Outcome::Failed {
                     error: &error,
                     present: Some(&present),
+                    fetched: 0,
                 },
                 at(0),
             ),
@@ -746,5 +784,10 @@ mod tests {
             (1, 1, 1, 0)
         );
         assert!(ImageState::Stale.usable() && !ImageState::Missing.usable());
+        // One image's pull ends: its status is replaced and the counts follow.
+        let pulled = ImageStatus::after_pass(&entry(), None, None, Outcome::Warm(&present), at(1));
+        status.set_image(2, pulled);
+        assert_eq!((status.warm, status.missing), (2, 0));
+        assert_eq!(status.images.len(), 3);
     }
 }

@@ -84,7 +84,8 @@ pub struct AgentArgs {
     #[arg(long, value_name = "NAME", env = "NODE_NAME", value_parser = parse_node_name)]
     pub node_name: Option<String>,
 
-    /// Write the status after each pass here (JSON: what is warm, what is not, and why).
+    /// Write the status here (JSON: what is warm, what is not, and why), each image's as soon
+    /// as its pull in a pass ends.
     #[arg(long, value_name = "FILE")]
     pub status_file: Option<PathBuf>,
 

@@ -160,11 +160,14 @@ fn print_table(status: &Value, images: &[Value], cri: bool) {
         status["missing"],
     );
     if let Some(pass) = status["pass_under_way"].as_object() {
+        let number = pass.get("number").unwrap_or(&Value::Null);
+        let checked = images.iter().filter(|i| &i["pass"] == number).count();
         println!(
-            "pass {} under way since {} (written {}): the states below are from pass {}",
-            pass.get("number").unwrap_or(&Value::Null),
+            "pass {number} under way since {} (written {}): {checked} of {} images checked by it \
+             so far, the others as pass {} left them",
             pass.get("started").and_then(Value::as_str).unwrap_or("-"),
             text(&status["written"]),
+            images.len(),
             status["passes"],
         );
     }
