@@ -120,8 +120,8 @@ async fn containerd_fetches_the_layers_with_the_matched_credentials_and_the_imag
     assert_eq!(r["digest"], image.manifest.digest.as_str());
     assert_eq!(r["blobs_fetched"], 4, "3 layers + config: {r}");
 
-    // containerd asked for each layer (anonymously first: the registry challenged it), on 1.7
-    // and 2.x; not at all on 1.6.
+    // containerd asked for each layer (anonymously first: the registry challenged it) on 2.x;
+    // not at all on 1.x.
     let by_containerd = *layer_gets.lock().unwrap();
     if containerd_fetches {
         assert!(

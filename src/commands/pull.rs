@@ -189,7 +189,7 @@ pub struct PullerArgs {
 
     /// Who fetches layers into containerd. `prepull`: prepull streams each layer into
     /// containerd's content store and unpacks it, flushing each layer. `containerd`:
-    /// containerd's transfer service (containerd 1.7 and 2.x) fetches and unpacks the layers of
+    /// containerd's transfer service (containerd 2.x; on 1.x prepull fetches) fetches and unpacks the layers of
     /// the manifest prepull resolved and verified, from the same hosts directory, with only the
     /// credentials prepull would send each host; prepull flushes the unpacked layers once per
     /// image before writing the records CRI reads. Faster on containerd 2.x (no copy of every

@@ -75,7 +75,7 @@ pub enum Fetcher {
     /// prepull streams each layer into containerd's content store and has it unpacked.
     #[default]
     Prepull,
-    /// containerd's transfer service (containerd 1.7 and 2.x) fetches and unpacks the layers
+    /// containerd's transfer service (containerd 2.x) fetches and unpacks the layers
     /// prepull resolved, with prepull's credentials, mirrors and checks; prepull flushes them
     /// once per image. Falls back to prepull's fetch where containerd cannot.
     Containerd,

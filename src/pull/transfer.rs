@@ -1,5 +1,5 @@
 //! `--fetcher containerd`: containerd fetches and unpacks the layers itself (its transfer
-//! service, containerd 1.7 and 2.x), which spares every byte the trip through `Content.Write`.
+//! service, used on containerd 2.x), which spares every byte the trip through `Content.Write`.
 //!
 //! prepull keeps what it guarantees:
 //! - **What is fetched**: prepull resolves the tag, checks `expect:`, fetches and verifies the

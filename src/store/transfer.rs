@@ -1,4 +1,4 @@
-//! containerd's transfer service (containerd 1.7 and 2.x): containerd fetching an image's
+//! containerd's transfer service (containerd 2.x; 1.7 has one that prepull does not use): containerd fetching an image's
 //! blobs itself and unpacking them as they arrive, instead of prepull streaming every byte
 //! through `Content.Write`.
 //!
