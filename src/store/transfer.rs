@@ -1,6 +1,6 @@
-//! containerd's transfer service (containerd 2.x; 1.7 has one that prepull does not use): containerd fetching an image's
-//! blobs itself and unpacking them as they arrive, instead of prepull streaming every byte
-//! through `Content.Write`.
+//! containerd's transfer service (containerd 2.x; prepull does not use 1.7's): containerd
+//! fetching an image's blobs itself and unpacking them as they arrive, instead of prepull
+//! streaming every byte through `Content.Write`.
 //!
 //! What prepull hands over is narrow: the image by digest (so containerd fetches exactly what
 //! prepull resolved and checked), the hosts directory prepull reads its mirrors from, the
