@@ -1451,9 +1451,9 @@ async fn a_registry_budget_down_to_the_reserve_gets_no_manifest_requests_but_hea
     assert!(manifest_gets(&proxy) > 0);
 }
 
-/// A `429` that says the budget is spent (`ratelimit-remaining: 0`) is not asked again within
-/// the pull, whatever its `Retry-After`: the image is reported `rate-limited` at once, with one
-/// request spent, and a later run asks again.
+/// A `429` that says the budget is spent (`ratelimit-remaining: 0`) and not when to come back (no
+/// `Retry-After`, as Docker Hub's) is not asked again within the pull: the image is reported
+/// `rate-limited` at once, with one request spent, and a later run asks again.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_429_saying_the_budget_is_spent_is_not_retried_within_the_pull() {
     let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
@@ -1466,16 +1466,17 @@ async fn a_429_saying_the_budget_is_spent_is_not_retried_within_the_pull() {
     .await;
     let proxy = Proxy::start(&registry.host()).await;
     let host = proxy.host();
-    let spent = |remaining: &'static str| {
+    let spent = |remaining: &'static str, retry_after: Option<&'static str>| {
         move |req: &support::proxy::RequestInfo| {
             if req.path == "/v2/hub/app/manifests/v1" {
+                let mut headers = vec![
+                    ("ratelimit-limit".into(), "100;w=21600".into()),
+                    ("ratelimit-remaining".into(), remaining.into()),
+                ];
+                headers.extend(retry_after.map(|r| ("retry-after".into(), r.into())));
                 support::Action::RespondWith {
                     status: 429,
-                    headers: vec![
-                        ("retry-after".into(), "1".into()),
-                        ("ratelimit-limit".into(), "100;w=21600".into()),
-                        ("ratelimit-remaining".into(), remaining.into()),
-                    ],
+                    headers,
                     body: br#"{"errors":[{"code":"TOOMANYREQUESTS"}]}"#.to_vec(),
                 }
             } else {
@@ -1492,15 +1493,21 @@ async fn a_429_saying_the_budget_is_spent_is_not_retried_within_the_pull() {
             .count()
     };
 
-    proxy.set_hook(spent("0;w=21600"));
+    proxy.set_hook(spent("0;w=21600", None));
     let (out, results) = pull_json(&containerd, &host, &[], &[&reference]).await;
     assert_eq!(out.status.code(), Some(1), "{}", support::text(&out));
     assert_eq!(results[0]["kind"], "rate-limited", "{results:?}");
     assert_eq!(asked(&proxy), 1, "asked once: {:?}", proxy.records());
 
-    // A 429 with budget left (a burst limit) is waited out and asked again.
+    // A 429 with budget left (a burst limit), or one saying when to come back, is waited out and
+    // asked again.
     proxy.clear();
-    proxy.set_hook(spent("40;w=21600"));
+    proxy.set_hook(spent("40;w=21600", Some("1")));
+    let (out, _) = pull_json(&containerd, &host, &[], &[&reference]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", support::text(&out));
+    assert!(asked(&proxy) > 1, "asked again: {:?}", proxy.records());
+    proxy.clear();
+    proxy.set_hook(spent("0;w=21600", Some("1")));
     let (out, _) = pull_json(&containerd, &host, &[], &[&reference]).await;
     assert_eq!(out.status.code(), Some(1), "{}", support::text(&out));
     assert!(asked(&proxy) > 1, "asked again: {:?}", proxy.records());

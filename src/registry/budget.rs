@@ -188,11 +188,13 @@ impl Budgets {
     }
 }
 
-/// Whether an answer says the budget is spent (`ratelimit-remaining: 0`): a `429` carrying it is
-/// not worth asking again within the same pull, whatever its `Retry-After` (Docker Hub's comes
-/// back only when the window moves on, hours later).
+/// Whether an answer says the budget is spent (`ratelimit-remaining: 0`) without saying when to
+/// come back (no `Retry-After`, as Docker Hub's pull-limit `429`): not worth asking again within
+/// the same pull (the budget returns as its window moves on, hours later). A `Retry-After` is the
+/// registry's word that asking then is fine, and is honoured.
 pub(super) fn spent(headers: &HeaderMap) -> bool {
     header(headers, "ratelimit-remaining").is_some_and(|(n, _)| n == 0)
+        && !headers.contains_key(reqwest::header::RETRY_AFTER)
 }
 
 /// `name: N;w=SECONDS` (the window optional, other parameters ignored).
@@ -265,6 +267,9 @@ mod tests {
     #[test]
     fn only_a_remaining_of_zero_is_spent() {
         assert!(spent(&answer(Some("100;w=21600"), "0;w=21600")));
+        let mut told_when = answer(Some("100;w=21600"), "0;w=21600");
+        told_when.insert(reqwest::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        assert!(!spent(&told_when));
         assert!(!spent(&answer(Some("100;w=21600"), "1;w=21600")));
         assert!(!spent(&HeaderMap::new()));
     }
