@@ -457,3 +457,68 @@ async fn a_blob_redirected_to_a_storage_host_gets_no_registry_token_from_contain
     assert_eq!(at_storage[0].response_body_bytes, image.layers[0].size);
     containerd.assert_image_complete(&reference);
 }
+
+/// containerd's fetch has no least-progress bound of its own: a registry trickling a layer to it
+/// would hold the pull forever. prepull cancels a transfer that brings less than
+/// `--min-progress` in a window and fetches the layers itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_layer_trickled_to_containerd_is_given_up_on_and_fetched_by_prepull() {
+    let (containerd, registry) = tokio::join!(Containerd::start(), Registry::start());
+    let image = push_image(
+        &registry.host(),
+        "slow/app",
+        "v1",
+        &ImageSpec::new(&[512 * KIB]),
+    )
+    .await;
+    let proxy = Proxy::start(&registry.host()).await;
+    let host = proxy.host();
+    let layer = image.layers[0].digest.clone();
+    let trickled = Arc::new(Mutex::new(0usize));
+    let seen = trickled.clone();
+    proxy.set_hook(move |req| {
+        if req.path.ends_with(&layer) && from_containerd(req) {
+            *seen.lock().unwrap() += 1;
+            Action::Shape(support::Shape {
+                bytes_per_sec: Some(1024),
+                cut_after: None,
+            })
+        } else {
+            Action::Forward
+        }
+    });
+    let reference = format!("{host}/slow/app:v1");
+    let started = std::time::Instant::now();
+    let r = pull(
+        &containerd,
+        &host,
+        &["--no-node-credentials", "--min-progress", "64KiB/2s"],
+        &reference,
+    )
+    .await;
+    assert_eq!(r["status"], "pulled", "{r}");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "given up on within a few windows: {:?}",
+        started.elapsed()
+    );
+    let by_containerd = *trickled.lock().unwrap();
+    assert_eq!(
+        by_containerd > 0,
+        has_transfer(&containerd),
+        "{by_containerd}"
+    );
+    let fetched_whole = proxy
+        .records()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.path.ends_with(&image.layers[0].digest))
+        .any(|r| {
+            r.status / 100 == 2 && r.range_start() + r.response_body_bytes == image.layers[0].size
+        });
+    assert!(
+        fetched_whole,
+        "prepull fetched the layer: {:?}",
+        proxy.records()
+    );
+    containerd.assert_image_complete(&reference);
+}

@@ -423,17 +423,11 @@ impl Puller {
                 self.transfer_and_unpack(reference, &image, lease, &source, counters)
                     .await?
             }
-            Fetcher::Prepull => Err(transfer::Declined::NotHere),
+            Fetcher::Prepull => false,
         };
-        match transferred {
-            Ok(()) => {}
-            Err(why) => {
-                if let transfer::Declined::Failed(e) = why {
-                    tracing::debug!(image = %reference, error = %crate::error_chain(&e), "fetching the layers after containerd's fetch failed");
-                }
-                self.fetch_and_unpack(reference, &image, lease, &source, counters)
-                    .await?;
-            }
+        if !transferred {
+            self.fetch_and_unpack(reference, &image, lease, &source, counters)
+                .await?;
         }
         self.commit_documents(reference, &image, lease, &source)
             .await?;

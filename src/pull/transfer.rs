@@ -61,18 +61,12 @@ pub(super) async fn delete_transfer_records(store: &crate::store::Store) -> Resu
     Ok(())
 }
 
-/// Why the transfer was not used or did not finish: the image goes on with prepull's fetch.
-pub(super) enum Declined {
-    /// Not for this image (content only, or its layers are unpacked already).
-    NotHere,
-    /// The transfer failed; prepull's fetch goes on from what containerd holds.
-    Failed(PullError),
-}
-
 /// Why a transfer stopped short.
 enum Stopped {
     /// containerd failed it.
     Store(StoreError),
+    /// It was cancelled: containerd's fetch brought less than `--min-progress` in a window.
+    Stalled(crate::registry::MinProgress),
     /// It was cancelled: containerd's filesystem fell below the free-space reserve.
     Space {
         space: crate::space::SpaceCheck,
@@ -129,6 +123,66 @@ impl Puller {
         Ok(())
     }
 
+    /// Returns once containerd's fetch of `layers` moved less than `progress` allows over a
+    /// whole window: ingest bytes, committed layers and unpacked snapshots of `chain` all count.
+    /// containerd's fetch has no such bound of its own, so a registry trickling bytes would hold
+    /// it, and the pull, forever. Never returns while containerd cannot be asked (the transfer
+    /// then fails by itself).
+    async fn stalled(
+        &self,
+        layers: &[Descriptor],
+        chain: &[crate::digest::Digest],
+        snapshotter: &str,
+        progress: crate::registry::MinProgress,
+    ) {
+        let mut last = None;
+        loop {
+            let now = self
+                .transferred_so_far(layers, chain, snapshotter)
+                .await
+                .ok();
+            if let (Some((bytes, unpacked)), Some((was_bytes, was_unpacked))) = (now, last) {
+                if bytes < was_bytes + progress.bytes && unpacked == was_unpacked {
+                    return;
+                }
+            }
+            last = now.or(last);
+            tokio::time::sleep(progress.window).await;
+        }
+    }
+
+    /// Bytes containerd holds of `layers` (committed or in their ingests) and how many snapshots
+    /// of `chain` exist.
+    async fn transferred_so_far(
+        &self,
+        layers: &[Descriptor],
+        chain: &[crate::digest::Digest],
+        snapshotter: &str,
+    ) -> Result<(u64, usize), StoreError> {
+        let mut bytes = 0;
+        for layer in layers {
+            bytes += match self.store.info(&layer.digest).await? {
+                Some(_) => layer.size,
+                None => self
+                    .store
+                    .ingest_offset(&ref_key(&layer.media_type, &layer.digest))
+                    .await?
+                    .unwrap_or(0),
+            };
+        }
+        let mut unpacked = 0;
+        for c in chain {
+            if self
+                .store
+                .snapshot_exists(snapshotter, &c.to_string())
+                .await?
+            {
+                unpacked += 1;
+            }
+        }
+        Ok((bytes, unpacked))
+    }
+
     /// Whether containerd's transfer service is used: containerd 2.x has it as prepull needs
     /// it (1.7's leaves out, among others, the scheme of plain-HTTP registries); asked once.
     async fn transfer_usable(&self) -> bool {
@@ -154,10 +208,11 @@ impl Puller {
         usable
     }
 
-    /// Has containerd fetch and unpack the layers of `image` (see the module doc). `Ok` when
-    /// the image's layers are all committed and unpacked and durable; [`Declined`] when
-    /// prepull's own fetch is to do it; a [`PullError`] that prepull's fetch could not do better
-    /// on (free space) ends the pull.
+    /// Has containerd fetch and unpack the layers of `image` (see the module doc). `true` when
+    /// the image's layers are all committed, unpacked and durable; `false` when prepull's own
+    /// fetch is to do it (the transfer is not for this image, or failed and said why in the
+    /// log); a [`PullError`] that prepull's fetch could not do better on (free space, containerd
+    /// gone) ends the attempt.
     pub(super) async fn transfer_and_unpack(
         &self,
         reference: &Reference,
@@ -165,12 +220,12 @@ impl Puller {
         lease: &Lease,
         source: &HashMap<String, String>,
         counters: &Counters,
-    ) -> Result<Result<(), Declined>, PullError> {
+    ) -> Result<bool, PullError> {
         let Some(snapshotter) = self.options.unpack.as_deref() else {
-            return Ok(Err(Declined::NotHere));
+            return Ok(false);
         };
         if !self.transfer_usable().await {
-            return Ok(Err(Declined::NotHere));
+            return Ok(false);
         }
         let store_err = PullError::store(reference);
         let name = reference.to_string();
@@ -187,7 +242,7 @@ impl Puller {
         let diff_ids = check_config(&name, &image.chosen.digest, manifest, Some(&config))?;
         let chain = image::chain_ids(&diff_ids);
         let Some(top) = chain.last() else {
-            return Ok(Err(Declined::NotHere));
+            return Ok(false);
         };
         let snapshots = format!("snapshots/{snapshotter}");
         self.store
@@ -200,7 +255,7 @@ impl Puller {
             .await
             .map_err(&store_err)?
         {
-            return Ok(Err(Declined::NotHere));
+            return Ok(false);
         }
         // The manifest, committed now, so containerd finds it rather than fetching it again
         // (a manifest GET is what registries count as a pull).
@@ -279,13 +334,27 @@ impl Puller {
                 other => other,
             }
         };
-        let transferred = match self.options.space.as_ref() {
-            // Dropping the transfer cancels it: containerd stops fetching and unpacking.
-            Some(space) => tokio::select! {
-                t = transfer => t.map_err(Stopped::Store),
-                (free, reserve) = below_reserve(space) => Err(Stopped::Space { space: space.clone(), free, reserve }),
-            },
-            None => transfer.await.map_err(Stopped::Store),
+        let space = async {
+            match self.options.space.as_ref() {
+                Some(space) => {
+                    let (free, reserve) = below_reserve(space).await;
+                    Stopped::Space {
+                        space: space.clone(),
+                        free,
+                        reserve,
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let progress = self.registry.min_progress();
+        // Dropping the transfer cancels it: containerd stops fetching and unpacking.
+        let transferred = tokio::select! {
+            t = transfer => t.map_err(Stopped::Store),
+            stopped = space => Err(stopped),
+            () = self.stalled(&manifest.layers, &chain, snapshotter, progress) => {
+                Err(Stopped::Stalled(progress))
+            }
         };
         let failed = match transferred {
             Ok(()) => None,
@@ -328,6 +397,10 @@ impl Puller {
                     })
                 }
                 Stopped::Store(e @ StoreError::OutOfSpace { .. }) => return Err(store_err(e)),
+                Stopped::Stalled(progress) => {
+                    tracing::warn!(image = %reference, min_progress = %progress, "containerd's fetch brought less than --min-progress; prepull fetches the layers itself");
+                    return Ok(false);
+                }
                 Stopped::Store(e) => e,
             };
             if matches!(e, StoreError::Unsupported { .. }) {
@@ -336,7 +409,7 @@ impl Puller {
             } else {
                 tracing::warn!(image = %reference, error = %crate::error_chain(&e), "containerd's fetch failed; prepull fetches the layers itself");
             }
-            return Ok(Err(Declined::Failed(store_err(e))));
+            return Ok(false);
         }
         // What containerd did not unpack (a snapshotter its transfer service is not configured
         // to unpack into) is unpacked here, each layer flushed as prepull's own unpack does.
@@ -385,6 +458,6 @@ impl Puller {
             )
             .await
             .map_err(&store_err)?;
-        Ok(Ok(()))
+        Ok(true)
     }
 }

@@ -174,6 +174,11 @@ impl RegistryClient {
         Ok(auth)
     }
 
+    /// The least progress every request must make (`--min-progress`).
+    pub fn min_progress(&self) -> MinProgress {
+        self.options.min_progress
+    }
+
     /// The hosts directory and plain-HTTP registries prepull reaches registries by.
     pub fn hosts(&self) -> &Hosts {
         &self.options.hosts
