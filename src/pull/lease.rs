@@ -284,8 +284,7 @@ pub async fn sweep_unflushed(store: &Store) -> Result<usize, StoreError> {
             Held::Live | Held::Unknown => continue,
             Held::LeftBehind => {}
         }
-        if holder.boot != me.boot {
-            let snapshotter = &listed.labels[UNFLUSHED];
+        if let (true, Some(snapshotter)) = (holder.boot != me.boot, listed.labels.get(UNFLUSHED)) {
             let image = listed.labels.get(UNFLUSHED_IMAGE).map(String::as_str);
             let mut chains: Vec<(usize, &String)> = listed
                 .labels
